@@ -1,1 +1,218 @@
-//! placeholder
+//! Persistence for mydata: one repository layer over SQLite (the embedded default) and PostgreSQL.
+//!
+//! The backend is chosen by the database URL (`sqlite:` or `postgres:`). Queries are written once in
+//! the dialect both accept (`$1` parameters, `RETURNING`, `ON CONFLICT`) and run on whichever pool is
+//! active; the few places that must differ say why. Each backend has its own migration folder, kept in
+//! step and embedded in the binary. Times are passed in by the caller (from the injected clock) and
+//! stored as milliseconds, so time rules are testable without waiting.
+
+mod audit;
+mod jobs;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod transfers;
+
+pub use audit::{AuditEvent, NewAuditEvent};
+pub use jobs::{Job, JobState, NewJob};
+pub use transfers::{NewTransfer, Transfer, TransferDataset};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL scheme `{0}` (use sqlite:PATH or postgres://...)")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database file {0} is missing")]
+    FileMissing(PathBuf),
+    #[error("{what} `{id}` not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    IllegalTransition(#[from] mydata_core::transfer::IllegalTransition),
+    #[error("transfer `{0}` was changed concurrently; try again")]
+    Conflict(String),
+    #[error("job `{0}` is no longer leased by this worker")]
+    LeaseLost(String),
+    #[error("stored value is invalid: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite {
+        pool: SqlitePool,
+        file: Option<PathBuf>,
+    },
+    Postgres(PgPool),
+}
+
+/// Runs the same expression against whichever pool is active. Inside, `$pool` is the concrete pool.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            $crate::Db::Sqlite { pool: $pool, .. } => $body,
+            $crate::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// The repository: every read and write of the platform's database goes through it.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    /// Connects to the database named by `url`, creating an SQLite file (and its folder) if needed.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        let db = match scheme {
+            "sqlite" => {
+                let opts = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5));
+                let file = Some(opts.get_filename().to_path_buf())
+                    .filter(|p| !p.as_os_str().is_empty() && p != &PathBuf::from(":memory:"));
+                if let Some(parent) = file
+                    .as_ref()
+                    .and_then(|f| f.parent())
+                    .filter(|p| !p.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(settings.max_connections.max(1))
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_with(opts)
+                    .await?;
+                Db::Sqlite { pool, file }
+            }
+            "postgres" | "postgresql" => {
+                let opts = PgConnectOptions::from_str(url)?.application_name("mydata");
+                let pool = PgPoolOptions::new()
+                    .max_connections(settings.max_connections.max(1))
+                    .acquire_timeout(settings.acquire_timeout)
+                    .connect_with(opts)
+                    .await?;
+                Db::Postgres(pool)
+            }
+            other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
+        };
+        Ok(Self { db })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite { .. } => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Brings the schema up to date. Safe to run on every start and from several processes.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.db {
+            Db::Sqlite { pool, .. } => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Checks that the database answers (and, for SQLite, that its file is still there).
+    pub async fn ping(&self) -> Result<()> {
+        if let Db::Sqlite {
+            file: Some(file), ..
+        } = &self.db
+        {
+            if !file.exists() {
+                return Err(StoreError::FileMissing(file.clone()));
+            }
+        }
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await);
+    }
+
+    /// Names of the tables and their columns, for schema comparisons between backends.
+    pub async fn schema_columns(&self) -> Result<Vec<(String, String, bool)>> {
+        use sqlx::Row;
+        let mut out = Vec::new();
+        match &self.db {
+            Db::Sqlite { pool, .. } => {
+                let rows = sqlx::query(
+                    "SELECT m.name AS t, p.name AS c, p.\"notnull\" AS nn FROM sqlite_master m, pragma_table_info(m.name) p
+                     WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx_%' ORDER BY 1, 2",
+                )
+                .fetch_all(pool)
+                .await?;
+                for r in rows {
+                    let nn: i64 = r.try_get("nn")?;
+                    let col: String = r.try_get("c")?;
+                    // SQLite reports INTEGER PRIMARY KEY columns as nullable although they never are.
+                    let not_null = nn != 0 || col == "seq";
+                    out.push((r.try_get("t")?, col, not_null));
+                }
+            }
+            Db::Postgres(pool) => {
+                let rows = sqlx::query(
+                    "SELECT table_name::text AS t, column_name::text AS c, is_nullable::text AS n FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name NOT LIKE '_sqlx_%' ORDER BY 1, 2",
+                )
+                .fetch_all(pool)
+                .await?;
+                for r in rows {
+                    let n: String = r.try_get("n")?;
+                    out.push((r.try_get("t")?, r.try_get("c")?, n == "NO"));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Text stored in a column that must parse into a domain type.
+pub(crate) fn parse_column<T: FromStr<Err = String>>(value: &str) -> Result<T> {
+    value.parse().map_err(StoreError::Corrupt)
+}

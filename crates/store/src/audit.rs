@@ -1,0 +1,109 @@
+//! The append-only audit log: every use of a person's data, pseudonymous and without content.
+//!
+//! Rows are only ever inserted; the person's usage records are queries over this table, not a second
+//! table that could disagree with it. (The Merkle tree over these rows comes with the audit issue.)
+
+use crate::{Result, Store, StoreError, on_pool};
+use mydata_core::Timestamp;
+use serde::Serialize;
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewAuditEvent {
+    pub at: Timestamp,
+    /// Dotted event name, e.g. `transfer.created`.
+    pub kind: String,
+    /// Keyed pseudonym of the person concerned, never an ID number.
+    pub subject: Option<String>,
+    pub transfer_id: Option<String>,
+    /// Who caused it (a pseudonym, a service client ID, a counter ID, `system`).
+    pub actor: String,
+    /// Metadata only: never personal data content.
+    pub detail: serde_json::Value,
+}
+
+/// A stored event with its position in the log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub kind: String,
+    pub subject: Option<String>,
+    pub transfer_id: Option<String>,
+    pub actor: String,
+    pub detail: serde_json::Value,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    at: i64,
+    kind: String,
+    subject: Option<String>,
+    transfer_id: Option<String>,
+    actor: String,
+    detail: String,
+}
+
+impl TryFrom<AuditRow> for AuditEvent {
+    type Error = StoreError;
+    fn try_from(r: AuditRow) -> Result<Self> {
+        Ok(AuditEvent {
+            detail: serde_json::from_str(&r.detail).map_err(|e| {
+                StoreError::Corrupt(format!("audit detail of event {}: {e}", r.seq))
+            })?,
+            seq: r.seq,
+            at: Timestamp::from_millis(r.at),
+            kind: r.kind,
+            subject: r.subject,
+            transfer_id: r.transfer_id,
+            actor: r.actor,
+        })
+    }
+}
+
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
+const SELECT_AUDIT: &str =
+    "SELECT seq, at, kind, subject, transfer_id, actor, detail FROM audit_events";
+
+/// Appends an event through the given executor (a pool or the caller's transaction, so that a state
+/// change and its event commit together) and yields its sequence number.
+macro_rules! insert_audit {
+    ($exec:expr, $e:expr) => {{
+        let e: &$crate::audit::NewAuditEvent = $e;
+        sqlx::query_as::<_, (i64,)>($crate::audit::INSERT_AUDIT)
+            .bind(e.at.millis())
+            .bind(&e.kind)
+            .bind(&e.subject)
+            .bind(&e.transfer_id)
+            .bind(&e.actor)
+            .bind(e.detail.to_string())
+            .fetch_one($exec)
+            .await
+            .map(|(seq,)| seq)
+    }};
+}
+pub(crate) use insert_audit;
+
+impl Store {
+    /// Appends one event and returns its sequence number.
+    pub async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64> {
+        Ok(on_pool!(self, pool => insert_audit!(pool, e))?)
+    }
+
+    /// The person's events, oldest first.
+    pub async fn audit_for_subject(&self, subject: &str) -> Result<Vec<AuditEvent>> {
+        let sql = format!("{SELECT_AUDIT} WHERE subject = $1 ORDER BY seq");
+        let rows: Vec<AuditRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(subject).fetch_all(pool).await?);
+        rows.into_iter().map(AuditEvent::try_from).collect()
+    }
+
+    /// The events of one transfer, oldest first.
+    pub async fn audit_for_transfer(&self, transfer_id: &str) -> Result<Vec<AuditEvent>> {
+        let sql = format!("{SELECT_AUDIT} WHERE transfer_id = $1 ORDER BY seq");
+        let rows: Vec<AuditRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(transfer_id).fetch_all(pool).await?);
+        rows.into_iter().map(AuditEvent::try_from).collect()
+    }
+}

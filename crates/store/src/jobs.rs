@@ -1,0 +1,266 @@
+//! The durable job queue: background work (agency fetches, notices, sweeps) stored in the database.
+//!
+//! A worker claims a due job with a lease in one statement; if the worker dies, the lease runs out and
+//! another worker takes the job over. PostgreSQL claims with `FOR UPDATE SKIP LOCKED` so that many
+//! processes share the queue without waiting on each other; SQLite has a single writer and needs no
+//! skipping. A job that fails is retried at a time the caller picks until `max_attempts`, then stays
+//! `failed` for an operator to see.
+
+use crate::{Db, Result, Store, StoreError, on_pool, parse_column};
+use mydata_core::Timestamp;
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobState {
+    pub fn code(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Done,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|j| j.code() == s)
+        .ok_or_else(|| format!("unknown job state `{s}`"))
+    }
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub queue: String,
+    pub payload: serde_json::Value,
+    pub run_at: Timestamp,
+    pub max_attempts: u32,
+    /// When set, a second job with the same key is not enqueued.
+    pub dedup_key: Option<String>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub queue: String,
+    pub payload: serde_json::Value,
+    pub state: JobState,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: Timestamp,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<Timestamp>,
+    pub last_error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    queue: String,
+    payload: String,
+    state: String,
+    attempts: i64,
+    max_attempts: i64,
+    run_at: i64,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+    last_error: Option<String>,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = StoreError;
+    fn try_from(r: JobRow) -> Result<Self> {
+        Ok(Job {
+            payload: serde_json::from_str(&r.payload)
+                .map_err(|e| StoreError::Corrupt(format!("payload of job {}: {e}", r.id)))?,
+            state: parse_column(&r.state)?,
+            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+            max_attempts: u32::try_from(r.max_attempts).unwrap_or(u32::MAX),
+            run_at: Timestamp::from_millis(r.run_at),
+            lease_until: r.lease_until.map(Timestamp::from_millis),
+            id: r.id,
+            queue: r.queue,
+            lease_owner: r.lease_owner,
+            last_error: r.last_error,
+        })
+    }
+}
+
+const JOB_COLUMNS: &str = "id, queue, payload, state, attempts, max_attempts, run_at, lease_owner, lease_until, last_error";
+
+/// Due: queued and its time has come, or running with a lease that ran out (its worker died).
+const DUE: &str = "queue = $4 AND ((state = 'queued' AND run_at <= $3) OR (state = 'running' AND lease_until < $3))";
+
+impl Store {
+    /// Adds a job. Returns false when a job with the same `dedup_key` already exists.
+    pub async fn enqueue_job(&self, job: &NewJob, now: Timestamp) -> Result<bool> {
+        let sql = "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+                   VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING";
+        let res = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&job.id)
+            .bind(&job.queue)
+            .bind(job.payload.to_string())
+            .bind(i64::from(job.max_attempts.max(1)))
+            .bind(job.run_at.millis())
+            .bind(&job.dedup_key)
+            .bind(now.millis())
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(res == 1)
+    }
+
+    /// Claims the next due job of `queue` for `worker` until `now + lease`, or returns None.
+    /// A job whose leases ran out more often than it may be attempted is marked failed instead.
+    pub async fn claim_job(
+        &self,
+        queue: &str,
+        worker: &str,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Job>> {
+        // Bounded: each round either returns or retires one exhausted job.
+        for _ in 0..16 {
+            let Some(job) = self.claim_once(queue, worker, now.plus(lease), now).await? else {
+                return Ok(None);
+            };
+            if job.attempts <= job.max_attempts {
+                return Ok(Some(job));
+            }
+            self.finish_job(
+                &job.id,
+                worker,
+                JobState::Failed,
+                Some("lease expired on every attempt"),
+                now,
+            )
+            .await?;
+        }
+        Ok(None)
+    }
+
+    async fn claim_once(
+        &self,
+        queue: &str,
+        worker: &str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Job>> {
+        // The outer condition is repeated so that PostgreSQL re-checks it after waiting on a row lock.
+        let pick = match self.db {
+            Db::Sqlite { .. } => {
+                format!("SELECT id FROM jobs WHERE {DUE} ORDER BY run_at, id LIMIT 1")
+            }
+            Db::Postgres(_) => format!(
+                "SELECT id FROM jobs WHERE {DUE} ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ),
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3
+             WHERE id = ({pick}) AND {DUE} RETURNING {JOB_COLUMNS}"
+        );
+        let row: Option<JobRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(worker)
+            .bind(until.millis())
+            .bind(now.millis())
+            .bind(queue)
+            .fetch_optional(pool)
+            .await?);
+        row.map(Job::try_from).transpose()
+    }
+
+    /// Marks a leased job done.
+    pub async fn complete_job(&self, id: &str, worker: &str, now: Timestamp) -> Result<()> {
+        self.finish_job(id, worker, JobState::Done, None, now).await
+    }
+
+    async fn finish_job(
+        &self,
+        id: &str,
+        worker: &str,
+        state: JobState,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let sql = "UPDATE jobs SET state = $1, last_error = COALESCE($2, last_error), lease_owner = NULL, lease_until = NULL, updated_at = $3
+                   WHERE id = $4 AND lease_owner = $5 AND state = 'running'";
+        let n = on_pool!(self, pool => sqlx::query(sql)
+            .bind(state.code())
+            .bind(error)
+            .bind(now.millis())
+            .bind(id)
+            .bind(worker)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(id.to_owned()))
+        }
+    }
+
+    /// Records a failed attempt: the job runs again at `retry_at`, or is marked failed when it has
+    /// used all its attempts. Returns the job's new state.
+    pub async fn retry_job(
+        &self,
+        id: &str,
+        worker: &str,
+        error: &str,
+        retry_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<JobState> {
+        let sql = "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                   run_at = $1, last_error = $2, lease_owner = NULL, lease_until = NULL, updated_at = $3
+                   WHERE id = $4 AND lease_owner = $5 AND state = 'running' RETURNING state";
+        let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(retry_at.millis())
+            .bind(error)
+            .bind(now.millis())
+            .bind(id)
+            .bind(worker)
+            .fetch_optional(pool)
+            .await?);
+        match row {
+            Some((state,)) => parse_column(&state),
+            None => Err(StoreError::LeaseLost(id.to_owned())),
+        }
+    }
+
+    /// The job, whatever its state.
+    pub async fn job(&self, id: &str) -> Result<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row: Option<JobRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+        row.map(Job::try_from).transpose()
+    }
+}

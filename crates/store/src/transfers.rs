@@ -1,0 +1,243 @@
+//! Transfers and their datasets; every state change is written together with its audit event.
+
+use crate::audit::{NewAuditEvent, insert_audit};
+use crate::{Result, Store, StoreError, on_pool, parse_column};
+use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
+use mydata_core::{Timestamp, limits};
+use serde::Serialize;
+
+/// What the caller decides when a transfer is created.
+#[derive(Debug, Clone)]
+pub struct NewTransfer {
+    pub id: String,
+    pub kind: TransferKind,
+    /// Keyed pseudonym of the person, never the ID number.
+    pub subject: String,
+    pub recipient: Option<String>,
+    pub purpose: String,
+    pub datasets: Vec<String>,
+}
+
+/// A transfer as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Transfer {
+    pub id: String,
+    pub kind: TransferKind,
+    pub subject: String,
+    pub recipient: Option<String>,
+    pub purpose: String,
+    pub state: TransferState,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub version: i64,
+    pub datasets: Vec<TransferDataset>,
+}
+
+/// One dataset of a transfer and where its fetch stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferDataset {
+    pub dataset_id: String,
+    pub status: String,
+    pub updated_at: Timestamp,
+}
+
+const SELECT_TRANSFER: &str = "SELECT id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version FROM transfers";
+
+/// A `transfers` row as the database returns it, before its text columns are parsed.
+#[derive(sqlx::FromRow)]
+struct TransferRow {
+    id: String,
+    kind: String,
+    subject: String,
+    recipient: Option<String>,
+    purpose: String,
+    state: String,
+    created_at: i64,
+    expires_at: i64,
+    updated_at: i64,
+    version: i64,
+}
+
+impl TryFrom<TransferRow> for Transfer {
+    type Error = StoreError;
+    fn try_from(r: TransferRow) -> Result<Self> {
+        Ok(Transfer {
+            kind: parse_column(&r.kind)?,
+            state: parse_column(&r.state)?,
+            id: r.id,
+            subject: r.subject,
+            recipient: r.recipient,
+            purpose: r.purpose,
+            created_at: Timestamp::from_millis(r.created_at),
+            expires_at: Timestamp::from_millis(r.expires_at),
+            updated_at: Timestamp::from_millis(r.updated_at),
+            version: r.version,
+            datasets: Vec::new(),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DatasetRow {
+    dataset_id: String,
+    status: String,
+    updated_at: i64,
+}
+
+impl Store {
+    /// Creates a transfer in state `created`, expiring [`limits::PACKAGE_TTL`] after `now`, with one
+    /// pending row per dataset and a `transfer.created` audit event, all in one transaction.
+    pub async fn create_transfer(
+        &self,
+        t: &NewTransfer,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Transfer> {
+        let expires_at = now.plus(limits::PACKAGE_TTL);
+        let state = TransferState::Created;
+        let detail = serde_json::json!({ "datasets": t.datasets, "purpose": t.purpose, "kind": t.kind.code() });
+        let event = NewAuditEvent {
+            at: now,
+            kind: "transfer.created".into(),
+            subject: Some(t.subject.clone()),
+            transfer_id: Some(t.id.clone()),
+            actor: actor.to_owned(),
+            detail,
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0)",
+            )
+            .bind(&t.id)
+            .bind(t.kind.code())
+            .bind(&t.subject)
+            .bind(&t.recipient)
+            .bind(&t.purpose)
+            .bind(state.code())
+            .bind(now.millis())
+            .bind(expires_at.millis())
+            .execute(&mut *tx)
+            .await?;
+            for (i, d) in t.datasets.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at) VALUES ($1, $2, $3, 'pending', $4)",
+                )
+                .bind(&t.id)
+                .bind(d)
+                .bind(i64::try_from(i).unwrap_or(i64::MAX))
+                .bind(now.millis())
+                .execute(&mut *tx)
+                .await?;
+            }
+            insert_audit!(&mut *tx, &event)?;
+            tx.commit().await?;
+        });
+        self.transfer(&t.id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "transfer",
+                id: t.id.clone(),
+            })
+    }
+
+    /// The transfer with its datasets, if it exists.
+    pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>> {
+        let sql = format!("{SELECT_TRANSFER} WHERE id = $1");
+        let found: Option<TransferRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+        let Some(mut t) = found.map(Transfer::try_from).transpose()? else {
+            return Ok(None);
+        };
+        t.datasets = self.transfer_datasets(id).await?;
+        Ok(Some(t))
+    }
+
+    async fn transfer_datasets(&self, id: &str) -> Result<Vec<TransferDataset>> {
+        let sql = "SELECT dataset_id, status, updated_at FROM transfer_datasets WHERE transfer_id = $1 ORDER BY position";
+        let rows: Vec<DatasetRow> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|r| TransferDataset {
+                dataset_id: r.dataset_id,
+                status: r.status,
+                updated_at: Timestamp::from_millis(r.updated_at),
+            })
+            .collect())
+    }
+
+    /// The person's transfers, newest first (datasets not loaded).
+    pub async fn transfers_for_subject(&self, subject: &str, limit: u32) -> Result<Vec<Transfer>> {
+        let sql =
+            format!("{SELECT_TRANSFER} WHERE subject = $1 ORDER BY created_at DESC, id LIMIT $2");
+        let rows: Vec<TransferRow> = on_pool!(self, pool => sqlx::query_as(&sql).bind(subject).bind(i64::from(limit)).fetch_all(pool).await?);
+        rows.into_iter().map(Transfer::try_from).collect()
+    }
+
+    /// IDs of transfers whose 8 hours have passed while they may still hold data.
+    pub async fn transfers_past_expiry(&self, now: Timestamp, limit: u32) -> Result<Vec<String>> {
+        let sql = "SELECT id FROM transfers WHERE state IN ('created', 'fetching', 'ready', 'delivered') AND expires_at <= $1
+                   ORDER BY expires_at LIMIT $2";
+        let ids: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(sql).bind(now.millis()).bind(i64::from(limit)).fetch_all(pool).await?);
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Applies `event` to the transfer: checks the state machine, changes the state only if nobody
+    /// else changed it meanwhile, and appends the audit event, in one transaction.
+    pub async fn apply_transfer_event(
+        &self,
+        id: &str,
+        event: TransferEvent,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Transfer> {
+        let current = self
+            .transfer(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "transfer",
+                id: id.to_owned(),
+            })?;
+        let next = current.state.next(event)?;
+        let audit = NewAuditEvent {
+            at: now,
+            kind: format!("transfer.{}", next.code()),
+            subject: Some(current.subject.clone()),
+            transfer_id: Some(id.to_owned()),
+            actor: actor.to_owned(),
+            detail: serde_json::json!({ "from": current.state.code(), "event": event }),
+        };
+        // The write comes first so that SQLite takes its write lock at once instead of upgrading a
+        // read lock (which fails under contention); the version check makes it a compare-and-set.
+        let changed = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let res = sqlx::query("UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4")
+                .bind(next.code())
+                .bind(now.millis())
+                .bind(id)
+                .bind(current.version)
+                .execute(&mut *tx)
+                .await?;
+            if res.rows_affected() == 1 {
+                insert_audit!(&mut *tx, &audit)?;
+                tx.commit().await?;
+                true
+            } else {
+                tx.rollback().await?;
+                false
+            }
+        });
+        if !changed {
+            return Err(StoreError::Conflict(id.to_owned()));
+        }
+        self.transfer(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "transfer",
+                id: id.to_owned(),
+            })
+    }
+}

@@ -1,0 +1,436 @@
+//! The store suite: every test runs once on SQLite and once on a real PostgreSQL server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
+use mydata_core::{Timestamp, limits};
+use mydata_store::testing::{fresh_postgres, fresh_sqlite};
+use mydata_store::{JobState, NewAuditEvent, NewJob, NewTransfer, Store, StoreError};
+use std::time::Duration;
+
+const T0: Timestamp = Timestamp::from_millis(1_790_000_000_000);
+
+/// Runs each named test function against both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { let db = mydata_store::testing::fresh_sqlite().await.unwrap(); super::$name(&db.store).await; } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() { let db = mydata_store::testing::fresh_postgres().await.unwrap(); super::$name(&db.store).await; } )*
+        }
+    };
+}
+
+on_both_backends!(
+    transfer_round_trip_keeps_datasets_in_order,
+    transfer_follows_the_state_machine_with_one_audit_event_per_change,
+    stale_transition_is_a_conflict_and_changes_nothing,
+    expiry_query_finds_transfers_past_eight_hours,
+    transfers_for_subject_are_newest_first,
+    foreign_keys_are_enforced,
+    jobs_are_claimed_once_and_leases_expire,
+    failed_jobs_retry_until_max_attempts,
+    dedup_key_enqueues_once,
+    concurrent_claims_never_share_a_job,
+    audit_log_is_append_only_in_order,
+    migrations_are_idempotent,
+);
+
+fn new_transfer(id: &str, subject: &str) -> NewTransfer {
+    NewTransfer {
+        id: id.into(),
+        kind: TransferKind::SelfDownload,
+        subject: subject.into(),
+        recipient: None,
+        purpose: "self download".into(),
+        datasets: vec![
+            "low-income-household".into(),
+            "household-register-personal".into(),
+        ],
+    }
+}
+
+async fn transfer_round_trip_keeps_datasets_in_order(s: &Store) {
+    let t = s
+        .create_transfer(&new_transfer("t1", "subj-a"), "subj-a", T0)
+        .await
+        .unwrap();
+    assert_eq!(t.state, TransferState::Created);
+    assert_eq!(t.expires_at, T0.plus(limits::PACKAGE_TTL));
+    let ids: Vec<&str> = t.datasets.iter().map(|d| d.dataset_id.as_str()).collect();
+    assert_eq!(ids, ["low-income-household", "household-register-personal"]);
+    assert!(t.datasets.iter().all(|d| d.status == "pending"));
+    assert_eq!(s.transfer("t1").await.unwrap(), Some(t));
+    assert_eq!(s.transfer("missing").await.unwrap(), None);
+    // The same ID twice is refused and leaves the first intact.
+    assert!(
+        s.create_transfer(&new_transfer("t1", "subj-b"), "subj-b", T0)
+            .await
+            .is_err()
+    );
+    assert_eq!(s.transfer("t1").await.unwrap().unwrap().subject, "subj-a");
+}
+
+async fn transfer_follows_the_state_machine_with_one_audit_event_per_change(s: &Store) {
+    s.create_transfer(&new_transfer("t2", "subj"), "subj", T0)
+        .await
+        .unwrap();
+    let mut now = T0;
+    for e in [
+        TransferEvent::Consent,
+        TransferEvent::Settled,
+        TransferEvent::Release,
+        TransferEvent::Purge,
+    ] {
+        now = now.plus(Duration::from_secs(1));
+        s.apply_transfer_event("t2", e, "subj", now).await.unwrap();
+    }
+    let t = s.transfer("t2").await.unwrap().unwrap();
+    assert_eq!(t.state, TransferState::Deleted);
+    assert_eq!(t.version, 4);
+    let kinds: Vec<String> = s
+        .audit_for_transfer("t2")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "transfer.created",
+            "transfer.fetching",
+            "transfer.ready",
+            "transfer.delivered",
+            "transfer.deleted"
+        ]
+    );
+    // An illegal event is refused and writes nothing.
+    let err = s
+        .apply_transfer_event("t2", TransferEvent::Release, "subj", now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IllegalTransition(_)), "{err}");
+    assert_eq!(s.audit_for_transfer("t2").await.unwrap().len(), 5);
+    let err = s
+        .apply_transfer_event("nope", TransferEvent::Consent, "subj", now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+}
+
+async fn stale_transition_is_a_conflict_and_changes_nothing(s: &Store) {
+    s.create_transfer(&new_transfer("t3", "subj"), "subj", T0)
+        .await
+        .unwrap();
+    // Two actors race: both read `created`; only one may move it.
+    let (a, b) = tokio::join!(
+        s.apply_transfer_event("t3", TransferEvent::Consent, "subj", T0),
+        s.apply_transfer_event("t3", TransferEvent::Refuse, "subj", T0),
+    );
+    let ok = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
+    assert!(ok >= 1);
+    let t = s.transfer("t3").await.unwrap().unwrap();
+    assert_eq!(
+        t.version as usize, ok,
+        "every successful change bumps the version once"
+    );
+    assert_eq!(s.audit_for_transfer("t3").await.unwrap().len(), 1 + ok);
+    for r in [a, b] {
+        if let Err(e) = r {
+            assert!(
+                matches!(
+                    e,
+                    StoreError::Conflict(_) | StoreError::IllegalTransition(_)
+                ),
+                "{e}"
+            );
+        }
+    }
+}
+
+async fn expiry_query_finds_transfers_past_eight_hours(s: &Store) {
+    s.create_transfer(&new_transfer("old", "subj"), "subj", T0)
+        .await
+        .unwrap();
+    s.create_transfer(
+        &new_transfer("new", "subj"),
+        "subj",
+        T0.plus(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    s.create_transfer(&new_transfer("gone", "subj"), "subj", T0)
+        .await
+        .unwrap();
+    s.apply_transfer_event("gone", TransferEvent::Refuse, "subj", T0)
+        .await
+        .unwrap();
+    let just_before = T0.plus(limits::PACKAGE_TTL).plus(Duration::ZERO);
+    assert_eq!(
+        s.transfers_past_expiry(Timestamp::from_millis(just_before.millis() - 1), 10)
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        s.transfers_past_expiry(just_before, 10).await.unwrap(),
+        vec!["old".to_string()]
+    );
+    let later = T0.plus(limits::PACKAGE_TTL).plus(Duration::from_secs(3600));
+    assert_eq!(
+        s.transfers_past_expiry(later, 10).await.unwrap(),
+        vec!["old".to_string(), "new".to_string()]
+    );
+    assert_eq!(s.transfers_past_expiry(later, 1).await.unwrap().len(), 1);
+}
+
+async fn transfers_for_subject_are_newest_first(s: &Store) {
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        s.create_transfer(
+            &new_transfer(id, "me"),
+            "me",
+            T0.plus(Duration::from_secs(i as u64)),
+        )
+        .await
+        .unwrap();
+    }
+    s.create_transfer(&new_transfer("x", "someone-else"), "someone-else", T0)
+        .await
+        .unwrap();
+    let ids: Vec<String> = s
+        .transfers_for_subject("me", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["c", "b", "a"]);
+    let events = s.audit_for_subject("me").await.unwrap();
+    assert_eq!(events.len(), 3);
+    assert!(events.iter().all(|e| e.subject.as_deref() == Some("me")));
+}
+
+async fn foreign_keys_are_enforced(s: &Store) {
+    let err = s
+        .execute_raw("INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at) VALUES ('no-such', 'd', 0, 'pending', 0)")
+        .await;
+    assert!(
+        err.is_err(),
+        "a dataset row for a missing transfer must be refused"
+    );
+}
+
+fn job(id: &str, run_at: Timestamp) -> NewJob {
+    NewJob {
+        id: id.into(),
+        queue: "fetch".into(),
+        payload: serde_json::json!({"n": id}),
+        run_at,
+        max_attempts: 3,
+        dedup_key: None,
+    }
+}
+
+async fn jobs_are_claimed_once_and_leases_expire(s: &Store) {
+    let lease = Duration::from_secs(30);
+    s.enqueue_job(&job("j1", T0), T0).await.unwrap();
+    s.enqueue_job(&job("later", T0.plus(Duration::from_secs(600))), T0)
+        .await
+        .unwrap();
+    let j = s
+        .claim_job("fetch", "w1", lease, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (j.id.as_str(), j.state, j.attempts),
+        ("j1", JobState::Running, 1)
+    );
+    assert_eq!(j.payload, serde_json::json!({"n": "j1"}));
+    // Nothing else is due; another queue sees nothing.
+    assert!(
+        s.claim_job("fetch", "w2", lease, T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.claim_job("mail", "w2", lease, T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // w1 dies; after its lease w2 takes the job over and w1 can no longer finish it.
+    let after_lease = T0.plus(Duration::from_secs(31));
+    let j = s
+        .claim_job("fetch", "w2", lease, after_lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((j.id.as_str(), j.attempts), ("j1", 2));
+    assert!(matches!(
+        s.complete_job("j1", "w1", after_lease).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    s.complete_job("j1", "w2", after_lease).await.unwrap();
+    assert_eq!(s.job("j1").await.unwrap().unwrap().state, JobState::Done);
+    // The later job comes due in its time.
+    let t = T0.plus(Duration::from_secs(600));
+    assert_eq!(
+        s.claim_job("fetch", "w1", lease, t)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "later"
+    );
+}
+
+async fn failed_jobs_retry_until_max_attempts(s: &Store) {
+    let lease = Duration::from_secs(30);
+    s.enqueue_job(&job("flaky", T0), T0).await.unwrap();
+    let mut now = T0;
+    for attempt in 1..=3u32 {
+        let j = s
+            .claim_job("fetch", "w", lease, now)
+            .await
+            .unwrap()
+            .expect("due");
+        assert_eq!(j.attempts, attempt);
+        let retry_at = now.plus(Duration::from_secs(10));
+        let state = s
+            .retry_job("flaky", "w", "agency timed out", retry_at, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            state,
+            if attempt < 3 {
+                JobState::Queued
+            } else {
+                JobState::Failed
+            }
+        );
+        // Not due before its retry time.
+        assert!(
+            s.claim_job("fetch", "w", lease, now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        now = retry_at;
+    }
+    let j = s.job("flaky").await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.last_error.as_deref(), Some("agency timed out"));
+    assert!(
+        s.claim_job("fetch", "w", lease, now.plus(Duration::from_secs(3600)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn dedup_key_enqueues_once(s: &Store) {
+    let mut a = job("a", T0);
+    a.dedup_key = Some("fetch:t1:d1".into());
+    let mut b = job("b", T0);
+    b.dedup_key = Some("fetch:t1:d1".into());
+    assert!(s.enqueue_job(&a, T0).await.unwrap());
+    assert!(!s.enqueue_job(&b, T0).await.unwrap());
+    assert!(s.job("b").await.unwrap().is_none());
+}
+
+async fn concurrent_claims_never_share_a_job(s: &Store) {
+    for i in 0..20 {
+        s.enqueue_job(&job(&format!("c{i:02}"), T0), T0)
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..40 {
+                match s
+                    .claim_job("fetch", &format!("w{w}"), Duration::from_secs(60), T0)
+                    .await
+                {
+                    Ok(Some(j)) => got.push(j.id),
+                    Ok(None) => break,
+                    // SQLite may report a busy database under contention; the claim is simply retried.
+                    Err(StoreError::Database(_)) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a job was claimed twice");
+    assert_eq!(all.len(), 20);
+}
+
+async fn audit_log_is_append_only_in_order(s: &Store) {
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        let e = NewAuditEvent {
+            at: T0.plus(Duration::from_secs(i)),
+            kind: "identity.verified".into(),
+            subject: Some("p".into()),
+            transfer_id: None,
+            actor: "p".into(),
+            detail: serde_json::json!({"method": "moica_cert", "i": i}),
+        };
+        seqs.push(s.append_audit(&e).await.unwrap());
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let events = s.audit_for_subject("p").await.unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+    assert_eq!(events[4].detail["i"], 4);
+}
+
+async fn migrations_are_idempotent(s: &Store) {
+    s.migrate().await.unwrap();
+    s.migrate().await.unwrap();
+    s.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn both_backends_reach_the_same_schema() {
+    let lite = fresh_sqlite().await.unwrap();
+    let pg = fresh_postgres().await.unwrap();
+    let a = lite.store.schema_columns().await.unwrap();
+    let b = pg.store.schema_columns().await.unwrap();
+    assert!(!a.is_empty());
+    assert_eq!(a, b, "SQLite and PostgreSQL migrations have drifted apart");
+}
+
+#[tokio::test]
+async fn unsupported_url_is_refused() {
+    let err = Store::connect("mysql://localhost/x", &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unsupported database URL scheme `mysql`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_ping_fails_when_the_file_is_gone() {
+    let db = fresh_sqlite().await.unwrap();
+    db.store.ping().await.unwrap();
+    let dir = db.dir.as_ref().unwrap().path().to_path_buf();
+    std::fs::remove_file(dir.join("mydata.db")).unwrap();
+    let err = db.store.ping().await.unwrap_err();
+    assert!(matches!(err, StoreError::FileMissing(_)), "{err}");
+}
