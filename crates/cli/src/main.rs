@@ -1,1 +1,190 @@
-fn main() {}
+//! The `mydata` command: runs the platform (`serve`, `demo`), manages its database (`migrate`), checks
+//! catalogue files (`catalog check`) and measures a live server (`bench`).
+//!
+//! Every failure ends with a non-zero exit status and one line on stderr saying what went wrong.
+
+mod bench;
+mod catalog_check;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mydata_server::config::LogFormat;
+use mydata_server::{Server, Settings};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// mydata: a personal-data self-determination platform.
+///
+/// A person proves who they are and consents, once, to have data that government agencies hold about
+/// them fetched, signed by the agency, and downloaded, shown at a service counter, or sent to an online
+/// service. Start with `mydata demo`.
+#[derive(Debug, Parser)]
+#[command(name = "mydata", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the platform for production: JSON logs, settings from a TOML file and MYDATA_* variables.
+    Serve(ServerArgs),
+    /// Run the platform on this machine with everything it needs: embedded SQLite, built-in
+    /// catalogue, readable logs. Prints the address to open once it is ready.
+    Demo(ServerArgs),
+    /// Create or update the database schema, then exit.
+    Migrate(ConfigArgs),
+    /// Work with catalogue files.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Measure a running server with a load run on this machine.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Validate catalogue files as the server does at start-up and list every problem found.
+    ///
+    /// Each FILE is a catalogue folder or one of categories.tsv, sectors.tsv, agencies.tsv,
+    /// datasets.tsv, services.tsv; files not given are taken from the built-in catalogue, so a single
+    /// edited file is checked against the rest.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML settings file (see docs/CONFIGURATION.md). Without it, built-in defaults apply.
+    #[arg(long, env = "MYDATA_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Folder for the embedded database and local files [default: ./mydata-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address and port to listen on [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+}
+
+impl ConfigArgs {
+    /// Settings from defaults, file and environment, then these flags.
+    fn settings(&self, listen: Option<SocketAddr>) -> anyhow::Result<Settings> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let mut s = Settings::load(self.config.as_deref(), &env)?;
+        if let Some(dir) = &self.data_dir {
+            s.data_dir = dir.clone();
+        }
+        if let Some(listen) = listen {
+            s.listen = listen;
+        }
+        Ok(s)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e)),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints the error and its causes on one line.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let line: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string().replace('\n', " "))
+        .collect();
+    eprintln!("mydata: error: {}", line.join(": "));
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => demo(args).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::Catalog(CatalogCommand::Check { files }) => catalog_check::run(&files),
+        Command::Bench(cmd) => bench::run(cmd).await,
+    }
+}
+
+async fn serve(args: ServerArgs) -> anyhow::Result<()> {
+    let settings = args.config.settings(args.listen)?;
+    mydata_server::telemetry::init(settings.log.format, &settings.log.level);
+    let server = Server::bind(settings, Arc::new(mydata_core::SystemClock)).await?;
+    server.run_until(mydata_server::shutdown_signal()).await
+}
+
+async fn demo(args: ServerArgs) -> anyhow::Result<()> {
+    let mut settings = args.config.settings(args.listen)?;
+    settings.log.format = LogFormat::Pretty;
+    if !settings.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "demo serves plain HTTP and listens on loopback only; use `mydata serve` to listen on {}",
+            settings.listen.ip()
+        );
+    }
+    mydata_server::telemetry::init(settings.log.format, &settings.log.level);
+    let server = Server::bind(settings, Arc::new(mydata_core::SystemClock)).await?;
+    let base = server.base_url()?;
+    let running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
+    wait_healthy(&base).await?;
+    eprintln!("mydata demo is ready. Open the address below in a browser; press Ctrl-C to stop.");
+    println!("{base}");
+    running.await.context("server task failed")?
+}
+
+/// Polls `/healthz` until it answers 200, for at most 10 seconds.
+async fn wait_healthy(base: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()?;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the server did not answer {base}/healthz within 10 seconds")
+}
+
+async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
+    let settings = args.settings(None)?;
+    let url = settings.database_url();
+    let store = mydata_store::Store::connect(&url, &Default::default())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database ({})",
+                mydata_server::serve::redact_url(&url)
+            )
+        })?;
+    store.migrate().await.context("migration failed")?;
+    store.close().await;
+    println!(
+        "database schema is up to date ({})",
+        mydata_server::serve::redact_url(&url)
+    );
+    Ok(())
+}

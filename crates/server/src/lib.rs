@@ -1,1 +1,18 @@
-//! placeholder
+//! The HTTP layer of mydata (axum): citizen pages, the public catalogue API, health probes, and the
+//! one place where errors become responses.
+//!
+//! Layout: [`config`] (settings), [`serve`] (start and stop), [`app`] (router and layers),
+//! [`routes`] (handlers), [`pages`] (templates), [`error`] (error mapping), [`i18n`] (languages).
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod i18n;
+pub mod pages;
+pub mod routes;
+pub mod serve;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use serve::{Server, load_catalog, shutdown_signal};

@@ -1,0 +1,109 @@
+//! The router and its layers: request IDs, tracing, timeouts, body limit, security headers and the
+//! error fallback, in one chain.
+
+use crate::error::{BodyLimit, panic_response, problem_fallback};
+use crate::pages::APP_CSS;
+use crate::routes::{catalog_api, health, home};
+use crate::state::AppState;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use std::time::Duration;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Content Security Policy: only our own origin, no inline code, never framed.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; \
+                   base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Builds the whole application for `state`.
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings().clone();
+    let limit = settings.http.body_limit_bytes;
+    let tls = settings.tls.is_some();
+
+    let api = Router::new()
+        .route("/datasets", get(catalog_api::list_datasets))
+        .route("/datasets/{id}", get(catalog_api::get_dataset))
+        .route("/services", get(catalog_api::list_services))
+        .route("/services/{id}", get(catalog_api::get_service))
+        .route("/agencies", get(catalog_api::list_agencies))
+        .route("/categories", get(catalog_api::list_categories))
+        .route("/selection", post(catalog_api::selection));
+
+    let headers = ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("permissions-policy"),
+            HeaderValue::from_static("camera=(), microphone=(), geolocation=()"),
+        ))
+        .into_inner();
+    let hsts = SetResponseHeaderLayer::overriding(
+        header::STRICT_TRANSPORT_SECURITY,
+        tls.then(|| HeaderValue::from_static("max-age=63072000; includeSubDomains")),
+    );
+
+    let router = Router::new()
+        .route("/", get(home::home))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/static/app.css", get(stylesheet))
+        .nest("/api/v1", api)
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit));
+
+    // Innermost first (each `layer` call wraps what is above it): the body limit and timeout next to
+    // the handlers, the error fallback around everything that can fail, a request ID before anything
+    // logs.
+    router
+        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(settings.http.request_timeout_secs)))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(problem_fallback))
+        .layer(Extension(BodyLimit(limit)))
+        .layer(hsts)
+        .layer(headers)
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            // The path only: query strings may carry search words a person typed.
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        APP_CSS,
+    )
+}

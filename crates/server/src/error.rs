@@ -1,0 +1,317 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every handler fails with [`AppError`]. Its `code` is a stable, documented API value (never renamed);
+//! API routes answer with RFC 9457 `application/problem+json`, web pages with a readable page in the
+//! person's language. Errors produced outside handlers (body limit, timeout, unknown route, wrong
+//! method) are rewritten into the same shapes by [`problem_fallback`], so a client sees one format.
+//! Internal errors are logged with their cause and answered without details.
+
+use crate::i18n::Lang;
+use axum::extract::Request;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+
+/// The media type of problem details (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{what} `{id}` does not exist")]
+    NotFound { what: &'static str, id: String },
+    #[error("no page or endpoint at this address")]
+    RouteNotFound,
+    #[error("this address does not accept the {0} method")]
+    MethodNotAllowed(String),
+    #[error("query parameter `{name}`: {message}")]
+    InvalidParameter { name: String, message: String },
+    #[error("the query string is not valid: {0}")]
+    InvalidQuery(String),
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body does not have the expected fields: {0}")]
+    InvalidBody(String),
+    #[error("the request body must be sent as application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than the {limit}-byte limit")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request took too long and was stopped")]
+    Timeout,
+    #[error("no dataset was chosen")]
+    EmptySelection,
+    #[error("the database is not reachable")]
+    DatabaseUnavailable,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::NotFound {
+                what: "dataset", ..
+            } => "dataset_not_found",
+            AppError::NotFound {
+                what: "service", ..
+            } => "service_not_found",
+            AppError::NotFound { .. } => "not_found",
+            AppError::RouteNotFound => "route_not_found",
+            AppError::MethodNotAllowed(_) => "method_not_allowed",
+            AppError::InvalidParameter { .. } => "invalid_parameter",
+            AppError::InvalidQuery(_) => "invalid_query",
+            AppError::MalformedJson(_) => "malformed_json",
+            AppError::InvalidBody(_) => "invalid_body",
+            AppError::UnsupportedMediaType => "unsupported_media_type",
+            AppError::PayloadTooLarge { .. } => "payload_too_large",
+            AppError::Timeout => "request_timeout",
+            AppError::EmptySelection => "empty_selection",
+            AppError::DatabaseUnavailable => "database_unavailable",
+            AppError::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::NotFound { .. } | AppError::RouteNotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::InvalidParameter { .. }
+            | AppError::InvalidQuery(_)
+            | AppError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            AppError::InvalidBody(_) | AppError::EmptySelection => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            AppError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short summary of the kind of problem (the same for every occurrence of a code).
+    fn title(&self, lang: Lang) -> &'static str {
+        let (zh, en) = match self {
+            AppError::NotFound { .. } => ("找不到資料", "Not found"),
+            AppError::RouteNotFound => ("找不到此頁面", "Page not found"),
+            AppError::MethodNotAllowed(_) => ("不支援此操作", "Method not allowed"),
+            AppError::InvalidParameter { .. } | AppError::InvalidQuery(_) => {
+                ("查詢條件有誤", "Invalid query")
+            }
+            AppError::MalformedJson(_) | AppError::InvalidBody(_) => {
+                ("請求內容有誤", "Invalid request body")
+            }
+            AppError::UnsupportedMediaType => ("不支援的內容格式", "Unsupported media type"),
+            AppError::PayloadTooLarge { .. } => ("請求內容過大", "Request body too large"),
+            AppError::Timeout => ("處理逾時", "Request timed out"),
+            AppError::EmptySelection => ("尚未選擇資料集", "No dataset chosen"),
+            AppError::DatabaseUnavailable => ("服務暫時無法使用", "Service unavailable"),
+            AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
+        };
+        lang.pick(zh, en)
+    }
+
+    /// What the person or client can do about it.
+    fn detail(&self) -> String {
+        match self {
+            AppError::Internal(_) => "Something went wrong on our side. Try again; if it keeps happening, quote the request ID to support.".into(),
+            AppError::DatabaseUnavailable => "The platform cannot reach its database. Try again in a minute.".into(),
+            AppError::Timeout => "The platform could not answer in time. Try again.".into(),
+            other => format!("{other}."),
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            AppError::Internal(e) => {
+                tracing::error!(code = self.code(), error = ?e, "request failed")
+            }
+            AppError::DatabaseUnavailable => {
+                tracing::warn!(code = self.code(), "database unavailable")
+            }
+            _ => tracing::debug!(code = self.code(), "request refused"),
+        }
+    }
+
+    /// The response for a web page: the same problem, as a page in the person's language.
+    pub fn into_page(self, lang: Lang) -> Response {
+        self.log();
+        let page = crate::pages::ErrorPage::new(
+            lang,
+            self.status().as_u16(),
+            self.title(lang),
+            &self.detail(),
+            self.code(),
+        );
+        (self.status(), page).into_response()
+    }
+}
+
+/// RFC 9457 problem details, with the stable `code` as an extension member.
+#[derive(Debug, Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let body = Problem {
+            kind: format!("urn:mydata:problem:{}", self.code()),
+            title: self.title(Lang::En),
+            status: status.as_u16(),
+            detail: self.detail(),
+            code: self.code(),
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut res = (status, json).into_response();
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        res
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => AppError::UnsupportedMediaType,
+            JsonRejection::JsonSyntaxError(e) => {
+                AppError::MalformedJson(strip_prefix(e.body_text()))
+            }
+            JsonRejection::JsonDataError(e) => AppError::InvalidBody(strip_prefix(e.body_text())),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                AppError::PayloadTooLarge { limit: 0 }
+            }
+            other => AppError::InvalidBody(other.body_text()),
+        }
+    }
+}
+
+/// axum's rejection texts start with a generic sentence that our own message already says.
+fn strip_prefix(text: String) -> String {
+    for p in [
+        "Failed to parse the request body as JSON: ",
+        "Failed to deserialize the JSON body into the target type: ",
+    ] {
+        if let Some(rest) = text.strip_prefix(p) {
+            return rest.to_owned();
+        }
+    }
+    text
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(r: QueryRejection) -> Self {
+        AppError::InvalidQuery(
+            r.body_text()
+                .trim_start_matches("Failed to deserialize query string: ")
+                .to_owned(),
+        )
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(r: PathRejection) -> Self {
+        AppError::InvalidParameter {
+            name: "path".into(),
+            message: r.body_text(),
+        }
+    }
+}
+
+impl From<mydata_store::StoreError> for AppError {
+    fn from(e: mydata_store::StoreError) -> Self {
+        AppError::Internal(e.into())
+    }
+}
+
+/// Whether a request is for the machine API (problem+json) rather than a web page.
+fn wants_problem_json(path: &str) -> bool {
+    path.starts_with("/api/")
+        || path == "/api"
+        || path.starts_with("/healthz")
+        || path.starts_with("/readyz")
+        || path.starts_with("/.well-known/")
+}
+
+/// Rewrites error responses made outside handlers (layers, router fallbacks) into problem+json for
+/// the API or an error page for the web, so that every error has the same shape and a code.
+pub async fn problem_fallback(req: Request, next: Next) -> Response {
+    let api = wants_problem_json(req.uri().path());
+    let lang = Lang::from_request(&req);
+    let method = req.method().to_string();
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map(|b| b.0)
+        .unwrap_or(0);
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with(PROBLEM_JSON) || content_type.starts_with("text/html") {
+        return res;
+    }
+    let err = match status {
+        StatusCode::NOT_FOUND => AppError::RouteNotFound,
+        StatusCode::METHOD_NOT_ALLOWED => AppError::MethodNotAllowed(method),
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge { limit },
+        StatusCode::REQUEST_TIMEOUT => AppError::Timeout,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::UnsupportedMediaType,
+        s if s.is_client_error() => {
+            AppError::InvalidBody(format!("request refused with status {}", s.as_u16()))
+        }
+        _ => AppError::Internal(anyhow::anyhow!(
+            "unhandled error response with status {status}"
+        )),
+    };
+    let allow = res.headers().get(header::ALLOW).cloned();
+    let mut out = if api {
+        err.into_response()
+    } else {
+        err.into_page(lang)
+    };
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
+
+/// The configured body limit, made visible to [`problem_fallback`] for its message.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Converts a panic inside a handler into a logged internal error instead of a dropped connection.
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// A page handler's error: the same [`AppError`], answered as a page in the person's language.
+#[derive(Debug)]
+pub struct PageError(pub AppError, pub Lang);
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        self.0.into_page(self.1)
+    }
+}
+
+/// Renders an askama template, turning a template failure into an internal error.
+pub fn render<T: askama::Template>(t: &T) -> Result<Html<String>, AppError> {
+    t.render()
+        .map(Html)
+        .map_err(|e| AppError::Internal(e.into()))
+}

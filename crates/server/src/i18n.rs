@@ -1,0 +1,103 @@
+//! The person's language: Traditional Chinese (zh-TW) by default, English on request.
+//!
+//! Chosen by `?lang=en` / `?lang=zh-TW` (remembered in a cookie), then the `lang` cookie; never guessed
+//! from the browser, so that a counter clerk and a citizen see the same page by default.
+
+use axum::extract::Request;
+use axum::http::header;
+
+/// A supported page language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lang {
+    #[default]
+    ZhTw,
+    En,
+}
+
+impl Lang {
+    /// The BCP 47 tag, as used in `<html lang>` and the `lang` parameter.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Lang::ZhTw => "zh-TW",
+            Lang::En => "en",
+        }
+    }
+
+    /// The other language, for the switch link.
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::ZhTw => Lang::En,
+            Lang::En => Lang::ZhTw,
+        }
+    }
+
+    /// Picks the text for this language.
+    pub fn pick<'a>(self, zh: &'a str, en: &'a str) -> &'a str {
+        match self {
+            Lang::ZhTw => zh,
+            Lang::En => en,
+        }
+    }
+
+    /// Parses a `lang` value; accepts the tags case-insensitively and `zh` for zh-TW.
+    pub fn parse(s: &str) -> Option<Lang> {
+        match s.to_ascii_lowercase().as_str() {
+            "zh-tw" | "zh" | "zh-hant" => Some(Lang::ZhTw),
+            "en" | "en-us" | "en-gb" => Some(Lang::En),
+            _ => None,
+        }
+    }
+
+    /// The language of a request: query parameter first, then cookie, then zh-TW.
+    pub fn from_request(req: &Request) -> Lang {
+        Self::from_query(req.uri().query())
+            .or_else(|| Self::from_cookie(req.headers()))
+            .unwrap_or_default()
+    }
+
+    pub fn from_query(query: Option<&str>) -> Option<Lang> {
+        query?
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "lang")
+            .and_then(|(_, v)| Lang::parse(v))
+    }
+
+    pub fn from_cookie(headers: &axum::http::HeaderMap) -> Option<Lang> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == "lang")
+            .and_then(|(_, v)| Lang::parse(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_wins_over_cookie_and_default_is_zh_tw() {
+        let req = |uri: &str, cookie: Option<&str>| {
+            let mut b = axum::http::Request::builder().uri(uri);
+            if let Some(c) = cookie {
+                b = b.header(header::COOKIE, c);
+            }
+            b.body(axum::body::Body::empty()).unwrap_or_default()
+        };
+        assert_eq!(Lang::from_request(&req("/", None)), Lang::ZhTw);
+        assert_eq!(Lang::from_request(&req("/?lang=en", None)), Lang::En);
+        assert_eq!(
+            Lang::from_request(&req("/", Some("a=b; lang=en"))),
+            Lang::En
+        );
+        assert_eq!(
+            Lang::from_request(&req("/?lang=zh-TW", Some("lang=en"))),
+            Lang::ZhTw
+        );
+        assert_eq!(Lang::from_request(&req("/?lang=klingon", None)), Lang::ZhTw);
+    }
+}

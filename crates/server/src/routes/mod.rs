@@ -1,0 +1,5 @@
+//! Request handlers, one module per audience.
+
+pub mod catalog_api;
+pub mod health;
+pub mod home;

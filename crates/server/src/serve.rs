@@ -1,0 +1,171 @@
+//! Starting and stopping a server: load the catalogue, connect and migrate the database, bind, serve
+//! until told to stop, then finish the requests in flight.
+
+use crate::app::router;
+use crate::config::Settings;
+use crate::state::AppState;
+use anyhow::Context;
+use mydata_core::catalog::{CatalogFile, CatalogSources};
+use mydata_core::{Catalog, Clock};
+use mydata_store::{PoolSettings, Store};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long requests in flight may take to finish after a stop signal.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// Reads a catalogue folder (all five files), or returns the built-in catalogue when `dir` is None.
+pub fn load_catalog(dir: Option<&Path>) -> anyhow::Result<Catalog> {
+    let mut sources = CatalogSources::embedded();
+    if let Some(dir) = dir {
+        for kind in CatalogFile::ALL {
+            let path = dir.join(kind.file_name());
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read catalogue file {}", path.display()))?;
+            *sources.get_mut(kind) = mydata_core::CatalogSource {
+                file: path.display().to_string(),
+                text,
+            };
+        }
+    }
+    Ok(Catalog::parse(&sources)?)
+}
+
+/// A server bound to its address and ready to run.
+#[derive(Debug)]
+pub struct Server {
+    listener: std::net::TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Loads the catalogue, connects to and migrates the database, and binds the listening socket.
+    pub async fn bind(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let catalog = load_catalog(settings.catalog_dir().as_deref())?;
+        let url = settings.database_url();
+        let store = Store::connect(
+            &url,
+            &PoolSettings {
+                max_connections: settings.database.max_connections,
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("cannot open the database ({})", redact_url(&url)))?;
+        store
+            .migrate()
+            .await
+            .context("cannot bring the database schema up to date")?;
+        let listener = std::net::TcpListener::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        listener.set_nonblocking(true)?;
+        tracing::info!(
+            datasets = catalog.datasets().len(),
+            services = catalog.services().len(),
+            database = ?store.backend(),
+            "catalogue loaded and database ready"
+        );
+        Ok(Self {
+            listener,
+            state: AppState::new(catalog, store, clock, settings),
+        })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// `http://host:port` or `https://host:port` of this server.
+    pub fn base_url(&self) -> anyhow::Result<String> {
+        let scheme = if self.state.settings().tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(format!("{scheme}://{}", self.local_addr()?))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then lets requests in flight finish (up to a limit).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = router(self.state.clone());
+        let addr = self.local_addr()?;
+        match self.state.settings().tls.clone() {
+            None => {
+                let listener = tokio::net::TcpListener::from_std(self.listener)?;
+                tracing::info!(%addr, "listening (HTTP)");
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await?;
+            }
+            Some(tls) => {
+                // Several crypto back-ends are linked (through dependencies); choose one explicitly.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                let config =
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "cannot load TLS certificate {} and key {}",
+                                tls.cert.display(),
+                                tls.key.display()
+                            )
+                        })?;
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    shutdown.await;
+                    h.graceful_shutdown(Some(DRAIN));
+                });
+                tracing::info!(%addr, "listening (HTTPS)");
+                axum_server::from_tcp_rustls(self.listener, config)
+                    .handle(handle)
+                    .serve(app.into_make_service())
+                    .await?;
+            }
+        }
+        self.state.store().close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("stop signal received; finishing requests in flight");
+}
+
+/// A database URL with any password removed, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

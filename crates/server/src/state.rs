@@ -1,0 +1,46 @@
+//! Shared, read-mostly state of one server process. Nothing here is needed by another process:
+//! everything that must be shared lives in the database.
+
+use crate::config::Settings;
+use mydata_core::{Catalog, Clock};
+use mydata_store::Store;
+use std::sync::Arc;
+
+/// Handed to every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    catalog: Catalog,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+}
+
+impl AppState {
+    pub fn new(catalog: Catalog, store: Store, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                catalog,
+                store,
+                clock,
+                settings,
+            }),
+        }
+    }
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub fn clock(&self) -> &dyn Clock {
+        self.inner.clock.as_ref()
+    }
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+}

@@ -1,0 +1,199 @@
+//! Bad input of every kind gets a problem+json answer with a stable code, and changes nothing.
+
+use crate::helpers::{Backend, TestApp, assert_problem};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn too_large_body_is_413_with_or_without_content_length() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.http.body_limit_bytes = 1024).await;
+    let big = format!("{{\"datasets\": [\"{}\"]}}", "a".repeat(4096));
+    let res = app
+        .client
+        .post(app.url("/api/v1/selection"))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    let b = assert_problem(res, 413, "payload_too_large").await;
+    assert!(
+        b["detail"].as_str().unwrap().contains("1024"),
+        "names the limit: {b}"
+    );
+
+    // Streamed without a length: refused while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.as_bytes().chunks(256).map(|c| Ok(c.to_vec())).collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let res = app
+        .client
+        .post(app.url("/api/v1/selection"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 413, "payload_too_large").await;
+
+    // Within the limit the same endpoint works.
+    let ok = app
+        .post_json(
+            "/api/v1/selection",
+            &serde_json::json!({"datasets": ["low-income-household"]}),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn wrong_content_type_malformed_and_unexpected_json_are_refused() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let url = app.url("/api/v1/selection");
+    let res = app
+        .client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(r#"{"datasets":["low-income-household"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 415, "unsupported_media_type").await;
+    let res = app
+        .client
+        .post(&url)
+        .body(r#"{"datasets":["low-income-household"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 415, "unsupported_media_type").await;
+
+    let res = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"datasets\": [")
+        .send()
+        .await
+        .unwrap();
+    let b = assert_problem(res, 400, "malformed_json").await;
+    assert!(b["detail"].as_str().unwrap().contains("line 1"), "{b}");
+
+    let res = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"datasets": "all"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 422, "invalid_body").await;
+    let res = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"datasets": [], "extra": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    let b = assert_problem(res, 422, "invalid_body").await;
+    assert!(b["detail"].as_str().unwrap().contains("extra"), "{b}");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_problems_on_the_api() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    assert_problem(
+        app.get("/api/v1/nothing-here").await,
+        404,
+        "route_not_found",
+    )
+    .await;
+    let res = app
+        .client
+        .delete(app.url("/api/v1/datasets"))
+        .send()
+        .await
+        .unwrap();
+    let allow = res
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_problem(res, 405, "method_not_allowed").await;
+    assert!(
+        allow.is_some_and(|a| a.contains("GET")),
+        "Allow header kept"
+    );
+    // Path tricks do not escape the router.
+    assert_problem(
+        app.get("/api/v1/datasets/..%2F..%2Fetc%2Fpasswd").await,
+        404,
+        "dataset_not_found",
+    )
+    .await;
+    let res = app.get("/api/v1/../../etc/passwd").await;
+    assert_eq!(res.status(), 404);
+    assert!(!res.text().await.unwrap().contains("root:"));
+}
+
+#[tokio::test]
+async fn bad_input_changes_nothing_in_the_store() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let before = app
+        .db
+        .store
+        .audit_for_subject("anyone")
+        .await
+        .unwrap()
+        .len();
+    let _ = app
+        .client
+        .post(app.url("/api/v1/selection"))
+        .header("content-type", "application/json")
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
+    let _ = app.get("/api/v1/datasets?format=xml").await;
+    assert_eq!(
+        app.db
+            .store
+            .audit_for_subject("anyone")
+            .await
+            .unwrap()
+            .len(),
+        before
+    );
+    assert_eq!(app.get("/readyz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_times_out_with_408() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.http.request_timeout_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Promise 100 bytes, send 10, then stall.
+    let head = format!(
+        "POST /api/v1/selection HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"datasets"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&buf).contains("}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "server never answered the stalled request");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+}

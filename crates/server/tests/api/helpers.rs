@@ -1,0 +1,115 @@
+//! Boots a server for one test and offers typed helpers.
+
+use mydata_core::{ManualClock, Timestamp};
+use mydata_server::{Server, Settings};
+use mydata_store::testing::{TestDatabase, fresh_postgres, fresh_sqlite};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Boots a server whose settings `tweak` may change.
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Self {
+        let db = match backend {
+            Backend::Sqlite => fresh_sqlite().await.unwrap(),
+            Backend::Postgres => fresh_postgres().await.unwrap(),
+        };
+        let mut settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: std::env::temp_dir(),
+            ..Default::default()
+        };
+        settings.database.url = db.url.clone();
+        tweak(&mut settings);
+        let tls = settings.tls.is_some();
+        let clock = ManualClock::new(Timestamp::from_millis(1_790_000_000_000));
+        let server = Server::bind(settings, Arc::new(clock)).await.unwrap();
+        let base = server.base_url().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async move {
+            let _ = rx.await;
+        }));
+        let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        if tls {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        Self {
+            base,
+            client: builder.build().unwrap(),
+            db,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.get(path).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Asks the server to stop and waits until it has.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.unwrap(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks a problem+json response and returns its body.
+pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let ct = res
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["type"], format!("urn:mydata:problem:{code}"));
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+    body
+}

@@ -1,0 +1,121 @@
+//! The citizen home page.
+
+use crate::helpers::{Backend, TestApp};
+
+async fn page(app: &TestApp, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+    let res = app.get(path).await;
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    (status, res.text().await.unwrap(), headers)
+}
+
+#[tokio::test]
+async fn home_lists_every_dataset_in_zh_tw_by_default() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (s, html, h) = page(&app, "/").await;
+    assert_eq!(s, 200);
+    assert!(
+        h.get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(html.contains("<html lang=\"zh-TW\">"));
+    assert!(html.contains("name=\"viewport\" content=\"width=device-width, initial-scale=1\""));
+    assert_eq!(html.matches("class=\"card\"").count(), 105);
+    assert!(html.contains("個人戶籍資料"));
+    assert!(html.contains("內政部 戶政司"));
+    assert!(html.contains("共 105 項資料集"));
+    assert!(
+        html.contains("約 60 分鐘"),
+        "shows the wait of slow agencies"
+    );
+    assert!(
+        !html.contains("style=\""),
+        "no inline styles (CSP forbids them)"
+    );
+}
+
+#[tokio::test]
+async fn english_switch_is_remembered_in_a_cookie() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (s, html, h) = page(&app, "/?lang=en").await;
+    assert_eq!(s, 200);
+    assert!(html.contains("<html lang=\"en\">"));
+    assert!(html.contains("Personal household registration record"));
+    assert!(html.contains("Showing 105 of 105 datasets"));
+    let cookie = h.get("set-cookie").unwrap().to_str().unwrap();
+    assert!(
+        cookie.starts_with("lang=en") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let res = app
+        .client
+        .get(app.url("/"))
+        .header("cookie", "lang=en")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.text().await.unwrap().contains("<html lang=\"en\">"));
+}
+
+#[tokio::test]
+async fn search_and_grouping_work_without_javascript() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let (_, html, _) = page(&app, "/?q=%E4%BD%8E%E6%94%B6").await; // 低收
+    assert!(html.contains("低收及中低收列冊資料"));
+    assert!(html.matches("class=\"card\"").count() < 105);
+    let (_, html, _) = page(&app, "/?group=category&category=welfare").await;
+    assert!(html.contains("id=\"g-welfare\""));
+    assert!(!html.contains("id=\"g-tax\""));
+    assert!(html.contains("<option value=\"welfare\" selected>"));
+    let (_, html, _) = page(&app, "/?q=zzzz-nothing").await;
+    assert!(html.contains("找不到符合條件的資料集"));
+}
+
+#[tokio::test]
+async fn bad_page_input_gets_a_readable_page() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    for path in [
+        "/?group=banana",
+        "/?category=space",
+        "/?unknown=1",
+        "/?lang=klingon",
+    ] {
+        let (s, html, h) = page(&app, path).await;
+        assert_eq!(s, 400, "{path}");
+        assert!(
+            h.get("content-type")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert!(html.contains("查詢條件有誤"), "{path}");
+        assert!(html.contains("href=\"/\""), "{path}: offers a way back");
+    }
+    let (s, html, _) = page(&app, "/no/such/page").await;
+    assert_eq!(s, 404);
+    assert!(html.contains("找不到此頁面") && html.contains("route_not_found"));
+    let (s, html, _) = page(&app, "/no/such/page?lang=en").await;
+    assert_eq!(s, 404);
+    assert!(html.contains("Page not found"));
+}
+
+#[tokio::test]
+async fn stylesheet_is_served() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let res = app.get("/static/app.css").await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    assert!(res.text().await.unwrap().contains("@media"));
+}

@@ -1,0 +1,10 @@
+//! HTTP tests of the server: each test boots a real server on port 0 with a fresh database.
+//! One test binary (modules below) so the crate is linked once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod catalog;
+mod errors;
+mod health;
+mod helpers;
+mod home;
+mod transport;
