@@ -10,12 +10,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_mydata");
 const REPO_CATALOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../catalog");
 
 fn mydata(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env_remove("MYDATA_CONFIG").output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env_remove("MYDATA_CONFIG")
+        .output()
+        .unwrap()
 }
 
 fn stderr_line(o: &Output) -> String {
     let text = String::from_utf8_lossy(&o.stderr).trim().to_owned();
-    assert_eq!(text.lines().count(), 1, "failure must be one line on stderr: {text}");
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "failure must be one line on stderr: {text}"
+    );
     text
 }
 
@@ -39,7 +47,9 @@ fn every_subcommand_has_help() {
         assert!(top.contains(sub), "{sub} missing from --help");
     }
     let serve = String::from_utf8_lossy(&mydata(&["serve", "--help"]).stdout).to_string();
-    assert!(serve.contains("--listen") && serve.contains("--data-dir") && serve.contains("--config"));
+    assert!(
+        serve.contains("--listen") && serve.contains("--data-dir") && serve.contains("--config")
+    );
 }
 
 #[test]
@@ -47,22 +57,39 @@ fn catalog_check_accepts_the_shipped_catalogue() {
     let o = mydata(&["catalog", "check", REPO_CATALOG]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("105 datasets") && out.contains("28 services"), "{out}");
+    assert!(
+        out.contains("105 datasets") && out.contains("28 services"),
+        "{out}"
+    );
 }
 
 #[test]
 fn catalog_check_lists_every_problem_with_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(Path::new(REPO_CATALOG).join("services.tsv")).unwrap();
-    let broken = text.replacen("\tonline\tlow-income-household\t", "\tonline\tno-such-dataset\t", 1).replacen("\tboth\t", "\tkiosk\t", 1);
+    let broken = text
+        .replacen(
+            "\tonline\tlow-income-household\t",
+            "\tonline\tno-such-dataset\t",
+            1,
+        )
+        .replacen("\tboth\t", "\tkiosk\t", 1);
     let file = dir.path().join("services.tsv");
     std::fs::write(&file, broken).unwrap();
     let o = mydata(&["catalog", "check", file.to_str().unwrap()]);
     assert!(!o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     let shown = file.display().to_string();
-    assert!(out.lines().any(|l| l.starts_with(&shown) && l.contains(": field `datasets`: unknown dataset `no-such-dataset`")), "{out}");
-    assert!(out.lines().any(|l| l.contains(": field `mode`: unknown mode `kiosk`")), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with(&shown)
+            && l.contains(": field `datasets`: unknown dataset `no-such-dataset`")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains(": field `mode`: unknown mode `kiosk`")),
+        "{out}"
+    );
     assert!(stderr_line(&o).contains("2 problem(s)"));
 
     let o = mydata(&["catalog", "check", "/etc/hostname"]);
@@ -72,10 +99,17 @@ fn catalog_check_lists_every_problem_with_file_line_and_field() {
 
 #[test]
 fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
-    let o = Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0"]).env("MYDATA_LOG__FORMAT", "xml").output().unwrap();
+    let o = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("MYDATA_LOG__FORMAT", "xml")
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let line = stderr_line(&o);
-    assert!(line.contains("log.format") && line.contains("MYDATA_LOG__FORMAT"), "{line}");
+    assert!(
+        line.contains("log.format") && line.contains("MYDATA_LOG__FORMAT"),
+        "{line}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("mydata.toml");
@@ -88,20 +122,39 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
 #[test]
 fn a_broken_catalogue_folder_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["categories.tsv", "sectors.tsv", "agencies.tsv", "datasets.tsv", "services.tsv"] {
+    for f in [
+        "categories.tsv",
+        "sectors.tsv",
+        "agencies.tsv",
+        "datasets.tsv",
+        "services.tsv",
+    ] {
         std::fs::copy(Path::new(REPO_CATALOG).join(f), dir.path().join(f)).unwrap();
     }
     let ds = std::fs::read_to_string(dir.path().join("datasets.tsv")).unwrap();
-    std::fs::write(dir.path().join("datasets.tsv"), ds.replacen("\tjson,pdf\t", "\tjson,docx\t", 1)).unwrap();
+    std::fs::write(
+        dir.path().join("datasets.tsv"),
+        ds.replacen("\tjson,pdf\t", "\tjson,docx\t", 1),
+    )
+    .unwrap();
     let data = tempfile::tempdir().unwrap();
     let o = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data.path().to_str().unwrap()])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ])
         .env("MYDATA_CATALOG__DIR", dir.path())
         .output()
         .unwrap();
     assert!(!o.status.success());
     let line = stderr_line(&o);
-    assert!(line.contains("datasets.tsv:") && line.contains("field `formats`") && line.contains("docx"), "{line}");
+    assert!(
+        line.contains("datasets.tsv:") && line.contains("field `formats`") && line.contains("docx"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -118,37 +171,65 @@ fn migrate_creates_the_sqlite_database() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(dir.path().join("mydata.db").is_file());
     // A second run is a no-op.
-    assert!(mydata(&["migrate", "--data-dir", dir.path().to_str().unwrap()]).status.success());
+    assert!(
+        mydata(&["migrate", "--data-dir", dir.path().to_str().unwrap()])
+            .status
+            .success()
+    );
 }
 
 #[tokio::test]
 async fn migrate_works_on_postgres() {
     let db = mydata_store::testing::fresh_postgres().await.unwrap();
-    let o = Command::new(BIN).arg("migrate").env("MYDATA_DATABASE__URL", &db.url).output().unwrap();
+    let o = Command::new(BIN)
+        .arg("migrate")
+        .env("MYDATA_DATABASE__URL", &db.url)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("up to date"));
 }
 
 /// Starts `mydata demo` (or `serve`), waits for the line with its URL, and returns the child and URL.
-async fn start(sub: &str, data_dir: &Path, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+async fn start(
+    sub: &str,
+    data_dir: &Path,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
     let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args([sub, "--listen", "127.0.0.1:0", "--data-dir", data_dir.to_str().unwrap()])
-        .env_remove("MYDATA_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    cmd.args([
+        sub,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ])
+    .env_remove("MYDATA_CONFIG")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("no URL printed in time").unwrap().unwrap();
+    let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("no URL printed in time")
+        .unwrap()
+        .unwrap();
     (child, url)
 }
 
 fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 #[tokio::test]
@@ -159,16 +240,32 @@ async fn demo_prints_its_url_once_healthy_serves_the_catalogue_and_stops_on_sigt
     // Ready when printed: no retry needed.
     let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
-    let body: serde_json::Value = reqwest::get(format!("{url}/api/v1/datasets")).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = reqwest::get(format!("{url}/api/v1/datasets"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["count"], 105);
-    let body: serde_json::Value = reqwest::get(format!("{url}/api/v1/services")).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = reqwest::get(format!("{url}/api/v1/services"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["count"], 28);
     let home = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(home.contains("個人戶籍資料"));
-    assert!(dir.path().join("mydata.db").is_file(), "embedded SQLite lives in --data-dir");
+    assert!(
+        dir.path().join("mydata.db").is_file(),
+        "embedded SQLite lives in --data-dir"
+    );
 
     sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("did not stop on SIGTERM").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("did not stop on SIGTERM")
+        .unwrap();
     assert!(status.success(), "{status}");
 }
 
@@ -178,7 +275,13 @@ async fn serve_runs_on_postgres_selected_by_url() {
     let dir = tempfile::tempdir().unwrap();
     // `serve` prints nothing on stdout; use demo's readiness line via serve's JSON log instead.
     let mut child = tokio::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap()])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
         .env("MYDATA_DATABASE__URL", &db.url)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -197,9 +300,17 @@ async fn serve_runs_on_postgres_selected_by_url() {
     })
     .await
     .unwrap();
-    let ready: serde_json::Value = reqwest::get(format!("http://{addr}/readyz")).await.unwrap().json().await.unwrap();
+    let ready: serde_json::Value = reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["database"], "postgres");
     sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 }

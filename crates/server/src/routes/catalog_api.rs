@@ -7,6 +7,8 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use mydata_core::catalog::{
     DataFormat, Dataset, DatasetFilter, SelectionError, Service, ServiceFilter, ServiceMode,
 };
@@ -208,11 +210,17 @@ impl DatasetQuery {
     }
 }
 
+/// Serialises borrowed views straight to the response body (no intermediate JSON tree).
+fn json_response<T: Serialize>(value: &T) -> Result<Response, AppError> {
+    let body = serde_json::to_vec(value).map_err(|e| AppError::Internal(e.into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
 /// `GET /api/v1/datasets`
 pub async fn list_datasets(
     State(state): State<AppState>,
     query: Result<Query<DatasetQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Response, AppError> {
     let Query(q) = query?;
     let c = state.catalog();
     let filter = q.to_filter(c)?;
@@ -221,26 +229,31 @@ pub async fn list_datasets(
         .into_iter()
         .map(|d| dataset_view(c, d))
         .collect();
-    Ok(Json(
-        serde_json::to_value(DatasetList {
-            count: datasets.len(),
-            datasets,
-        })
-        .map_err(|e| AppError::Internal(e.into()))?,
-    ))
+    json_response(&DatasetList {
+        count: datasets.len(),
+        datasets,
+    })
+}
+
+/// One dataset with the services that use it.
+#[derive(Debug, Serialize)]
+struct DatasetDetail<'a> {
+    #[serde(flatten)]
+    dataset: DatasetView<'a>,
+    used_by_services: Vec<NamedRef<'a>>,
 }
 
 /// `GET /api/v1/datasets/{id}`: the dataset and the services that use it.
 pub async fn get_dataset(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Response, AppError> {
     let c = state.catalog();
     let d = c.dataset(&id).ok_or_else(|| AppError::NotFound {
         what: "dataset",
         id: id.clone(),
     })?;
-    let used_by: Vec<NamedRef<'_>> = c
+    let used_by_services: Vec<NamedRef<'_>> = c
         .services()
         .iter()
         .filter(|s| s.datasets.iter().any(|x| x == &d.id))
@@ -250,11 +263,16 @@ pub async fn get_dataset(
             name_en: &s.name_en,
         })
         .collect();
-    let mut v =
-        serde_json::to_value(dataset_view(c, d)).map_err(|e| AppError::Internal(e.into()))?;
-    v["used_by_services"] =
-        serde_json::to_value(used_by).map_err(|e| AppError::Internal(e.into()))?;
-    Ok(Json(v))
+    json_response(&DatasetDetail {
+        dataset: dataset_view(c, d),
+        used_by_services,
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceList<'a> {
+    count: usize,
+    services: Vec<ServiceView<'a>>,
 }
 
 /// Filters of `GET /api/v1/services`.
@@ -270,7 +288,7 @@ pub struct ServiceQuery {
 pub async fn list_services(
     State(state): State<AppState>,
     query: Result<Query<ServiceQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Response, AppError> {
     let Query(q) = query?;
     let c = state.catalog();
     let mode = q
@@ -294,24 +312,23 @@ pub async fn list_services(
         .into_iter()
         .map(|s| service_view(c, s))
         .collect();
-    Ok(Json(
-        serde_json::json!({ "count": services.len(), "services": services }),
-    ))
+    json_response(&ServiceList {
+        count: services.len(),
+        services,
+    })
 }
 
 /// `GET /api/v1/services/{id}`
 pub async fn get_service(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Response, AppError> {
     let c = state.catalog();
     let s = c.service(&id).ok_or_else(|| AppError::NotFound {
         what: "service",
         id: id.clone(),
     })?;
-    Ok(Json(
-        serde_json::to_value(service_view(c, s)).map_err(|e| AppError::Internal(e.into()))?,
-    ))
+    json_response(&service_view(c, s))
 }
 
 #[derive(Debug, Serialize)]
