@@ -31,6 +31,7 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
     pub catalog: CatalogSettings,
+    pub jobs: crate::background::JobSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +101,7 @@ impl Default for Settings {
             },
             tls: None,
             catalog: CatalogSettings { dir: String::new() },
+            jobs: crate::background::JobSettings::default(),
         }
     }
 }
@@ -148,6 +150,15 @@ impl Settings {
         }
         if self.http.request_timeout_secs == 0 {
             return bad("http.request_timeout_secs", "must be at least 1");
+        }
+        if self.jobs.poll_interval_ms == 0 {
+            return bad("jobs.poll_interval_ms", "must be at least 1");
+        }
+        if self.jobs.lease_secs == 0 || self.jobs.sweep_interval_secs == 0 {
+            return bad(
+                "jobs.lease_secs",
+                "jobs.lease_secs and jobs.sweep_interval_secs must be at least 1",
+            );
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");

@@ -5,6 +5,7 @@
 //! [`routes`] (handlers), [`pages`] (templates), [`error`] (error mapping), [`i18n`] (languages).
 
 pub mod app;
+pub mod background;
 pub mod config;
 pub mod error;
 pub mod i18n;

@@ -2,6 +2,7 @@
 //! until told to stop, then finish the requests in flight.
 
 use crate::app::router;
+use crate::background::{Background, JobHandler};
 use crate::config::Settings;
 use crate::state::AppState;
 use anyhow::Context;
@@ -39,6 +40,7 @@ pub fn load_catalog(dir: Option<&Path>) -> anyhow::Result<Catalog> {
 pub struct Server {
     listener: std::net::TcpListener,
     state: AppState,
+    handlers: Vec<Arc<dyn JobHandler>>,
 }
 
 impl Server {
@@ -71,6 +73,7 @@ impl Server {
         Ok(Self {
             listener,
             state: AppState::new(catalog, store, clock, settings),
+            handlers: Vec::new(),
         })
     }
 
@@ -92,6 +95,11 @@ impl Server {
         &self.state
     }
 
+    /// Registers the handler of a job queue; its worker starts with the server.
+    pub fn add_job_handler(&mut self, handler: Arc<dyn JobHandler>) {
+        self.handlers.push(handler);
+    }
+
     /// Serves until `shutdown` completes, then lets requests in flight finish (up to a limit).
     pub async fn run_until(
         self,
@@ -99,6 +107,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let app = router(self.state.clone());
         let addr = self.local_addr()?;
+        let background = Background::spawn(self.state.clone(), self.handlers);
         match self.state.settings().tls.clone() {
             None => {
                 let listener = tokio::net::TcpListener::from_std(self.listener)?;
@@ -133,6 +142,8 @@ impl Server {
                     .await?;
             }
         }
+        // Requests have drained; let the background tasks finish their current step, then close.
+        background.shutdown().await;
         self.state.store().close().await;
         tracing::info!("stopped");
         Ok(())

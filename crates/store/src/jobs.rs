@@ -203,6 +203,18 @@ impl Store {
         self.finish_job(id, worker, JobState::Done, None, now).await
     }
 
+    /// Marks a leased job failed for good (an operator can see it and its last error).
+    pub async fn fail_job(
+        &self,
+        id: &str,
+        worker: &str,
+        error: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.finish_job(id, worker, JobState::Failed, Some(error), now)
+            .await
+    }
+
     async fn finish_job(
         &self,
         id: &str,

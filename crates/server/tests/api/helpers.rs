@@ -14,6 +14,8 @@ pub enum Backend {
 
 pub struct TestApp {
     pub base: String,
+    pub clock: ManualClock,
+    pub state: mydata_server::state::AppState,
     pub client: reqwest::Client,
     pub db: TestDatabase,
     stop: Option<oneshot::Sender<()>>,
@@ -27,6 +29,15 @@ impl TestApp {
 
     /// Boots a server whose settings `tweak` may change.
     pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::spawn_full(backend, tweak, Vec::new()).await
+    }
+
+    /// Boots a server with changed settings and extra job handlers.
+    pub async fn spawn_full(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Settings),
+        handlers: Vec<Arc<dyn mydata_server::background::JobHandler>>,
+    ) -> Self {
         let db = match backend {
             Backend::Sqlite => fresh_sqlite().await.unwrap(),
             Backend::Postgres => fresh_postgres().await.unwrap(),
@@ -40,7 +51,13 @@ impl TestApp {
         tweak(&mut settings);
         let tls = settings.tls.is_some();
         let clock = ManualClock::new(Timestamp::from_millis(1_790_000_000_000));
-        let server = Server::bind(settings, Arc::new(clock)).await.unwrap();
+        let mut server = Server::bind(settings, Arc::new(clock.clone()))
+            .await
+            .unwrap();
+        for h in handlers {
+            server.add_job_handler(h);
+        }
+        let state = server.state().clone();
         let base = server.base_url().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until(async move {
@@ -52,6 +69,8 @@ impl TestApp {
         }
         Self {
             base,
+            clock,
+            state,
             client: builder.build().unwrap(),
             db,
             stop: Some(tx),
@@ -92,6 +111,21 @@ impl TestApp {
             None => Ok(()),
         }
     }
+}
+
+/// Polls `check` every 10 ms until it is true, for at most 5 seconds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
 }
 
 /// Checks a problem+json response and returns its body.

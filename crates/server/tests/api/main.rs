@@ -2,6 +2,7 @@
 //! One test binary (modules below) so the crate is linked once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod background;
 mod catalog;
 mod errors;
 mod health;

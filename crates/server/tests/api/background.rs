@@ -1,0 +1,194 @@
+//! Background work: durable jobs run by the server's workers, and the 8-hour expiry sweep.
+
+use crate::helpers::{Backend, TestApp, eventually};
+use mydata_core::transfer::{TransferKind, TransferState};
+use mydata_core::{Clock, limits};
+use mydata_server::background::{BoxFuture, JobHandler, JobOutcome, sweep_expired};
+use mydata_server::state::AppState;
+use mydata_store::{Job, JobState, NewJob, NewTransfer};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Fails its first run with a retry ten minutes later, then succeeds.
+#[derive(Debug, Default)]
+struct Flaky {
+    runs: AtomicU32,
+}
+
+impl JobHandler for Flaky {
+    fn queue(&self) -> &'static str {
+        "test"
+    }
+    fn run(&self, state: AppState, _job: Job) -> BoxFuture<JobOutcome> {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if n == 0 {
+                JobOutcome::RetryAt {
+                    at: state.clock().now().plus(Duration::from_secs(600)),
+                    error: "agency not ready".into(),
+                }
+            } else {
+                JobOutcome::Done
+            }
+        })
+    }
+}
+
+fn fast(s: &mut mydata_server::Settings) {
+    s.jobs.poll_interval_ms = 5;
+}
+
+async fn job_state(app: &TestApp, id: &str) -> JobState {
+    app.db.store.job(id).await.unwrap().unwrap().state
+}
+
+#[tokio::test]
+async fn a_job_is_retried_at_its_time_from_the_injected_clock_then_completes() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let handler = Arc::new(Flaky::default());
+        let app = TestApp::spawn_full(backend, fast, vec![handler.clone()]).await;
+        let now = app.clock.now();
+        let job = NewJob {
+            id: "j1".into(),
+            queue: "test".into(),
+            payload: serde_json::json!({}),
+            run_at: now,
+            max_attempts: 5,
+            dedup_key: None,
+        };
+        app.db.store.enqueue_job(&job, now).await.unwrap();
+
+        eventually("first run", || async {
+            handler.runs.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        eventually("job requeued", || async {
+            job_state(&app, "j1").await == JobState::Queued
+        })
+        .await;
+        // Real time passes but the clock does not: no second run.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
+        let stored = app.db.store.job("j1").await.unwrap().unwrap();
+        assert_eq!(stored.last_error.as_deref(), Some("agency not ready"));
+
+        app.clock.advance(Duration::from_secs(601));
+        eventually("job done", || async {
+            job_state(&app, "j1").await == JobState::Done
+        })
+        .await;
+        assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+        app.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn transfers_are_ended_once_their_eight_hours_pass() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = TestApp::spawn(backend).await;
+        let t0 = app.clock.now();
+        let new = |id: &str| NewTransfer {
+            id: id.into(),
+            kind: TransferKind::SelfDownload,
+            subject: "p".into(),
+            recipient: None,
+            purpose: "test".into(),
+            datasets: vec!["low-income-household".into()],
+        };
+        app.db
+            .store
+            .create_transfer(&new("a"), "p", t0)
+            .await
+            .unwrap();
+        app.clock.advance(Duration::from_secs(3600));
+        app.db
+            .store
+            .create_transfer(&new("b"), "p", app.clock.now())
+            .await
+            .unwrap();
+
+        // One millisecond before the limit nothing happens.
+        app.clock
+            .set(t0.plus(limits::PACKAGE_TTL).plus(Duration::ZERO));
+        app.clock.set(mydata_core::Timestamp::from_millis(
+            app.clock.now().millis() - 1,
+        ));
+        assert_eq!(sweep_expired(&app.state).await.unwrap(), 0);
+
+        app.clock.advance(Duration::from_millis(1));
+        assert_eq!(sweep_expired(&app.state).await.unwrap(), 1);
+        assert_eq!(
+            app.db.store.transfer("a").await.unwrap().unwrap().state,
+            TransferState::Expired
+        );
+        assert_eq!(
+            app.db.store.transfer("b").await.unwrap().unwrap().state,
+            TransferState::Created
+        );
+        let events = app.db.store.audit_for_transfer("a").await.unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.actor.as_str()),
+            ("transfer.expired", "system")
+        );
+        // A second sweep finds nothing more to do and writes nothing.
+        assert_eq!(sweep_expired(&app.state).await.unwrap(), 0);
+        assert_eq!(
+            app.db.store.audit_for_transfer("a").await.unwrap().len(),
+            events.len()
+        );
+        app.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_running_sweep_expires_transfers_without_being_called() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.jobs.sweep_interval_secs = 1).await;
+    let t0 = app.clock.now();
+    let t = NewTransfer {
+        id: "x".into(),
+        kind: TransferKind::Counter,
+        subject: "p".into(),
+        recipient: Some("counter-1".into()),
+        purpose: "test".into(),
+        datasets: vec!["household-register-personal".into()],
+    };
+    app.db.store.create_transfer(&t, "p", t0).await.unwrap();
+    app.clock.advance(limits::PACKAGE_TTL);
+    eventually("sweep ran", || async {
+        app.db.store.transfer("x").await.unwrap().unwrap().state == TransferState::Expired
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn disabled_jobs_start_no_tasks_and_shutdown_is_prompt() {
+    let handler = Arc::new(Flaky::default());
+    let app = TestApp::spawn_full(
+        Backend::Sqlite,
+        |s| s.jobs.enabled = false,
+        vec![handler.clone()],
+    )
+    .await;
+    let now = app.clock.now();
+    let job = NewJob {
+        id: "j".into(),
+        queue: "test".into(),
+        payload: serde_json::json!({}),
+        run_at: now,
+        max_attempts: 1,
+        dedup_key: None,
+    };
+    app.db.store.enqueue_job(&job, now).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        handler.runs.load(Ordering::SeqCst),
+        0,
+        "an API-only process runs no jobs"
+    );
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .unwrap()
+        .unwrap();
+}
