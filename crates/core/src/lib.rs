@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod clock;
 pub mod identity;
 pub mod limits;
+pub mod merkle;
 pub mod retry;
 pub mod transfer;
 
