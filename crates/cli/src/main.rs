@@ -40,6 +40,9 @@ enum Command {
     /// Work with catalogue files.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Measure a running server with a load run on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -56,6 +59,14 @@ enum CatalogCommand {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Re-derive the audit log's Merkle tree from the stored events and check every entry, every
+    /// tree head and the log state. Names the first entry or head that does not hold; exits
+    /// non-zero if any does.
+    Verify(ConfigArgs),
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Catalog(CatalogCommand::Check { files }) => catalog_check::run(&files),
+        Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
     }
 }
@@ -187,4 +199,45 @@ async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
         mydata_server::serve::redact_url(&url)
     );
     Ok(())
+}
+
+async fn audit_verify(args: ConfigArgs) -> anyhow::Result<()> {
+    let settings = args.settings(None)?;
+    let url = settings.database_url();
+    let store = mydata_store::Store::connect(&url, &Default::default())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database ({})",
+                mydata_server::serve::redact_url(&url)
+            )
+        })?;
+    let report = store
+        .verify_audit_log()
+        .await
+        .context("cannot read the audit log")?;
+    store.close().await;
+    match report.latest_head {
+        Some(size) => println!(
+            "audit log: {} entries, {} tree heads checked, latest head at size {size}",
+            report.entries, report.heads_checked
+        ),
+        None => println!(
+            "audit log: {} entries, no tree head recorded yet",
+            report.entries
+        ),
+    }
+    for p in &report.problems {
+        println!("FAIL {p}");
+    }
+    match report.problems.first() {
+        None => {
+            println!("OK: every entry matches its hash and every tree head matches the log");
+            Ok(())
+        }
+        Some(first) => anyhow::bail!(
+            "audit log verification failed ({} problem(s)); first: {first}",
+            report.problems.len()
+        ),
+    }
 }

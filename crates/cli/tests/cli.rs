@@ -314,3 +314,62 @@ async fn serve_runs_on_postgres_selected_by_url() {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn audit_verify_passes_on_an_intact_log_and_names_a_tampered_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/mydata.db", dir.path().display());
+    let store = mydata_store::Store::connect(&url, &Default::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    for i in 0..5 {
+        let e = mydata_store::NewAuditEvent {
+            at: mydata_core::Timestamp::from_millis(1_000 + i),
+            kind: "identity.verified".into(),
+            subject: Some("p".into()),
+            transfer_id: None,
+            actor: "p".into(),
+            detail: serde_json::json!({"method": "moica_cert"}),
+        };
+        store.append_audit(&e).await.unwrap();
+    }
+    store
+        .integrate_audit(100, mydata_core::Timestamp::from_millis(2_000))
+        .await
+        .unwrap();
+
+    let o = mydata(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("5 entries") && out.contains("OK"), "{out}");
+
+    let seq = store.audit_leaves().await.unwrap()[2].event.seq;
+    store
+        .execute_raw(&format!(
+            "UPDATE audit_events SET actor = 'someone-else' WHERE seq = {seq}"
+        ))
+        .await
+        .unwrap();
+    store.close().await;
+    let o = mydata(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "FAIL entry 2 (event {seq}) does not match its recorded hash"
+        )),
+        "{out}"
+    );
+    assert!(stderr_line(&o).contains("audit log verification failed"));
+}

@@ -234,10 +234,78 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// The right edge of a tree: the roots of its perfect subtrees, largest first. Enough to append
+/// leaves and compute the root without the leaves themselves (O(log n) hashes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactRange {
+    size: u64,
+    /// Roots of the perfect subtrees that make up the tree, largest first.
+    peaks: Vec<Hash>,
+}
+
+impl CompactRange {
+    /// Rebuilds a range from its stored size and peaks; refuses a peak count that cannot belong
+    /// to that size.
+    pub fn from_parts(size: u64, peaks: Vec<Hash>) -> Result<Self, ProofError> {
+        if peaks.len() != size.count_ones() as usize {
+            return Err(ProofError::WrongLength);
+        }
+        Ok(Self { size, peaks })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn peaks(&self) -> &[Hash] {
+        &self.peaks
+    }
+
+    /// Appends one leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut h = leaf;
+        let mut size = self.size;
+        // Like a binary counter: each trailing one bit merges two equal subtrees.
+        while size & 1 == 1 {
+            match self.peaks.pop() {
+                Some(left) => h = node_hash(&left, &h),
+                None => break,
+            }
+            size >>= 1;
+        }
+        self.peaks.push(h);
+        self.size += 1;
+    }
+
+    /// The root hash of the tree so far.
+    pub fn root(&self) -> Hash {
+        let mut it = self.peaks.iter().rev();
+        match it.next() {
+            None => Sha256::digest([]).into(),
+            Some(last) => it.fold(*last, |acc, p| node_hash(p, &acc)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn compact_range_matches_the_full_root_at_every_size() {
+        let l = leaves(70);
+        let mut c = CompactRange::default();
+        assert_eq!(c.root(), root(&[]));
+        for (i, h) in l.iter().enumerate() {
+            c.push(*h);
+            assert_eq!(c.size(), i as u64 + 1);
+            assert_eq!(c.root(), root(&l[..=i]), "size {}", i + 1);
+            let again = CompactRange::from_parts(c.size(), c.peaks().to_vec()).unwrap();
+            assert_eq!(again, c);
+        }
+        assert!(CompactRange::from_parts(3, vec![l[0]]).is_err());
+    }
 
     fn leaves(n: usize) -> Vec<Hash> {
         (0..n)

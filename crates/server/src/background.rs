@@ -33,6 +33,8 @@ pub struct JobSettings {
     pub lease_secs: u64,
     /// How often expired transfers are looked for.
     pub sweep_interval_secs: u64,
+    /// How often new audit events are integrated into the Merkle tree and a tree head recorded.
+    pub audit_interval_secs: u64,
 }
 
 impl Default for JobSettings {
@@ -42,6 +44,7 @@ impl Default for JobSettings {
             poll_interval_ms: 500,
             lease_secs: 60,
             sweep_interval_secs: 30,
+            audit_interval_secs: 10,
         }
     }
 }
@@ -95,7 +98,14 @@ impl Background {
                     tokio::spawn(worker_loop(state.clone(), h, worker_id.clone(), rx.clone()));
                 tasks.push((name, task));
             }
-            tasks.push(("sweep:expiry".into(), tokio::spawn(sweep_loop(state, rx))));
+            tasks.push((
+                "sweep:expiry".into(),
+                tokio::spawn(sweep_loop(state.clone(), rx.clone())),
+            ));
+            tasks.push((
+                "audit:integrate".into(),
+                tokio::spawn(audit_loop(state, rx)),
+            ));
         }
         Self { stop, tasks }
     }
@@ -215,6 +225,27 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(transfers = n, "expired transfers ended"),
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+        if pause(every, &mut stop).await {
+            break;
+        }
+    }
+}
+
+/// Most audit events integrated in one round.
+const AUDIT_BATCH: u32 = 10_000;
+
+async fn audit_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(state.settings().jobs.audit_interval_secs.max(1));
+    loop {
+        match state
+            .store()
+            .integrate_audit(AUDIT_BATCH, state.clock().now())
+            .await
+        {
+            Ok(Some(head)) => tracing::debug!(tree_size = head.tree_size, "audit log integrated"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "audit integration failed"),
         }
         if pause(every, &mut stop).await {
             break;

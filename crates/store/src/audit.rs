@@ -35,7 +35,7 @@ pub struct AuditEvent {
 }
 
 #[derive(sqlx::FromRow)]
-struct AuditRow {
+pub(crate) struct AuditRow {
     seq: i64,
     at: i64,
     kind: String,

@@ -7,12 +7,16 @@
 //! stored as milliseconds, so time rules are testable without waiting.
 
 mod audit;
+mod audit_tree;
 mod jobs;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transfers;
 
 pub use audit::{AuditEvent, NewAuditEvent};
+pub use audit_tree::{
+    AuditProblem, AuditReport, LeafRow, TreeHead, canonical_entry, event_leaf_hash,
+};
 pub use jobs::{Job, JobState, NewJob};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};
 

@@ -4,7 +4,7 @@
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
 use mydata_store::testing::{fresh_postgres, fresh_sqlite};
-use mydata_store::{JobState, NewAuditEvent, NewJob, NewTransfer, Store, StoreError};
+use mydata_store::{AuditProblem, JobState, NewAuditEvent, NewJob, NewTransfer, Store, StoreError};
 use std::time::Duration;
 
 const T0: Timestamp = Timestamp::from_millis(1_790_000_000_000);
@@ -34,6 +34,12 @@ on_both_backends!(
     concurrent_claims_never_share_a_job,
     audit_log_is_append_only_in_order,
     migrations_are_idempotent,
+    audit_tree_integrates_in_batches_and_proves_inclusion_and_consistency,
+    audit_verify_names_a_modified_entry,
+    audit_verify_names_a_deleted_entry,
+    audit_verify_detects_reordered_entries,
+    audit_verify_detects_a_forged_tree_head,
+    audit_verify_detects_rehashed_history,
 );
 
 fn new_transfer(id: &str, subject: &str) -> NewTransfer {
@@ -433,4 +439,201 @@ async fn sqlite_ping_fails_when_the_file_is_gone() {
     std::fs::remove_file(dir.join("mydata.db")).unwrap();
     let err = db.store.ping().await.unwrap_err();
     assert!(matches!(err, StoreError::FileMissing(_)), "{err}");
+}
+
+async fn append_events(s: &Store, n: i64) {
+    for i in 0..n {
+        let e = NewAuditEvent {
+            at: T0.plus(Duration::from_millis(i as u64)),
+            kind: "transfer.created".into(),
+            subject: Some(format!("p{}", i % 3)),
+            transfer_id: Some(format!("t{i}")),
+            actor: "system".into(),
+            detail: serde_json::json!({"i": i}),
+        };
+        s.append_audit(&e).await.unwrap();
+    }
+}
+
+/// Appends `n` events, integrates them, and returns the verification report.
+async fn logged(s: &Store, n: i64) -> mydata_store::AuditReport {
+    append_events(s, n).await;
+    s.integrate_audit(1000, T0).await.unwrap();
+    let report = s.verify_audit_log().await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    report
+}
+
+async fn audit_tree_integrates_in_batches_and_proves_inclusion_and_consistency(s: &Store) {
+    use mydata_core::merkle;
+    assert_eq!(
+        s.integrate_audit(10, T0).await.unwrap(),
+        None,
+        "an empty log has no head"
+    );
+    append_events(s, 7).await;
+    let h1 = s.integrate_audit(5, T0).await.unwrap().unwrap();
+    assert_eq!(h1.tree_size, 5);
+    let h2 = s.integrate_audit(5, T0).await.unwrap().unwrap();
+    assert_eq!(h2.tree_size, 7);
+    // Nothing new: no new head.
+    assert_eq!(
+        s.integrate_audit(5, T0).await.unwrap().unwrap().tree_size,
+        7
+    );
+    assert_eq!(s.tree_heads().await.unwrap().len(), 2);
+
+    let leaves: Vec<merkle::Hash> = s
+        .audit_leaves()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| mydata_store::event_leaf_hash(l.leaf_index, &l.event))
+        .collect();
+    assert_eq!(hex::encode(merkle::root(&leaves)), h2.root_hash);
+    assert_eq!(hex::encode(merkle::root(&leaves[..5])), h1.root_hash);
+
+    let root2: merkle::Hash = hex::decode(&h2.root_hash).unwrap().try_into().unwrap();
+    let root1: merkle::Hash = hex::decode(&h1.root_hash).unwrap().try_into().unwrap();
+    let row = &s.audit_leaves().await.unwrap()[3];
+    let (index, proof) = s.audit_inclusion_proof(row.event.seq, 7).await.unwrap();
+    assert_eq!(index, 3);
+    merkle::verify_inclusion(&leaves[3], 3, 7, &proof, &root2).unwrap();
+    let cproof = s.audit_consistency_proof(5, 7).await.unwrap();
+    merkle::verify_consistency(5, 7, &root1, &root2, &cproof).unwrap();
+    // An event not yet in the tree of size 5 has no proof there.
+    let late = &s.audit_leaves().await.unwrap()[6];
+    assert!(s.audit_inclusion_proof(late.event.seq, 5).await.is_err());
+    let report = s.verify_audit_log().await.unwrap();
+    assert_eq!(
+        (report.entries, report.heads_checked, report.problems.len()),
+        (7, 2, 0)
+    );
+}
+
+async fn audit_verify_names_a_modified_entry(s: &Store) {
+    logged(s, 10).await;
+    let victim = s.audit_leaves().await.unwrap()[4].event.seq;
+    s.execute_raw(&format!(
+        "UPDATE audit_events SET detail = '{{\"i\": 999}}' WHERE seq = {victim}"
+    ))
+    .await
+    .unwrap();
+    let r = s.verify_audit_log().await.unwrap();
+    assert_eq!(
+        r.problems.first(),
+        Some(&AuditProblem::Modified {
+            index: 4,
+            seq: victim
+        }),
+        "{:?}",
+        r.problems
+    );
+}
+
+async fn audit_verify_names_a_deleted_entry(s: &Store) {
+    logged(s, 10).await;
+    let victim = s.audit_leaves().await.unwrap()[6].event.seq;
+    s.execute_raw(&format!("DELETE FROM audit_events WHERE seq = {victim}"))
+        .await
+        .unwrap();
+    let r = s.verify_audit_log().await.unwrap();
+    assert!(
+        matches!(
+            r.problems.first(),
+            Some(AuditProblem::Missing { index: 6, .. })
+        ),
+        "{:?}",
+        r.problems
+    );
+}
+
+async fn audit_verify_detects_reordered_entries(s: &Store) {
+    logged(s, 10).await;
+    let rows = s.audit_leaves().await.unwrap();
+    let (a, b) = (rows[2].event.seq, rows[7].event.seq);
+    // Swap the positions of two rows, keeping each row's stored hash.
+    s.execute_raw(&format!(
+        "UPDATE audit_events SET leaf_index = -1 WHERE seq = {a}"
+    ))
+    .await
+    .unwrap();
+    s.execute_raw(&format!(
+        "UPDATE audit_events SET leaf_index = 2 WHERE seq = {b}"
+    ))
+    .await
+    .unwrap();
+    s.execute_raw(&format!(
+        "UPDATE audit_events SET leaf_index = 7 WHERE seq = {a}"
+    ))
+    .await
+    .unwrap();
+    let r = s.verify_audit_log().await.unwrap();
+    assert_eq!(
+        r.problems.first(),
+        Some(&AuditProblem::Modified { index: 2, seq: b }),
+        "{:?}",
+        r.problems
+    );
+    assert!(
+        r.problems
+            .contains(&AuditProblem::Modified { index: 7, seq: a })
+    );
+}
+
+async fn audit_verify_detects_a_forged_tree_head(s: &Store) {
+    logged(s, 5).await;
+    append_events(s, 3).await;
+    s.integrate_audit(100, T0).await.unwrap();
+    s.execute_raw(&format!(
+        "UPDATE tree_heads SET root_hash = '{}' WHERE tree_size = 5",
+        "ab".repeat(32)
+    ))
+    .await
+    .unwrap();
+    let r = s.verify_audit_log().await.unwrap();
+    assert!(
+        matches!(
+            r.problems.as_slice(),
+            [AuditProblem::HeadMismatch { size: 5, .. }]
+        ),
+        "{:?}",
+        r.problems
+    );
+    // A head claiming more entries than the log holds.
+    s.execute_raw(&format!(
+        "INSERT INTO tree_heads (tree_size, root_hash, created_at) VALUES (50, '{}', 0)",
+        "cd".repeat(32)
+    ))
+    .await
+    .unwrap();
+    let r = s.verify_audit_log().await.unwrap();
+    assert!(
+        r.problems.contains(&AuditProblem::HeadBeyondLog {
+            size: 50,
+            log_size: 8
+        }),
+        "{:?}",
+        r.problems
+    );
+}
+
+async fn audit_verify_detects_rehashed_history(s: &Store) {
+    logged(s, 6).await;
+    // An insider edits an event and also rewrites its stored hash to match: the entry looks fine,
+    // but the tree head recorded before no longer matches.
+    let row = s.audit_leaves().await.unwrap()[1].clone();
+    let mut edited = row.event.clone();
+    edited.detail = serde_json::json!({"i": "edited"});
+    let new_hash = hex::encode(mydata_store::event_leaf_hash(1, &edited));
+    s.execute_raw(&format!("UPDATE audit_events SET detail = '{{\"i\": \"edited\"}}', leaf_hash = '{new_hash}' WHERE seq = {}", row.event.seq)).await.unwrap();
+    let r = s.verify_audit_log().await.unwrap();
+    assert!(
+        matches!(
+            r.problems.as_slice(),
+            [AuditProblem::HeadMismatch { size: 6, .. }]
+        ),
+        "{:?}",
+        r.problems
+    );
 }

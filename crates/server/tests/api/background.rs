@@ -192,3 +192,39 @@ async fn disabled_jobs_start_no_tasks_and_shutdown_is_prompt() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_running_server_integrates_audit_events_into_tree_heads() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.jobs.audit_interval_secs = 1).await;
+    let t = NewTransfer {
+        id: "logged".into(),
+        kind: TransferKind::SelfDownload,
+        subject: "p".into(),
+        recipient: None,
+        purpose: "test".into(),
+        datasets: vec!["household-register-personal".into()],
+    };
+    app.db
+        .store
+        .create_transfer(&t, "p", app.clock.now())
+        .await
+        .unwrap();
+    eventually("tree head recorded", || async {
+        app.db
+            .store
+            .latest_tree_head()
+            .await
+            .unwrap()
+            .is_some_and(|h| h.tree_size >= 1)
+    })
+    .await;
+    assert!(
+        app.db
+            .store
+            .verify_audit_log()
+            .await
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+}

@@ -1,0 +1,359 @@
+//! The audit log's Merkle tree: integrating new events as leaves, tree heads, proofs, and a full
+//! verification that names the first entry that does not hold.
+//!
+//! An event's leaf is the SHA-256 (RFC 9162 leaf hash) of its canonical form, which includes its
+//! leaf index and sequence number, so a modified, moved or swapped row no longer matches its hash.
+
+use crate::audit::AuditEvent;
+use crate::{Db, Result, Store, StoreError, on_pool};
+use mydata_core::Timestamp;
+use mydata_core::merkle::{self, CompactRange, Hash};
+use serde::Serialize;
+
+/// A tree head: the size and root of the log at one time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TreeHead {
+    pub tree_size: u64,
+    pub root_hash: String,
+    pub created_at: Timestamp,
+    /// The platform's signature over the head, once heads are signed.
+    pub signature: Option<String>,
+}
+
+/// Canonical bytes of an event at a leaf index: what the leaf hash covers.
+pub fn canonical_entry(leaf_index: u64, e: &AuditEvent) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        leaf_index: u64,
+        seq: i64,
+        at: i64,
+        kind: &'a str,
+        subject: Option<&'a str>,
+        transfer_id: Option<&'a str>,
+        actor: &'a str,
+        detail: &'a serde_json::Value,
+    }
+    // serde_json writes struct fields in declaration order and object keys sorted, so the bytes are
+    // the same whoever computes them.
+    serde_json::to_vec(&Canonical {
+        leaf_index,
+        seq: e.seq,
+        at: e.at.millis(),
+        kind: &e.kind,
+        subject: e.subject.as_deref(),
+        transfer_id: e.transfer_id.as_deref(),
+        actor: &e.actor,
+        detail: &e.detail,
+    })
+    .unwrap_or_default()
+}
+
+/// The leaf hash of an event at a leaf index.
+pub fn event_leaf_hash(leaf_index: u64, e: &AuditEvent) -> Hash {
+    merkle::leaf_hash(&canonical_entry(leaf_index, e))
+}
+
+fn to_hex(h: &Hash) -> String {
+    hex::encode(h)
+}
+
+fn from_hex(s: &str) -> Result<Hash> {
+    let v = hex::decode(s).map_err(|e| StoreError::Corrupt(format!("hash `{s}`: {e}")))?;
+    Hash::try_from(v.as_slice())
+        .map_err(|_| StoreError::Corrupt(format!("hash `{s}` is not 32 bytes")))
+}
+
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    tree_size: i64,
+    peaks: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct HeadRow {
+    tree_size: i64,
+    root_hash: String,
+    created_at: i64,
+    signature: Option<String>,
+}
+
+impl From<HeadRow> for TreeHead {
+    fn from(r: HeadRow) -> Self {
+        TreeHead {
+            tree_size: u64::try_from(r.tree_size).unwrap_or(0),
+            root_hash: r.root_hash,
+            created_at: Timestamp::from_millis(r.created_at),
+            signature: r.signature,
+        }
+    }
+}
+
+/// An integrated event with its stored leaf data, as the verifier reads it.
+#[derive(Debug, Clone)]
+pub struct LeafRow {
+    pub leaf_index: u64,
+    pub stored_hash: String,
+    pub event: AuditEvent,
+}
+
+/// One problem found by [`Store::verify_audit_log`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+pub enum AuditProblem {
+    #[error("entry {index} is missing (the log jumps from entry {before} to entry {index_after})")]
+    Missing {
+        index: u64,
+        before: i64,
+        index_after: u64,
+    },
+    #[error(
+        "entry {index} (event {seq}) does not match its recorded hash: it was modified or moved"
+    )]
+    Modified { index: u64, seq: i64 },
+    #[error("entry {index} (event {seq}) has a malformed recorded hash")]
+    BadHash { index: u64, seq: i64 },
+    #[error(
+        "tree head at size {size} does not match the log (root {expected} recorded, {actual} computed)"
+    )]
+    HeadMismatch {
+        size: u64,
+        expected: String,
+        actual: String,
+    },
+    #[error("tree head at size {size} is beyond the end of the log ({log_size} entries)")]
+    HeadBeyondLog { size: u64, log_size: u64 },
+    #[error("the log state records {recorded} entries but {found} were found")]
+    StateMismatch { recorded: u64, found: u64 },
+}
+
+/// The outcome of verifying the whole stored log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditReport {
+    pub entries: u64,
+    pub heads_checked: u64,
+    pub latest_head: Option<u64>,
+    pub problems: Vec<AuditProblem>,
+}
+
+impl Store {
+    /// Integrates up to `max` new events into the tree (in sequence order), records a tree head
+    /// when the tree grew, and returns the latest head. One transaction; safe from several
+    /// processes, which take turns on the log state row.
+    pub async fn integrate_audit(&self, max: u32, now: Timestamp) -> Result<Option<TreeHead>> {
+        let lock_state = match self.db {
+            // SQLite: a write first takes the database's write lock for the whole transaction.
+            Db::Sqlite { .. } => {
+                "UPDATE audit_log_state SET tree_size = tree_size WHERE id = 1 RETURNING tree_size, peaks"
+            }
+            Db::Postgres(_) => {
+                "SELECT tree_size, peaks FROM audit_log_state WHERE id = 1 FOR UPDATE"
+            }
+        };
+        let select_new =
+            "SELECT seq, at, kind, subject, transfer_id, actor, detail FROM audit_events
+                          WHERE leaf_index IS NULL ORDER BY seq LIMIT $1";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let state: StateRow = sqlx::query_as(lock_state).fetch_one(&mut *tx).await?;
+            let peaks: Vec<String> = serde_json::from_str(&state.peaks).map_err(|e| StoreError::Corrupt(format!("log state: {e}")))?;
+            let peaks = peaks.iter().map(|p| from_hex(p)).collect::<Result<Vec<_>>>()?;
+            let size = u64::try_from(state.tree_size).map_err(|_| StoreError::Corrupt("negative tree size".into()))?;
+            let mut range = CompactRange::from_parts(size, peaks).map_err(|e| StoreError::Corrupt(format!("log state: {e}")))?;
+            let rows: Vec<crate::audit::AuditRow> = sqlx::query_as(select_new).bind(i64::from(max)).fetch_all(&mut *tx).await?;
+            for row in rows {
+                let event = AuditEvent::try_from(row)?;
+                let index = range.size();
+                let leaf = event_leaf_hash(index, &event);
+                sqlx::query("UPDATE audit_events SET leaf_index = $1, leaf_hash = $2 WHERE seq = $3")
+                    .bind(i64::try_from(index).unwrap_or(i64::MAX))
+                    .bind(to_hex(&leaf))
+                    .bind(event.seq)
+                    .execute(&mut *tx)
+                    .await?;
+                range.push(leaf);
+            }
+            if range.size() > size {
+                let peaks: Vec<String> = range.peaks().iter().map(to_hex).collect();
+                let size_i = i64::try_from(range.size()).unwrap_or(i64::MAX);
+                sqlx::query("UPDATE audit_log_state SET tree_size = $1, peaks = $2 WHERE id = 1")
+                    .bind(size_i)
+                    .bind(serde_json::to_string(&peaks).unwrap_or_default())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO tree_heads (tree_size, root_hash, created_at) VALUES ($1, $2, $3)")
+                    .bind(size_i)
+                    .bind(to_hex(&range.root()))
+                    .bind(now.millis())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        self.latest_tree_head().await
+    }
+
+    /// The most recent tree head, if any.
+    pub async fn latest_tree_head(&self) -> Result<Option<TreeHead>> {
+        let sql = "SELECT tree_size, root_hash, created_at, signature FROM tree_heads ORDER BY tree_size DESC LIMIT 1";
+        let row: Option<HeadRow> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_optional(pool).await?);
+        Ok(row.map(TreeHead::from))
+    }
+
+    /// Every tree head, smallest first.
+    pub async fn tree_heads(&self) -> Result<Vec<TreeHead>> {
+        let sql =
+            "SELECT tree_size, root_hash, created_at, signature FROM tree_heads ORDER BY tree_size";
+        let rows: Vec<HeadRow> = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(TreeHead::from).collect())
+    }
+
+    /// The integrated events in leaf order with their stored hashes.
+    pub async fn audit_leaves(&self) -> Result<Vec<LeafRow>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            leaf_index: i64,
+            leaf_hash: Option<String>,
+            #[sqlx(flatten)]
+            event: crate::audit::AuditRow,
+        }
+        let sql = "SELECT leaf_index, leaf_hash, seq, at, kind, subject, transfer_id, actor, detail FROM audit_events
+                   WHERE leaf_index IS NOT NULL ORDER BY leaf_index";
+        let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        rows.into_iter()
+            .map(|r| {
+                Ok(LeafRow {
+                    leaf_index: u64::try_from(r.leaf_index)
+                        .map_err(|_| StoreError::Corrupt("negative leaf index".into()))?,
+                    stored_hash: r.leaf_hash.unwrap_or_default(),
+                    event: AuditEvent::try_from(r.event)?,
+                })
+            })
+            .collect()
+    }
+
+    /// An inclusion proof for the event with sequence number `seq` in the tree of `tree_size`
+    /// entries: its leaf index and the audit path. Reads the leaf hashes of that tree.
+    pub async fn audit_inclusion_proof(
+        &self,
+        seq: i64,
+        tree_size: u64,
+    ) -> Result<(u64, Vec<Hash>)> {
+        let leaves = self.leaf_hashes(tree_size).await?;
+        let sql = "SELECT leaf_index FROM audit_events WHERE seq = $1";
+        let idx: Option<(Option<i64>,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(seq).fetch_optional(pool).await?);
+        let index = idx
+            .and_then(|(i,)| i)
+            .and_then(|i| u64::try_from(i).ok())
+            .filter(|&i| i < tree_size)
+            .ok_or_else(|| StoreError::NotFound {
+                what: "audit entry in that tree",
+                id: seq.to_string(),
+            })?;
+        let proof = merkle::inclusion_proof(index, &leaves)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok((index, proof))
+    }
+
+    /// A consistency proof between two tree sizes.
+    pub async fn audit_consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>> {
+        let leaves = self.leaf_hashes(second).await?;
+        merkle::consistency_proof(first, &leaves).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    async fn leaf_hashes(&self, tree_size: u64) -> Result<Vec<Hash>> {
+        let sql = "SELECT leaf_hash FROM audit_events WHERE leaf_index IS NOT NULL AND leaf_index < $1 ORDER BY leaf_index";
+        let size = i64::try_from(tree_size).unwrap_or(i64::MAX);
+        let rows: Vec<(Option<String>,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(size).fetch_all(pool).await?);
+        if rows.len() as u64 != tree_size {
+            return Err(StoreError::NotFound {
+                what: "tree of size",
+                id: tree_size.to_string(),
+            });
+        }
+        rows.into_iter()
+            .map(|(h,)| from_hex(h.as_deref().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Re-derives the whole tree from the stored events and checks it against the stored hashes,
+    /// every tree head and the log state. Reports every problem, each naming its entry or head.
+    pub async fn verify_audit_log(&self) -> Result<AuditReport> {
+        let leaves = self.audit_leaves().await?;
+        let heads = self.tree_heads().await?;
+        let state: StateRow = on_pool!(self, pool => sqlx::query_as("SELECT tree_size, peaks FROM audit_log_state WHERE id = 1").fetch_one(pool).await?);
+        let mut problems = Vec::new();
+        let mut range = CompactRange::default();
+        let mut heads_iter = heads.iter().peekable();
+        let mut heads_checked = 0;
+        let mut check_heads = |range: &CompactRange, problems: &mut Vec<AuditProblem>| {
+            while let Some(h) = heads_iter.next_if(|h| h.tree_size <= range.size()) {
+                if h.tree_size == range.size() {
+                    heads_checked += 1;
+                    let actual = to_hex(&range.root());
+                    if actual != h.root_hash {
+                        problems.push(AuditProblem::HeadMismatch {
+                            size: h.tree_size,
+                            expected: h.root_hash.clone(),
+                            actual,
+                        });
+                    }
+                }
+            }
+        };
+        let mut expected_index = 0u64;
+        let mut prev_seq = -1;
+        for row in &leaves {
+            if row.leaf_index != expected_index {
+                problems.push(AuditProblem::Missing {
+                    index: expected_index,
+                    before: prev_seq,
+                    index_after: row.leaf_index,
+                });
+                // Continue from the row we have, so later problems are still found.
+                expected_index = row.leaf_index;
+            }
+            let computed = event_leaf_hash(row.leaf_index, &row.event);
+            match from_hex(&row.stored_hash) {
+                Ok(stored) if stored == computed => {}
+                Ok(_) => problems.push(AuditProblem::Modified {
+                    index: row.leaf_index,
+                    seq: row.event.seq,
+                }),
+                Err(_) => problems.push(AuditProblem::BadHash {
+                    index: row.leaf_index,
+                    seq: row.event.seq,
+                }),
+            }
+            // The tree is rebuilt from the recomputed hashes: the stored ones prove nothing.
+            while range.size() < row.leaf_index {
+                range.push([0u8; 32]);
+            }
+            range.push(computed);
+            check_heads(&range, &mut problems);
+            expected_index += 1;
+            prev_seq = row.event.seq;
+        }
+        let log_size = range.size();
+        for h in heads.iter().filter(|h| h.tree_size > log_size) {
+            problems.push(AuditProblem::HeadBeyondLog {
+                size: h.tree_size,
+                log_size,
+            });
+        }
+        let recorded = u64::try_from(state.tree_size).unwrap_or(0);
+        if recorded != log_size {
+            problems.push(AuditProblem::StateMismatch {
+                recorded,
+                found: log_size,
+            });
+        }
+        Ok(AuditReport {
+            entries: log_size,
+            heads_checked,
+            latest_head: heads.last().map(|h| h.tree_size),
+            problems,
+        })
+    }
+}
