@@ -62,6 +62,9 @@ impl TryFrom<AuditRow> for AuditEvent {
     }
 }
 
+/// Rows per multi-row statement: well under SQLite's bound-parameter limit at six per row.
+pub(crate) const BATCH_ROWS: usize = 1000;
+
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
 const SELECT_AUDIT: &str =
     "SELECT seq, at, kind, subject, transfer_id, actor, detail FROM audit_events";
@@ -89,6 +92,28 @@ impl Store {
     /// Appends one event and returns its sequence number.
     pub async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64> {
         Ok(on_pool!(self, pool => insert_audit!(pool, e))?)
+    }
+
+    /// Appends many events in one transaction (multi-row inserts); returns how many were appended.
+    /// For writers that batch, such as busy counters or bulk imports.
+    pub async fn append_audit_batch(&self, events: &[NewAuditEvent]) -> Result<usize> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for chunk in events.chunks(BATCH_ROWS) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) ");
+                q.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.at.millis())
+                        .push_bind(&e.kind)
+                        .push_bind(&e.subject)
+                        .push_bind(&e.transfer_id)
+                        .push_bind(&e.actor)
+                        .push_bind(e.detail.to_string());
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(events.len())
     }
 
     /// The person's events, oldest first.

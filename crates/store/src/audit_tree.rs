@@ -159,17 +159,30 @@ impl Store {
             let size = u64::try_from(state.tree_size).map_err(|_| StoreError::Corrupt("negative tree size".into()))?;
             let mut range = CompactRange::from_parts(size, peaks).map_err(|e| StoreError::Corrupt(format!("log state: {e}")))?;
             let rows: Vec<crate::audit::AuditRow> = sqlx::query_as(select_new).bind(i64::from(max)).fetch_all(&mut *tx).await?;
+            let mut updates: Vec<(i64, i64, String)> = Vec::with_capacity(rows.len());
             for row in rows {
                 let event = AuditEvent::try_from(row)?;
                 let index = range.size();
                 let leaf = event_leaf_hash(index, &event);
-                sqlx::query("UPDATE audit_events SET leaf_index = $1, leaf_hash = $2 WHERE seq = $3")
-                    .bind(i64::try_from(index).unwrap_or(i64::MAX))
-                    .bind(to_hex(&leaf))
-                    .bind(event.seq)
-                    .execute(&mut *tx)
-                    .await?;
+                updates.push((event.seq, i64::try_from(index).unwrap_or(i64::MAX), to_hex(&leaf)));
                 range.push(leaf);
+            }
+            // One statement per chunk instead of one per event (a CTE names the columns on both
+            // databases; SQLite cannot alias the columns of a VALUES subquery).
+            for chunk in updates.chunks(crate::audit::BATCH_ROWS) {
+                let mut q = sqlx::QueryBuilder::new("WITH v (seq, li, lh) AS (VALUES ");
+                let mut sep = q.separated(", ");
+                for (seq, li, lh) in chunk {
+                    sep.push("(CAST(");
+                    sep.push_bind_unseparated(*seq);
+                    sep.push_unseparated(" AS BIGINT), CAST(");
+                    sep.push_bind_unseparated(*li);
+                    sep.push_unseparated(" AS BIGINT), ");
+                    sep.push_bind_unseparated(lh.as_str());
+                    sep.push_unseparated(")");
+                }
+                q.push(") UPDATE audit_events SET leaf_index = v.li, leaf_hash = v.lh FROM v WHERE audit_events.seq = v.seq");
+                q.build().execute(&mut *tx).await?;
             }
             if range.size() > size {
                 let peaks: Vec<String> = range.peaks().iter().map(to_hex).collect();

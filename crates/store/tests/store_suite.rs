@@ -40,6 +40,7 @@ on_both_backends!(
     audit_verify_detects_reordered_entries,
     audit_verify_detects_a_forged_tree_head,
     audit_verify_detects_rehashed_history,
+    batched_append_and_integration_keep_order,
 );
 
 fn new_transfer(id: &str, subject: &str) -> NewTransfer {
@@ -636,4 +637,28 @@ async fn audit_verify_detects_rehashed_history(s: &Store) {
         "{:?}",
         r.problems
     );
+}
+
+async fn batched_append_and_integration_keep_order(s: &Store) {
+    let events: Vec<NewAuditEvent> = (0..2500)
+        .map(|i| NewAuditEvent {
+            at: T0.plus(Duration::from_millis(i)),
+            kind: "counter.scan".into(),
+            subject: Some(format!("p{}", i % 7)),
+            transfer_id: None,
+            actor: "counter-1".into(),
+            detail: serde_json::json!({"n": i}),
+        })
+        .collect();
+    assert_eq!(s.append_audit_batch(&events).await.unwrap(), 2500);
+    let head = s.integrate_audit(100_000, T0).await.unwrap().unwrap();
+    assert_eq!(head.tree_size, 2500);
+    let leaves = s.audit_leaves().await.unwrap();
+    assert!(
+        leaves.windows(2).all(|w| w[0].event.seq < w[1].event.seq),
+        "leaf order follows sequence order"
+    );
+    assert_eq!(leaves[1234].event.detail["n"], 1234);
+    let report = s.verify_audit_log().await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
