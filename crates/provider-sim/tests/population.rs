@@ -1,4 +1,5 @@
 //! Population invariants: size, valid and unique numbers, determinism, special statuses.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use mydata_core::id_number::{BusinessId, IdKind, IdNumber};
 use mydata_provider_sim::population::{DisabilityLevel, Role, Welfare};
