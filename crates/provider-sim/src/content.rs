@@ -505,7 +505,7 @@ impl<'p> Generator<'p> {
                                 "household_register_content",
                                 format!("{}遷入", h.moved_in.roc_chinese()),
                             )
-                            .set("relationship", relationship(m))
+                            .set("relationship", relationship(pop, m))
                             .set("marriage_code", marriage(m))
                             .set("spouse_id", id_of(m.spouse))
                             .set("father_id", id_of(m.father))
@@ -1056,7 +1056,7 @@ impl<'p> Generator<'p> {
                             .set("townname", h.address.town.clone())
                             .set("addr", h.address.full())
                             .set("risaddr", h.address.full())
-                            .set("member_position", relationship(m))
+                            .set("member_position", relationship(pop, m))
                             .set("member_name", m.name.clone())
                             .set("member_id_no", m.id.masked())
                             .set("member_birthday", m.birth_date)
@@ -1294,15 +1294,15 @@ fn marriage(p: &Person) -> &'static str {
     }
 }
 
-fn relationship(p: &Person) -> &'static str {
+/// 稱謂 relative to the head; children by birth order (長子, 次女, …) as 出生別 in #1.
+fn relationship(pop: &Population, p: &Person) -> String {
     match (p.role, p.sex) {
-        (Role::Head, _) => "戶長",
-        (Role::Spouse, Sex::Female) => "妻",
-        (Role::Spouse, Sex::Male) => "夫",
-        (Role::Child, Sex::Male) => "長子",
-        (Role::Child, Sex::Female) => "長女",
-        (Role::Parent, Sex::Male) => "父",
-        (Role::Parent, Sex::Female) => "母",
+        (Role::Head, _) => "戶長".to_owned(),
+        (Role::Spouse, Sex::Female) => "妻".to_owned(),
+        (Role::Spouse, Sex::Male) => "夫".to_owned(),
+        (Role::Child, _) => birth_order(pop, p).replace('男', "子"),
+        (Role::Parent, Sex::Male) => "父".to_owned(),
+        (Role::Parent, Sex::Female) => "母".to_owned(),
     }
 }
 

@@ -159,6 +159,17 @@ fn identity_agrees_across_datasets() {
         assert_eq!(me["person_name"], p.name.as_str());
         assert_eq!(me["birth_yyymmdd"], d12["birth_yyymmdd"]);
         assert_eq!(members.len(), h.members.len());
+        // 稱謂 of a child in #2 agrees with 出生別 in #1 (長男 → 長子) and with the ID's sex digit.
+        if p.role == mydata_provider_sim::population::Role::Child {
+            let order = d12["birth_order_sex"].as_str().unwrap();
+            assert_eq!(me["relationship"], order.replace('男', "子"));
+            let sex_char = if p.id.as_str().as_bytes()[1] == b'1' {
+                '男'
+            } else {
+                '女'
+            };
+            assert!(order.ends_with(sex_char));
+        }
         let basic = &two["responseData"]["householdBasicData21"];
         assert_eq!(basic["household_id"], h.number.as_str());
         assert_eq!(basic["household_head_id"], d12["household_head_id"]);
