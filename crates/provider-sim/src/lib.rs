@@ -1,0 +1,16 @@
+//! Simulated data-provider agencies: a deterministic synthetic population and, for any person or
+//! company in it, the content of every catalogued dataset.
+//!
+//! [`population`] decides once everything agencies know about each person, from a seed and a
+//! reference date (never the wall clock); [`content`] renders any dataset of the catalogue from that
+//! model, so the same person's data agree across datasets. [`fields`] parses `catalog/fields.tsv`.
+
+pub mod content;
+pub mod date;
+pub mod fields;
+pub mod population;
+
+pub use content::{Content, ContentError, Outcome, Subject};
+pub use date::Date;
+pub use fields::{Field, FieldError, FieldTable};
+pub use population::{Company, Household, Person, Population};
