@@ -171,10 +171,10 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
         .timeout(Duration::from_secs(1))
         .build()?;
     for _ in 0..100 {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

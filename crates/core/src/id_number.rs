@@ -100,7 +100,7 @@ impl IdNumber {
             }
             *slot = u32::from(c - b'0');
         }
-        if weighted_sum(area, &rest) % 10 != 0 {
+        if !weighted_sum(area, &rest).is_multiple_of(10) {
             return Err(IdNumberError::Checksum);
         }
         Ok(Self(s))
@@ -236,7 +236,7 @@ impl BusinessId {
             *slot = u32::from(b - b'0');
         }
         let sum = ban_sum(&d);
-        let ok = sum % 5 == 0 || (d[6] == 7 && (sum + 1) % 5 == 0);
+        let ok = sum.is_multiple_of(5) || (d[6] == 7 && (sum + 1).is_multiple_of(5));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -256,7 +256,7 @@ impl BusinessId {
             for (slot, b) in d.iter_mut().zip(candidate.bytes()) {
                 *slot = u32::from(b - b'0');
             }
-            if ban_sum(&d) % 10 == 0 {
+            if ban_sum(&d).is_multiple_of(10) {
                 return Self::parse(&candidate);
             }
         }
@@ -386,7 +386,7 @@ mod tests {
             let changed: String = chars.into_iter().collect();
             let weight = WEIGHTS[pos + 1];
             let diff = old.abs_diff(new);
-            let detectable = (weight * diff) % 10 != 0;
+            let detectable = !(weight * diff).is_multiple_of(10);
             prop_assert_eq!(IdNumber::parse(&changed).is_err(), detectable);
             if weight % 2 == 1 && weight != 5 {
                 prop_assert!(IdNumber::parse(&changed).is_err());

@@ -352,14 +352,13 @@ impl<'p> Generator<'p> {
                     if f.ty == FieldType::Address {
                         return p.address.full().into();
                     }
-                    if key == "employer_name" {
-                        if let Some(c) = p
+                    if key == "employer_name"
+                        && let Some(c) = p
                             .employment
                             .as_ref()
                             .and_then(|e| self.pop.company(e.company))
-                        {
-                            return c.name.clone().into();
-                        }
+                    {
+                        return c.name.clone().into();
                     }
                 }
             }
@@ -415,7 +414,7 @@ impl<'p> Generator<'p> {
             }
             // Land, vehicles and energy or water permits: a company holds some, not all.
             5 | 38 | 31 | 32 | 28 | 33 | 35 | 103 | 104 | 79 | 80 => {
-                if mix(self.pop.seed() ^ (c.index as u64) << 24 ^ u64::from(no)) % 3 == 0 {
+                if mix(self.pop.seed() ^ (c.index as u64) << 24 ^ u64::from(no)).is_multiple_of(3) {
                     Vec::new()
                 } else {
                     let mut row = Row::default();
@@ -920,7 +919,7 @@ impl<'p> Generator<'p> {
                         ),
                 ]
             }),
-            48 => one(age >= 65 && !p.is_foreign() && p.index % 2 == 0),
+            48 => one(age >= 65 && !p.is_foreign() && p.index.is_multiple_of(2)),
             49 => {
                 let kind = if age >= 65 {
                     Some("老年年金")
@@ -1115,7 +1114,7 @@ impl<'p> Generator<'p> {
                 ]
             }),
             84 => one(p.veteran.is_some() && age >= 85),
-            90 => one(p.veteran.is_some() && p.index % 2 == 0),
+            90 => one(p.veteran.is_some() && p.index.is_multiple_of(2)),
             82 => one(opt(
                 30,
                 p.sex == Sex::Female && age >= 65 && p.spouse.is_none(),

@@ -463,10 +463,10 @@ impl Builder {
                 IdNumber::generate(letter, sex, serial)
             };
             // Written without a let chain: the workspace declares rust-version 1.85.
-            if let Ok(id) = made {
-                if self.used_ids.insert(id.as_str().to_owned()) {
-                    return id;
-                }
+            if let Ok(id) = made
+                && self.used_ids.insert(id.as_str().to_owned())
+            {
+                return id;
             }
         }
     }
@@ -748,10 +748,10 @@ impl Population {
         let mut out = Vec::new();
         for index in 0..COMPANIES {
             let ban = loop {
-                if let Ok(ban) = BusinessId::generate(b.rng.random_range(0..10_000_000)) {
-                    if used_bans.insert(ban.as_str().to_owned()) {
-                        break ban;
-                    }
+                if let Ok(ban) = BusinessId::generate(b.rng.random_range(0..10_000_000))
+                    && used_bans.insert(ban.as_str().to_owned())
+                {
+                    break ban;
                 }
             };
             let word = COMPANY_WORDS[index % COMPANY_WORDS.len()];

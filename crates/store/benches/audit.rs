@@ -7,8 +7,6 @@ use mydata_core::Timestamp;
 use mydata_store::NewAuditEvent;
 use mydata_store::testing::{TestDatabase, fresh_postgres, fresh_sqlite};
 
-const BATCH: usize = 1000;
-
 fn events(n: usize) -> Vec<NewAuditEvent> {
     (0..n)
         .map(|i| NewAuditEvent {
@@ -30,6 +28,9 @@ fn backends(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, TestDatabase)> {
     out
 }
 
+/// Events already in the log before measuring: append cost depends on the size of its indexes.
+const PREFILL: usize = 100_000;
+
 fn append(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,34 +38,44 @@ fn append(c: &mut Criterion) {
         .unwrap();
     for (name, db) in backends(&rt) {
         let store = db.store.clone();
-        let mut g = c.benchmark_group(format!("audit_append/{name}"));
-        g.throughput(Throughput::Elements(BATCH as u64));
-        g.bench_function("batched_1000", |b| {
-            b.iter_batched(
-                || events(BATCH),
-                |ev| rt.block_on(store.append_audit_batch(&ev)).unwrap(),
-                BatchSize::LargeInput,
-            )
+        rt.block_on(async {
+            for chunk in events(PREFILL).chunks(10_000) {
+                store.append_audit_batch(chunk).await.unwrap();
+            }
+            store
+                .integrate_audit(u32::MAX, Timestamp::from_millis(0))
+                .await
+                .unwrap();
         });
+        let mut g = c.benchmark_group(format!("audit_append/{name}"));
+        g.sample_size(10);
+        for batch in [1_000usize, 10_000] {
+            g.throughput(Throughput::Elements(batch as u64));
+            g.bench_function(format!("batch_{batch}"), |b| {
+                b.iter_batched(
+                    || events(batch),
+                    |ev| rt.block_on(store.append_audit_batch(&ev)).unwrap(),
+                    BatchSize::LargeInput,
+                )
+            });
+        }
         g.throughput(Throughput::Elements(1));
         let one = events(1).remove(0);
         g.bench_function("single", |b| {
             b.iter(|| rt.block_on(store.append_audit(&one)).unwrap())
         });
-        g.throughput(Throughput::Elements(BATCH as u64));
-        g.bench_function("append_and_integrate_1000", |b| {
+        g.throughput(Throughput::Elements(10_000));
+        g.bench_function("integrate_10000", |b| {
             b.iter_batched(
-                || events(BATCH),
-                |ev| {
-                    rt.block_on(async {
-                        store.append_audit_batch(&ev).await.unwrap();
-                        store
-                            .integrate_audit(100_000, Timestamp::from_millis(0))
-                            .await
-                            .unwrap()
-                    })
+                || {
+                    rt.block_on(store.append_audit_batch(&events(10_000)))
+                        .unwrap()
                 },
-                BatchSize::LargeInput,
+                |_| {
+                    rt.block_on(store.integrate_audit(u32::MAX, Timestamp::from_millis(0)))
+                        .unwrap()
+                },
+                BatchSize::PerIteration,
             )
         });
         g.finish();

@@ -165,10 +165,9 @@ impl Store {
         if let Db::Sqlite {
             file: Some(file), ..
         } = &self.db
+            && !file.exists()
         {
-            if !file.exists() {
-                return Err(StoreError::FileMissing(file.clone()));
-            }
+            return Err(StoreError::FileMissing(file.clone()));
         }
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
         Ok(())

@@ -163,23 +163,23 @@ impl DatasetQuery {
                 .map(str::to_owned)
         };
         let agency = nonempty(&self.agency);
-        if let Some(a) = &agency {
-            if c.agency(a).is_none() {
-                return Err(invalid(
-                    "agency",
-                    format!("unknown agency `{a}`; the list is at /api/v1/agencies"),
-                ));
-            }
+        if let Some(a) = &agency
+            && c.agency(a).is_none()
+        {
+            return Err(invalid(
+                "agency",
+                format!("unknown agency `{a}`; the list is at /api/v1/agencies"),
+            ));
         }
         let category = nonempty(&self.category);
-        if let Some(x) = &category {
-            if c.category(x).is_none() {
-                let ids: Vec<&str> = c.categories().iter().map(|c| c.id.as_str()).collect();
-                return Err(invalid(
-                    "category",
-                    format!("unknown category `{x}` (allowed: {})", ids.join(", ")),
-                ));
-            }
+        if let Some(x) = &category
+            && c.category(x).is_none()
+        {
+            let ids: Vec<&str> = c.categories().iter().map(|c| c.id.as_str()).collect();
+            return Err(invalid(
+                "category",
+                format!("unknown category `{x}` (allowed: {})", ids.join(", ")),
+            ));
         }
         let identity_method = nonempty(&self.identity_method)
             .map(|m| {
@@ -298,14 +298,14 @@ pub async fn list_services(
         .map(|m| m.parse::<ServiceMode>().map_err(|e| invalid("mode", e)))
         .transpose()?;
     let sector = q.sector.filter(|s| !s.is_empty());
-    if let Some(s) = &sector {
-        if c.sector(s).is_none() {
-            let ids: Vec<&str> = c.sectors().iter().map(|s| s.id.as_str()).collect();
-            return Err(invalid(
-                "sector",
-                format!("unknown sector `{s}` (allowed: {})", ids.join(", ")),
-            ));
-        }
+    if let Some(s) = &sector
+        && c.sector(s).is_none()
+    {
+        let ids: Vec<&str> = c.sectors().iter().map(|s| s.id.as_str()).collect();
+        return Err(invalid(
+            "sector",
+            format!("unknown sector `{s}` (allowed: {})", ids.join(", ")),
+        ));
     }
     let services: Vec<ServiceView<'_>> = c
         .find_services(&ServiceFilter { mode, sector })
