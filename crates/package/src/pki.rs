@@ -447,3 +447,120 @@ fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (value, rest) = rest.split_at(len);
     Some((tag, value, rest))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp::from_millis(1_790_000_000_000);
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn before(d: Duration) -> Timestamp {
+        Timestamp::from_millis(NOW.millis() - i64::try_from(d.as_millis()).unwrap())
+    }
+
+    /// Encode OID arcs as DER content bytes (base-128, first two arcs combined).
+    fn oid_der(arcs: &[u64]) -> Vec<u8> {
+        let mut out = vec![u8::try_from(arcs[0] * 40 + arcs[1]).unwrap()];
+        for &arc in &arcs[2..] {
+            let mut groups = vec![u8::try_from(arc & 0x7f).unwrap()];
+            let mut rest = arc >> 7;
+            while rest > 0 {
+                groups.push(u8::try_from(rest & 0x7f).unwrap() | 0x80);
+                rest >>= 7;
+            }
+            out.extend(groups.iter().rev());
+        }
+        out
+    }
+
+    #[test]
+    fn eku_der_constant_matches_the_arcs() {
+        assert_eq!(oid_der(DATA_SIGNING_EKU_ARCS), DATA_SIGNING_EKU_DER);
+    }
+
+    #[test]
+    fn ca_from_a_given_key_issues_certificates_that_verify_and_name_the_agency() {
+        let ca_key = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let ca =
+            SimulatedCa::from_signing_key("Root", &ca_key, before(DAY), NOW.plus(DAY)).unwrap();
+        let agency_key = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let cert = ca
+            .issue_agency_cert(
+                "ris-001",
+                agency_key.verifying_key(),
+                before(DAY),
+                NOW.plus(DAY),
+            )
+            .unwrap();
+        let second = ca
+            .issue_agency_cert(
+                "ris-002",
+                agency_key.verifying_key(),
+                before(DAY),
+                NOW.plus(DAY),
+            )
+            .unwrap();
+        assert_ne!(cert.serial(), second.serial());
+
+        let mut trust = TrustStore::new();
+        trust.add_roots_pem(ca.root_pem().as_bytes()).unwrap();
+        let crl = ca
+            .crl(&[second.serial()], before(DAY), NOW.plus(DAY))
+            .unwrap();
+        trust.add_crl_der(crl.der()).unwrap();
+        let chain = crate::pem::certificates(cert.pem().as_bytes()).unwrap();
+        let ee = trust.verify_agency_chain(&chain, NOW).unwrap();
+        assert_eq!(common_name(ee.subject()).as_deref(), Some("ris-001"));
+        let chain2 = vec![second.der().clone()];
+        assert_eq!(
+            trust.verify_agency_chain(&chain2, NOW).err(),
+            Some(CertError::Revoked)
+        );
+        assert!(crl.pem().starts_with("-----BEGIN X509 CRL-----\n"));
+    }
+
+    #[test]
+    fn a_ca_certificate_is_not_an_agency_certificate() {
+        let ca = SimulatedCa::new("Root", before(DAY), NOW.plus(DAY)).unwrap();
+        let mut trust = TrustStore::new();
+        trust.add_root_der(ca.root_der()).unwrap();
+        trust.allow_missing_crl(true);
+        // The root itself lacks the data-signing EKU (and is a CA): refused.
+        let chain = vec![ca.root_der().clone()];
+        assert!(trust.verify_agency_chain(&chain, NOW).is_err());
+        assert_eq!(
+            trust.verify_agency_chain(&[], NOW).err(),
+            Some(CertError::NoCertificate)
+        );
+    }
+
+    #[test]
+    fn trust_store_refuses_garbage() {
+        let mut trust = TrustStore::new();
+        assert!(matches!(
+            trust.add_root_der(b"nope"),
+            Err(TrustStoreError::BadRoot(_))
+        ));
+        assert!(matches!(
+            trust.add_crl_der(b"nope"),
+            Err(TrustStoreError::BadCrl(_))
+        ));
+        assert!(matches!(
+            trust.add_roots_pem(b"no pem here"),
+            Err(TrustStoreError::EmptyPem(_))
+        ));
+    }
+
+    #[test]
+    fn common_name_walks_only_well_formed_names() {
+        // SET { SEQUENCE { OID 2.5.4.3, UTF8String "ab" } }
+        let name = [
+            0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x02, b'a', b'b',
+        ];
+        assert_eq!(common_name(&name).as_deref(), Some("ab"));
+        assert_eq!(common_name(&name[..name.len() - 1]), None);
+        assert_eq!(common_name(&[0x30, 0x00]), None);
+        assert_eq!(common_name(&[]), None);
+    }
+}
