@@ -151,15 +151,21 @@ impl PackageBuilder {
 
         let total: usize = entries.iter().map(|(p, b)| p.len() + b.len() + 100).sum();
         let mut zip = ZipWriter::new(Cursor::new(Vec::with_capacity(total / 2 + 1024)));
-        // Fast deflate: the data is small and signing, not compression, should set the pace.
-        let opts = SimpleFileOptions::default()
+        // Fast deflate for data and manifest; signatures and certificates barely compress, so they
+        // are stored and skip a deflate stream set-up each.
+        let deflated = SimpleFileOptions::default()
             .compression_method(CompressionMethod::Deflated)
             .compression_level(Some(1));
+        let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
         for (path, bytes) in &entries {
-            zip.start_file(path.as_str(), opts)?;
+            let incompressible = [".jws", ".sig", ".pem"].iter().any(|s| path.ends_with(s));
+            zip.start_file(
+                path.as_str(),
+                if incompressible { stored } else { deflated },
+            )?;
             zip.write_all(bytes)?;
         }
-        zip.start_file(RECEIPT_PATH, opts)?;
+        zip.start_file(RECEIPT_PATH, stored)?;
         zip.write_all(receipt_jws.as_bytes())?;
         Ok(zip.finish()?.into_inner())
     }

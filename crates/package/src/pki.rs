@@ -4,6 +4,7 @@
 use crate::pem;
 use mydata_core::Timestamp;
 use p256::ecdsa::{SigningKey, VerifyingKey};
+use p256::elliptic_curve::Generate;
 use p256::pkcs8::EncodePrivateKey;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
@@ -254,7 +255,7 @@ impl SimulatedCa {
         params.not_after = to_offset(not_after)?;
         params.serial_number = Some(SerialNumber::from(serial));
         params.use_authority_key_identifier_extension = true;
-        let public = P256Public(public_key.to_encoded_point(false).as_bytes().to_vec());
+        let public = P256Public(public_key.to_sec1_point(false).as_bytes().to_vec());
         let cert = params.signed_by(&public, &self.cert, &self.key)?;
         Ok(IssuedCert {
             serial,
@@ -269,7 +270,7 @@ impl SimulatedCa {
         not_before: Timestamp,
         not_after: Timestamp,
     ) -> Result<(crate::AgencySigner, IssuedCert), PkiError> {
-        let key = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let key = SigningKey::try_generate().map_err(|e| PkiError::Key(e.to_string()))?;
         let cert = self.issue_agency_cert(agency_id, key.verifying_key(), not_before, not_after)?;
         let signer = crate::AgencySigner::new(key, vec![cert.der().clone()])
             .map_err(|e| PkiError::Key(e.to_string()))?;
@@ -481,10 +482,10 @@ mod tests {
 
     #[test]
     fn ca_from_a_given_key_issues_certificates_that_verify_and_name_the_agency() {
-        let ca_key = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let ca_key = <SigningKey as p256::elliptic_curve::Generate>::generate();
         let ca =
             SimulatedCa::from_signing_key("Root", &ca_key, before(DAY), NOW.plus(DAY)).unwrap();
-        let agency_key = SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let agency_key = <SigningKey as p256::elliptic_curve::Generate>::generate();
         let cert = ca
             .issue_agency_cert(
                 "ris-001",

@@ -159,7 +159,7 @@ fn documented_script_fails_on_an_extra_file_and_an_edited_receipt() {
     assert!(text(&out).contains("extra.txt"), "{}", text(&out));
 
     let other_platform = mydata_package::PlatformSigner::new(
-        p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng),
+        <p256::ecdsa::SigningKey as p256::elliptic_curve::Generate>::generate(),
         "x",
     )
     .unwrap();

@@ -9,7 +9,6 @@ use mydata_package::{
     Verdict, verify_package, verify_package_with_limits,
 };
 use p256::ecdsa::SigningKey;
-use p256::elliptic_curve::rand_core::OsRng;
 
 fn verify(fx: &Fixture, zip: &[u8]) -> PackageReport {
     verify_package(zip, &fx.trust, Some(fx.platform.verifying_key()), NOW)
@@ -210,7 +209,7 @@ fn missing_manifest_is_refused_as_incomplete() {
 fn signature_by_another_key_is_refused() {
     let fx = fixture();
     // Same certificate, different private key: the chain is fine, the signatures are not.
-    let rogue_key = SigningKey::random(&mut OsRng);
+    let rogue_key = <SigningKey as p256::elliptic_curve::Generate>::generate();
     let genuine = build(&fx);
     let (rogue, _) = fx
         .ca
@@ -538,9 +537,11 @@ fn edited_receipt_is_refused() {
 #[test]
 fn receipt_signed_by_another_key_is_refused() {
     let fx = fixture();
-    let other =
-        mydata_package::PlatformSigner::new(SigningKey::random(&mut OsRng), "platform-2026")
-            .unwrap();
+    let other = mydata_package::PlatformSigner::new(
+        <SigningKey as p256::elliptic_curve::Generate>::generate(),
+        "platform-2026",
+    )
+    .unwrap();
     let mut b = mydata_package::PackageBuilder::new("t-1", "p", "purpose");
     b.add_dataset(
         fx.agency

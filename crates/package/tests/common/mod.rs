@@ -37,7 +37,7 @@ pub fn fixture() -> Fixture {
         .unwrap();
     let trust = trust_for(&ca, &[]);
     let platform = PlatformSigner::new(
-        SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng),
+        <SigningKey as p256::elliptic_curve::Generate>::generate(),
         "platform-2026",
     )
     .unwrap();
