@@ -319,9 +319,7 @@ fn classify(name: &str) -> Result<Slot, ArchiveError> {
 /// Read a package zip within `limits`, refusing anything outside the format.
 pub fn read_package(bytes: &[u8], limits: &ReadLimits) -> Result<RawPackage, ArchiveError> {
     let corrupt = |e: &dyn std::fmt::Display| ArchiveError::Corrupt(e.to_string());
-    let mut zip = ZipArchive::new(Cursor::new(bytes)).map_err(|e| corrupt(&e))?;
-    // The zip reader keeps only the last of several same-named entries; compare with the count the
-    // end-of-central-directory record declares so that a shadowed entry cannot slip by.
+    // Count first, from the end record, so that a huge central directory is never parsed.
     let declared_entries = eocd_entry_count(bytes)?;
     if declared_entries > limits.max_entries {
         return Err(ArchiveError::TooManyEntries {
@@ -329,6 +327,9 @@ pub fn read_package(bytes: &[u8], limits: &ReadLimits) -> Result<RawPackage, Arc
             limit: limits.max_entries,
         });
     }
+    let mut zip = ZipArchive::new(Cursor::new(bytes)).map_err(|e| corrupt(&e))?;
+    // The zip reader keeps only the last of several same-named entries; compare with the count the
+    // end-of-central-directory record declares so that a shadowed entry cannot slip by.
     if declared_entries != zip.len() {
         return Err(ArchiveError::DuplicateEntries {
             declared: declared_entries,

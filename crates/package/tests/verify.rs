@@ -311,7 +311,7 @@ fn missing_or_stale_crl_is_refused_unless_allowed() {
 }
 
 #[test]
-fn manifest_claiming_another_agency_is_refused() {
+fn report_names_the_certified_agency_for_the_caller_to_match() {
     let fx = fixture();
     let (tax, _) = fx
         .ca
@@ -320,12 +320,57 @@ fn manifest_claiming_another_agency_is_refused() {
     let ds = tax
         .sign_dataset("t-1", "household", NOW, household_files())
         .unwrap();
-    let m: mydata_package::Manifest = serde_json::from_slice(&ds.manifest_json).unwrap();
-    assert_eq!(m.agency_id, "mof-tax");
-    // A cert whose CN is not the agency the catalogue expects is caught by the caller via agency_id.
     let r = mydata_package::verify_dataset(&ds, &fx.trust, NOW);
-    assert!(r.is_ok());
+    assert!(r.is_ok(), "{r:#?}");
     assert_eq!(r.agency_id.as_deref(), Some("mof-tax"));
+    assert_eq!(r.manifest.unwrap().agency_id, "mof-tax");
+}
+
+#[test]
+fn manifest_claiming_another_agency_than_its_certificate_is_refused() {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    let fx = fixture();
+    // A validly signed manifest whose agency_id is not the certificate's CN.
+    let key = <SigningKey as p256::elliptic_curve::Generate>::generate();
+    let cert = fx
+        .ca
+        .issue_agency_cert(
+            "moi-household",
+            key.verifying_key(),
+            ago(DAY),
+            NOW.plus(DAY),
+        )
+        .unwrap();
+    let genuine = fx
+        .agency
+        .sign_dataset("t-1", "household", NOW, household_files())
+        .unwrap();
+    let mut manifest: mydata_package::Manifest =
+        serde_json::from_slice(&genuine.manifest_json).unwrap();
+    manifest.agency_id = "mof-tax".into();
+    let manifest_json = serde_json::to_vec(&manifest).unwrap();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+    let header = b64.encode(format!(r#"{{"alg":"ES256","x5c":["{x5c}"]}}"#));
+    let input = format!("{header}.{}", b64.encode(&manifest_json));
+    let jws_sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+    let sig: p256::ecdsa::Signature = key.sign(&manifest_json);
+    let ds = mydata_package::SignedDataset {
+        manifest_json,
+        manifest_jws: format!("{input}.{}", b64.encode(jws_sig.to_bytes())).into_bytes(),
+        manifest_sig: sig.to_der().as_bytes().to_vec(),
+        chain_pem: cert.pem().into_bytes(),
+        ..genuine
+    };
+    let r = mydata_package::verify_dataset(&ds, &fx.trust, NOW);
+    assert_eq!(
+        r.error(),
+        Some(&DatasetError::AgencyMismatch {
+            manifest: "mof-tax".into(),
+            certificate: "moi-household".into()
+        })
+    );
 }
 
 #[test]
