@@ -1,0 +1,25 @@
+//! Signed data packages: what an agency signs and what the platform hands to a person or service.
+//!
+//! [`pki`] is the simulated government CA and the [`TrustStore`] that validates agency chains;
+//! [`dataset`] signs one dataset with an agency key and runs the four ordered checks on it;
+//! [`package`] puts the datasets of one transfer in a zip with the platform receipt and reads such a
+//! zip back defensively; [`seal`] encrypts a package at rest. The format is in `docs/PACKAGE.md`.
+//! Time is always passed in; nothing here reads the wall clock.
+
+pub mod dataset;
+mod jws;
+pub mod package;
+mod pem;
+pub mod pki;
+pub mod seal;
+
+pub use dataset::{
+    AgencySigner, DataFile, DatasetError, DatasetReport, FileEntry, Manifest, SignError,
+    SignedDataset, Verdict, verify_dataset,
+};
+pub use package::{
+    ArchiveError, PackageBuilder, PackageError, PackageReport, PlatformSigner, ReadLimits, Receipt,
+    ReceiptError, read_package, verify_package, verify_package_with_limits,
+};
+pub use pki::{CertError, Crl, IssuedCert, PkiError, SimulatedCa, TrustStore, TrustStoreError};
+pub use seal::{PackageKey, SealError, open, seal};
