@@ -5,6 +5,7 @@
 
 mod bench;
 mod catalog_check;
+mod verify;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +41,10 @@ enum Command {
     /// Work with catalogue files.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Check a saved data package offline: (1) agency certificate valid and trusted, (2) public key
+    /// taken from it, (3) manifest not tampered, (4) each file not tampered; plus the platform
+    /// receipt. Prints a verdict per step; exits non-zero if any check fails.
+    Verify(verify::VerifyArgs),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -134,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Catalog(CatalogCommand::Check { files }) => catalog_check::run(&files),
+        Command::Verify(args) => verify::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
     }
