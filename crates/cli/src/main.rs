@@ -187,37 +187,26 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
     anyhow::bail!("the server did not answer {base}/healthz within 10 seconds")
 }
 
-async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
+/// Opens the configured database (without migrating it), for the operator commands.
+async fn open_store(args: &ConfigArgs) -> anyhow::Result<(mydata_store::Store, String)> {
     let settings = args.settings(None)?;
-    let url = settings.database_url();
-    let store = mydata_store::Store::connect(&url, &Default::default())
+    let url = mydata_server::serve::redact_url(&settings.database_url());
+    let store = mydata_store::Store::connect(&settings.database_url(), &Default::default())
         .await
-        .with_context(|| {
-            format!(
-                "cannot open the database ({})",
-                mydata_server::serve::redact_url(&url)
-            )
-        })?;
+        .with_context(|| format!("cannot open the database ({url})"))?;
+    Ok((store, url))
+}
+
+async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
+    let (store, url) = open_store(&args).await?;
     store.migrate().await.context("migration failed")?;
     store.close().await;
-    println!(
-        "database schema is up to date ({})",
-        mydata_server::serve::redact_url(&url)
-    );
+    println!("database schema is up to date ({url})");
     Ok(())
 }
 
 async fn audit_verify(args: ConfigArgs) -> anyhow::Result<()> {
-    let settings = args.settings(None)?;
-    let url = settings.database_url();
-    let store = mydata_store::Store::connect(&url, &Default::default())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database ({})",
-                mydata_server::serve::redact_url(&url)
-            )
-        })?;
+    let (store, _) = open_store(&args).await?;
     let report = store
         .verify_audit_log()
         .await

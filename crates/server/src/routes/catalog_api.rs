@@ -339,35 +339,34 @@ struct LabelCount<'a> {
     dataset_count: usize,
 }
 
+/// Labels with the number of datasets each one has.
+fn counted<'a>(
+    c: &'a Catalog,
+    labels: &'a [mydata_core::catalog::Label],
+    of: impl Fn(&Dataset) -> &str,
+) -> Vec<LabelCount<'a>> {
+    labels
+        .iter()
+        .map(|l| LabelCount {
+            id: &l.id,
+            name_zh: &l.name_zh,
+            name_en: &l.name_en,
+            dataset_count: c.datasets().iter().filter(|d| of(d) == l.id).count(),
+        })
+        .collect()
+}
+
 /// `GET /api/v1/agencies`
 pub async fn list_agencies(State(state): State<AppState>) -> Json<serde_json::Value> {
     let c = state.catalog();
-    let agencies: Vec<LabelCount<'_>> = c
-        .agencies()
-        .iter()
-        .map(|a| LabelCount {
-            id: &a.id,
-            name_zh: &a.name_zh,
-            name_en: &a.name_en,
-            dataset_count: c.datasets().iter().filter(|d| d.agency == a.id).count(),
-        })
-        .collect();
+    let agencies = counted(c, c.agencies(), |d| &d.agency);
     Json(serde_json::json!({ "count": agencies.len(), "agencies": agencies }))
 }
 
 /// `GET /api/v1/categories`
 pub async fn list_categories(State(state): State<AppState>) -> Json<serde_json::Value> {
     let c = state.catalog();
-    let categories: Vec<LabelCount<'_>> = c
-        .categories()
-        .iter()
-        .map(|x| LabelCount {
-            id: &x.id,
-            name_zh: &x.name_zh,
-            name_en: &x.name_en,
-            dataset_count: c.datasets().iter().filter(|d| d.category == x.id).count(),
-        })
-        .collect();
+    let categories = counted(c, c.categories(), |d| &d.category);
     Json(serde_json::json!({ "count": categories.len(), "categories": categories }))
 }
 

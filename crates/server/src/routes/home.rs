@@ -94,40 +94,25 @@ fn build(
     let filter = dq.to_filter(c)?;
     let found = c.find_datasets(&filter);
 
-    let card = |d: &Dataset| DatasetCard::new(c, d, lang);
-    let groups: Vec<Group> = match grouping {
-        Grouping::Agency => c
-            .agencies()
-            .iter()
-            .map(|a| {
-                Group::new(
-                    &a.id,
-                    lang.pick(&a.name_zh, &a.name_en),
-                    found
+    // One group per agency or category, in catalogue order, leaving out empty ones.
+    let group_by =
+        |labels: &[mydata_core::catalog::Label], of: &dyn Fn(&Dataset) -> &str| -> Vec<Group> {
+            labels
+                .iter()
+                .map(|l| {
+                    let cards = found
                         .iter()
-                        .filter(|d| d.agency == a.id)
-                        .map(|d| card(d))
-                        .collect(),
-                )
-            })
-            .filter(|g| !g.datasets.is_empty())
-            .collect(),
-        Grouping::Category => c
-            .categories()
-            .iter()
-            .map(|x| {
-                Group::new(
-                    &x.id,
-                    lang.pick(&x.name_zh, &x.name_en),
-                    found
-                        .iter()
-                        .filter(|d| d.category == x.id)
-                        .map(|d| card(d))
-                        .collect(),
-                )
-            })
-            .filter(|g| !g.datasets.is_empty())
-            .collect(),
+                        .filter(|d| of(d) == l.id)
+                        .map(|d| DatasetCard::new(c, d, lang))
+                        .collect();
+                    Group::new(&l.id, lang.pick(&l.name_zh, &l.name_en), cards)
+                })
+                .filter(|g| !g.datasets.is_empty())
+                .collect()
+        };
+    let groups = match grouping {
+        Grouping::Agency => group_by(c.agencies(), &|d| &d.agency),
+        Grouping::Category => group_by(c.categories(), &|d| &d.category),
     };
     let category_options = c
         .categories()
