@@ -71,7 +71,17 @@ enum AuditCommand {
     /// Re-derive the audit log's Merkle tree from the stored events and check every entry, every
     /// tree head and the log state. Names the first entry or head that does not hold; exits
     /// non-zero if any does.
-    Verify(ConfigArgs),
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct AuditVerifyArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The platform's public key (PEM) to check tree head signatures with. Without it, the public
+    /// half of the configured platform signing key is used.
+    #[arg(long, value_name = "PEM")]
+    platform_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -205,13 +215,42 @@ async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn audit_verify(args: ConfigArgs) -> anyhow::Result<()> {
-    let (store, _) = open_store(&args).await?;
+async fn audit_verify(args: AuditVerifyArgs) -> anyhow::Result<()> {
+    use p256::pkcs8::DecodePublicKey;
+    let key = match &args.platform_key {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            p256::ecdsa::VerifyingKey::from_public_key_pem(&pem)
+                .with_context(|| format!("{}: not a P-256 public key", path.display()))?
+        }
+        None => {
+            let settings = args.config.settings(None)?;
+            let path = settings.platform_key_path();
+            anyhow::ensure!(
+                path.exists(),
+                "no platform key at {}; give --platform-key PUB.pem",
+                path.display()
+            );
+            *mydata_server::keys::load_or_create_platform_signer(&settings)?.verifying_key()
+        }
+    };
+    let (store, _) = open_store(&args.config).await?;
     let report = store
         .verify_audit_log()
         .await
         .context("cannot read the audit log")?;
+    let heads = store
+        .tree_heads()
+        .await
+        .context("cannot read the tree heads")?;
     store.close().await;
+    let mut problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    for head in &heads {
+        if let Err(e) = mydata_server::keys::verify_tree_head(head, &key) {
+            problems.push(format!("tree head at size {}: {e}", head.tree_size));
+        }
+    }
     match report.latest_head {
         Some(size) => println!(
             "audit log: {} entries, {} tree heads checked, latest head at size {size}",
@@ -222,17 +261,19 @@ async fn audit_verify(args: ConfigArgs) -> anyhow::Result<()> {
             report.entries
         ),
     }
-    for p in &report.problems {
+    for p in &problems {
         println!("FAIL {p}");
     }
-    match report.problems.first() {
+    match problems.first() {
         None => {
-            println!("OK: every entry matches its hash and every tree head matches the log");
+            println!(
+                "OK: every entry matches its hash and every tree head matches the log and is signed by the platform"
+            );
             Ok(())
         }
         Some(first) => anyhow::bail!(
             "audit log verification failed ({} problem(s)); first: {first}",
-            report.problems.len()
+            problems.len()
         ),
     }
 }

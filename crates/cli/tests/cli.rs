@@ -317,6 +317,7 @@ async fn serve_runs_on_postgres_selected_by_url() {
 
 #[tokio::test]
 async fn audit_verify_passes_on_an_intact_log_and_names_a_tampered_entry() {
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/mydata.db", dir.path().display());
     let store = mydata_store::Store::connect(&url, &Default::default())
@@ -339,15 +340,67 @@ async fn audit_verify_passes_on_an_intact_log_and_names_a_tampered_entry() {
         .await
         .unwrap();
 
+    let key = <p256::ecdsa::SigningKey as p256::elliptic_curve::Generate>::generate();
+    let signer = mydata_package::PlatformSigner::with_thumbprint_kid(key).unwrap();
+    let pub_pem = dir.path().join("platform.pub.pem");
+    std::fs::write(
+        &pub_pem,
+        signer
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
+    )
+    .unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let args = [
+        "audit",
+        "verify",
+        "--data-dir",
+        &data_dir,
+        "--platform-key",
+        pub_pem.to_str().unwrap(),
+    ];
+
+    // The head is not signed yet: that alone fails verification.
+    let o = mydata(&args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL tree head at size 5: is not signed"));
+
+    for head in store.unsigned_tree_heads(10).await.unwrap() {
+        store
+            .set_tree_head_signature(head.tree_size, &signer.sign(&head.signing_payload()))
+            .await
+            .unwrap();
+    }
+    let o = mydata(&args);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("5 entries") && out.contains("OK"), "{out}");
+
+    // A head checked against someone else's key is refused.
+    let other = <p256::ecdsa::SigningKey as p256::elliptic_curve::Generate>::generate();
+    let other_pem = dir.path().join("other.pub.pem");
+    std::fs::write(
+        &other_pem,
+        other
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
+    )
+    .unwrap();
     let o = mydata(&[
         "audit",
         "verify",
         "--data-dir",
-        dir.path().to_str().unwrap(),
+        &data_dir,
+        "--platform-key",
+        other_pem.to_str().unwrap(),
     ]);
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "{out}");
-    assert!(out.contains("5 entries") && out.contains("OK"), "{out}");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("signature does not verify"));
+    // Without --platform-key and without a key file, it says what to give.
+    let o = mydata(&["audit", "verify", "--data-dir", &data_dir]);
+    assert!(stderr_line(&o).contains("--platform-key"));
 
     let seq = store.audit_leaves().await.unwrap()[2].event.seq;
     store
@@ -357,12 +410,7 @@ async fn audit_verify_passes_on_an_intact_log_and_names_a_tampered_entry() {
         .await
         .unwrap();
     store.close().await;
-    let o = mydata(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let o = mydata(&args);
     assert!(!o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(

@@ -18,8 +18,9 @@ pub use dataset::{
     SignedDataset, Verdict, verify_dataset,
 };
 pub use package::{
-    ArchiveError, PackageBuilder, PackageError, PackageReport, PlatformSigner, ReadLimits, Receipt,
-    ReceiptError, read_package, verify_package, verify_package_with_limits,
+    ArchiveError, PackageBuilder, PackageError, PackageReport, PlatformJwsError, PlatformSigner,
+    ReadLimits, Receipt, ReceiptError, jwk_thumbprint, read_package, verify_package,
+    verify_package_with_limits, verify_platform_jws,
 };
 pub use pki::{CertError, Crl, IssuedCert, PkiError, SimulatedCa, TrustStore, TrustStoreError};
 pub use seal::{PackageKey, SealError, open, seal};

@@ -36,9 +36,10 @@ pub struct Receipt {
     pub package_digest: String,
 }
 
-/// The platform's receipt-signing key with its key ID (`kid` header).
+/// The platform's signing key (receipts, audit tree heads) with its key ID (`kid` header).
 pub struct PlatformSigner {
     key: SigningKey,
+    kid: String,
     header_b64: String,
 }
 
@@ -53,13 +54,72 @@ impl PlatformSigner {
         let header = serde_json::json!({"alg": "ES256", "typ": "JOSE", "kid": kid});
         Ok(Self {
             key,
+            kid: kid.to_owned(),
             header_b64: jws::b64url(&serde_json::to_vec(&header)?),
         })
+    }
+
+    /// A signer whose key ID is the key's RFC 7638 JWK thumbprint, so verifiers can match a
+    /// signature to a published key without any naming scheme.
+    pub fn with_thumbprint_kid(key: SigningKey) -> Result<Self, PackageError> {
+        let kid = jwk_thumbprint(key.verifying_key());
+        Self::new(key, &kid)
     }
 
     pub fn verifying_key(&self) -> &VerifyingKey {
         self.key.verifying_key()
     }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Signs `payload` as a compact JWS (ES256, with this signer's `kid`).
+    pub fn sign(&self, payload: &[u8]) -> String {
+        jws::sign_compact(&self.key, &self.header_b64, payload)
+    }
+
+    /// The public key as a JWK (RFC 7517) for a published key set.
+    pub fn public_jwk(&self) -> serde_json::Value {
+        let mut jwk = ec_jwk(self.verifying_key());
+        jwk["kid"] = serde_json::Value::String(self.kid.clone());
+        jwk["use"] = "sig".into();
+        jwk["alg"] = "ES256".into();
+        jwk
+    }
+}
+
+/// The required members of a P-256 public key's JWK, in RFC 7638's order.
+fn ec_jwk(key: &VerifyingKey) -> serde_json::Value {
+    let point = key.to_sec1_point(false);
+    let x = point.x().map(|x| jws::b64url(x)).unwrap_or_default();
+    let y = point.y().map(|y| jws::b64url(y)).unwrap_or_default();
+    serde_json::json!({"crv": "P-256", "kty": "EC", "x": x, "y": y})
+}
+
+/// The RFC 7638 JWK thumbprint (SHA-256, base64url) of a P-256 public key.
+pub fn jwk_thumbprint(key: &VerifyingKey) -> String {
+    // serde_json writes object keys sorted, which is exactly RFC 7638's canonical form here.
+    let canonical = serde_json::to_vec(&ec_jwk(key)).unwrap_or_default();
+    jws::b64url(Sha256::digest(canonical).as_slice())
+}
+
+/// Why a platform signature (on a tree head, say) does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformJwsError {
+    #[error("not a compact ES256 JWS: {0}")]
+    Malformed(String),
+    #[error("the signature does not verify with the platform key")]
+    SignatureInvalid,
+}
+
+/// Checks a compact JWS made by [`PlatformSigner::sign`] and returns its payload.
+pub fn verify_platform_jws(token: &[u8], key: &VerifyingKey) -> Result<Vec<u8>, PlatformJwsError> {
+    let c = Compact::parse(token).map_err(PlatformJwsError::Malformed)?;
+    if !c.verify(key) {
+        return Err(PlatformJwsError::SignatureInvalid);
+    }
+    Ok(c.payload)
 }
 
 /// Refusal to build a package.

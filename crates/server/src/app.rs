@@ -39,7 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/services/{id}", get(catalog_api::get_service))
         .route("/agencies", get(catalog_api::list_agencies))
         .route("/categories", get(catalog_api::list_categories))
-        .route("/selection", post(catalog_api::selection));
+        .route("/selection", post(catalog_api::selection))
+        .route("/audit/tree-head", get(health::latest_tree_head));
 
     let headers = ServiceBuilder::new()
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(home::home))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/.well-known/mydata/jwks.json", get(health::jwks))
         .route("/static/app.css", get(stylesheet))
         .nest("/api/v1", api)
         .fallback(|| async { StatusCode::NOT_FOUND })

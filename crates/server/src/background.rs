@@ -238,19 +238,32 @@ const AUDIT_BATCH: u32 = 10_000;
 async fn audit_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(state.settings().jobs.audit_interval_secs.max(1));
     loop {
-        match state
-            .store()
-            .integrate_audit(AUDIT_BATCH, state.clock().now())
-            .await
-        {
-            Ok(Some(head)) => tracing::debug!(tree_size = head.tree_size, "audit log integrated"),
-            Ok(None) => {}
+        match integrate_and_sign(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(heads = n, "audit log integrated and tree heads signed"),
             Err(e) => tracing::warn!(error = %e, "audit integration failed"),
         }
         if pause(every, &mut stop).await {
             break;
         }
     }
+}
+
+/// Integrates new audit events into the tree and signs every tree head not signed yet (also heads
+/// left unsigned by a process that stopped in between). Returns how many heads were signed.
+pub async fn integrate_and_sign(state: &AppState) -> Result<usize, StoreError> {
+    let store = state.store();
+    store
+        .integrate_audit(AUDIT_BATCH, state.clock().now())
+        .await?;
+    let mut signed = 0;
+    for head in store.unsigned_tree_heads(1000).await? {
+        let jws = state.platform().sign(&head.signing_payload());
+        if store.set_tree_head_signature(head.tree_size, &jws).await? {
+            signed += 1;
+        }
+    }
+    Ok(signed)
 }
 
 /// Ends every transfer whose 8 hours have passed; returns how many. Safe to run in several

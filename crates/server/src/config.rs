@@ -32,6 +32,16 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub catalog: CatalogSettings,
     pub jobs: crate::background::JobSettings,
+    pub keys: KeySettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// PEM (PKCS#8) file of the platform's P-256 signing key (receipts, audit tree heads). Empty
+    /// means `<data_dir>/keys/platform-signing.pem`, created on first start. Processes that share a
+    /// database must share this key.
+    pub platform_signing_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +112,9 @@ impl Default for Settings {
             tls: None,
             catalog: CatalogSettings { dir: String::new() },
             jobs: crate::background::JobSettings::default(),
+            keys: KeySettings {
+                platform_signing_key: String::new(),
+            },
         }
     }
 }
@@ -188,6 +201,15 @@ impl Settings {
             format!("sqlite://{}/mydata.db", self.data_dir.display())
         } else {
             self.database.url.clone()
+        }
+    }
+
+    /// Where the platform signing key is kept.
+    pub fn platform_key_path(&self) -> PathBuf {
+        if self.keys.platform_signing_key.is_empty() {
+            self.data_dir.join("keys").join("platform-signing.pem")
+        } else {
+            PathBuf::from(&self.keys.platform_signing_key)
         }
     }
 

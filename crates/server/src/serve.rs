@@ -47,6 +47,7 @@ impl Server {
     /// Loads the catalogue, connects to and migrates the database, and binds the listening socket.
     pub async fn bind(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let catalog = load_catalog(settings.catalog_dir().as_deref())?;
+        let platform = crate::keys::load_or_create_platform_signer(&settings)?;
         let url = settings.database_url();
         let store = Store::connect(
             &url,
@@ -72,7 +73,7 @@ impl Server {
         );
         Ok(Self {
             listener,
-            state: AppState::new(catalog, store, clock, settings),
+            state: AppState::new(catalog, store, clock, settings, platform),
             handlers: Vec::new(),
         })
     }

@@ -18,18 +18,31 @@ struct Inner {
     store: Store,
     clock: Arc<dyn Clock>,
     settings: Settings,
+    platform: mydata_package::PlatformSigner,
 }
 
 impl AppState {
-    pub fn new(catalog: Catalog, store: Store, clock: Arc<dyn Clock>, settings: Settings) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+        platform: mydata_package::PlatformSigner,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 catalog,
                 store,
                 clock,
                 settings,
+                platform,
             }),
         }
+    }
+
+    /// The platform's signing key (receipts, tree heads).
+    pub fn platform(&self) -> &mydata_package::PlatformSigner {
+        &self.inner.platform
     }
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog

@@ -20,6 +20,19 @@ pub struct TreeHead {
     pub signature: Option<String>,
 }
 
+impl TreeHead {
+    /// The bytes the platform signs for this head (and a verifier recomputes).
+    pub fn signing_payload(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "typ": "mydata-tree-head",
+            "tree_size": self.tree_size,
+            "root_hash": self.root_hash,
+            "created_at_ms": self.created_at.millis(),
+        }))
+        .unwrap_or_default()
+    }
+}
+
 /// Canonical bytes of an event at a leaf index: what the leaf hash covers.
 pub fn canonical_entry(leaf_index: u64, e: &AuditEvent) -> Vec<u8> {
     #[derive(Serialize)]
@@ -210,6 +223,21 @@ impl Store {
         let row: Option<HeadRow> =
             on_pool!(self, pool => sqlx::query_as(sql).fetch_optional(pool).await?);
         Ok(row.map(TreeHead::from))
+    }
+
+    /// Tree heads not signed yet, smallest first.
+    pub async fn unsigned_tree_heads(&self, limit: u32) -> Result<Vec<TreeHead>> {
+        let sql = "SELECT tree_size, root_hash, created_at, signature FROM tree_heads WHERE signature IS NULL ORDER BY tree_size LIMIT $1";
+        let rows: Vec<HeadRow> = on_pool!(self, pool => sqlx::query_as(sql).bind(i64::from(limit)).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(TreeHead::from).collect())
+    }
+
+    /// Records the signature of a head; a head is signed once and never re-signed.
+    pub async fn set_tree_head_signature(&self, tree_size: u64, signature: &str) -> Result<bool> {
+        let sql = "UPDATE tree_heads SET signature = $1 WHERE tree_size = $2 AND signature IS NULL";
+        let size = i64::try_from(tree_size).unwrap_or(i64::MAX);
+        let n = on_pool!(self, pool => sqlx::query(sql).bind(signature).bind(size).execute(pool).await?.rows_affected());
+        Ok(n == 1)
     }
 
     /// Every tree head, smallest first.

@@ -33,3 +33,30 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         Err(_) => Err(AppError::DatabaseUnavailable),
     }
 }
+
+/// `GET /.well-known/mydata/jwks.json`: the platform's public signing keys, to check receipts and
+/// audit tree heads offline.
+pub async fn jwks(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "keys": [state.platform().public_jwk()] }))
+}
+
+/// `GET /api/v1/audit/tree-head`: the latest signed tree head of the audit log.
+pub async fn latest_tree_head(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let heads = state.store().tree_heads().await?;
+    let head = heads
+        .iter()
+        .rev()
+        .find(|h| h.signature.is_some())
+        .ok_or_else(|| AppError::NotFound {
+            what: "signed tree head",
+            id: "latest".into(),
+        })?;
+    Ok(Json(serde_json::json!({
+        "tree_size": head.tree_size,
+        "root_hash": head.root_hash,
+        "created_at_ms": head.created_at.millis(),
+        "signature": head.signature,
+    })))
+}

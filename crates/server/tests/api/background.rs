@@ -209,13 +209,9 @@ async fn the_running_server_integrates_audit_events_into_tree_heads() {
         .create_transfer(&t, "p", app.clock.now())
         .await
         .unwrap();
-    eventually("tree head recorded", || async {
-        app.db
-            .store
-            .latest_tree_head()
-            .await
-            .unwrap()
-            .is_some_and(|h| h.tree_size >= 1)
+    eventually("tree head recorded and signed", || async {
+        let head = app.db.store.latest_tree_head().await.unwrap();
+        head.is_some_and(|h| h.tree_size >= 1 && h.signature.is_some())
     })
     .await;
     assert!(
@@ -227,4 +223,83 @@ async fn the_running_server_integrates_audit_events_into_tree_heads() {
             .problems
             .is_empty()
     );
+
+    // Anyone can check the published head with the published key.
+    let (s, jwks) = app.get_json("/.well-known/mydata/jwks.json").await;
+    assert_eq!(s, 200);
+    let jwk = &jwks["keys"][0];
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["alg"].as_str()),
+        (Some("EC"), Some("ES256"))
+    );
+    let b64 = |v: &serde_json::Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    let mut sec1 = vec![4u8];
+    sec1.extend(b64(&jwk["x"]));
+    sec1.extend(b64(&jwk["y"]));
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).unwrap();
+    assert_eq!(
+        mydata_package::jwk_thumbprint(&key),
+        jwk["kid"].as_str().unwrap()
+    );
+    let (s, head) = app.get_json("/api/v1/audit/tree-head").await;
+    assert_eq!(s, 200, "{head}");
+    let sig = head["signature"].as_str().unwrap();
+    let payload = mydata_package::verify_platform_jws(sig.as_bytes(), &key).unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(payload["tree_size"], head["tree_size"]);
+    assert_eq!(payload["root_hash"], head["root_hash"]);
+}
+
+#[tokio::test]
+async fn the_platform_key_is_created_once_private_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.data_dir = data_dir.clone()).await;
+    let (_, first) = app.get_json("/.well-known/mydata/jwks.json").await;
+    app.stop().await.unwrap();
+    let key_file = dir.path().join("keys/platform-signing.pem");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let data_dir = dir.path().to_path_buf();
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.data_dir = data_dir.clone()).await;
+    let (_, second) = app.get_json("/.well-known/mydata/jwks.json").await;
+    assert_eq!(
+        first["keys"][0]["kid"], second["keys"][0]["kid"],
+        "same key after restart"
+    );
+    app.stop().await.unwrap();
+
+    std::fs::write(&key_file, "not a key").unwrap();
+    let mut settings = mydata_server::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    settings.database.url = format!("sqlite://{}/x.db", dir.path().display());
+    let clock = std::sync::Arc::new(mydata_core::SystemClock);
+    let err = mydata_server::Server::bind(settings, clock)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("platform-signing.pem"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test]
+async fn no_signed_head_yet_is_a_clear_404() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.jobs.enabled = false).await;
+    let res = app.get("/api/v1/audit/tree-head").await;
+    crate::helpers::assert_problem(res, 404, "not_found").await;
 }

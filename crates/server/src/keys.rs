@@ -1,0 +1,85 @@
+//! The platform's signing key: read from its PEM file, or created there on first start (mode 0600).
+//! It signs consent and deletion receipts and the audit log's tree heads; its public half is
+//! published as a JWK set so anyone can check those signatures offline.
+
+use crate::config::Settings;
+use anyhow::Context;
+use mydata_package::{PlatformSigner, verify_platform_jws};
+use mydata_store::TreeHead;
+use p256::ecdsa::{SigningKey, VerifyingKey};
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use std::io::Write;
+use std::path::Path;
+
+/// Loads the platform signing key, creating it when the file does not exist yet.
+pub fn load_or_create_platform_signer(settings: &Settings) -> anyhow::Result<PlatformSigner> {
+    let path = settings.platform_key_path();
+    let key = if path.exists() {
+        read_key(&path)?
+    } else {
+        let key = <SigningKey as p256::elliptic_curve::Generate>::generate();
+        write_new_key(&path, &key)?;
+        tracing::info!(path = %path.display(), "created a new platform signing key");
+        key
+    };
+    let signer =
+        PlatformSigner::with_thumbprint_kid(key).context("cannot use the platform signing key")?;
+    tracing::info!(kid = signer.kid(), "platform signing key loaded");
+    Ok(signer)
+}
+
+fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
+    warn_if_readable_by_others(path);
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the platform signing key {}", path.display()))?;
+    SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a PKCS#8 PEM P-256 private key: {e}",
+            path.display()
+        )
+    })
+}
+
+fn write_new_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the new key: {e}"))?;
+    let mut opts = std::fs::OpenOptions::new();
+    // create_new: never overwrite a key another process wrote meanwhile.
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create the platform signing key {}", path.display()))?;
+    f.write_all(pem.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the platform signing key is readable by other users; chmod 600 it");
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_: &Path) {}
+
+/// Checks a tree head's signature and that it signs exactly this head.
+pub fn verify_tree_head(head: &TreeHead, key: &VerifyingKey) -> Result<(), String> {
+    let sig = head.signature.as_deref().ok_or("is not signed")?;
+    let payload = verify_platform_jws(sig.as_bytes(), key).map_err(|e| e.to_string())?;
+    if payload != head.signing_payload() {
+        return Err("signature is for a different size, root or time".into());
+    }
+    Ok(())
+}
