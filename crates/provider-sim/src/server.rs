@@ -650,7 +650,11 @@ async fn create_request(
     }
     let request_id = uuid::Uuid::new_v4().to_string();
     let ready_at = now.plus(delay);
-    lock(&sim.memory).requests.insert(
+    let mut mem = lock(&sim.memory);
+    // Forget requests a day after they were ready, so a long run does not grow without bound.
+    mem.requests
+        .retain(|_, p| p.ready_at.plus(Duration::from_secs(86_400)) > now);
+    mem.requests.insert(
         request_id.clone(),
         Pending {
             agency_id: agency_id.clone(),
@@ -660,6 +664,7 @@ async fn create_request(
             ready_at,
         },
     );
+    drop(mem);
     Ok(accepted(&agency_id, &request_id, now, ready_at))
 }
 

@@ -29,10 +29,15 @@ struct App {
 
 impl App {
     async fn spawn(time_scale: f64) -> Self {
+        Self::spawn_seeded(time_scale, mydata_provider_sim::server::DEFAULT_SEED).await
+    }
+
+    async fn spawn_seeded(time_scale: f64, seed: u64) -> Self {
         let clock = ManualClock::new(Timestamp::from_millis(1_780_000_000_000));
         let key = SigningKey::try_generate().unwrap();
         let mut config = SimulatorConfig::new(*key.verifying_key());
         config.time_scale = time_scale;
+        config.seed = seed;
         config.admin_token = Some(ADMIN.into());
         let sim = Arc::new(Simulator::new(config, Arc::new(clock.clone())).unwrap());
         let app = router(sim.clone()).await;
@@ -624,4 +629,91 @@ async fn unknown_routes_answer_json_404() {
         error_code(res).await,
         (StatusCode::NOT_FOUND, "route_not_found".into())
     );
+}
+
+#[tokio::test]
+async fn latency_is_added_and_random_failures_follow_the_seed() {
+    let a = App::spawn_seeded(1.0, 7).await;
+    let b = App::spawn_seeded(1.0, 7).await;
+    let ds = a.instant();
+    a.set_faults(
+        &ds.agency,
+        &FaultConfig {
+            latency_ms: 300,
+            ..Default::default()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let res = a
+        .post(
+            &ds.agency,
+            &a.claims(&ds, &a.person_id(), IdentityMethod::MoicaCert),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let half = FaultConfig {
+        error_rate: 0.5,
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    for app in [&a, &b] {
+        app.set_faults(&ds.agency, &half).await;
+        let mut statuses = Vec::new();
+        for _ in 0..24 {
+            let res = app
+                .post(
+                    &ds.agency,
+                    &app.claims(&ds, &app.person_id(), IdentityMethod::MoicaCert),
+                )
+                .await;
+            statuses.push(res.status().as_u16());
+        }
+        runs.push(statuses);
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same failures");
+    assert!(
+        runs[0].contains(&500) && runs[0].contains(&200),
+        "{:?}",
+        runs[0]
+    );
+}
+
+#[tokio::test]
+async fn faults_for_an_unknown_agency_or_out_of_range_are_refused() {
+    let app = App::spawn(1.0).await;
+    let res = app
+        .client
+        .put(format!("{}/admin/faults/no-such-agency", app.base))
+        .bearer_auth(ADMIN)
+        .json(&FaultConfig::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::NOT_FOUND, "agency_not_found".into())
+    );
+    let ds = app.instant();
+    let res = app
+        .client
+        .put(format!("{}/admin/faults/{}", app.base, ds.agency))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"error_rate": 2.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::BAD_REQUEST, "invalid_body".into())
+    );
+    let key = SigningKey::try_generate().unwrap();
+    let mut config = SimulatorConfig::new(*key.verifying_key());
+    config
+        .faults
+        .insert("no-such-agency".into(), FaultConfig::default());
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(0)));
+    assert!(Simulator::new(config, clock).is_err());
 }
