@@ -1,10 +1,12 @@
 //! The `mydata` command: runs the platform (`serve`, `demo`), manages its database (`migrate`), checks
-//! catalogue files (`catalog check`) and measures a live server (`bench`).
+//! catalogue files (`catalog check`), measures a live server (`bench`) and runs the simulated
+//! agencies (`provider-sim`).
 //!
 //! Every failure ends with a non-zero exit status and one line on stderr saying what went wrong.
 
 mod bench;
 mod catalog_check;
+mod provider_sim;
 mod verify;
 
 use anyhow::Context;
@@ -51,6 +53,9 @@ enum Command {
     /// Measure a running server with a load run on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run the simulated data-provider agencies (synthetic people, agency-signed datasets, a
+    /// simulated CA at /ca/root.pem and /ca/crl.pem). Prints the address once ready.
+    ProviderSim(provider_sim::ProviderSimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => verify::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::ProviderSim(args) => provider_sim::run(args).await,
     }
 }
 

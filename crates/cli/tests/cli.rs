@@ -36,6 +36,7 @@ fn every_subcommand_has_help() {
         vec!["migrate", "--help"],
         vec!["catalog", "check", "--help"],
         vec!["bench", "catalog", "--help"],
+        vec!["provider-sim", "--help"],
     ] {
         let o = mydata(&args);
         assert!(o.status.success(), "{args:?}");
@@ -43,7 +44,14 @@ fn every_subcommand_has_help() {
         assert!(out.contains("Usage:"), "{args:?}: {out}");
     }
     let top = String::from_utf8_lossy(&mydata(&["--help"]).stdout).to_string();
-    for sub in ["serve", "demo", "migrate", "catalog", "bench"] {
+    for sub in [
+        "serve",
+        "demo",
+        "migrate",
+        "catalog",
+        "bench",
+        "provider-sim",
+    ] {
         assert!(top.contains(sub), "{sub} missing from --help");
     }
     let serve = String::from_utf8_lossy(&mydata(&["serve", "--help"]).stdout).to_string();
@@ -420,4 +428,88 @@ async fn audit_verify_passes_on_an_intact_log_and_names_a_tampered_entry() {
         "{out}"
     );
     assert!(stderr_line(&o).contains("audit log verification failed"));
+}
+
+#[tokio::test]
+async fn provider_sim_serves_signed_datasets_to_the_generated_platform_key() {
+    use mydata_provider_sim::token::{self, Assurance, Claims};
+    use p256::pkcs8::DecodePrivateKey;
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "provider-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--time-scale",
+            "60",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let next = async |lines: &mut tokio::io::Lines<_>| {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("nothing printed in time")
+            .unwrap()
+            .unwrap()
+    };
+    let url: String = next(&mut lines).await;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let key_line: String = next(&mut lines).await;
+    let key_path = dir.path().join("provider-sim-platform-key.pem");
+    assert!(key_line.contains(key_path.to_str().unwrap()), "{key_line}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
+    }
+
+    let root = reqwest::get(format!("{url}/ca/root.pem")).await.unwrap();
+    assert_eq!(root.status(), 200);
+    assert!(root.text().await.unwrap().contains("BEGIN CERTIFICATE"));
+
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&key_path).unwrap())
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = Claims {
+        iss: token::ISSUER.into(),
+        aud: "moi-household".into(),
+        iat: now,
+        exp: now + 60,
+        jti: "cli-test-1".into(),
+        transfer_id: Some("t1".into()),
+        dataset_id: Some("household-register-personal".into()),
+        subject: Some("A123456789".into()),
+        assurance: Some(Assurance {
+            method: "moica_cert".into(),
+            level: 1,
+        }),
+    };
+    let res = reqwest::Client::new()
+        .post(format!("{url}/agencies/moi-household/v1/requests"))
+        .bearer_auth(token::sign(&key, &claims).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["manifest_jws"].is_string(), "{body}");
+
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("did not stop on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -1,0 +1,113 @@
+//! `mydata provider-sim`: runs the simulated agencies over HTTP for a platform to fetch from.
+
+use anyhow::Context;
+use clap::Args;
+use mydata_provider_sim::server::{DEFAULT_SEED, Simulator, SimulatorConfig, router};
+use p256::ecdsa::{SigningKey, VerifyingKey};
+use p256::elliptic_curve::Generate;
+use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, LineEnding};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// File the generated platform key is written to when no `--platform-key` is given.
+const GENERATED_KEY: &str = "provider-sim-platform-key.pem";
+
+#[derive(Debug, Args)]
+pub struct ProviderSimArgs {
+    /// Address and port to listen on. The simulator holds synthetic data only, but it has no TLS:
+    /// keep it on loopback.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Speed-up of dataset preparation: 60 makes a 60-minute dataset ready in one minute.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    time_scale: f64,
+    /// PEM file with the platform's P-256 key (public key, or PKCS#8 private key) whose tokens the
+    /// agencies accept. Without it a fresh key pair is generated and its private key written to
+    /// DATA_DIR/provider-sim-platform-key.pem (mode 0600) for a local platform to use.
+    #[arg(long, value_name = "PEM")]
+    platform_key: Option<PathBuf>,
+    /// Folder for the generated platform key [default: ./mydata-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Seed of the synthetic population (same seed, same people and data).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SEED)]
+    seed: u64,
+    /// Bearer token of the fault-injection API (/admin/faults/{agency_id}); unset disables it.
+    #[arg(
+        long,
+        env = "MYDATA_SIM_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    admin_token: Option<String>,
+}
+
+/// Bind, print the URL on the first line of stdout once ready, serve until SIGTERM or Ctrl-C.
+pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
+    let (platform_key, generated) = match &args.platform_key {
+        Some(path) => (read_key(path)?, None),
+        None => {
+            let dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("mydata-data"));
+            let (key, path) = generate_key(&dir)?;
+            (key, Some(path))
+        }
+    };
+    let mut config = SimulatorConfig::new(platform_key);
+    config.seed = args.seed;
+    config.time_scale = args.time_scale;
+    config.admin_token = args.admin_token;
+    let sim = Simulator::new(config, Arc::new(mydata_core::SystemClock))?;
+    let app = router(Arc::new(sim)).await;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("http://{addr}");
+    if let Some(path) = generated {
+        println!(
+            "platform private key (for request tokens): {}",
+            path.display()
+        );
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(mydata_server::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+fn read_key(path: &Path) -> anyhow::Result<VerifyingKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read platform key {}", path.display()))?;
+    if let Ok(k) = VerifyingKey::from_public_key_pem(&text) {
+        return Ok(k);
+    }
+    let k = SigningKey::from_pkcs8_pem(&text).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is neither a P-256 public key nor a PKCS#8 P-256 private key (PEM)",
+            path.display()
+        )
+    })?;
+    Ok(*k.verifying_key())
+}
+
+fn generate_key(dir: &Path) -> anyhow::Result<(VerifyingKey, PathBuf)> {
+    let key = SigningKey::try_generate().map_err(|e| anyhow::anyhow!("generating a key: {e}"))?;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(GENERATED_KEY);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut f, pem.as_bytes())?;
+    Ok((*key.verifying_key(), path))
+}
