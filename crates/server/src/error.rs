@@ -36,8 +36,10 @@ pub enum AppError {
     InvalidBody(String),
     #[error("the request body must be sent as application/json")]
     UnsupportedMediaType,
-    #[error("the request body is larger than the {limit}-byte limit")]
-    PayloadTooLarge { limit: usize },
+    /// `limit` is None where the limit is not known (an extractor's rejection); the fallback
+    /// middleware, which knows it, states it.
+    #[error("the request body is larger than {}", limit.map_or("the limit".to_owned(), |l| format!("the {l}-byte limit")))]
+    PayloadTooLarge { limit: Option<usize> },
     #[error("the request took too long and was stopped")]
     Timeout,
     #[error("no dataset was chosen")]
@@ -187,7 +189,7 @@ impl From<JsonRejection> for AppError {
             }
             JsonRejection::JsonDataError(e) => AppError::InvalidBody(strip_prefix(e.body_text())),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                AppError::PayloadTooLarge { limit: 0 }
+                AppError::PayloadTooLarge { limit: None }
             }
             other => AppError::InvalidBody(other.body_text()),
         }
@@ -247,11 +249,7 @@ pub async fn problem_fallback(req: Request, next: Next) -> Response {
     let api = wants_problem_json(req.uri().path());
     let lang = Lang::from_request(&req);
     let method = req.method().to_string();
-    let limit = req
-        .extensions()
-        .get::<BodyLimit>()
-        .map(|b| b.0)
-        .unwrap_or(0);
+    let limit = req.extensions().get::<BodyLimit>().map(|b| b.0);
     let res = next.run(req).await;
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -262,7 +260,9 @@ pub async fn problem_fallback(req: Request, next: Next) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if content_type.starts_with(PROBLEM_JSON) || content_type.starts_with("text/html") {
+    // A 413 is always restated here, where the configured limit is known, whoever produced it.
+    let known = content_type.starts_with(PROBLEM_JSON) || content_type.starts_with("text/html");
+    if known && status != StatusCode::PAYLOAD_TOO_LARGE {
         return res;
     }
     let err = match status {

@@ -34,7 +34,11 @@ async fn too_large_body_is_413_with_or_without_content_length() {
         .send()
         .await
         .unwrap();
-    assert_problem(res, 413, "payload_too_large").await;
+    let b = assert_problem(res, 413, "payload_too_large").await;
+    assert!(
+        b["detail"].as_str().unwrap().contains("1024-byte limit"),
+        "names the limit: {b}"
+    );
 
     // Within the limit the same endpoint works.
     let ok = app
