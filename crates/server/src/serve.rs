@@ -48,6 +48,7 @@ impl Server {
     pub async fn bind(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let catalog = load_catalog(settings.catalog_dir().as_deref())?;
         let platform = crate::keys::load_or_create_platform_signer(&settings)?;
+        let data = crate::agencies::DataPath::from_settings(&settings)?;
         let url = settings.database_url();
         let store = Store::connect(
             &url,
@@ -73,8 +74,11 @@ impl Server {
         );
         Ok(Self {
             listener,
-            state: AppState::new(catalog, store, clock, settings, platform),
-            handlers: Vec::new(),
+            state: AppState::new(catalog, store, clock, settings, platform, data),
+            handlers: vec![
+                Arc::new(crate::agencies::FetchHandler),
+                Arc::new(crate::packages::PackageHandler),
+            ],
         })
     }
 
