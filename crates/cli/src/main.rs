@@ -1,10 +1,11 @@
 //! The `mydata` command: runs the platform (`serve`, `demo`), manages its database (`migrate`), checks
-//! catalogue files (`catalog check`), measures a live server (`bench`) and runs the simulated
+//! catalogue files (`catalog check`), runs the local card reader (`card-agent`), measures a live server (`bench`) and runs the simulated
 //! agencies (`provider-sim`).
 //!
 //! Every failure ends with a non-zero exit status and one line on stderr saying what went wrong.
 
 mod bench;
+mod card_agent;
 mod catalog_check;
 mod provider_sim;
 mod verify;
@@ -43,6 +44,9 @@ enum Command {
     /// Work with catalogue files.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Run the local card reader service: holds one test card (PKCS#12), checks its PIN (three
+    /// wrong PINs lock it) and signs the platform's login challenges for the allowed web origin.
+    CardAgent(card_agent::CardAgentArgs),
     /// Check a saved data package offline: (1) agency certificate valid and trusted, (2) public key
     /// taken from it, (3) manifest not tampered, (4) each file not tampered; plus the platform
     /// receipt. Prints a verdict per step; exits non-zero if any check fails.
@@ -154,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Catalog(CatalogCommand::Check { files }) => catalog_check::run(&files),
+        Command::CardAgent(args) => card_agent::run(args).await,
         Command::Verify(args) => verify::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
@@ -178,6 +183,7 @@ async fn demo(args: ServerArgs) -> anyhow::Result<()> {
         );
     }
     mydata_server::telemetry::init(settings.log.format, &settings.log.level);
+    card_agent::write_demo_cards(&settings.data_dir).await?;
     let server = Server::bind(settings, Arc::new(mydata_core::SystemClock)).await?;
     let base = server.base_url()?;
     let running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
