@@ -5,6 +5,7 @@
 mod background;
 mod catalog;
 mod errors;
+mod fetch;
 mod health;
 mod helpers;
 mod home;
