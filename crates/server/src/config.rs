@@ -64,6 +64,8 @@ pub struct AgencySettings {
     pub max_response_bytes: usize,
     /// Calls in flight per agency, over all processes sharing the database.
     pub concurrency: u32,
+    /// Fetch workers in this process (each runs one fetch job at a time).
+    pub workers: u32,
     /// Consecutive outages (5xx, timeouts, unreachable) that open an agency's circuit.
     pub circuit_failures: u32,
     /// How long an open circuit stays open before one probe call is let through.
@@ -89,6 +91,7 @@ impl Default for AgencySettings {
             request_timeout_ms: 20_000,
             max_response_bytes: 16 * 1024 * 1024,
             concurrency: 8,
+            workers: 4,
             circuit_failures: 5,
             circuit_open_secs: 60,
             retry_base_ms: 2000,

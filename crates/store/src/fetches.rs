@@ -449,13 +449,17 @@ impl Store {
     pub async fn clear_fetched_data(&self, transfer_id: &str) -> Result<Vec<Leftover>> {
         let rows: Vec<(String, String)> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            // RETURNING yields the new (cleared) values, so read the references first.
             let rows: Vec<(String, String)> = sqlx::query_as(
-                "UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $1 AND data_object IS NOT NULL
-                 RETURNING transfer_id, data_object",
+                "SELECT transfer_id, data_object FROM transfer_datasets WHERE transfer_id = $1 AND data_object IS NOT NULL",
             )
             .bind(transfer_id)
             .fetch_all(&mut *tx)
             .await?;
+            sqlx::query("UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $1")
+                .bind(transfer_id)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             rows
         });
