@@ -7,6 +7,7 @@
 //! stored as milliseconds, so time rules are testable without waiting.
 
 mod audit;
+mod audit_proofs;
 mod audit_tree;
 mod fetches;
 mod jobs;
