@@ -41,6 +41,10 @@ pub struct ProviderSimArgs {
         value_name = "TOKEN"
     )]
     admin_token: Option<String>,
+    /// Font file for the PDF datasets: TTF, OTF or TTC with Traditional Chinese glyphs (a TTC's
+    /// Traditional Chinese face is chosen). Default: the fonts-noto-cjk or fonts-wqy install path.
+    #[arg(long, env = "MYDATA_PDF_FONT", value_name = "FILE")]
+    pdf_font: Option<PathBuf>,
 }
 
 /// Bind, print the URL on the first line of stdout once ready, serve until SIGTERM or Ctrl-C.
@@ -60,6 +64,7 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
     config.seed = args.seed;
     config.time_scale = args.time_scale;
     config.admin_token = args.admin_token;
+    config.pdf_font = args.pdf_font;
     let sim = Simulator::new(config, Arc::new(mydata_core::SystemClock))?;
     let app = router(Arc::new(sim)).await;
     let listener = tokio::net::TcpListener::bind(args.listen)

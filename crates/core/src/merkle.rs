@@ -234,6 +234,116 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// A perfect subtree of the log: the `2^level` leaves from `index << level` on. Level 0 is a leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId {
+    pub level: u32,
+    pub index: u64,
+}
+
+impl NodeId {
+    /// The leaves it covers, as a half-open range.
+    pub fn leaves(self) -> (u64, u64) {
+        let start = self.index << self.level;
+        (start, start + (1u64 << self.level))
+    }
+}
+
+/// The perfect subtrees whose roots, folded from the right with [`fold_range`], give the RFC 9162
+/// root of leaves `[start, end)`, largest first. `start` must be aligned as every subtree of the
+/// RFC 9162 recursion is (a multiple of the power of two at or above `end - start`).
+pub fn range_nodes(start: u64, end: u64) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    let len = end.saturating_sub(start);
+    let mut pos = start;
+    for level in (0..64u32).rev() {
+        if len & (1u64 << level) != 0 {
+            out.push(NodeId {
+                level,
+                index: pos >> level,
+            });
+            pos += 1u64 << level;
+        }
+    }
+    out
+}
+
+/// The root of a range from the roots of its [`range_nodes`] (largest first).
+pub fn fold_range(roots: &[Hash]) -> Hash {
+    let mut it = roots.iter().rev();
+    match it.next() {
+        None => Sha256::digest([]).into(),
+        Some(last) => it.fold(*last, |acc, p| node_hash(p, &acc)),
+    }
+}
+
+/// What an inclusion proof is made of: for each hash of the audit path (in RFC 9162 order), the
+/// leaf range whose root it is. A store resolves the ranges from stored subtree roots.
+pub fn inclusion_plan(index: u64, size: u64) -> Result<Vec<(u64, u64)>, ProofError> {
+    if index >= size {
+        return Err(ProofError::IndexOutOfRange { index, size });
+    }
+    let mut out = Vec::new();
+    let (mut m, mut start, mut n) = (index, 0u64, size);
+    // PATH(m, D[start..start+n]) emits its deepest hash first, so collect top-down and reverse.
+    while n > 1 {
+        let k = split_u64(n);
+        if m < k {
+            out.push((start + k, start + n));
+            n = k;
+        } else {
+            out.push((start, start + k));
+            m -= k;
+            start += k;
+            n -= k;
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// What a consistency proof between sizes `first` and `second` is made of (see [`inclusion_plan`]).
+pub fn consistency_plan(first: u64, second: u64) -> Result<Vec<(u64, u64)>, ProofError> {
+    if first > second {
+        return Err(ProofError::SizesOutOfOrder { first, second });
+    }
+    let mut out = Vec::new();
+    if first == 0 || first == second {
+        return Ok(out);
+    }
+    let (mut m, mut start, mut n, mut complete) = (first, 0u64, second, true);
+    loop {
+        if m == n {
+            if !complete {
+                out.push((start, start + n));
+            }
+            break;
+        }
+        let k = split_u64(n);
+        if m <= k {
+            out.push((start + k, start + n));
+            n = k;
+        } else {
+            out.push((start, start + k));
+            m -= k;
+            start += k;
+            n -= k;
+            complete = false;
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// The largest power of two smaller than `n` (n ≥ 2).
+fn split_u64(n: u64) -> u64 {
+    let mut k = 1;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
+}
+
 /// The right edge of a tree: the roots of its perfect subtrees, largest first. Enough to append
 /// leaves and compute the root without the leaves themselves (O(log n) hashes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -263,8 +373,16 @@ impl CompactRange {
 
     /// Appends one leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_with(leaf, |_, _| {});
+    }
+
+    /// Appends one leaf hash and reports every perfect subtree it completes (level 1 and up), so
+    /// a log can store their roots and later build proofs from O(log n) stored hashes.
+    pub fn push_with(&mut self, leaf: Hash, mut completed: impl FnMut(NodeId, &Hash)) {
+        let index = self.size;
         let mut h = leaf;
         let mut size = self.size;
+        let mut level = 0u32;
         // Like a binary counter: each trailing one bit merges two equal subtrees.
         while size & 1 == 1 {
             match self.peaks.pop() {
@@ -272,6 +390,14 @@ impl CompactRange {
                 None => break,
             }
             size >>= 1;
+            level += 1;
+            completed(
+                NodeId {
+                    level,
+                    index: index >> level,
+                },
+                &h,
+            );
         }
         self.peaks.push(h);
         self.size += 1;
@@ -401,6 +527,65 @@ mod tests {
             verify_consistency(6, 10, &old_root, &root(&l), &p),
             Err(ProofError::RootMismatch)
         );
+    }
+
+    /// Resolves a plan with hashes computed from the leaves, as a store would from stored nodes.
+    fn resolve(plan: &[(u64, u64)], l: &[Hash]) -> Vec<Hash> {
+        plan.iter()
+            .map(|&(s, e)| {
+                let roots: Vec<Hash> = range_nodes(s, e)
+                    .into_iter()
+                    .map(|n| {
+                        let (a, b) = n.leaves();
+                        root(&l[a as usize..b as usize])
+                    })
+                    .collect();
+                fold_range(&roots)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plans_give_the_same_proofs_as_the_leaves() {
+        let all = leaves(70);
+        for n in 1..=70usize {
+            let l = &all[..n];
+            for i in 0..n {
+                let plan = inclusion_plan(i as u64, n as u64).unwrap();
+                assert_eq!(
+                    resolve(&plan, l),
+                    inclusion_proof(i as u64, l).unwrap(),
+                    "{i}/{n}"
+                );
+            }
+            for m in 0..=n {
+                let plan = consistency_plan(m as u64, n as u64).unwrap();
+                assert_eq!(
+                    resolve(&plan, l),
+                    consistency_proof(m as u64, l).unwrap(),
+                    "{m}->{n}"
+                );
+            }
+        }
+        assert!(inclusion_plan(5, 5).is_err());
+        assert!(consistency_plan(6, 5).is_err());
+    }
+
+    #[test]
+    fn push_reports_every_completed_subtree() {
+        let l = leaves(37);
+        let mut c = CompactRange::default();
+        let mut nodes = Vec::new();
+        for h in &l {
+            c.push_with(*h, |id, hash| nodes.push((id, *hash)));
+        }
+        // One node per completed pair, four, eight...: 18 + 9 + 4 + 2 + 1.
+        assert_eq!(nodes.len(), 34);
+        for (id, hash) in nodes {
+            let (a, b) = id.leaves();
+            assert!(id.level >= 1);
+            assert_eq!(hash, root(&l[a as usize..b as usize]), "{id:?}");
+        }
     }
 
     proptest! {

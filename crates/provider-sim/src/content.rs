@@ -40,6 +40,10 @@ pub struct Content {
     pub json: Value,
     /// Present when the dataset is offered as CSV: a header row of the `label_zh` column names.
     pub csv: Option<String>,
+    /// The fields' `label_zh`, in `fields.tsv` order: the columns of [`Content::rows`].
+    pub labels: Vec<String>,
+    /// Every record as text, one value per label (what a printed document shows).
+    pub rows: Vec<Vec<String>>,
 }
 
 /// Why content could not be produced.
@@ -291,11 +295,18 @@ impl<'p> Generator<'p> {
         } else {
             None
         };
+        let labels = fields.iter().map(|f| f.label_zh.clone()).collect();
+        let rows = rendered
+            .iter()
+            .map(|row| row.iter().map(|(_, v)| cell(v)).collect())
+            .collect();
         Ok(Content {
             dataset_no: dataset.no,
             outcome,
             json,
             csv,
+            labels,
+            rows,
         })
     }
 
@@ -1599,18 +1610,23 @@ fn no_household_record() -> Value {
     json!({"httpCode": "200", "httpMessage": "OK", "rdCode": "RS7010", "rdMessage": "查無戶籍資料", "responseData": {}})
 }
 
+/// A value as one table cell: strings as they are, null empty, numbers and booleans as JSON.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 fn to_csv(fields: &[Field], rows: &[Vec<(&Field, Value)>]) -> Result<String, ContentError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let err = |e: &dyn std::fmt::Display| ContentError::Csv(e.to_string());
     w.write_record(fields.iter().map(|f| f.label_zh.as_str()))
         .map_err(|e| err(&e))?;
     for row in rows {
-        w.write_record(row.iter().map(|(_, v)| match v {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
-        }))
-        .map_err(|e| err(&e))?;
+        w.write_record(row.iter().map(|(_, v)| cell(v)))
+            .map_err(|e| err(&e))?;
     }
     let bytes = w.into_inner().map_err(|e| err(&e))?;
     String::from_utf8(bytes).map_err(|e| err(&e))

@@ -3,13 +3,15 @@
 //!
 //! [`population`] decides once everything agencies know about each person, from a seed and a
 //! reference date (never the wall clock); [`content`] renders any dataset of the catalogue from that
-//! model, so the same person's data agree across datasets. [`fields`] parses `catalog/fields.tsv`.
+//! model, so the same person's data agree across datasets, and [`pdf`] prints it as an agency
+//! document. [`fields`] parses `catalog/fields.tsv`.
 //! [`server`] is the HTTP service of the agencies (request tokens in [`token`], body shape in
 //! [`wire`]).
 
 pub mod content;
 pub mod date;
 pub mod fields;
+pub mod pdf;
 pub mod population;
 pub mod server;
 pub mod token;

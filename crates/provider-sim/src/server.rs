@@ -11,6 +11,7 @@
 use crate::content::{Generator, Subject};
 use crate::date::Date;
 use crate::fields::FieldTable;
+use crate::pdf::{DocumentSpec, FontError, PdfFonts};
 use crate::population::Population;
 use crate::token::{self, Claims, TokenError};
 use crate::wire::{NotIncluded, SignedDatasetBody};
@@ -33,6 +34,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -67,6 +69,13 @@ pub struct FaultConfig {
     pub bad_signature: bool,
     /// Sign with a certificate that has already expired.
     pub expired_certificate: bool,
+    /// Answer a dataset without any signature (no JWS, no DER signature, no chain).
+    pub unsigned: bool,
+    /// Sign the dataset with another agency's certificate.
+    pub wrong_agency: bool,
+    /// Pad each dataset answer with this many extra bytes (an unknown `padding` member), up to
+    /// 64 MiB, to test the platform's size limit.
+    pub oversized_bytes: u64,
 }
 
 impl FaultConfig {
@@ -74,6 +83,11 @@ impl FaultConfig {
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(ApiError::InvalidBody(
                 "error_rate must be between 0 and 1".into(),
+            ));
+        }
+        if self.oversized_bytes > 64 * 1024 * 1024 {
+            return Err(ApiError::InvalidBody(
+                "oversized_bytes must be at most 67108864".into(),
             ));
         }
         Ok(())
@@ -95,6 +109,9 @@ pub struct SimulatorConfig {
     pub admin_token: Option<String>,
     /// Initial faults by agency ID.
     pub faults: HashMap<String, FaultConfig>,
+    /// Font file (TTF, OTF or TTC with Traditional Chinese glyphs) for PDF datasets; `None` looks
+    /// at `MYDATA_PDF_FONT`, then the usual install paths ([`crate::pdf::FONT_CANDIDATES`]).
+    pub pdf_font: Option<PathBuf>,
 }
 
 impl SimulatorConfig {
@@ -107,6 +124,7 @@ impl SimulatorConfig {
             platform_key,
             admin_token: None,
             faults: HashMap::new(),
+            pdf_font: None,
         }
     }
 }
@@ -126,6 +144,8 @@ pub enum SimError {
     Fault(#[from] ApiError),
     #[error("issuing the simulated PKI: {0}")]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    PdfFont(#[from] FontError),
 }
 
 /// One agency's signing material: the valid signer and one whose certificate has expired.
@@ -162,6 +182,7 @@ pub struct Simulator {
     catalog: Catalog,
     population: Population,
     fields: FieldTable,
+    fonts: PdfFonts,
     ca: SimulatedCa,
     agencies: HashMap<String, AgencyKeys>,
     platform_key: VerifyingKey,
@@ -200,6 +221,8 @@ impl Simulator {
             }
             f.check()?;
         }
+        // Every dataset but a few is offered as PDF: without a CJK font the agencies cannot work.
+        let fonts = PdfFonts::discover(config.pdf_font.as_deref())?;
         let now = clock.now().millis();
         let at = Timestamp::from_millis;
         let ca = SimulatedCa::new(
@@ -219,6 +242,7 @@ impl Simulator {
             population: Population::generate(config.seed, config.reference_date),
             catalog,
             fields,
+            fonts,
             ca,
             agencies,
             platform_key: config.platform_key,
@@ -339,17 +363,36 @@ impl Simulator {
             .agencies
             .get(&dataset.agency)
             .ok_or_else(|| ApiError::AgencyNotFound(dataset.agency.clone()))?;
-        let (json, csv) = self.content(dataset, subject)?;
+        let issued_at = self.clock.now();
+        let content = self.content(dataset, subject)?;
         let mut files = vec![DataFile {
             name: "data.json".into(),
             media_type: DataFormat::Json.media_type().into(),
-            bytes: json,
+            bytes: content.json,
         }];
-        if let Some(csv) = csv {
+        if let Some(csv) = content.csv {
             files.push(DataFile {
                 name: "data.csv".into(),
                 media_type: DataFormat::Csv.media_type().into(),
                 bytes: csv,
+            });
+        }
+        if dataset.offers(DataFormat::Pdf) {
+            let spec = DocumentSpec::new(
+                dataset,
+                self.catalog.agency(&dataset.agency),
+                content.subject,
+                transfer_id,
+                issued_at,
+                content.labels,
+                content.rows,
+            );
+            let pdf = crate::pdf::render(&spec, &self.fonts)
+                .map_err(|e| ApiError::Internal(format!("rendering the PDF: {e}")))?;
+            files.push(DataFile {
+                name: "data.pdf".into(),
+                media_type: DataFormat::Pdf.media_type().into(),
+                bytes: pdf,
             });
         }
         let media: HashMap<String, String> = files
@@ -358,20 +401,20 @@ impl Simulator {
             .collect();
         let signer = if faults.expired_certificate {
             &keys.expired
+        } else if faults.wrong_agency {
+            // Any other agency: a valid certificate, but not of the agency holding the dataset.
+            self.agencies
+                .iter()
+                .filter(|(id, _)| **id != dataset.agency)
+                .min_by(|a, b| a.0.cmp(b.0))
+                .map_or(&keys.signer, |(_, k)| &k.signer)
         } else {
             &keys.signer
         };
         let signed = signer
-            .sign_dataset(transfer_id, &dataset.id, self.clock.now(), files)
+            .sign_dataset(transfer_id, &dataset.id, issued_at, files)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let not_included = if dataset.offers(DataFormat::Pdf) {
-            vec![NotIncluded {
-                format: "pdf".into(),
-                reason: "the simulator does not render PDF yet".into(),
-            }]
-        } else {
-            Vec::new()
-        };
+        let not_included = Vec::<NotIncluded>::new();
         let mut body = SignedDatasetBody::from_signed(
             &signed,
             |name| media.get(name).cloned().unwrap_or_default(),
@@ -380,53 +423,91 @@ impl Simulator {
         if faults.bad_signature {
             corrupt_signatures(&mut body);
         }
+        if faults.unsigned {
+            body.manifest_jws.clear();
+            body.manifest_sig.clear();
+            body.chain_pem.clear();
+        }
         if faults.malformed {
             let json = [(header::CONTENT_TYPE, "application/json")];
             return Ok((StatusCode::OK, json, r#"{"manifest": "{\"version\":1,"#).into_response());
         }
+        if faults.oversized_bytes > 0 {
+            let mut value =
+                serde_json::to_value(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let pad = usize::try_from(faults.oversized_bytes).unwrap_or(0);
+            value["padding"] = serde_json::Value::String("x".repeat(pad));
+            return Ok((StatusCode::OK, axum::Json(value)).into_response());
+        }
         Ok((StatusCode::OK, axum::Json(body)).into_response())
     }
 
-    /// The data files' bytes (JSON, and CSV when the dataset offers it).
-    fn content(
-        &self,
-        dataset: &Dataset,
-        subject: &SubjectId,
-    ) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
+    /// The data files' bytes (JSON, and CSV when the dataset offers it) and the records as text.
+    fn content(&self, dataset: &Dataset, subject: &SubjectId) -> Result<Rendered, ApiError> {
         let found = match subject {
             SubjectId::Person(id) => self.population.find(id).map(Subject::Person),
             SubjectId::Company(ban) => self.population.find_company(ban).map(Subject::Company),
         };
         let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
         let Some(found) = found else {
-            return Ok(self.unknown_subject(dataset));
+            return Ok(self.unknown_subject(dataset, subject));
         };
         let generator =
             Generator::with_fields(&self.population, &self.catalog, self.fields.clone());
         let content = generator.render(found, dataset).map_err(|e| internal(&e))?;
         let json = serde_json::to_vec(&content.json).map_err(|e| internal(&e))?;
-        Ok((json, content.csv.map(String::into_bytes)))
+        let subject = match found {
+            Subject::Person(p) => format!("{}（{}）", p.name, p.id.masked()),
+            Subject::Company(c) => format!("{}（統一編號 {}）", c.name, c.ban.as_str()),
+        };
+        Ok(Rendered {
+            json,
+            csv: content.csv.map(String::into_bytes),
+            labels: content.labels,
+            rows: content.rows,
+            subject,
+        })
     }
 
     /// A valid ID outside the synthetic population: the agency holds nothing about them.
-    fn unknown_subject(&self, dataset: &Dataset) -> (Vec<u8>, Option<Vec<u8>>) {
+    fn unknown_subject(&self, dataset: &Dataset, subject: &SubjectId) -> Rendered {
         let json = serde_json::json!({
             "agency_id": dataset.agency,
             "dataset_id": dataset.id,
             "result": "no_record",
             "records": [],
         });
-        let csv = dataset.offers(DataFormat::Csv).then(|| {
-            let header: Vec<&str> = self
-                .fields
-                .for_dataset(dataset.no)
-                .iter()
-                .map(|f| f.label_zh.as_str())
-                .collect();
-            format!("{}\r\n", header.join(",")).into_bytes()
-        });
-        (json.to_string().into_bytes(), csv)
+        let labels: Vec<String> = self
+            .fields
+            .for_dataset(dataset.no)
+            .iter()
+            .map(|f| f.label_zh.clone())
+            .collect();
+        let csv = dataset
+            .offers(DataFormat::Csv)
+            .then(|| format!("{}\r\n", labels.join(",")).into_bytes());
+        let subject = match subject {
+            SubjectId::Person(id) => id.masked(),
+            SubjectId::Company(ban) => format!("統一編號 {}", ban.as_str()),
+        };
+        Rendered {
+            json: json.to_string().into_bytes(),
+            csv,
+            labels,
+            rows: Vec::new(),
+            subject,
+        }
     }
+}
+
+/// One dataset's content for one subject, before signing.
+struct Rendered {
+    json: Vec<u8>,
+    csv: Option<Vec<u8>>,
+    labels: Vec<String>,
+    rows: Vec<Vec<String>>,
+    /// How the documents name the subject (name and masked ID).
+    subject: String,
 }
 
 /// Flip one byte of each signature, keeping both parseable so that the *check* fails.

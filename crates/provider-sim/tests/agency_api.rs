@@ -1,10 +1,14 @@
 //! The agency API over real HTTP: a simulator on 127.0.0.1 port 0, a reqwest client, a manual clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use mydata_core::catalog::DataFormat;
 use mydata_core::catalog::Dataset;
 use mydata_core::identity::SubjectKind;
 use mydata_core::{Clock, IdentityMethod, ManualClock, Timestamp};
-use mydata_package::{DatasetError, TrustStore, verify_dataset};
+use mydata_package::{
+    DatasetError, PackageBuilder, PlatformSigner, SignedDataset, TrustStore, verify_dataset,
+    verify_package,
+};
 use mydata_provider_sim::server::{FaultConfig, Simulator, SimulatorConfig, router};
 use mydata_provider_sim::token::{self, Assurance, Claims};
 use mydata_provider_sim::wire::SignedDatasetBody;
@@ -103,6 +107,36 @@ impl App {
             .bearer_auth(token::sign(&self.key, &claims).unwrap())
             .send()
             .await
+            .unwrap()
+    }
+
+    /// Ask for `ds` and, when the agency answers 202, advance the clock past the wait and poll.
+    async fn fetch(&self, ds: &Dataset, subject: &str, method: IdentityMethod) -> SignedDataset {
+        let res = self
+            .post(&ds.agency, &self.claims(ds, subject, method))
+            .await;
+        let res = if res.status() == StatusCode::ACCEPTED {
+            let body: Value = res.json().await.unwrap();
+            let id = body["request_id"].as_str().unwrap().to_owned();
+            // The simulator runs 60x faster: a 60-minute dataset is ready after one minute.
+            self.clock
+                .advance(Duration::from_secs(u64::from(ds.ready_minutes) + 1));
+            self.poll(&ds.agency, &id).await
+        } else {
+            res
+        };
+        let status = res.status();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}: {}",
+            ds.id,
+            res.text().await.unwrap()
+        );
+        res.json::<SignedDatasetBody>()
+            .await
+            .unwrap()
+            .into_signed()
             .unwrap()
     }
 
@@ -436,6 +470,12 @@ async fn unknown_person_gets_a_signed_no_record_answer() {
     assert!(verify_dataset(&signed, &app.trust().await, app.clock.now()).is_ok());
     let json: Value = serde_json::from_slice(&signed.files["data.json"]).unwrap();
     assert_eq!(json["result"], "no_record");
+    // The printed form says so too, in every catalogued format.
+    let names: Vec<&str> = signed.files.keys().map(String::as_str).collect();
+    assert_eq!(names, expected_files(&ds));
+    if let Some(pdf) = signed.files.get("data.pdf") {
+        assert!(pdf.starts_with(b"%PDF-1."));
+    }
 }
 
 #[tokio::test]
@@ -580,13 +620,28 @@ async fn injected_faults_are_visible_to_the_platform() {
     assert!(verify_dataset(&signed, &trust, app.clock.now()).is_ok());
 }
 
+/// The file names a dataset's catalogued formats give (JSON is always sent).
+fn expected_files(ds: &Dataset) -> Vec<&'static str> {
+    let mut names = vec!["data.json"];
+    if ds.offers(DataFormat::Csv) {
+        names.push("data.csv");
+    }
+    if ds.offers(DataFormat::Pdf) {
+        names.push("data.pdf");
+    }
+    names.sort_unstable();
+    names
+}
+
 #[tokio::test]
-async fn every_dataset_of_the_catalogue_can_be_fetched() {
-    let app = App::spawn(1.0).await;
+async fn every_dataset_comes_in_its_catalogued_formats_signed_and_packaged() {
+    let app = App::spawn(60.0).await;
     let person = app.person_id();
     let company = app.sim.population().companies()[0].ban.as_str().to_owned();
     let datasets = app.sim.catalog().datasets().to_vec();
     assert_eq!(datasets.len(), 105);
+    let mut package = PackageBuilder::new("transfer-1", "pseudo-test", "all datasets");
+    let mut pdfs = 0;
     for ds in &datasets {
         let mut subjects = Vec::new();
         if let Some(m) = ds
@@ -601,19 +656,81 @@ async fn every_dataset_of_the_catalogue_can_be_fetched() {
         }
         assert!(!subjects.is_empty(), "{}", ds.id);
         for (subject, method) in subjects {
-            let res = app
-                .post(&ds.agency, &app.claims(ds, &subject, method))
-                .await;
-            let status = res.status();
-            assert!(
-                status == StatusCode::OK || status == StatusCode::ACCEPTED,
-                "{} with {}: {status} {}",
-                ds.id,
-                method.code(),
-                res.text().await.unwrap()
-            );
+            let signed = app.fetch(ds, &subject, method).await;
+            let report = verify_dataset(&signed, &app.trust().await, app.clock.now());
+            assert!(report.is_ok(), "{}: {:?}", ds.id, report.error());
+            let names: Vec<&str> = signed.files.keys().map(String::as_str).collect();
+            assert_eq!(names, expected_files(ds), "{}", ds.id);
+            let manifest = report.manifest.unwrap();
+            for f in &manifest.files {
+                let want = match f.name.as_str() {
+                    "data.json" => "application/json",
+                    "data.csv" => "text/csv",
+                    _ => "application/pdf",
+                };
+                assert!(f.media_type.starts_with(want), "{}: {f:?}", ds.id);
+            }
+            if let Some(pdf) = signed.files.get("data.pdf") {
+                assert!(pdf.starts_with(b"%PDF-1."), "{}", ds.id);
+                pdfs += 1;
+            }
+            if subject == person {
+                package.add_dataset(signed).unwrap();
+            }
         }
     }
+    assert!(pdfs > 100, "{pdfs} PDFs");
+
+    // The PDFs travel in the package like any data file and pass both verifiers.
+    let platform = PlatformSigner::new(SigningKey::try_generate().unwrap(), "platform").unwrap();
+    let zip = package.build(&platform, app.clock.now()).unwrap();
+    let trust = app.trust().await;
+    let report = verify_package(
+        &zip,
+        &trust,
+        Some(platform.verifying_key()),
+        app.clock.now(),
+    );
+    assert!(report.is_ok(), "{report:#?}");
+    run_package_script(&app, &zip, &platform).await;
+}
+
+/// docs/PACKAGE.md's verification script (openssl, unzip, jq), unchanged, on the package.
+async fn run_package_script(app: &App, zip: &[u8], platform: &PlatformSigner) {
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/PACKAGE.md"),
+    )
+    .unwrap();
+    let block = &doc[doc.find("<!-- verify-script:begin -->").unwrap()
+        ..doc.find("<!-- verify-script:end -->").unwrap()];
+    let script = &block[block.find("```sh\n").unwrap() + 6..block.rfind("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let get = |p: &str| app.client.get(format!("{}{p}", app.base)).send();
+    let root = get("/ca/root.pem").await.unwrap().text().await.unwrap();
+    let crl = get("/ca/crl.pem").await.unwrap().text().await.unwrap();
+    std::fs::write(dir.path().join("package.zip"), zip).unwrap();
+    std::fs::write(dir.path().join("root.pem"), root).unwrap();
+    std::fs::write(dir.path().join("crl.pem"), crl).unwrap();
+    let pem = platform
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    std::fs::write(dir.path().join("platform.pem"), pem).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir.path())
+        .env("ATTIME", (app.clock.now().millis() / 1000).to_string())
+        .output()
+        .expect("bash, openssl, unzip and jq are needed (.ci/run installs them)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ALL CHECKS PASSED"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.matches("== dataset").count() > 90, "{stdout}");
 }
 
 #[tokio::test]

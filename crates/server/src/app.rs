@@ -3,7 +3,7 @@
 
 use crate::error::{BodyLimit, panic_response, problem_fallback};
 use crate::pages::APP_CSS;
-use crate::routes::{catalog_api, health, home};
+use crate::routes::{catalog_api, dev, health, home};
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -41,6 +41,14 @@ pub fn router(state: AppState) -> Router {
         .route("/categories", get(catalog_api::list_categories))
         .route("/selection", post(catalog_api::selection))
         .route("/audit/tree-head", get(health::latest_tree_head));
+    // Developer endpoints bypass identity and consent: only when configured (demo).
+    let api = if settings.dev.endpoints {
+        api.route("/dev/fetches", post(dev::create_fetch))
+            .route("/dev/transfers/{id}", get(dev::get_transfer))
+            .route("/dev/transfers/{id}/package", get(dev::take))
+    } else {
+        api
+    };
 
     let headers = ServiceBuilder::new()
         .layer(SetResponseHeaderLayer::if_not_present(

@@ -46,6 +46,10 @@ pub enum AppError {
     EmptySelection,
     #[error("the database is not reachable")]
     DatabaseUnavailable,
+    #[error("the package of transfer `{0}` is not ready yet; its datasets are still being fetched")]
+    PackageNotReady(String),
+    #[error("the package of transfer `{0}` was already retrieved or has expired, and is deleted")]
+    PackageGone(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -72,6 +76,8 @@ impl AppError {
             AppError::Timeout => "request_timeout",
             AppError::EmptySelection => "empty_selection",
             AppError::DatabaseUnavailable => "database_unavailable",
+            AppError::PackageNotReady(_) => "package_not_ready",
+            AppError::PackageGone(_) => "package_gone",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -88,6 +94,8 @@ impl AppError {
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
             AppError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::PackageNotReady(_) => StatusCode::CONFLICT,
+            AppError::PackageGone(_) => StatusCode::GONE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +117,8 @@ impl AppError {
             AppError::Timeout => ("處理逾時", "Request timed out"),
             AppError::EmptySelection => ("尚未選擇資料集", "No dataset chosen"),
             AppError::DatabaseUnavailable => ("服務暫時無法使用", "Service unavailable"),
+            AppError::PackageNotReady(_) => ("資料尚在準備中", "Data not ready yet"),
+            AppError::PackageGone(_) => ("資料已刪除", "Data deleted"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)

@@ -48,6 +48,12 @@ impl Server {
     pub async fn bind(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let catalog = load_catalog(settings.catalog_dir().as_deref())?;
         let platform = crate::keys::load_or_create_platform_signer(&settings)?;
+        let data = crate::agencies::DataPath::from_settings(&settings)?;
+        // Several fetch workers, so one slow agency does not hold up the others.
+        let mut handlers: Vec<Arc<dyn JobHandler>> = (0..settings.agencies.workers.max(1))
+            .map(|_| Arc::new(crate::agencies::FetchHandler) as Arc<dyn JobHandler>)
+            .collect();
+        handlers.push(Arc::new(crate::packages::PackageHandler));
         let url = settings.database_url();
         let store = Store::connect(
             &url,
@@ -73,8 +79,8 @@ impl Server {
         );
         Ok(Self {
             listener,
-            state: AppState::new(catalog, store, clock, settings, platform),
-            handlers: Vec::new(),
+            state: AppState::new(catalog, store, clock, settings, platform, data),
+            handlers,
         })
     }
 

@@ -19,6 +19,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: Settings,
     platform: mydata_package::PlatformSigner,
+    data: crate::agencies::DataPath,
 }
 
 impl AppState {
@@ -28,6 +29,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         settings: Settings,
         platform: mydata_package::PlatformSigner,
+        data: crate::agencies::DataPath,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -36,8 +38,14 @@ impl AppState {
                 clock,
                 settings,
                 platform,
+                data,
             }),
         }
+    }
+
+    /// The data path: agency client, trust roots, blob storage, data key.
+    pub fn data(&self) -> &crate::agencies::DataPath {
+        &self.inner.data
     }
 
     /// The platform's signing key (receipts, tree heads).

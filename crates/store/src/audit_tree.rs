@@ -66,11 +66,11 @@ pub fn event_leaf_hash(leaf_index: u64, e: &AuditEvent) -> Hash {
     merkle::leaf_hash(&canonical_entry(leaf_index, e))
 }
 
-fn to_hex(h: &Hash) -> String {
+pub(crate) fn to_hex(h: &Hash) -> String {
     hex::encode(h)
 }
 
-fn from_hex(s: &str) -> Result<Hash> {
+pub(crate) fn from_hex(s: &str) -> Result<Hash> {
     let v = hex::decode(s).map_err(|e| StoreError::Corrupt(format!("hash `{s}`: {e}")))?;
     Hash::try_from(v.as_slice())
         .map_err(|_| StoreError::Corrupt(format!("hash `{s}` is not 32 bytes")))
@@ -80,10 +80,12 @@ fn from_hex(s: &str) -> Result<Hash> {
 struct StateRow {
     tree_size: i64,
     peaks: String,
+    #[sqlx(default)]
+    pruned_below: i64,
 }
 
 #[derive(sqlx::FromRow)]
-struct HeadRow {
+pub(crate) struct HeadRow {
     tree_size: i64,
     root_hash: String,
     created_at: i64,
@@ -106,7 +108,32 @@ impl From<HeadRow> for TreeHead {
 pub struct LeafRow {
     pub leaf_index: u64,
     pub stored_hash: String,
+    /// When retention removed the event's details (subject, transfer, actor, detail); the leaf
+    /// hash stays, so the tree still verifies, but the entry can no longer be recomputed.
+    pub pruned_at: Option<Timestamp>,
     pub event: AuditEvent,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct LeafRowRaw {
+    leaf_index: i64,
+    leaf_hash: Option<String>,
+    pruned_at: Option<i64>,
+    #[sqlx(flatten)]
+    event: crate::audit::AuditRow,
+}
+
+impl TryFrom<LeafRowRaw> for LeafRow {
+    type Error = StoreError;
+    fn try_from(r: LeafRowRaw) -> Result<Self> {
+        Ok(LeafRow {
+            leaf_index: u64::try_from(r.leaf_index)
+                .map_err(|_| StoreError::Corrupt("negative leaf index".into()))?,
+            stored_hash: r.leaf_hash.unwrap_or_default(),
+            pruned_at: r.pruned_at.map(Timestamp::from_millis),
+            event: AuditEvent::try_from(r.event)?,
+        })
+    }
 }
 
 /// One problem found by [`Store::verify_audit_log`].
@@ -136,12 +163,22 @@ pub enum AuditProblem {
     HeadBeyondLog { size: u64, log_size: u64 },
     #[error("the log state records {recorded} entries but {found} were found")]
     StateMismatch { recorded: u64, found: u64 },
+    #[error(
+        "the stored root of entries {first}..={last} (level {level}) does not match them: proofs over that range would be wrong"
+    )]
+    NodeMismatch { level: u32, first: u64, last: u64 },
+    #[error(
+        "entry {index} (event {seq}) is marked pruned although retention has not reached it: its details were removed"
+    )]
+    PrunedEarly { index: u64, seq: i64 },
 }
 
 /// The outcome of verifying the whole stored log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditReport {
     pub entries: u64,
+    /// Entries whose details retention removed (checked through their stored hash).
+    pub pruned: u64,
     pub heads_checked: u64,
     pub latest_head: Option<u64>,
     pub problems: Vec<AuditProblem>,
@@ -173,12 +210,24 @@ impl Store {
             let mut range = CompactRange::from_parts(size, peaks).map_err(|e| StoreError::Corrupt(format!("log state: {e}")))?;
             let rows: Vec<crate::audit::AuditRow> = sqlx::query_as(select_new).bind(i64::from(max)).fetch_all(&mut *tx).await?;
             let mut updates: Vec<(i64, i64, String)> = Vec::with_capacity(rows.len());
+            let mut nodes: Vec<(i64, i64, String)> = Vec::new();
             for row in rows {
                 let event = AuditEvent::try_from(row)?;
                 let index = range.size();
                 let leaf = event_leaf_hash(index, &event);
                 updates.push((event.seq, i64::try_from(index).unwrap_or(i64::MAX), to_hex(&leaf)));
-                range.push(leaf);
+                range.push_with(leaf, |id, h| {
+                    if id.level >= crate::audit_proofs::MIN_STORED_LEVEL {
+                        nodes.push((i64::from(id.level), i64::try_from(id.index).unwrap_or(i64::MAX), to_hex(h)));
+                    }
+                });
+            }
+            for chunk in nodes.chunks(crate::audit::BATCH_ROWS) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO audit_nodes (level, idx, hash) ");
+                q.push_values(chunk, |mut b, (level, idx, hash)| {
+                    b.push_bind(*level).push_bind(*idx).push_bind(hash.as_str());
+                });
+                q.build().execute(&mut *tx).await?;
             }
             // One statement per chunk instead of one per event (a CTE names the columns on both
             // databases; SQLite cannot alias the columns of a VALUES subquery).
@@ -250,84 +299,32 @@ impl Store {
 
     /// The integrated events in leaf order with their stored hashes.
     pub async fn audit_leaves(&self) -> Result<Vec<LeafRow>> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            leaf_index: i64,
-            leaf_hash: Option<String>,
-            #[sqlx(flatten)]
-            event: crate::audit::AuditRow,
-        }
-        let sql = "SELECT leaf_index, leaf_hash, seq, at, kind, subject, transfer_id, actor, detail FROM audit_events
+        let sql = "SELECT leaf_index, leaf_hash, pruned_at, seq, at, kind, subject, transfer_id, actor, detail FROM audit_events
                    WHERE leaf_index IS NOT NULL ORDER BY leaf_index";
-        let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
-        rows.into_iter()
-            .map(|r| {
-                Ok(LeafRow {
-                    leaf_index: u64::try_from(r.leaf_index)
-                        .map_err(|_| StoreError::Corrupt("negative leaf index".into()))?,
-                    stored_hash: r.leaf_hash.unwrap_or_default(),
-                    event: AuditEvent::try_from(r.event)?,
-                })
-            })
-            .collect()
-    }
-
-    /// An inclusion proof for the event with sequence number `seq` in the tree of `tree_size`
-    /// entries: its leaf index and the audit path. Reads the leaf hashes of that tree.
-    pub async fn audit_inclusion_proof(
-        &self,
-        seq: i64,
-        tree_size: u64,
-    ) -> Result<(u64, Vec<Hash>)> {
-        let leaves = self.leaf_hashes(tree_size).await?;
-        let sql = "SELECT leaf_index FROM audit_events WHERE seq = $1";
-        let idx: Option<(Option<i64>,)> =
-            on_pool!(self, pool => sqlx::query_as(sql).bind(seq).fetch_optional(pool).await?);
-        let index = idx
-            .and_then(|(i,)| i)
-            .and_then(|i| u64::try_from(i).ok())
-            .filter(|&i| i < tree_size)
-            .ok_or_else(|| StoreError::NotFound {
-                what: "audit entry in that tree",
-                id: seq.to_string(),
-            })?;
-        let proof = merkle::inclusion_proof(index, &leaves)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok((index, proof))
-    }
-
-    /// A consistency proof between two tree sizes.
-    pub async fn audit_consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>> {
-        let leaves = self.leaf_hashes(second).await?;
-        merkle::consistency_proof(first, &leaves).map_err(|e| StoreError::Corrupt(e.to_string()))
-    }
-
-    async fn leaf_hashes(&self, tree_size: u64) -> Result<Vec<Hash>> {
-        let sql = "SELECT leaf_hash FROM audit_events WHERE leaf_index IS NOT NULL AND leaf_index < $1 ORDER BY leaf_index";
-        let size = i64::try_from(tree_size).unwrap_or(i64::MAX);
-        let rows: Vec<(Option<String>,)> =
-            on_pool!(self, pool => sqlx::query_as(sql).bind(size).fetch_all(pool).await?);
-        if rows.len() as u64 != tree_size {
-            return Err(StoreError::NotFound {
-                what: "tree of size",
-                id: tree_size.to_string(),
-            });
-        }
-        rows.into_iter()
-            .map(|(h,)| from_hex(h.as_deref().unwrap_or_default()))
-            .collect()
+        let rows: Vec<LeafRowRaw> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        rows.into_iter().map(LeafRow::try_from).collect()
     }
 
     /// Re-derives the whole tree from the stored events and checks it against the stored hashes,
-    /// every tree head and the log state. Reports every problem, each naming its entry or head.
+    /// the stored subtree roots, every tree head and the log state. Reports every problem, each
+    /// naming its entry, subtree or head. Pruned entries (details removed by retention) cannot be
+    /// recomputed: their stored hash is used, which the tree heads recorded before still bind.
     pub async fn verify_audit_log(&self) -> Result<AuditReport> {
         let leaves = self.audit_leaves().await?;
         let heads = self.tree_heads().await?;
-        let state: StateRow = on_pool!(self, pool => sqlx::query_as("SELECT tree_size, peaks FROM audit_log_state WHERE id = 1").fetch_one(pool).await?);
+        let state: StateRow = on_pool!(self, pool => sqlx::query_as("SELECT tree_size, peaks, pruned_below FROM audit_log_state WHERE id = 1").fetch_one(pool).await?);
+        let stored_nodes: Vec<(i64, i64, String)> = on_pool!(self, pool => sqlx::query_as("SELECT level, idx, hash FROM audit_nodes").fetch_all(pool).await?);
+        let mut nodes: std::collections::HashMap<(i64, i64), String> = stored_nodes
+            .into_iter()
+            .map(|(l, i, h)| ((l, i), h))
+            .collect();
+        let pruned_below = u64::try_from(state.pruned_below).unwrap_or(0);
         let mut problems = Vec::new();
         let mut range = CompactRange::default();
         let mut heads_iter = heads.iter().peekable();
         let mut heads_checked = 0;
+        let mut pruned = 0;
         let mut check_heads = |range: &CompactRange, problems: &mut Vec<AuditProblem>| {
             while let Some(h) = heads_iter.next_if(|h| h.tree_size <= range.size()) {
                 if h.tree_size == range.size() {
@@ -355,26 +352,62 @@ impl Store {
                 // Continue from the row we have, so later problems are still found.
                 expected_index = row.leaf_index;
             }
-            let computed = event_leaf_hash(row.leaf_index, &row.event);
-            match from_hex(&row.stored_hash) {
-                Ok(stored) if stored == computed => {}
-                Ok(_) => problems.push(AuditProblem::Modified {
-                    index: row.leaf_index,
-                    seq: row.event.seq,
-                }),
-                Err(_) => problems.push(AuditProblem::BadHash {
-                    index: row.leaf_index,
-                    seq: row.event.seq,
-                }),
-            }
-            // The tree is rebuilt from the recomputed hashes: the stored ones prove nothing.
-            while range.size() < row.leaf_index {
+            let (index, seq) = (row.leaf_index, row.event.seq);
+            let stored = from_hex(&row.stored_hash);
+            let leaf = if row.pruned_at.is_some() {
+                pruned += 1;
+                let e = &row.event;
+                if e.subject.is_some()
+                    || e.transfer_id.is_some()
+                    || !e.actor.is_empty()
+                    || !e.detail.is_null()
+                {
+                    // Marked pruned but still carrying details: they cannot be checked.
+                    problems.push(AuditProblem::Modified { index, seq });
+                } else if index >= pruned_below {
+                    problems.push(AuditProblem::PrunedEarly { index, seq });
+                }
+                match stored {
+                    Ok(h) => h,
+                    Err(_) => {
+                        problems.push(AuditProblem::BadHash { index, seq });
+                        [0u8; 32]
+                    }
+                }
+            } else {
+                let computed = event_leaf_hash(index, &row.event);
+                match stored {
+                    Ok(stored) if stored == computed => {}
+                    Ok(_) => problems.push(AuditProblem::Modified { index, seq }),
+                    Err(_) => problems.push(AuditProblem::BadHash { index, seq }),
+                }
+                // The tree is rebuilt from the recomputed hashes: the stored ones prove nothing.
+                computed
+            };
+            while range.size() < index {
                 range.push([0u8; 32]);
             }
-            range.push(computed);
+            range.push_with(leaf, |id, h| {
+                if id.level < crate::audit_proofs::MIN_STORED_LEVEL {
+                    return;
+                }
+                let key = (
+                    i64::from(id.level),
+                    i64::try_from(id.index).unwrap_or(i64::MAX),
+                );
+                if let Some(stored) = nodes.remove(&key)
+                    && stored != to_hex(h)
+                {
+                    problems.push(AuditProblem::NodeMismatch {
+                        level: id.level,
+                        first: id.leaves().0,
+                        last: id.leaves().1 - 1,
+                    });
+                }
+            });
             check_heads(&range, &mut problems);
             expected_index += 1;
-            prev_seq = row.event.seq;
+            prev_seq = seq;
         }
         let log_size = range.size();
         for h in heads.iter().filter(|h| h.tree_size > log_size) {
@@ -392,6 +425,7 @@ impl Store {
         }
         Ok(AuditReport {
             entries: log_size,
+            pruned,
             heads_checked,
             latest_head: heads.last().map(|h| h.tree_size),
             problems,

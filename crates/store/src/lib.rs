@@ -7,7 +7,9 @@
 //! stored as milliseconds, so time rules are testable without waiting.
 
 mod audit;
+mod audit_proofs;
 mod audit_tree;
+mod fetches;
 mod jobs;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -16,6 +18,10 @@ mod transfers;
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use audit_tree::{
     AuditProblem, AuditReport, LeafRow, TreeHead, canonical_entry, event_leaf_hash,
+};
+pub use fetches::{
+    Admission, AgencyCircuit, AgencyLimits, FetchProgress, FetchRecord, FetchSettlement, Leftover,
+    PackageRecord, status as fetch_status,
 };
 pub use jobs::{Job, JobState, NewJob};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};

@@ -41,6 +41,10 @@ on_both_backends!(
     audit_verify_detects_a_forged_tree_head,
     audit_verify_detects_rehashed_history,
     batched_append_and_integration_keep_order,
+    proofs_from_stored_subtrees_match_proofs_from_all_leaves,
+    proofs_survive_missing_subtree_roots,
+    audit_verify_names_a_tampered_subtree_root,
+    a_proof_for_another_tree_size_does_not_verify,
 );
 
 fn new_transfer(id: &str, subject: &str) -> NewTransfer {
@@ -661,4 +665,141 @@ async fn batched_append_and_integration_keep_order(s: &Store) {
     assert_eq!(leaves[1234].event.detail["n"], 1234);
     let report = s.verify_audit_log().await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+fn hash32(hex_str: &str) -> mydata_core::merkle::Hash {
+    hex::decode(hex_str).unwrap().try_into().unwrap()
+}
+
+/// Appends `n` events in one batch.
+async fn append_batch(s: &Store, from: i64, n: i64) {
+    let events: Vec<NewAuditEvent> = (from..from + n)
+        .map(|i| NewAuditEvent {
+            at: T0.plus(Duration::from_millis(i as u64)),
+            kind: "counter.scan".into(),
+            subject: Some(format!("p{}", i % 5)),
+            transfer_id: None,
+            actor: "counter-1".into(),
+            detail: serde_json::json!({"n": i}),
+        })
+        .collect();
+    s.append_audit_batch(&events).await.unwrap();
+}
+
+async fn proofs_from_stored_subtrees_match_proofs_from_all_leaves(s: &Store) {
+    use mydata_core::merkle;
+    // Integrated in uneven rounds, so subtrees are completed across rounds.
+    let mut heads = Vec::new();
+    for (from, n) in [(0, 37), (37, 63), (100, 1), (101, 199), (300, 250)] {
+        append_batch(s, from, n).await;
+        heads.push(s.integrate_audit(100_000, T0).await.unwrap().unwrap());
+    }
+    let size = s.audit_tree_size().await.unwrap();
+    assert_eq!(size, 550);
+    let leaves: Vec<merkle::Hash> = s
+        .audit_leaves()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| hash32(&l.stored_hash))
+        .collect();
+    for n in [1u64, 16, 17, 137, 300, 511, 512, 513, 550] {
+        let l = &leaves[..n as usize];
+        assert_eq!(
+            s.audit_root_at(n).await.unwrap(),
+            merkle::root(l),
+            "root {n}"
+        );
+        for i in [0, n / 3, n / 2, n - 1] {
+            let p = s.audit_inclusion_proof_at(i, n).await.unwrap();
+            assert_eq!(p, merkle::inclusion_proof(i, l).unwrap(), "{i} in {n}");
+        }
+        for m in [0, 1, 15, 16, n / 2, n - 1, n]
+            .into_iter()
+            .filter(|&m| m <= n)
+        {
+            let p = s.audit_consistency_proof(m, n).await.unwrap();
+            assert_eq!(p, merkle::consistency_proof(m, l).unwrap(), "{m} -> {n}");
+        }
+    }
+    for h in &heads {
+        assert_eq!(
+            hex::encode(s.audit_root_at(h.tree_size).await.unwrap()),
+            h.root_hash
+        );
+    }
+    // Beyond the tree: refused, not guessed.
+    assert!(matches!(
+        s.audit_inclusion_proof_at(3, 551).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(s.audit_inclusion_proof_at(550, 550).await.is_err());
+    assert!(s.audit_consistency_proof(10, 551).await.is_err());
+    assert!(s.audit_consistency_proof(11, 10).await.is_err());
+    let report = s.verify_audit_log().await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+async fn proofs_survive_missing_subtree_roots(s: &Store) {
+    use mydata_core::merkle;
+    append_batch(s, 0, 200).await;
+    s.integrate_audit(100_000, T0).await.unwrap();
+    // A log integrated before subtree roots were stored: proofs fall back to the leaves.
+    s.execute_raw("DELETE FROM audit_nodes").await.unwrap();
+    let leaves: Vec<merkle::Hash> = s
+        .audit_leaves()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| hash32(&l.stored_hash))
+        .collect();
+    assert_eq!(
+        s.audit_inclusion_proof_at(77, 200).await.unwrap(),
+        merkle::inclusion_proof(77, &leaves).unwrap()
+    );
+    assert_eq!(
+        s.audit_consistency_proof(100, 200).await.unwrap(),
+        merkle::consistency_proof(100, &leaves).unwrap()
+    );
+}
+
+async fn audit_verify_names_a_tampered_subtree_root(s: &Store) {
+    append_batch(s, 0, 64).await;
+    s.integrate_audit(100_000, T0).await.unwrap();
+    s.execute_raw(&format!(
+        "UPDATE audit_nodes SET hash = '{}' WHERE level = 4 AND idx = 2",
+        "ee".repeat(32)
+    ))
+    .await
+    .unwrap();
+    let r = s.verify_audit_log().await.unwrap();
+    assert_eq!(
+        r.problems,
+        [AuditProblem::NodeMismatch {
+            level: 4,
+            first: 32,
+            last: 47
+        }]
+    );
+}
+
+async fn a_proof_for_another_tree_size_does_not_verify(s: &Store) {
+    use mydata_core::merkle;
+    append_batch(s, 0, 40).await;
+    let h40 = s.integrate_audit(100_000, T0).await.unwrap().unwrap();
+    append_batch(s, 40, 25).await;
+    let h65 = s.integrate_audit(100_000, T0).await.unwrap().unwrap();
+    let leaf = hash32(&s.audit_leaf(9).await.unwrap().unwrap().stored_hash);
+    let p40 = s.audit_inclusion_proof_at(9, 40).await.unwrap();
+    merkle::verify_inclusion(&leaf, 9, 40, &p40, &hash32(&h40.root_hash)).unwrap();
+    // The proof made for size 40, checked against the head of size 65 (with either size).
+    assert!(merkle::verify_inclusion(&leaf, 9, 65, &p40, &hash32(&h65.root_hash)).is_err());
+    assert!(merkle::verify_inclusion(&leaf, 9, 40, &p40, &hash32(&h65.root_hash)).is_err());
+    let c = s.audit_consistency_proof(40, 65).await.unwrap();
+    merkle::verify_consistency(40, 65, &hash32(&h40.root_hash), &hash32(&h65.root_hash), &c)
+        .unwrap();
+    assert!(
+        merkle::verify_consistency(39, 65, &hash32(&h40.root_hash), &hash32(&h65.root_hash), &c)
+            .is_err()
+    );
 }

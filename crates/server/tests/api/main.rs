@@ -6,6 +6,7 @@ mod background;
 mod browser;
 mod catalog;
 mod errors;
+mod fetch;
 mod health;
 mod helpers;
 mod home;
