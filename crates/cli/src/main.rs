@@ -37,8 +37,9 @@ enum Command {
     /// Run the platform for production: JSON logs, settings from a TOML file and MYDATA_* variables.
     Serve(ServerArgs),
     /// Run the platform on this machine with everything it needs: embedded SQLite, built-in
-    /// catalogue, readable logs. Prints the address to open once it is ready.
-    Demo(ServerArgs),
+    /// catalogue, readable logs, and the simulated agencies in-process (their CA trusted, the
+    /// developer endpoints /api/v1/dev/* on). Prints the address to open once it is ready.
+    Demo(DemoArgs),
     /// Create or update the database schema, then exit.
     Migrate(ConfigArgs),
     /// Work with catalogue files.
@@ -112,6 +113,15 @@ struct ServerArgs {
     listen: Option<SocketAddr>,
 }
 
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Speed-up of the simulated agencies: 60 makes a 60-minute dataset ready in one minute.
+    #[arg(long, value_name = "FACTOR", default_value_t = 60.0)]
+    time_scale: f64,
+}
+
 impl ConfigArgs {
     /// Settings from defaults, file and environment, then these flags.
     fn settings(&self, listen: Option<SocketAddr>) -> anyhow::Result<Settings> {
@@ -173,8 +183,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     server.run_until(mydata_server::shutdown_signal()).await
 }
 
-async fn demo(args: ServerArgs) -> anyhow::Result<()> {
-    let mut settings = args.config.settings(args.listen)?;
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let mut settings = args.server.config.settings(args.server.listen)?;
     settings.log.format = LogFormat::Pretty;
     if !settings.listen.ip().is_loopback() {
         anyhow::bail!(
@@ -184,8 +194,21 @@ async fn demo(args: ServerArgs) -> anyhow::Result<()> {
     }
     mydata_server::telemetry::init(settings.log.format, &settings.log.level);
     card_agent::write_demo_cards(&settings.data_dir).await?;
+    let agencies = provider_sim::start_in_process(&settings, args.time_scale).await?;
+    agencies.configure(&mut settings);
+    settings.dev.endpoints = true;
     let server = Server::bind(settings, Arc::new(mydata_core::SystemClock)).await?;
     let base = server.base_url()?;
+    eprintln!(
+        "simulated agencies at {} (time scale {}x). Try a fetch for a synthetic person ({}) or company ({}):\n  \
+         curl -s -X POST {base}/api/v1/dev/fetches -H 'content-type: application/json' \
+         -d '{{\"subject\":\"{}\",\"datasets\":[\"household-register-personal\"]}}'",
+        agencies.base,
+        args.time_scale,
+        agencies.sample_person,
+        agencies.sample_company,
+        agencies.sample_person
+    );
     let running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
     wait_healthy(&base).await?;
     eprintln!("mydata demo is ready. Open the address below in a browser; press Ctrl-C to stop.");

@@ -116,3 +116,62 @@ fn generate_key(dir: &Path) -> anyhow::Result<(VerifyingKey, PathBuf)> {
     std::io::Write::write_all(&mut f, pem.as_bytes())?;
     Ok((*key.verifying_key(), path))
 }
+
+/// The simulated agencies running inside `demo`, on a loopback port of their own.
+#[derive(Debug)]
+pub struct InProcess {
+    pub base: String,
+    /// A synthetic person's ID number and a company's 統一編號, to try the dev endpoints with.
+    pub sample_person: String,
+    pub sample_company: String,
+    root_file: PathBuf,
+}
+
+impl InProcess {
+    /// Points the platform at these agencies and makes it trust their CA (root file and CRL URL),
+    /// exactly as `serve` would be configured for a real agency PKI.
+    pub fn configure(&self, settings: &mut mydata_server::Settings) {
+        let a = &mut settings.agencies;
+        a.base_url = self.base.clone();
+        a.endpoints.clear();
+        a.trust_roots = vec![self.root_file.clone()];
+        a.crl_files.clear();
+        a.crl_urls = vec![format!("{}/ca/crl.pem", self.base)];
+    }
+}
+
+/// Starts the simulator for `demo`: accepts tokens of the platform key in `settings`, writes its
+/// fresh root certificate to `<data_dir>/demo/agency-root.pem`.
+pub async fn start_in_process(
+    settings: &mydata_server::Settings,
+    time_scale: f64,
+) -> anyhow::Result<InProcess> {
+    let platform = mydata_server::keys::load_or_create_platform_signer(settings)?;
+    let mut config = SimulatorConfig::new(*platform.verifying_key());
+    config.time_scale = time_scale;
+    let sim = Simulator::new(config, Arc::new(mydata_core::SystemClock))?;
+    let dir = settings.data_dir.join("demo");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let root_file = dir.join("agency-root.pem");
+    std::fs::write(&root_file, sim.root_pem())
+        .with_context(|| format!("cannot write {}", root_file.display()))?;
+    let sample = |v: Option<&str>| v.unwrap_or_default().to_owned();
+    let sample_person = sample(sim.population().persons().first().map(|p| p.id.as_str()));
+    let sample_company = sample(sim.population().companies().first().map(|c| c.ban.as_str()));
+    let app = router(Arc::new(sim)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen for the simulated agencies")?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "simulated agencies stopped");
+        }
+    });
+    Ok(InProcess {
+        base,
+        sample_person,
+        sample_company,
+        root_file,
+    })
+}

@@ -4,7 +4,10 @@
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
 use mydata_store::testing::{fresh_postgres, fresh_sqlite};
-use mydata_store::{AuditProblem, JobState, NewAuditEvent, NewJob, NewTransfer, Store, StoreError};
+use mydata_store::{
+    Admission, AgencyLimits, AuditProblem, FetchProgress, FetchSettlement, JobState, NewAuditEvent,
+    NewJob, NewTransfer, PackageRecord, Store, StoreError, fetch_status,
+};
 use std::time::Duration;
 
 const T0: Timestamp = Timestamp::from_millis(1_790_000_000_000);
@@ -45,6 +48,11 @@ on_both_backends!(
     proofs_survive_missing_subtree_roots,
     audit_verify_names_a_tampered_subtree_root,
     a_proof_for_another_tree_size_does_not_verify,
+    fetch_settles_once_and_reports_when_all_are_settled,
+    agency_slots_limit_calls_in_flight_and_expire,
+    circuit_opens_after_threshold_and_lets_one_probe_through,
+    package_key_is_taken_once_and_destroyed_at_expiry,
+    secrets_are_purged_once_fetching_ends,
 );
 
 fn new_transfer(id: &str, subject: &str) -> NewTransfer {
@@ -802,4 +810,405 @@ async fn a_proof_for_another_tree_size_does_not_verify(s: &Store) {
         merkle::verify_consistency(39, 65, &hash32(&h40.root_hash), &hash32(&h65.root_hash), &c)
             .is_err()
     );
+}
+fn ev(kind: &str, t: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        at: T0,
+        kind: kind.into(),
+        subject: Some("subj".into()),
+        transfer_id: Some(t.into()),
+        actor: "system".into(),
+        detail: serde_json::json!({}),
+    }
+}
+
+fn settlement(status: &'static str) -> FetchSettlement {
+    FetchSettlement {
+        status,
+        error_code: (status != fetch_status::SUCCEEDED).then(|| "bad_signature".into()),
+        error_message: None,
+        digest: (status == fetch_status::SUCCEEDED).then(|| "ab".repeat(32)),
+        data_object: (status == fetch_status::SUCCEEDED).then(|| "fetched/f1/x".into()),
+        data_key: (status == fetch_status::SUCCEEDED).then(|| "wrapped".into()),
+    }
+}
+
+async fn fetching(s: &Store, id: &str) {
+    s.create_transfer(&new_transfer(id, "subj"), "subj", T0)
+        .await
+        .unwrap();
+    let jobs = [job(&format!("{id}-j"), T0)];
+    s.begin_fetching(id, "sealed", &jobs, "subj", T0)
+        .await
+        .unwrap();
+}
+
+async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
+    fetching(s, "f1").await;
+    let t = s.transfer("f1").await.unwrap().unwrap();
+    assert_eq!(t.state, TransferState::Fetching);
+    assert_eq!(
+        s.transfer_secret("f1").await.unwrap().as_deref(),
+        Some("sealed")
+    );
+    assert!(s.job("f1-j").await.unwrap().is_some());
+    // Consent cannot be given twice.
+    assert!(s.begin_fetching("f1", "x", &[], "subj", T0).await.is_err());
+
+    let a = "low-income-household";
+    let b = "household-register-personal";
+    assert_eq!(
+        s.record_fetch_attempt("f1", a, &ev("agency.request", "f1"), T0)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    let later = T0.plus(Duration::from_secs(60));
+    let progress = FetchProgress {
+        status: fetch_status::NOT_READY,
+        agency_request_id: Some("r1".into()),
+        error_code: None,
+        error_message: None,
+        next_attempt_at: later,
+    };
+    assert!(
+        s.record_fetch_progress("f1", a, &progress, &ev("agency.outcome", "f1"), T0)
+            .await
+            .unwrap()
+    );
+    let rec = s.fetch_record("f1", a).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            rec.status.as_str(),
+            rec.attempts,
+            rec.agency_request_id.as_deref()
+        ),
+        ("not_ready", 1, Some("r1"))
+    );
+    assert_eq!(rec.started_at, Some(T0));
+
+    assert_eq!(
+        s.settle_fetch(
+            "f1",
+            a,
+            &settlement(fetch_status::SUCCEEDED),
+            &ev("agency.outcome", "f1"),
+            later
+        )
+        .await
+        .unwrap(),
+        Some(false)
+    );
+    // A second settlement (another worker) changes nothing.
+    assert_eq!(
+        s.settle_fetch(
+            "f1",
+            a,
+            &settlement(fetch_status::REJECTED),
+            &ev("agency.outcome", "f1"),
+            later
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    assert!(
+        !s.record_fetch_progress("f1", a, &progress, &ev("agency.outcome", "f1"), T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.record_fetch_attempt("f1", a, &ev("agency.request", "f1"), T0)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.settle_fetch(
+            "f1",
+            b,
+            &settlement(fetch_status::REJECTED),
+            &ev("agency.outcome", "f1"),
+            later
+        )
+        .await
+        .unwrap(),
+        Some(true)
+    );
+    assert!(
+        s.settle_fetch(
+            "f1",
+            b,
+            &settlement(fetch_status::PENDING),
+            &ev("x", "f1"),
+            later
+        )
+        .await
+        .is_err()
+    );
+
+    let t = s.transfer("f1").await.unwrap().unwrap();
+    let (da, db) = (&t.datasets[0], &t.datasets[1]);
+    assert_eq!(
+        (da.status.as_str(), da.attempts, da.settled_at),
+        ("succeeded", 1, Some(later))
+    );
+    assert_eq!(da.digest.as_deref().map(str::len), Some(64));
+    assert_eq!(
+        (db.status.as_str(), db.error_code.as_deref()),
+        ("rejected", Some("bad_signature"))
+    );
+    let kinds: Vec<String> = s
+        .audit_for_transfer("f1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "transfer.created",
+            "transfer.fetching",
+            "agency.request",
+            "agency.outcome",
+            "agency.outcome",
+            "agency.outcome"
+        ]
+    );
+
+    let left = s.clear_fetched_data("f1").await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].object_key, "fetched/f1/x");
+    assert!(
+        s.fetch_records("f1")
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.data_key.is_none() && r.data_object.is_none())
+    );
+    assert!(s.clear_fetched_data("f1").await.unwrap().is_empty());
+}
+
+fn limits() -> AgencyLimits {
+    AgencyLimits {
+        concurrency: 2,
+        slot_lease: Duration::from_secs(30),
+        failure_threshold: 3,
+        open_for: Duration::from_secs(60),
+    }
+}
+
+async fn agency_slots_limit_calls_in_flight_and_expire(s: &Store) {
+    let l = limits();
+    assert_eq!(
+        s.admit_agency_call("moi", "a", &l, T0).await.unwrap(),
+        Admission::Go { probe: false }
+    );
+    assert_eq!(
+        s.admit_agency_call("moi", "b", &l, T0).await.unwrap(),
+        Admission::Go { probe: false }
+    );
+    assert_eq!(
+        s.admit_agency_call("moi", "c", &l, T0).await.unwrap(),
+        Admission::Busy
+    );
+    // Another agency has its own slots; a holder asking again keeps its slot.
+    assert_eq!(
+        s.admit_agency_call("mof", "c", &l, T0).await.unwrap(),
+        Admission::Go { probe: false }
+    );
+    assert_eq!(
+        s.admit_agency_call("moi", "a", &l, T0).await.unwrap(),
+        Admission::Go { probe: false }
+    );
+    assert_eq!(s.agency_slots_in_use("moi", T0).await.unwrap(), 2);
+    s.release_agency_slot("a").await.unwrap();
+    assert_eq!(
+        s.admit_agency_call("moi", "d", &l, T0).await.unwrap(),
+        Admission::Go { probe: false }
+    );
+    // A crashed holder's slot is taken back when its lease ends.
+    let later = T0.plus(Duration::from_secs(31));
+    assert_eq!(s.agency_slots_in_use("moi", later).await.unwrap(), 0);
+    assert_eq!(
+        s.admit_agency_call("moi", "e", &l, later).await.unwrap(),
+        Admission::Go { probe: false }
+    );
+    // Many processes at once never exceed the limit.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.admit_agency_call("moe", &format!("h{i}"), &limits(), T0)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut go = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Admission::Go { .. }) {
+            go += 1;
+        }
+    }
+    assert_eq!(go, 2);
+}
+
+async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
+    let l = limits();
+    s.admit_agency_call("moi", "a", &l, T0).await.unwrap();
+    s.release_agency_slot("a").await.unwrap();
+    assert!(!s.record_agency_result("moi", true, &l, T0).await.unwrap());
+    assert!(!s.record_agency_result("moi", true, &l, T0).await.unwrap());
+    // A success in between resets the count.
+    s.record_agency_result("moi", false, &l, T0).await.unwrap();
+    for _ in 0..2 {
+        assert!(!s.record_agency_result("moi", true, &l, T0).await.unwrap());
+    }
+    assert!(s.record_agency_result("moi", true, &l, T0).await.unwrap());
+    let until = T0.plus(Duration::from_secs(60));
+    let c = s.agency_circuit("moi").await.unwrap().unwrap();
+    assert_eq!((c.consecutive_failures, c.open_until), (3, Some(until)));
+    assert_eq!(
+        s.admit_agency_call("moi", "b", &l, T0).await.unwrap(),
+        Admission::Open { until }
+    );
+    // After the open time exactly one probe goes; the others keep waiting.
+    assert_eq!(
+        s.admit_agency_call("moi", "b", &l, until).await.unwrap(),
+        Admission::Go { probe: true }
+    );
+    assert!(matches!(
+        s.admit_agency_call("moi", "c", &l, until).await.unwrap(),
+        Admission::Open { .. }
+    ));
+    s.release_agency_slot("b").await.unwrap();
+    // The probe failed: open again for the full time.
+    assert!(
+        s.record_agency_result("moi", true, &l, until)
+            .await
+            .unwrap()
+    );
+    let again = until.plus(Duration::from_secs(60));
+    assert_eq!(
+        s.admit_agency_call("moi", "c", &l, until).await.unwrap(),
+        Admission::Open { until: again }
+    );
+    assert_eq!(
+        s.admit_agency_call("moi", "c", &l, again).await.unwrap(),
+        Admission::Go { probe: true }
+    );
+    s.record_agency_result("moi", false, &l, again)
+        .await
+        .unwrap();
+    let c = s.agency_circuit("moi").await.unwrap().unwrap();
+    assert_eq!((c.consecutive_failures, c.open_until), (0, None));
+    assert_eq!(
+        s.admit_agency_call("moi", "d", &l, again).await.unwrap(),
+        Admission::Go { probe: false }
+    );
+}
+
+fn package(id: &str) -> PackageRecord {
+    PackageRecord {
+        transfer_id: id.into(),
+        object_key: format!("packages/{id}"),
+        sealed_key: Some("wrapped-key".into()),
+        digest: "cd".repeat(32),
+        size_bytes: 1234,
+        datasets: 2,
+        created_at: T0,
+        expires_at: T0.plus(limits::PACKAGE_TTL),
+        taken_at: None,
+        deleted_at: None,
+    }
+}
+
+async fn package_key_is_taken_once_and_destroyed_at_expiry(s: &Store) {
+    for id in ["p1", "p2"] {
+        s.create_transfer(&new_transfer(id, "subj"), "subj", T0)
+            .await
+            .unwrap();
+        assert!(
+            s.insert_package(&package(id), &ev("package.created", id))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        !s.insert_package(&package("p1"), &ev("package.created", "p1"))
+            .await
+            .unwrap()
+    );
+    let taken = ev("package.taken", "p1");
+    let (a, b) = tokio::join!(
+        s.take_package_key("p1", &taken, T0),
+        s.take_package_key("p1", &taken, T0),
+    );
+    let keys: Vec<String> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(keys, ["wrapped-key"], "exactly one caller gets the key");
+    let p = s.package("p1").await.unwrap().unwrap();
+    assert!(p.sealed_key.is_none() && p.taken_at == Some(T0));
+    assert_eq!(
+        s.audit_for_transfer("p1")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "package.taken")
+            .count(),
+        1
+    );
+
+    let end = T0.plus(limits::PACKAGE_TTL);
+    let before = Timestamp::from_millis(end.millis() - 1);
+    assert!(s.packages_to_destroy(before, 10).await.unwrap().is_empty());
+    assert_eq!(s.packages_to_destroy(end, 10).await.unwrap(), ["p2"]);
+    // Past its expiry a package cannot be taken even if the sweep has not run yet.
+    assert_eq!(
+        s.take_package_key("p2", &ev("package.taken", "p2"), end)
+            .await
+            .unwrap(),
+        None
+    );
+    let left = s
+        .destroy_package_key("p2", &ev("package.deleted", "p2"), end)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left.object_key, "packages/p2");
+    assert!(
+        s.destroy_package_key("p2", &ev("package.deleted", "p2"), end)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.packages_to_destroy(end, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.package("p2").await.unwrap().unwrap().deleted_at,
+        Some(end)
+    );
+}
+
+async fn secrets_are_purged_once_fetching_ends(s: &Store) {
+    fetching(s, "s1").await;
+    fetching(s, "s2").await;
+    assert_eq!(s.purge_transfer_secrets().await.unwrap(), 0);
+    for d in ["low-income-household", "household-register-personal"] {
+        s.settle_fetch(
+            "s1",
+            d,
+            &settlement(fetch_status::REJECTED),
+            &ev("agency.outcome", "s1"),
+            T0,
+        )
+        .await
+        .unwrap();
+    }
+    s.apply_transfer_event("s2", TransferEvent::Expire, "system", T0)
+        .await
+        .unwrap();
+    assert_eq!(s.purge_transfer_secrets().await.unwrap(), 2);
+    assert_eq!(s.transfer_secret("s1").await.unwrap(), None);
+    assert_eq!(s.transfer_secret("s2").await.unwrap(), None);
 }

@@ -53,6 +53,7 @@ impl Agencies {
 
 /// The platform with its data path pointed at the simulated agencies.
 pub struct DataApp {
+    pub base: String,
     pub clock: ManualClock,
     pub state: AppState,
     pub agencies: Arc<Agencies>,
@@ -116,11 +117,13 @@ impl DataApp {
             .await
             .unwrap();
         let state = server.state().clone();
+        let base = server.base_url().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until(async move {
             let _ = rx.await;
         }));
         Self {
+            base,
             clock,
             state,
             agencies,
@@ -997,4 +1000,98 @@ async fn start_fetch_refuses_bad_input_and_changes_nothing() {
         assert!(app.store().transfer(&id).await.unwrap().is_none());
     }
     let _ = &app.key;
+}
+
+#[tokio::test]
+async fn dev_endpoints_fetch_for_a_synthetic_person_and_hand_the_package_out_once() {
+    let off = DataApp::spawn(Backend::Sqlite, 1.0, |_| {}).await;
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{}/api/v1/dev/fetches", off.base))
+        .json(&serde_json::json!({"subject": "A123456789", "datasets": ["x"]}))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_problem(res, 404, "route_not_found").await;
+    drop(off);
+
+    let app = DataApp::spawn(Backend::Sqlite, 1.0, |s| s.dev.endpoints = true).await;
+    let sim = app.agencies.sim.clone();
+    let ds = instant(&sim);
+    let subject = person(&sim);
+    let post = |body: serde_json::Value| {
+        http.post(format!("{}/api/v1/dev/fetches", app.base))
+            .json(&body)
+            .send()
+    };
+    for (body, status, code) in [
+        (
+            serde_json::json!({"subject": "A12345678", "datasets": [ds.id]}),
+            422,
+            "invalid_body",
+        ),
+        (
+            serde_json::json!({"subject": subject, "datasets": ["no-such"]}),
+            404,
+            "dataset_not_found",
+        ),
+        (
+            serde_json::json!({"subject": subject, "datasets": []}),
+            422,
+            "empty_selection",
+        ),
+        (
+            serde_json::json!({"subject": subject, "datasets": [ds.id], "method": "palm"}),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            serde_json::json!({"subject": subject, "datasets": [ds.id], "extra": 1}),
+            422,
+            "invalid_body",
+        ),
+    ] {
+        let res = post(body).await.unwrap();
+        let problem = crate::helpers::assert_problem(res, status, code).await;
+        assert!(!problem.to_string().contains(&subject));
+    }
+    let res = post(serde_json::json!({"subject": subject, "datasets": [ds.id]}))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let created: serde_json::Value = res.json().await.unwrap();
+    let id = created["transfer_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["method"], "moica_cert");
+    app.until_state(&id, TransferState::Ready).await;
+    let status: serde_json::Value = http
+        .get(format!(
+            "{}{}",
+            app.base,
+            created["status"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "ready");
+    assert_eq!(status["datasets"][0]["status"], "succeeded");
+    assert!(status["package"]["digest"].as_str().is_some());
+    assert!(status["package"].get("sealed_key").is_none(), "{status}");
+    let package_url = format!("{}{}", app.base, created["package"].as_str().unwrap());
+    let res = http.get(&package_url).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers()["content-type"], "application/zip");
+    let zip = res.bytes().await.unwrap();
+    let report = mydata_package::verify_package(
+        &zip,
+        &app.trust(),
+        Some(app.state.platform().verifying_key()),
+        app.clock.now(),
+    );
+    assert!(report.is_ok(), "{report:?}");
+    let res = http.get(&package_url).send().await.unwrap();
+    crate::helpers::assert_problem(res, 410, "package_gone").await;
+    assert_eq!(app.objects(), Vec::<String>::new());
 }
