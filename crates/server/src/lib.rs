@@ -11,6 +11,7 @@ pub mod error;
 pub mod i18n;
 pub mod keys;
 pub mod pages;
+pub mod receipts;
 pub mod routes;
 pub mod serve;
 pub mod state;
