@@ -9,6 +9,7 @@ mod card_agent;
 mod catalog_check;
 mod provider_sim;
 mod verify;
+mod verify_receipt;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -52,6 +53,11 @@ enum Command {
     /// taken from it, (3) manifest not tampered, (4) each file not tampered; plus the platform
     /// receipt. Prints a verdict per step; exits non-zero if any check fails.
     Verify(verify::VerifyArgs),
+    /// Check a downloaded consent or deletion receipt offline with only the platform's public key:
+    /// (1) receipt signature, (2) its audit log entry commits to it, (3) inclusion proof against
+    /// the signed tree head, (4) tree head signature. Prints a verdict per step; exits non-zero if
+    /// any check fails.
+    VerifyReceipt(verify_receipt::VerifyReceiptArgs),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -170,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(CatalogCommand::Check { files }) => catalog_check::run(&files),
         Command::CardAgent(args) => card_agent::run(args).await,
         Command::Verify(args) => verify::run(&args),
+        Command::VerifyReceipt(args) => verify_receipt::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::ProviderSim(args) => provider_sim::run(args).await,

@@ -37,6 +37,8 @@ fn every_subcommand_has_help() {
         vec!["catalog", "check", "--help"],
         vec!["bench", "catalog", "--help"],
         vec!["provider-sim", "--help"],
+        vec!["verify-receipt", "--help"],
+        vec!["audit", "verify", "--help"],
     ] {
         let o = mydata(&args);
         assert!(o.status.success(), "{args:?}");
@@ -51,6 +53,7 @@ fn every_subcommand_has_help() {
         "catalog",
         "bench",
         "provider-sim",
+        "verify-receipt",
     ] {
         assert!(top.contains(sub), "{sub} missing from --help");
     }
@@ -512,4 +515,125 @@ async fn provider_sim_serves_signed_datasets_to_the_generated_platform_key() {
         .expect("did not stop on SIGTERM")
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// Issues a real consent receipt from a platform on a temporary data folder, then removes the
+/// folder (database, private key and all): the receipt is checked with the public key alone.
+#[tokio::test]
+async fn verify_receipt_checks_a_receipt_offline_with_only_the_public_key() {
+    use mydata_core::transfer::{TransferEvent, TransferKind};
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let keep = tempfile::tempdir().unwrap();
+    let platform_dir = tempfile::tempdir().unwrap();
+    let settings = mydata_server::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: platform_dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let clock =
+        mydata_core::ManualClock::new(mydata_core::Timestamp::from_millis(1_790_000_000_000));
+    let server = mydata_server::Server::bind(settings, std::sync::Arc::new(clock))
+        .await
+        .unwrap();
+    let state = server.state().clone();
+    let now = mydata_core::Clock::now(state.clock());
+    let t = mydata_store::NewTransfer {
+        id: "tr-receipt".into(),
+        kind: TransferKind::Counter,
+        subject: "f00d".into(),
+        recipient: Some("counter-12".into()),
+        purpose: "tax relief at the counter".into(),
+        datasets: vec!["low-income-household".into()],
+    };
+    state
+        .store()
+        .create_transfer(&t, "f00d", now)
+        .await
+        .unwrap();
+    state
+        .store()
+        .apply_transfer_event("tr-receipt", TransferEvent::Consent, "f00d", now)
+        .await
+        .unwrap();
+    let file = mydata_server::receipts::consent_receipt(&state, "tr-receipt", None)
+        .await
+        .unwrap();
+    let receipt = keep.path().join("receipt.json");
+    std::fs::write(&receipt, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    let jwks = keep.path().join("jwks.json");
+    let set = serde_json::json!({"keys": [state.platform().public_jwk()]});
+    std::fs::write(&jwks, set.to_string()).unwrap();
+    let pem = keep.path().join("platform.pub.pem");
+    let pub_pem = state
+        .platform()
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    std::fs::write(&pem, pub_pem).unwrap();
+    state.store().close().await;
+    drop(server);
+    drop(state);
+    platform_dir.close().unwrap();
+
+    for key in [&jwks, &pem] {
+        let o = mydata(&[
+            "verify-receipt",
+            receipt.to_str().unwrap(),
+            "--platform-key",
+            key.to_str().unwrap(),
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for step in [
+            "1. OK   receipt signature",
+            "2. OK   audit entry matches the receipt",
+            "3. OK   inclusion proof against the tree head",
+            "4. OK   tree head signature",
+            "consent receipt for transfer tr-receipt",
+        ] {
+            assert!(out.contains(step), "{step}: {out}");
+        }
+    }
+
+    // Edited by hand: the tree size. Fails at steps 3 and 4, exits non-zero, one line on stderr.
+    let mut edited: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
+    edited["tree_head"]["tree_size"] = 1000.into();
+    let bad = keep.path().join("edited.json");
+    std::fs::write(&bad, edited.to_string()).unwrap();
+    let o = mydata(&[
+        "verify-receipt",
+        bad.to_str().unwrap(),
+        "--platform-key",
+        jwks.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("1. OK   receipt signature"), "{out}");
+    assert!(
+        out.contains("3. FAIL inclusion proof against the tree head"),
+        "{out}"
+    );
+    assert!(out.contains("4. FAIL tree head signature"), "{out}");
+    assert!(stderr_line(&o).contains("receipt verification failed (2 of 4 checks)"));
+
+    // Not a key, not a receipt: one clear line each.
+    let o = mydata(&[
+        "verify-receipt",
+        receipt.to_str().unwrap(),
+        "--platform-key",
+        receipt.to_str().unwrap(),
+    ]);
+    assert!(stderr_line(&o).contains("not a usable platform key"));
+    let o = mydata(&[
+        "verify-receipt",
+        jwks.to_str().unwrap(),
+        "--platform-key",
+        jwks.to_str().unwrap(),
+    ]);
+    assert!(stderr_line(&o).contains("not a receipt file"));
 }

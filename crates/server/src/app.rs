@@ -3,7 +3,7 @@
 
 use crate::error::{BodyLimit, panic_response, problem_fallback};
 use crate::pages::APP_CSS;
-use crate::routes::{catalog_api, dev, health, home};
+use crate::routes::{audit, catalog_api, dev, health, home};
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -40,7 +40,18 @@ pub fn router(state: AppState) -> Router {
         .route("/agencies", get(catalog_api::list_agencies))
         .route("/categories", get(catalog_api::list_categories))
         .route("/selection", post(catalog_api::selection))
-        .route("/audit/tree-head", get(health::latest_tree_head));
+        .route(
+            "/audit/tree-head",
+            get(health::latest_tree_head).post(audit::issue_tree_head),
+        )
+        .route("/audit/tree-heads/{size}", get(audit::tree_head_at))
+        .route("/audit/proofs/inclusion", get(audit::inclusion_proof))
+        .route("/audit/proofs/consistency", get(audit::consistency_proof))
+        .route("/audit/events/{seq}/receipt", get(audit::receipt_for_event))
+        .route(
+            "/transfers/{transfer_id}/receipts/{kind}",
+            get(audit::receipt),
+        );
     // Developer endpoints bypass identity and consent: only when configured (demo).
     let api = if settings.dev.endpoints {
         api.route("/dev/fetches", post(dev::create_fetch))

@@ -50,6 +50,18 @@ pub enum AppError {
     PackageNotReady(String),
     #[error("the package of transfer `{0}` was already retrieved or has expired, and is deleted")]
     PackageGone(String),
+    #[error("tree size {size} is beyond the audit log, which holds {log_size} entries")]
+    TreeSizeOutOfRange { size: u64, log_size: u64 },
+    #[error(
+        "leaf index {index} is not in a tree of size {size} (leaf indexes go from 0 to size - 1)"
+    )]
+    LeafIndexOutOfRange { index: u64, size: u64 },
+    #[error(
+        "the first tree size ({first}) is larger than the second ({second}); give the older size first"
+    )]
+    ProofSizesOutOfOrder { first: u64, second: u64 },
+    #[error("{0}")]
+    ReceiptNotAvailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -64,6 +76,16 @@ impl AppError {
             AppError::NotFound {
                 what: "service", ..
             } => "service_not_found",
+            AppError::NotFound {
+                what: "transfer", ..
+            } => "transfer_not_found",
+            AppError::NotFound {
+                what: "tree head", ..
+            } => "tree_head_not_found",
+            AppError::NotFound {
+                what: "audit event",
+                ..
+            } => "audit_event_not_found",
             AppError::NotFound { .. } => "not_found",
             AppError::RouteNotFound => "route_not_found",
             AppError::MethodNotAllowed(_) => "method_not_allowed",
@@ -78,6 +100,10 @@ impl AppError {
             AppError::DatabaseUnavailable => "database_unavailable",
             AppError::PackageNotReady(_) => "package_not_ready",
             AppError::PackageGone(_) => "package_gone",
+            AppError::TreeSizeOutOfRange { .. } => "tree_size_out_of_range",
+            AppError::LeafIndexOutOfRange { .. } => "leaf_index_out_of_range",
+            AppError::ProofSizesOutOfOrder { .. } => "proof_sizes_out_of_order",
+            AppError::ReceiptNotAvailable(_) => "receipt_not_available",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -88,7 +114,11 @@ impl AppError {
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::InvalidParameter { .. }
             | AppError::InvalidQuery(_)
-            | AppError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            | AppError::MalformedJson(_)
+            | AppError::TreeSizeOutOfRange { .. }
+            | AppError::LeafIndexOutOfRange { .. }
+            | AppError::ProofSizesOutOfOrder { .. } => StatusCode::BAD_REQUEST,
+            AppError::ReceiptNotAvailable(_) => StatusCode::CONFLICT,
             AppError::InvalidBody(_) | AppError::EmptySelection => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -119,6 +149,10 @@ impl AppError {
             AppError::DatabaseUnavailable => ("服務暫時無法使用", "Service unavailable"),
             AppError::PackageNotReady(_) => ("資料尚在準備中", "Data not ready yet"),
             AppError::PackageGone(_) => ("資料已刪除", "Data deleted"),
+            AppError::TreeSizeOutOfRange { .. }
+            | AppError::LeafIndexOutOfRange { .. }
+            | AppError::ProofSizesOutOfOrder { .. } => ("證明參數有誤", "Invalid proof parameters"),
+            AppError::ReceiptNotAvailable(_) => ("尚無法開立收據", "Receipt not available yet"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)

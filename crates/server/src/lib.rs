@@ -14,6 +14,7 @@ pub mod i18n;
 pub mod keys;
 pub mod packages;
 pub mod pages;
+pub mod receipts;
 pub mod routes;
 pub mod serve;
 pub mod state;

@@ -124,6 +124,14 @@ impl Store {
         rows.into_iter().map(AuditEvent::try_from).collect()
     }
 
+    /// One event by its sequence number.
+    pub async fn audit_event(&self, seq: i64) -> Result<Option<AuditEvent>> {
+        let sql = format!("{SELECT_AUDIT} WHERE seq = $1");
+        let row: Option<AuditRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(seq).fetch_optional(pool).await?);
+        row.map(AuditEvent::try_from).transpose()
+    }
+
     /// The events of one transfer, oldest first.
     pub async fn audit_for_transfer(&self, transfer_id: &str) -> Result<Vec<AuditEvent>> {
         let sql = format!("{SELECT_AUDIT} WHERE transfer_id = $1 ORDER BY seq");

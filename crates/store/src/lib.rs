@@ -8,6 +8,7 @@
 
 mod audit;
 mod audit_proofs;
+mod audit_receipts;
 mod audit_tree;
 mod fetches;
 mod jobs;
@@ -16,6 +17,7 @@ pub mod testing;
 mod transfers;
 
 pub use audit::{AuditEvent, NewAuditEvent};
+pub use audit_receipts::{NewReceipt, StoredReceipt};
 pub use audit_tree::{
     AuditProblem, AuditReport, LeafRow, TreeHead, canonical_entry, event_leaf_hash,
 };

@@ -1,5 +1,6 @@
 //! Request handlers, one module per audience.
 
+pub mod audit;
 pub mod catalog_api;
 pub mod dev;
 pub mod health;

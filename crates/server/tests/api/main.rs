@@ -2,6 +2,7 @@
 //! One test binary (modules below) so the crate is linked once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod background;
 mod browser;
 mod catalog;
