@@ -1,7 +1,7 @@
 //! The data path end to end: the simulated agencies on loopback, the platform's fetch jobs, the
 //! package, its retrieval and its deletion, all on one injected clock.
 
-use crate::helpers::{Backend, eventually};
+use crate::helpers::{Backend, eventually, eventually_within};
 use mydata_core::catalog::Dataset;
 use mydata_core::identity::SubjectKind;
 use mydata_core::transfer::{TransferKind, TransferState};
@@ -22,6 +22,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// Bound for a whole transfer to settle: the catalogue-wide test fetches 105 datasets (PDFs among
+/// them) while the suite runs many servers on two cores.
+const SETTLE_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub const T0: i64 = 1_790_000_000_000;
 
@@ -197,7 +201,7 @@ impl DataApp {
     /// Waits (real time, bounded) until every dataset of the transfer is settled or `open` says
     /// the datasets still open are where the test wants them.
     pub async fn until_settled(&self, id: &str) -> Transfer {
-        eventually("every dataset settled", || async {
+        eventually_within("every dataset settled", SETTLE_BOUND, || async {
             self.transfer(id)
                 .await
                 .datasets
@@ -209,7 +213,7 @@ impl DataApp {
     }
 
     pub async fn until_state(&self, id: &str, state: TransferState) -> Transfer {
-        eventually(&format!("transfer {state}"), || async {
+        eventually_within(&format!("transfer {state}"), SETTLE_BOUND, || async {
             self.transfer(id).await.state == state
         })
         .await;

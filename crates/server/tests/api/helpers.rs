@@ -115,12 +115,22 @@ impl TestApp {
 
 /// Polls `check` every 10 ms until it is true, for at most 20 seconds (the suite runs many servers
 /// at once on two cores, so background ticks can be late).
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..2000 {
+    eventually_within(what, std::time::Duration::from_secs(20), check).await
+}
+
+/// [`eventually`] with another bound, for waits that do much work (a whole catalogue fetched).
+pub async fn eventually_within<F, Fut>(what: &str, bound: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let rounds = bound.as_millis() / 10;
+    for _ in 0..rounds {
         if check().await {
             return;
         }
