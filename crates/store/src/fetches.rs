@@ -418,6 +418,12 @@ impl Store {
         );
         let result = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            // Serialise settlements of one transfer on its row: two workers settling its last two
+            // datasets at once must not both count the other as still open.
+            sqlx::query("UPDATE transfers SET version = version WHERE id = $1")
+                .bind(transfer_id)
+                .execute(&mut *tx)
+                .await?;
             let n = sqlx::query(&sql)
                 .bind(s.status)
                 .bind(&s.error_code)

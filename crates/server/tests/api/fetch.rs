@@ -349,10 +349,13 @@ async fn every_dataset_of_the_catalogue_is_fetched_verified_packaged_and_taken_o
             for (id, _, _) in &transfers {
                 let t = app.transfer(id).await;
                 if t.state != TransferState::Ready {
+                    // Not ready yet: its open datasets, or (all fetched) its package still to come.
+                    open.push(format!("transfer {} {}", t.id, t.state));
                     open.extend(
                         t.datasets
                             .into_iter()
-                            .filter(|d| d.status != fetch_status::SUCCEEDED),
+                            .filter(|d| d.status != fetch_status::SUCCEEDED)
+                            .map(|d| format!("{} {}", d.dataset_id, d.status)),
                     );
                 }
             }
