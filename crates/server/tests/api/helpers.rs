@@ -18,6 +18,8 @@ pub struct TestApp {
     pub state: mydata_server::state::AppState,
     pub client: reqwest::Client,
     pub db: TestDatabase,
+    /// Keys and objects of this server only (tests run at once must not share a data dir).
+    _data_dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -42,9 +44,10 @@ impl TestApp {
             Backend::Sqlite => fresh_sqlite().await.unwrap(),
             Backend::Postgres => fresh_postgres().await.unwrap(),
         };
+        let data_dir = tempfile::tempdir().unwrap();
         let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: std::env::temp_dir(),
+            data_dir: data_dir.path().to_path_buf(),
             ..Default::default()
         };
         settings.database.url = db.url.clone();
@@ -73,6 +76,7 @@ impl TestApp {
             state,
             client: builder.build().unwrap(),
             db,
+            _data_dir: data_dir,
             stop: Some(tx),
             task: Some(task),
         }
