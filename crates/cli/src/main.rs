@@ -264,6 +264,12 @@ async fn audit_verify(args: AuditVerifyArgs) -> anyhow::Result<()> {
             problems.push(format!("tree head at size {}: {e}", head.tree_size));
         }
     }
+    if report.pruned > 0 {
+        println!(
+            "audit log: {} entries past retention have no details any more; they are checked through their recorded hashes and the tree heads",
+            report.pruned
+        );
+    }
     match report.latest_head {
         Some(size) => println!(
             "audit log: {} entries, {} tree heads checked, latest head at size {size}",

@@ -12,8 +12,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Top-level keys; environment variables naming anything else (such as `MYDATA_CONFIG`) are ignored.
-const TOP_LEVEL_KEYS: [&str; 7] = [
-    "listen", "data_dir", "database", "http", "log", "tls", "catalog",
+const TOP_LEVEL_KEYS: [&str; 10] = [
+    "listen",
+    "data_dir",
+    "database",
+    "http",
+    "log",
+    "tls",
+    "catalog",
+    "jobs",
+    "keys",
+    "retention",
 ];
 
 /// Every setting of the platform.
@@ -33,6 +42,34 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub jobs: crate::background::JobSettings,
     pub keys: KeySettings,
+    pub retention: RetentionSettings,
+}
+
+/// Shortest audit retention the seeds allow: transfer records are kept at least two years.
+pub const MIN_AUDIT_RETENTION_DAYS: u64 = 730;
+/// Longest a finished job (whose payload or error may mention a person's request) is kept.
+pub const MAX_FINISHED_JOB_HOURS: u64 = 8;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days audit records (event details, receipts, finished transfers) are kept; at least 730.
+    /// Older events keep only their leaf hash, so the Merkle log still verifies.
+    pub audit_days: u64,
+    /// Hours finished jobs are kept (1 to 8).
+    pub finished_jobs_hours: u64,
+    /// How often the retention job is scheduled.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            audit_days: MIN_AUDIT_RETENTION_DAYS,
+            finished_jobs_hours: MAX_FINISHED_JOB_HOURS,
+            interval_secs: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +152,7 @@ impl Default for Settings {
             keys: KeySettings {
                 platform_signing_key: String::new(),
             },
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -172,6 +210,21 @@ impl Settings {
                 "jobs.lease_secs",
                 "jobs.lease_secs and jobs.sweep_interval_secs must be at least 1",
             );
+        }
+        if self.retention.audit_days < MIN_AUDIT_RETENTION_DAYS {
+            return bad(
+                "retention.audit_days",
+                "must be at least 730: audit records are kept at least two years",
+            );
+        }
+        if !(1..=MAX_FINISHED_JOB_HOURS).contains(&self.retention.finished_jobs_hours) {
+            return bad(
+                "retention.finished_jobs_hours",
+                "must be from 1 to 8: finished jobs may mention a person's request, which the platform keeps at most 8 hours",
+            );
+        }
+        if self.retention.interval_secs == 0 {
+            return bad("retention.interval_secs", "must be at least 1");
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");

@@ -11,6 +11,7 @@ mod audit_proofs;
 mod audit_receipts;
 mod audit_tree;
 mod jobs;
+mod retention;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transfers;
