@@ -12,6 +12,7 @@ pub mod i18n;
 pub mod keys;
 pub mod pages;
 pub mod receipts;
+pub mod records;
 pub mod routes;
 pub mod serve;
 pub mod state;

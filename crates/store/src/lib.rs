@@ -11,6 +11,7 @@ mod audit_proofs;
 mod audit_receipts;
 mod audit_tree;
 mod jobs;
+mod records;
 mod retention;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -22,6 +23,7 @@ pub use audit_tree::{
     AuditProblem, AuditReport, LeafRow, TreeHead, canonical_entry, event_leaf_hash,
 };
 pub use jobs::{Job, JobState, NewJob};
+pub use records::{RecordCursor, RecordParty, TransferRecord};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

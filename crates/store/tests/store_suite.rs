@@ -49,6 +49,7 @@ on_both_backends!(
     audit_verify_catches_tampering_hidden_as_pruning,
     retention_deletes_old_receipts_transfers_and_finished_jobs,
     receipts_are_stored_once_with_their_event,
+    transfer_records_by_agency_and_service_page_through_a_time_range,
 );
 
 fn new_transfer(id: &str, subject: &str) -> NewTransfer {
@@ -1015,4 +1016,121 @@ async fn receipts_are_stored_once_with_their_event(s: &Store) {
     let with_digest = s.store_receipt(&r, &receipt_event("t1")).await.unwrap();
     assert_eq!(with_digest.id, "r2");
     assert_eq!(s.receipts_for_transfer("t1").await.unwrap().len(), 2);
+}
+
+async fn transfer_records_by_agency_and_service_page_through_a_time_range(s: &Store) {
+    use mydata_store::{RecordParty, TransferRecord};
+    let mk = |id: &str, recipient: Option<&str>, datasets: &[&str]| NewTransfer {
+        id: id.into(),
+        kind: if recipient.is_some() {
+            TransferKind::Online
+        } else {
+            TransferKind::SelfDownload
+        },
+        subject: format!("subj-{id}"),
+        recipient: recipient.map(str::to_owned),
+        purpose: "p".into(),
+        datasets: datasets.iter().map(|d| d.to_string()).collect(),
+    };
+    let at = |m: u64| T0.plus(Duration::from_secs(60 * m));
+    for (i, (recipient, datasets)) in [
+        (Some("svc-a"), vec!["ds-1", "ds-2"]),
+        (None, vec!["ds-1"]),
+        (Some("svc-b"), vec!["ds-3", "ds-1"]),
+        (Some("svc-a"), vec!["ds-3"]),
+        (Some("svc-a"), vec!["ds-1", "ds-3"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.create_transfer(
+            &mk(&format!("t{i}"), recipient, &datasets),
+            "x",
+            at(i as u64),
+        )
+        .await
+        .unwrap();
+    }
+    let agency = RecordParty::Agency {
+        datasets: vec!["ds-1".into(), "ds-2".into()],
+    };
+    // Page by two through everything: no row twice, none missed, in time order.
+    let mut all: Vec<TransferRecord> = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10 {
+        let (page, next) = s
+            .transfer_records(&agency, at(0), at(100), cursor.as_ref(), 2)
+            .await
+            .unwrap();
+        all.extend(page);
+        cursor = next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let got: Vec<(String, String)> = all
+        .iter()
+        .map(|r| (r.transfer_id.clone(), r.dataset_id.clone()))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("t0", "ds-1"),
+        ("t0", "ds-2"),
+        ("t1", "ds-1"),
+        ("t2", "ds-1"),
+        ("t4", "ds-1"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    // Time range: [from, to).
+    let (page, next) = s
+        .transfer_records(&agency, at(1), at(4), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|r| r.transfer_id.as_str())
+            .collect::<Vec<_>>(),
+        ["t1", "t2"]
+    );
+    assert!(next.is_none());
+    // A service sees every dataset of the transfers it received, and only those.
+    let (page, _) = s
+        .transfer_records(
+            &RecordParty::Recipient("svc-a".into()),
+            at(0),
+            at(100),
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = page
+        .iter()
+        .map(|r| (r.transfer_id.as_str(), r.dataset_id.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("t0", "ds-1"),
+            ("t0", "ds-2"),
+            ("t3", "ds-3"),
+            ("t4", "ds-1"),
+            ("t4", "ds-3")
+        ]
+    );
+    assert_eq!(page[0].state, "created");
+    assert_eq!(page[0].kind, "online");
+    let (none, _) = s
+        .transfer_records(
+            &RecordParty::Agency { datasets: vec![] },
+            at(0),
+            at(100),
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
 }
