@@ -4,6 +4,7 @@
 //!
 //! Every failure ends with a non-zero exit status and one line on stderr saying what went wrong.
 
+mod audit_export;
 mod bench;
 mod card_agent;
 mod catalog_check;
@@ -88,6 +89,11 @@ enum AuditCommand {
     /// tree head and the log state. Names the first entry or head that does not hold; exits
     /// non-zero if any does.
     Verify(AuditVerifyArgs),
+    /// Export the transfer records of one agency (its datasets) or one service (transfers it
+    /// received) for a time range, as CSV or JSON: one row per dataset of a transfer with time,
+    /// flow, recipient, purpose, outcome and a pseudonym of the person that is unique to that
+    /// agency or service. CSV cells that a spreadsheet would run as formulas are neutralised.
+    Export(audit_export::ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -101,7 +107,7 @@ struct AuditVerifyArgs {
 }
 
 #[derive(Debug, Args)]
-struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// TOML settings file (see docs/CONFIGURATION.md). Without it, built-in defaults apply.
     #[arg(long, env = "MYDATA_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -130,7 +136,7 @@ struct DemoArgs {
 
 impl ConfigArgs {
     /// Settings from defaults, file and environment, then these flags.
-    fn settings(&self, listen: Option<SocketAddr>) -> anyhow::Result<Settings> {
+    pub(crate) fn settings(&self, listen: Option<SocketAddr>) -> anyhow::Result<Settings> {
         let env: Vec<(String, String)> = std::env::vars().collect();
         let mut s = Settings::load(self.config.as_deref(), &env)?;
         if let Some(dir) = &self.data_dir {
@@ -178,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => verify::run(&args),
         Command::VerifyReceipt(args) => verify_receipt::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
+        Command::Audit(AuditCommand::Export(args)) => audit_export::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::ProviderSim(args) => provider_sim::run(args).await,
     }
@@ -240,7 +247,7 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
 }
 
 /// Opens the configured database (without migrating it), for the operator commands.
-async fn open_store(args: &ConfigArgs) -> anyhow::Result<(mydata_store::Store, String)> {
+pub(crate) async fn open_store(args: &ConfigArgs) -> anyhow::Result<(mydata_store::Store, String)> {
     let settings = args.settings(None)?;
     let url = mydata_server::serve::redact_url(&settings.database_url());
     let store = mydata_store::Store::connect(&settings.database_url(), &Default::default())
@@ -292,6 +299,12 @@ async fn audit_verify(args: AuditVerifyArgs) -> anyhow::Result<()> {
         if let Err(e) = mydata_server::keys::verify_tree_head(head, &key) {
             problems.push(format!("tree head at size {}: {e}", head.tree_size));
         }
+    }
+    if report.pruned > 0 {
+        println!(
+            "audit log: {} entries past retention have no details any more; they are checked through their recorded hashes and the tree heads",
+            report.pruned
+        );
     }
     match report.latest_head {
         Some(size) => println!(

@@ -39,6 +39,7 @@ fn every_subcommand_has_help() {
         vec!["provider-sim", "--help"],
         vec!["verify-receipt", "--help"],
         vec!["audit", "verify", "--help"],
+        vec!["audit", "export", "--help"],
     ] {
         let o = mydata(&args);
         assert!(o.status.success(), "{args:?}");
@@ -636,4 +637,184 @@ async fn verify_receipt_checks_a_receipt_offline_with_only_the_public_key() {
         jwks.to_str().unwrap(),
     ]);
     assert!(stderr_line(&o).contains("not a receipt file"));
+}
+
+#[tokio::test]
+async fn audit_export_writes_an_agencys_and_a_services_records_as_csv_and_json() {
+    use mydata_core::transfer::TransferKind;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/mydata.db", dir.path().display());
+    let store = mydata_store::Store::connect(&url, &Default::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let service = std::fs::read_to_string(format!("{REPO_CATALOG}/services.tsv"))
+        .unwrap()
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.starts_with("id\t"))
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_owned();
+    // 2026-11-20 10:00 Taiwan time, and one the next day.
+    let day1 = mydata_core::Timestamp::from_millis(1_795_140_000_000);
+    let day2 = day1.plus(Duration::from_secs(86_400));
+    for (id, at, recipient, purpose) in [
+        (
+            "t-one",
+            day1,
+            Some(service.as_str()),
+            "=HYPERLINK(\"http://evil\")",
+        ),
+        ("t-two", day2, None, "self download"),
+    ] {
+        let t = mydata_store::NewTransfer {
+            id: id.into(),
+            kind: if recipient.is_some() {
+                TransferKind::Online
+            } else {
+                TransferKind::SelfDownload
+            },
+            subject: "platform-pseudonym".into(),
+            recipient: recipient.map(str::to_owned),
+            purpose: purpose.into(),
+            datasets: vec![
+                "low-income-household".into(),
+                "household-register-personal".into(),
+            ],
+        };
+        store.create_transfer(&t, "x", at).await.unwrap();
+    }
+    store.close().await;
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let export = |extra: &[&str]| {
+        let mut args = vec!["audit", "export", "--data-dir", &data_dir];
+        args.extend_from_slice(extra);
+        mydata(&args)
+    };
+
+    let o = export(&[
+        "--agency",
+        "mohw-social-work",
+        "--from",
+        "2026-11-20",
+        "--to",
+        "2026-11-21",
+    ]);
+    let csv = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[0].starts_with("transfer_id,created_at,flow,recipient,purpose,agency_id,dataset_id")
+    );
+    assert!(
+        lines[1].starts_with("t-one,2026-11-20T02:00:00Z,online,"),
+        "{csv}"
+    );
+    // The formula is neutralised; only the agency's dataset appears; the platform pseudonym does not.
+    assert!(
+        lines[1].contains("\"'=HYPERLINK(\"\"http://evil\"\")\""),
+        "{csv}"
+    );
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .all(|l| l.contains("low-income-household")
+                && !l.contains("household-register-personal"))
+    );
+    assert!(!csv.contains("platform-pseudonym"));
+    assert!(
+        lines[2].starts_with("t-two,") && lines[2].contains(",self,"),
+        "{csv}"
+    );
+
+    // The day range is inclusive of whole days in Taiwan time.
+    let o = export(&[
+        "--agency",
+        "mohw-social-work",
+        "--from",
+        "2026-11-21",
+        "--to",
+        "2026-11-21",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+
+    let out = dir.path().join("svc.json");
+    let o = export(&[
+        "--service",
+        &service,
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-30",
+        "--format",
+        "json",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(json["service"], service.as_str());
+    let records = json["records"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{json}");
+    assert!(records.iter().all(|r| r["transfer_id"] == "t-one"));
+    assert_eq!(records[0]["dataset_name"], "低收及中低收列冊資料");
+    assert_eq!(records[0]["subject"].as_str().unwrap().len(), 32);
+
+    for (args, msg) in [
+        (
+            vec![
+                "--agency",
+                "no-such-agency",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-30",
+            ],
+            "no agency `no-such-agency`",
+        ),
+        (
+            vec![
+                "--agency",
+                "mohw-social-work",
+                "--from",
+                "20261101",
+                "--to",
+                "2026-11-30",
+            ],
+            "--from `20261101`",
+        ),
+        (
+            vec![
+                "--agency",
+                "mohw-social-work",
+                "--from",
+                "2026-12-01",
+                "--to",
+                "2026-11-30",
+            ],
+            "time range is empty",
+        ),
+        (
+            vec![
+                "--agency",
+                "a",
+                "--service",
+                "b",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-11-30",
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let o = export(&args);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
 }

@@ -1,5 +1,7 @@
 //! Background work of a server process: job workers that run durable jobs from the database queue,
-//! and the expiry sweep that ends transfers past their 8 hours and destroys their packages. All tasks are spawned here, each with
+//! the expiry sweep that ends transfers past their 8 hours and destroys their packages, audit integration
+//! and head signing, and the retention job (scheduled through the queue, so one process runs each round).
+//! All tasks are spawned here, each with
 //! a name, and all stop when [`Background::shutdown`] is called.
 //!
 //! Nothing here keeps state another process needs: a job is claimed with a lease in the database, so
@@ -104,7 +106,16 @@ impl Background {
             ));
             tasks.push((
                 "audit:integrate".into(),
-                tokio::spawn(audit_loop(state, rx)),
+                tokio::spawn(audit_loop(state.clone(), rx.clone())),
+            ));
+            tasks.push((
+                "schedule:retention".into(),
+                tokio::spawn(retention_schedule_loop(state.clone(), rx.clone())),
+            ));
+            let retention: Arc<dyn JobHandler> = Arc::new(RetentionHandler);
+            tasks.push((
+                format!("worker:{RETENTION_QUEUE}"),
+                tokio::spawn(worker_loop(state, retention, worker_id, rx)),
             ));
         }
         Self { stop, tasks }
@@ -292,4 +303,144 @@ pub async fn sweep_expired(state: &AppState) -> Result<usize, StoreError> {
         }
     }
     Ok(ended)
+}
+
+/// Queue of the retention job.
+pub const RETENTION_QUEUE: &str = "retention";
+/// Rows handled per statement of a retention round.
+const RETENTION_BATCH: u32 = 10_000;
+/// Most statements of each kind per retention run (the next run continues).
+const RETENTION_ROUNDS: usize = 100;
+
+/// What one retention run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetentionReport {
+    pub audit_events_pruned: u64,
+    pub receipts_deleted: u64,
+    pub transfers_deleted: u64,
+    pub jobs_deleted: u64,
+}
+
+/// Applies the retention rules once at the clock's current time: audit event details, receipts
+/// and finished transfers older than `retention.audit_days`; finished jobs older than
+/// `retention.finished_jobs_hours`. Bounded; safe in several processes at once.
+pub async fn run_retention(state: &AppState) -> Result<RetentionReport, StoreError> {
+    let store = state.store();
+    let r = &state.settings().retention;
+    let now = state.clock().now();
+    let back = |d: Duration| {
+        mydata_core::Timestamp::from_millis(
+            now.millis()
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    };
+    let audit_cutoff = back(Duration::from_secs(r.audit_days.saturating_mul(86_400)));
+    let jobs_cutoff = back(Duration::from_secs(
+        r.finished_jobs_hours.saturating_mul(3600),
+    ));
+    let mut report = RetentionReport::default();
+    for _ in 0..RETENTION_ROUNDS {
+        let n = store
+            .prune_audit_events(audit_cutoff, RETENTION_BATCH, now)
+            .await?;
+        report.audit_events_pruned += n;
+        if n < u64::from(RETENTION_BATCH) {
+            break;
+        }
+    }
+    for _ in 0..RETENTION_ROUNDS {
+        let n = store
+            .delete_receipts_before(audit_cutoff, RETENTION_BATCH)
+            .await?;
+        report.receipts_deleted += n;
+        if n < u64::from(RETENTION_BATCH) {
+            break;
+        }
+    }
+    for _ in 0..RETENTION_ROUNDS {
+        let n = store
+            .delete_transfers_before(audit_cutoff, RETENTION_BATCH)
+            .await?;
+        report.transfers_deleted += n;
+        if n < u64::from(RETENTION_BATCH) {
+            break;
+        }
+    }
+    for _ in 0..RETENTION_ROUNDS {
+        let n = store
+            .delete_finished_jobs_before(jobs_cutoff, RETENTION_BATCH)
+            .await?;
+        report.jobs_deleted += n;
+        if n < u64::from(RETENTION_BATCH) {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Enqueues the retention job of the current period (one per `retention.interval_secs`, whoever
+/// enqueues it first); returns whether this call enqueued it.
+pub async fn schedule_retention(state: &AppState) -> Result<bool, StoreError> {
+    let now = state.clock().now();
+    let period = i64::try_from(state.settings().retention.interval_secs.max(1))
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let bucket = now.millis().div_euclid(period);
+    let job = mydata_store::NewJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        queue: RETENTION_QUEUE.into(),
+        payload: serde_json::json!({}),
+        run_at: now,
+        max_attempts: 3,
+        dedup_key: Some(format!("retention:{bucket}")),
+    };
+    state.store().enqueue_job(&job, now).await
+}
+
+async fn retention_schedule_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    // Checked often, enqueued once per period (the dedup key names the period).
+    let every = Duration::from_secs(state.settings().jobs.sweep_interval_secs.max(1));
+    loop {
+        if let Err(e) = schedule_retention(&state).await {
+            tracing::warn!(error = %e, "retention job could not be scheduled");
+        }
+        if pause(every, &mut stop).await {
+            break;
+        }
+    }
+}
+
+/// Runs the retention job.
+#[derive(Debug, Default)]
+pub struct RetentionHandler;
+
+impl JobHandler for RetentionHandler {
+    fn queue(&self) -> &'static str {
+        RETENTION_QUEUE
+    }
+
+    fn run(&self, state: AppState, _job: Job) -> BoxFuture<JobOutcome> {
+        Box::pin(async move {
+            match run_retention(&state).await {
+                Ok(r) => {
+                    tracing::info!(
+                        audit_events_pruned = r.audit_events_pruned,
+                        receipts_deleted = r.receipts_deleted,
+                        transfers_deleted = r.transfers_deleted,
+                        jobs_deleted = r.jobs_deleted,
+                        "retention applied"
+                    );
+                    JobOutcome::Done
+                }
+                Err(e) => JobOutcome::RetryAt {
+                    at: state.clock().now().plus(Duration::from_secs(60)),
+                    error: e.to_string(),
+                },
+            }
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(300)
+    }
 }

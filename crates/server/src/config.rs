@@ -12,9 +12,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Top-level keys; environment variables naming anything else (such as `MYDATA_CONFIG`) are ignored.
-const TOP_LEVEL_KEYS: [&str; 12] = [
-    "listen", "data_dir", "database", "http", "log", "tls", "catalog", "jobs", "keys", "agencies",
-    "storage", "dev",
+const TOP_LEVEL_KEYS: [&str; 13] = [
+    "listen",
+    "data_dir",
+    "database",
+    "http",
+    "log",
+    "tls",
+    "catalog",
+    "jobs",
+    "keys",
+    "agencies",
+    "storage",
+    "dev",
+    "retention",
 ];
 
 /// Every setting of the platform.
@@ -37,6 +48,7 @@ pub struct Settings {
     pub agencies: AgencySettings,
     pub storage: StorageSettings,
     pub dev: DevSettings,
+    pub retention: RetentionSettings,
 }
 
 /// How the platform reaches data-provider agencies and which agency certificates it trusts.
@@ -152,6 +164,33 @@ pub struct DevSettings {
     pub endpoints: bool,
 }
 
+/// Shortest audit retention the seeds allow: transfer records are kept at least two years.
+pub const MIN_AUDIT_RETENTION_DAYS: u64 = 730;
+/// Longest a finished job (whose payload or error may mention a person's request) is kept.
+pub const MAX_FINISHED_JOB_HOURS: u64 = 8;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days audit records (event details, receipts, finished transfers) are kept; at least 730.
+    /// Older events keep only their leaf hash, so the Merkle log still verifies.
+    pub audit_days: u64,
+    /// Hours finished jobs are kept (1 to 8).
+    pub finished_jobs_hours: u64,
+    /// How often the retention job is scheduled.
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            audit_days: MIN_AUDIT_RETENTION_DAYS,
+            finished_jobs_hours: MAX_FINISHED_JOB_HOURS,
+            interval_secs: 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySettings {
@@ -241,6 +280,7 @@ impl Default for Settings {
             agencies: AgencySettings::default(),
             storage: StorageSettings::default(),
             dev: DevSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -328,6 +368,21 @@ impl Settings {
                 "storage.s3.bucket",
                 "is required when storage.backend is `s3`",
             );
+        }
+        if self.retention.audit_days < MIN_AUDIT_RETENTION_DAYS {
+            return bad(
+                "retention.audit_days",
+                "must be at least 730: audit records are kept at least two years",
+            );
+        }
+        if !(1..=MAX_FINISHED_JOB_HOURS).contains(&self.retention.finished_jobs_hours) {
+            return bad(
+                "retention.finished_jobs_hours",
+                "must be from 1 to 8: finished jobs may mention a person's request, which the platform keeps at most 8 hours",
+            );
+        }
+        if self.retention.interval_secs == 0 {
+            return bad("retention.interval_secs", "must be at least 1");
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod packages;
 pub mod pages;
 pub mod receipts;
+pub mod records;
 pub mod routes;
 pub mod serve;
 pub mod state;

@@ -12,6 +12,8 @@ mod audit_receipts;
 mod audit_tree;
 mod fetches;
 mod jobs;
+mod records;
+mod retention;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transfers;
@@ -26,6 +28,7 @@ pub use fetches::{
     PackageRecord, status as fetch_status,
 };
 pub use jobs::{Job, JobState, NewJob};
+pub use records::{RecordCursor, RecordParty, TransferRecord};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -131,10 +134,19 @@ impl Store {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
                 }
+                // Create the file once, here. Connections the pool opens later must not: a
+                // database file deleted under a running server would silently come back empty.
+                if file.as_ref().is_some_and(|f| !f.exists()) {
+                    use sqlx::Connection;
+                    sqlx::SqliteConnection::connect_with(&opts)
+                        .await?
+                        .close()
+                        .await?;
+                }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(settings.max_connections.max(1))
                     .acquire_timeout(settings.acquire_timeout)
-                    .connect_with(opts)
+                    .connect_with(opts.create_if_missing(file.is_none()))
                     .await?;
                 Db::Sqlite { pool, file }
             }

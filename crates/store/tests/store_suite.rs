@@ -53,6 +53,11 @@ on_both_backends!(
     circuit_opens_after_threshold_and_lets_one_probe_through,
     package_key_is_taken_once_and_destroyed_at_expiry,
     secrets_are_purged_once_fetching_ends,
+    pruning_removes_old_details_but_the_log_still_verifies_and_proves,
+    audit_verify_catches_tampering_hidden_as_pruning,
+    retention_deletes_old_receipts_transfers_and_finished_jobs,
+    receipts_are_stored_once_with_their_event,
+    transfer_records_by_agency_and_service_page_through_a_time_range,
 );
 
 fn new_transfer(id: &str, subject: &str) -> NewTransfer {
@@ -1211,4 +1216,330 @@ async fn secrets_are_purged_once_fetching_ends(s: &Store) {
     assert_eq!(s.purge_transfer_secrets().await.unwrap(), 2);
     assert_eq!(s.transfer_secret("s1").await.unwrap(), None);
     assert_eq!(s.transfer_secret("s2").await.unwrap(), None);
+}
+
+/// Appends `n` events one millisecond apart from `start`, then integrates them.
+async fn timed_events(s: &Store, start: Timestamp, n: u64) {
+    let events: Vec<NewAuditEvent> = (0..n)
+        .map(|i| NewAuditEvent {
+            at: start.plus(Duration::from_millis(i)),
+            kind: "identity.verified".into(),
+            subject: Some("subj-old".into()),
+            transfer_id: Some(format!("t{i}")),
+            actor: "subj-old".into(),
+            detail: serde_json::json!({"method": "moica_cert"}),
+        })
+        .collect();
+    s.append_audit_batch(&events).await.unwrap();
+    s.integrate_audit(100_000, start).await.unwrap();
+}
+
+async fn pruning_removes_old_details_but_the_log_still_verifies_and_proves(s: &Store) {
+    use mydata_core::merkle;
+    timed_events(s, T0, 40).await;
+    let late = T0.plus(Duration::from_secs(3600));
+    timed_events(s, late, 10).await;
+    let before_roots = s.audit_root_at(50).await.unwrap();
+    // Cut-off in the middle of the first batch; at most 25 per call.
+    let cutoff = T0.plus(Duration::from_millis(30));
+    let now = late.plus(Duration::from_secs(1));
+    assert_eq!(s.prune_audit_events(cutoff, 25, now).await.unwrap(), 25);
+    assert_eq!(s.prune_audit_events(cutoff, 25, now).await.unwrap(), 5);
+    assert_eq!(s.prune_audit_events(cutoff, 25, now).await.unwrap(), 0);
+    assert_eq!(s.audit_pruned_below().await.unwrap(), 30);
+    let leaves = s.audit_leaves().await.unwrap();
+    assert!(leaves[..30].iter().all(|l| l.pruned_at == Some(now)
+        && l.event.subject.is_none()
+        && l.event.transfer_id.is_none()
+        && l.event.detail.is_null()));
+    assert!(
+        leaves[30..]
+            .iter()
+            .all(|l| l.pruned_at.is_none() && l.event.subject.is_some())
+    );
+    // The person's usage records no longer show the pruned events.
+    assert_eq!(s.audit_for_subject("subj-old").await.unwrap().len(), 20);
+    let r = s.verify_audit_log().await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!((r.entries, r.pruned), (50, 30));
+    // Proofs over pruned and kept entries still verify against the same root.
+    assert_eq!(s.audit_root_at(50).await.unwrap(), before_roots);
+    for i in [3u64, 29, 30, 49] {
+        let leaf: merkle::Hash = hex::decode(&leaves[i as usize].stored_hash)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let p = s.audit_inclusion_proof_at(i, 50).await.unwrap();
+        merkle::verify_inclusion(&leaf, i, 50, &p, &before_roots).unwrap();
+    }
+}
+
+async fn audit_verify_catches_tampering_hidden_as_pruning(s: &Store) {
+    timed_events(s, T0, 20).await;
+    s.prune_audit_events(T0.plus(Duration::from_millis(10)), 100, T0)
+        .await
+        .unwrap();
+    // A pruned entry whose stored hash is changed: the recorded head no longer matches.
+    let victim = s.audit_leaf(4).await.unwrap().unwrap().event.seq;
+    s.execute_raw(&format!(
+        "UPDATE audit_events SET leaf_hash = '{}' WHERE seq = {victim}",
+        "12".repeat(32)
+    ))
+    .await
+    .unwrap();
+    // Its stored subtree root and the recorded head no longer match: both named.
+    let r = s.verify_audit_log().await.unwrap();
+    assert!(
+        matches!(
+            r.problems.as_slice(),
+            [
+                AuditProblem::NodeMismatch {
+                    level: 4,
+                    first: 0,
+                    last: 15
+                },
+                AuditProblem::HeadMismatch { size: 20, .. }
+            ]
+        ),
+        "{:?}",
+        r.problems
+    );
+    // A recent entry wiped and marked pruned to hide what it said.
+    let recent = s.audit_leaf(15).await.unwrap().unwrap().event.seq;
+    s.execute_raw(&format!(
+        "UPDATE audit_events SET subject = NULL, transfer_id = NULL, actor = '', detail = 'null', pruned_at = 1 WHERE seq = {recent}"
+    ))
+    .await
+    .unwrap();
+    // An old pruned entry given details back (they cannot be checked).
+    let old = s.audit_leaf(2).await.unwrap().unwrap().event.seq;
+    s.execute_raw(&format!(
+        "UPDATE audit_events SET actor = 'someone' WHERE seq = {old}"
+    ))
+    .await
+    .unwrap();
+    let r = s.verify_audit_log().await.unwrap();
+    assert!(
+        r.problems.contains(&AuditProblem::PrunedEarly {
+            index: 15,
+            seq: recent
+        }),
+        "{:?}",
+        r.problems
+    );
+    assert!(
+        r.problems
+            .contains(&AuditProblem::Modified { index: 2, seq: old }),
+        "{:?}",
+        r.problems
+    );
+}
+
+async fn retention_deletes_old_receipts_transfers_and_finished_jobs(s: &Store) {
+    let later = T0.plus(Duration::from_secs(10));
+    for (id, at) in [("old-done", T0), ("old-open", T0), ("new-done", later)] {
+        s.create_transfer(&new_transfer(id, "subj"), "subj", at)
+            .await
+            .unwrap();
+    }
+    for id in ["old-done", "new-done"] {
+        s.apply_transfer_event(id, TransferEvent::Refuse, "subj", later)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.delete_transfers_before(later, 100).await.unwrap(), 1);
+    assert!(s.transfer("old-done").await.unwrap().is_none());
+    // A transfer that may still hold data is never deleted by age alone.
+    assert!(s.transfer("old-open").await.unwrap().is_some());
+    assert!(s.transfer("new-done").await.unwrap().is_some());
+
+    for (id, finish) in [("j-old", true), ("j-open", false)] {
+        s.enqueue_job(&job(id, T0), T0).await.unwrap();
+        if finish {
+            let j = s
+                .claim_job("fetch", "w", Duration::from_secs(60), T0)
+                .await
+                .unwrap()
+                .unwrap();
+            s.complete_job(&j.id, "w", T0).await.unwrap();
+        }
+    }
+    assert_eq!(s.delete_finished_jobs_before(later, 100).await.unwrap(), 1);
+    assert!(s.job("j-old").await.unwrap().is_none());
+    assert!(s.job("j-open").await.unwrap().is_some());
+
+    let r = mydata_store::NewReceipt {
+        id: "r1".into(),
+        transfer_id: "old-open".into(),
+        kind: "consent".into(),
+        package_digest: String::new(),
+        jws: "x.y.z".into(),
+        created_at: T0,
+    };
+    s.store_receipt(&r, &receipt_event("old-open"))
+        .await
+        .unwrap();
+    assert_eq!(s.delete_receipts_before(T0, 100).await.unwrap(), 0);
+    assert_eq!(s.delete_receipts_before(later, 100).await.unwrap(), 1);
+    assert!(
+        s.receipts_for_transfer("old-open")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn receipt_event(transfer: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        at: T0,
+        kind: "receipt.consent".into(),
+        subject: Some("subj".into()),
+        transfer_id: Some(transfer.into()),
+        actor: "platform".into(),
+        detail: serde_json::json!({"receipt_sha256": "00"}),
+    }
+}
+
+async fn receipts_are_stored_once_with_their_event(s: &Store) {
+    let mut r = mydata_store::NewReceipt {
+        id: "r1".into(),
+        transfer_id: "t1".into(),
+        kind: "consent".into(),
+        package_digest: String::new(),
+        jws: "a.b.c".into(),
+        created_at: T0,
+    };
+    let first = s.store_receipt(&r, &receipt_event("t1")).await.unwrap();
+    assert_eq!(
+        s.audit_event(first.seq).await.unwrap().unwrap().kind,
+        "receipt.consent"
+    );
+    // The same receipt again (a racing request): the first stands and no second event is logged.
+    r.id = "r2".into();
+    r.jws = "d.e.f".into();
+    let again = s.store_receipt(&r, &receipt_event("t1")).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(s.audit_for_transfer("t1").await.unwrap().len(), 1);
+    // With a package digest it is another receipt.
+    r.package_digest = "ab".repeat(32);
+    let with_digest = s.store_receipt(&r, &receipt_event("t1")).await.unwrap();
+    assert_eq!(with_digest.id, "r2");
+    assert_eq!(s.receipts_for_transfer("t1").await.unwrap().len(), 2);
+}
+
+async fn transfer_records_by_agency_and_service_page_through_a_time_range(s: &Store) {
+    use mydata_store::{RecordParty, TransferRecord};
+    let mk = |id: &str, recipient: Option<&str>, datasets: &[&str]| NewTransfer {
+        id: id.into(),
+        kind: if recipient.is_some() {
+            TransferKind::Online
+        } else {
+            TransferKind::SelfDownload
+        },
+        subject: format!("subj-{id}"),
+        recipient: recipient.map(str::to_owned),
+        purpose: "p".into(),
+        datasets: datasets.iter().map(|d| d.to_string()).collect(),
+    };
+    let at = |m: u64| T0.plus(Duration::from_secs(60 * m));
+    for (i, (recipient, datasets)) in [
+        (Some("svc-a"), vec!["ds-1", "ds-2"]),
+        (None, vec!["ds-1"]),
+        (Some("svc-b"), vec!["ds-3", "ds-1"]),
+        (Some("svc-a"), vec!["ds-3"]),
+        (Some("svc-a"), vec!["ds-1", "ds-3"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.create_transfer(
+            &mk(&format!("t{i}"), recipient, &datasets),
+            "x",
+            at(i as u64),
+        )
+        .await
+        .unwrap();
+    }
+    let agency = RecordParty::Agency {
+        datasets: vec!["ds-1".into(), "ds-2".into()],
+    };
+    // Page by two through everything: no row twice, none missed, in time order.
+    let mut all: Vec<TransferRecord> = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10 {
+        let (page, next) = s
+            .transfer_records(&agency, at(0), at(100), cursor.as_ref(), 2)
+            .await
+            .unwrap();
+        all.extend(page);
+        cursor = next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let got: Vec<(String, String)> = all
+        .iter()
+        .map(|r| (r.transfer_id.clone(), r.dataset_id.clone()))
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("t0", "ds-1"),
+        ("t0", "ds-2"),
+        ("t1", "ds-1"),
+        ("t2", "ds-1"),
+        ("t4", "ds-1"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    // Time range: [from, to).
+    let (page, next) = s
+        .transfer_records(&agency, at(1), at(4), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|r| r.transfer_id.as_str())
+            .collect::<Vec<_>>(),
+        ["t1", "t2"]
+    );
+    assert!(next.is_none());
+    // A service sees every dataset of the transfers it received, and only those.
+    let (page, _) = s
+        .transfer_records(
+            &RecordParty::Recipient("svc-a".into()),
+            at(0),
+            at(100),
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = page
+        .iter()
+        .map(|r| (r.transfer_id.as_str(), r.dataset_id.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("t0", "ds-1"),
+            ("t0", "ds-2"),
+            ("t3", "ds-3"),
+            ("t4", "ds-1"),
+            ("t4", "ds-3")
+        ]
+    );
+    assert_eq!(page[0].state, "created");
+    assert_eq!(page[0].kind, "online");
+    let (none, _) = s
+        .transfer_records(
+            &RecordParty::Agency { datasets: vec![] },
+            at(0),
+            at(100),
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
 }

@@ -113,6 +113,26 @@ fn rule_violations_name_the_key() {
             "database.max_connections",
         ),
         ("MYDATA_LOG__LEVEL", "[[[", "log.level"),
+        (
+            "MYDATA_RETENTION__AUDIT_DAYS",
+            "729",
+            "retention.audit_days",
+        ),
+        (
+            "MYDATA_RETENTION__FINISHED_JOBS_HOURS",
+            "9",
+            "retention.finished_jobs_hours",
+        ),
+        (
+            "MYDATA_RETENTION__FINISHED_JOBS_HOURS",
+            "0",
+            "retention.finished_jobs_hours",
+        ),
+        (
+            "MYDATA_RETENTION__INTERVAL_SECS",
+            "0",
+            "retention.interval_secs",
+        ),
     ];
     for (var, value, key) in cases {
         let err = Settings::load(None, &env(&[(var, value)])).unwrap_err().0;
@@ -129,4 +149,27 @@ fn missing_file_is_an_error() {
         .unwrap_err()
         .0;
     assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn retention_jobs_and_keys_sections_are_read_from_the_environment() {
+    let s = Settings::load(
+        None,
+        &env(&[
+            ("MYDATA_RETENTION__AUDIT_DAYS", "1095"),
+            ("MYDATA_JOBS__AUDIT_INTERVAL_SECS", "3"),
+            (
+                "MYDATA_KEYS__PLATFORM_SIGNING_KEY",
+                "/etc/mydata/platform.pem",
+            ),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.retention.audit_days, 1095);
+    assert_eq!(s.jobs.audit_interval_secs, 3);
+    assert_eq!(s.platform_key_path(), Path::new("/etc/mydata/platform.pem"));
+    let err = Settings::load(None, &env(&[("MYDATA_RETENTION__AUDIT_DAYS", "365")]))
+        .unwrap_err()
+        .0;
+    assert!(err.contains("at least two years"), "{err}");
 }

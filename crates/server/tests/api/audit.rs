@@ -662,3 +662,76 @@ async fn proof_requests_with_bad_parameters_get_clear_errors() {
     assert_eq!(app.db.store.audit_tree_size().await.unwrap(), 5);
     assert_eq!(app.db.store.tree_heads().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_retention_job_runs_through_the_queue_and_keeps_the_log_verifiable() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = TestApp::spawn_with(backend, |s| s.jobs.poll_interval_ms = 5).await;
+        let store = &app.db.store;
+        let t0 = app.clock.now();
+        store
+            .create_transfer(
+                &transfer("old", TransferKind::SelfDownload, None),
+                "a1b2c3",
+                t0,
+            )
+            .await
+            .unwrap();
+        step(&app, "old", TransferEvent::Refuse).await;
+        receipts::deletion_receipt(&app.state, "old").await.unwrap();
+        let two_years = Duration::from_secs(730 * 86_400);
+        app.clock.advance(two_years - Duration::from_secs(3600));
+        store
+            .create_transfer(
+                &transfer("recent", TransferKind::SelfDownload, None),
+                "a1b2c3",
+                app.clock.now(),
+            )
+            .await
+            .unwrap();
+        step(&app, "recent", TransferEvent::Refuse).await;
+        mydata_server::background::integrate_and_sign(&app.state)
+            .await
+            .unwrap();
+        let size = store.audit_tree_size().await.unwrap();
+        let root = store.audit_root_at(size).await.unwrap();
+
+        // Two years and a minute after the first transfer: its records go, the recent ones stay.
+        app.clock.advance(Duration::from_secs(3660));
+        assert!(
+            mydata_server::background::schedule_retention(&app.state)
+                .await
+                .unwrap()
+        );
+        // Scheduling again in the same period adds nothing (one run per period, any process).
+        assert!(
+            !mydata_server::background::schedule_retention(&app.state)
+                .await
+                .unwrap()
+        );
+        crate::helpers::eventually("retention applied", || async {
+            store.transfer("old").await.unwrap().is_none()
+                && store.audit_pruned_below().await.unwrap() > 0
+        })
+        .await;
+        assert!(store.transfer("recent").await.unwrap().is_some());
+        assert!(store.receipts_for_transfer("old").await.unwrap().is_empty());
+        assert!(store.audit_for_transfer("old").await.unwrap().is_empty());
+        assert_eq!(store.audit_for_transfer("recent").await.unwrap().len(), 2);
+        let r = store.verify_audit_log().await.unwrap();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!(
+            r.pruned, 3,
+            "created, refused and the receipt event of `old`"
+        );
+        assert_eq!(store.audit_root_at(size).await.unwrap(), root);
+        // Proofs still come out for pruned entries.
+        let (s, p) = app
+            .get_json(&format!(
+                "/api/v1/audit/proofs/inclusion?leaf_index=0&tree_size={size}"
+            ))
+            .await;
+        assert_eq!(s, 200, "{p}");
+        app.stop().await.unwrap();
+    }
+}
