@@ -151,6 +151,14 @@ impl Agent {
         self.info.fingerprint.get(..12).unwrap_or("")
     }
 
+    /// PIN tries left (0: the card is locked), or None while a PIN check is running.
+    pub fn pin_tries_left(&self) -> Option<u32> {
+        self.state
+            .try_lock()
+            .ok()
+            .map(|s| MAX_PIN_TRIES.saturating_sub(s.failures))
+    }
+
     pub fn state_path(&self) -> &Path {
         &self.state_path
     }

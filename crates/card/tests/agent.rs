@@ -176,6 +176,13 @@ async fn three_wrong_pins_lock_the_card_across_restarts_until_a_new_card() {
     );
     drop(agent);
 
+    let reopened = Agent::open(&AgentConfig {
+        card: card.clone(),
+        state: Some(state.clone()),
+        allowed_origins: vec![PLATFORM.to_owned()],
+    })
+    .unwrap();
+    assert_eq!(reopened.pin_tries_left(), Some(0));
     let agent = start(&card, Some(state.clone())).await;
     assert_eq!(
         agent.sign(DEMO_PIN).await.0,

@@ -43,8 +43,13 @@ pub async fn run(args: CardAgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let tries = match agent.pin_tries_left() {
+        Some(0) => "LOCKED after three wrong PINs (only a new card can be used)".to_owned(),
+        Some(n) => format!("{n} PIN tries left"),
+        None => String::new(),
+    };
     eprintln!(
-        "card agent ready: card {} ({}), allowed origin(s): {}; Ctrl-C stops it.",
+        "card agent ready: card {} ({}), {tries}; allowed origin(s): {}; Ctrl-C stops it.",
         agent.info().subject,
         agent.info().serial_number,
         args.allow_origin.join(", ")
