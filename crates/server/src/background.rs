@@ -226,6 +226,11 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(n) => tracing::info!(transfers = n, "expired transfers ended"),
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
         }
+        match crate::identity::session::sweep(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(sessions = n, "ended sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+        }
         if pause(every, &mut stop).await {
             break;
         }

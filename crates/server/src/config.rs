@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Top-level keys; environment variables naming anything else (such as `MYDATA_CONFIG`) are ignored.
-const TOP_LEVEL_KEYS: [&str; 7] = [
-    "listen", "data_dir", "database", "http", "log", "tls", "catalog",
+const TOP_LEVEL_KEYS: [&str; 11] = [
+    "listen", "data_dir", "database", "http", "log", "tls", "catalog", "jobs", "keys", "identity",
+    "messages",
 ];
 
 /// Every setting of the platform.
@@ -33,6 +34,8 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub jobs: crate::background::JobSettings,
     pub keys: KeySettings,
+    pub identity: crate::identity::IdentitySettings,
+    pub messages: crate::identity::messages::MessageSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +45,10 @@ pub struct KeySettings {
     /// means `<data_dir>/keys/platform-signing.pem`, created on first start. Processes that share a
     /// database must share this key.
     pub platform_signing_key: String,
+    /// File of the 32-byte secret that turns ID numbers into subject pseudonyms (HMAC-SHA256).
+    /// Empty means `<data_dir>/keys/subject-pseudonym.key`, created on first start. Losing or
+    /// changing it disconnects every person from their history: back it up with the database.
+    pub subject_pseudonym_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +121,10 @@ impl Default for Settings {
             jobs: crate::background::JobSettings::default(),
             keys: KeySettings {
                 platform_signing_key: String::new(),
+                subject_pseudonym_key: String::new(),
             },
+            identity: crate::identity::IdentitySettings::default(),
+            messages: crate::identity::messages::MessageSettings::default(),
         }
     }
 }
@@ -186,6 +196,8 @@ impl Settings {
                 "must start with sqlite: or postgres:// (allowed backends: sqlite, postgres)",
             );
         }
+        self.identity.validate().map_err(ConfigError)?;
+        self.messages.validate().map_err(ConfigError)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(
                 "log.level",
@@ -210,6 +222,15 @@ impl Settings {
             self.data_dir.join("keys").join("platform-signing.pem")
         } else {
             PathBuf::from(&self.keys.platform_signing_key)
+        }
+    }
+
+    /// Where the subject pseudonym key is kept.
+    pub fn pseudonym_key_path(&self) -> PathBuf {
+        if self.keys.subject_pseudonym_key.is_empty() {
+            self.data_dir.join("keys").join("subject-pseudonym.key")
+        } else {
+            PathBuf::from(&self.keys.subject_pseudonym_key)
         }
     }
 

@@ -9,6 +9,7 @@ pub mod background;
 pub mod config;
 pub mod error;
 pub mod i18n;
+pub mod identity;
 pub mod keys;
 pub mod pages;
 pub mod routes;

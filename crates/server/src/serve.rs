@@ -48,6 +48,7 @@ impl Server {
     pub async fn bind(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let catalog = load_catalog(settings.catalog_dir().as_deref())?;
         let platform = crate::keys::load_or_create_platform_signer(&settings)?;
+        let identity = crate::identity::Identity::load(&settings)?;
         let url = settings.database_url();
         let store = Store::connect(
             &url,
@@ -73,7 +74,7 @@ impl Server {
         );
         Ok(Self {
             listener,
-            state: AppState::new(catalog, store, clock, settings, platform),
+            state: AppState::new(catalog, store, clock, settings, platform, identity),
             handlers: Vec::new(),
         })
     }
@@ -108,14 +109,20 @@ impl Server {
     ) -> anyhow::Result<()> {
         let app = router(self.state.clone());
         let addr = self.local_addr()?;
-        let background = Background::spawn(self.state.clone(), self.handlers);
+        let mut handlers = self.handlers;
+        handlers.push(Arc::new(crate::identity::messages::MessageSender));
+        let background = Background::spawn(self.state.clone(), handlers);
         match self.state.settings().tls.clone() {
             None => {
                 let listener = tokio::net::TcpListener::from_std(self.listener)?;
                 tracing::info!(%addr, "listening (HTTP)");
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await?;
+                // The peer address is the client address for lockout unless a proxy header is set.
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await?;
             }
             Some(tls) => {
                 // Several crypto back-ends are linked (through dependencies); choose one explicitly.
@@ -139,7 +146,7 @@ impl Server {
                 tracing::info!(%addr, "listening (HTTPS)");
                 axum_server::from_tcp_rustls(self.listener, config)
                     .handle(handle)
-                    .serve(app.into_make_service())
+                    .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                     .await?;
             }
         }

@@ -19,6 +19,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: Settings,
     platform: mydata_package::PlatformSigner,
+    identity: crate::identity::Identity,
 }
 
 impl AppState {
@@ -28,6 +29,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         settings: Settings,
         platform: mydata_package::PlatformSigner,
+        identity: crate::identity::Identity,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -36,6 +38,7 @@ impl AppState {
                 clock,
                 settings,
                 platform,
+                identity,
             }),
         }
     }
@@ -43,6 +46,10 @@ impl AppState {
     /// The platform's signing key (receipts, tree heads).
     pub fn platform(&self) -> &mydata_package::PlatformSigner {
         &self.inner.platform
+    }
+    /// Identity services: pseudonyms, identity methods, the agency client.
+    pub fn identity(&self) -> &crate::identity::Identity {
+        &self.inner.identity
     }
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog

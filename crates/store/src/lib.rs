@@ -8,6 +8,7 @@
 
 mod audit;
 mod audit_tree;
+mod identity;
 mod jobs;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -16,6 +17,9 @@ mod transfers;
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use audit_tree::{
     AuditProblem, AuditReport, LeafRow, TreeHead, canonical_entry, event_leaf_hash,
+};
+pub use identity::{
+    ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,
 };
 pub use jobs::{Job, JobState, NewJob};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};

@@ -3,3 +3,4 @@
 pub mod catalog_api;
 pub mod health;
 pub mod home;
+pub mod login;
