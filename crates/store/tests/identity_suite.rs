@@ -64,9 +64,14 @@ fn code(id: &str, session: &str, now: Timestamp) -> CodeRow {
 async fn sessions_rotate_and_take_their_codes_and_challenges_along(s: &Store) {
     s.put_session(&session("old", T0), None).await.unwrap();
     s.put_code(&code("c1", "old", T0)).await.unwrap();
-    s.put_challenge("ch1", "old", "text", T0, T0.plus(MIN)).await.unwrap();
+    s.put_challenge("ch1", "old", "text", T0, T0.plus(MIN))
+        .await
+        .unwrap();
     s.set_session_pending("old", Some("{}")).await.unwrap();
-    assert_eq!(s.session("old").await.unwrap().unwrap().pending.as_deref(), Some("{}"));
+    assert_eq!(
+        s.session("old").await.unwrap().unwrap().pending.as_deref(),
+        Some("{}")
+    );
     let mut new = session("new", T0);
     new.subject = Some("p-x".into());
     new.level = Some(1);
@@ -74,9 +79,15 @@ async fn sessions_rotate_and_take_their_codes_and_challenges_along(s: &Store) {
     assert!(s.session("old").await.unwrap().is_none());
     assert_eq!(s.session("new").await.unwrap().unwrap(), new);
     assert!(s.code_for_session("old").await.unwrap().is_none());
-    assert_eq!(s.take_challenge("ch1", "old", T0).await.unwrap(), ChallengeUse::Unusable);
+    assert_eq!(
+        s.take_challenge("ch1", "old", T0).await.unwrap(),
+        ChallengeUse::Unusable
+    );
     s.touch_session("new", T0.plus(MIN)).await.unwrap();
-    assert_eq!(s.session("new").await.unwrap().unwrap().last_seen_at, T0.plus(MIN).millis());
+    assert_eq!(
+        s.session("new").await.unwrap().unwrap().last_seen_at,
+        T0.plus(MIN).millis()
+    );
     s.delete_session("new").await.unwrap();
     assert!(s.session("new").await.unwrap().is_none());
 }
@@ -89,13 +100,23 @@ async fn lockout_counts_within_the_window_and_expires(s: &Store) {
     };
     // Four failures, then the fifth 16 minutes after the first: the first no longer counts.
     for i in 0..4 {
-        assert_eq!(s.record_failure(&["a"], rule, T0.plus(MIN * i)).await.unwrap(), None);
+        assert_eq!(
+            s.record_failure(&["a"], rule, T0.plus(MIN * i))
+                .await
+                .unwrap(),
+            None
+        );
     }
     let t5 = T0.plus(16 * MIN);
     assert_eq!(s.record_failure(&["a"], rule, t5).await.unwrap(), None);
     assert_eq!(s.locked_until(&["a"], t5).await.unwrap(), None);
     for i in 17..20 {
-        assert_eq!(s.record_failure(&["a"], rule, T0.plus(MIN * i)).await.unwrap(), None);
+        assert_eq!(
+            s.record_failure(&["a"], rule, T0.plus(MIN * i))
+                .await
+                .unwrap(),
+            None
+        );
     }
     // The fifth within 15 minutes (16, 17, 18, 19, 20) locks "a" (not "b", counted apart).
     let t6 = T0.plus(20 * MIN);
@@ -118,32 +139,67 @@ async fn codes_are_single_use_with_bounded_attempts(s: &Store) {
     assert_eq!(s.code_for_session("s").await.unwrap().unwrap().id, "c2");
     assert!(s.count_code_attempt("c2", 2).await.unwrap());
     assert!(s.count_code_attempt("c2", 2).await.unwrap());
-    assert!(!s.count_code_attempt("c2", 2).await.unwrap(), "third attempt refused");
+    assert!(
+        !s.count_code_attempt("c2", 2).await.unwrap(),
+        "third attempt refused"
+    );
     assert!(s.use_code("c2", T0).await.unwrap());
     assert!(!s.use_code("c2", T0).await.unwrap(), "used once only");
-    assert!(!s.count_code_attempt("c2", 9).await.unwrap(), "a used code takes no attempts");
+    assert!(
+        !s.count_code_attempt("c2", 9).await.unwrap(),
+        "a used code takes no attempts"
+    );
 }
 
 async fn challenges_are_single_use_per_session_and_expire(s: &Store) {
-    s.put_challenge("c", "s1", "to sign", T0, T0.plus(2 * MIN)).await.unwrap();
-    assert_eq!(s.take_challenge("c", "s2", T0).await.unwrap(), ChallengeUse::Unusable);
+    s.put_challenge("c", "s1", "to sign", T0, T0.plus(2 * MIN))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.take_challenge("c", "s2", T0).await.unwrap(),
+        ChallengeUse::Unusable
+    );
     assert_eq!(
         s.take_challenge("c", "s1", T0).await.unwrap(),
-        ChallengeUse::Taken { to_be_signed: "to sign".into() }
+        ChallengeUse::Taken {
+            to_be_signed: "to sign".into()
+        }
     );
-    assert_eq!(s.take_challenge("c", "s1", T0).await.unwrap(), ChallengeUse::Unusable);
-    s.put_challenge("d", "s1", "x", T0, T0.plus(2 * MIN)).await.unwrap();
-    assert_eq!(s.take_challenge("d", "s1", T0.plus(2 * MIN)).await.unwrap(), ChallengeUse::Expired);
+    assert_eq!(
+        s.take_challenge("c", "s1", T0).await.unwrap(),
+        ChallengeUse::Unusable
+    );
+    s.put_challenge("d", "s1", "x", T0, T0.plus(2 * MIN))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.take_challenge("d", "s1", T0.plus(2 * MIN)).await.unwrap(),
+        ChallengeUse::Expired
+    );
 }
 
 async fn subjects_passwords_and_contacts(s: &Store) {
     let a = s.ensure_subject("p-a", "natural", T0).await.unwrap();
     assert_eq!(a.first_use_at, None);
-    assert_eq!(s.ensure_subject("p-a", "natural", T0.plus(MIN)).await.unwrap().created_at, T0.millis());
+    assert_eq!(
+        s.ensure_subject("p-a", "natural", T0.plus(MIN))
+            .await
+            .unwrap()
+            .created_at,
+        T0.millis()
+    );
     assert!(s.set_password_hash("p-a", "$argon2id$x", T0).await.unwrap());
-    assert!(!s.set_password_hash("p-none", "$argon2id$x", T0).await.unwrap());
-    s.complete_first_use("p-a", "email", "a@b.example", T0.plus(MIN)).await.unwrap();
-    s.complete_first_use("p-a", "email", "c@d.example", T0.plus(2 * MIN)).await.unwrap();
+    assert!(
+        !s.set_password_hash("p-none", "$argon2id$x", T0)
+            .await
+            .unwrap()
+    );
+    s.complete_first_use("p-a", "email", "a@b.example", T0.plus(MIN))
+        .await
+        .unwrap();
+    s.complete_first_use("p-a", "email", "c@d.example", T0.plus(2 * MIN))
+        .await
+        .unwrap();
     let a = s.subject("p-a").await.unwrap().unwrap();
     assert_eq!(a.first_use_at, Some(T0.plus(MIN).millis()));
     assert_eq!(a.password_hash.as_deref(), Some("$argon2id$x"));
@@ -165,7 +221,13 @@ async fn outbox_lists_newest_first_and_job_payloads_can_be_emptied(s: &Store) {
         .await
         .unwrap();
     }
-    let ids: Vec<String> = s.outbox(10).await.unwrap().into_iter().map(|m| m.id).collect();
+    let ids: Vec<String> = s
+        .outbox(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     assert_eq!(ids, ["m2", "m1"]);
     let job = mydata_store::NewJob {
         id: "j".into(),
@@ -177,15 +239,23 @@ async fn outbox_lists_newest_first_and_job_payloads_can_be_emptied(s: &Store) {
     };
     s.enqueue_job(&job, T0).await.unwrap();
     s.clear_job_payload("j").await.unwrap();
-    assert_eq!(s.job("j").await.unwrap().unwrap().payload, serde_json::json!({}));
+    assert_eq!(
+        s.job("j").await.unwrap().unwrap().payload,
+        serde_json::json!({})
+    );
 }
 
 async fn sweep_removes_ended_sessions_and_stale_state(s: &Store) {
     s.put_session(&session("idle", T0), None).await.unwrap();
-    s.put_session(&session("fresh", T0.plus(30 * MIN)), None).await.unwrap();
+    s.put_session(&session("fresh", T0.plus(30 * MIN)), None)
+        .await
+        .unwrap();
     s.put_code(&code("c", "idle", T0)).await.unwrap();
     let now = T0.plus(31 * MIN);
-    let n = s.sweep_identity(now, T0.plus(16 * MIN), T0.plus(16 * MIN)).await.unwrap();
+    let n = s
+        .sweep_identity(now, T0.plus(16 * MIN), T0.plus(16 * MIN))
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     assert!(s.session("idle").await.unwrap().is_none());
     assert!(s.session("fresh").await.unwrap().is_some());

@@ -8,4 +8,5 @@ mod errors;
 mod health;
 mod helpers;
 mod home;
+mod identity;
 mod transport;
