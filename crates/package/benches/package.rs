@@ -99,7 +99,36 @@ fn benches(c: &mut Criterion) {
     g.bench_function("part_verify_dataset", |b| {
         b.iter(|| black_box(verify_dataset(&ds, &trust, NOW).is_ok()))
     });
-    // The primitives (RustCrypto p256), to show what dominates.
+    // The primitives: AWS-LC (what the crate uses) and RustCrypto p256 (what it used before).
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.as_ref(),
+    )
+    .unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let aws_sig = pair.sign(&rng, &data).unwrap();
+    let aws_pub = aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref(),
+    )
+    .unwrap();
+    g.bench_function("prim_awslc_sign", |b| {
+        b.iter(|| black_box(pair.sign(&rng, black_box(&data)).unwrap()))
+    });
+    g.bench_function("prim_awslc_verify", |b| {
+        b.iter(|| {
+            black_box(
+                aws_pub
+                    .verify_sig(black_box(&data), aws_sig.as_ref())
+                    .is_ok(),
+            )
+        })
+    });
     let key = <SigningKey as p256::elliptic_curve::Generate>::generate();
     let sig: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&key, &data);
     g.bench_function("prim_p256_sign", |b| {
@@ -120,6 +149,39 @@ fn benches(c: &mut Criterion) {
                 .is_ok(),
             )
         })
+    });
+    // Where the zip's time goes: the same eight entries as a one-dataset package, each method.
+    let entries: Vec<(String, Vec<u8>)> = [
+        ("datasets/household/chain.pem", ds.chain_pem.clone()),
+        ("datasets/household/data.json", data.clone()),
+        ("datasets/household/manifest.json", ds.manifest_json.clone()),
+        ("datasets/household/manifest.jws", ds.manifest_jws.clone()),
+        ("datasets/household/manifest.sig", ds.manifest_sig.clone()),
+        ("receipt.jws", ds.manifest_jws.clone()),
+    ]
+    .into_iter()
+    .map(|(n, b)| (n.to_owned(), b))
+    .collect();
+    for (label, method) in [
+        ("prim_zip_stored", zip::CompressionMethod::Stored),
+        ("prim_zip_deflate1", zip::CompressionMethod::Deflated),
+    ] {
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let opts = zip::write::SimpleFileOptions::default()
+                    .compression_method(method)
+                    .compression_level((method == zip::CompressionMethod::Deflated).then_some(1));
+                let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::with_capacity(8192)));
+                for (name, bytes) in &entries {
+                    w.start_file(name.as_str(), opts).unwrap();
+                    std::io::Write::write_all(&mut w, bytes).unwrap();
+                }
+                black_box(w.finish().unwrap().into_inner())
+            })
+        });
+    }
+    g.bench_function("prim_sha256_2k", |b| {
+        b.iter(|| black_box(<sha2::Sha256 as sha2::Digest>::digest(black_box(&data))))
     });
     g.finish();
 }

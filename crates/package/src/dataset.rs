@@ -1,14 +1,14 @@
 //! One agency-signed dataset: data files, `manifest.json`, its signatures (`manifest.jws`,
 //! `manifest.sig`) and `chain.pem`; signing by the agency and the four ordered verification checks.
 
+use crate::ecdsa::{KeyPair, PublicKey};
 use crate::jws::{self, Compact};
 use crate::pem;
 use crate::pki::{CertError, TrustStore, common_name};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use mydata_core::Timestamp;
-use p256::ecdsa::signature::{Signer, Verifier};
-use p256::ecdsa::{DerSignature, Signature, SigningKey, VerifyingKey};
+use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,8 @@ pub enum SignError {
     NoFiles,
     #[error("manifest serialisation failed: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the signing key cannot be used: {0}")]
+    Key(String),
 }
 
 /// Why one verification check failed. Each check has its own variants.
@@ -195,7 +197,7 @@ impl DatasetReport {
 
 /// An agency's signing key and certificate chain (leaf first), ready to sign many datasets.
 pub struct AgencySigner {
-    key: SigningKey,
+    key: KeyPair,
     agency_id: String,
     chain_pem: Vec<u8>,
     /// base64url of the JWS protected header, computed once.
@@ -222,6 +224,7 @@ impl AgencySigner {
         if &cert_key != key.verifying_key() {
             return Err(SignError::KeyMismatch);
         }
+        let key = KeyPair::new(key).map_err(SignError::Key)?;
         let agency_id = common_name(ee.subject()).ok_or(SignError::NoAgencyId)?;
         let x5c: Vec<String> = chain.iter().map(|c| STANDARD.encode(c)).collect();
         let header = serde_json::json!({"alg": "ES256", "typ": "JOSE", "x5c": x5c});
@@ -287,12 +290,12 @@ impl AgencySigner {
         // Serialised once; these exact bytes are what both signatures cover.
         let manifest_json = serde_json::to_vec(&manifest)?;
         let manifest_jws = jws::sign_compact(&self.key, &self.jws_header_b64, &manifest_json);
-        let sig: Signature = self.key.sign(&manifest_json);
+        let manifest_sig = self.key.sign_der(&manifest_json);
         Ok(SignedDataset {
             dataset_id: dataset_id.to_owned(),
             manifest_json,
             manifest_jws: manifest_jws.into_bytes(),
-            manifest_sig: sig.to_der().as_bytes().to_vec(),
+            manifest_sig,
             chain_pem: self.chain_pem.clone(),
             files: by_name,
         })
@@ -352,13 +355,16 @@ pub fn verify_dataset(ds: &SignedDataset, trust: &TrustStore, now: Timestamp) ->
         }
     };
     // 2. public key from that certificate
-    let key = match VerifyingKey::from_public_key_der(ee.subject_public_key_info().as_ref()) {
+    let key = match VerifyingKey::from_public_key_der(ee.subject_public_key_info().as_ref())
+        .map_err(|e| e.to_string())
+        .and_then(|k| PublicKey::new(&k))
+    {
         Ok(k) => {
             report.public_key = Verdict::Passed;
             k
         }
         Err(e) => {
-            report.public_key = Verdict::Failed(DatasetError::PublicKey(e.to_string()));
+            report.public_key = Verdict::Failed(DatasetError::PublicKey(e));
             return report;
         }
     };
@@ -382,7 +388,7 @@ pub fn verify_dataset(ds: &SignedDataset, trust: &TrustStore, now: Timestamp) ->
 
 fn check_manifest(
     ds: &SignedDataset,
-    key: &VerifyingKey,
+    key: &PublicKey,
     leaf_der: &[u8],
     cert_agency: &str,
 ) -> Result<Manifest, DatasetError> {
@@ -404,8 +410,11 @@ fn check_manifest(
     if jws.payload != ds.manifest_json {
         return Err(DatasetError::JwsPayloadMismatch);
     }
-    let sig = DerSignature::from_bytes(&ds.manifest_sig).map_err(|_| DatasetError::SigMalformed)?;
-    if key.verify(&ds.manifest_json, &sig).is_err() {
+    // Parsed apart from the check so that garbage and a wrong signature keep distinct errors.
+    if p256::ecdsa::DerSignature::from_bytes(&ds.manifest_sig).is_err() {
+        return Err(DatasetError::SigMalformed);
+    }
+    if !key.verify_der(&ds.manifest_json, &ds.manifest_sig) {
         return Err(DatasetError::SigInvalid);
     }
     let m: Manifest = serde_json::from_slice(&ds.manifest_json)

@@ -1,24 +1,24 @@
 //! JWS compact serialisation (RFC 7515) with ES256 (RFC 7518 §3.4: raw r||s signature).
 
+use crate::ecdsa::{KeyPair, PublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use p256::ecdsa::signature::{Signer, Verifier};
-use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 
 pub(crate) fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// `header_b64` is the already-encoded protected header (precomputed by long-lived signers).
-pub(crate) fn sign_compact(key: &SigningKey, header_b64: &str, payload: &[u8]) -> String {
+pub(crate) fn sign_compact(key: &KeyPair, header_b64: &str, payload: &[u8]) -> String {
     let payload_len = payload.len().div_ceil(3) * 4;
+    // + '.' and the 86 base64url characters of the 64-byte signature.
     let mut out = String::with_capacity(header_b64.len() + payload_len + 90);
     out.push_str(header_b64);
     out.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut out);
-    let sig: Signature = key.sign(out.as_bytes());
+    let sig = key.sign_fixed(out.as_bytes());
     out.push('.');
-    URL_SAFE_NO_PAD.encode_string(sig.to_bytes(), &mut out);
+    URL_SAFE_NO_PAD.encode_string(sig, &mut out);
     out
 }
 
@@ -27,7 +27,7 @@ pub(crate) fn sign_compact(key: &SigningKey, header_b64: &str, payload: &[u8]) -
 pub(crate) struct Compact<'a> {
     pub header: serde_json::Map<String, serde_json::Value>,
     pub payload: Vec<u8>,
-    signature: Signature,
+    signature: Vec<u8>,
     signing_input: &'a [u8],
 }
 
@@ -53,8 +53,11 @@ impl<'a> Compact<'a> {
             other => return Err(format!("alg must be ES256, found {other:?}")),
         }
         let payload = decode(p, "payload")?;
-        let signature = Signature::from_slice(&decode(s, "signature")?)
-            .map_err(|_| "signature is not a 64-byte ES256 value".to_owned())?;
+        let signature = decode(s, "signature")?;
+        // Same refusal as before the switch to AWS-LC: r and s must each be in 1..n.
+        if p256::ecdsa::Signature::from_slice(&signature).is_err() {
+            return Err("signature is not a 64-byte ES256 value".to_owned());
+        }
         let signing_input = &token[..h.len() + 1 + p.len()];
         Ok(Self {
             header,
@@ -64,7 +67,7 @@ impl<'a> Compact<'a> {
         })
     }
 
-    pub fn verify(&self, key: &VerifyingKey) -> bool {
-        key.verify(self.signing_input, &self.signature).is_ok()
+    pub fn verify(&self, key: &PublicKey) -> bool {
+        key.verify_fixed(self.signing_input, &self.signature)
     }
 }

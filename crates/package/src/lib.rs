@@ -7,6 +7,7 @@
 //! Time is always passed in; nothing here reads the wall clock.
 
 pub mod dataset;
+mod ecdsa;
 mod jws;
 pub mod package;
 mod pem;

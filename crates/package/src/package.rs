@@ -4,6 +4,7 @@
 use crate::dataset::{
     DatasetReport, RESERVED_NAMES, SignedDataset, Verdict, is_safe_name, verify_dataset,
 };
+use crate::ecdsa::{KeyPair, PublicKey};
 use crate::jws::{self, Compact};
 use crate::pki::TrustStore;
 use mydata_core::Timestamp;
@@ -38,7 +39,7 @@ pub struct Receipt {
 
 /// The platform's signing key (receipts, audit tree heads) with its key ID (`kid` header).
 pub struct PlatformSigner {
-    key: SigningKey,
+    key: KeyPair,
     kid: String,
     header_b64: String,
 }
@@ -53,7 +54,7 @@ impl PlatformSigner {
     pub fn new(key: SigningKey, kid: &str) -> Result<Self, PackageError> {
         let header = serde_json::json!({"alg": "ES256", "typ": "JOSE", "kid": kid});
         Ok(Self {
-            key,
+            key: KeyPair::new(key).map_err(PackageError::Key)?,
             kid: kid.to_owned(),
             header_b64: jws::b64url(&serde_json::to_vec(&header)?),
         })
@@ -116,7 +117,8 @@ pub enum PlatformJwsError {
 /// Checks a compact JWS made by [`PlatformSigner::sign`] and returns its payload.
 pub fn verify_platform_jws(token: &[u8], key: &VerifyingKey) -> Result<Vec<u8>, PlatformJwsError> {
     let c = Compact::parse(token).map_err(PlatformJwsError::Malformed)?;
-    if !c.verify(key) {
+    let key = PublicKey::new(key).map_err(PlatformJwsError::Malformed)?;
+    if !c.verify(&key) {
         return Err(PlatformJwsError::SignatureInvalid);
     }
     Ok(c.payload)
@@ -137,6 +139,8 @@ pub enum PackageError {
     Io(#[from] std::io::Error),
     #[error("receipt serialisation failed: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the platform signing key cannot be used: {0}")]
+    Key(String),
 }
 
 /// Collects the signed datasets of one transfer and writes the zip.
@@ -210,18 +214,19 @@ impl PackageBuilder {
         );
 
         let total: usize = entries.iter().map(|(p, b)| p.len() + b.len() + 100).sum();
-        let mut zip = ZipWriter::new(Cursor::new(Vec::with_capacity(total / 2 + 1024)));
-        // Fast deflate for data and manifest; signatures and certificates barely compress, so they
-        // are stored and skip a deflate stream set-up each.
+        let mut zip = ZipWriter::new(Cursor::new(Vec::with_capacity(total + 1024)));
         let deflated = SimpleFileOptions::default()
             .compression_method(CompressionMethod::Deflated)
             .compression_level(Some(1));
         let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
         for (path, bytes) in &entries {
-            let incompressible = [".jws", ".sig", ".pem"].iter().any(|s| path.ends_with(s));
             zip.start_file(
                 path.as_str(),
-                if incompressible { stored } else { deflated },
+                if worth_deflating(path, bytes) {
+                    deflated
+                } else {
+                    stored
+                },
             )?;
             zip.write_all(bytes)?;
         }
@@ -229,6 +234,21 @@ impl PackageBuilder {
         zip.write_all(receipt_jws.as_bytes())?;
         Ok(zip.finish()?.into_inner())
     }
+}
+
+/// Below this size an entry is stored: setting up a deflate stream costs ~12 µs, about as much as
+/// signing, to save at most a few hundred bytes (docs/PERFORMANCE.md, `prim_zip_*`).
+const DEFLATE_MIN_BYTES: usize = 8 * 1024;
+
+/// Whether deflating an entry pays: large, and not a format that is random or compressed already.
+fn worth_deflating(path: &str, bytes: &[u8]) -> bool {
+    const INCOMPRESSIBLE: [&str; 9] = [
+        ".jws", ".sig", ".pem", ".pdf", ".zip", ".png", ".jpg", ".jpeg", ".gz",
+    ];
+    bytes.len() >= DEFLATE_MIN_BYTES
+        && !INCOMPRESSIBLE
+            .iter()
+            .any(|ext| path.to_ascii_lowercase().ends_with(ext))
 }
 
 /// SHA-256 hex over `"<path> <sha256 hex>\n"` lines; `entries` must be sorted by path.
@@ -569,7 +589,9 @@ pub fn verify_package_with_limits(
         }
     };
     if let Some(key) = platform_key {
-        report.receipt_signature = if jws.verify(key) {
+        // A key AWS-LC cannot load counts as a failed check (fail closed); p256 keys always load.
+        let verified = PublicKey::new(key).is_ok_and(|k| jws.verify(&k));
+        report.receipt_signature = if verified {
             Verdict::Passed
         } else {
             Verdict::Failed(ReceiptError::SignatureInvalid)

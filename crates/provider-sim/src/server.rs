@@ -71,6 +71,13 @@ pub struct FaultConfig {
     pub bad_signature: bool,
     /// Sign with a certificate that has already expired.
     pub expired_certificate: bool,
+    /// Answer a dataset without any signature (no JWS, no DER signature, no chain).
+    pub unsigned: bool,
+    /// Sign the dataset with another agency's certificate.
+    pub wrong_agency: bool,
+    /// Pad each dataset answer with this many extra bytes (an unknown `padding` member), up to
+    /// 64 MiB, to test the platform's size limit.
+    pub oversized_bytes: u64,
 }
 
 impl FaultConfig {
@@ -78,6 +85,11 @@ impl FaultConfig {
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(ApiError::InvalidBody(
                 "error_rate must be between 0 and 1".into(),
+            ));
+        }
+        if self.oversized_bytes > 64 * 1024 * 1024 {
+            return Err(ApiError::InvalidBody(
+                "oversized_bytes must be at most 67108864".into(),
             ));
         }
         Ok(())
@@ -362,6 +374,13 @@ impl Simulator {
             .collect();
         let signer = if faults.expired_certificate {
             &keys.expired
+        } else if faults.wrong_agency {
+            // Any other agency: a valid certificate, but not of the agency holding the dataset.
+            self.agencies
+                .iter()
+                .filter(|(id, _)| **id != dataset.agency)
+                .min_by(|a, b| a.0.cmp(b.0))
+                .map_or(&keys.signer, |(_, k)| &k.signer)
         } else {
             &keys.signer
         };
@@ -384,9 +403,21 @@ impl Simulator {
         if faults.bad_signature {
             corrupt_signatures(&mut body);
         }
+        if faults.unsigned {
+            body.manifest_jws.clear();
+            body.manifest_sig.clear();
+            body.chain_pem.clear();
+        }
         if faults.malformed {
             let json = [(header::CONTENT_TYPE, "application/json")];
             return Ok((StatusCode::OK, json, r#"{"manifest": "{\"version\":1,"#).into_response());
+        }
+        if faults.oversized_bytes > 0 {
+            let mut value =
+                serde_json::to_value(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let pad = usize::try_from(faults.oversized_bytes).unwrap_or(0);
+            value["padding"] = serde_json::Value::String("x".repeat(pad));
+            return Ok((StatusCode::OK, axum::Json(value)).into_response());
         }
         Ok((StatusCode::OK, axum::Json(body)).into_response())
     }

@@ -1,5 +1,5 @@
 //! Background work of a server process: job workers that run durable jobs from the database queue,
-//! and the expiry sweep that ends transfers past their 8 hours. All tasks are spawned here, each with
+//! and the expiry sweep that ends transfers past their 8 hours and destroys their packages. All tasks are spawned here, each with
 //! a name, and all stop when [`Background::shutdown`] is called.
 //!
 //! Nothing here keeps state another process needs: a job is claimed with a lease in the database, so
@@ -225,6 +225,11 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(transfers = n, "expired transfers ended"),
             Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+        match crate::packages::purge_expired_data(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(packages = n, "expired packages destroyed"),
+            Err(e) => tracing::warn!(error = %e, "package purge failed"),
         }
         match crate::identity::session::sweep(&state).await {
             Ok(0) => {}

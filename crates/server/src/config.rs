@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Top-level keys; environment variables naming anything else (such as `MYDATA_CONFIG`) are ignored.
-const TOP_LEVEL_KEYS: [&str; 11] = [
-    "listen", "data_dir", "database", "http", "log", "tls", "catalog", "jobs", "keys", "identity",
-    "messages",
+const TOP_LEVEL_KEYS: [&str; 14] = [
+    "listen", "data_dir", "database", "http", "log", "tls", "catalog", "jobs", "keys", "agencies",
+    "storage", "dev", "identity", "messages",
 ];
 
 /// Every setting of the platform.
@@ -36,6 +36,119 @@ pub struct Settings {
     pub keys: KeySettings,
     pub identity: crate::identity::IdentitySettings,
     pub messages: crate::identity::messages::MessageSettings,
+    pub agencies: AgencySettings,
+    pub storage: StorageSettings,
+    pub dev: DevSettings,
+}
+
+/// How the platform reaches data-provider agencies and which agency certificates it trusts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencySettings {
+    /// Base URL serving `/agencies/{agency_id}/v1/...` for every agency without an entry in
+    /// `endpoints`; empty: none.
+    pub base_url: String,
+    /// Base URL per agency ID.
+    pub endpoints: std::collections::BTreeMap<String, String>,
+    /// PEM files of the roots agency certificates must chain to.
+    pub trust_roots: Vec<PathBuf>,
+    /// CRL files (PEM or DER) of those CAs.
+    pub crl_files: Vec<PathBuf>,
+    /// CRL addresses, downloaded at every trust refresh.
+    pub crl_urls: Vec<String>,
+    /// Accept certificates whose CA has no CRL configured (revocation then unchecked).
+    pub allow_missing_crl: bool,
+    /// How often roots and CRLs are re-read.
+    pub trust_refresh_secs: u64,
+    /// Longest one agency call may take.
+    pub request_timeout_ms: u64,
+    /// Largest agency answer read; larger ones are refused.
+    pub max_response_bytes: usize,
+    /// Calls in flight per agency, over all processes sharing the database.
+    pub concurrency: u32,
+    /// Consecutive outages (5xx, timeouts, unreachable) that open an agency's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit stays open before one probe call is let through.
+    pub circuit_open_secs: u64,
+    /// First retry wait after a transient error (doubles per attempt, with jitter).
+    pub retry_base_ms: u64,
+    /// Longest single retry wait (an agency's Retry-After may be longer).
+    pub retry_max_delay_secs: u64,
+    /// A dataset fetch gives up this long after its first call (and always at the transfer's expiry).
+    pub fetch_deadline_secs: u64,
+}
+
+impl Default for AgencySettings {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            endpoints: std::collections::BTreeMap::new(),
+            trust_roots: Vec::new(),
+            crl_files: Vec::new(),
+            crl_urls: Vec::new(),
+            allow_missing_crl: false,
+            trust_refresh_secs: 3600,
+            request_timeout_ms: 20_000,
+            max_response_bytes: 16 * 1024 * 1024,
+            concurrency: 8,
+            circuit_failures: 5,
+            circuit_open_secs: 60,
+            retry_base_ms: 2000,
+            retry_max_delay_secs: 300,
+            fetch_deadline_secs: 3 * 3600,
+        }
+    }
+}
+
+/// Where sealed packages and fetched datasets are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `local` (a directory) or `s3` (any S3-compatible service).
+    pub backend: StorageBackend,
+    /// Directory of the `local` backend; empty: `<data_dir>/objects`.
+    pub local_dir: String,
+    pub s3: S3Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+    S3,
+}
+
+/// The `s3` backend. Empty values fall back to the standard `AWS_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: String,
+    /// For S3-compatible services (MinIO, Ceph, ...): their URL.
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Allow an `http://` endpoint (test set-ups only).
+    pub allow_http: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Local,
+            local_dir: String::new(),
+            s3: S3Settings::default(),
+        }
+    }
+}
+
+/// Developer conveniences; never on in production.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevSettings {
+    /// Serve `/api/v1/dev/*`: start a fetch for a synthetic person without the identity flow,
+    /// and take its package. `demo` turns it on.
+    pub endpoints: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,10 +158,16 @@ pub struct KeySettings {
     /// means `<data_dir>/keys/platform-signing.pem`, created on first start. Processes that share a
     /// database must share this key.
     pub platform_signing_key: String,
-    /// File of the 32-byte secret that turns ID numbers into subject pseudonyms (HMAC-SHA256).
-    /// Empty means `<data_dir>/keys/subject-pseudonym.key`, created on first start. Losing or
-    /// changing it disconnects every person from their history: back it up with the database.
-    pub subject_pseudonym_key: String,
+    /// File of the 32-byte secret that hashes client addresses (lockout counters) and one-time
+    /// codes (HMAC-SHA256). Empty means `<data_dir>/keys/identity-hash.key`, created on first
+    /// start. Processes that share a database must share it.
+    #[serde(default)]
+    pub identity_hash_key: String,
+    /// File of the platform's 256-bit data key, which wraps package keys and seals the identity a
+    /// fetch needs. Empty means `<data_dir>/keys/data.key`, created on first start. Processes that
+    /// share a database must share this key.
+    #[serde(default)]
+    pub data_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,10 +240,14 @@ impl Default for Settings {
             jobs: crate::background::JobSettings::default(),
             keys: KeySettings {
                 platform_signing_key: String::new(),
-                subject_pseudonym_key: String::new(),
+                identity_hash_key: String::new(),
+                data_key: String::new(),
             },
             identity: crate::identity::IdentitySettings::default(),
             messages: crate::identity::messages::MessageSettings::default(),
+            agencies: AgencySettings::default(),
+            storage: StorageSettings::default(),
+            dev: DevSettings::default(),
         }
     }
 }
@@ -183,6 +306,36 @@ impl Settings {
                 "jobs.lease_secs and jobs.sweep_interval_secs must be at least 1",
             );
         }
+        let a = &self.agencies;
+        if a.request_timeout_ms == 0 || a.max_response_bytes == 0 || a.concurrency == 0 {
+            return bad(
+                "agencies",
+                "request_timeout_ms, max_response_bytes and concurrency must be at least 1",
+            );
+        }
+        if a.circuit_failures == 0 || a.fetch_deadline_secs == 0 || a.retry_base_ms == 0 {
+            return bad(
+                "agencies",
+                "circuit_failures, fetch_deadline_secs and retry_base_ms must be at least 1",
+            );
+        }
+        for (key, value) in std::iter::once(("agencies.base_url", &a.base_url))
+            .chain(a.endpoints.values().map(|v| ("agencies.endpoints", v)))
+            .chain(a.crl_urls.iter().map(|v| ("agencies.crl_urls", v)))
+        {
+            let ok = value.is_empty()
+                || url::Url::parse(value)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return bad(key, &format!("`{value}` is not an http(s) URL"));
+            }
+        }
+        if self.storage.backend == StorageBackend::S3 && self.storage.s3.bucket.is_empty() {
+            return bad(
+                "storage.s3.bucket",
+                "is required when storage.backend is `s3`",
+            );
+        }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");
         }
@@ -225,12 +378,30 @@ impl Settings {
         }
     }
 
-    /// Where the subject pseudonym key is kept.
-    pub fn pseudonym_key_path(&self) -> PathBuf {
-        if self.keys.subject_pseudonym_key.is_empty() {
-            self.data_dir.join("keys").join("subject-pseudonym.key")
+    /// Where the identity hash key is kept.
+    pub fn identity_hash_key_path(&self) -> PathBuf {
+        if self.keys.identity_hash_key.is_empty() {
+            self.data_dir.join("keys").join("identity-hash.key")
         } else {
-            PathBuf::from(&self.keys.subject_pseudonym_key)
+            PathBuf::from(&self.keys.identity_hash_key)
+        }
+    }
+
+    /// Where the data key is kept.
+    pub fn data_key_path(&self) -> PathBuf {
+        if self.keys.data_key.is_empty() {
+            self.data_dir.join("keys").join("data.key")
+        } else {
+            PathBuf::from(&self.keys.data_key)
+        }
+    }
+
+    /// The directory of the local object store.
+    pub fn objects_dir(&self) -> PathBuf {
+        if self.storage.local_dir.is_empty() {
+            self.data_dir.join("objects")
+        } else {
+            PathBuf::from(&self.storage.local_dir)
         }
     }
 

@@ -4,18 +4,22 @@
 //! Layout: [`config`] (settings), [`serve`] (start and stop), [`app`] (router and layers),
 //! [`routes`] (handlers), [`pages`] (templates), [`error`] (error mapping), [`i18n`] (languages).
 
+pub mod agencies;
 pub mod app;
 pub mod background;
+pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod i18n;
 pub mod identity;
 pub mod keys;
+pub mod packages;
 pub mod pages;
 pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
+pub mod vault;
 
 pub use config::Settings;
 pub use serve::{Server, load_catalog, shutdown_signal};

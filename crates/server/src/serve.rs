@@ -49,6 +49,7 @@ impl Server {
         let catalog = load_catalog(settings.catalog_dir().as_deref())?;
         let platform = crate::keys::load_or_create_platform_signer(&settings)?;
         let identity = crate::identity::Identity::load(&settings)?;
+        let data = crate::agencies::DataPath::from_settings(&settings)?;
         let url = settings.database_url();
         let store = Store::connect(
             &url,
@@ -74,8 +75,11 @@ impl Server {
         );
         Ok(Self {
             listener,
-            state: AppState::new(catalog, store, clock, settings, platform, identity),
-            handlers: Vec::new(),
+            state: AppState::new(catalog, store, clock, settings, platform, data, identity),
+            handlers: vec![
+                Arc::new(crate::agencies::FetchHandler),
+                Arc::new(crate::packages::PackageHandler),
+            ],
         })
     }
 

@@ -19,6 +19,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     settings: Settings,
     platform: mydata_package::PlatformSigner,
+    data: crate::agencies::DataPath,
     identity: crate::identity::Identity,
 }
 
@@ -29,6 +30,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
         settings: Settings,
         platform: mydata_package::PlatformSigner,
+        data: crate::agencies::DataPath,
         identity: crate::identity::Identity,
     ) -> Self {
         Self {
@@ -38,9 +40,15 @@ impl AppState {
                 clock,
                 settings,
                 platform,
+                data,
                 identity,
             }),
         }
+    }
+
+    /// The data path: agency client, trust roots, blob storage, data key.
+    pub fn data(&self) -> &crate::agencies::DataPath {
+        &self.inner.data
     }
 
     /// The platform's signing key (receipts, tree heads).

@@ -115,6 +115,9 @@ impl TryFrom<JobRow> for Job {
     }
 }
 
+pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+                   VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING";
+
 const JOB_COLUMNS: &str = "id, queue, payload, state, attempts, max_attempts, run_at, lease_owner, lease_until, last_error";
 
 /// Due: queued and its time has come, or running with a lease that ran out (its worker died).
@@ -123,9 +126,7 @@ const DUE: &str = "queue = $4 AND ((state = 'queued' AND run_at <= $3) OR (state
 impl Store {
     /// Adds a job. Returns false when a job with the same `dedup_key` already exists.
     pub async fn enqueue_job(&self, job: &NewJob, now: Timestamp) -> Result<bool> {
-        let sql = "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-                   VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING";
-        let res = on_pool!(self, pool => sqlx::query(sql)
+        let res = on_pool!(self, pool => sqlx::query(INSERT_JOB)
             .bind(&job.id)
             .bind(&job.queue)
             .bind(job.payload.to_string())

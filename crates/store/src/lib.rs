@@ -8,6 +8,7 @@
 
 mod audit;
 mod audit_tree;
+mod fetches;
 mod identity;
 mod jobs;
 #[cfg(feature = "testing")]
@@ -17,6 +18,10 @@ mod transfers;
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use audit_tree::{
     AuditProblem, AuditReport, LeafRow, TreeHead, canonical_entry, event_leaf_hash,
+};
+pub use fetches::{
+    Admission, AgencyCircuit, AgencyLimits, FetchProgress, FetchRecord, FetchSettlement, Leftover,
+    PackageRecord, status as fetch_status,
 };
 pub use identity::{
     ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,

@@ -34,12 +34,22 @@ pub struct Transfer {
     pub datasets: Vec<TransferDataset>,
 }
 
-/// One dataset of a transfer and where its fetch stands.
+/// One dataset of a transfer and where its fetch stands (see `fetches` for the status values).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TransferDataset {
     pub dataset_id: String,
     pub status: String,
     pub updated_at: Timestamp,
+    /// Calls made to the agency for it.
+    pub attempts: u32,
+    /// Stable code of the last problem (refusal, rejection, transient error), no personal data.
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// SHA-256 of the agency-signed manifest, once the dataset was fetched and verified.
+    pub digest: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub next_attempt_at: Option<Timestamp>,
+    pub settled_at: Option<Timestamp>,
 }
 
 const SELECT_TRANSFER: &str = "SELECT id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version FROM transfers";
@@ -83,6 +93,13 @@ struct DatasetRow {
     dataset_id: String,
     status: String,
     updated_at: i64,
+    attempts: i64,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    digest: Option<String>,
+    started_at: Option<i64>,
+    next_attempt_at: Option<i64>,
+    settled_at: Option<i64>,
 }
 
 impl Store {
@@ -155,8 +172,9 @@ impl Store {
         Ok(Some(t))
     }
 
-    async fn transfer_datasets(&self, id: &str) -> Result<Vec<TransferDataset>> {
-        let sql = "SELECT dataset_id, status, updated_at FROM transfer_datasets WHERE transfer_id = $1 ORDER BY position";
+    pub(crate) async fn transfer_datasets(&self, id: &str) -> Result<Vec<TransferDataset>> {
+        let sql = "SELECT dataset_id, status, updated_at, attempts, error_code, error_message, digest, started_at, next_attempt_at, settled_at
+                   FROM transfer_datasets WHERE transfer_id = $1 ORDER BY position";
         let rows: Vec<DatasetRow> =
             on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_all(pool).await?);
         Ok(rows
@@ -165,6 +183,13 @@ impl Store {
                 dataset_id: r.dataset_id,
                 status: r.status,
                 updated_at: Timestamp::from_millis(r.updated_at),
+                attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+                error_code: r.error_code,
+                error_message: r.error_message,
+                digest: r.digest,
+                started_at: r.started_at.map(Timestamp::from_millis),
+                next_attempt_at: r.next_attempt_at.map(Timestamp::from_millis),
+                settled_at: r.settled_at.map(Timestamp::from_millis),
             })
             .collect())
     }

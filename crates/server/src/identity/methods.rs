@@ -123,7 +123,7 @@ impl Method for NhiCard {
             };
             let card = digits(form, "nhi_card_no", 12..=12).map_err(|_| Refusal::WrongPassword)?;
             let password = form.get("password").map(String::as_str).unwrap_or_default();
-            let pseudonym = cx.state.identity().pseudonyms.subject(account);
+            let pseudonym = super::subject_pseudonym(cx.state, account);
             let stored = cx
                 .state
                 .store()

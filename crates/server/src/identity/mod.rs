@@ -231,6 +231,17 @@ impl Refusal {
     }
 }
 
+/// The subject's keyed pseudonym: the same one the data path records transfers under
+/// (`Vault::pseudonym`, HMAC-SHA256 of the ID number or 統一編號), so a session and the transfers
+/// it starts name the same subject.
+pub fn subject_pseudonym(state: &crate::state::AppState, id: &SubjectId) -> String {
+    let raw = match id {
+        SubjectId::Person(n) => n.as_str(),
+        SubjectId::Company(b) => b.as_str(),
+    };
+    state.data().vault.pseudonym(raw)
+}
+
 /// Long-lived identity services of one process: the pseudonym key, the agency client and the
 /// methods on offer.
 #[derive(Debug, Clone)]
@@ -243,7 +254,9 @@ pub struct Identity {
 impl Identity {
     /// Loads (or creates) the pseudonym key and sets up the methods the settings allow.
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
-        let pseudonyms = Arc::new(Pseudonyms::load_or_create(&settings.pseudonym_key_path())?);
+        let pseudonyms = Arc::new(Pseudonyms::load_or_create(
+            &settings.identity_hash_key_path(),
+        )?);
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())

@@ -1,11 +1,10 @@
-//! Subject pseudonyms: HMAC-SHA256 of an ID number (or 統一編號) under a platform secret, used
-//! everywhere instead of the number. The same secret also hashes client addresses for lockout and
-//! one-time codes for storage, each under its own label so the uses never collide.
+//! Keyed hashes of identity state: client addresses (lockout counters, so no IP address is stored)
+//! and one-time codes (stored hashed), each under its own label so the uses never collide. Subject
+//! pseudonyms themselves come from the data path's vault (see `identity::subject_pseudonym`).
 //!
 //! The secret is 32 random bytes in a file (mode 0600), created on first start like the platform
 //! signing key. Every process sharing a database must share it.
 
-use super::SubjectId;
 use anyhow::Context;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -83,14 +82,6 @@ impl Pseudonyms {
         hex::encode(m.finalize().into_bytes())
     }
 
-    /// The subject's pseudonym (`p-…` for persons, `c-…` for companies).
-    pub fn subject(&self, id: &SubjectId) -> String {
-        match id {
-            SubjectId::Person(n) => format!("p-{}", self.mac("person", n.as_str())),
-            SubjectId::Company(b) => format!("c-{}", self.mac("company", b.as_str())),
-        }
-    }
-
     /// The lockout key of a client address.
     pub fn address(&self, addr: &str) -> String {
         format!("addr-{}", &self.mac("address", addr)[..32])
@@ -105,20 +96,16 @@ impl Pseudonyms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mydata_core::{BusinessId, IdNumber};
 
     #[test]
-    fn pseudonyms_are_keyed_stable_and_separate_by_kind() {
+    fn hashes_are_keyed_and_separate_by_use() {
         let a = Pseudonyms::from_key([1; 32]);
         let b = Pseudonyms::from_key([2; 32]);
-        let id = SubjectId::Person(IdNumber::parse("A123456789").unwrap());
-        let p = a.subject(&id);
-        assert_eq!(p, a.subject(&id));
-        assert_ne!(p, b.subject(&id));
-        assert!(p.starts_with("p-") && !p.contains("A123456789"));
-        let c = a.subject(&SubjectId::Company(BusinessId::parse("04595257").unwrap()));
-        assert!(c.starts_with("c-"));
+        assert_eq!(a.address("10.0.0.1"), a.address("10.0.0.1"));
+        assert_ne!(a.address("10.0.0.1"), b.address("10.0.0.1"));
+        assert!(!a.address("10.0.0.1").contains("10.0.0.1"));
         assert_ne!(a.code("x", "123456"), a.code("y", "123456"));
+        assert_ne!(a.code("x", "123456"), b.code("x", "123456"));
     }
 
     #[test]

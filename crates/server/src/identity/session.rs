@@ -304,7 +304,7 @@ pub fn kind_code(k: SubjectKind) -> &'static str {
 
 /// The pseudonym of a proven subject.
 pub fn pseudonym(state: &AppState, id: &SubjectId) -> String {
-    state.identity().pseudonyms.subject(id)
+    super::subject_pseudonym(state, id)
 }
 
 /// Removes ended sessions, stale codes, challenges and lockout counters.

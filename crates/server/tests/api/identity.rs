@@ -266,7 +266,7 @@ async fn world_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Worl
         backend,
         |s| {
             s.keys.platform_signing_key = key_path.display().to_string();
-            s.keys.subject_pseudonym_key = pseudonym_key.display().to_string();
+            s.keys.identity_hash_key = pseudonym_key.display().to_string();
             s.identity.registry_url = sim_url;
             s.identity.certificate_roots = roots;
             s.identity.certificate_crls = crls;
@@ -442,7 +442,7 @@ async fn refused(r: reqwest::Response, status: u16, code: &str) -> String {
 
 /// Marks the person as having done first use, so a test can skip the code step.
 async fn known(w: &World, id: &SubjectId) {
-    let p = w.app.state.identity().pseudonyms.subject(id);
+    let p = mydata_server::identity::subject_pseudonym(&w.app.state, id);
     let store = &w.app.db.store;
     store
         .ensure_subject(&p, "natural", Timestamp::from_millis(T0))
@@ -545,12 +545,7 @@ async fn dual_id_with_first_use_code_by_email_then_a_second_sign_in_skips_it() {
             .await;
         assert_eq!(r.status(), 403, "the old session's token no longer exists");
         // The job that carried the address and code was emptied once sent.
-        let p = w
-            .app
-            .state
-            .identity()
-            .pseudonyms
-            .subject(&person_id(&w.person));
+        let p = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&w.person));
         assert_eq!(
             w.app.db.store.contacts(&p).await.unwrap()[0].address,
             "citizen@example.org"
@@ -708,7 +703,10 @@ async fn lockout_per_account_and_per_address_and_its_expiry() {
             .app
             .db
             .store
-            .audit_for_subject(&w.app.state.identity().pseudonyms.subject(&person_id(&p)))
+            .audit_for_subject(&mydata_server::identity::subject_pseudonym(
+                &w.app.state,
+                &person_id(&p),
+            ))
             .await
             .unwrap()
             .into_iter()
@@ -1354,12 +1352,7 @@ async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let p = w
-        .app
-        .state
-        .identity()
-        .pseudonyms
-        .subject(&person_id(&w.person));
+    let p = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&w.person));
     assert!(
         w.app
             .db

@@ -1,0 +1,678 @@
+//! Fetching datasets from agencies as durable jobs (queue [`FETCH_QUEUE`]).
+//!
+//! [`start_fetch`] records the person's consent: the identity the agencies need is sealed for the
+//! transfer, the transfer moves to `fetching`, and one job per dataset is enqueued, in one
+//! transaction. Each run of a job makes at most one agency call and then records where the fetch
+//! stands; it never sleeps: "not ready" reschedules the job at the agency's `Retry-After`, transient
+//! errors at an exponential back-off with jitter, both within the fetch deadline. Before a call the
+//! agency's circuit breaker and concurrency limit are checked in the database, so they hold over
+//! every process. A dataset is stored (sealed, in blob storage) only after every check of
+//! `mydata_connector::verify` passed. When the last dataset settles, the package job is enqueued.
+
+use crate::background::{BoxFuture, JobHandler, JobOutcome};
+use crate::blobs::Blobs;
+use crate::config::Settings;
+use crate::state::AppState;
+use crate::vault::Vault;
+use anyhow::Context;
+use mydata_connector::{
+    AgencyClient, Answer, Call, CallError, ClientSettings, Expected, FetchSubject, Rejection,
+    SignedDatasetBody, TrustCache, TrustSource,
+};
+use mydata_core::retry::{RetryDecision, RetryPolicy};
+use mydata_core::transfer::TransferState;
+use mydata_core::{AssuranceLevel, BusinessId, IdNumber, IdentityMethod, Timestamp};
+use mydata_store::{
+    Admission, AgencyLimits, FetchProgress, FetchSettlement, Job, NewAuditEvent, NewJob,
+    NewTransfer, StoreError, Transfer, fetch_status,
+};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use url::Url;
+
+/// The queue of dataset fetches.
+pub const FETCH_QUEUE: &str = "agency-fetch";
+/// Runs of one fetch job at most; the deadline normally ends a fetch long before.
+const FETCH_MAX_RUNS: u32 = 10_000;
+
+/// Everything the data path needs besides the database: agency client, trust, blob storage, data
+/// key, and the limits from the configuration.
+#[derive(Debug)]
+pub struct DataPath {
+    pub client: AgencyClient,
+    pub trust: TrustCache,
+    pub blobs: Blobs,
+    pub vault: Vault,
+    pub limits: AgencyLimits,
+    pub retry: RetryPolicy,
+}
+
+impl DataPath {
+    /// Builds the data path from the settings (key file and object directory created if missing).
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        let a = &settings.agencies;
+        let parse = |s: &str| Url::parse(s).with_context(|| format!("invalid agency URL `{s}`"));
+        let default_base = if a.base_url.is_empty() {
+            None
+        } else {
+            Some(parse(&a.base_url)?)
+        };
+        let mut per_agency = std::collections::BTreeMap::new();
+        for (id, u) in &a.endpoints {
+            per_agency.insert(id.clone(), parse(u)?);
+        }
+        let timeout = Duration::from_millis(a.request_timeout_ms);
+        let client = AgencyClient::new(ClientSettings {
+            default_base,
+            per_agency,
+            request_timeout: timeout,
+            max_response_bytes: a.max_response_bytes,
+        })
+        .map_err(|e| anyhow::anyhow!("cannot build the agency client: {e}"))?;
+        let mut crl_urls = Vec::new();
+        for u in &a.crl_urls {
+            crl_urls.push(parse(u)?);
+        }
+        let source = TrustSource {
+            root_files: a.trust_roots.clone(),
+            root_pems: Vec::new(),
+            crl_files: a.crl_files.clone(),
+            crl_urls,
+            allow_missing_crl: a.allow_missing_crl,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .context("cannot build the CRL client")?;
+        Ok(Self {
+            client,
+            trust: TrustCache::new(
+                source,
+                Duration::from_secs(a.trust_refresh_secs.max(1)),
+                http,
+            ),
+            blobs: Blobs::from_settings(settings)?,
+            vault: Vault::load_or_create(settings)?,
+            limits: AgencyLimits {
+                concurrency: a.concurrency,
+                // A slot outlives the longest call, so it is only ever reclaimed from a dead process.
+                slot_lease: timeout + Duration::from_secs(30),
+                failure_threshold: a.circuit_failures,
+                open_for: Duration::from_secs(a.circuit_open_secs),
+            },
+            retry: RetryPolicy {
+                base: Duration::from_millis(a.retry_base_ms),
+                max_delay: Duration::from_secs(a.retry_max_delay_secs.max(1)),
+                deadline: Duration::from_secs(a.fetch_deadline_secs),
+            },
+        })
+    }
+}
+
+/// The payload of a fetch job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchJob {
+    pub transfer_id: String,
+    pub dataset_id: String,
+}
+
+/// A request to fetch datasets for a person who has proved their identity and consented.
+#[derive(Debug, Clone)]
+pub struct StartFetch {
+    /// The transfer to create (its `subject` must be the person's pseudonym).
+    pub transfer: NewTransfer,
+    /// The ID number or 統一編號, already verified by the identity flow.
+    pub subject_id: String,
+    pub method: IdentityMethod,
+    pub level: AssuranceLevel,
+}
+
+/// Why a fetch could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("sealing the subject failed")]
+    Seal,
+}
+
+fn secret_context(transfer_id: &str) -> String {
+    format!("mydata:v1:transfer-secret:{transfer_id}")
+}
+
+/// The context under which a fetched dataset's key is sealed.
+pub fn fetched_key_context(transfer_id: &str, dataset_id: &str) -> String {
+    format!("mydata:v1:fetched-key:{transfer_id}:{dataset_id}")
+}
+
+/// Creates the transfer, seals the subject for it and enqueues one fetch job per dataset.
+pub async fn start_fetch(
+    state: &AppState,
+    req: StartFetch,
+    actor: &str,
+) -> Result<Transfer, StartError> {
+    let catalog = state.catalog();
+    let natural = IdNumber::parse(&req.subject_id).is_ok();
+    if !natural && BusinessId::parse(&req.subject_id).is_err() {
+        return Err(StartError::Invalid(
+            "the subject is neither a valid ID number nor a valid 統一編號".into(),
+        ));
+    }
+    if !req.method.level().satisfies(req.level) {
+        return Err(StartError::Invalid(format!(
+            "{} cannot reach level {}",
+            req.method.code(),
+            req.level
+        )));
+    }
+    if req.transfer.datasets.is_empty() {
+        return Err(StartError::Invalid("no dataset was chosen".into()));
+    }
+    for id in &req.transfer.datasets {
+        let d = catalog
+            .dataset(id)
+            .ok_or_else(|| StartError::Invalid(format!("dataset `{id}` does not exist")))?;
+        if !d.accepts(req.method) || !req.level.satisfies(d.min_level()) {
+            return Err(StartError::Invalid(format!(
+                "dataset `{id}` does not accept {} at level {}",
+                req.method.code(),
+                req.level
+            )));
+        }
+    }
+    let now = state.clock().now();
+    let store = state.store();
+    let t = store.create_transfer(&req.transfer, actor, now).await?;
+    let subject = FetchSubject::new(&req.subject_id, req.method.code(), req.level.number());
+    let plain =
+        zeroize::Zeroizing::new(serde_json::to_vec(&subject).map_err(|_| StartError::Seal)?);
+    let sealed = state
+        .data()
+        .vault
+        .seal(&secret_context(&t.id), &plain)
+        .map_err(|_| StartError::Seal)?;
+    let jobs: Vec<NewJob> = t
+        .datasets
+        .iter()
+        .map(|d| NewJob {
+            id: uuid::Uuid::new_v4().to_string(),
+            queue: FETCH_QUEUE.into(),
+            payload: serde_json::json!(FetchJob {
+                transfer_id: t.id.clone(),
+                dataset_id: d.dataset_id.clone(),
+            }),
+            run_at: now,
+            max_attempts: FETCH_MAX_RUNS,
+            dedup_key: Some(format!("fetch:{}:{}", t.id, d.dataset_id)),
+        })
+        .collect();
+    store
+        .begin_fetching(&t.id, &sealed, &jobs, actor, now)
+        .await?;
+    Ok(store.transfer(&t.id).await?.unwrap_or(t))
+}
+
+/// Runs the jobs of [`FETCH_QUEUE`].
+#[derive(Debug, Default)]
+pub struct FetchHandler;
+
+impl JobHandler for FetchHandler {
+    fn queue(&self) -> &'static str {
+        FETCH_QUEUE
+    }
+
+    fn run(&self, state: AppState, job: Job) -> BoxFuture<JobOutcome> {
+        Box::pin(async move {
+            let Ok(p) = serde_json::from_value::<FetchJob>(job.payload.clone()) else {
+                return JobOutcome::Failed("payload is not a fetch job".into());
+            };
+            match run_fetch(&state, &p).await {
+                Ok(o) => o,
+                // The database is unavailable: try again soon; the job's lease protects the rest.
+                Err(e) => JobOutcome::RetryAt {
+                    at: state.clock().now().plus(Duration::from_secs(5)),
+                    error: format!("store: {e}"),
+                },
+            }
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        // One agency call plus the database work around it.
+        Duration::from_secs(55)
+    }
+}
+
+fn jitter() -> f64 {
+    rand::random::<f64>()
+}
+
+/// An audit event of the agency exchange: metadata only, never the ID number or data content.
+fn agency_event(
+    kind: &str,
+    t: &Transfer,
+    agency: &str,
+    dataset: &str,
+    detail: serde_json::Value,
+    now: Timestamp,
+) -> NewAuditEvent {
+    let mut d = serde_json::json!({ "agency": agency, "dataset": dataset });
+    if let (Some(obj), serde_json::Value::Object(extra)) = (d.as_object_mut(), detail) {
+        obj.extend(extra);
+    }
+    NewAuditEvent {
+        at: now,
+        kind: kind.into(),
+        subject: Some(t.subject.clone()),
+        transfer_id: Some(t.id.clone()),
+        actor: "system".into(),
+        detail: d,
+    }
+}
+
+struct Ctx<'a> {
+    state: &'a AppState,
+    t: &'a Transfer,
+    agency: &'a str,
+    dataset: &'a str,
+}
+
+impl Ctx<'_> {
+    async fn settle(&self, s: FetchSettlement, now: Timestamp) -> Result<JobOutcome, StoreError> {
+        let event = agency_event(
+            "agency.outcome",
+            self.t,
+            self.agency,
+            self.dataset,
+            serde_json::json!({
+                "outcome": s.status,
+                "error_code": s.error_code,
+                "digest": s.digest,
+            }),
+            now,
+        );
+        tracing::info!(transfer = %self.t.id, dataset = self.dataset, agency = self.agency,
+            outcome = s.status, code = ?s.error_code, "dataset fetch settled");
+        let store = self.state.store();
+        match store
+            .settle_fetch(&self.t.id, self.dataset, &s, &event, now)
+            .await?
+        {
+            Some(true) => {
+                crate::packages::enqueue_assembly(self.state, &self.t.id, now).await?;
+                // Nothing more to fetch: the identity is no longer needed.
+                store.delete_transfer_secret(&self.t.id).await?;
+            }
+            Some(false) => {}
+            None => {
+                // Settled by someone else meanwhile: drop what this run stored.
+                if let Some(obj) = &s.data_object {
+                    let _ = self.state.data().blobs.delete(obj).await;
+                }
+            }
+        }
+        Ok(JobOutcome::Done)
+    }
+
+    async fn fail(
+        &self,
+        status: &'static str,
+        code: &str,
+        message: String,
+        now: Timestamp,
+    ) -> Result<JobOutcome, StoreError> {
+        self.settle(
+            FetchSettlement {
+                status,
+                error_code: Some(code.to_owned()),
+                error_message: Some(message),
+                digest: None,
+                data_object: None,
+                data_key: None,
+            },
+            now,
+        )
+        .await
+    }
+
+    /// Keeps the fetch open and runs the job again at `at`.
+    async fn later(
+        &self,
+        status: &'static str,
+        request_id: Option<String>,
+        code: Option<&str>,
+        message: Option<String>,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Result<JobOutcome, StoreError> {
+        let event = agency_event(
+            "agency.outcome",
+            self.t,
+            self.agency,
+            self.dataset,
+            serde_json::json!({ "outcome": status, "error_code": code, "next_attempt_at": at }),
+            now,
+        );
+        let progress = FetchProgress {
+            status,
+            agency_request_id: request_id,
+            error_code: code.map(str::to_owned),
+            error_message: message.clone(),
+            next_attempt_at: at,
+        };
+        let open = self
+            .state
+            .store()
+            .record_fetch_progress(&self.t.id, self.dataset, &progress, &event, now)
+            .await?;
+        Ok(if open {
+            JobOutcome::RetryAt {
+                at,
+                error: code.unwrap_or(status).to_owned(),
+            }
+        } else {
+            JobOutcome::Done
+        })
+    }
+}
+
+async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreError> {
+    let store = state.store();
+    let data = state.data();
+    let now = state.clock().now();
+    let Some(t) = store.transfer(&p.transfer_id).await? else {
+        return Ok(JobOutcome::Done);
+    };
+    let Some(rec) = store.fetch_record(&p.transfer_id, &p.dataset_id).await? else {
+        return Ok(JobOutcome::Done);
+    };
+    if fetch_status::is_settled(&rec.status) {
+        return Ok(JobOutcome::Done);
+    }
+    let agency = state
+        .catalog()
+        .dataset(&p.dataset_id)
+        .map(|d| d.agency.clone())
+        .unwrap_or_default();
+    let ctx = Ctx {
+        state,
+        t: &t,
+        agency: &agency,
+        dataset: &p.dataset_id,
+    };
+    if t.state != TransferState::Fetching {
+        let msg = format!("the transfer is {}", t.state);
+        return ctx
+            .fail(fetch_status::FAILED, "transfer_closed", msg, now)
+            .await;
+    }
+    if agency.is_empty() {
+        let msg = "the dataset is not in the catalogue".to_owned();
+        return ctx
+            .fail(fetch_status::FAILED, "unknown_dataset", msg, now)
+            .await;
+    }
+    let started = rec.started_at.unwrap_or(now);
+    let deadline = t.expires_at.min(started.plus(data.retry.deadline));
+    if now >= deadline {
+        let msg = "no answer from the agency before the fetch deadline".to_owned();
+        return ctx
+            .fail(fetch_status::FAILED, "deadline_exceeded", msg, now)
+            .await;
+    }
+    let Some(sealed) = store.transfer_secret(&t.id).await? else {
+        let msg = "the identity for this transfer is no longer held".to_owned();
+        return ctx
+            .fail(fetch_status::FAILED, "subject_unavailable", msg, now)
+            .await;
+    };
+    let subject: FetchSubject = match data
+        .vault
+        .open(&secret_context(&t.id), &sealed)
+        .ok()
+        .and_then(|plain| serde_json::from_slice(&plain).ok())
+    {
+        Some(s) => s,
+        None => {
+            let msg = "the sealed identity does not open with the data key".to_owned();
+            return ctx
+                .fail(fetch_status::FAILED, "subject_unavailable", msg, now)
+                .await;
+        }
+    };
+    let holder = format!("{}/{}", t.id, p.dataset_id);
+    match store
+        .admit_agency_call(&agency, &holder, &data.limits, now)
+        .await?
+    {
+        Admission::Go { .. } => {}
+        Admission::Busy => {
+            // Not an attempt: wait for a slot, spread out so waiting jobs do not return together.
+            let wait = Duration::from_millis(500).mul_f64(1.0 + jitter());
+            return Ok(JobOutcome::RetryAt {
+                at: now.plus(wait),
+                error: "agency_busy".into(),
+            });
+        }
+        Admission::Open { until } => {
+            if until >= deadline {
+                let msg = "the agency's circuit is open past the fetch deadline".to_owned();
+                return ctx
+                    .fail(fetch_status::FAILED, "circuit_open", msg, now)
+                    .await;
+            }
+            let at = until.plus(Duration::from_millis(250).mul_f64(1.0 + jitter()));
+            let msg = Some("the agency looks down; calls paused".to_owned());
+            return ctx
+                .later(
+                    open_status(&rec),
+                    rec.agency_request_id.clone(),
+                    Some("circuit_open"),
+                    msg,
+                    at,
+                    now,
+                )
+                .await;
+        }
+    }
+    let call = match &rec.agency_request_id {
+        Some(request_id) => Call::Poll {
+            transfer_id: &t.id,
+            request_id,
+        },
+        None => Call::Create {
+            transfer_id: &t.id,
+            dataset_id: &p.dataset_id,
+            subject: &subject,
+        },
+    };
+    let kind = if matches!(call, Call::Poll { .. }) {
+        "poll"
+    } else {
+        "create"
+    };
+    let request_event = agency_event(
+        "agency.request",
+        &t,
+        &agency,
+        &p.dataset_id,
+        serde_json::json!({ "call": kind }),
+        now,
+    );
+    let Some(attempt) = store
+        .record_fetch_attempt(&t.id, &p.dataset_id, &request_event, now)
+        .await?
+    else {
+        store.release_agency_slot(&holder).await?;
+        return Ok(JobOutcome::Done);
+    };
+    let answer = data.client.call(state.platform(), &agency, call, now).await;
+    drop(subject);
+    store.release_agency_slot(&holder).await?;
+    // Time passes during the call (real agencies are slow): decide with the clock after it.
+    let now = state.clock().now();
+    let outage = matches!(&answer, Err(e) if e.is_outage());
+    let opened = store
+        .record_agency_result(&agency, outage, &data.limits, now)
+        .await?;
+    if opened {
+        tracing::warn!(agency = %agency, "agency circuit opened after repeated outages");
+    }
+    match answer {
+        Ok(Answer::NotReady {
+            request_id,
+            retry_after,
+        }) => {
+            let wait = retry_after.unwrap_or(data.retry.base);
+            let at = now.plus(wait);
+            if at > deadline {
+                let msg = "the agency will not be ready before the fetch deadline".to_owned();
+                return ctx
+                    .fail(fetch_status::FAILED, "deadline_exceeded", msg, now)
+                    .await;
+            }
+            ctx.later(
+                fetch_status::NOT_READY,
+                Some(request_id),
+                None,
+                None,
+                at,
+                now,
+            )
+            .await
+        }
+        Ok(Answer::Dataset(body)) => accept(&ctx, &body, now).await,
+        Err(e) if e.is_transient() => {
+            let request_id = if e == CallError::RequestGone {
+                None
+            } else {
+                rec.agency_request_id.clone()
+            };
+            match data
+                .retry
+                .next(attempt, started, now, e.retry_after(), jitter())
+            {
+                RetryDecision::At(at) if at <= deadline => {
+                    ctx.later(
+                        fetch_status::PENDING,
+                        request_id,
+                        Some(e.code()),
+                        Some(e.to_string()),
+                        at,
+                        now,
+                    )
+                    .await
+                }
+                _ => {
+                    ctx.fail(fetch_status::FAILED, e.code(), e.to_string(), now)
+                        .await
+                }
+            }
+        }
+        Err(e @ (CallError::TooLarge { .. } | CallError::Malformed(_))) => {
+            ctx.fail(fetch_status::REJECTED, e.code(), e.to_string(), now)
+                .await
+        }
+        Err(e @ CallError::Refused { .. }) => {
+            ctx.fail(fetch_status::REFUSED, e.code(), e.to_string(), now)
+                .await
+        }
+        Err(e) => {
+            ctx.fail(fetch_status::FAILED, e.code(), e.to_string(), now)
+                .await
+        }
+    }
+}
+
+/// The record's open status as a static value (for progress updates that keep it).
+fn open_status(rec: &mydata_store::FetchRecord) -> &'static str {
+    if rec.status == fetch_status::NOT_READY {
+        fetch_status::NOT_READY
+    } else {
+        fetch_status::PENDING
+    }
+}
+
+/// Verifies an answer and, only if every check passes, stores it sealed.
+async fn accept(
+    ctx: &Ctx<'_>,
+    body: &SignedDatasetBody,
+    now: Timestamp,
+) -> Result<JobOutcome, StoreError> {
+    let data = ctx.state.data();
+    let trust = match data.trust.get(now).await {
+        Ok(t) => t,
+        Err(e) => {
+            // Without trust roots nothing can be accepted; a CRL download may recover.
+            let code = if matches!(e, mydata_connector::TrustError::NoRoots) {
+                "no_trust_roots"
+            } else {
+                "trust_unavailable"
+            };
+            tracing::warn!(error = %e, "agency trust roots unavailable");
+            return ctx
+                .fail(fetch_status::FAILED, code, e.to_string(), now)
+                .await;
+        }
+    };
+    let expected = Expected {
+        agency_id: ctx.agency,
+        dataset_id: ctx.dataset,
+        transfer_id: &ctx.t.id,
+    };
+    let verified = match mydata_connector::check(body, expected, &trust, now) {
+        Ok(v) => v,
+        Err(r) => {
+            if matches!(r, Rejection::RevocationUnknown) {
+                // A stale CRL: reload it before the next fetch.
+                data.trust.invalidate();
+            }
+            return ctx
+                .fail(fetch_status::REJECTED, r.code(), r.to_string(), now)
+                .await;
+        }
+    };
+    let stored = SignedDatasetBody::from_signed(&verified.dataset, &verified.media_types);
+    let plain = zeroize::Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
+    let object = format!("fetched/{}/{}", ctx.t.id, ctx.dataset);
+    let (key, blob) = match mydata_package::seal(&plain) {
+        Ok(x) => x,
+        Err(e) => {
+            return ctx
+                .fail(fetch_status::FAILED, "seal_failed", e.to_string(), now)
+                .await;
+        }
+    };
+    let wrapped = match data
+        .vault
+        .seal(&fetched_key_context(&ctx.t.id, ctx.dataset), key.as_bytes())
+    {
+        Ok(w) => w,
+        Err(e) => {
+            return ctx
+                .fail(fetch_status::FAILED, "seal_failed", e.to_string(), now)
+                .await;
+        }
+    };
+    if let Err(e) = data.blobs.put(&object, blob).await {
+        tracing::warn!(error = %e, "storing a fetched dataset failed");
+        return Ok(JobOutcome::RetryAt {
+            at: now.plus(Duration::from_secs(5)),
+            error: "blob_store_unavailable".into(),
+        });
+    }
+    ctx.settle(
+        FetchSettlement {
+            status: fetch_status::SUCCEEDED,
+            error_code: None,
+            error_message: None,
+            digest: Some(verified.digest),
+            data_object: Some(object),
+            data_key: Some(wrapped),
+        },
+        now,
+    )
+    .await
+}

@@ -1,0 +1,368 @@
+//! Packages: assembled once every dataset of a transfer has settled (queue [`PACKAGE_QUEUE`]),
+//! sealed with a fresh AES-256-GCM key, stored as a blob with the key (wrapped by the data key) in
+//! the database apart from it; taken at most once ([`take_package`]), and destroyed at the latest
+//! at the transfer's expiry ([`purge_expired_data`], run by the expiry sweep).
+//!
+//! Deleting a package means destroying its key first and the blob second: if the blob deletion
+//! fails or a copy survives elsewhere (backups, replicas), it is ciphertext without a key.
+
+use crate::agencies::fetched_key_context;
+use crate::background::{BoxFuture, JobHandler, JobOutcome};
+use crate::state::AppState;
+use mydata_connector::SignedDatasetBody;
+use mydata_core::Timestamp;
+use mydata_core::transfer::{TransferEvent, TransferState};
+use mydata_package::{PackageBuilder, PackageKey};
+use mydata_store::{Job, NewAuditEvent, NewJob, PackageRecord, StoreError, Transfer, fetch_status};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// The queue of package assembly jobs.
+pub const PACKAGE_QUEUE: &str = "package-assemble";
+/// Most packages (and stale fetched datasets) destroyed per sweep round.
+const PURGE_BATCH: u32 = 500;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PackageJob {
+    transfer_id: String,
+}
+
+fn package_key_context(transfer_id: &str) -> String {
+    format!("mydata:v1:package-key:{transfer_id}")
+}
+
+/// The blob key of a transfer's package.
+pub fn package_object(transfer_id: &str) -> String {
+    format!("packages/{transfer_id}")
+}
+
+/// Enqueues the assembly of a transfer's package (once per transfer).
+pub async fn enqueue_assembly(
+    state: &AppState,
+    transfer_id: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let job = NewJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        queue: PACKAGE_QUEUE.into(),
+        payload: serde_json::json!(PackageJob {
+            transfer_id: transfer_id.to_owned(),
+        }),
+        run_at: now,
+        max_attempts: 20,
+        dedup_key: Some(format!("package:{transfer_id}")),
+    };
+    state.store().enqueue_job(&job, now).await.map(|_| ())
+}
+
+/// Runs the jobs of [`PACKAGE_QUEUE`].
+#[derive(Debug, Default)]
+pub struct PackageHandler;
+
+impl JobHandler for PackageHandler {
+    fn queue(&self) -> &'static str {
+        PACKAGE_QUEUE
+    }
+
+    fn run(&self, state: AppState, job: Job) -> BoxFuture<JobOutcome> {
+        Box::pin(async move {
+            let Ok(p) = serde_json::from_value::<PackageJob>(job.payload.clone()) else {
+                return JobOutcome::Failed("payload is not a package job".into());
+            };
+            let retry = |e: String| JobOutcome::RetryAt {
+                at: state.clock().now().plus(Duration::from_secs(
+                    5u64.saturating_mul(u64::from(job.attempts)),
+                )),
+                error: e,
+            };
+            match assemble(&state, &p.transfer_id).await {
+                Ok(()) => JobOutcome::Done,
+                Err(AssembleError::Store(e)) => retry(format!("store: {e}")),
+                Err(AssembleError::Blob(e)) => retry(e),
+                Err(AssembleError::Broken(e)) => {
+                    tracing::error!(transfer = %p.transfer_id, error = %e, "package assembly failed");
+                    JobOutcome::Failed(e)
+                }
+            }
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AssembleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Blob(String),
+    /// Cannot succeed on a retry.
+    #[error("{0}")]
+    Broken(String),
+}
+
+fn event(kind: &str, t: &Transfer, detail: serde_json::Value, now: Timestamp) -> NewAuditEvent {
+    NewAuditEvent {
+        at: now,
+        kind: kind.into(),
+        subject: Some(t.subject.clone()),
+        transfer_id: Some(t.id.clone()),
+        actor: "system".into(),
+        detail,
+    }
+}
+
+/// Builds, signs, seals and stores the package of a transfer whose fetches have all settled, then
+/// marks the transfer ready. Idempotent: a run after a crash finishes what the last one started.
+async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleError> {
+    let store = state.store();
+    let data = state.data();
+    let now = state.clock().now();
+    let Some(t) = store.transfer(transfer_id).await? else {
+        return Ok(());
+    };
+    if t.state != TransferState::Fetching {
+        // Ended meanwhile (expired, cancelled): its data goes, no package is made.
+        drop_fetched(state, transfer_id).await;
+        return Ok(());
+    }
+    let records = store.fetch_records(transfer_id).await?;
+    if records.iter().any(|r| !fetch_status::is_settled(&r.status)) {
+        return Err(AssembleError::Blob(
+            "some datasets are still being fetched".into(),
+        ));
+    }
+    if store.package(transfer_id).await?.is_none() {
+        let fetched: Vec<_> = records
+            .iter()
+            .filter(|r| r.status == fetch_status::SUCCEEDED)
+            .collect();
+        if fetched.is_empty() {
+            store
+                .append_audit(&event(
+                    "package.none",
+                    &t,
+                    serde_json::json!({ "reason": "no dataset was fetched" }),
+                    now,
+                ))
+                .await?;
+        } else {
+            let mut builder = PackageBuilder::new(&t.id, &t.subject, &t.purpose);
+            for r in fetched {
+                let (Some(object), Some(wrapped)) = (&r.data_object, &r.data_key) else {
+                    return Err(AssembleError::Broken(format!(
+                        "fetched dataset {} has no stored data",
+                        r.dataset_id
+                    )));
+                };
+                let key = data
+                    .vault
+                    .open(&fetched_key_context(&t.id, &r.dataset_id), wrapped)
+                    .map_err(|e| AssembleError::Broken(e.to_string()))?;
+                let key = package_key(&key).ok_or_else(|| {
+                    AssembleError::Broken("a stored dataset key has the wrong length".into())
+                })?;
+                let blob = data
+                    .blobs
+                    .get(object)
+                    .await
+                    .map_err(|e| AssembleError::Blob(e.to_string()))?;
+                let plain = zeroize::Zeroizing::new(
+                    mydata_package::open(&key, &blob)
+                        .map_err(|e| AssembleError::Broken(e.to_string()))?,
+                );
+                let body: SignedDatasetBody = serde_json::from_slice(&plain)
+                    .map_err(|e| AssembleError::Broken(e.to_string()))?;
+                let ds = body
+                    .to_signed()
+                    .map_err(|e| AssembleError::Broken(e.to_string()))?;
+                builder
+                    .add_dataset(ds)
+                    .map_err(|e| AssembleError::Broken(e.to_string()))?;
+            }
+            let zip = zeroize::Zeroizing::new(
+                builder
+                    .build(state.platform(), now)
+                    .map_err(|e| AssembleError::Broken(e.to_string()))?,
+            );
+            let digest = hex::encode(Sha256::digest(zip.as_slice()));
+            let (key, sealed) =
+                mydata_package::seal(&zip).map_err(|e| AssembleError::Broken(e.to_string()))?;
+            let wrapped = data
+                .vault
+                .seal(&package_key_context(&t.id), key.as_bytes())
+                .map_err(|e| AssembleError::Broken(e.to_string()))?;
+            let object = package_object(&t.id);
+            data.blobs
+                .put(&object, sealed)
+                .await
+                .map_err(|e| AssembleError::Blob(e.to_string()))?;
+            let record = PackageRecord {
+                transfer_id: t.id.clone(),
+                object_key: object,
+                sealed_key: Some(wrapped),
+                digest: digest.clone(),
+                size_bytes: zip.len() as u64,
+                datasets: u32::try_from(records.len()).unwrap_or(u32::MAX),
+                created_at: now,
+                // The transfer's 8 hours bound the package too (created + 8 h is later).
+                expires_at: t.expires_at,
+                taken_at: None,
+                deleted_at: None,
+            };
+            let datasets: Vec<&str> = records
+                .iter()
+                .filter(|r| r.status == fetch_status::SUCCEEDED)
+                .map(|r| r.dataset_id.as_str())
+                .collect();
+            store
+                .insert_package(
+                    &record,
+                    &event(
+                        "package.created",
+                        &t,
+                        serde_json::json!({ "digest": digest, "size": record.size_bytes, "datasets": datasets }),
+                        now,
+                    ),
+                )
+                .await?;
+            tracing::info!(transfer = %t.id, datasets = datasets.len(), "package stored");
+        }
+    }
+    drop_fetched(state, transfer_id).await;
+    store.delete_transfer_secret(transfer_id).await?;
+    match store
+        .apply_transfer_event(transfer_id, TransferEvent::Settled, "system", now)
+        .await
+    {
+        Ok(_) | Err(StoreError::IllegalTransition(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn package_key(bytes: &[u8]) -> Option<PackageKey> {
+    let arr: [u8; 32] = bytes.try_into().ok()?;
+    Some(PackageKey::from_bytes(arr))
+}
+
+/// Forgets the fetched datasets of a transfer: keys first, then blobs.
+async fn drop_fetched(state: &AppState, transfer_id: &str) {
+    match state.store().clear_fetched_data(transfer_id).await {
+        Ok(leftovers) => {
+            for l in leftovers {
+                if let Err(e) = state.data().blobs.delete(&l.object_key).await {
+                    // The key is gone already: what is left cannot be read.
+                    tracing::warn!(error = %e, "deleting a fetched dataset blob failed");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "forgetting fetched datasets failed"),
+    }
+}
+
+/// Why a package could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    #[error("transfer `{0}` has no package")]
+    NotFound(String),
+    #[error("the package of transfer `{0}` was already retrieved or has expired, and is deleted")]
+    Gone(String),
+    #[error("the package cannot be read: {0}")]
+    Internal(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Returns the package of `transfer_id` exactly once: the first caller gets the zip, and in the
+/// same step its key is destroyed, the blob deleted, and the transfer released and purged.
+pub async fn take_package(
+    state: &AppState,
+    transfer_id: &str,
+    actor: &str,
+) -> Result<Vec<u8>, TakeError> {
+    let store = state.store();
+    let data = state.data();
+    let now = state.clock().now();
+    let rec = store
+        .package(transfer_id)
+        .await?
+        .ok_or_else(|| TakeError::NotFound(transfer_id.to_owned()))?;
+    let t = store
+        .transfer(transfer_id)
+        .await?
+        .ok_or_else(|| TakeError::NotFound(transfer_id.to_owned()))?;
+    if rec.sealed_key.is_none() || rec.expires_at <= now {
+        return Err(TakeError::Gone(transfer_id.to_owned()));
+    }
+    let blob = data
+        .blobs
+        .get(&rec.object_key)
+        .await
+        .map_err(|e| TakeError::Internal(e.to_string()))?;
+    let audit = NewAuditEvent {
+        at: now,
+        kind: "package.taken".into(),
+        subject: Some(t.subject.clone()),
+        transfer_id: Some(t.id.clone()),
+        actor: actor.to_owned(),
+        detail: serde_json::json!({ "digest": rec.digest }),
+    };
+    // Only one caller wins this: the key leaves the database here.
+    let wrapped = store
+        .take_package_key(transfer_id, &audit, now)
+        .await?
+        .ok_or_else(|| TakeError::Gone(transfer_id.to_owned()))?;
+    let result = data
+        .vault
+        .open(&package_key_context(transfer_id), &wrapped)
+        .ok()
+        .and_then(|k| package_key(&k))
+        .ok_or_else(|| TakeError::Internal("the package key does not open".into()))
+        .and_then(|key| {
+            mydata_package::open(&key, &blob).map_err(|e| TakeError::Internal(e.to_string()))
+        });
+    if let Err(e) = data.blobs.delete(&rec.object_key).await {
+        tracing::warn!(error = %e, "deleting a taken package blob failed; its key is destroyed");
+    }
+    for event in [TransferEvent::Release, TransferEvent::Purge] {
+        if let Err(e) = store
+            .apply_transfer_event(transfer_id, event, actor, state.clock().now())
+            .await
+        {
+            tracing::warn!(transfer = %transfer_id, error = %e, "transfer state after retrieval not recorded");
+            break;
+        }
+    }
+    result
+}
+
+/// Destroys what must not outlive its transfer: package keys and blobs past expiry or of ended
+/// transfers, fetched datasets of ended transfers, and identities no fetch needs any more.
+/// Returns how many packages were destroyed. Safe in several processes at once.
+pub async fn purge_expired_data(state: &AppState) -> Result<usize, StoreError> {
+    let store = state.store();
+    let data = state.data();
+    let now = state.clock().now();
+    let mut destroyed = 0;
+    for id in store.packages_to_destroy(now, PURGE_BATCH).await? {
+        let Some(t) = store.transfer(&id).await? else {
+            continue;
+        };
+        let audit = event(
+            "package.deleted",
+            &t,
+            serde_json::json!({ "reason": if t.expires_at <= now { "expired" } else { "transfer_ended" } }),
+            now,
+        );
+        if let Some(left) = store.destroy_package_key(&id, &audit, now).await? {
+            destroyed += 1;
+            if let Err(e) = data.blobs.delete(&left.object_key).await {
+                tracing::warn!(error = %e, "deleting an expired package blob failed; its key is destroyed");
+            }
+        }
+    }
+    for id in store.transfers_with_stale_data(now, PURGE_BATCH).await? {
+        drop_fetched(state, &id).await;
+    }
+    store.purge_transfer_secrets().await?;
+    Ok(destroyed)
+}

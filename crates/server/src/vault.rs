@@ -1,0 +1,184 @@
+//! The platform's data key and what it protects: the keys of packages and fetched datasets (stored
+//! in the database apart from their blobs) and the sealed identity a fetch needs. AES-256-GCM with a
+//! random nonce; the context (what the value is and which transfer it belongs to) is bound in as
+//! associated data, so a value moved to another row does not open.
+//!
+//! The key file is created on first start (mode 0600) like the platform signing key; every process
+//! sharing a database needs the same file. Losing it makes every stored package unreadable, which
+//! is safe: packages live at most 8 hours.
+
+use crate::config::Settings;
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
+use aes_gcm::{Aes256Gcm, Nonce};
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::io::Write;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+const NONCE_LEN: usize = 12;
+
+/// Why a sealed value did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("sealed value is not base64")]
+    Encoding,
+    #[error("sealed value does not open with this data key and context")]
+    Open,
+    #[error("encryption failed")]
+    Seal,
+}
+
+/// The data key. `Debug` never shows it.
+pub struct Vault {
+    cipher: Aes256Gcm,
+    pseudonym_key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vault(<redacted>)")
+    }
+}
+
+impl Vault {
+    pub fn from_key(key: &[u8; 32]) -> Self {
+        // A separate key for pseudonyms, so the same secret never serves two algorithms.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+        mac.update(b"mydata pseudonym key v1");
+        let mut pseudonym_key = Zeroizing::new([0u8; 32]);
+        pseudonym_key.copy_from_slice(&mac.finalize().into_bytes());
+        Self {
+            cipher: Aes256Gcm::new(key.into()),
+            pseudonym_key,
+        }
+    }
+
+    /// Loads the key file, creating it when it does not exist yet.
+    pub fn load_or_create(settings: &Settings) -> anyhow::Result<Self> {
+        let path = settings.data_key_path();
+        let key = if path.exists() {
+            read_key(&path)?
+        } else {
+            let mut key = Zeroizing::new([0u8; 32]);
+            OsRng.fill_bytes(key.as_mut());
+            write_key(&path, &key)?;
+            tracing::info!(path = %path.display(), "created a new data key");
+            key
+        };
+        Ok(Self::from_key(&key))
+    }
+
+    /// Encrypts `plain` for `context`; the result is base64 text for a database column.
+    pub fn seal(&self, context: &str, plain: &[u8]) -> Result<String, VaultError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let ct = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| VaultError::Seal)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(STANDARD.encode(out))
+    }
+
+    /// Opens a value made by [`Vault::seal`] for the same `context`.
+    pub fn open(&self, context: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        let raw = STANDARD.decode(sealed).map_err(|_| VaultError::Encoding)?;
+        if raw.len() < NONCE_LEN {
+            return Err(VaultError::Open);
+        }
+        let (nonce, ct) = raw.split_at(NONCE_LEN);
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::Open)
+    }
+
+    /// The keyed pseudonym (HMAC-SHA256, hex) of an ID number: the only form in which the platform
+    /// records who a transfer is about.
+    pub fn pseudonym(&self, id: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.pseudonym_key.as_ref())
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+        mac.update(id.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+fn read_key(path: &Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the data key {}", path.display()))?,
+    );
+    let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
+        anyhow::anyhow!("{} must hold 64 hex digits (a 256-bit key)", path.display())
+    })?);
+    let mut key = Zeroizing::new([0u8; 32]);
+    if bytes.len() != 32 {
+        anyhow::bail!("{} must hold 64 hex digits (a 256-bit key)", path.display());
+    }
+    key.copy_from_slice(&bytes);
+    Ok(key)
+}
+
+fn write_key(path: &Path, key: &[u8; 32]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create the data key {}", path.display()))?;
+    let text = Zeroizing::new(format!("{}\n", hex::encode(key)));
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_in_their_context_and_with_their_key() {
+        let v = Vault::from_key(&[7; 32]);
+        let s = v.seal("secret:t1", b"A123456789").unwrap();
+        assert!(!s.contains("A123456789"));
+        assert_eq!(v.open("secret:t1", &s).unwrap().as_slice(), b"A123456789");
+        assert!(v.open("secret:t2", &s).is_err());
+        assert!(Vault::from_key(&[8; 32]).open("secret:t1", &s).is_err());
+        assert!(v.open("secret:t1", "not base64!").is_err());
+        assert_ne!(v.seal("c", b"x").unwrap(), v.seal("c", b"x").unwrap());
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_keyed_and_hide_the_id() {
+        let v = Vault::from_key(&[7; 32]);
+        let p = v.pseudonym("A123456789");
+        assert_eq!(p, v.pseudonym("A123456789"));
+        assert_ne!(p, Vault::from_key(&[8; 32]).pseudonym("A123456789"));
+        assert!(!p.contains("123456789"));
+        assert_eq!(format!("{v:?}"), "Vault(<redacted>)");
+    }
+}

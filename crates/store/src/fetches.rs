@@ -1,0 +1,738 @@
+//! The data path's records: where each dataset fetch stands, the sealed per-transfer secret a fetch
+//! needs, agency circuit breakers and concurrency slots (in the database so that every process sees
+//! the same), and stored packages with their keys.
+//!
+//! Fetch status of a transfer dataset:
+//!
+//! ```text
+//! pending ──202──▶ not_ready ──200, verified──▶ succeeded
+//!    │  ▲              │
+//!    │  └─transient────┤──agency 4xx──▶ refused
+//!    │                 ├──answer fails a check──▶ rejected   (never stored)
+//!    └─────────────────┴──deadline / retries spent──▶ failed
+//! ```
+//! `succeeded`, `refused`, `rejected` and `failed` are settled: nothing changes them afterwards.
+
+use crate::audit::{NewAuditEvent, insert_audit};
+use crate::jobs::INSERT_JOB;
+use crate::{NewJob, Result, Store, StoreError, on_pool};
+use mydata_core::Timestamp;
+use serde::Serialize;
+
+/// Fetch status values stored in `transfer_datasets.status`.
+pub mod status {
+    pub const PENDING: &str = "pending";
+    pub const NOT_READY: &str = "not_ready";
+    pub const SUCCEEDED: &str = "succeeded";
+    /// The agency refused the request (a 4xx other than 429).
+    pub const REFUSED: &str = "refused";
+    /// The platform refused the agency's answer (malformed, oversized, unsigned, bad signature, ...).
+    pub const REJECTED: &str = "rejected";
+    /// Gave up: deadline passed, retries spent, or the transfer ended.
+    pub const FAILED: &str = "failed";
+
+    /// True for the four final values.
+    pub fn is_settled(s: &str) -> bool {
+        matches!(s, SUCCEEDED | REFUSED | REJECTED | FAILED)
+    }
+}
+
+const SETTLED_SQL: &str = "('succeeded', 'refused', 'rejected', 'failed')";
+
+/// The state of one fetch that the connector works from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRecord {
+    pub transfer_id: String,
+    pub dataset_id: String,
+    pub status: String,
+    pub attempts: u32,
+    pub agency_request_id: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub data_object: Option<String>,
+    pub data_key: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct FetchRow {
+    transfer_id: String,
+    dataset_id: String,
+    status: String,
+    attempts: i64,
+    agency_request_id: Option<String>,
+    started_at: Option<i64>,
+    data_object: Option<String>,
+    data_key: Option<String>,
+}
+
+impl From<FetchRow> for FetchRecord {
+    fn from(r: FetchRow) -> Self {
+        Self {
+            transfer_id: r.transfer_id,
+            dataset_id: r.dataset_id,
+            status: r.status,
+            attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+            agency_request_id: r.agency_request_id,
+            started_at: r.started_at.map(Timestamp::from_millis),
+            data_object: r.data_object,
+            data_key: r.data_key,
+        }
+    }
+}
+
+const SELECT_FETCH: &str = "SELECT transfer_id, dataset_id, status, attempts, agency_request_id, started_at, data_object, data_key FROM transfer_datasets";
+
+/// A fetch that is still open after an attempt: the new status and when to try again.
+#[derive(Debug, Clone)]
+pub struct FetchProgress {
+    /// `pending` or `not_ready`.
+    pub status: &'static str,
+    pub agency_request_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub next_attempt_at: Timestamp,
+}
+
+/// How a fetch ended.
+#[derive(Debug, Clone)]
+pub struct FetchSettlement {
+    /// One of the settled values of [`status`].
+    pub status: &'static str,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub digest: Option<String>,
+    /// Where the sealed dataset was put, and its wrapped key (succeeded only).
+    pub data_object: Option<String>,
+    pub data_key: Option<String>,
+}
+
+/// What [`Store::admit_agency_call`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead; `probe` when the circuit was open and this call tests whether the agency is back.
+    Go { probe: bool },
+    /// The agency already has its limit of calls in flight.
+    Busy,
+    /// The circuit is open until then.
+    Open { until: Timestamp },
+}
+
+/// A circuit breaker's stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgencyCircuit {
+    pub agency_id: String,
+    pub consecutive_failures: u32,
+    pub open_until: Option<Timestamp>,
+}
+
+/// The limits of the circuit breaker and concurrency checks.
+#[derive(Debug, Clone, Copy)]
+pub struct AgencyLimits {
+    /// Calls in flight per agency, over every process.
+    pub concurrency: u32,
+    /// How long a slot is held if its holder never releases it (crash).
+    pub slot_lease: std::time::Duration,
+    /// Consecutive outages that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an opened circuit stays open before one probe call is let through.
+    pub open_for: std::time::Duration,
+}
+
+/// A stored package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageRecord {
+    pub transfer_id: String,
+    pub object_key: String,
+    /// The package key wrapped by the platform's data key; None once destroyed.
+    #[serde(skip)]
+    pub sealed_key: Option<String>,
+    /// SHA-256 (hex) of the package zip.
+    pub digest: String,
+    pub size_bytes: u64,
+    pub datasets: u32,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub taken_at: Option<Timestamp>,
+    pub deleted_at: Option<Timestamp>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PackageRow {
+    transfer_id: String,
+    object_key: String,
+    sealed_key: Option<String>,
+    digest: String,
+    size_bytes: i64,
+    datasets: i64,
+    created_at: i64,
+    expires_at: i64,
+    taken_at: Option<i64>,
+    deleted_at: Option<i64>,
+}
+
+impl From<PackageRow> for PackageRecord {
+    fn from(r: PackageRow) -> Self {
+        Self {
+            transfer_id: r.transfer_id,
+            object_key: r.object_key,
+            sealed_key: r.sealed_key,
+            digest: r.digest,
+            size_bytes: u64::try_from(r.size_bytes).unwrap_or(0),
+            datasets: u32::try_from(r.datasets).unwrap_or(0),
+            created_at: Timestamp::from_millis(r.created_at),
+            expires_at: Timestamp::from_millis(r.expires_at),
+            taken_at: r.taken_at.map(Timestamp::from_millis),
+            deleted_at: r.deleted_at.map(Timestamp::from_millis),
+        }
+    }
+}
+
+const SELECT_PACKAGE: &str = "SELECT transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, taken_at, deleted_at FROM packages";
+
+/// An object in blob storage whose key the store no longer holds: delete it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub transfer_id: String,
+    pub object_key: String,
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Consent given: stores the sealed secret, moves the transfer from `created` to `fetching`
+    /// (with its audit event) and enqueues the fetch jobs, all in one transaction.
+    pub async fn begin_fetching(
+        &self,
+        transfer_id: &str,
+        sealed_secret: &str,
+        jobs: &[NewJob],
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        let t = self
+            .transfer(transfer_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "transfer",
+                id: transfer_id.to_owned(),
+            })?;
+        let event = mydata_core::transfer::TransferEvent::Consent;
+        let next = t.state.next(event)?;
+        let audit = NewAuditEvent {
+            at: now,
+            kind: format!("transfer.{}", next.code()),
+            subject: Some(t.subject.clone()),
+            transfer_id: Some(transfer_id.to_owned()),
+            actor: actor.to_owned(),
+            detail: serde_json::json!({ "from": t.state.code(), "event": event, "jobs": jobs.len() }),
+        };
+        let ok = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let res = sqlx::query("UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4")
+                .bind(next.code())
+                .bind(now.millis())
+                .bind(transfer_id)
+                .bind(t.version)
+                .execute(&mut *tx)
+                .await?;
+            if res.rows_affected() == 1 {
+                sqlx::query("INSERT INTO transfer_secrets (transfer_id, sealed, created_at) VALUES ($1, $2, $3)")
+                    .bind(transfer_id)
+                    .bind(sealed_secret)
+                    .bind(now.millis())
+                    .execute(&mut *tx)
+                    .await?;
+                for job in jobs {
+                    sqlx::query(INSERT_JOB)
+                        .bind(&job.id)
+                        .bind(&job.queue)
+                        .bind(job.payload.to_string())
+                        .bind(i64::from(job.max_attempts.max(1)))
+                        .bind(job.run_at.millis())
+                        .bind(&job.dedup_key)
+                        .bind(now.millis())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                insert_audit!(&mut *tx, &audit)?;
+                tx.commit().await?;
+                true
+            } else {
+                tx.rollback().await?;
+                false
+            }
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(transfer_id.to_owned()))
+        }
+    }
+
+    /// The sealed secret of a transfer, while it exists.
+    pub async fn transfer_secret(&self, transfer_id: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as("SELECT sealed FROM transfer_secrets WHERE transfer_id = $1")
+            .bind(transfer_id)
+            .fetch_optional(pool)
+            .await?);
+        Ok(row.map(|(s,)| s))
+    }
+
+    /// Destroys the secret of a transfer; returns whether there was one.
+    pub async fn delete_transfer_secret(&self, transfer_id: &str) -> Result<bool> {
+        let n = on_pool!(self, pool => sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
+            .bind(transfer_id)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Destroys the secrets of transfers that no longer fetch (ready, ended) or whose fetches have
+    /// all settled; returns how many.
+    pub async fn purge_transfer_secrets(&self) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM transfer_secrets WHERE transfer_id IN (SELECT id FROM transfers WHERE state NOT IN ('created', 'fetching'))
+             OR NOT EXISTS (SELECT 1 FROM transfer_datasets d WHERE d.transfer_id = transfer_secrets.transfer_id AND d.status NOT IN {SETTLED_SQL})"
+        );
+        Ok(on_pool!(self, pool => sqlx::query(&sql).execute(pool).await?.rows_affected()))
+    }
+
+    /// One fetch's record.
+    pub async fn fetch_record(
+        &self,
+        transfer_id: &str,
+        dataset_id: &str,
+    ) -> Result<Option<FetchRecord>> {
+        let sql = format!("{SELECT_FETCH} WHERE transfer_id = $1 AND dataset_id = $2");
+        let row: Option<FetchRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(transfer_id)
+            .bind(dataset_id)
+            .fetch_optional(pool)
+            .await?);
+        Ok(row.map(FetchRecord::from))
+    }
+
+    /// Every fetch record of a transfer, in the transfer's order.
+    pub async fn fetch_records(&self, transfer_id: &str) -> Result<Vec<FetchRecord>> {
+        let sql = format!("{SELECT_FETCH} WHERE transfer_id = $1 ORDER BY position");
+        let rows: Vec<FetchRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(transfer_id)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows.into_iter().map(FetchRecord::from).collect())
+    }
+
+    /// Counts one call to the agency (and notes when the fetch started) with its
+    /// `agency.request` audit event. Returns the attempt number, or None if the fetch is settled.
+    pub async fn record_fetch_attempt(
+        &self,
+        transfer_id: &str,
+        dataset_id: &str,
+        audit: &NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<Option<u32>> {
+        let sql = format!(
+            "UPDATE transfer_datasets SET attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
+             WHERE transfer_id = $2 AND dataset_id = $3 AND status NOT IN {SETTLED_SQL} RETURNING attempts"
+        );
+        let attempts = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(i64,)> = sqlx::query_as(&sql)
+                .bind(now.millis())
+                .bind(transfer_id)
+                .bind(dataset_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if row.is_some() {
+                insert_audit!(&mut *tx, audit)?;
+            }
+            tx.commit().await?;
+            row
+        });
+        Ok(attempts.map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    /// Records an open fetch's new status and next attempt, with its audit event. Returns false
+    /// (and writes nothing) when the fetch settled meanwhile.
+    pub async fn record_fetch_progress(
+        &self,
+        transfer_id: &str,
+        dataset_id: &str,
+        p: &FetchProgress,
+        audit: &NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE transfer_datasets SET status = $1, agency_request_id = $2, error_code = $3, error_message = $4, next_attempt_at = $5, updated_at = $6
+             WHERE transfer_id = $7 AND dataset_id = $8 AND status NOT IN {SETTLED_SQL}"
+        );
+        let changed = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(&sql)
+                .bind(p.status)
+                .bind(&p.agency_request_id)
+                .bind(&p.error_code)
+                .bind(&p.error_message)
+                .bind(p.next_attempt_at.millis())
+                .bind(now.millis())
+                .bind(transfer_id)
+                .bind(dataset_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                insert_audit!(&mut *tx, audit)?;
+            }
+            tx.commit().await?;
+            n == 1
+        });
+        Ok(changed)
+    }
+
+    /// Settles a fetch once, with its audit event. Returns `Some(all_settled)` — whether every
+    /// dataset of the transfer is now settled — or None when it was settled already (by another
+    /// worker), in which case nothing was written.
+    pub async fn settle_fetch(
+        &self,
+        transfer_id: &str,
+        dataset_id: &str,
+        s: &FetchSettlement,
+        audit: &NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<Option<bool>> {
+        if !status::is_settled(s.status) {
+            return Err(StoreError::Corrupt(format!(
+                "`{}` is not a settled fetch status",
+                s.status
+            )));
+        }
+        let sql = format!(
+            "UPDATE transfer_datasets SET status = $1, error_code = $2, error_message = $3, digest = $4, data_object = $5, data_key = $6,
+             next_attempt_at = NULL, settled_at = $7, updated_at = $7
+             WHERE transfer_id = $8 AND dataset_id = $9 AND status NOT IN {SETTLED_SQL}"
+        );
+        let open_sql = format!(
+            "SELECT COUNT(*) FROM transfer_datasets WHERE transfer_id = $1 AND status NOT IN {SETTLED_SQL}"
+        );
+        let result = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(&sql)
+                .bind(s.status)
+                .bind(&s.error_code)
+                .bind(&s.error_message)
+                .bind(&s.digest)
+                .bind(&s.data_object)
+                .bind(&s.data_key)
+                .bind(now.millis())
+                .bind(transfer_id)
+                .bind(dataset_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                insert_audit!(&mut *tx, audit)?;
+                let (open,): (i64,) = sqlx::query_as(&open_sql).bind(transfer_id).fetch_one(&mut *tx).await?;
+                tx.commit().await?;
+                Some(open == 0)
+            } else {
+                tx.rollback().await?;
+                None
+            }
+        });
+        Ok(result)
+    }
+
+    /// Forgets the fetched data of a transfer (after packaging or at its end): clears every object
+    /// reference and key, and returns the objects to delete from blob storage.
+    pub async fn clear_fetched_data(&self, transfer_id: &str) -> Result<Vec<Leftover>> {
+        let rows: Vec<(String, String)> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $1 AND data_object IS NOT NULL
+                 RETURNING transfer_id, data_object",
+            )
+            .bind(transfer_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(transfer_id, object_key)| Leftover {
+                transfer_id,
+                object_key,
+            })
+            .collect())
+    }
+
+    /// Transfers that have ended (or passed their expiry) but still reference fetched data.
+    pub async fn transfers_with_stale_data(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        let sql = "SELECT DISTINCT d.transfer_id FROM transfer_datasets d JOIN transfers t ON t.id = d.transfer_id
+                   WHERE d.data_object IS NOT NULL AND (t.state IN ('deleted', 'refused', 'expired') OR t.expires_at <= $1)
+                   ORDER BY d.transfer_id LIMIT $2";
+        let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(sql).bind(now.millis()).bind(i64::from(limit)).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
+    /// Decides whether a call to `agency_id` may go now, and if so holds one of its slots for
+    /// `holder` until released or `limits.slot_lease` passes. Serialised per agency: the first
+    /// statement locks the agency's circuit row (PostgreSQL row lock, SQLite write lock), so two
+    /// processes cannot both take the last slot or both probe an open circuit.
+    pub async fn admit_agency_call(
+        &self,
+        agency_id: &str,
+        holder: &str,
+        limits: &AgencyLimits,
+        now: Timestamp,
+    ) -> Result<Admission> {
+        let n = now.millis();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let (open_until,): (Option<i64>,) = sqlx::query_as(
+                "INSERT INTO agency_circuits (agency_id, consecutive_failures, open_until, updated_at) VALUES ($1, 0, NULL, $2)
+                 ON CONFLICT (agency_id) DO UPDATE SET updated_at = excluded.updated_at RETURNING open_until",
+            )
+            .bind(agency_id)
+            .bind(n)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut probe = false;
+            if let Some(until) = open_until {
+                if until > n {
+                    tx.rollback().await?;
+                    return Ok(Admission::Open { until: Timestamp::from_millis(until) });
+                }
+                // Half-open: this call is the probe; others wait while it runs.
+                sqlx::query("UPDATE agency_circuits SET open_until = $1 WHERE agency_id = $2")
+                    .bind(n.saturating_add(ms(limits.slot_lease)))
+                    .bind(agency_id)
+                    .execute(&mut *tx)
+                    .await?;
+                probe = true;
+            }
+            let (busy,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM agency_slots WHERE agency_id = $1 AND lease_until > $2 AND holder <> $3",
+            )
+            .bind(agency_id)
+            .bind(n)
+            .bind(holder)
+            .fetch_one(&mut *tx)
+            .await?;
+            if busy >= i64::from(limits.concurrency.max(1)) {
+                tx.rollback().await?;
+                return Ok(Admission::Busy);
+            }
+            sqlx::query(
+                "INSERT INTO agency_slots (holder, agency_id, lease_until) VALUES ($1, $2, $3)
+                 ON CONFLICT (holder) DO UPDATE SET agency_id = excluded.agency_id, lease_until = excluded.lease_until",
+            )
+            .bind(holder)
+            .bind(agency_id)
+            .bind(n.saturating_add(ms(limits.slot_lease)))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM agency_slots WHERE agency_id = $1 AND lease_until <= $2")
+                .bind(agency_id)
+                .bind(n)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Admission::Go { probe })
+        })
+    }
+
+    /// Frees the slot `holder` took.
+    pub async fn release_agency_slot(&self, holder: &str) -> Result<()> {
+        on_pool!(self, pool => sqlx::query("DELETE FROM agency_slots WHERE holder = $1").bind(holder).execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Records how a call to `agency_id` went: an outage counts towards opening the circuit (and
+    /// re-opens it after a failed probe); anything else closes it. Returns true when this call
+    /// opened the circuit.
+    pub async fn record_agency_result(
+        &self,
+        agency_id: &str,
+        outage: bool,
+        limits: &AgencyLimits,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = now.millis();
+        if !outage {
+            on_pool!(self, pool => sqlx::query(
+                "UPDATE agency_circuits SET consecutive_failures = 0, open_until = NULL, updated_at = $1 WHERE agency_id = $2",
+            )
+            .bind(n)
+            .bind(agency_id)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+            return Ok(false);
+        }
+        let threshold = i64::from(limits.failure_threshold.max(1));
+        let row: Option<(i64, Option<i64>)> = on_pool!(self, pool => sqlx::query_as(
+            "UPDATE agency_circuits SET consecutive_failures = consecutive_failures + 1,
+             open_until = CASE WHEN consecutive_failures + 1 >= $1 THEN $2 ELSE open_until END, updated_at = $3
+             WHERE agency_id = $4 RETURNING consecutive_failures, open_until",
+        )
+        .bind(threshold)
+        .bind(n.saturating_add(ms(limits.open_for)))
+        .bind(n)
+        .bind(agency_id)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.is_some_and(|(f, _)| f >= threshold))
+    }
+
+    /// The circuit of one agency, if it was ever called.
+    pub async fn agency_circuit(&self, agency_id: &str) -> Result<Option<AgencyCircuit>> {
+        let row: Option<(String, i64, Option<i64>)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT agency_id, consecutive_failures, open_until FROM agency_circuits WHERE agency_id = $1",
+        )
+        .bind(agency_id)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.map(|(agency_id, f, open_until)| AgencyCircuit {
+            agency_id,
+            consecutive_failures: u32::try_from(f).unwrap_or(u32::MAX),
+            open_until: open_until.map(Timestamp::from_millis),
+        }))
+    }
+
+    /// Slots of `agency_id` held at `now`.
+    pub async fn agency_slots_in_use(&self, agency_id: &str, now: Timestamp) -> Result<u32> {
+        let (n,): (i64,) = on_pool!(self, pool => sqlx::query_as(
+            "SELECT COUNT(*) FROM agency_slots WHERE agency_id = $1 AND lease_until > $2",
+        )
+        .bind(agency_id)
+        .bind(now.millis())
+        .fetch_one(pool)
+        .await?);
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Records a stored package with its audit event. A second package for the same transfer is
+    /// refused (returns false, writes nothing).
+    pub async fn insert_package(&self, p: &PackageRecord, audit: &NewAuditEvent) -> Result<bool> {
+        let inserted = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transfer_id) DO NOTHING",
+            )
+            .bind(&p.transfer_id)
+            .bind(&p.object_key)
+            .bind(&p.sealed_key)
+            .bind(&p.digest)
+            .bind(i64::try_from(p.size_bytes).unwrap_or(i64::MAX))
+            .bind(i64::from(p.datasets))
+            .bind(p.created_at.millis())
+            .bind(p.expires_at.millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                insert_audit!(&mut *tx, audit)?;
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            n == 1
+        });
+        Ok(inserted)
+    }
+
+    /// The package of a transfer (also after it was destroyed: its metadata stays).
+    pub async fn package(&self, transfer_id: &str) -> Result<Option<PackageRecord>> {
+        let sql = format!("{SELECT_PACKAGE} WHERE transfer_id = $1");
+        let row: Option<PackageRow> = on_pool!(self, pool => sqlx::query_as(&sql).bind(transfer_id).fetch_optional(pool).await?);
+        Ok(row.map(PackageRecord::from))
+    }
+
+    /// Takes the package key once: clears it (the package can never be opened again) and marks the
+    /// package taken, with the audit event, in one statement that only one caller can win. Returns
+    /// the wrapped key, or None when the package is gone, taken already or past its expiry.
+    pub async fn take_package_key(
+        &self,
+        transfer_id: &str,
+        audit: &NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<Option<String>> {
+        // SQLite's RETURNING yields the new values, so read the key inside the same transaction
+        // first; the guarded UPDATE decides who wins.
+        let key = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1",
+            )
+            .bind(now.millis())
+            .bind(transfer_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                let (key,): (Option<String>,) = sqlx::query_as("SELECT sealed_key FROM packages WHERE transfer_id = $1")
+                    .bind(transfer_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2")
+                    .bind(now.millis())
+                    .bind(transfer_id)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_audit!(&mut *tx, audit)?;
+                tx.commit().await?;
+                key
+            } else {
+                tx.rollback().await?;
+                None
+            }
+        });
+        Ok(key)
+    }
+
+    /// Packages whose key must be destroyed now: past their expiry, or their transfer has ended.
+    pub async fn packages_to_destroy(&self, now: Timestamp, limit: u32) -> Result<Vec<String>> {
+        let sql = "SELECT p.transfer_id FROM packages p JOIN transfers t ON t.id = p.transfer_id
+                   WHERE p.sealed_key IS NOT NULL AND (p.expires_at <= $1 OR t.state IN ('deleted', 'refused', 'expired'))
+                   ORDER BY p.expires_at LIMIT $2";
+        let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(sql).bind(now.millis()).bind(i64::from(limit)).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
+    /// Destroys a package's key with its audit event; returns the blob to delete, or None when the
+    /// key was already gone.
+    pub async fn destroy_package_key(
+        &self,
+        transfer_id: &str,
+        audit: &NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<Option<Leftover>> {
+        let row: Option<(String,)> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(String,)> = sqlx::query_as(
+                "UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL RETURNING object_key",
+            )
+            .bind(now.millis())
+            .bind(transfer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if row.is_some() {
+                insert_audit!(&mut *tx, audit)?;
+            }
+            tx.commit().await?;
+            row
+        });
+        Ok(row.map(|(object_key,)| Leftover {
+            transfer_id: transfer_id.to_owned(),
+            object_key,
+        }))
+    }
+}
