@@ -62,7 +62,7 @@ pub struct IdentitySettings {
     /// `x-forwarded-for`. Empty means the TCP peer address.
     pub client_address_header: String,
     /// Base URL of the agencies' identity-check API (`.../agencies/{id}/v1/identity-checks`);
-    /// empty disables the health-card and dual-ID methods.
+    /// empty means `agencies.base_url`.
     pub registry_url: String,
     /// PEM files of the roots that issue citizen and business certificates (not the agency CA).
     pub certificate_roots: Vec<PathBuf>,

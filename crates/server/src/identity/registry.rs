@@ -13,7 +13,9 @@ pub const HOUSEHOLD_AGENCY: &str = "moi-household";
 /// A check the agency could not answer (not a mismatch: it does not count toward lockout).
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("identity checks are not configured (identity.registry_url is empty)")]
+    #[error(
+        "identity checks are not configured (identity.registry_url and agencies.base_url are empty)"
+    )]
     NotConfigured,
     #[error("agency {agency} did not answer: {reason}")]
     Unavailable { agency: String, reason: String },
@@ -46,7 +48,13 @@ pub async fn confirm(
     agency: &str,
     check: &Check<'_>,
 ) -> Result<bool, RegistryError> {
-    let base = state.settings().identity.registry_url.trim_end_matches('/');
+    // Without an identity-specific address the agencies' own base URL is used.
+    let settings = state.settings();
+    let base = if settings.identity.registry_url.is_empty() {
+        settings.agencies.base_url.trim_end_matches('/')
+    } else {
+        settings.identity.registry_url.trim_end_matches('/')
+    };
     if base.is_empty() {
         return Err(RegistryError::NotConfigured);
     }
