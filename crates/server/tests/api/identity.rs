@@ -1605,3 +1605,196 @@ async fn secure_cookies_when_configured_and_the_outbox_only_in_demo_mode() {
     assert!(w.mail.try_recv().is_err(), "nothing was sent by SMTP");
     w.app.stop().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// In a real browser
+
+/// A stand-in for `mydata card-agent` (card-agent-contract.md): signs with the card it holds when
+/// the PIN is 123456, answers CORS preflights.
+async fn fake_card_agent(card: Arc<std::sync::Mutex<Option<Card>>>) -> String {
+    use axum::http::{HeaderValue, StatusCode, header};
+    let sign = move |axum::Json(b): axum::Json<serde_json::Value>| {
+        let card = card.clone();
+        async move {
+            if b["pin"] != "123456" {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({"error": "wrong_pin", "tries_left": 2})),
+                );
+            }
+            let tbs = URL_SAFE_NO_PAD
+                .decode(b["to_be_signed"].as_str().unwrap())
+                .unwrap();
+            let guard = card.lock().unwrap();
+            let c = guard.as_ref().unwrap();
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({"signature": c.sign(&tbs), "x5c": c.x5c})),
+            )
+        }
+    };
+    let router = axum::Router::new()
+        .route(
+            "/v1/sign",
+            axum::routing::post(sign).options(|| async { StatusCode::NO_CONTENT }),
+        )
+        .layer(axum::middleware::map_response(
+            |mut res: axum::response::Response| async move {
+                let h = res.headers_mut();
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static("content-type"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("POST"),
+                );
+                res
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+#[tokio::test]
+async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible_at_360_px() {
+    use mydata_browser_test::{Browser as Chromium, Key, Viewport};
+    let slot = Arc::new(std::sync::Mutex::new(None));
+    let agent = fake_card_agent(slot.clone()).await;
+    let w = world_with(Backend::Sqlite, |s| {
+        s.identity.card_agent_url = agent;
+        s.messages.dev_outbox = true;
+    })
+    .await;
+    known(&w, &person_id(&w.person)).await;
+    *slot.lock().unwrap() = Some(w.pki.card(
+        &w.person.id,
+        CardOpts {
+            serial: 60,
+            ..Default::default()
+        },
+    ));
+    let ctx = Chromium::shared()
+        .unwrap()
+        .new_context("identity_pages")
+        .await
+        .unwrap();
+    let page = ctx.new_page(Viewport::NARROW).await.unwrap();
+
+    // The method choice for a basket, then the certificate page: no sideways scrolling, accessible.
+    let dataset = &w.app.state.catalog().datasets()[0].id;
+    for path in [
+        format!("/login?datasets={dataset}"),
+        "/login/moica_cert".into(),
+        "/login/dual_id?lang=en".into(),
+    ] {
+        page.goto(&w.app.url(&path)).await.unwrap();
+        assert_eq!(
+            page.horizontal_overflow().await.unwrap(),
+            0,
+            "{path} scrolls sideways"
+        );
+        page.assert_accessible(&path.replace(['/', '?', '=', '&'], "_"))
+            .await
+            .unwrap();
+    }
+
+    // Certificate: a wrong PIN is reported by the page; the right one signs the person in.
+    page.goto(&w.app.url("/login/moica_cert?next=/"))
+        .await
+        .unwrap();
+    page.fill("#pin", "000000").await.unwrap();
+    page.click("button[type=submit]").await.unwrap();
+    page.wait_for_text("PIN 碼錯誤").await.unwrap();
+    page.fill("#pin", "123456").await.unwrap();
+    page.click("button[type=submit]").await.unwrap();
+    page.wait_until(
+        "location.pathname === '/' && document.readyState === 'complete'",
+        "the home page after sign-in",
+    )
+    .await
+    .unwrap();
+    let s = page
+        .eval("fetch('/api/v1/session').then(r => r.json())")
+        .await
+        .unwrap();
+    assert_eq!(
+        (s["method"].as_str(), s["level"].as_u64()),
+        (Some("moica_cert"), Some(1))
+    );
+    assert!(page.js_errors().is_empty(), "{:?}", page.js_errors());
+
+    // Dual ID by keyboard alone, in a fresh context, through first use with the outbox code.
+    let ctx2 = Chromium::shared()
+        .unwrap()
+        .new_context("identity_keyboard")
+        .await
+        .unwrap();
+    let page = ctx2.new_page(Viewport::NARROW).await.unwrap();
+    let newcomer = w.other.clone();
+    page.goto(&w.app.url("/login/dual_id?next=/"))
+        .await
+        .unwrap();
+    page.tab_to("#f-id_number", 10).await.unwrap();
+    page.type_text(&newcomer.id).await.unwrap();
+    page.tab_to("#f-nhi_card_no", 3).await.unwrap();
+    page.type_text(&newcomer.card).await.unwrap();
+    page.tab_to("#f-household_no", 3).await.unwrap();
+    page.type_text(&newcomer.household).await.unwrap();
+    page.press(Key::Enter).await.unwrap();
+    page.wait_until(
+        "location.pathname === '/login/first-use'",
+        "the first-use page",
+    )
+    .await
+    .unwrap();
+    page.wait_loaded().await.unwrap();
+    page.assert_accessible("first-use").await.unwrap();
+    page.tab_to("#f-address", 10).await.unwrap();
+    page.type_text("newcomer@example.org").await.unwrap();
+    page.press(Key::Enter).await.unwrap();
+    page.wait_until(
+        "location.pathname === '/login/first-use/code'",
+        "the code page",
+    )
+    .await
+    .unwrap();
+    page.wait_loaded().await.unwrap();
+    page.assert_accessible("code").await.unwrap();
+    let store = &w.app.db.store;
+    let mut body = String::new();
+    for _ in 0..2000 {
+        if let Some(m) = store.outbox(1).await.unwrap().into_iter().next() {
+            body = m.body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let code = code_in(&format!("h\n\n{body}"));
+    page.tab_to("#f-code", 10).await.unwrap();
+    page.type_text(&code).await.unwrap();
+    page.press(Key::Enter).await.unwrap();
+    page.wait_until(
+        "location.pathname === '/' && document.readyState === 'complete'",
+        "the home page after the code",
+    )
+    .await
+    .unwrap();
+    let s = page
+        .eval("fetch('/api/v1/session').then(r => r.json())")
+        .await
+        .unwrap();
+    assert_eq!(
+        (s["method"].as_str(), s["level"].as_u64()),
+        (Some("dual_id"), Some(4))
+    );
+    page.goto(&w.app.url("/dev/outbox")).await.unwrap();
+    page.assert_accessible("outbox").await.unwrap();
+    w.app.stop().await.unwrap();
+}
