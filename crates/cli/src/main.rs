@@ -200,6 +200,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut settings = args.server.config.settings(args.server.listen)?;
     settings.log.format = LogFormat::Pretty;
+    // The demo sends no email or SMS: codes appear at /dev/outbox.
+    settings.messages.dev_outbox = true;
     if !settings.listen.ip().is_loopback() {
         anyhow::bail!(
             "demo serves plain HTTP and listens on loopback only; use `mydata serve` to listen on {}",

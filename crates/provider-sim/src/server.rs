@@ -38,16 +38,20 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+mod identity;
+pub use identity::{HOUSEHOLD_AGENCY, NHI_AGENCY};
+
 /// The population seed used unless configured otherwise.
 pub const DEFAULT_SEED: u64 = 20_201_231;
 
 /// Paths the router serves (axum syntax); the OpenAPI test checks each is documented.
-pub const PATHS: [&str; 5] = [
+pub const PATHS: [&str; 6] = [
     "/agencies/{agency_id}/v1/requests",
     "/agencies/{agency_id}/v1/requests/{request_id}",
     "/ca/root.pem",
     "/ca/crl.pem",
     "/admin/faults/{agency_id}",
+    "/agencies/{agency_id}/v1/identity-checks",
 ];
 
 const DAY_MS: i64 = 86_400_000;
@@ -642,6 +646,7 @@ pub async fn router(sim: Arc<Simulator>) -> Router {
         .route(PATHS[2], get(root_pem))
         .route(PATHS[3], get(crl_pem))
         .route(PATHS[4], put(put_faults).get(get_faults))
+        .route(PATHS[5], post(identity::check))
         .fallback(|| async { ApiError::RouteNotFound })
         .with_state(sim)
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{BodyLimit, panic_response, problem_fallback};
 use crate::pages::APP_CSS;
-use crate::routes::{audit, catalog_api, dev, health, home};
+use crate::routes::{audit, catalog_api, dev, health, home, login};
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -51,7 +51,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/transfers/{transfer_id}/receipts/{kind}",
             get(audit::receipt),
-        );
+        )
+        .route("/session", get(login::session_json));
     // Developer endpoints bypass identity and consent: only when configured (demo).
     let api = if settings.dev.endpoints {
         api.route("/dev/fetches", post(dev::create_fetch))
@@ -94,6 +95,27 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/.well-known/mydata/jwks.json", get(health::jwks))
         .route("/static/app.css", get(stylesheet))
+        .route("/static/login.js", get(login_script))
+        .route("/login", get(login::choose))
+        .route(
+            "/login/first-use",
+            get(login::first_use_form).post(login::first_use_submit),
+        )
+        .route(
+            "/login/first-use/code",
+            get(login::code_form).post(login::code_submit),
+        )
+        .route(
+            "/login/{method}",
+            get(login::method_form).post(login::submit),
+        )
+        .route("/login/{method}/challenge", post(login::challenge))
+        .route(
+            "/account/password",
+            get(login::password_form).post(login::password_submit),
+        )
+        .route("/logout", post(login::logout))
+        .route("/dev/outbox", get(login::outbox))
         .nest("/api/v1", api)
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
@@ -117,6 +139,16 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn login_script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        crate::pages::LOGIN_JS,
+    )
 }
 
 async fn stylesheet() -> impl IntoResponse {

@@ -242,6 +242,11 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(n) => tracing::info!(packages = n, "expired packages destroyed"),
             Err(e) => tracing::warn!(error = %e, "package purge failed"),
         }
+        match crate::identity::session::sweep(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(sessions = n, "ended sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+        }
         if pause(every, &mut stop).await {
             break;
         }

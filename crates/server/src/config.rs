@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Top-level keys; environment variables naming anything else (such as `MYDATA_CONFIG`) are ignored.
-const TOP_LEVEL_KEYS: [&str; 13] = [
+const TOP_LEVEL_KEYS: [&str; 15] = [
     "listen",
     "data_dir",
     "database",
@@ -26,6 +26,8 @@ const TOP_LEVEL_KEYS: [&str; 13] = [
     "storage",
     "dev",
     "retention",
+    "identity",
+    "messages",
 ];
 
 /// Every setting of the platform.
@@ -45,6 +47,8 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub jobs: crate::background::JobSettings,
     pub keys: KeySettings,
+    pub identity: crate::identity::IdentitySettings,
+    pub messages: crate::identity::messages::MessageSettings,
     pub agencies: AgencySettings,
     pub storage: StorageSettings,
     pub dev: DevSettings,
@@ -198,6 +202,11 @@ pub struct KeySettings {
     /// means `<data_dir>/keys/platform-signing.pem`, created on first start. Processes that share a
     /// database must share this key.
     pub platform_signing_key: String,
+    /// File of the 32-byte secret that hashes client addresses (lockout counters) and one-time
+    /// codes (HMAC-SHA256). Empty means `<data_dir>/keys/identity-hash.key`, created on first
+    /// start. Processes that share a database must share it.
+    #[serde(default)]
+    pub identity_hash_key: String,
     /// File of the platform's 256-bit data key, which wraps package keys and seals the identity a
     /// fetch needs. Empty means `<data_dir>/keys/data.key`, created on first start. Processes that
     /// share a database must share this key.
@@ -275,8 +284,11 @@ impl Default for Settings {
             jobs: crate::background::JobSettings::default(),
             keys: KeySettings {
                 platform_signing_key: String::new(),
+                identity_hash_key: String::new(),
                 data_key: String::new(),
             },
+            identity: crate::identity::IdentitySettings::default(),
+            messages: crate::identity::messages::MessageSettings::default(),
             agencies: AgencySettings::default(),
             storage: StorageSettings::default(),
             dev: DevSettings::default(),
@@ -397,6 +409,8 @@ impl Settings {
                 "must start with sqlite: or postgres:// (allowed backends: sqlite, postgres)",
             );
         }
+        self.identity.validate().map_err(ConfigError)?;
+        self.messages.validate().map_err(ConfigError)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(
                 "log.level",
@@ -421,6 +435,15 @@ impl Settings {
             self.data_dir.join("keys").join("platform-signing.pem")
         } else {
             PathBuf::from(&self.keys.platform_signing_key)
+        }
+    }
+
+    /// Where the identity hash key is kept.
+    pub fn identity_hash_key_path(&self) -> PathBuf {
+        if self.keys.identity_hash_key.is_empty() {
+            self.data_dir.join("keys").join("identity-hash.key")
+        } else {
+            PathBuf::from(&self.keys.identity_hash_key)
         }
     }
 

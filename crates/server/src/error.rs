@@ -62,8 +62,82 @@ pub enum AppError {
     ProofSizesOutOfOrder { first: u64, second: u64 },
     #[error("{0}")]
     ReceiptNotAvailable(String),
+    #[error("the form's security token is missing or wrong; reload the page and try again")]
+    CsrfRejected,
+    #[error(
+        "your session has ended (it was idle too long or reached its time limit); sign in again"
+    )]
+    SessionExpired,
+    #[error("you need to sign in first")]
+    NotSignedIn,
+    #[error("this needs a sign-in at assurance level {required} or stronger")]
+    InsufficientLevel {
+        required: mydata_core::AssuranceLevel,
+    },
+    #[error("{0}")]
+    IdentityRefused(crate::identity::Refusal),
+    #[error("too many failed attempts; try again in {} minute(s)", retry_after_secs.div_ceil(60))]
+    LockedOut { retry_after_secs: u64 },
+    #[error("{}", .0.message_en())]
+    CodeRefused(CodeProblem),
+    #[error("{0}")]
+    InvalidContact(String),
+    #[error("the identity check could not be made right now; try again in a few minutes")]
+    IdentityUnavailable,
+    #[error("identity method `{0}` is not offered here")]
+    MethodNotOffered(String),
+    #[error("{0}")]
+    PasswordRejected(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// Why a one-time code was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeProblem {
+    Wrong,
+    Expired,
+    Used,
+    TooManyAttempts,
+    NoneSent,
+    TooSoon,
+}
+
+impl CodeProblem {
+    pub fn code(self) -> &'static str {
+        match self {
+            CodeProblem::Wrong => "code_wrong",
+            CodeProblem::Expired => "code_expired",
+            CodeProblem::Used => "code_used",
+            CodeProblem::TooManyAttempts => "code_attempts_exhausted",
+            CodeProblem::NoneSent => "code_not_sent",
+            CodeProblem::TooSoon => "code_recently_sent",
+        }
+    }
+
+    pub fn message_en(self) -> &'static str {
+        match self {
+            CodeProblem::Wrong => "the code is wrong; check the message and try again",
+            CodeProblem::Expired => "the code has expired; ask for a new one",
+            CodeProblem::Used => "the code was already used; ask for a new one",
+            CodeProblem::TooManyAttempts => "too many wrong codes; ask for a new one",
+            CodeProblem::NoneSent => "no code was sent for this sign-in; ask for one",
+            CodeProblem::TooSoon => {
+                "a code was sent less than a minute ago; wait for it or try again shortly"
+            }
+        }
+    }
+
+    pub fn message_zh(self) -> &'static str {
+        match self {
+            CodeProblem::Wrong => "驗證碼錯誤，請核對訊息後再試。",
+            CodeProblem::Expired => "驗證碼已逾時，請重新取得。",
+            CodeProblem::Used => "驗證碼已使用過，請重新取得。",
+            CodeProblem::TooManyAttempts => "錯誤次數過多，請重新取得驗證碼。",
+            CodeProblem::NoneSent => "尚未寄送驗證碼，請先取得。",
+            CodeProblem::TooSoon => "一分鐘內已寄出驗證碼，請稍候再試。",
+        }
+    }
 }
 
 impl AppError {
@@ -104,6 +178,17 @@ impl AppError {
             AppError::LeafIndexOutOfRange { .. } => "leaf_index_out_of_range",
             AppError::ProofSizesOutOfOrder { .. } => "proof_sizes_out_of_order",
             AppError::ReceiptNotAvailable(_) => "receipt_not_available",
+            AppError::CsrfRejected => "csrf_failed",
+            AppError::SessionExpired => "session_expired",
+            AppError::NotSignedIn => "not_signed_in",
+            AppError::InsufficientLevel { .. } => "insufficient_level",
+            AppError::IdentityRefused(r) => r.code(),
+            AppError::LockedOut { .. } => "locked_out",
+            AppError::CodeRefused(p) => p.code(),
+            AppError::InvalidContact(_) => "invalid_contact",
+            AppError::IdentityUnavailable => "identity_check_unavailable",
+            AppError::MethodNotOffered(_) => "method_not_offered",
+            AppError::PasswordRejected(_) => "password_rejected",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -123,9 +208,22 @@ impl AppError {
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
-            AppError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::PackageNotReady(_) => StatusCode::CONFLICT,
             AppError::PackageGone(_) => StatusCode::GONE,
+            AppError::DatabaseUnavailable | AppError::IdentityUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AppError::CsrfRejected | AppError::InsufficientLevel { .. } => StatusCode::FORBIDDEN,
+            AppError::SessionExpired | AppError::NotSignedIn => StatusCode::UNAUTHORIZED,
+            AppError::IdentityRefused(crate::identity::Refusal::MalformedInput) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            AppError::IdentityRefused(_) | AppError::CodeRefused(_) => StatusCode::UNAUTHORIZED,
+            AppError::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::InvalidContact(_) | AppError::PasswordRejected(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            AppError::MethodNotOffered(_) => StatusCode::NOT_FOUND,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -153,9 +251,53 @@ impl AppError {
             | AppError::LeafIndexOutOfRange { .. }
             | AppError::ProofSizesOutOfOrder { .. } => ("證明參數有誤", "Invalid proof parameters"),
             AppError::ReceiptNotAvailable(_) => ("尚無法開立收據", "Receipt not available yet"),
+            AppError::CsrfRejected => ("表單已失效", "Form expired"),
+            AppError::SessionExpired => ("登入已逾時", "Session ended"),
+            AppError::NotSignedIn => ("請先登入", "Sign-in needed"),
+            AppError::InsufficientLevel { .. } => {
+                ("需要更高的身分驗證等級", "Stronger sign-in needed")
+            }
+            AppError::IdentityRefused(_) => ("身分驗證未通過", "Identity not verified"),
+            AppError::LockedOut { .. } => ("暫時鎖定", "Temporarily locked"),
+            AppError::CodeRefused(_) => ("驗證碼未通過", "Code not accepted"),
+            AppError::InvalidContact(_) => ("聯絡方式有誤", "Invalid contact"),
+            AppError::IdentityUnavailable => ("暫時無法驗證身分", "Identity check unavailable"),
+            AppError::MethodNotOffered(_) => ("不提供此驗證方式", "Method not offered"),
+            AppError::PasswordRejected(_) => ("密碼不符合規定", "Password not accepted"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)
+    }
+
+    /// What the person can do about it, in their language (pages).
+    pub fn detail_in(&self, lang: Lang) -> String {
+        if lang == Lang::En {
+            return self.detail();
+        }
+        match self {
+            AppError::IdentityRefused(r) => r.message_zh().into(),
+            AppError::CodeRefused(p) => p.message_zh().into(),
+            AppError::LockedOut { retry_after_secs } => format!(
+                "失敗次數過多，請於 {} 分鐘後再試。",
+                retry_after_secs.div_ceil(60)
+            ),
+            AppError::CsrfRejected => "表單的安全碼遺失或不正確，請重新整理頁面後再試。".into(),
+            AppError::SessionExpired => "閒置過久或已達使用時限，請重新登入。".into(),
+            AppError::NotSignedIn => "請先完成身分驗證。".into(),
+            AppError::InsufficientLevel { required } => {
+                format!("此操作需要等級 {required} 或更高的身分驗證。")
+            }
+            AppError::IdentityUnavailable => "目前無法向機關查驗，請幾分鐘後再試。".into(),
+            _ => self.detail(),
+        }
+    }
+
+    /// Headers some errors carry (Retry-After of a lockout).
+    fn decorate(&self, res: &mut Response) {
+        if let AppError::LockedOut { retry_after_secs } = self {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
     }
 
     /// What the person or client can do about it.
@@ -176,6 +318,9 @@ impl AppError {
             AppError::DatabaseUnavailable => {
                 tracing::warn!(code = self.code(), "database unavailable")
             }
+            AppError::IdentityUnavailable => {
+                tracing::warn!(code = self.code(), "identity check unavailable")
+            }
             _ => tracing::debug!(code = self.code(), "request refused"),
         }
     }
@@ -187,10 +332,12 @@ impl AppError {
             lang,
             self.status().as_u16(),
             self.title(lang),
-            &self.detail(),
+            &self.detail_in(lang),
             self.code(),
         );
-        (self.status(), page).into_response()
+        let mut res = (self.status(), page).into_response();
+        self.decorate(&mut res);
+        res
     }
 }
 
@@ -220,6 +367,7 @@ impl IntoResponse for AppError {
         let mut res = (status, json).into_response();
         res.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        self.decorate(&mut res);
         res
     }
 }

@@ -11,6 +11,7 @@ pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod i18n;
+pub mod identity;
 pub mod keys;
 pub mod packages;
 pub mod pages;

@@ -252,3 +252,6 @@ impl IntoResponse for ErrorPage {
 
 /// The stylesheet, served from `/static/app.css` (no inline styles, so the CSP can forbid them).
 pub const APP_CSS: &str = include_str!("../static/app.css");
+
+/// The certificate sign-in script, served from `/static/login.js` (the CSP forbids inline script).
+pub const LOGIN_JS: &str = include_str!("../static/login.js");

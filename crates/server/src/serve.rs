@@ -48,6 +48,7 @@ impl Server {
     pub async fn bind(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let catalog = load_catalog(settings.catalog_dir().as_deref())?;
         let platform = crate::keys::load_or_create_platform_signer(&settings)?;
+        let identity = crate::identity::Identity::load(&settings)?;
         let data = crate::agencies::DataPath::from_settings(&settings)?;
         // Several fetch workers, so one slow agency does not hold up the others.
         let mut handlers: Vec<Arc<dyn JobHandler>> = (0..settings.agencies.workers.max(1))
@@ -79,7 +80,7 @@ impl Server {
         );
         Ok(Self {
             listener,
-            state: AppState::new(catalog, store, clock, settings, platform, data),
+            state: AppState::new(catalog, store, clock, settings, platform, data, identity),
             handlers,
         })
     }
@@ -114,14 +115,20 @@ impl Server {
     ) -> anyhow::Result<()> {
         let app = router(self.state.clone());
         let addr = self.local_addr()?;
-        let background = Background::spawn(self.state.clone(), self.handlers);
+        let mut handlers = self.handlers;
+        handlers.push(Arc::new(crate::identity::messages::MessageSender));
+        let background = Background::spawn(self.state.clone(), handlers);
         match self.state.settings().tls.clone() {
             None => {
                 let listener = tokio::net::TcpListener::from_std(self.listener)?;
                 tracing::info!(%addr, "listening (HTTP)");
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await?;
+                // The peer address is the client address for lockout unless a proxy header is set.
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(shutdown)
+                .await?;
             }
             Some(tls) => {
                 // Several crypto back-ends are linked (through dependencies); choose one explicitly.
@@ -145,7 +152,7 @@ impl Server {
                 tracing::info!(%addr, "listening (HTTPS)");
                 axum_server::from_tcp_rustls(self.listener, config)
                     .handle(handle)
-                    .serve(app.into_make_service())
+                    .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                     .await?;
             }
         }

@@ -20,6 +20,7 @@ struct Inner {
     settings: Settings,
     platform: mydata_package::PlatformSigner,
     data: crate::agencies::DataPath,
+    identity: crate::identity::Identity,
 }
 
 impl AppState {
@@ -30,6 +31,7 @@ impl AppState {
         settings: Settings,
         platform: mydata_package::PlatformSigner,
         data: crate::agencies::DataPath,
+        identity: crate::identity::Identity,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -39,6 +41,7 @@ impl AppState {
                 settings,
                 platform,
                 data,
+                identity,
             }),
         }
     }
@@ -51,6 +54,10 @@ impl AppState {
     /// The platform's signing key (receipts, tree heads).
     pub fn platform(&self) -> &mydata_package::PlatformSigner {
         &self.inner.platform
+    }
+    /// Identity services: pseudonyms, identity methods, the agency client.
+    pub fn identity(&self) -> &crate::identity::Identity {
+        &self.inner.identity
     }
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog

@@ -11,6 +11,7 @@ mod audit_proofs;
 mod audit_receipts;
 mod audit_tree;
 mod fetches;
+mod identity;
 mod jobs;
 mod records;
 mod retention;
@@ -26,6 +27,9 @@ pub use audit_tree::{
 pub use fetches::{
     Admission, AgencyCircuit, AgencyLimits, FetchProgress, FetchRecord, FetchSettlement, Leftover,
     PackageRecord, status as fetch_status,
+};
+pub use identity::{
+    ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,
 };
 pub use jobs::{Job, JobState, NewJob};
 pub use records::{RecordCursor, RecordParty, TransferRecord};

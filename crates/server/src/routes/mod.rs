@@ -5,3 +5,4 @@ pub mod catalog_api;
 pub mod dev;
 pub mod health;
 pub mod home;
+pub mod login;

@@ -40,6 +40,17 @@ impl TestApp {
         tweak: impl FnOnce(&mut Settings),
         handlers: Vec<Arc<dyn mydata_server::background::JobHandler>>,
     ) -> Self {
+        let clock = ManualClock::new(Timestamp::from_millis(1_790_000_000_000));
+        Self::spawn_clocked(backend, tweak, handlers, clock).await
+    }
+
+    /// Boots a server on a given clock (shared, say, with a simulated agency).
+    pub async fn spawn_clocked(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Settings),
+        handlers: Vec<Arc<dyn mydata_server::background::JobHandler>>,
+        clock: ManualClock,
+    ) -> Self {
         let db = match backend {
             Backend::Sqlite => fresh_sqlite().await.unwrap(),
             Backend::Postgres => fresh_postgres().await.unwrap(),
@@ -53,7 +64,6 @@ impl TestApp {
         settings.database.url = db.url.clone();
         tweak(&mut settings);
         let tls = settings.tls.is_some();
-        let clock = ManualClock::new(Timestamp::from_millis(1_790_000_000_000));
         let mut server = Server::bind(settings, Arc::new(clock.clone()))
             .await
             .unwrap();

@@ -11,4 +11,5 @@ mod fetch;
 mod health;
 mod helpers;
 mod home;
+mod identity;
 mod transport;
