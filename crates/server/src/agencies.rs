@@ -214,6 +214,69 @@ pub async fn start_fetch(
     Ok(store.transfer(&t.id).await?.unwrap_or(t))
 }
 
+/// What a signed-in person asks for; the flows (self-download, counter, online service) fill it.
+#[derive(Debug, Clone)]
+pub struct PersonRequest {
+    pub kind: mydata_core::transfer::TransferKind,
+    /// The counter or service the data goes to; `None` for a self-download.
+    pub recipient: Option<String>,
+    pub purpose: String,
+    pub datasets: Vec<String>,
+}
+
+/// Starts a transfer for the person of a verified session: the one place every flow turns a
+/// sign-in plus consent into agency fetches. The session's level must meet every dataset's.
+pub async fn start_for_session(
+    state: &AppState,
+    v: &crate::identity::session::Verified,
+    req: PersonRequest,
+) -> Result<Transfer, crate::error::AppError> {
+    use crate::error::AppError;
+    if req.datasets.is_empty() {
+        return Err(AppError::EmptySelection);
+    }
+    for id in &req.datasets {
+        let d = state.catalog().dataset(id).ok_or_else(|| AppError::NotFound {
+            what: "dataset",
+            id: id.clone(),
+        })?;
+        if !v.level.satisfies(d.min_level()) {
+            return Err(AppError::InsufficientLevel {
+                required: d.min_level(),
+            });
+        }
+    }
+    let id = crate::identity::session::subject_id(state, v)?;
+    let start = StartFetch {
+        transfer: NewTransfer {
+            id: uuid::Uuid::new_v4().to_string(),
+            kind: req.kind,
+            subject: v.subject.clone(),
+            recipient: req.recipient,
+            purpose: req.purpose,
+            datasets: req.datasets,
+        },
+        subject_id: crate::identity::session::subject_text(&id),
+        method: v.method,
+        level: v.level,
+    };
+    start_fetch(state, start, &v.subject)
+        .await
+        .map_err(StartError::into_app_error)
+}
+
+impl StartError {
+    /// The one mapping of a refused start to the HTTP error people see.
+    pub fn into_app_error(self) -> crate::error::AppError {
+        use crate::error::AppError;
+        match self {
+            StartError::Invalid(m) => AppError::InvalidBody(m),
+            StartError::Store(e) => e.into(),
+            StartError::Seal => AppError::Internal(anyhow::anyhow!("sealing the subject failed")),
+        }
+    }
+}
+
 /// Runs the jobs of [`FETCH_QUEUE`].
 #[derive(Debug, Default)]
 pub struct FetchHandler;

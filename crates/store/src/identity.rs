@@ -20,6 +20,8 @@ pub struct SessionRow {
     pub level: Option<i64>,
     pub verified_at: Option<i64>,
     pub pending: Option<String>,
+    /// The subject's ID number sealed by the server's data key; never readable from the database alone.
+    pub subject_sealed: Option<String>,
     pub created_at: i64,
     pub last_seen_at: i64,
     pub expires_at: i64,
@@ -90,7 +92,7 @@ pub struct LockoutRule {
     pub duration: Duration,
 }
 
-const SESSION_COLUMNS: &str = "id_hash, csrf_token, subject, subject_kind, method, level, verified_at, pending, created_at, last_seen_at, expires_at";
+const SESSION_COLUMNS: &str = "id_hash, csrf_token, subject, subject_kind, method, level, verified_at, pending, created_at, last_seen_at, expires_at, subject_sealed";
 const CODE_COLUMNS: &str = "id, session_hash, subject, channel, address, code_hash, attempts, created_at, expires_at, used_at";
 
 fn ms(d: Duration) -> i64 {
@@ -101,7 +103,7 @@ impl Store {
     /// Stores a new session, removing `replaces` (the session it rotates) in the same transaction.
     pub async fn put_session(&self, s: &SessionRow, replaces: Option<&str>) -> Result<()> {
         let insert = format!(
-            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -123,6 +125,7 @@ impl Store {
                 .bind(s.created_at)
                 .bind(s.last_seen_at)
                 .bind(s.expires_at)
+                .bind(&s.subject_sealed)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;

@@ -40,6 +40,7 @@ fn session(id: &str, now: Timestamp) -> SessionRow {
         level: None,
         verified_at: None,
         pending: None,
+        subject_sealed: None,
         created_at: now.millis(),
         last_seen_at: now.millis(),
         expires_at: now.plus(Duration::from_secs(8 * 3600)).millis(),

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mydata_core::identity::SubjectKind;
-use mydata_core::{AssuranceLevel, IdentityMethod, Timestamp};
+use mydata_core::{AssuranceLevel, BusinessId, IdNumber, IdentityMethod, Timestamp};
 use mydata_store::SessionRow;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,9 @@ pub struct Verified {
     pub method: IdentityMethod,
     pub level: AssuranceLevel,
     pub verified_at: Timestamp,
+    /// The ID number sealed for this subject ([`seal_subject`]); opened only to start a fetch.
+    #[serde(skip)]
+    pub subject_sealed: Option<String>,
 }
 
 /// A verification waiting for its first-use code.
@@ -57,6 +60,9 @@ pub struct Pending {
     pub method: IdentityMethod,
     pub verified_at: Timestamp,
     pub next: String,
+    /// The ID number sealed for this subject ([`seal_subject`]).
+    #[serde(default)]
+    pub subject_sealed: Option<String>,
 }
 
 impl Session {
@@ -79,6 +85,7 @@ impl Session {
             method,
             level,
             verified_at: Timestamp::from_millis(r.verified_at?),
+            subject_sealed: r.subject_sealed.clone(),
         })
     }
 
@@ -179,7 +186,7 @@ fn absolute(state: &AppState) -> Duration {
 /// What looking for the request's session found.
 #[derive(Debug)]
 pub enum Found {
-    Live(Session),
+    Live(Box<Session>),
     /// A cookie was sent but its session timed out or does not exist (any more).
     Ended,
     None,
@@ -204,13 +211,13 @@ pub async fn find(state: &AppState, headers: &HeaderMap) -> Result<Found, AppErr
     if Timestamp::from_millis(row.last_seen_at).plus(TOUCH_EVERY) <= now {
         store.touch_session(&hash, now).await?;
     }
-    Ok(Found::Live(Session { row }))
+    Ok(Found::Live(Box::new(Session { row })))
 }
 
 /// The live session, if any.
 pub async fn load(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, AppError> {
     Ok(match find(state, headers).await? {
-        Found::Live(s) => Some(s),
+        Found::Live(s) => Some(*s),
         _ => None,
     })
 }
@@ -225,7 +232,7 @@ pub async fn for_post(
     match find(state, headers).await? {
         Found::Live(s) => {
             s.check_csrf(csrf)?;
-            Ok(s)
+            Ok(*s)
         }
         Found::Ended => Err(AppError::SessionExpired),
         Found::None => Err(AppError::CsrfRejected),
@@ -243,6 +250,7 @@ fn new_row(now: Timestamp, abs: Duration) -> (String, SessionRow) {
         level: None,
         verified_at: None,
         pending: None,
+        subject_sealed: None,
         created_at: now.millis(),
         last_seen_at: now.millis(),
         expires_at: now.plus(abs).millis(),
@@ -284,6 +292,7 @@ pub async fn rotate_verified(
     row.method = Some(v.method.code().into());
     row.level = Some(i64::from(v.level.number()));
     row.verified_at = Some(v.verified_at.millis());
+    row.subject_sealed = v.subject_sealed.clone();
     state.store().put_session(&row, Some(old.id_hash())).await?;
     let left = now.until(Timestamp::from_millis(row.expires_at));
     Ok((Session { row }, set_cookie(state, &token, left)))
@@ -321,4 +330,55 @@ pub async fn sweep(state: &AppState) -> Result<u64, mydata_store::StoreError> {
         .store()
         .sweep_identity(now, idle_before, failures_before)
         .await
+}
+
+fn subject_context(pseudonym: &str) -> String {
+    format!("mydata:v1:session-subject:{pseudonym}")
+}
+
+/// Seals a proven subject's ID number under the data key, bound to its pseudonym, for the session.
+pub fn seal_subject(state: &AppState, id: &SubjectId) -> Result<String, AppError> {
+    let pseudonym = pseudonym(state, id);
+    state
+        .data()
+        .vault
+        .seal(&subject_context(&pseudonym), subject_raw(id).as_bytes())
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("sealing the session subject: {e}")))
+}
+
+fn subject_raw(id: &SubjectId) -> &str {
+    match id {
+        SubjectId::Person(n) => n.as_str(),
+        SubjectId::Company(b) => b.as_str(),
+    }
+}
+
+/// The ID number (or 統一編號) of a verified session's person, for asking agencies about them.
+/// Refused as `not_signed_in` when the session holds none (for example one verified before this
+/// column existed) or when it does not open to the session's own pseudonym.
+pub fn subject_id(state: &AppState, v: &Verified) -> Result<SubjectId, AppError> {
+    let sealed = v.subject_sealed.as_deref().ok_or(AppError::NotSignedIn)?;
+    let plain = state
+        .data()
+        .vault
+        .open(&subject_context(&v.subject), sealed)
+        .map_err(|_| AppError::NotSignedIn)?;
+    let raw = std::str::from_utf8(&plain).map_err(|_| AppError::NotSignedIn)?;
+    let id = match v.subject_kind {
+        SubjectKind::Natural => {
+            SubjectId::Person(IdNumber::parse(raw).map_err(|_| AppError::NotSignedIn)?)
+        }
+        SubjectKind::Legal => {
+            SubjectId::Company(BusinessId::parse(raw).map_err(|_| AppError::NotSignedIn)?)
+        }
+    };
+    if pseudonym(state, &id) != v.subject {
+        return Err(AppError::NotSignedIn);
+    }
+    Ok(id)
+}
+
+/// The ID number or 統一編號 as text (what agencies are asked about).
+pub fn subject_text(id: &SubjectId) -> String {
+    subject_raw(id).to_owned()
 }

@@ -107,11 +107,7 @@ pub async fn create_fetch(
     };
     let t = start_fetch(&state, start, &pseudonym)
         .await
-        .map_err(|e| match e {
-            StartError::Invalid(m) => AppError::InvalidBody(m),
-            StartError::Store(e) => e.into(),
-            StartError::Seal => AppError::Internal(anyhow::anyhow!("sealing the subject failed")),
-        })?;
+        .map_err(StartError::into_app_error)?;
     let links = serde_json::json!({
         "transfer_id": t.id,
         "method": method.code(),

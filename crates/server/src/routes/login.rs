@@ -775,6 +775,7 @@ async fn submit_inner(
             method: m,
             verified_at: now,
             next,
+            subject_sealed: Some(session::seal_subject(state, &proven)?),
         };
         let json = serde_json::to_string(&pending).map_err(|e| AppError::Internal(e.into()))?;
         state
@@ -792,6 +793,7 @@ async fn submit_inner(
         method: m,
         level: m.level(),
         verified_at: now,
+        subject_sealed: Some(session::seal_subject(state, &proven)?),
     };
     let (_, cookie) = session::rotate_verified(state, &s, &v).await?;
     Ok(with_cookie(
@@ -1161,6 +1163,7 @@ pub async fn code_submit(
             method: p.method,
             level: p.method.level(),
             verified_at: p.verified_at,
+            subject_sealed: p.subject_sealed.clone(),
         };
         let (_, cookie) = session::rotate_verified(&state, &s, &v).await?;
         Ok::<_, AppError>(with_cookie(
