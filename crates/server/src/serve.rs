@@ -55,6 +55,7 @@ impl Server {
             .map(|_| Arc::new(crate::agencies::FetchHandler) as Arc<dyn JobHandler>)
             .collect();
         handlers.push(Arc::new(crate::packages::PackageHandler));
+        handlers.push(Arc::new(crate::orphans::ObjectSweepHandler));
         let url = settings.database_url();
         let store = Store::connect(
             &url,

@@ -12,4 +12,5 @@ mod health;
 mod helpers;
 mod home;
 mod identity;
+mod orphans;
 mod transport;
