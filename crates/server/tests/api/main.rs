@@ -14,3 +14,4 @@ mod home;
 mod identity;
 mod orphans;
 mod transport;
+mod world;
