@@ -13,5 +13,6 @@ mod helpers;
 mod home;
 mod identity;
 mod orphans;
+mod receipt_access;
 mod transport;
 mod world;
