@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod i18n;
 pub mod identity;
+pub mod keyfile;
 pub mod keys;
 pub mod orphans;
 pub mod packages;
