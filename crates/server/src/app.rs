@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(login::logout))
         .route("/dev/outbox", get(login::outbox))
         // Counter verification: the person's side, then the clerk's.
+        .route("/static/counter.js", get(counter::script))
         .route("/counter", get(counter::services))
         .route(
             "/counter/services/{id}",

@@ -274,8 +274,12 @@ pub async fn current_serial(
         return Ok(None);
     }
     let vault = &state.data().vault;
-    if let Some(row) = store.current_serial(&t.id).await?
-        && row.used_at.is_none()
+    let current = store.current_serial(&t.id).await?;
+    // A verified serial ends the barcode for this transfer: consent was for one counter visit.
+    if current.as_ref().is_some_and(|r| r.used_at.is_some()) {
+        return Ok(None);
+    }
+    if let Some(row) = current
         && now < Timestamp::from_millis(row.expires_at)
     {
         let plain = vault

@@ -440,6 +440,9 @@ pub struct TransferPage {
     pub office: String,
     pub data_limit: String,
     pub refresh_secs: u64,
+    pub serial_secs: u64,
+    pub self_href: String,
+    pub refresh_label: &'static str,
     pub barcode: Option<BarcodeView>,
     pub status: String,
     pub datasets_title: &'static str,
@@ -587,6 +590,9 @@ pub async fn transfer(
                 ),
             },
             refresh_secs,
+            serial_secs: serial.as_ref().map_or(0, |(_, u)| now.until(*u).as_secs()),
+            self_href: format!("/counter/transfers/{}", t.id),
+            refresh_label: lang.pick("重新整理", "Refresh"),
             barcode,
             status,
             datasets_title: lang.pick("資料", "Data"),
@@ -595,6 +601,18 @@ pub async fn transfer(
         Ok::<_, AppError>(page(StatusCode::OK, &p, None))
     };
     run.await.unwrap_or_else(|e| e.into_page(lang))
+}
+
+/// `GET /static/counter.js`
+pub async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        include_str!("../../static/counter.js"),
+    )
+        .into_response()
 }
 
 /// A short, non-secret tag of the serial for image URLs (so a new serial is a new image).

@@ -30,6 +30,8 @@ struct Desk {
     person_csrf: String,
     id_number: String,
     pseudonym: String,
+    /// The person's session cookie, for a browser context.
+    person_cookie: String,
     clerks: Vec<(String, String)>,
 }
 
@@ -126,8 +128,9 @@ impl Desk {
             .await
             .unwrap();
         let jar = Arc::new(reqwest::cookie::Jar::default());
+        let person_cookie = format!("{}={token}", session::cookie_name(st));
         jar.add_cookie_str(
-            &format!("{}={token}; Path=/", session::cookie_name(st)),
+            &format!("{person_cookie}; Path=/"),
             &app.base.parse().unwrap(),
         );
         Self {
@@ -135,6 +138,7 @@ impl Desk {
             person_csrf: csrf,
             id_number,
             pseudonym: person_pseudonym,
+            person_cookie,
             clerks,
             app,
         }
@@ -816,6 +820,32 @@ async fn clerks_of_another_office_and_bad_requests_are_refused() {
         .await
         .unwrap();
     assert_eq!(code_of(&res.text().await.unwrap()), "office_missing");
+    // Consent without a verified sign-in goes to the sign-in page for these datasets, and back.
+    let anon = client(Arc::new(reqwest::cookie::Jar::default()));
+    let page = anon
+        .get(d.url(&format!("/counter/services/{SERVICE}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = attr(&page, "name=\"csrf\" value=\"");
+    let res = anon
+        .post(d.url(&format!("/counter/services/{SERVICE}")))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("office", "chiayi-social"),
+            ("consent", "yes"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        location(&res),
+        "/login?datasets=household-register-personal&next=%2Fcounter%2Fservices%2Fchiayi-senior-concession-card%3Foffice%3Dchiayi-social%26agreed%3D1"
+    );
     // An online-only service has no counter page.
     let res = d
         .person
@@ -856,4 +886,125 @@ async fn clerk_totp_codes_are_single_use() {
         StatusCode::UNAUTHORIZED,
         "a replayed code is refused"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real Chromium: the person on a 360 px phone and the clerk at a desk, two browser contexts.
+
+#[tokio::test]
+async fn person_and_clerk_go_through_the_whole_flow_in_chromium() {
+    use mydata_browser_test::{Browser, Key, Viewport};
+    let d = Desk::start(Backend::Sqlite).await;
+    let browser = Browser::shared().unwrap();
+    let person_ctx = browser.new_context("counter_person").await.unwrap();
+    let clerk_ctx = browser.new_context("counter_clerk").await.unwrap();
+    let mut person = person_ctx.new_page(Viewport::NARROW).await.unwrap();
+    let clerk_page = clerk_ctx.new_page(Viewport::DESKTOP).await.unwrap();
+
+    // The person: the list of counter services, then the service (sign-in is tested with the
+    // identity pages; here the person's browser carries a verified session).
+    person.goto(&d.url("/counter")).await.unwrap();
+    person
+        .eval(&format!("document.cookie = '{}; path=/'", d.person_cookie))
+        .await
+        .unwrap();
+    person.wait_for(&format!("#svc-{SERVICE} a")).await.unwrap();
+    person.assert_accessible("services").await.unwrap();
+    person.click(&format!("#svc-{SERVICE} a")).await.unwrap();
+    person.wait_for("#consent-form").await.unwrap();
+    assert_eq!(person.horizontal_overflow().await.unwrap(), 0);
+    person.assert_accessible("service").await.unwrap();
+    person.screenshot("service").await.unwrap();
+    // Keyboard alone: office, consent box, submit.
+    person.tab_to("input[name=office]", 30).await.unwrap();
+    person.press(Key::ArrowDown).await.unwrap();
+    assert_eq!(
+        person
+            .eval("document.querySelector('input[name=office]:checked').value")
+            .await
+            .unwrap(),
+        "chiayi-social"
+    );
+    person.tab_to("#consent", 10).await.unwrap();
+    person.press(Key::Space).await.unwrap();
+    person.tab_to("#consent-submit", 5).await.unwrap();
+    person.press(Key::Enter).await.unwrap();
+    // The page reloads itself while the data is fetched, then shows the barcode.
+    person.set_timeout(Duration::from_secs(30));
+    person.wait_for("#serial").await.unwrap();
+    let serial = person
+        .attribute("#serial", "data-serial")
+        .await
+        .unwrap()
+        .unwrap();
+    person
+        .wait_until(
+            "document.getElementById('barcode-img').complete && document.getElementById('barcode-img').naturalWidth > 0",
+            "the barcode image",
+        )
+        .await
+        .unwrap();
+    assert_eq!(person.horizontal_overflow().await.unwrap(), 0, "360 px");
+    person.wait_for_text("8 小時").await.unwrap();
+    person.screenshot("barcode").await.unwrap();
+    person.assert_accessible("barcode").await.unwrap();
+    person.set_viewport(Viewport::MOBILE).await.unwrap();
+
+    // The clerk: sign in with password and TOTP, choose the counter.
+    d.app.clock.advance(Duration::from_secs(30));
+    let code = clerk::totp_code(&d.clerks[0].1, d.app.clock.now()).unwrap();
+    clerk_page.goto(&d.url("/clerk")).await.unwrap();
+    clerk_page.wait_for("#f-username").await.unwrap();
+    clerk_page.assert_accessible("login").await.unwrap();
+    clerk_page.fill("#f-username", "lin").await.unwrap();
+    clerk_page
+        .fill("#f-password", CLERK_PASSWORD)
+        .await
+        .unwrap();
+    clerk_page.fill("#f-totp", &code).await.unwrap();
+    clerk_page.press(Key::Enter).await.unwrap();
+    clerk_page.wait_for("#f-counter").await.unwrap();
+    clerk_page.press(Key::Tab).await.unwrap();
+    clerk_page
+        .tab_to("form[action='/clerk/counter'] button", 10)
+        .await
+        .unwrap();
+    clerk_page.press(Key::Enter).await.unwrap();
+    clerk_page.wait_for("#f-serial").await.unwrap();
+    clerk_page
+        .wait_for_text("民眾自行下載後出示或攜帶的檔案")
+        .await
+        .unwrap();
+    clerk_page.assert_accessible("counter").await.unwrap();
+    // A keyboard-wedge scanner: the serial's characters, then Enter, into the focused field.
+    assert!(clerk_page.focused_matches("#f-serial").await.unwrap());
+    clerk_page.type_text(&serial).await.unwrap();
+    clerk_page.press(Key::Enter).await.unwrap();
+    clerk_page.wait_for("#f-password").await.unwrap();
+    clerk_page.assert_accessible("password").await.unwrap();
+    let password = d.sent_password().await;
+    assert!(clerk_page.focused_matches("#f-password").await.unwrap());
+    clerk_page.type_text(&password).await.unwrap();
+    clerk_page.press(Key::Enter).await.unwrap();
+    clerk_page
+        .wait_for("#verification[data-ok=true]")
+        .await
+        .unwrap();
+    clerk_page
+        .wait_for_text("驗證結果：全部通過")
+        .await
+        .unwrap();
+    clerk_page.screenshot("data").await.unwrap();
+    clerk_page.assert_accessible("data").await.unwrap();
+    assert!(
+        clerk_page.js_errors().is_empty(),
+        "{:?}",
+        clerk_page.js_errors()
+    );
+
+    // Back on the phone: the barcode is gone, the data was used.
+    let here = person.url().await.unwrap();
+    person.goto(&here).await.unwrap();
+    person.wait_for_text("資料已由櫃檯取用").await.unwrap();
+    assert!(person.js_errors().is_empty(), "{:?}", person.js_errors());
 }
