@@ -171,3 +171,52 @@ pub async fn run(cmd: CounterCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The demo's counter: one office doing every counter service of the catalogue, one counter and
+/// one clerk (created once; their TOTP secret is printed when the clerk is created).
+pub async fn demo_desk(state: &mydata_server::state::AppState) -> anyhow::Result<()> {
+    use mydata_core::catalog::ServiceMode;
+    let services: Vec<String> = state
+        .catalog()
+        .services()
+        .iter()
+        .filter(|s| s.mode.offers(ServiceMode::Counter))
+        .map(|s| s.id.clone())
+        .collect();
+    clerk::register_office(
+        state,
+        "demo-office",
+        "demo-county",
+        "示範縣政府服務櫃檯",
+        "Demo county service desk",
+        &services,
+    )
+    .await?;
+    clerk::register_counter(state, "demo-office", "demo-counter-1", "1 號櫃檯").await?;
+    if state
+        .store()
+        .clerk_by_username("demo-clerk")
+        .await?
+        .is_none()
+    {
+        let c = clerk::register_clerk(
+            state,
+            "demo-office",
+            "demo-clerk",
+            "示範承辦人",
+            Role::Supervisor,
+            "demo-clerk-password",
+        )
+        .await?;
+        eprintln!(
+            "counter verification: clerk `demo-clerk`, password `demo-clerk-password`, TOTP secret {} \
+             (add it to an authenticator app: {}); sign in at /clerk/login",
+            c.totp_secret, c.totp_uri
+        );
+    } else {
+        eprintln!(
+            "counter verification: clerk `demo-clerk` (password `demo-clerk-password`, TOTP secret printed when first created); sign in at /clerk/login"
+        );
+    }
+    Ok(())
+}

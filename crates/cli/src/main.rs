@@ -230,6 +230,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         agencies.sample_company,
         agencies.sample_person
     );
+    counter_admin::demo_desk(server.state()).await?;
     let running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
     wait_healthy(&base).await?;
     eprintln!("mydata demo is ready. Open the address below in a browser; press Ctrl-C to stop.");
