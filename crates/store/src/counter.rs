@@ -250,10 +250,14 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes clerk sessions and grants past their end.
+    /// Deletes clerk sessions and grants past their end, wrong entries older than the lockout
+    /// window and ended lockouts. Returns the sessions removed.
     pub async fn sweep_clerk_sessions(&self, now: Timestamp) -> Result<u64> {
+        let before = now.millis().saturating_sub(window_ms());
         let n = on_pool!(self, pool => {
             sqlx::query("DELETE FROM counter_grants WHERE expires_at <= $1").bind(now.millis()).execute(pool).await?;
+            sqlx::query("DELETE FROM counter_failures WHERE at <= $1").bind(before).execute(pool).await?;
+            sqlx::query("DELETE FROM counter_locks WHERE locked_until <= $1").bind(now.millis()).execute(pool).await?;
             sqlx::query("DELETE FROM clerk_sessions WHERE expires_at <= $1").bind(now.millis()).execute(pool).await?.rows_affected()
         });
         Ok(n)

@@ -392,6 +392,19 @@ async fn five_failures_lock_one_counter_for_fifteen_minutes(store: &Store) {
     assert_eq!(store.counter_locked_until("c1", end).await.unwrap(), None);
     // Counting starts again after the lockout.
     assert_eq!(store.counter_recent_failures("c1", end).await.unwrap(), 0);
+    // The sweep forgets ended lockouts and old failures, never a running lockout.
+    store.record_counter_failure("c1", end).await.unwrap();
+    store
+        .sweep_clerk_sessions(end.plus(limits::LOCKOUT_WINDOW))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .counter_recent_failures("c1", end.plus(limits::LOCKOUT_WINDOW))
+            .await
+            .unwrap(),
+        0
+    );
     // Failures spread over more than 15 minutes never lock.
     let mut t = end;
     for _ in 0..10 {
