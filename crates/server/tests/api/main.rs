@@ -14,3 +14,4 @@ mod helpers;
 mod home;
 mod identity;
 mod transport;
+mod world;
