@@ -303,12 +303,13 @@ pub async fn current_serial(
         used_at: None,
     };
     store.issue_serial(&row, now).await?;
+    let office = store.counter_transfer(&t.id).await?.map(|c| c.office_id);
     audit(
         state,
         "counter.serial_issued",
         Some(t),
         &t.subject,
-        serde_json::json!({ "expires_at": expires_at.millis() }),
+        serde_json::json!({ "office": office, "expires_at": expires_at.millis() }),
     )
     .await?;
     Ok(Some((serial, expires_at)))

@@ -50,46 +50,7 @@ impl Desk {
         })
         .await;
         let st = &app.state;
-        clerk::register_office(
-            st,
-            "chiayi-social",
-            "chiayi-county",
-            "嘉義縣政府社會處",
-            "Chiayi County Social Affairs",
-            &[SERVICE.to_owned()],
-        )
-        .await
-        .unwrap();
-        clerk::register_counter(st, "chiayi-social", "c1", "1 號櫃檯")
-            .await
-            .unwrap();
-        clerk::register_counter(st, "chiayi-social", "c2", "2 號櫃檯")
-            .await
-            .unwrap();
-        clerk::register_office(
-            st,
-            "chiayi-east",
-            "chiayi-county",
-            "嘉義縣東區服務中心",
-            "Chiayi East Service Centre",
-            &[SERVICE.to_owned()],
-        )
-        .await
-        .unwrap();
-        clerk::register_counter(st, "chiayi-east", "e1", "East 1")
-            .await
-            .unwrap();
-        let mut clerks = Vec::new();
-        for (office, user, role) in [
-            ("chiayi-social", "lin", Role::Clerk),
-            ("chiayi-social", "chen", Role::Supervisor),
-            ("chiayi-east", "wu", Role::Clerk),
-        ] {
-            let c = clerk::register_clerk(st, office, user, "", role, CLERK_PASSWORD)
-                .await
-                .unwrap();
-            clerks.push((user.to_owned(), c.totp_secret));
-        }
+        let clerks = register_desks(st).await;
         // A person signed in with a citizen certificate (level 1) who registered an email.
         let id_number = person(&app.agencies.sim);
         let subject = SubjectId::Person(IdNumber::parse(&id_number).unwrap());
@@ -148,29 +109,10 @@ impl Desk {
         format!("{}{path}", self.app.base)
     }
 
-    /// A signed-in clerk's browser (the clock moves 30 s first: each TOTP step is used once).
+    /// A signed-in clerk's browser.
     async fn clerk(&self, user: &str) -> reqwest::Client {
-        self.app.clock.advance(Duration::from_secs(30));
         let secret = &self.clerks.iter().find(|c| c.0 == user).unwrap().1;
-        let code = clerk::totp_code(secret, self.app.clock.now()).unwrap();
-        let c = client(Arc::new(reqwest::cookie::Jar::default()));
-        let res = c
-            .post(self.url("/clerk/login"))
-            .form(&[
-                ("username", user),
-                ("password", CLERK_PASSWORD),
-                ("totp", &code),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            res.status(),
-            StatusCode::SEE_OTHER,
-            "{}",
-            res.text().await.unwrap()
-        );
-        c
+        clerk_login(&self.app.base, &self.app.clock, user, secret).await
     }
 
     /// The counter page's CSRF token, choosing `counter` first if the clerk has not yet.
@@ -325,6 +267,81 @@ impl Desk {
         }
         out
     }
+}
+
+/// Two offices doing the service: chiayi-social (counters c1, c2; clerk `lin`, supervisor `chen`)
+/// and chiayi-east (counter e1; clerk `wu`). Returns each clerk's TOTP secret.
+async fn register_desks(st: &mydata_server::state::AppState) -> Vec<(String, String)> {
+    clerk::register_office(
+        st,
+        "chiayi-social",
+        "chiayi-county",
+        "嘉義縣政府社會處",
+        "Chiayi County Social Affairs",
+        &[SERVICE.to_owned()],
+    )
+    .await
+    .unwrap();
+    clerk::register_counter(st, "chiayi-social", "c1", "1 號櫃檯")
+        .await
+        .unwrap();
+    clerk::register_counter(st, "chiayi-social", "c2", "2 號櫃檯")
+        .await
+        .unwrap();
+    clerk::register_office(
+        st,
+        "chiayi-east",
+        "chiayi-county",
+        "嘉義縣東區服務中心",
+        "Chiayi East Service Centre",
+        &[SERVICE.to_owned()],
+    )
+    .await
+    .unwrap();
+    clerk::register_counter(st, "chiayi-east", "e1", "East 1")
+        .await
+        .unwrap();
+    let mut clerks = Vec::new();
+    for (office, user, role) in [
+        ("chiayi-social", "lin", Role::Clerk),
+        ("chiayi-social", "chen", Role::Supervisor),
+        ("chiayi-east", "wu", Role::Clerk),
+    ] {
+        let c = clerk::register_clerk(st, office, user, "", role, CLERK_PASSWORD)
+            .await
+            .unwrap();
+        clerks.push((user.to_owned(), c.totp_secret));
+    }
+    clerks
+}
+
+/// A clerk's browser signed in at the clock's time (moved 30 s first: a TOTP step is used once).
+async fn clerk_login(
+    base: &str,
+    clock: &mydata_core::ManualClock,
+    user: &str,
+    secret: &str,
+) -> reqwest::Client {
+    clock.advance(Duration::from_secs(30));
+    let code = clerk::totp_code(secret, clock.now()).unwrap();
+    let c = client(Arc::new(reqwest::cookie::Jar::default()));
+    let res = c
+        .post(format!("{base}/clerk/login"))
+        .form(&[
+            ("username", user),
+            ("password", CLERK_PASSWORD),
+            ("totp", &code),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        res.text().await.unwrap()
+    );
+    c
 }
 
 /// The value after `marker` up to the next quote.
@@ -1007,4 +1024,187 @@ async fn person_and_clerk_go_through_the_whole_flow_in_chromium() {
     person.goto(&here).await.unwrap();
     person.wait_for_text("資料已由櫃檯取用").await.unwrap();
     assert!(person.js_errors().is_empty(), "{:?}", person.js_errors());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared flow world: sign-in by citizen certificate through the pages, the password by real
+// SMTP to the person's registered address.
+
+/// The 8-digit password in a received email (base64 or quoted-printable body).
+fn password_in(message: &str) -> Option<String> {
+    use base64::Engine;
+    let (headers, body) = message.split_once("\n\n")?;
+    let text = if headers
+        .to_ascii_lowercase()
+        .contains("content-transfer-encoding: base64")
+    {
+        let b64: String = body.split_whitespace().collect();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).ok()?).ok()?
+    } else {
+        body.replace("=\n", "")
+    };
+    let marker = "counter verification password: ";
+    let i = text.find(marker)? + marker.len();
+    Some(text.get(i..i + 8)?.to_owned())
+}
+
+async fn signed_in_person_applies_and_the_clerk_verifies_by_email(backend: Backend) {
+    use crate::world::FlowWorld;
+    let mut w = FlowWorld::spawn(backend, 1.0).await;
+    let clerks = register_desks(&w.app.state).await;
+    let p = w.people[0].clone();
+    w.known(&p).await;
+    let b = w.browser("10.9.0.7");
+    // Consent first; not signed in yet, so on to the sign-in page for these datasets and back.
+    let path = format!("/counter/services/{SERVICE}");
+    let csrf = b.csrf(&path).await;
+    let res = b
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("office", "chiayi-social"),
+                ("consent", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let to_login = location(&res);
+    let next = url::Url::parse(&format!("http://x{to_login}"))
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "next")
+        .unwrap()
+        .1
+        .into_owned();
+    let res = b.certificate(&w.card(&p), &next).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), next);
+    let page = b.get(&next).await.text().await.unwrap();
+    assert!(
+        page.contains("id=\"consent\" checked"),
+        "the consent is kept"
+    );
+    let csrf = crate::world::csrf_in(&page);
+    let res = b
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("office", "chiayi-social"),
+                ("consent", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let id = location(&res)
+        .strip_prefix("/counter/transfers/")
+        .unwrap()
+        .to_owned();
+    w.app.until_state(&id, TransferState::Ready).await;
+    let t = w.app.transfer(&id).await;
+    assert_eq!(t.kind, mydata_core::transfer::TransferKind::Counter);
+    assert_eq!(t.recipient.as_deref(), Some("chiayi-social"));
+    let serial = attr(
+        &b.get(&format!("/counter/transfers/{id}"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "data-serial=\"",
+    );
+    // Another person cannot open this barcode page.
+    let other = w.signed_in(&w.people[1].clone(), "10.9.0.8").await;
+    assert_eq!(
+        other
+            .get(&format!("/counter/transfers/{id}"))
+            .await
+            .status(),
+        404
+    );
+
+    let lin = clerk_login(&w.app.base, &w.app.clock, "lin", &clerks[0].1).await;
+    let page = lin
+        .get(format!("{}/clerk", w.app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ccsrf = attr(&page, "name=\"csrf\" value=\"");
+    lin.post(format!("{}/clerk/counter", w.app.base))
+        .form(&[("csrf", ccsrf.as_str()), ("counter", "c2")])
+        .send()
+        .await
+        .unwrap();
+    let res = lin
+        .post(format!("{}/clerk/scan", w.app.base))
+        .form(&[("csrf", ccsrf.as_str()), ("serial", serial.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let at = location(&res);
+    let mut password = None;
+    for _ in 0..5 {
+        let mail = w.next_mail(Duration::from_secs(20)).await;
+        if let Some(pw) = password_in(&mail) {
+            assert!(mail.contains(crate::world::CONTACT_EMAIL));
+            password = Some(pw);
+            break;
+        }
+    }
+    let password = password.expect("the password email");
+    let res = lin
+        .post(format!("{}{at}", w.app.base))
+        .form(&[("csrf", ccsrf.as_str()), ("password", password.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let data = lin
+        .get(format!("{}/clerk/transfers/{id}", w.app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(data.contains("data-ok=\"true\""));
+    let kinds: Vec<String> = w
+        .app
+        .store()
+        .audit_for_transfer(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind.starts_with("counter."))
+        .map(|e| {
+            assert_eq!(e.detail["office"], "chiayi-social", "{e:?}");
+            if e.kind != "counter.serial_issued" {
+                assert_eq!(e.detail["counter"], "c2", "{e:?}");
+            }
+            e.kind
+        })
+        .collect();
+    for k in [
+        "counter.scan",
+        "counter.password_sent",
+        "counter.password_result",
+        "counter.data_access",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    crate::fetch::assert_no_id_in_audit(&w.app, &id, &p.id).await;
+}
+
+#[tokio::test]
+async fn signed_in_person_and_clerk_by_email_sqlite() {
+    signed_in_person_applies_and_the_clerk_verifies_by_email(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn signed_in_person_and_clerk_by_email_postgres() {
+    signed_in_person_applies_and_the_clerk_verifies_by_email(Backend::Postgres).await;
 }
