@@ -83,6 +83,10 @@ pub struct AddClerk {
     /// Role: a supervisor also sees every counter of the office and its lockout.
     #[arg(long, value_enum, default_value = "clerk")]
     role: RoleArg,
+    /// The clerk's ID number, so they may also sign in with their citizen certificate (level 1).
+    /// Stored only as the platform's keyed pseudonym.
+    #[arg(long, value_name = "ID_NUMBER")]
+    certificate_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -142,9 +146,16 @@ pub async fn run(cmd: CounterCommand) -> anyhow::Result<()> {
                 RoleArg::Supervisor => Role::Supervisor,
             };
             let s = server(&a.config).await?;
-            let c =
-                clerk::register_clerk(s.state(), &a.office, &a.username, &a.name, role, &password)
-                    .await?;
+            let c = clerk::register_clerk(
+                s.state(),
+                &a.office,
+                &a.username,
+                &a.name,
+                role,
+                &password,
+                a.certificate_id.as_deref(),
+            )
+            .await?;
             println!(
                 "clerk {} ({}) created at office {}",
                 c.clerk.username, c.clerk.role, c.clerk.office_id
@@ -206,6 +217,7 @@ pub async fn demo_desk(state: &mydata_server::state::AppState) -> anyhow::Result
             "示範承辦人",
             Role::Supervisor,
             "demo-clerk-password",
+            None,
         )
         .await?;
         eprintln!(

@@ -133,6 +133,7 @@ pub fn router(state: AppState) -> Router {
             "/clerk/login",
             get(clerk::login_form).post(clerk::login_submit),
         )
+        .route("/clerk/certificate", get(clerk::certificate))
         .route("/clerk/logout", post(clerk::logout))
         .route("/clerk/counter", post(clerk::choose_counter))
         .route("/clerk/scan", post(clerk::scan))

@@ -47,6 +47,8 @@ pub struct ClerkRow {
     pub role: String,
     pub password_hash: String,
     pub totp_sealed: String,
+    /// The clerk's subject pseudonym, for sign-in with a level-1 citizen certificate.
+    pub subject: Option<String>,
     pub totp_last_step: i64,
     pub created_at: i64,
     pub disabled_at: Option<i64>,
@@ -116,7 +118,7 @@ pub struct FailureOutcome {
     pub locked_until: Option<Timestamp>,
 }
 
-const CLERK_COLUMNS: &str = "id, office_id, username, display_name, role, password_hash, totp_sealed, totp_last_step, created_at, disabled_at";
+const CLERK_COLUMNS: &str = "id, office_id, username, display_name, role, password_hash, totp_sealed, subject, totp_last_step, created_at, disabled_at";
 const SERIAL_COLUMNS: &str =
     "serial_hash, transfer_id, serial_sealed, issued_at, expires_at, replaced_at, used_at";
 const PASSWORD_COLUMNS: &str = "id, transfer_id, serial_hash, counter_id, clerk_id, password_hash, attempts, created_at, expires_at, used_at, cancelled_at";
@@ -180,14 +182,14 @@ impl Store {
             .bind(office_id).fetch_all(pool).await?))
     }
 
-    /// Creates a clerk account; false when the username is taken.
+    /// Creates a clerk account; false when the username (or the certificate subject) is taken.
     pub async fn put_clerk(&self, c: &ClerkRow) -> Result<bool> {
         let sql = format!(
-            "INSERT INTO clerks ({CLERK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (username) DO NOTHING"
+            "INSERT INTO clerks ({CLERK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING"
         );
         let n = on_pool!(self, pool => sqlx::query(&sql)
             .bind(&c.id).bind(&c.office_id).bind(&c.username).bind(&c.display_name).bind(&c.role)
-            .bind(&c.password_hash).bind(&c.totp_sealed).bind(c.totp_last_step).bind(c.created_at).bind(c.disabled_at)
+            .bind(&c.password_hash).bind(&c.totp_sealed).bind(&c.subject).bind(c.totp_last_step).bind(c.created_at).bind(c.disabled_at)
             .execute(pool).await?.rows_affected());
         Ok(n == 1)
     }
@@ -200,6 +202,12 @@ impl Store {
     pub async fn clerk_by_username(&self, username: &str) -> Result<Option<ClerkRow>> {
         let sql = format!("SELECT {CLERK_COLUMNS} FROM clerks WHERE username = $1");
         Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(username).fetch_optional(pool).await?))
+    }
+
+    /// The clerk whose citizen certificate gives this subject pseudonym.
+    pub async fn clerk_by_subject(&self, subject: &str) -> Result<Option<ClerkRow>> {
+        let sql = format!("SELECT {CLERK_COLUMNS} FROM clerks WHERE subject = $1");
+        Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(subject).fetch_optional(pool).await?))
     }
 
     /// Accepts a TOTP time step for the clerk once: false when that step (or a later one) was

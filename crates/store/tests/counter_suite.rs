@@ -67,6 +67,7 @@ fn clerk(id: &str, username: &str) -> ClerkRow {
         role: "clerk".into(),
         password_hash: "$argon2id$stub".into(),
         totp_sealed: "sealed".into(),
+        subject: None,
         totp_last_step: 0,
         created_at: T0.millis(),
         disabled_at: None,
@@ -183,6 +184,18 @@ async fn offices_counters_and_clerks_round_trip(store: &Store) {
         "k1"
     );
     assert!(store.clerk("k2").await.unwrap().is_none());
+    // A person is at most one clerk.
+    let mut k3 = clerk("k3", "chen");
+    k3.subject = Some("p-9".into());
+    assert!(store.put_clerk(&k3).await.unwrap());
+    let mut k4 = clerk("k4", "wu");
+    k4.subject = Some("p-9".into());
+    assert!(!store.put_clerk(&k4).await.unwrap());
+    assert_eq!(
+        store.clerk_by_subject("p-9").await.unwrap().unwrap().id,
+        "k3"
+    );
+    assert!(store.clerk_by_subject("p-0").await.unwrap().is_none());
 }
 
 async fn clerk_sessions_and_totp_steps_are_single_use(store: &Store) {

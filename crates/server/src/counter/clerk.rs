@@ -191,6 +191,7 @@ pub async fn register_clerk(
     display_name: &str,
     role: Role,
     pass: &str,
+    certificate_id: Option<&str>,
 ) -> Result<NewClerk, AdminError> {
     if !valid_id(username) {
         return Err(AdminError::Invalid(
@@ -207,6 +208,21 @@ pub async fn register_clerk(
             "office `{office_id}` is not registered"
         )));
     }
+    let subject = match certificate_id {
+        Some(raw) => {
+            let n = mydata_core::IdNumber::parse(raw.trim()).map_err(|_| {
+                AdminError::Invalid(
+                    "--certificate-id must be the clerk's ID number (as in their citizen certificate)"
+                        .into(),
+                )
+            })?;
+            Some(crate::identity::subject_pseudonym(
+                state,
+                &crate::identity::SubjectId::Person(n),
+            ))
+        }
+        None => None,
+    };
     let id = uuid::Uuid::new_v4().to_string();
     let mut secret = vec![0u8; 20];
     rand::rng().fill_bytes(&mut secret);
@@ -230,13 +246,14 @@ pub async fn register_clerk(
         role: role.code().into(),
         password_hash: hash,
         totp_sealed: sealed,
+        subject,
         totp_last_step: 0,
         created_at: state.clock().now().millis(),
         disabled_at: None,
     };
     if !state.store().put_clerk(&clerk).await? {
         return Err(AdminError::Invalid(format!(
-            "username `{username}` is taken"
+            "username `{username}` is taken, or that certificate already belongs to a clerk"
         )));
     }
     let uri = format!(

@@ -47,6 +47,7 @@ pub struct LoginPage {
     pub password_label: &'static str,
     pub totp_label: &'static str,
     pub submit: &'static str,
+    pub certificate: &'static str,
 }
 
 fn login_page(lang: Lang, error: Option<(&'static str, String)>) -> LoginPage {
@@ -62,6 +63,7 @@ fn login_page(lang: Lang, error: Option<(&'static str, String)>) -> LoginPage {
         password_label: lang.pick("密碼", "Password"),
         totp_label: lang.pick("動態密碼（6 位數）", "Authenticator code (6 digits)"),
         submit: lang.pick("登入", "Sign in"),
+        certificate: lang.pick("以自然人憑證登入", "Sign in with a citizen certificate"),
     }
 }
 
@@ -146,6 +148,59 @@ pub async fn login_submit(
         .await?;
         let mut res = Redirect::to("/clerk").into_response();
         res.headers_mut().append(header::SET_COOKIE, cookie);
+        Ok::<_, AppError>(res)
+    };
+    run.await.unwrap_or_else(|e| e.into_page(lang))
+}
+
+/// `GET /clerk/certificate`: a clerk who signed in on the platform with their citizen
+/// certificate (level 1) becomes that clerk; the person session is ended at once, so the counter
+/// computer does not stay signed in as a citizen.
+pub async fn certificate(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    use crate::identity::session;
+    let lang = lang_of(&uri, &headers);
+    let run = async {
+        let s = session::load(&state, &headers).await?;
+        let v = s.as_ref().and_then(|s| s.verified()).filter(|v| {
+            v.method == mydata_core::IdentityMethod::MoicaCert
+                && v.level.satisfies(mydata_core::AssuranceLevel::L1)
+        });
+        let (Some(s), Some(v)) = (s, v) else {
+            return Ok(
+                Redirect::to("/login/moica_cert?next=%2Fclerk%2Fcertificate").into_response(),
+            );
+        };
+        let clerk_row = state
+            .store()
+            .clerk_by_subject(&v.subject)
+            .await?
+            .filter(|c| c.disabled_at.is_none());
+        let clear = session::end(&state, &s).await?;
+        let Some(c) = clerk_row else {
+            let msg = lang
+                .pick(
+                    "此自然人憑證沒有對應的臨櫃人員帳號。",
+                    "No counter staff account belongs to this citizen certificate.",
+                )
+                .to_owned();
+            return Ok(page(
+                StatusCode::FORBIDDEN,
+                &login_page(lang, Some(("clerk_certificate_unknown", msg))),
+                Some(clear),
+            ));
+        };
+        let cookie = clerk::start(&state, &c).await?;
+        counter::audit(
+            &state,
+            "clerk.signed_in",
+            None,
+            &c.id,
+            serde_json::json!({ "office": c.office_id, "method": "moica_cert" }),
+        )
+        .await?;
+        let mut res = Redirect::to("/clerk").into_response();
+        res.headers_mut().append(header::SET_COOKIE, cookie);
+        res.headers_mut().append(header::SET_COOKIE, clear);
         Ok::<_, AppError>(res)
     };
     run.await.unwrap_or_else(|e| e.into_page(lang))

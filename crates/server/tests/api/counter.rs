@@ -307,7 +307,7 @@ async fn register_desks(st: &mydata_server::state::AppState) -> Vec<(String, Str
         ("chiayi-social", "chen", Role::Supervisor),
         ("chiayi-east", "wu", Role::Clerk),
     ] {
-        let c = clerk::register_clerk(st, office, user, "", role, CLERK_PASSWORD)
+        let c = clerk::register_clerk(st, office, user, "", role, CLERK_PASSWORD, None)
             .await
             .unwrap();
         clerks.push((user.to_owned(), c.totp_secret));
@@ -1197,6 +1197,47 @@ async fn signed_in_person_applies_and_the_clerk_verifies_by_email(backend: Backe
         assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
     }
     crate::fetch::assert_no_id_in_audit(&w.app, &id, &p.id).await;
+
+    // A clerk may also sign in with their own citizen certificate (level 1).
+    let staff = w.people[2].clone();
+    clerk::register_clerk(
+        &w.app.state,
+        "chiayi-social",
+        "huang",
+        "",
+        Role::Clerk,
+        CLERK_PASSWORD,
+        Some(&staff.id),
+    )
+    .await
+    .unwrap();
+    let hb = w.signed_in(&staff, "10.9.0.9").await;
+    let res = hb.get("/clerk/certificate").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res), "/clerk");
+    let desk = hb.get("/clerk").await;
+    assert_eq!(desk.status(), 200);
+    assert!(desk.text().await.unwrap().contains("name=\"counter\""));
+    assert_eq!(
+        hb.session().await["signed_in"],
+        false,
+        "the citizen session ended"
+    );
+    // A citizen who is not a clerk is refused; a weaker sign-in is sent to the certificate.
+    let res = other.get("/clerk/certificate").await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        code_of(&res.text().await.unwrap()),
+        "clerk_certificate_unknown"
+    );
+    let weak = w.browser("10.9.0.10");
+    w.known(&w.people[3].clone()).await;
+    assert_eq!(weak.dual_id(&w.people[3].clone(), "/").await.status(), 303);
+    let res = weak.get("/clerk/certificate").await;
+    assert_eq!(
+        location(&res),
+        "/login/moica_cert?next=%2Fclerk%2Fcertificate"
+    );
 }
 
 #[tokio::test]

@@ -32,6 +32,8 @@ CREATE TABLE clerks (
     role          TEXT NOT NULL,
     password_hash TEXT NOT NULL,
     totp_sealed   TEXT NOT NULL,
+    -- The clerk's own subject pseudonym, when they may also sign in with their citizen certificate.
+    subject       TEXT UNIQUE,
     -- The last TOTP time step accepted, so a code is never accepted twice.
     totp_last_step BIGINT NOT NULL DEFAULT 0,
     created_at    BIGINT NOT NULL,
