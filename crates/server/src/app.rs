@@ -143,6 +143,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/clerk/transfers/{id}", get(clerk::data))
         .route("/clerk/transfers/{id}/package", get(clerk::package))
+        .route(
+            "/clerk/transfers/{id}/files/{dataset}/{file}",
+            get(clerk::file),
+        )
         .route("/clerk/supervisor", get(clerk::supervisor))
         .nest("/api/v1", api)
         .fallback(|| async { StatusCode::NOT_FOUND })

@@ -338,7 +338,7 @@ async fn refuse(
 ) -> Result<Refused, AppError> {
     let now = state.clock().now();
     let mut recent = 0;
-    let mut refusal = refusal;
+    let mut locked_now = None;
     if refusal.counts() {
         let out = state
             .store()
@@ -355,12 +355,10 @@ async fn refuse(
                 serde_json::json!({ "office": desk.office.id, "counter": desk.counter_id, "until": until.millis() }),
             )
             .await?;
-            // The entry that locked the counter says so.
-            if matches!(refusal, Refusal::PasswordWrong | Refusal::SerialUnknown) {
-                refusal = Refusal::Locked {
-                    retry_after_secs: now.until(until).as_secs(),
-                };
-            }
+            // The entry that locked the counter says so (the audit event keeps its own reason).
+            locked_now = Some(Refusal::Locked {
+                retry_after_secs: now.until(until).as_secs(),
+            });
         }
     }
     audit(
@@ -376,7 +374,7 @@ async fn refuse(
     )
     .await?;
     Ok(Refused {
-        refusal,
+        refusal: locked_now.unwrap_or(refusal),
         recent_failures: recent,
     })
 }

@@ -590,6 +590,8 @@ pub async fn password_submit(
 
 #[derive(Debug)]
 pub struct DatasetView {
+    /// The agency's own documents (PDF) to open or print: (href, label).
+    pub files: Vec<(String, String)>,
     pub id: String,
     pub name: String,
     pub agency: String,
@@ -646,6 +648,7 @@ const MAX_ROWS: usize = 500;
 fn render_dataset(
     state: &AppState,
     lang: Lang,
+    transfer_id: &str,
     ds: &mydata_package::SignedDataset,
     report: Option<&mydata_package::DatasetReport>,
 ) -> DatasetView {
@@ -701,7 +704,22 @@ fn render_dataset(
             .and_then(|v| serde_json::to_string_pretty(&v).ok())
             .unwrap_or_default();
     }
+    let files = ds
+        .files
+        .keys()
+        .filter(|f| f.ends_with(".pdf"))
+        .map(|f| {
+            (
+                format!("/clerk/transfers/{transfer_id}/files/{}/{f}", ds.dataset_id),
+                match lang {
+                    Lang::ZhTw => format!("機關文件 {f}（可列印）"),
+                    Lang::En => format!("The agency's document {f} (printable)"),
+                },
+            )
+        })
+        .collect();
     DatasetView {
+        files,
         id: ds.dataset_id.clone(),
         name,
         agency,
@@ -749,7 +767,7 @@ pub async fn data(
                     .datasets
                     .iter()
                     .find(|r| r.dataset_id == ds.dataset_id);
-                render_dataset(&state, lang, ds, r)
+                render_dataset(&state, lang, &t.id, ds, r)
             })
             .collect();
         let missing = t
@@ -866,6 +884,65 @@ pub async fn package(
                     ),
                 ],
                 zip,
+            )
+                .into_response(),
+        )
+    };
+    run.await.unwrap_or_else(|e| e.into_page(lang))
+}
+
+/// `GET /clerk/transfers/{id}/files/{dataset}/{file}`: one file of the verified package (the
+/// agency's PDF to print), read without taking the package.
+pub async fn file(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    Path((tid, dataset, name)): Path<(String, String, String)>,
+) -> Response {
+    let lang = lang_of(&uri, &headers);
+    let run = async {
+        let (_, desk, t) = match granted(&state, &headers, &tid).await? {
+            Ok(x) => x,
+            Err(r) => return Ok(r),
+        };
+        let zip = counter::peek_package(&state, &t.id).await?;
+        let raw = mydata_package::read_package(&zip, &mydata_package::ReadLimits::default())
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
+        let not_found = || AppError::NotFound {
+            what: "file",
+            id: format!("{dataset}/{name}"),
+        };
+        let bytes = raw
+            .datasets
+            .iter()
+            .find(|d| d.dataset_id == dataset)
+            .and_then(|d| d.files.get(&name))
+            .ok_or_else(not_found)?;
+        let ctype = match name.rsplit('.').next() {
+            Some("pdf") => "application/pdf",
+            Some("json") => "application/json",
+            Some("csv") => "text/csv; charset=utf-8",
+            _ => "application/octet-stream",
+        };
+        counter::audit(
+            &state,
+            "counter.data_access",
+            Some(&t),
+            &desk.clerk_id,
+            serde_json::json!({ "office": desk.office.id, "counter": desk.counter_id, "access": "file", "dataset": dataset, "file": name }),
+        )
+        .await?;
+        Ok::<_, AppError>(
+            (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static(ctype)),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        HeaderValue::from_static("inline"),
+                    ),
+                ],
+                bytes.clone(),
             )
                 .into_response(),
         )

@@ -380,6 +380,16 @@ async fn whole_flow(backend: Backend) {
     let serial = attr(&page, "data-serial=\"");
     assert_eq!(serial.len(), 8);
     assert!(page.contains("8 小時"), "the data limit is shown");
+    let en = d
+        .person
+        .get(d.url(&format!("/counter/transfers/{id}?lang=en")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(en.contains("Show this barcode at the counter") && en.contains("at most 8 hours"));
     // Reloading shows the same serial within its 20 minutes.
     assert_eq!(d.serial(&id).await, serial);
 
@@ -420,6 +430,34 @@ async fn whole_flow(backend: Backend) {
     assert!(data.contains("data-ok=\"true\""), "every check passed");
     assert!(data.contains("各檔案未遭竄改：通過"));
     assert!(data.contains("民眾自行下載後出示或攜帶的檔案"));
+    // The agency's PDF, to print, without taking the package.
+    let href = {
+        let i = data.find("href=\"/clerk/transfers/").unwrap() + "href=\"".len();
+        data[i..].split('"').next().unwrap().to_owned()
+    };
+    assert!(href.ends_with("/data.pdf"), "{href}");
+    let pdf = lin.get(d.url(&href)).send().await.unwrap();
+    assert_eq!(pdf.status(), StatusCode::OK);
+    assert_eq!(pdf.headers()["content-type"], "application/pdf");
+    assert!(pdf.bytes().await.unwrap().starts_with(b"%PDF"));
+    let res = lin
+        .get(d.url(&format!(
+            "/clerk/transfers/{id}/files/household-register-personal/..%2Fpackage"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // English pages for the clerk and the person.
+    let en = lin
+        .get(d.url(&format!("/clerk/transfers/{id}?lang=en")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(en.contains("Only data fetched here"), "{en}");
     // The package: once.
     let zip = lin
         .get(d.url(&format!("/clerk/transfers/{id}/package")))
@@ -455,7 +493,7 @@ async fn whole_flow(backend: Backend) {
         assert_eq!(ev[0]["office"], "chiayi-social");
         assert_eq!(ev[0]["counter"], "c1");
     }
-    assert_eq!(d.events(&id, "counter.data_access").await.len(), 2);
+    assert_eq!(d.events(&id, "counter.data_access").await.len(), 4);
     crate::fetch::assert_no_id_in_audit(&d.app, &id, &d.id_number).await;
 }
 
