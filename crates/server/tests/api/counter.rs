@@ -1210,6 +1210,32 @@ async fn signed_in_person_applies_and_the_clerk_verifies_by_email(backend: Backe
         .await
         .unwrap();
     assert!(data.contains("data-ok=\"true\""));
+    // The person is told which office and counter opened the data.
+    let mut told = false;
+    for _ in 0..5 {
+        let mail = w.next_mail(Duration::from_secs(20)).await;
+        if mail.contains("data access notice") || mail.contains("=?utf-8?b?") {
+            let decoded = {
+                use base64::Engine;
+                let (_, body) = mail.split_once("\n\n").unwrap();
+                let b64: String = body.split_whitespace().collect();
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_else(|| body.replace("=\n", ""))
+            };
+            if decoded.contains(&id) {
+                assert!(
+                    decoded.contains("Chiayi County Social Affairs, 2 號櫃檯"),
+                    "{decoded}"
+                );
+                told = true;
+                break;
+            }
+        }
+    }
+    assert!(told, "an access notice");
     let kinds: Vec<String> = w
         .app
         .store()
