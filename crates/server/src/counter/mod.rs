@@ -262,11 +262,13 @@ pub async fn data_available(state: &AppState, t: &Transfer) -> Result<bool, Stor
         .is_some_and(|p| p.sealed_key.is_some() && p.expires_at > now))
 }
 
-/// The person's current serial for a ready transfer, issuing a new one (and retiring the old)
-/// when there is none or it has run out. Returns the serial and its end.
+/// The person's current serial for a ready transfer and its end. With `issue`, a new one is issued
+/// (and the old one retired) when there is none or it has run out; without, only a working serial
+/// is returned (the barcode images never issue, so they always match the page).
 pub async fn current_serial(
     state: &AppState,
     t: &Transfer,
+    issue: bool,
 ) -> Result<Option<(Serial, Timestamp)>, AppError> {
     let store = state.store();
     let now = state.clock().now();
@@ -288,6 +290,9 @@ pub async fn current_serial(
         let text = std::str::from_utf8(&plain).map_err(internal)?;
         let serial = Serial::parse(text).map_err(internal)?;
         return Ok(Some((serial, Timestamp::from_millis(row.expires_at))));
+    }
+    if !issue {
+        return Ok(None);
     }
     let serial = Serial::from_random(rand::rng().random());
     let expires_at = new_serial_expiry(now, t.expires_at);

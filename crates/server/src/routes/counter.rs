@@ -106,11 +106,57 @@ pub struct ServicesPage {
     pub intro: &'static str,
     pub datasets_label: &'static str,
     pub services: Vec<ServiceItem>,
+    pub mine_title: &'static str,
+    /// The signed-in person's counter applications still open: (href, text).
+    pub mine: Vec<(String, String)>,
+}
+
+/// The signed-in person's counter transfers that can still be shown at a counter.
+async fn open_applications(
+    state: &AppState,
+    headers: &HeaderMap,
+    lang: Lang,
+) -> Result<Vec<(String, String)>, AppError> {
+    let Some(v) = session::load(state, headers)
+        .await?
+        .as_ref()
+        .and_then(Session::verified)
+    else {
+        return Ok(Vec::new());
+    };
+    let now = state.clock().now();
+    let mut out = Vec::new();
+    for t in state.store().transfers_for_subject(&v.subject, 50).await? {
+        let open = matches!(
+            t.state,
+            TransferState::Created | TransferState::Fetching | TransferState::Ready
+        );
+        if t.kind != TransferKind::Counter || !open || now >= t.expires_at {
+            continue;
+        }
+        let service = state
+            .store()
+            .counter_transfer(&t.id)
+            .await?
+            .and_then(|c| state.catalog().service(&c.service_id))
+            .map(|s| lang.pick(&s.name_zh, &s.name_en).to_owned())
+            .unwrap_or_default();
+        let text = match lang {
+            Lang::ZhTw => format!("{service}（資料保存至 {}）", taipei(t.expires_at)),
+            Lang::En => format!("{service} (data kept until {})", taipei(t.expires_at)),
+        };
+        out.push((format!("/counter/transfers/{}", t.id), text));
+    }
+    Ok(out)
 }
 
 /// `GET /counter`
 pub async fn services(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let lang = lang_of(&uri, &headers);
+    let mine = match open_applications(&state, &headers, lang).await {
+        Ok(m) => m,
+        Err(e) => return e.into_page(lang),
+    };
     let services = counter_services(&state)
         .map(|s| ServiceItem {
             id: s.id.clone(),
@@ -136,6 +182,8 @@ pub async fn services(State(state): State<AppState>, uri: Uri, headers: HeaderMa
             ),
             datasets_label: lang.pick("需要的資料：", "Data needed: "),
             services,
+            mine_title: lang.pick("您的臨櫃條碼", "Your counter barcodes"),
+            mine,
         },
         None,
     )
@@ -505,7 +553,7 @@ pub async fn transfer(
             .and_then(|c| state.catalog().service(&c.service_id))
             .map(|s| lang.pick(&s.name_zh, &s.name_en).to_owned())
             .unwrap_or_default();
-        let serial = counter::current_serial(&state, &t).await?;
+        let serial = counter::current_serial(&state, &t, true).await?;
         let fetching = matches!(t.state, TransferState::Created | TransferState::Fetching);
         let (barcode, refresh_secs) = match &serial {
             Some((s, until)) => {
@@ -633,8 +681,12 @@ pub async fn barcode_image(
             Ok(t) => t,
             Err(r) => return Ok(r),
         };
-        let Some((serial, _)) = counter::current_serial(&state, &t).await? else {
-            return Err(AppError::PackageGone(t.id));
+        let Some((serial, _)) = counter::current_serial(&state, &t, false).await? else {
+            // No working serial: the page (which issues one) must be reloaded first.
+            return Err(AppError::NotFound {
+                what: "barcode",
+                id: t.id,
+            });
         };
         let (ctype, body) = match file.as_str() {
             "barcode.svg" => (

@@ -390,6 +390,17 @@ async fn whole_flow(backend: Backend) {
         .await
         .unwrap();
     assert!(en.contains("Show this barcode at the counter") && en.contains("at most 8 hours"));
+    // The person finds it again from the counter services page.
+    let list = d
+        .person
+        .get(d.url("/counter"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains(&format!("href=\"/counter/transfers/{id}\"")));
     // Reloading shows the same serial within its 20 minutes.
     assert_eq!(d.serial(&id).await, serial);
 
@@ -572,8 +583,16 @@ async fn the_serial_is_replaced_after_twenty_minutes_and_the_old_one_stops_worki
         code_of(&res.text().await.unwrap()),
         "counter_serial_replaced"
     );
-    // A serial whose 20 minutes ran out while the page was not reloaded is refused as expired.
+    // A serial whose 20 minutes ran out while the page was not reloaded is refused as expired,
+    // and its image is not served any more (only the page issues a new serial).
     d.wait(&id, 21 * MIN, false).await;
+    let img = d
+        .person
+        .get(d.url(&format!("/counter/transfers/{id}/barcode.svg")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(img.status(), StatusCode::NOT_FOUND);
     let res = d.scan(&lin, &csrf, &second).await;
     assert_eq!(res.status(), StatusCode::GONE);
     assert_eq!(
