@@ -8,6 +8,7 @@ mod audit_export;
 mod bench;
 mod card_agent;
 mod catalog_check;
+mod counter_admin;
 mod provider_sim;
 mod verify;
 mod verify_receipt;
@@ -62,6 +63,9 @@ enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Register offices, counters and clerk accounts for counter verification.
+    #[command(subcommand)]
+    Counter(counter_admin::CounterCommand),
     /// Measure a running server with a load run on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -185,6 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VerifyReceipt(args) => verify_receipt::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_verify(args).await,
         Command::Audit(AuditCommand::Export(args)) => audit_export::run(args).await,
+        Command::Counter(cmd) => counter_admin::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::ProviderSim(args) => provider_sim::run(args).await,
     }
@@ -225,6 +230,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         agencies.sample_company,
         agencies.sample_person
     );
+    counter_admin::demo_desk(server.state()).await?;
     let running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
     wait_healthy(&base).await?;
     eprintln!("mydata demo is ready. Open the address below in a browser; press Ctrl-C to stop.");

@@ -40,6 +40,10 @@ fn every_subcommand_has_help() {
         vec!["verify-receipt", "--help"],
         vec!["audit", "verify", "--help"],
         vec!["audit", "export", "--help"],
+        vec!["counter", "add-office", "--help"],
+        vec!["counter", "add-counter", "--help"],
+        vec!["counter", "add-clerk", "--help"],
+        vec!["counter", "list", "--help"],
     ] {
         let o = mydata(&args);
         assert!(o.status.success(), "{args:?}");
@@ -817,4 +821,106 @@ async fn audit_export_writes_an_agencys_and_a_services_records_as_csv_and_json()
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(err.contains(msg), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn counter_registration_of_offices_counters_and_clerks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let run = |args: &[&str], password: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.arg("counter")
+            .args(args)
+            .args(["--data-dir", data])
+            .env_remove("MYDATA_CONFIG");
+        match password {
+            Some(p) => c.env("MYDATA_CLERK_PASSWORD", p),
+            None => c.env_remove("MYDATA_CLERK_PASSWORD"),
+        };
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    // An online-only or unknown service is refused with one line naming it.
+    let o = run(
+        &[
+            "add-office",
+            "--id",
+            "o1",
+            "--agency",
+            "a",
+            "--name-zh",
+            "一",
+            "--name-en",
+            "One",
+            "--service",
+            "no-such",
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(stderr_line(&o).contains("no-such"));
+    let o = run(
+        &[
+            "add-office",
+            "--id",
+            "o1",
+            "--agency",
+            "a",
+            "--name-zh",
+            "一",
+            "--name-en",
+            "One",
+            "--service",
+            "chiayi-emergency-relief",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["add-counter", "--office", "nowhere", "--id", "c1"], None);
+    assert!(!o.status.success());
+    assert!(stderr_line(&o).contains("nowhere"));
+    let o = run(
+        &[
+            "add-counter",
+            "--office",
+            "o1",
+            "--id",
+            "c1",
+            "--name",
+            "1 號櫃檯",
+        ],
+        None,
+    );
+    assert!(o.status.success());
+    // A short password is refused; a good one prints the TOTP secret once.
+    let o = run(
+        &["add-clerk", "--office", "o1", "--username", "lin"],
+        Some("short"),
+    );
+    assert!(!o.status.success());
+    assert!(stderr_line(&o).contains("password"));
+    let o = run(
+        &[
+            "add-clerk",
+            "--office",
+            "o1",
+            "--username",
+            "lin",
+            "--role",
+            "supervisor",
+        ],
+        Some("a long enough password"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("otpauth://totp/MyData:lin?secret="), "{out}");
+    let o = run(
+        &["add-clerk", "--office", "o1", "--username", "lin"],
+        Some("a long enough password"),
+    );
+    assert!(!o.status.success());
+    assert!(stderr_line(&o).contains("taken"));
+    let o = run(&["list"], None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("o1\ta\t一\tchiayi-emergency-relief"), "{out}");
+    assert!(out.contains("  c1\t1 號櫃檯"), "{out}");
 }

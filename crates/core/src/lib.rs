@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod clock;
+pub mod counter;
 pub mod id_number;
 pub mod identity;
 pub mod limits;

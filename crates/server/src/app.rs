@@ -3,7 +3,7 @@
 
 use crate::error::{BodyLimit, panic_response, problem_fallback};
 use crate::pages::APP_CSS;
-use crate::routes::{audit, catalog_api, dev, health, home, login};
+use crate::routes::{audit, catalog_api, clerk, counter, dev, health, home, login};
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -116,6 +116,38 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/logout", post(login::logout))
         .route("/dev/outbox", get(login::outbox))
+        // Counter verification: the person's side, then the clerk's.
+        .route("/static/counter.js", get(counter::script))
+        .route("/counter", get(counter::services))
+        .route(
+            "/counter/services/{id}",
+            get(counter::service).post(counter::consent),
+        )
+        .route("/counter/transfers/{id}", get(counter::transfer))
+        .route(
+            "/counter/transfers/{id}/{file}",
+            get(counter::barcode_image),
+        )
+        .route("/clerk", get(clerk::desk))
+        .route(
+            "/clerk/login",
+            get(clerk::login_form).post(clerk::login_submit),
+        )
+        .route("/clerk/certificate", get(clerk::certificate))
+        .route("/clerk/logout", post(clerk::logout))
+        .route("/clerk/counter", post(clerk::choose_counter))
+        .route("/clerk/scan", post(clerk::scan))
+        .route(
+            "/clerk/passwords/{id}",
+            get(clerk::password_form).post(clerk::password_submit),
+        )
+        .route("/clerk/transfers/{id}", get(clerk::data))
+        .route("/clerk/transfers/{id}/package", get(clerk::package))
+        .route(
+            "/clerk/transfers/{id}/files/{dataset}/{file}",
+            get(clerk::file),
+        )
+        .route("/clerk/supervisor", get(clerk::supervisor))
         .nest("/api/v1", api)
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)

@@ -247,6 +247,13 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(n) => tracing::debug!(sessions = n, "ended sessions removed"),
             Err(e) => tracing::warn!(error = %e, "session sweep failed"),
         }
+        if let Err(e) = state
+            .store()
+            .sweep_clerk_sessions(state.clock().now())
+            .await
+        {
+            tracing::warn!(error = %e, "clerk session sweep failed");
+        }
         if pause(every, &mut stop).await {
             break;
         }

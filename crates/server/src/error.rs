@@ -88,6 +88,8 @@ pub enum AppError {
     MethodNotOffered(String),
     #[error("{0}")]
     PasswordRejected(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -189,6 +191,7 @@ impl AppError {
             AppError::IdentityUnavailable => "identity_check_unavailable",
             AppError::MethodNotOffered(_) => "method_not_offered",
             AppError::PasswordRejected(_) => "password_rejected",
+            AppError::Forbidden(_) => "forbidden",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -224,6 +227,7 @@ impl AppError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             AppError::MethodNotOffered(_) => StatusCode::NOT_FOUND,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -264,6 +268,7 @@ impl AppError {
             AppError::IdentityUnavailable => ("暫時無法驗證身分", "Identity check unavailable"),
             AppError::MethodNotOffered(_) => ("不提供此驗證方式", "Method not offered"),
             AppError::PasswordRejected(_) => ("密碼不符合規定", "Password not accepted"),
+            AppError::Forbidden(_) => ("沒有權限", "Not allowed"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)

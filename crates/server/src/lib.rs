@@ -9,6 +9,7 @@ pub mod app;
 pub mod background;
 pub mod blobs;
 pub mod config;
+pub mod counter;
 pub mod error;
 pub mod i18n;
 pub mod identity;

@@ -28,7 +28,7 @@ struct PackageJob {
     transfer_id: String,
 }
 
-fn package_key_context(transfer_id: &str) -> String {
+pub(crate) fn package_key_context(transfer_id: &str) -> String {
     format!("mydata:v1:package-key:{transfer_id}")
 }
 
@@ -239,7 +239,7 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
     }
 }
 
-fn package_key(bytes: &[u8]) -> Option<PackageKey> {
+pub(crate) fn package_key(bytes: &[u8]) -> Option<PackageKey> {
     let arr: [u8; 32] = bytes.try_into().ok()?;
     Some(PackageKey::from_bytes(arr))
 }

@@ -10,6 +10,7 @@ mod audit;
 mod audit_proofs;
 mod audit_receipts;
 mod audit_tree;
+mod counter;
 mod fetches;
 mod identity;
 mod jobs;
@@ -23,6 +24,10 @@ pub use audit::{AuditEvent, NewAuditEvent};
 pub use audit_receipts::{NewReceipt, StoredReceipt};
 pub use audit_tree::{
     AuditProblem, AuditReport, LeafRow, TreeHead, canonical_entry, event_leaf_hash,
+};
+pub use counter::{
+    ClerkRow, ClerkSessionRow, CounterRow, CounterTransferRow, FailureOutcome, GrantRow, OfficeRow,
+    PasswordRow, SerialRow,
 };
 pub use fetches::{
     Admission, AgencyCircuit, AgencyLimits, FetchProgress, FetchRecord, FetchSettlement, Leftover,

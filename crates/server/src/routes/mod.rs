@@ -2,6 +2,8 @@
 
 pub mod audit;
 pub mod catalog_api;
+pub mod clerk;
+pub mod counter;
 pub mod dev;
 pub mod health;
 pub mod home;

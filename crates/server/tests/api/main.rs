@@ -6,6 +6,7 @@ mod audit;
 mod background;
 mod browser;
 mod catalog;
+mod counter;
 mod errors;
 mod fetch;
 mod health;
