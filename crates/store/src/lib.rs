@@ -10,6 +10,7 @@ mod audit;
 mod audit_proofs;
 mod audit_receipts;
 mod audit_tree;
+mod downloads;
 mod fetches;
 mod identity;
 mod jobs;
@@ -24,6 +25,7 @@ pub use audit_receipts::{NewReceipt, StoredReceipt};
 pub use audit_tree::{
     AuditProblem, AuditReport, LeafRow, TreeHead, canonical_entry, event_leaf_hash,
 };
+pub use downloads::DownloadClaim;
 pub use fetches::{
     Admission, AgencyCircuit, AgencyLimits, FetchProgress, FetchRecord, FetchSettlement, Leftover,
     PackageRecord, status as fetch_status,
