@@ -3,6 +3,8 @@
 pub mod audit;
 pub mod catalog_api;
 pub mod dev;
+pub mod download;
 pub mod health;
 pub mod home;
 pub mod login;
+pub mod usage;
