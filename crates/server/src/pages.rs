@@ -153,6 +153,8 @@ pub struct HomeTexts {
     pub ready: &'static str,
     pub none_found: &'static str,
     pub clear: &'static str,
+    pub start_download: &'static str,
+    pub records: &'static str,
 }
 
 impl HomeTexts {
@@ -177,6 +179,8 @@ impl HomeTexts {
             ready: lang.pick("預計取得時間", "Expected wait"),
             none_found: lang.pick("找不到符合條件的資料集，請換個關鍵字或清除篩選條件。", "No dataset matches. Try other words or clear the filters."),
             clear: lang.pick("清除篩選", "Clear filters"),
+            start_download: lang.pick("自行下載資料", "Download your data"),
+            records: lang.pick("我的使用紀錄", "My usage records"),
         }
     }
 }
