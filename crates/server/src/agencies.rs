@@ -236,10 +236,13 @@ pub async fn start_for_session(
         return Err(AppError::EmptySelection);
     }
     for id in &req.datasets {
-        let d = state.catalog().dataset(id).ok_or_else(|| AppError::NotFound {
-            what: "dataset",
-            id: id.clone(),
-        })?;
+        let d = state
+            .catalog()
+            .dataset(id)
+            .ok_or_else(|| AppError::NotFound {
+                what: "dataset",
+                id: id.clone(),
+            })?;
         if !v.level.satisfies(d.min_level()) {
             return Err(AppError::InsufficientLevel {
                 required: d.min_level(),

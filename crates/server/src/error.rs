@@ -88,6 +88,11 @@ pub enum AppError {
     MethodNotOffered(String),
     #[error("{0}")]
     PasswordRejected(&'static str),
+    #[error("the admin API needs the configured admin token (Authorization: Bearer)")]
+    AdminUnauthorized,
+    /// An online-service authorization that cannot go on (shown as a page, never redirected).
+    #[error("{0}")]
+    AuthorizationRefused(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -189,6 +194,8 @@ impl AppError {
             AppError::IdentityUnavailable => "identity_check_unavailable",
             AppError::MethodNotOffered(_) => "method_not_offered",
             AppError::PasswordRejected(_) => "password_rejected",
+            AppError::AdminUnauthorized => "admin_unauthorized",
+            AppError::AuthorizationRefused(_) => "authorization_refused",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -224,6 +231,8 @@ impl AppError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             AppError::MethodNotOffered(_) => StatusCode::NOT_FOUND,
+            AppError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            AppError::AuthorizationRefused(_) => StatusCode::BAD_REQUEST,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -264,6 +273,8 @@ impl AppError {
             AppError::IdentityUnavailable => ("暫時無法驗證身分", "Identity check unavailable"),
             AppError::MethodNotOffered(_) => ("不提供此驗證方式", "Method not offered"),
             AppError::PasswordRejected(_) => ("密碼不符合規定", "Password not accepted"),
+            AppError::AdminUnauthorized => ("需要管理權杖", "Admin token needed"),
+            AppError::AuthorizationRefused(_) => ("無法繼續授權", "Authorization cannot go on"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)
@@ -453,7 +464,11 @@ pub async fn problem_fallback(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // A 413 is always restated here, where the configured limit is known, whoever produced it.
-    let known = content_type.starts_with(PROBLEM_JSON) || content_type.starts_with("text/html");
+    // OAuth endpoints answer RFC 6749 JSON errors, which keep their standard shape.
+    let known = content_type.starts_with(PROBLEM_JSON)
+        || content_type.starts_with("text/html")
+        || (content_type.starts_with("application/json")
+            && res.headers().contains_key(header::CACHE_CONTROL));
     if known && status != StatusCode::PAYLOAD_TOO_LARGE {
         return res;
     }

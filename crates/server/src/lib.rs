@@ -13,6 +13,7 @@ pub mod error;
 pub mod i18n;
 pub mod identity;
 pub mod keys;
+pub mod oauth;
 pub mod packages;
 pub mod pages;
 pub mod receipts;

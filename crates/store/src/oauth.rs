@@ -305,6 +305,16 @@ impl Store {
         Ok(true)
     }
 
+    /// A code as stored (spent or not), to check it before spending it.
+    pub async fn code(&self, code_hash: &str) -> Result<Option<CodeRow>> {
+        Ok(on_pool!(self, pool => sqlx::query_as(
+            "SELECT code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at FROM oauth_codes WHERE code_hash = $1",
+        )
+        .bind(code_hash)
+        .fetch_optional(pool)
+        .await?))
+    }
+
     /// Spends a code. A second use revokes the tokens issued for it.
     pub async fn redeem_code(&self, code_hash: &str, now: Timestamp) -> Result<Redeem> {
         let won: Option<CodeRow> = on_pool!(self, pool => sqlx::query_as(
