@@ -149,7 +149,7 @@ impl Card {
 }
 
 /// A minimal SMTP server: accepts every message and hands over its data.
-async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
+pub(crate) async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();

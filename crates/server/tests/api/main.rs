@@ -13,3 +13,4 @@ mod helpers;
 mod home;
 mod identity;
 mod transport;
+mod world;
