@@ -435,7 +435,9 @@ pub async fn authorize(
         .open_request(id, s.id_hash(), until, now)
         .await
         .map_err(|e| PageError(e.into(), lang))?;
-    if !opened && req.session_hash.as_deref() != Some(s.id_hash()) {
+    let resumable = req.session_hash.as_deref() == Some(s.id_hash())
+        && matches!(req.status.as_str(), "opened" | "consented");
+    if !opened && !resumable {
         return Err(stop(
             lang,
             "this request has expired or was already used; go back to the service and start again",

@@ -12,5 +12,6 @@ mod health;
 mod helpers;
 mod home;
 mod identity;
+mod online;
 mod transport;
 mod world;
