@@ -88,6 +88,8 @@ pub enum AppError {
     MethodNotOffered(String),
     #[error("{0}")]
     PasswordRejected(&'static str),
+    #[error("{0}")]
+    Passkey(crate::identity::passkey::PasskeyProblem),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -189,6 +191,7 @@ impl AppError {
             AppError::IdentityUnavailable => "identity_check_unavailable",
             AppError::MethodNotOffered(_) => "method_not_offered",
             AppError::PasswordRejected(_) => "password_rejected",
+            AppError::Passkey(p) => p.code(),
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -224,6 +227,7 @@ impl AppError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             AppError::MethodNotOffered(_) => StatusCode::NOT_FOUND,
+            AppError::Passkey(p) => p.status(),
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -264,6 +268,7 @@ impl AppError {
             AppError::IdentityUnavailable => ("暫時無法驗證身分", "Identity check unavailable"),
             AppError::MethodNotOffered(_) => ("不提供此驗證方式", "Method not offered"),
             AppError::PasswordRejected(_) => ("密碼不符合規定", "Password not accepted"),
+            AppError::Passkey(_) => ("通行密鑰未完成", "Passkey not accepted"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)
@@ -288,6 +293,7 @@ impl AppError {
                 format!("此操作需要等級 {required} 或更高的身分驗證。")
             }
             AppError::IdentityUnavailable => "目前無法向機關查驗，請幾分鐘後再試。".into(),
+            AppError::Passkey(p) => p.message_zh().into(),
             _ => self.detail(),
         }
     }

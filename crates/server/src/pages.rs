@@ -255,3 +255,4 @@ pub const APP_CSS: &str = include_str!("../static/app.css");
 
 /// The certificate sign-in script, served from `/static/login.js` (the CSP forbids inline script).
 pub const LOGIN_JS: &str = include_str!("../static/login.js");
+pub const PASSKEY_JS: &str = include_str!("../static/passkey.js");

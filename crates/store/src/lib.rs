@@ -13,6 +13,7 @@ mod audit_tree;
 mod fetches;
 mod identity;
 mod jobs;
+mod passkeys;
 mod records;
 mod retention;
 #[cfg(feature = "testing")]
@@ -32,6 +33,7 @@ pub use identity::{
     ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,
 };
 pub use jobs::{Job, JobState, NewJob};
+pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};
 

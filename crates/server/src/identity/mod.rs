@@ -18,6 +18,7 @@
 pub mod certificate;
 pub mod messages;
 pub mod methods;
+pub mod passkey;
 pub mod password;
 pub mod pseudonym;
 pub mod registry;
@@ -182,6 +183,10 @@ pub enum Refusal {
     ChallengeUsed,
     #[error("this certificate is for another kind of person (citizen or business)")]
     WrongSubjectKind,
+    #[error(
+        "the passkey's answer did not verify (it may be for another person or another site); try again"
+    )]
+    PasskeyInvalid,
 }
 
 impl Refusal {
@@ -201,6 +206,7 @@ impl Refusal {
             Refusal::ChallengeExpired => "challenge_expired",
             Refusal::ChallengeUsed => "challenge_used",
             Refusal::WrongSubjectKind => "wrong_subject_kind",
+            Refusal::PasskeyInvalid => "passkey_invalid",
         }
     }
 
@@ -221,6 +227,7 @@ impl Refusal {
             Refusal::ChallengeExpired => "登入請求已逾時，請重新開始。",
             Refusal::ChallengeUsed => "登入請求已使用過或不存在，請重新開始。",
             Refusal::WrongSubjectKind => "此憑證的種類（自然人或工商）不符。",
+            Refusal::PasskeyInvalid => "通行密鑰驗證失敗（可能屬於其他人或其他網站），請再試一次。",
         }
     }
 
@@ -268,6 +275,7 @@ impl Identity {
             Arc::new(certificate::CertificateMethod::new(
                 IdentityMethod::MoeaCert,
             )),
+            Arc::new(passkey::PasskeyMethod),
             Arc::new(methods::NhiCard),
             Arc::new(methods::DualId),
         ];

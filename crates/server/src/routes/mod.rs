@@ -6,3 +6,4 @@ pub mod dev;
 pub mod health;
 pub mod home;
 pub mod login;
+pub mod passkeys;
