@@ -238,15 +238,15 @@ impl Refusal {
     }
 }
 
-/// The subject's keyed pseudonym: the same one the data path records transfers under
-/// (`Vault::pseudonym`, HMAC-SHA256 of the ID number or 統一編號), so a session and the transfers
-/// it starts name the same subject.
+/// The subject's keyed pseudonym (HMAC-SHA256 of the ID number or 統一編號 under the subject key,
+/// `keys.pseudonym_key`): the one name under which sessions, passwords, passkeys and transfers
+/// record the subject. Every pseudonym is made here.
 pub fn subject_pseudonym(state: &crate::state::AppState, id: &SubjectId) -> String {
     let raw = match id {
         SubjectId::Person(n) => n.as_str(),
         SubjectId::Company(b) => b.as_str(),
     };
-    state.data().vault.pseudonym(raw)
+    state.identity().subjects.pseudonym(raw)
 }
 
 /// Long-lived identity services of one process: the pseudonym key, the agency client and the
@@ -254,6 +254,8 @@ pub fn subject_pseudonym(state: &crate::state::AppState, id: &SubjectId) -> Stri
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub pseudonyms: Arc<Pseudonyms>,
+    /// The subject pseudonym key; use it through [`subject_pseudonym`].
+    pub(crate) subjects: Arc<pseudonym::SubjectKey>,
     pub http: reqwest::Client,
     methods: Arc<Vec<Arc<dyn Method>>>,
 }
@@ -263,6 +265,12 @@ impl Identity {
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
         let pseudonyms = Arc::new(Pseudonyms::load_or_create(
             &settings.identity_hash_key_path(),
+        )?);
+        // Loaded before the data key is created, so a fresh installation gets a random key and
+        // only one from before this file existed continues its data-key-derived pseudonyms.
+        let subjects = Arc::new(pseudonym::SubjectKey::load_or_create(
+            &settings.pseudonym_key_path(),
+            Some(&settings.data_key_path()),
         )?);
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
@@ -281,6 +289,7 @@ impl Identity {
         ];
         Ok(Self {
             pseudonyms,
+            subjects,
             http,
             methods: Arc::new(methods),
         })

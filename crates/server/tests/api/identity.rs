@@ -1800,3 +1800,4 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
 }
 
 mod passkey;
+mod pseudonym_key;
