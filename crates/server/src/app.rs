@@ -5,7 +5,7 @@ use crate::error::{BodyLimit, panic_response, problem_fallback};
 use crate::oauth;
 use crate::pages::APP_CSS;
 use crate::routes::{
-    audit, catalog_api, clerk, counter, dev, download, health, home, login, usage,
+    audit, catalog_api, clerk, counter, dev, download, health, home, login, passkeys, usage,
 };
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -110,6 +110,17 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/mydata/jwks.json", get(health::jwks))
         .route("/static/app.css", get(stylesheet))
         .route("/static/login.js", get(login_script))
+        .route("/static/passkey.js", get(passkey_script))
+        .route("/login/tw_fido/options", post(passkeys::sign_in_options))
+        .route(
+            "/account/passkeys",
+            get(passkeys::list).post(passkeys::register),
+        )
+        .route(
+            "/account/passkeys/options",
+            post(passkeys::register_options),
+        )
+        .route("/account/passkeys/{id}/delete", post(passkeys::remove))
         .route("/login", get(login::choose))
         .route(
             "/login/first-use",
@@ -226,6 +237,16 @@ async fn login_script() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         crate::pages::LOGIN_JS,
+    )
+}
+
+async fn passkey_script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        crate::pages::PASSKEY_JS,
     )
 }
 

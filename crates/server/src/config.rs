@@ -216,6 +216,11 @@ pub struct KeySettings {
     /// share a database must share this key.
     #[serde(default)]
     pub data_key: String,
+    /// File of the 256-bit key of subject pseudonyms (the only name the platform files a person
+    /// under). Empty means `<data_dir>/keys/pseudonym.key`, created on first start. Processes that
+    /// share a database must share it, and it must never be lost or changed.
+    #[serde(default)]
+    pub pseudonym_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,6 +295,7 @@ impl Default for Settings {
                 platform_signing_key: String::new(),
                 identity_hash_key: String::new(),
                 data_key: String::new(),
+                pseudonym_key: String::new(),
             },
             identity: crate::identity::IdentitySettings::default(),
             messages: crate::identity::messages::MessageSettings::default(),
@@ -450,6 +456,15 @@ impl Settings {
             self.data_dir.join("keys").join("identity-hash.key")
         } else {
             PathBuf::from(&self.keys.identity_hash_key)
+        }
+    }
+
+    /// Where the subject pseudonym key is kept.
+    pub fn pseudonym_key_path(&self) -> PathBuf {
+        if self.keys.pseudonym_key.is_empty() {
+            self.data_dir.join("keys").join("pseudonym.key")
+        } else {
+            PathBuf::from(&self.keys.pseudonym_key)
         }
     }
 

@@ -21,13 +21,19 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{what} `{id}` does not exist")]
-    NotFound { what: &'static str, id: String },
+    NotFound {
+        what: &'static str,
+        id: String,
+    },
     #[error("no page or endpoint at this address")]
     RouteNotFound,
     #[error("this address does not accept the {0} method")]
     MethodNotAllowed(String),
     #[error("query parameter `{name}`: {message}")]
-    InvalidParameter { name: String, message: String },
+    InvalidParameter {
+        name: String,
+        message: String,
+    },
     #[error("the query string is not valid: {0}")]
     InvalidQuery(String),
     #[error("the request body is not valid JSON: {0}")]
@@ -39,7 +45,9 @@ pub enum AppError {
     /// `limit` is None where the limit is not known (an extractor's rejection); the fallback
     /// middleware, which knows it, states it.
     #[error("the request body is larger than {}", limit.map_or("the limit".to_owned(), |l| format!("the {l}-byte limit")))]
-    PayloadTooLarge { limit: Option<usize> },
+    PayloadTooLarge {
+        limit: Option<usize>,
+    },
     #[error("the request took too long and was stopped")]
     Timeout,
     #[error("no dataset was chosen")]
@@ -51,15 +59,24 @@ pub enum AppError {
     #[error("the package of transfer `{0}` was already retrieved or has expired, and is deleted")]
     PackageGone(String),
     #[error("tree size {size} is beyond the audit log, which holds {log_size} entries")]
-    TreeSizeOutOfRange { size: u64, log_size: u64 },
+    TreeSizeOutOfRange {
+        size: u64,
+        log_size: u64,
+    },
     #[error(
         "leaf index {index} is not in a tree of size {size} (leaf indexes go from 0 to size - 1)"
     )]
-    LeafIndexOutOfRange { index: u64, size: u64 },
+    LeafIndexOutOfRange {
+        index: u64,
+        size: u64,
+    },
     #[error(
         "the first tree size ({first}) is larger than the second ({second}); give the older size first"
     )]
-    ProofSizesOutOfOrder { first: u64, second: u64 },
+    ProofSizesOutOfOrder {
+        first: u64,
+        second: u64,
+    },
     #[error("{0}")]
     ReceiptNotAvailable(String),
     #[error("the form's security token is missing or wrong; reload the page and try again")]
@@ -77,7 +94,9 @@ pub enum AppError {
     #[error("{0}")]
     IdentityRefused(crate::identity::Refusal),
     #[error("too many failed attempts; try again in {} minute(s)", retry_after_secs.div_ceil(60))]
-    LockedOut { retry_after_secs: u64 },
+    LockedOut {
+        retry_after_secs: u64,
+    },
     #[error("{}", .0.message_en())]
     CodeRefused(CodeProblem),
     #[error("{0}")]
@@ -95,6 +114,7 @@ pub enum AppError {
     /// An online-service authorization that cannot go on (shown as a page, never redirected).
     #[error("{0}")]
     AuthorizationRefused(String),
+    Passkey(crate::identity::passkey::PasskeyProblem),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -199,6 +219,7 @@ impl AppError {
             AppError::Forbidden(_) => "forbidden",
             AppError::AdminUnauthorized => "admin_unauthorized",
             AppError::AuthorizationRefused(_) => "authorization_refused",
+            AppError::Passkey(p) => p.code(),
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -237,6 +258,7 @@ impl AppError {
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             AppError::AuthorizationRefused(_) => StatusCode::BAD_REQUEST,
+            AppError::Passkey(p) => p.status(),
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -280,6 +302,7 @@ impl AppError {
             AppError::Forbidden(_) => ("沒有權限", "Not allowed"),
             AppError::AdminUnauthorized => ("需要管理權杖", "Admin token needed"),
             AppError::AuthorizationRefused(_) => ("無法繼續授權", "Authorization cannot go on"),
+            AppError::Passkey(_) => ("通行密鑰未完成", "Passkey not accepted"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)
@@ -304,6 +327,7 @@ impl AppError {
                 format!("此操作需要等級 {required} 或更高的身分驗證。")
             }
             AppError::IdentityUnavailable => "目前無法向機關查驗，請幾分鐘後再試。".into(),
+            AppError::Passkey(p) => p.message_zh().into(),
             _ => self.detail(),
         }
     }

@@ -280,3 +280,4 @@ pub const LOGIN_JS: &str = include_str!("../static/login.js");
 
 /// The self-download pages' script (live progress, one consent per click): `/static/download.js`.
 pub const DOWNLOAD_JS: &str = include_str!("../static/download.js");
+pub const PASSKEY_JS: &str = include_str!("../static/passkey.js");

@@ -5,7 +5,8 @@
 //!
 //! The key file is created on first start (mode 0600) like the platform signing key; every process
 //! sharing a database needs the same file. Losing it makes every stored package unreadable, which
-//! is safe: packages live at most 8 hours.
+//! is safe: packages live at most 8 hours. Subject pseudonyms do not depend on it (they have their
+//! own key, `identity::pseudonym::SubjectKey`), so it can be replaced.
 
 use crate::config::Settings;
 use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
@@ -15,6 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::io::Write;
 use std::path::Path;
 use zeroize::Zeroizing;
 
@@ -34,7 +36,6 @@ pub enum VaultError {
 /// The data key. `Debug` never shows it.
 pub struct Vault {
     cipher: Aes256Gcm,
-    pseudonym_key: Zeroizing<[u8; 32]>,
     /// The platform's HPKE key (derived, so every process sharing the data key has it): opens
     /// `login_hint`s and authenticates packages sealed to online services.
     kem: mydata_package::e2e::HpkeKeyPair,
@@ -48,19 +49,12 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     pub fn from_key(key: &[u8; 32]) -> Self {
-        // A separate key for pseudonyms, so the same secret never serves two algorithms.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
-        mac.update(b"mydata pseudonym key v1");
-        let mut pseudonym_key = Zeroizing::new([0u8; 32]);
-        pseudonym_key.copy_from_slice(&mac.finalize().into_bytes());
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
             .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
         mac.update(b"mydata platform hpke key v1");
         let kem = mydata_package::e2e::HpkeKeyPair::derive(&mac.finalize().into_bytes());
         Self {
             cipher: Aes256Gcm::new(key.into()),
-            pseudonym_key,
             kem,
         }
     }
@@ -127,15 +121,6 @@ impl Vault {
     pub fn platform_kem(&self) -> &mydata_package::e2e::HpkeKeyPair {
         &self.kem
     }
-
-    /// The keyed pseudonym (HMAC-SHA256, hex) of an ID number: the only form in which the platform
-    /// records who a transfer is about.
-    pub fn pseudonym(&self, id: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.pseudonym_key.as_ref())
-            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
-        mac.update(id.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
-    }
 }
 
 fn read_key(path: &Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
@@ -178,12 +163,10 @@ mod tests {
     }
 
     #[test]
-    fn pseudonyms_are_stable_keyed_and_hide_the_id() {
-        let v = Vault::from_key(&[7; 32]);
-        let p = v.pseudonym("A123456789");
-        assert_eq!(p, v.pseudonym("A123456789"));
-        assert_ne!(p, Vault::from_key(&[8; 32]).pseudonym("A123456789"));
-        assert!(!p.contains("123456789"));
-        assert_eq!(format!("{v:?}"), "Vault(<redacted>)");
+    fn debug_hides_the_key() {
+        assert_eq!(
+            format!("{:?}", Vault::from_key(&[7; 32])),
+            "Vault(<redacted>)"
+        );
     }
 }

@@ -16,6 +16,7 @@ mod fetches;
 mod identity;
 mod jobs;
 mod oauth;
+mod passkeys;
 mod records;
 mod retention;
 #[cfg(feature = "testing")]
@@ -41,6 +42,7 @@ pub use identity::{
 };
 pub use jobs::{Job, JobState, NewJob};
 pub use oauth::{ClientRow, CodeRow as OAuthCodeRow, Redeem, RequestRow, TokenRow};
+pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};
 

@@ -18,6 +18,7 @@
 pub mod certificate;
 pub mod messages;
 pub mod methods;
+pub mod passkey;
 pub mod password;
 pub mod pseudonym;
 pub mod registry;
@@ -182,6 +183,10 @@ pub enum Refusal {
     ChallengeUsed,
     #[error("this certificate is for another kind of person (citizen or business)")]
     WrongSubjectKind,
+    #[error(
+        "the passkey's answer did not verify (it may be for another person or another site); try again"
+    )]
+    PasskeyInvalid,
 }
 
 impl Refusal {
@@ -201,6 +206,7 @@ impl Refusal {
             Refusal::ChallengeExpired => "challenge_expired",
             Refusal::ChallengeUsed => "challenge_used",
             Refusal::WrongSubjectKind => "wrong_subject_kind",
+            Refusal::PasskeyInvalid => "passkey_invalid",
         }
     }
 
@@ -221,6 +227,7 @@ impl Refusal {
             Refusal::ChallengeExpired => "登入請求已逾時，請重新開始。",
             Refusal::ChallengeUsed => "登入請求已使用過或不存在，請重新開始。",
             Refusal::WrongSubjectKind => "此憑證的種類（自然人或工商）不符。",
+            Refusal::PasskeyInvalid => "通行密鑰驗證失敗（可能屬於其他人或其他網站），請再試一次。",
         }
     }
 
@@ -231,15 +238,15 @@ impl Refusal {
     }
 }
 
-/// The subject's keyed pseudonym: the same one the data path records transfers under
-/// (`Vault::pseudonym`, HMAC-SHA256 of the ID number or 統一編號), so a session and the transfers
-/// it starts name the same subject.
+/// The subject's keyed pseudonym (HMAC-SHA256 of the ID number or 統一編號 under the subject key,
+/// `keys.pseudonym_key`): the one name under which sessions, passwords, passkeys and transfers
+/// record the subject. Every pseudonym is made here.
 pub fn subject_pseudonym(state: &crate::state::AppState, id: &SubjectId) -> String {
     let raw = match id {
         SubjectId::Person(n) => n.as_str(),
         SubjectId::Company(b) => b.as_str(),
     };
-    state.data().vault.pseudonym(raw)
+    state.identity().subjects.pseudonym(raw)
 }
 
 /// Long-lived identity services of one process: the pseudonym key, the agency client and the
@@ -247,6 +254,8 @@ pub fn subject_pseudonym(state: &crate::state::AppState, id: &SubjectId) -> Stri
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub pseudonyms: Arc<Pseudonyms>,
+    /// The subject pseudonym key; use it through [`subject_pseudonym`].
+    pub(crate) subjects: Arc<pseudonym::SubjectKey>,
     pub http: reqwest::Client,
     methods: Arc<Vec<Arc<dyn Method>>>,
 }
@@ -256,6 +265,12 @@ impl Identity {
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
         let pseudonyms = Arc::new(Pseudonyms::load_or_create(
             &settings.identity_hash_key_path(),
+        )?);
+        // Loaded before the data key is created, so a fresh installation gets a random key and
+        // only one from before this file existed continues its data-key-derived pseudonyms.
+        let subjects = Arc::new(pseudonym::SubjectKey::load_or_create(
+            &settings.pseudonym_key_path(),
+            Some(&settings.data_key_path()),
         )?);
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
@@ -268,11 +283,13 @@ impl Identity {
             Arc::new(certificate::CertificateMethod::new(
                 IdentityMethod::MoeaCert,
             )),
+            Arc::new(passkey::PasskeyMethod),
             Arc::new(methods::NhiCard),
             Arc::new(methods::DualId),
         ];
         Ok(Self {
             pseudonyms,
+            subjects,
             http,
             methods: Arc::new(methods),
         })

@@ -326,6 +326,7 @@ pub async fn sweep(state: &AppState) -> Result<u64, mydata_store::StoreError> {
     let failures_before = Timestamp::from_millis(now.millis().saturating_sub(
         i64::try_from(mydata_core::limits::LOCKOUT_WINDOW.as_millis()).unwrap_or(i64::MAX),
     ));
+    state.store().sweep_passkey_ceremonies(now).await?;
     state
         .store()
         .sweep_identity(now, idle_before, failures_before)

@@ -224,7 +224,7 @@ pub async fn par(
                     mydata_core::BusinessId::parse(id.trim()).map(|b| b.as_str().to_owned())
                 })
                 .map_err(|_| invalid("login_hint is not a valid ID number or 統一編號"))?;
-            Some(state.data().vault.pseudonym(&id))
+            Some(state.identity().subjects.pseudonym(&id))
         }
     };
     if form.contains_key("identity_assertion") {

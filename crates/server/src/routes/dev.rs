@@ -89,7 +89,16 @@ pub async fn create_fetch(
             })?,
     };
     let transfer_id = uuid::Uuid::new_v4().to_string();
-    let pseudonym = state.data().vault.pseudonym(&subject);
+    let subject_id = match (IdNumber::parse(&subject), BusinessId::parse(&subject)) {
+        (Ok(n), _) => crate::identity::SubjectId::Person(n),
+        (_, Ok(b)) => crate::identity::SubjectId::Company(b),
+        _ => {
+            return Err(AppError::InvalidBody(
+                "`subject` must be a valid ID number or 統一編號".into(),
+            ));
+        }
+    };
+    let pseudonym = crate::identity::subject_pseudonym(&state, &subject_id);
     let start = StartFetch {
         transfer: NewTransfer {
             id: transfer_id.clone(),

@@ -36,7 +36,7 @@ const RULE: LockoutRule = LockoutRule {
     duration: limits::LOCKOUT_DURATION,
 };
 
-fn lang_of(uri: &Uri, headers: &HeaderMap) -> Lang {
+pub(crate) fn lang_of(uri: &Uri, headers: &HeaderMap) -> Lang {
     Lang::from_query(uri.query())
         .or_else(|| Lang::from_cookie(headers))
         .unwrap_or_default()
@@ -58,7 +58,7 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-fn with_cookie(mut res: Response, cookie: Option<HeaderValue>) -> Response {
+pub(crate) fn with_cookie(mut res: Response, cookie: Option<HeaderValue>) -> Response {
     if let Some(c) = cookie {
         res.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -67,7 +67,7 @@ fn with_cookie(mut res: Response, cookie: Option<HeaderValue>) -> Response {
     res
 }
 
-fn page<T: Template>(status: StatusCode, t: &T) -> Response {
+pub(crate) fn page<T: Template>(status: StatusCode, t: &T) -> Response {
     match render(t) {
         Ok(html) => (status, html).into_response(),
         Err(e) => e.into_page(Lang::default()),
@@ -86,7 +86,7 @@ fn level_text(level: AssuranceLevel, lang: Lang) -> String {
 }
 
 /// The client address for lockout: the configured proxy header's last entry, else the peer.
-fn client_address(state: &AppState, headers: &HeaderMap, ext: &Extensions) -> String {
+pub(crate) fn client_address(state: &AppState, headers: &HeaderMap, ext: &Extensions) -> String {
     let name = &state.settings().identity.client_address_header;
     if !name.is_empty()
         && let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok())
@@ -103,7 +103,7 @@ fn client_address(state: &AppState, headers: &HeaderMap, ext: &Extensions) -> St
         .unwrap_or_else(|| "unknown".into())
 }
 
-async fn audit(
+pub(crate) async fn audit(
     state: &AppState,
     kind: &str,
     subject: Option<&str>,
@@ -246,6 +246,13 @@ async fn choose_inner(
             (IdentityMethod::MoeaCert, Lang::En) => {
                 "For legal persons (companies, organisations).".to_owned()
             }
+            (IdentityMethod::TwFido, Lang::ZhTw) => {
+                "以手機或電腦的通行密鑰（指紋、臉部或螢幕鎖）登入；需先以自然人憑證登入並註冊。"
+                    .to_owned()
+            }
+            (IdentityMethod::TwFido, Lang::En) => {
+                "A passkey on your phone or computer (fingerprint, face or screen lock); register it after a citizen-certificate sign-in.".to_owned()
+            }
             (IdentityMethod::NhiCard, Lang::ZhTw) => "需先以自然人憑證登入並註冊密碼。".to_owned(),
             (IdentityMethod::NhiCard, Lang::En) => {
                 "Needs a password registered after a citizen-certificate sign-in.".to_owned()
@@ -322,7 +329,7 @@ async fn choose_inner(
     Ok(with_cookie(page(StatusCode::OK, &page_t), None))
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -358,6 +365,8 @@ pub struct MethodPage {
     pub next: String,
     pub fields: Vec<FieldView>,
     pub cert: bool,
+    /// TW FidO: the page asks the device for a passkey (`static/passkey.js`).
+    pub passkey: Option<crate::routes::passkeys::PasskeyTexts>,
     pub challenge_url: String,
     pub agent_url: String,
     pub msg_agent: &'static str,
@@ -461,6 +470,15 @@ fn method_page(
             .unwrap_or_default()
     };
     let mut links = Vec::new();
+    if m == IdentityMethod::TwFido {
+        links.push((
+            "/account/passkeys".to_owned(),
+            lang.pick(
+                "註冊或管理通行密鑰（需先以自然人憑證登入）",
+                "Register or manage passkeys (after a citizen-certificate sign-in)",
+            ),
+        ));
+    }
     if m == IdentityMethod::NhiCard {
         links.push((
             "/account/password".to_owned(),
@@ -480,6 +498,8 @@ fn method_page(
         next: next.to_owned(),
         fields,
         cert,
+        passkey: (m == IdentityMethod::TwFido)
+            .then(|| crate::routes::passkeys::PasskeyTexts::sign_in(lang)),
         challenge_url: format!("/login/{}/challenge", m.code()),
         agent_url: state.settings().identity.card_agent_url.trim_end_matches('/').to_owned(),
         msg_agent: lang.pick(
@@ -491,7 +511,10 @@ fn method_page(
         msg_busy: lang.pick("正在請卡片簽章…", "Asking the card to sign…"),
         pin_label: lang.pick("卡片 PIN 碼", "Card PIN"),
         pin_hint: lang.pick("PIN 碼只傳給您電腦上的讀卡程式，不會傳給平臺。", "The PIN goes only to the card program on your computer, never to the platform."),
-        submit: lang.pick(if cert { "以卡片簽章登入" } else { "驗證" }, if cert { "Sign in with the card" } else { "Verify" }),
+        submit: match m {
+            IdentityMethod::TwFido => lang.pick("以通行密鑰登入", "Sign in with a passkey"),
+            _ => lang.pick(if cert { "以卡片簽章登入" } else { "驗證" }, if cert { "Sign in with the card" } else { "Verify" }),
+        },
         back: lang.pick("選擇其他方式", "Choose another method"),
         back_href: format!("/login?next={}", urlencode(next)),
         links,
@@ -592,7 +615,7 @@ pub fn platform_origin(state: &AppState, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-fn form_of(form: Result<axum::Form<Form>, FormRejection>) -> Result<Form, AppError> {
+pub(crate) fn form_of(form: Result<axum::Form<Form>, FormRejection>) -> Result<Form, AppError> {
     match form {
         Ok(axum::Form(f)) => Ok(f),
         Err(FormRejection::InvalidFormContentType(_)) => Err(AppError::UnsupportedMediaType),
@@ -617,7 +640,7 @@ pub async fn submit(
 }
 
 /// Checks the lockout of `keys`; refuses with the time left.
-async fn check_lock(state: &AppState, keys: &[&str]) -> Result<(), AppError> {
+pub(crate) async fn check_lock(state: &AppState, keys: &[&str]) -> Result<(), AppError> {
     let now = state.clock().now();
     if let Some(until) = state.store().locked_until(keys, now).await? {
         return Err(AppError::LockedOut {
@@ -629,7 +652,7 @@ async fn check_lock(state: &AppState, keys: &[&str]) -> Result<(), AppError> {
 
 /// Counts a failure on `keys`; logs and audits a lockout it causes. Returns the lockout error
 /// when this failure locked a key.
-async fn count_failure(
+pub(crate) async fn count_failure(
     state: &AppState,
     keys: &[&str],
     subject: Option<&str>,
@@ -1390,7 +1413,7 @@ pub async fn outbox(State(state): State<AppState>, uri: Uri, headers: HeaderMap)
     run.await.unwrap_or_else(|e| e.into_page(lang))
 }
 
-fn time_text(ms: i64) -> String {
+pub(crate) fn time_text(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
         .map(|t| {
             let t = t.to_offset(time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC));

@@ -9,4 +9,5 @@ pub mod download;
 pub mod health;
 pub mod home;
 pub mod login;
+pub mod passkeys;
 pub mod usage;

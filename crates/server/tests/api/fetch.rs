@@ -179,7 +179,8 @@ impl DataApp {
     /// Starts a fetch of `datasets` for a synthetic subject with a method all of them accept.
     pub async fn fetch(&self, subject: &str, method: IdentityMethod, datasets: &[&str]) -> String {
         let id = uuid::Uuid::new_v4().to_string();
-        let pseudonym = self.state.data().vault.pseudonym(subject);
+        let pseudonym =
+            mydata_server::identity::subject_pseudonym(&self.state, &subject_id(subject));
         let req = StartFetch {
             transfer: NewTransfer {
                 id: id.clone(),
@@ -1191,4 +1192,14 @@ async fn dev_endpoints_fetch_for_a_synthetic_person_and_hand_the_package_out_onc
     let res = http.get(&package_url).send().await.unwrap();
     crate::helpers::assert_problem(res, 410, "package_gone").await;
     assert_eq!(app.objects(), Vec::<String>::new());
+}
+
+/// A synthetic subject's ID number or 統一編號 as the identity module takes it.
+fn subject_id(raw: &str) -> mydata_server::identity::SubjectId {
+    match mydata_core::IdNumber::parse(raw) {
+        Ok(n) => mydata_server::identity::SubjectId::Person(n),
+        Err(_) => mydata_server::identity::SubjectId::Company(
+            mydata_core::BusinessId::parse(raw).unwrap(),
+        ),
+    }
 }

@@ -1798,3 +1798,6 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
     page.assert_accessible("outbox").await.unwrap();
     w.app.stop().await.unwrap();
 }
+
+mod passkey;
+mod pseudonym_key;
