@@ -88,7 +88,7 @@ pub async fn create_fetch(
                 )
             })?,
     };
-    let transfer_id = uuid::Uuid::new_v4().to_string();
+    let transfer_id = crate::agencies::new_transfer_id();
     let pseudonym = state.data().vault.pseudonym(&subject);
     let start = StartFetch {
         transfer: NewTransfer {
