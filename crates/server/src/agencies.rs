@@ -142,6 +142,14 @@ fn secret_context(transfer_id: &str) -> String {
     format!("mydata:v1:transfer-secret:{transfer_id}")
 }
 
+/// A new transfer ID: a UUIDv7, time-ordered, so that the audit log's `(transfer_id, seq)` index
+/// and the other indexes keyed by transfer grow at their end instead of at random pages (4x the
+/// SQLite append rate, docs/PERFORMANCE.md). Its 74 random bits keep it unguessable; the time it
+/// reveals is the transfer's start, which its owner and recipient know anyway.
+pub fn new_transfer_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// The context under which a fetched dataset's key is sealed.
 pub fn fetched_key_context(transfer_id: &str, dataset_id: &str) -> String {
     format!("mydata:v1:fetched-key:{transfer_id}:{dataset_id}")
@@ -252,7 +260,7 @@ pub async fn start_for_session(
     let id = crate::identity::session::subject_id(state, v)?;
     let start = StartFetch {
         transfer: NewTransfer {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: new_transfer_id(),
             kind: req.kind,
             subject: v.subject.clone(),
             recipient: req.recipient,

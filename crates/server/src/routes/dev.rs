@@ -88,7 +88,7 @@ pub async fn create_fetch(
                 )
             })?,
     };
-    let transfer_id = uuid::Uuid::new_v4().to_string();
+    let transfer_id = crate::agencies::new_transfer_id();
     let subject_id = match (IdNumber::parse(&subject), BusinessId::parse(&subject)) {
         (Ok(n), _) => crate::identity::SubjectId::Person(n),
         (_, Ok(b)) => crate::identity::SubjectId::Company(b),
