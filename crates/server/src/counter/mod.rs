@@ -96,7 +96,7 @@ impl Refusal {
                 "This is not a barcode serial: a serial is 8 characters (digits 2-9 and capitals without I, L, O, U). Scan again or check what you typed.",
             ),
             Refusal::SerialUnknown => (
-                "查無此條碼序號。請請民眾重新整理條碼頁面後再掃描。",
+                "查無此條碼序號。請民眾重新整理條碼頁面後再掃描。",
                 "No barcode has this serial. Ask the person to reload their barcode page and scan again.",
             ),
             Refusal::SerialExpired => (
