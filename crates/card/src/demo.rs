@@ -363,8 +363,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DemoError> {
 /// simulated agencies serve) under `<data_dir>/demo/cards/`.
 pub fn write_demo_cards(data_dir: &Path, now: Timestamp) -> Result<CardsReport, DemoError> {
     // The same seed and reference date the simulated agencies use by default.
-    let reference = mydata_provider_sim::date::Date::new(2025, 12, 31)
-        .unwrap_or_else(|| mydata_provider_sim::date::Date::from_days(0));
-    let population = Population::generate(mydata_provider_sim::server::DEFAULT_SEED, reference);
+    let population = Population::generate(
+        mydata_provider_sim::server::DEFAULT_SEED,
+        mydata_provider_sim::server::DEFAULT_REFERENCE_DATE,
+    );
     ensure_cards(&cards_dir(data_dir), &population_specs(&population), now)
 }

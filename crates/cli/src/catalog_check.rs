@@ -1,9 +1,10 @@
 //! `mydata catalog check`: the start-up validation of the catalogue, for operators editing its files.
 
 use anyhow::Context;
+use mydata_core::Catalog;
 use mydata_core::catalog::{CatalogErrors, CatalogFile, CatalogSources};
-use mydata_core::{Catalog, CatalogSource};
-use std::path::{Path, PathBuf};
+use mydata_server::serve::read_catalog_file;
+use std::path::PathBuf;
 
 /// Validates the given files (or folders) on top of the built-in catalogue and prints the verdict.
 pub fn run(paths: &[PathBuf]) -> anyhow::Result<()> {
@@ -14,7 +15,7 @@ pub fn run(paths: &[PathBuf]) -> anyhow::Result<()> {
             for kind in CatalogFile::ALL {
                 let file = path.join(kind.file_name());
                 if file.is_file() {
-                    read_into(&mut sources, kind, &file)?;
+                    read_catalog_file(&mut sources, kind, &file)?;
                     given.push(file);
                 }
             }
@@ -31,7 +32,7 @@ pub fn run(paths: &[PathBuf]) -> anyhow::Result<()> {
                     names.join(", ")
                 )
             })?;
-            read_into(&mut sources, kind, path)?;
+            read_catalog_file(&mut sources, kind, path)?;
             given.push(path.clone());
         }
     }
@@ -58,14 +59,4 @@ pub fn run(paths: &[PathBuf]) -> anyhow::Result<()> {
             anyhow::bail!("{} problem(s) found in the catalogue", issues.len())
         }
     }
-}
-
-fn read_into(sources: &mut CatalogSources, kind: CatalogFile, path: &Path) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    *sources.get_mut(kind) = CatalogSource {
-        file: path.display().to_string(),
-        text,
-    };
-    Ok(())
 }

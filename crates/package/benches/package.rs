@@ -76,9 +76,23 @@ fn benches(c: &mut Criterion) {
     pb.add_dataset(ds.clone()).unwrap();
     let zip = pb.build(&platform, NOW).unwrap();
     assert!(verify_package(&zip, &trust, Some(platform.verifying_key()), NOW).is_ok());
+    // `verify` uses one trust store throughout, as the connector does for an agency's datasets:
+    // the chain is verified once and remembered. `verify_cold` forgets it before every run (the
+    // first dataset of an agency after a trust reload), i.e. the cost before chains were cached.
     g.bench_function("verify", |b| {
         b.iter(|| {
             let r = verify_package(black_box(&zip), &trust, Some(platform.verifying_key()), NOW);
+            black_box(r.is_ok())
+        })
+    });
+    let mut cold = TrustStore::new();
+    cold.add_root_der(ca.root_der()).unwrap();
+    cold.add_crl_der(ca.crl(&[], NOW, NOW.plus(DAY)).unwrap().der())
+        .unwrap();
+    g.bench_function("verify_cold", |b| {
+        b.iter(|| {
+            cold.forget_verified_chains();
+            let r = verify_package(black_box(&zip), &cold, Some(platform.verifying_key()), NOW);
             black_box(r.is_ok())
         })
     });
@@ -98,6 +112,12 @@ fn benches(c: &mut Criterion) {
     g.bench_function("part_seal", |b| b.iter(|| black_box(seal(&zip).unwrap())));
     g.bench_function("part_verify_dataset", |b| {
         b.iter(|| black_box(verify_dataset(&ds, &trust, NOW).is_ok()))
+    });
+    g.bench_function("part_verify_dataset_cold", |b| {
+        b.iter(|| {
+            cold.forget_verified_chains();
+            black_box(verify_dataset(&ds, &cold, NOW).is_ok())
+        })
     });
     // The primitives: AWS-LC (what the crate uses) and RustCrypto p256 (what it used before).
     let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(

@@ -309,11 +309,82 @@ impl SimulatedCa {
 }
 
 /// Trusted roots and CRLs, parsed once and reused for every verification.
+///
+/// Chains that verified are remembered (see [`VerifiedChains`]): the datasets of one agency all
+/// carry the same chain, so only the first of them pays for the chain's signatures and the CRL's.
 #[derive(Debug, Default)]
 pub struct TrustStore {
     anchors: Vec<TrustAnchor<'static>>,
     crls: Vec<CertRevocationList<'static>>,
+    /// The earliest `nextUpdate` of the CRLs, in Unix seconds (a CRL is stale from then on).
+    crls_stale_at: Option<u64>,
     allow_missing_crl: bool,
+    verified: VerifiedChains,
+}
+
+/// Most verified chains remembered per trust store (a handful of agencies in practice).
+const VERIFIED_CHAINS_MAX: usize = 4096;
+
+/// Chains this store verified, by SHA-256 of their certificates, each with the Unix-second window
+/// (inclusive) in which that verification holds: within every certificate's validity and before
+/// any CRL goes stale. The roots and CRLs cannot change under an entry (changing them clears the
+/// cache, and the connector builds a new store when it reloads them), so an entry stands for "this
+/// chain, under these roots and this CRL, at any time in the window". Failures are not remembered.
+#[derive(Debug, Default)]
+struct VerifiedChains(std::sync::Mutex<std::collections::HashMap<[u8; 32], (u64, u64)>>);
+
+impl VerifiedChains {
+    fn key(chain: &[CertificateDer<'static>]) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for c in chain {
+            h.update((c.len() as u64).to_be_bytes());
+            h.update(c.as_ref());
+        }
+        h.finalize().into()
+    }
+
+    fn holds(&self, key: &[u8; 32], now: u64) -> bool {
+        // A poisoned lock only costs the cache, never a wrong answer.
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(key).copied())
+            .is_some_and(|(from, until)| from <= now && now <= until)
+    }
+
+    fn remember(&self, key: [u8; 32], window: (u64, u64)) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= VERIFIED_CHAINS_MAX {
+                m.clear();
+            }
+            m.insert(key, window);
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Ok(m) = self.0.get_mut() {
+            m.clear();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// The Unix-second window in which every certificate of `chain` is within its validity, or None
+/// when a certificate cannot be read (then the chain is simply not remembered).
+fn validity_window(chain: &[CertificateDer<'static>]) -> Option<(u64, u64)> {
+    use x509_cert::der::Decode;
+    let mut window = (0u64, u64::MAX);
+    for der in chain {
+        let cert = x509_cert::Certificate::from_der(der.as_ref()).ok()?;
+        let v = &cert.tbs_certificate.validity;
+        window.0 = window.0.max(v.not_before.to_unix_duration().as_secs());
+        window.1 = window.1.min(v.not_after.to_unix_duration().as_secs());
+    }
+    (window.0 <= window.1).then_some(window)
 }
 
 impl TrustStore {
@@ -323,6 +394,7 @@ impl TrustStore {
     }
 
     pub fn add_root_der(&mut self, der: &[u8]) -> Result<(), TrustStoreError> {
+        self.verified.clear();
         let cert = CertificateDer::from(der);
         let anchor = webpki::anchor_from_trusted_cert(&cert)
             .map_err(TrustStoreError::BadRoot)?
@@ -341,14 +413,36 @@ impl TrustStore {
     }
 
     pub fn add_crl_der(&mut self, der: &[u8]) -> Result<(), TrustStoreError> {
+        use x509_cert::der::Decode;
+        self.verified.clear();
         let crl = OwnedCertRevocationList::from_der(der).map_err(TrustStoreError::BadCrl)?;
+        // webpki checks nextUpdate but does not expose it; read it for the cache's window. A CRL
+        // webpki accepts but this parser does not (or one without nextUpdate) makes the window
+        // close at once, which only turns the cache off.
+        let stale_at = x509_cert::crl::CertificateList::from_der(der)
+            .ok()
+            .and_then(|c| c.tbs_cert_list.next_update)
+            .map_or(0, |t| t.to_unix_duration().as_secs());
+        self.crls_stale_at = Some(self.crls_stale_at.map_or(stale_at, |s| s.min(stale_at)));
         self.crls.push(CertRevocationList::from(crl));
         Ok(())
+    }
+
+    /// Forgets every remembered chain verification (benchmarks; an operator reacting to a
+    /// revocation reloads the CRL instead, which builds a new store).
+    pub fn forget_verified_chains(&mut self) {
+        self.verified.clear();
+    }
+
+    /// How many verified chains are remembered.
+    pub fn verified_chains(&self) -> usize {
+        self.verified.len()
     }
 
     /// Accept certificates whose issuer published no configured CRL (revocation unchecked for
     /// them). Off by default: without a CRL "not revoked" cannot be established.
     pub fn allow_missing_crl(&mut self, allow: bool) {
+        self.verified.clear();
         self.allow_missing_crl = allow;
     }
 
@@ -362,6 +456,12 @@ impl TrustStore {
         let (leaf, intermediates) = chain.split_first().ok_or(CertError::NoCertificate)?;
         let ee =
             EndEntityCert::try_from(leaf).map_err(|e| CertError::Unparseable(format!("{e:?}")))?;
+        // webpki compares whole seconds.
+        let now_secs = u64::try_from(now.millis()).unwrap_or(0) / 1000;
+        let key = VerifiedChains::key(chain);
+        if self.verified.holds(&key, now_secs) {
+            return Ok(ee);
+        }
         let crl_refs: Vec<&CertRevocationList<'_>> = self.crls.iter().collect();
         let status = if self.allow_missing_crl {
             UnknownStatusPolicy::Allow
@@ -388,6 +488,16 @@ impl TrustStore {
             None,
         )
         .map_err(CertError::from_webpki)?;
+        if let Some((from, until)) = validity_window(chain) {
+            // A CRL is stale at its nextUpdate (webpki: `now >= next_update` fails).
+            let until = match self.crls_stale_at {
+                Some(stale) => until.min(stale.saturating_sub(1)),
+                None => until,
+            };
+            if from <= until {
+                self.verified.remember(key, (from, until));
+            }
+        }
         Ok(ee)
     }
 }
@@ -519,6 +629,74 @@ mod tests {
             Some(CertError::Revoked)
         );
         assert!(crl.pem().starts_with("-----BEGIN X509 CRL-----\n"));
+    }
+
+    #[test]
+    fn a_remembered_chain_is_reverified_outside_its_window_and_after_trust_changes() {
+        let ca = SimulatedCa::new("Root", before(DAY * 10), NOW.plus(DAY * 10)).unwrap();
+        let (_, cert) = ca
+            .issue_agency("ris-001", before(DAY), NOW.plus(DAY))
+            .unwrap();
+        let mut trust = TrustStore::new();
+        trust.add_root_der(ca.root_der()).unwrap();
+        // The CRL goes stale in 12 hours, before the certificate expires.
+        let crl_until = NOW.plus(DAY / 2);
+        trust
+            .add_crl_der(ca.crl(&[], before(DAY), crl_until).unwrap().der())
+            .unwrap();
+        let chain = vec![cert.der().clone()];
+        assert_eq!(trust.verified_chains(), 0);
+        assert!(trust.verify_agency_chain(&chain, NOW).is_ok());
+        assert_eq!(trust.verified_chains(), 1);
+        // Within the window: answered from memory, same result.
+        assert!(trust.verify_agency_chain(&chain, NOW.plus(DAY / 4)).is_ok());
+        assert_eq!(trust.verified_chains(), 1);
+        // Past the CRL's nextUpdate and past the certificate's end: checked again, and refused.
+        assert_eq!(
+            trust.verify_agency_chain(&chain, crl_until).err(),
+            Some(CertError::CrlExpired)
+        );
+        assert!(matches!(
+            trust.verify_agency_chain(&chain, NOW.plus(DAY * 2)).err(),
+            Some(CertError::Expired { .. } | CertError::CrlExpired)
+        ));
+        // Before the certificate's start too.
+        assert!(matches!(
+            trust.verify_agency_chain(&chain, before(DAY * 2)).err(),
+            Some(CertError::NotYetValid { .. })
+        ));
+        // A different chain (one byte changed) is not taken for the remembered one.
+        let mut forged = cert.der().to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(
+            trust
+                .verify_agency_chain(&[CertificateDer::from(forged)], NOW)
+                .is_err()
+        );
+        // Changing the trust forgets what was remembered.
+        assert!(trust.verify_agency_chain(&chain, NOW).is_ok());
+        assert_eq!(trust.verified_chains(), 1);
+        let other = SimulatedCa::new("Other", before(DAY), NOW.plus(DAY)).unwrap();
+        trust.add_root_der(other.root_der()).unwrap();
+        assert_eq!(trust.verified_chains(), 0);
+        // A store with a CRL revoking the certificate (what the connector builds when it reloads
+        // the CRL) refuses it.
+        let mut trust = TrustStore::new();
+        trust.add_root_der(ca.root_der()).unwrap();
+        trust
+            .add_crl_der(
+                ca.crl(&[cert.serial()], before(DAY), NOW.plus(DAY))
+                    .unwrap()
+                    .der(),
+            )
+            .unwrap();
+        assert_eq!(
+            trust.verify_agency_chain(&chain, NOW).err(),
+            Some(CertError::Revoked)
+        );
+        // Failures are never remembered.
+        assert_eq!(trust.verified_chains(), 0);
     }
 
     #[test]

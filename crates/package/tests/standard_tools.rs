@@ -1,4 +1,4 @@
-//! Runs the verification script of docs/PACKAGE.md, unchanged, with openssl, unzip, sha256sum and jq
+//! Runs the verification script of docs/PACKAGE.md (`scripts/verify-package`), with openssl, unzip, sha256sum and jq
 //! on packages this crate builds: a good one must pass, tampered ones must fail at the right command.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -26,6 +26,11 @@ fn require_tools() {
     }
 }
 
+/// The repository's `scripts/verify-package`, the file docs/PACKAGE.md shows.
+fn script_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify-package")
+}
+
 /// The script between the verify-script markers of docs/PACKAGE.md, without the code fence.
 fn doc_script() -> String {
     let doc = std::fs::read_to_string(
@@ -40,6 +45,18 @@ fn doc_script() -> String {
     let body_start = block.find("```sh\n").expect("sh fence") + "```sh\n".len();
     let body_end = block.rfind("```").expect("closing fence");
     block[body_start..body_end].to_owned()
+}
+
+#[test]
+fn the_documented_script_is_the_file_the_tests_run() {
+    let file = std::fs::read_to_string(script_path()).unwrap();
+    let body = &file[file.find("\nset -euo pipefail\n").expect("script body") + 1..];
+    assert_eq!(
+        body,
+        doc_script(),
+        "docs/PACKAGE.md and scripts/verify-package differ: copy the file's text below \
+         its header comment into the doc"
+    );
 }
 
 /// Write the package and the trust inputs to a fresh folder and run the script there.
@@ -57,8 +74,7 @@ fn run_script(fx: &Fixture, zip: &[u8], crl_revokes: &[u64]) -> Output {
         .unwrap();
     std::fs::write(dir.path().join("platform.pem"), platform_pem).unwrap();
     let out = Command::new("bash")
-        .arg("-c")
-        .arg(doc_script())
+        .arg(script_path())
         .current_dir(dir.path())
         .env("ATTIME", (NOW.millis() / 1000).to_string())
         .output()

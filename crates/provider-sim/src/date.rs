@@ -26,6 +26,13 @@ fn days_in_month(year: i32, month: u32) -> u32 {
 }
 
 impl Date {
+    /// 2025-12-31 (the simulated population's default "today": `server::DEFAULT_REFERENCE_DATE`).
+    pub(crate) const END_OF_2025: Date = Date {
+        year: 2025,
+        month: 12,
+        day: 31,
+    };
+
     /// A date, if it exists.
     pub fn new(year: i32, month: u32, day: u32) -> Option<Self> {
         ((1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month))

@@ -43,6 +43,9 @@ pub use identity::{HOUSEHOLD_AGENCY, NHI_AGENCY};
 
 /// The population seed used unless configured otherwise.
 pub const DEFAULT_SEED: u64 = 20_201_231;
+/// The default population's "today" (ages, dates of records): 2025-12-31. Whatever else builds the
+/// default population (the demo's identity cards) uses this, so the two always agree.
+pub const DEFAULT_REFERENCE_DATE: Date = Date::END_OF_2025;
 
 /// Paths the router serves (axum syntax); the OpenAPI test checks each is documented.
 pub const PATHS: [&str; 6] = [
@@ -119,11 +122,11 @@ pub struct SimulatorConfig {
 }
 
 impl SimulatorConfig {
-    /// Defaults: [`DEFAULT_SEED`], reference date 2025-12-31, time scale 1, no admin, no faults.
+    /// Defaults: [`DEFAULT_SEED`], [`DEFAULT_REFERENCE_DATE`], time scale 1, no admin, no faults.
     pub fn new(platform_key: VerifyingKey) -> Self {
         Self {
             seed: DEFAULT_SEED,
-            reference_date: Date::new(2025, 12, 31).unwrap_or_else(|| Date::from_days(0)),
+            reference_date: DEFAULT_REFERENCE_DATE,
             time_scale: 1.0,
             platform_key,
             admin_token: None,

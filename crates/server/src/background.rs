@@ -409,12 +409,16 @@ pub async fn schedule_retention(state: &AppState) -> Result<bool, StoreError> {
     state.store().enqueue_job(&job, now).await
 }
 
+/// Also schedules the orphaned-blob sweep ([`crate::orphans`]), on the same pattern.
 async fn retention_schedule_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     // Checked often, enqueued once per period (the dedup key names the period).
     let every = Duration::from_secs(state.settings().jobs.sweep_interval_secs.max(1));
     loop {
         if let Err(e) = schedule_retention(&state).await {
             tracing::warn!(error = %e, "retention job could not be scheduled");
+        }
+        if let Err(e) = crate::orphans::schedule_object_sweep(&state).await {
+            tracing::warn!(error = %e, "orphaned-blob sweep could not be scheduled");
         }
         if pause(every, &mut stop).await {
             break;

@@ -4,7 +4,7 @@
 
 use crate::config::{Settings, StorageBackend};
 use anyhow::Context;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::sync::Arc;
@@ -102,6 +102,28 @@ impl Blobs {
         self.store
             .list(Some(&p))
             .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .map_err(|e| BlobError(format!("listing `{prefix}`: {e}")))
+    }
+
+    /// Up to `limit` keys under `prefix`, each with the time it was last written (the store's own
+    /// time: file modification time locally, `Last-Modified` on S3).
+    pub async fn list_with_times(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, mydata_core::Timestamp)>, BlobError> {
+        let p = Self::path(prefix)?;
+        self.store
+            .list(Some(&p))
+            .take(limit)
+            .map_ok(|m| {
+                (
+                    m.location.to_string(),
+                    mydata_core::Timestamp::from_millis(m.last_modified.timestamp_millis()),
+                )
+            })
             .try_collect()
             .await
             .map_err(|e| BlobError(format!("listing `{prefix}`: {e}")))

@@ -8,7 +8,6 @@ use mydata_package::{PlatformSigner, verify_platform_jws};
 use mydata_store::TreeHead;
 use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
-use std::io::Write;
 use std::path::Path;
 
 /// Loads the platform signing key, creating it when the file does not exist yet.
@@ -18,9 +17,13 @@ pub fn load_or_create_platform_signer(settings: &Settings) -> anyhow::Result<Pla
         read_key(&path)?
     } else {
         let key = <SigningKey as p256::elliptic_curve::Generate>::generate();
-        write_new_key(&path, &key)?;
-        tracing::info!(path = %path.display(), "created a new platform signing key");
-        key
+        if write_new_key(&path, &key)? {
+            tracing::info!(path = %path.display(), "created a new platform signing key");
+            key
+        } else {
+            // Another process starting at the same time created it first: use theirs.
+            read_key(&path)?
+        }
     };
     let signer =
         PlatformSigner::with_thumbprint_kid(key).context("cannot use the platform signing key")?;
@@ -40,25 +43,13 @@ fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
     })
 }
 
-fn write_new_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+/// Writes a new key file; false when one appeared meanwhile (see [`crate::keyfile`]).
+fn write_new_key(path: &Path, key: &SigningKey) -> anyhow::Result<bool> {
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| anyhow::anyhow!("cannot encode the new key: {e}"))?;
-    let mut opts = std::fs::OpenOptions::new();
-    // create_new: never overwrite a key another process wrote meanwhile.
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot create the platform signing key {}", path.display()))?;
-    f.write_all(pem.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.sync_all()?;
-    Ok(())
+    crate::keyfile::create_once(path, pem.as_bytes())
+        .with_context(|| format!("cannot create the platform signing key {}", path.display()))
 }
 
 #[cfg(unix)]

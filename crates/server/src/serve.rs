@@ -23,16 +23,25 @@ pub fn load_catalog(dir: Option<&Path>) -> anyhow::Result<Catalog> {
     let mut sources = CatalogSources::embedded();
     if let Some(dir) = dir {
         for kind in CatalogFile::ALL {
-            let path = dir.join(kind.file_name());
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read catalogue file {}", path.display()))?;
-            *sources.get_mut(kind) = mydata_core::CatalogSource {
-                file: path.display().to_string(),
-                text,
-            };
+            read_catalog_file(&mut sources, kind, &dir.join(kind.file_name()))?;
         }
     }
     Ok(Catalog::parse(&sources)?)
+}
+
+/// Reads one catalogue file over the `kind` part of `sources` (also `mydata catalog check`).
+pub fn read_catalog_file(
+    sources: &mut CatalogSources,
+    kind: CatalogFile,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read catalogue file {}", path.display()))?;
+    *sources.get_mut(kind) = mydata_core::CatalogSource {
+        file: path.display().to_string(),
+        text,
+    };
+    Ok(())
 }
 
 /// A server bound to its address and ready to run.
@@ -55,6 +64,7 @@ impl Server {
             .map(|_| Arc::new(crate::agencies::FetchHandler) as Arc<dyn JobHandler>)
             .collect();
         handlers.push(Arc::new(crate::packages::PackageHandler));
+        handlers.push(Arc::new(crate::orphans::ObjectSweepHandler));
         let url = settings.database_url();
         let store = Store::connect(
             &url,

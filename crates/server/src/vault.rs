@@ -15,7 +15,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::io::Write;
 use std::path::Path;
 use zeroize::Zeroizing;
 
@@ -66,9 +65,13 @@ impl Vault {
         } else {
             let mut key = Zeroizing::new([0u8; 32]);
             OsRng.fill_bytes(key.as_mut());
-            write_key(&path, &key)?;
-            tracing::info!(path = %path.display(), "created a new data key");
-            key
+            if write_key(&path, &key)? {
+                tracing::info!(path = %path.display(), "created a new data key");
+                key
+            } else {
+                // Another process starting at the same time created it first: use theirs.
+                read_key(&path)?
+            }
         };
         Ok(Self::from_key(&key))
     }
@@ -138,22 +141,11 @@ fn read_key(path: &Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
     Ok(key)
 }
 
-fn write_key(path: &Path, key: &[u8; 32]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot create the data key {}", path.display()))?;
+/// Writes a new key file; false when one appeared meanwhile (see [`crate::keyfile`]).
+fn write_key(path: &Path, key: &[u8; 32]) -> anyhow::Result<bool> {
     let text = Zeroizing::new(format!("{}\n", hex::encode(key)));
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.sync_all()?;
-    Ok(())
+    crate::keyfile::create_once(path, text.as_bytes())
+        .with_context(|| format!("cannot create the data key {}", path.display()))
 }
 
 #[cfg(test)]

@@ -745,4 +745,17 @@ impl Store {
             object_key,
         }))
     }
+
+    /// Whether a live record still references the blob `object_key` of `transfer_id`: a package
+    /// whose key is not destroyed, or a fetched dataset whose key is not cleared. A blob nothing
+    /// references is an orphan (a crash between writing it and recording its key).
+    pub async fn object_referenced(&self, transfer_id: &str, object_key: &str) -> Result<bool> {
+        let sql = "SELECT COUNT(*) FROM (
+                       SELECT 1 AS one FROM packages WHERE transfer_id = $1 AND object_key = $2 AND sealed_key IS NOT NULL
+                       UNION ALL
+                       SELECT 1 AS one FROM transfer_datasets WHERE transfer_id = $1 AND data_object = $2 AND data_key IS NOT NULL
+                   ) AS refs";
+        let (n,): (i64,) = on_pool!(self, pool => sqlx::query_as(sql).bind(transfer_id).bind(object_key).fetch_one(pool).await?);
+        Ok(n > 0)
+    }
 }

@@ -9,7 +9,6 @@ use anyhow::Context;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
-use std::io::Write;
 use std::path::Path;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -49,24 +48,14 @@ impl Pseudonyms {
         }
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        match opts.open(path) {
-            Ok(mut f) => {
-                f.write_all(hex::encode(key).as_bytes())?;
-                f.sync_all()?;
-                tracing::info!(path = %path.display(), "created a new subject pseudonym key");
-                Ok(Self { key })
-            }
-            // Another process created it meanwhile: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
-            Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+        let created = crate::keyfile::create_once(path, hex::encode(key).as_bytes())
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        if created {
+            tracing::info!(path = %path.display(), "created a new subject pseudonym key");
+            Ok(Self { key })
+        } else {
+            // Another process created it meanwhile (complete, see keyfile): use theirs.
+            Self::load_or_create(path)
         }
     }
 

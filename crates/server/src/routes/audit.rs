@@ -1,13 +1,13 @@
 //! The audit log over HTTP: signed tree heads (latest, at a size, on demand), inclusion and
-//! consistency proofs, and receipt files. Everything here is public except receipts, which the
-//! person's session will guard (see `receipt`).
+//! consistency proofs, and receipt files. Everything here is public except receipts, which only
+//! the person the transfer is about gets, in their signed-in session (see [`require_subject`]).
 
 use crate::error::AppError;
 use crate::receipts::{self, ReceiptError, ReceiptFile, ReceiptKind, SignedHead};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -221,14 +221,10 @@ pub async fn consistency_proof(
 }
 
 /// `GET /api/v1/transfers/{transfer_id}/receipts/{kind}`: the receipt file (`consent` or
-/// `deletion`), issued on first request.
-///
-/// Access: the transfer ID is random and unguessable and is shown only to the person, so for now
-/// it is the capability. When person sessions exist this handler must also check that the
-/// session's subject is the transfer's subject (the receipt names the pseudonym, datasets and
-/// purpose); the issuing functions in `receipts` stay as they are.
+/// `deletion`), issued on first request, to the transfer's person only (their session).
 pub async fn receipt(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path((transfer_id, kind)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     check_id(&transfer_id)?;
@@ -239,6 +235,10 @@ pub async fn receipt(
             clip(&kind)
         ),
     })?;
+    let asked = serde_json::json!({ "route": "transfer_receipt", "receipt": kind.code() });
+    require_subject(&state, &headers, Some(&transfer_id), asked)
+        .await
+        .map_err(|denied| denied.into_error("transfer", &transfer_id))?;
     let file = match kind {
         ReceiptKind::Consent => receipts::consent_receipt(&state, &transfer_id, None).await,
         ReceiptKind::Deletion => receipts::deletion_receipt(&state, &transfer_id).await,
@@ -248,19 +248,98 @@ pub async fn receipt(
 }
 
 /// `GET /api/v1/audit/events/{seq}/receipt`: the receipt an audit event stands for (a consent,
-/// the end of a transfer, or a receipt event). Same access note as [`receipt`].
+/// the end of a transfer, or a receipt event), to the person of the event's transfer only.
 pub async fn receipt_for_event(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(seq): Path<String>,
 ) -> Result<Response, AppError> {
     let seq = seq.parse::<i64>().map_err(|_| AppError::InvalidParameter {
         name: "seq".into(),
         message: format!("must be a whole number, got `{}`", clip(&seq)),
     })?;
+    let transfer = state
+        .store()
+        .audit_event(seq)
+        .await?
+        .and_then(|e| e.transfer_id);
+    let asked = serde_json::json!({ "route": "event_receipt", "seq": seq });
+    require_subject(&state, &headers, transfer.as_deref(), asked)
+        .await
+        .map_err(|denied| denied.into_error("audit event", &seq.to_string()))?;
     let file = receipts::receipt_for_event(&state, seq)
         .await
         .map_err(receipt_error)?;
     Ok(download(&file, &format!("event-{seq}")))
+}
+
+/// Why a receipt was refused.
+#[derive(Debug)]
+enum Denied {
+    NotSignedIn,
+    /// Signed in, but the transfer is not theirs or does not exist: answered exactly like an
+    /// unknown ID, so a receipt URL tells nobody else whether the transfer exists.
+    NotTheirs,
+    Failed(AppError),
+}
+
+impl Denied {
+    fn into_error(self, what: &'static str, id: &str) -> AppError {
+        match self {
+            Denied::NotSignedIn => AppError::NotSignedIn,
+            Denied::NotTheirs => AppError::NotFound { what, id: clip(id) },
+            Denied::Failed(e) => e,
+        }
+    }
+}
+
+impl From<mydata_store::StoreError> for Denied {
+    fn from(e: mydata_store::StoreError) -> Self {
+        Denied::Failed(e.into())
+    }
+}
+
+/// Lets the request through only if its session is signed in as the subject of `transfer_id`
+/// (its pseudonym equals the transfer's). Every refusal is an audit event (`access.refused`,
+/// with the requester's pseudonym if any, the transfer if it exists, and why), so the person can
+/// see attempts on their receipts and an operator can see someone trying IDs.
+async fn require_subject(
+    state: &AppState,
+    headers: &HeaderMap,
+    transfer_id: Option<&str>,
+    mut asked: serde_json::Value,
+) -> Result<(), Denied> {
+    let verified = crate::identity::session::load(state, headers)
+        .await
+        .map_err(Denied::Failed)?
+        .and_then(|s| s.verified());
+    let transfer = match transfer_id {
+        Some(id) => state.store().transfer(id).await?,
+        None => None,
+    };
+    let reason = match (&verified, &transfer) {
+        (Some(v), Some(t)) if v.subject == t.subject => return Ok(()),
+        (None, _) => "not_signed_in",
+        (Some(_), None) => "unknown_transfer",
+        (Some(_), Some(_)) => "not_the_subject",
+    };
+    asked["reason"] = reason.into();
+    let subject = verified.as_ref().map(|v| v.subject.clone());
+    state
+        .store()
+        .append_audit(&mydata_store::NewAuditEvent {
+            at: state.clock().now(),
+            kind: "access.refused".into(),
+            actor: subject.clone().unwrap_or_else(|| "anonymous".into()),
+            subject,
+            transfer_id: transfer.map(|t| t.id),
+            detail: asked,
+        })
+        .await?;
+    Err(match verified {
+        None => Denied::NotSignedIn,
+        Some(_) => Denied::NotTheirs,
+    })
 }
 
 fn check_id(id: &str) -> Result<(), AppError> {

@@ -2,9 +2,11 @@
 //! inclusion and consistency proofs, tree heads on demand, and their bad parameters.
 
 use crate::helpers::{Backend, TestApp, assert_problem};
+use mydata_core::identity::SubjectKind;
 use mydata_core::merkle::{self, Hash};
 use mydata_core::transfer::{TransferEvent, TransferKind};
-use mydata_core::{Clock, limits};
+use mydata_core::{Clock, IdentityMethod, limits};
+use mydata_server::identity::session;
 use mydata_server::receipts::{
     self, DeletionReason, PlatformKey, ReceiptKind, Step, read_platform_keys, verify_receipt_file,
 };
@@ -47,8 +49,48 @@ async fn keys(app: &TestApp) -> Vec<PlatformKey> {
     read_platform_keys(&jwks).unwrap()
 }
 
+/// Signs `subject` in: a verified session written straight to the store (the sign-in pages have
+/// their own tests); returns the `Cookie` header value that carries it.
+pub async fn session_of(app: &TestApp, subject: &str) -> String {
+    use sha2::Digest;
+    let token = uuid::Uuid::new_v4().to_string();
+    let now = app.clock.now().millis();
+    let row = mydata_store::SessionRow {
+        id_hash: hex::encode(sha2::Sha256::digest(token.as_bytes())),
+        csrf_token: uuid::Uuid::new_v4().to_string(),
+        subject: Some(subject.into()),
+        subject_kind: Some(session::kind_code(SubjectKind::Natural).into()),
+        method: Some(IdentityMethod::MoicaCert.code().into()),
+        level: Some(1),
+        verified_at: Some(now),
+        pending: None,
+        subject_sealed: None,
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + 3_600_000,
+    };
+    app.db.store.put_session(&row, None).await.unwrap();
+    format!("{}={token}", session::cookie_name(&app.state))
+}
+
+/// GET with a `Cookie` header.
+pub async fn get_with(app: &TestApp, cookie: &str, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(app.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// GET as the person of the test transfers (subject `a1b2c3`), signed in.
+async fn get_signed_in(app: &TestApp, path: &str) -> reqwest::Response {
+    let cookie = session_of(app, "a1b2c3").await;
+    get_with(app, &cookie, path).await
+}
+
 async fn download(app: &TestApp, path: &str) -> (serde_json::Value, Vec<u8>) {
-    let res = app.get(path).await;
+    let res = get_signed_in(app, path).await;
     assert_eq!(res.status(), 200, "{path}");
     assert!(
         res.headers()["content-disposition"]
@@ -81,7 +123,12 @@ async fn consent_and_deletion_receipts_are_signed_logged_and_verify_offline() {
             .unwrap();
         let consent = "/api/v1/transfers/tr-online-1/receipts/consent";
         // No consent yet: nothing to receipt.
-        assert_problem(app.get(consent).await, 409, "receipt_not_available").await;
+        assert_problem(
+            get_signed_in(&app, consent).await,
+            409,
+            "receipt_not_available",
+        )
+        .await;
 
         app.clock.advance(Duration::from_secs(5));
         step(&app, "tr-online-1", TransferEvent::Consent).await;
@@ -132,7 +179,12 @@ async fn consent_and_deletion_receipts_are_signed_logged_and_verify_offline() {
 
         // Deletion: refused while data may still exist, issued once it is gone.
         let deletion = "/api/v1/transfers/tr-online-1/receipts/deletion";
-        assert_problem(app.get(deletion).await, 409, "receipt_not_available").await;
+        assert_problem(
+            get_signed_in(&app, deletion).await,
+            409,
+            "receipt_not_available",
+        )
+        .await;
         step(&app, "tr-online-1", TransferEvent::Settled).await;
         step(&app, "tr-online-1", TransferEvent::Release).await;
         app.clock.advance(Duration::from_secs(2));
@@ -164,8 +216,11 @@ async fn consent_and_deletion_receipts_are_signed_logged_and_verify_offline() {
             .find(|e| e.kind == "transfer.created")
             .unwrap();
         assert_problem(
-            app.get(&format!("/api/v1/audit/events/{}/receipt", created.seq))
-                .await,
+            get_signed_in(
+                &app,
+                &format!("/api/v1/audit/events/{}/receipt", created.seq),
+            )
+            .await,
             409,
             "receipt_not_available",
         )
@@ -218,7 +273,7 @@ async fn deletion_receipts_say_why() {
         assert_eq!(st.recipient.kind, "self");
     }
     assert_problem(
-        app.get("/api/v1/transfers/refused/receipts/consent").await,
+        get_signed_in(&app, "/api/v1/transfers/refused/receipts/consent").await,
         409,
         "receipt_not_available",
     )
@@ -228,36 +283,31 @@ async fn deletion_receipts_say_why() {
 #[tokio::test]
 async fn receipt_requests_with_bad_input_are_refused() {
     let app = TestApp::spawn_with(Backend::Sqlite, no_jobs).await;
-    assert_problem(
-        app.get("/api/v1/transfers/nope/receipts/consent").await,
-        404,
-        "transfer_not_found",
-    )
-    .await;
-    assert_problem(
-        app.get("/api/v1/transfers/nope/receipts/invoice").await,
-        400,
-        "invalid_parameter",
-    )
-    .await;
-    assert_problem(
-        app.get("/api/v1/transfers/a%22b/receipts/consent").await,
-        400,
-        "invalid_parameter",
-    )
-    .await;
-    assert_problem(
-        app.get("/api/v1/audit/events/x1/receipt").await,
-        400,
-        "invalid_parameter",
-    )
-    .await;
-    assert_problem(
-        app.get("/api/v1/audit/events/999/receipt").await,
-        409,
-        "receipt_not_available",
-    )
-    .await;
+    for (path, status, code) in [
+        (
+            "/api/v1/transfers/nope/receipts/consent",
+            404,
+            "transfer_not_found",
+        ),
+        (
+            "/api/v1/transfers/nope/receipts/invoice",
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "/api/v1/transfers/a%22b/receipts/consent",
+            400,
+            "invalid_parameter",
+        ),
+        ("/api/v1/audit/events/x1/receipt", 400, "invalid_parameter"),
+        (
+            "/api/v1/audit/events/999/receipt",
+            404,
+            "audit_event_not_found",
+        ),
+    ] {
+        assert_problem(get_signed_in(&app, path).await, status, code).await;
+    }
 }
 
 /// Issues a consent receipt and returns it as JSON with the platform's keys.

@@ -448,6 +448,96 @@ async fn every_dataset_of_the_catalogue_is_fetched_verified_packaged_and_taken_o
     }
 }
 
+/// A package the platform made from real agency answers (fetch jobs, connector checks, assembly,
+/// one retrieval), saved as a recipient would save it and checked with the standard tools only:
+/// `scripts/verify-package`, the script docs/PACKAGE.md shows. The test fails if the script fails.
+#[tokio::test]
+async fn a_fetched_package_passes_the_documented_standard_tools_script() {
+    use p256::pkcs8::EncodePublicKey;
+    // The only CSV dataset takes 5 minutes; at this time scale it answers "not ready" briefly.
+    let app = DataApp::spawn(Backend::Sqlite, 1.0e6, |_| {}).await;
+    let sim = app.agencies.sim.clone();
+    // Every data format among the datasets: JSON always, CSV and PDF where the catalogue lists them.
+    let csv = dataset_where(&sim, |d| d.offers(mydata_core::catalog::DataFormat::Csv));
+    let pdf = dataset_where(&sim, |d| {
+        d.ready_minutes == 0
+            && d.offers(mydata_core::catalog::DataFormat::Pdf)
+            && d.offers(mydata_core::catalog::DataFormat::Json)
+    });
+    let id = app
+        .fetch(
+            &person(&sim),
+            IdentityMethod::MoicaCert,
+            &[&csv.id, &pdf.id],
+        )
+        .await;
+    for _ in 0..600 {
+        if app.transfer(&id).await.state == TransferState::Ready {
+            break;
+        }
+        app.clock.advance(Duration::from_millis(1100));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = app.until_state(&id, TransferState::Ready).await;
+    assert!(
+        t.datasets
+            .iter()
+            .all(|d| d.status == fetch_status::SUCCEEDED),
+        "{:?}",
+        t.datasets
+    );
+    let zip = take_package(&app.state, &id, "test").await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("package.zip"), &zip).unwrap();
+    std::fs::write(dir.path().join("root.pem"), sim.root_pem()).unwrap();
+    std::fs::write(dir.path().join("crl.pem"), sim.crl_pem().unwrap()).unwrap();
+    let platform = app
+        .state
+        .platform()
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    std::fs::write(dir.path().join("platform.pem"), platform).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify-package");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("ATTIME", (app.clock.now().millis() / 1000).to_string())
+        .output()
+        .expect("bash, openssl, unzip, coreutils and jq are needed (.ci/run installs them)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all = format!(
+        "{stdout}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(stdout.ends_with("ALL CHECKS PASSED\n"), "{all}");
+    for ds in [&csv.id, &pdf.id] {
+        assert!(stdout.contains(&format!("== dataset {ds}\n")), "{all}");
+    }
+    // Every data file was hashed by sha256sum, the CSV and the PDF among them.
+    for file in ["data.json: OK", "data.csv: OK", "data.pdf: OK"] {
+        assert!(stdout.contains(file), "{file} not checked: {all}");
+    }
+    // Two agency signatures per dataset and the platform's receipt, each checked by openssl.
+    assert_eq!(stdout.matches("Verified OK").count(), 2 * 2 + 1, "{all}");
+
+    // The same script refuses the package once a byte of it is changed.
+    let mut tampered = zip.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 0x01;
+    std::fs::write(dir.path().join("package.zip"), &tampered).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("ATTIME", (app.clock.now().millis() / 1000).to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ALL CHECKS PASSED"));
+}
+
 #[tokio::test]
 async fn a_slow_dataset_is_polled_at_retry_after_on_the_time_scale() {
     for backend in [Backend::Sqlite, Backend::Postgres] {

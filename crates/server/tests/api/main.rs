@@ -13,5 +13,7 @@ mod health;
 mod helpers;
 mod home;
 mod identity;
+mod orphans;
+mod receipt_access;
 mod transport;
 mod world;

@@ -1,0 +1,155 @@
+//! Sweeps blobs nothing owns any more: a process that crashed between writing a blob and recording
+//! its key leaves ciphertext without a key (unreadable, but it must not pile up or outlive the
+//! 8-hour rule). A durable job (queue [`OBJECT_SWEEP_QUEUE`], one per period whoever enqueues it
+//! first) lists the object store and deletes each blob older than 8 hours, and each blob older than
+//! a short grace period that no live record references.
+
+use crate::background::{BoxFuture, JobHandler, JobOutcome};
+use crate::state::AppState;
+use mydata_core::limits::PACKAGE_TTL;
+use mydata_store::{Job, NewJob, StoreError};
+use serde::Serialize;
+use std::time::Duration;
+
+/// Queue of the orphaned-blob sweep.
+pub const OBJECT_SWEEP_QUEUE: &str = "object-sweep";
+/// How often a sweep is enqueued (per process it is only checked; one job per period runs).
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(3600);
+/// An unreferenced blob younger than this is left alone: its writer may be between writing it and
+/// recording its key (both happen within one job run, bounded by the 60-second lease).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(15 * 60);
+/// Prefixes of the platform's blobs (packages, fetched datasets).
+const PREFIXES: [&str; 2] = ["packages", "fetched"];
+/// Most blobs looked at per prefix and run (the next run continues).
+const LIST_LIMIT: usize = 10_000;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub examined: u64,
+    /// Deleted because they were older than 8 hours.
+    pub deleted_expired: u64,
+    /// Deleted because no record references them.
+    pub deleted_unreferenced: u64,
+}
+
+/// Why a sweep stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::BlobError),
+}
+
+/// The transfer a blob key belongs to (`packages/<transfer>`, `fetched/<transfer>/<dataset>`).
+fn owner(key: &str) -> Option<&str> {
+    let mut parts = key.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("packages"), Some(t), None, None) | (Some("fetched"), Some(t), Some(_), None)
+            if !t.is_empty() =>
+        {
+            Some(t)
+        }
+        _ => None,
+    }
+}
+
+/// Lists the object store once and deletes what nothing may keep. Safe in several processes at
+/// once (a blob deleted twice counts as deleted).
+pub async fn sweep_orphaned_blobs(state: &AppState) -> Result<SweepReport, SweepError> {
+    let now = state.clock().now();
+    let blobs = &state.data().blobs;
+    let mut report = SweepReport::default();
+    for prefix in PREFIXES {
+        for (key, written) in blobs.list_with_times(prefix, LIST_LIMIT).await? {
+            report.examined += 1;
+            let age = written.until(now);
+            if age >= PACKAGE_TTL {
+                blobs.delete(&key).await?;
+                report.deleted_expired += 1;
+                continue;
+            }
+            if age < ORPHAN_GRACE {
+                continue;
+            }
+            let referenced = match owner(&key) {
+                Some(transfer) => state.store().object_referenced(transfer, &key).await?,
+                None => false,
+            };
+            if !referenced {
+                blobs.delete(&key).await?;
+                report.deleted_unreferenced += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Enqueues the sweep of the current period (one per [`SWEEP_PERIOD`], whoever enqueues it
+/// first); returns whether this call enqueued it.
+pub async fn schedule_object_sweep(state: &AppState) -> Result<bool, StoreError> {
+    let now = state.clock().now();
+    let period = i64::try_from(SWEEP_PERIOD.as_millis()).unwrap_or(i64::MAX);
+    let bucket = now.millis().div_euclid(period);
+    let job = NewJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        queue: OBJECT_SWEEP_QUEUE.into(),
+        payload: serde_json::json!({}),
+        run_at: now,
+        max_attempts: 3,
+        dedup_key: Some(format!("object-sweep:{bucket}")),
+    };
+    state.store().enqueue_job(&job, now).await
+}
+
+/// Runs the jobs of [`OBJECT_SWEEP_QUEUE`].
+#[derive(Debug, Default)]
+pub struct ObjectSweepHandler;
+
+impl JobHandler for ObjectSweepHandler {
+    fn queue(&self) -> &'static str {
+        OBJECT_SWEEP_QUEUE
+    }
+
+    fn run(&self, state: AppState, _job: Job) -> BoxFuture<JobOutcome> {
+        Box::pin(async move {
+            match sweep_orphaned_blobs(&state).await {
+                Ok(r) => {
+                    if r.deleted_expired + r.deleted_unreferenced > 0 {
+                        tracing::info!(
+                            examined = r.examined,
+                            deleted_expired = r.deleted_expired,
+                            deleted_unreferenced = r.deleted_unreferenced,
+                            "orphaned blobs deleted"
+                        );
+                    }
+                    JobOutcome::Done
+                }
+                Err(e) => JobOutcome::RetryAt {
+                    at: state.clock().now().plus(Duration::from_secs(60)),
+                    error: e.to_string(),
+                },
+            }
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(55)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner;
+
+    #[test]
+    fn blob_keys_name_their_transfer() {
+        assert_eq!(owner("packages/t-1"), Some("t-1"));
+        assert_eq!(owner("fetched/t-1/household"), Some("t-1"));
+        assert_eq!(owner("packages/t-1/extra"), None);
+        assert_eq!(owner("fetched/t-1"), None);
+        assert_eq!(owner("packages/"), None);
+        assert_eq!(owner("other/t-1"), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! Orphaned blobs (a crash between writing a blob and recording its key) are swept by a durable
+//! job: unreferenced ones after a short grace period, every one at 8 hours. Local object store,
+//! injected clock (blob times are set to the clock's time, as the store records them).
+
+use crate::fetch::{DataApp, instant, person};
+use crate::helpers::{Backend, eventually};
+use mydata_core::transfer::TransferState;
+use mydata_core::{Clock, IdentityMethod, Timestamp};
+use mydata_server::orphans::{ORPHAN_GRACE, schedule_object_sweep, sweep_orphaned_blobs};
+use mydata_server::packages::package_object;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Sets the stored time of a blob of the local object store (its file's modification time).
+fn set_written(app: &DataApp, key: &str, at: Timestamp) {
+    let path = app.dir.path().join("objects").join(key);
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    let ms = u64::try_from(at.millis()).unwrap();
+    file.set_modified(UNIX_EPOCH + Duration::from_millis(ms))
+        .unwrap();
+}
+
+async fn exists(app: &DataApp, key: &str) -> bool {
+    app.state.data().blobs.get(key).await.is_ok()
+}
+
+#[tokio::test]
+async fn orphaned_blobs_are_swept_after_the_grace_period_and_every_blob_at_8_hours() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        // The schedulers run once at start only; this test enqueues the sweeps it wants.
+        let app = DataApp::spawn(backend, 1.0, |s| s.jobs.sweep_interval_secs = 3600).await;
+        let sim = app.agencies.sim.clone();
+        let ds = instant(&sim);
+        let id = app
+            .fetch(&person(&sim), IdentityMethod::MoicaCert, &[&ds.id])
+            .await;
+        app.until_state(&id, TransferState::Ready).await;
+        let live = package_object(&id);
+        let blobs = &app.state.data().blobs;
+        // What a crash leaves: a package blob whose record was never written, and a fetched
+        // dataset blob of a real transfer that its record does not name.
+        let crashed = "packages/00000000-0000-4000-8000-000000000000".to_owned();
+        let ghost = format!("fetched/{id}/{}", ds.id);
+        let stray = "packages/not/a-platform-key".to_owned();
+        for key in [&crashed, &ghost, &stray] {
+            blobs.put(key, vec![7; 64]).await.unwrap();
+        }
+        let written = app.clock.now();
+        for key in [&live, &crashed, &ghost, &stray] {
+            set_written(&app, key, written);
+        }
+
+        // Within the grace period a writer may still be about to record its key: all stay.
+        app.clock.advance(ORPHAN_GRACE - Duration::from_secs(1));
+        let r = sweep_orphaned_blobs(&app.state).await.unwrap();
+        assert_eq!(
+            (r.examined, r.deleted_unreferenced, r.deleted_expired),
+            (4, 0, 0)
+        );
+        for key in [&live, &crashed, &ghost, &stray] {
+            assert!(exists(&app, key).await, "{key} deleted too early");
+        }
+
+        // After it, what no record references goes; the package its record holds stays.
+        app.clock.advance(Duration::from_secs(1));
+        let r = sweep_orphaned_blobs(&app.state).await.unwrap();
+        assert_eq!(
+            (r.examined, r.deleted_unreferenced, r.deleted_expired),
+            (4, 3, 0)
+        );
+        assert!(exists(&app, &live).await);
+        for key in [&crashed, &ghost, &stray] {
+            assert!(!exists(&app, key).await, "{key} left behind");
+        }
+        let pkg = app.store().package(&id).await.unwrap().unwrap();
+        assert!(pkg.sealed_key.is_some());
+
+        // 8 hours on, the job from the queue deletes every older blob, referenced or not (the
+        // expiry purge has not run here), and leaves a fresh orphan to its grace period.
+        app.clock.advance(Duration::from_secs(8 * 3600));
+        let fresh = "packages/11111111-1111-4111-8111-111111111111".to_owned();
+        blobs.put(&fresh, vec![7; 64]).await.unwrap();
+        set_written(&app, &fresh, app.clock.now());
+        assert!(schedule_object_sweep(&app.state).await.unwrap());
+        // Once per period, whoever enqueues it first.
+        assert!(!schedule_object_sweep(&app.state).await.unwrap());
+        eventually("the sweep job deleted the 8-hour-old package", || async {
+            !exists(&app, &live).await
+        })
+        .await;
+        assert!(exists(&app, &fresh).await);
+        let listed = blobs.list("packages").await.unwrap();
+        assert_eq!(listed, vec![fresh.clone()]);
+        // A blob that is already gone counts as deleted: a second sweep is harmless.
+        let r = sweep_orphaned_blobs(&app.state).await.unwrap();
+        assert_eq!(
+            (r.examined, r.deleted_unreferenced, r.deleted_expired),
+            (1, 0, 0)
+        );
+    }
+}
