@@ -3,7 +3,9 @@
 
 use crate::error::{BodyLimit, panic_response, problem_fallback};
 use crate::pages::APP_CSS;
-use crate::routes::{audit, catalog_api, clerk, counter, dev, health, home, login};
+use crate::routes::{
+    audit, catalog_api, clerk, counter, dev, download, health, home, login, usage,
+};
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -148,6 +150,22 @@ pub fn router(state: AppState) -> Router {
             get(clerk::file),
         )
         .route("/clerk/supervisor", get(clerk::supervisor))
+        .route("/static/download.js", get(download_script))
+        .route("/download", get(download::choose).post(download::start))
+        .route("/download/terms", get(download::terms))
+        .route("/download/consent", get(download::consent_form))
+        .route("/download/t/{id}", get(download::progress))
+        .route("/download/t/{id}/status", get(download::status))
+        .route("/download/t/{id}/preview", get(download::preview))
+        .route("/download/t/{id}/package", get(download::package))
+        .route(
+            "/download/t/{id}/files/{dataset}/{file}",
+            get(download::file),
+        )
+        .route("/download/t/{id}/delete", post(download::delete))
+        .route("/records", get(usage::page))
+        .route("/records.csv", get(usage::export_csv))
+        .route("/records.json", get(usage::export_json))
         .nest("/api/v1", api)
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
@@ -180,6 +198,16 @@ async fn login_script() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         crate::pages::LOGIN_JS,
+    )
+}
+
+async fn download_script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        crate::pages::DOWNLOAD_JS,
     )
 }
 

@@ -234,9 +234,16 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
         .apply_transfer_event(transfer_id, TransferEvent::Settled, "system", now)
         .await
     {
-        Ok(_) | Err(StoreError::IllegalTransition(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(_) | Err(StoreError::IllegalTransition(_)) => {}
+        Err(e) => return Err(e.into()),
     }
+    // A self-download's notice says the data is ready (counter and online flows notify on use).
+    if t.kind == mydata_core::transfer::TransferKind::SelfDownload
+        && let Some(settled) = store.transfer(transfer_id).await?
+    {
+        crate::notices::notify(state, &settled, &crate::notices::NoticeEvent::Ready).await?;
+    }
+    Ok(())
 }
 
 pub(crate) fn package_key(bytes: &[u8]) -> Option<PackageKey> {
@@ -365,4 +372,87 @@ pub async fn purge_expired_data(state: &AppState) -> Result<usize, StoreError> {
     }
     store.purge_transfer_secrets().await?;
     Ok(destroyed)
+}
+
+/// Opens the package of `transfer_id` for reading without releasing it (preview, saving one file
+/// or the zip before the person confirms deletion). The plaintext lives only in the returned
+/// buffer, wiped on drop; nothing is written anywhere. Callers must have checked that the
+/// requester owns the transfer.
+pub async fn read_package(
+    state: &AppState,
+    transfer_id: &str,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, TakeError> {
+    let store = state.store();
+    let data = state.data();
+    let now = state.clock().now();
+    let rec = store
+        .package(transfer_id)
+        .await?
+        .ok_or_else(|| TakeError::NotFound(transfer_id.to_owned()))?;
+    let Some(wrapped) = rec.sealed_key.as_deref().filter(|_| rec.expires_at > now) else {
+        return Err(TakeError::Gone(transfer_id.to_owned()));
+    };
+    let blob = data
+        .blobs
+        .get(&rec.object_key)
+        .await
+        .map_err(|e| TakeError::Internal(e.to_string()))?;
+    let key = data
+        .vault
+        .open(&package_key_context(transfer_id), wrapped)
+        .ok()
+        .and_then(|k| package_key(&k))
+        .ok_or_else(|| TakeError::Internal("the package key does not open".into()))?;
+    mydata_package::open(&key, &blob)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| TakeError::Internal(e.to_string()))
+}
+
+/// Deletes a package its person has saved and asked to have deleted: the key is destroyed (the
+/// one step only one caller wins), the blob deleted, and the transfer released and purged.
+/// Returns false when it was gone already.
+pub async fn delete_saved_package(
+    state: &AppState,
+    transfer_id: &str,
+    actor: &str,
+) -> Result<bool, TakeError> {
+    let store = state.store();
+    let now = state.clock().now();
+    let rec = store
+        .package(transfer_id)
+        .await?
+        .ok_or_else(|| TakeError::NotFound(transfer_id.to_owned()))?;
+    let t = store
+        .transfer(transfer_id)
+        .await?
+        .ok_or_else(|| TakeError::NotFound(transfer_id.to_owned()))?;
+    let audit = NewAuditEvent {
+        at: now,
+        kind: "package.deleted".into(),
+        subject: Some(t.subject.clone()),
+        transfer_id: Some(t.id.clone()),
+        actor: actor.to_owned(),
+        detail: serde_json::json!({ "reason": "saved_by_person", "digest": rec.digest }),
+    };
+    // The wrapped key is dropped unread: nobody needs the package any more.
+    if store
+        .take_package_key(transfer_id, &audit, now)
+        .await?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    if let Err(e) = state.data().blobs.delete(&rec.object_key).await {
+        tracing::warn!(error = %e, "deleting a saved package blob failed; its key is destroyed");
+    }
+    for event in [TransferEvent::Release, TransferEvent::Purge] {
+        if let Err(e) = store
+            .apply_transfer_event(transfer_id, event, actor, state.clock().now())
+            .await
+        {
+            tracing::warn!(transfer = %transfer_id, error = %e, "transfer state after deletion not recorded");
+            break;
+        }
+    }
+    Ok(true)
 }

@@ -14,6 +14,8 @@ pub struct Chrome {
     pub site_name: &'static str,
     pub switch_label: &'static str,
     pub switch_tag: &'static str,
+    /// The language switch's link: this page in the other language (see [`Chrome::keep_query`]).
+    pub switch_href: String,
     pub skip_link: &'static str,
     pub footer: &'static str,
     pub api_link: &'static str,
@@ -26,6 +28,7 @@ impl Chrome {
             site_name: lang.pick("MyData 個人化資料自主運用平臺", "MyData personal data platform"),
             switch_label: lang.pick("English", "中文"),
             switch_tag: lang.other().tag(),
+            switch_href: format!("?lang={}", lang.other().tag()),
             skip_link: lang.pick("跳到主要內容", "Skip to main content"),
             footer: lang.pick(
                 "您的資料只在您同意的這一次傳送中使用，平臺不保留個人資料。每一次使用都會記錄，您可以隨時查閱。",
@@ -33,6 +36,21 @@ impl Chrome {
             ),
             api_link: lang.pick("開放 API", "Open API"),
         }
+    }
+}
+
+impl Chrome {
+    /// Keeps this page's other query parameters (a basket, say) on the language switch.
+    pub fn keep_query(mut self, query: &str) -> Self {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if k != "lang" {
+                q.append_pair(&k, &v);
+            }
+        }
+        q.append_pair("lang", self.switch_tag);
+        self.switch_href = format!("?{}", q.finish());
+        self
     }
 }
 
@@ -135,6 +153,8 @@ pub struct HomeTexts {
     pub ready: &'static str,
     pub none_found: &'static str,
     pub clear: &'static str,
+    pub start_download: &'static str,
+    pub records: &'static str,
 }
 
 impl HomeTexts {
@@ -159,6 +179,8 @@ impl HomeTexts {
             ready: lang.pick("預計取得時間", "Expected wait"),
             none_found: lang.pick("找不到符合條件的資料集，請換個關鍵字或清除篩選條件。", "No dataset matches. Try other words or clear the filters."),
             clear: lang.pick("清除篩選", "Clear filters"),
+            start_download: lang.pick("自行下載資料", "Download your data"),
+            records: lang.pick("我的使用紀錄", "My usage records"),
         }
     }
 }
@@ -255,3 +277,6 @@ pub const APP_CSS: &str = include_str!("../static/app.css");
 
 /// The certificate sign-in script, served from `/static/login.js` (the CSP forbids inline script).
 pub const LOGIN_JS: &str = include_str!("../static/login.js");
+
+/// The self-download pages' script (live progress, one consent per click): `/static/download.js`.
+pub const DOWNLOAD_JS: &str = include_str!("../static/download.js");

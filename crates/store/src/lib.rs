@@ -11,6 +11,7 @@ mod audit_proofs;
 mod audit_receipts;
 mod audit_tree;
 mod counter;
+mod downloads;
 mod fetches;
 mod identity;
 mod jobs;
@@ -29,6 +30,7 @@ pub use counter::{
     ClerkRow, ClerkSessionRow, CounterRow, CounterTransferRow, FailureOutcome, GrantRow, OfficeRow,
     PasswordRow, SerialRow,
 };
+pub use downloads::DownloadClaim;
 pub use fetches::{
     Admission, AgencyCircuit, AgencyLimits, FetchProgress, FetchRecord, FetchSettlement, Leftover,
     PackageRecord, status as fetch_status,

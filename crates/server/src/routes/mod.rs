@@ -5,6 +5,8 @@ pub mod catalog_api;
 pub mod clerk;
 pub mod counter;
 pub mod dev;
+pub mod download;
 pub mod health;
 pub mod home;
 pub mod login;
+pub mod usage;

@@ -15,5 +15,6 @@ mod home;
 mod identity;
 mod orphans;
 mod receipt_access;
+mod selfdl;
 mod transport;
 mod world;
