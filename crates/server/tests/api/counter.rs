@@ -526,6 +526,29 @@ async fn whole_flow(backend: Backend) {
     }
     assert_eq!(d.events(&id, "counter.data_access").await.len(), 4);
     crate::fetch::assert_no_id_in_audit(&d.app, &id, &d.id_number).await;
+
+    // The person's usage records say which office and counter did what, and when.
+    let records = d
+        .person
+        .get(d.url("/records"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        records.contains("嘉義縣政府社會處（敬老卡或愛心卡）"),
+        "{records}"
+    );
+    assert!(
+        records.contains("驗證密碼正確，櫃檯取得資料（嘉義縣政府社會處 1 號櫃檯）"),
+        "{records}"
+    );
+    assert!(
+        records.contains("櫃檯掃描條碼，已拒絕（嘉義縣政府社會處 1 號櫃檯）"),
+        "{records}"
+    );
 }
 
 #[tokio::test]
