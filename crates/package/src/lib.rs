@@ -3,10 +3,12 @@
 //! [`pki`] is the simulated government CA and the [`TrustStore`] that validates agency chains;
 //! [`dataset`] signs one dataset with an agency key and runs the four ordered checks on it;
 //! [`package`] puts the datasets of one transfer in a zip with the platform receipt and reads such a
-//! zip back defensively; [`seal`] encrypts a package at rest. The format is in `docs/PACKAGE.md`.
+//! zip back defensively; [`seal`] encrypts a package at rest; [`e2e`] seals one end to end to an
+//! online service (HPKE). The format is in `docs/PACKAGE.md`.
 //! Time is always passed in; nothing here reads the wall clock.
 
 pub mod dataset;
+pub mod e2e;
 mod ecdsa;
 mod jws;
 pub mod package;

@@ -2,6 +2,7 @@
 //! error fallback, in one chain.
 
 use crate::error::{BodyLimit, panic_response, problem_fallback};
+use crate::oauth;
 use crate::pages::APP_CSS;
 use crate::routes::{
     audit, catalog_api, clerk, counter, dev, download, health, home, login, usage,
@@ -54,7 +55,18 @@ pub fn router(state: AppState) -> Router {
             "/transfers/{transfer_id}/receipts/{kind}",
             get(audit::receipt),
         )
-        .route("/session", get(login::session_json));
+        .route("/session", get(login::session_json))
+        .route(
+            "/transfers/{transfer_id}/package",
+            get(oauth::delivery::package),
+        )
+        .route("/admin/services", get(oauth::clients::list))
+        .route(
+            "/admin/services/{client_id}",
+            get(oauth::clients::get_one)
+                .put(oauth::clients::put)
+                .delete(oauth::clients::delete),
+        );
     // Developer endpoints bypass identity and consent: only when configured (demo).
     let api = if settings.dev.endpoints {
         api.route("/dev/fetches", post(dev::create_fetch))
@@ -166,6 +178,22 @@ pub fn router(state: AppState) -> Router {
         .route("/records", get(usage::page))
         .route("/records.csv", get(usage::export_csv))
         .route("/records.json", get(usage::export_json))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::flow::metadata),
+        )
+        .route("/oauth/jwks.json", get(oauth::flow::jwks))
+        .route("/oauth/par", post(oauth::flow::par))
+        .route("/oauth/authorize", get(oauth::flow::authorize))
+        .route("/oauth/token", post(oauth::flow::token))
+        .route(
+            "/oauth/consent/{id}",
+            get(oauth::flow::consent_page).post(oauth::flow::consent_submit),
+        )
+        .route(
+            "/oauth/consent/{id}/confirm",
+            post(oauth::flow::confirm_submit),
+        )
         .nest("/api/v1", api)
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)

@@ -242,6 +242,9 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(n) => tracing::info!(packages = n, "expired packages destroyed"),
             Err(e) => tracing::warn!(error = %e, "package purge failed"),
         }
+        if let Err(e) = state.store().sweep_oauth(state.clock().now()).await {
+            tracing::warn!(error = %e, "oauth sweep failed");
+        }
         match crate::identity::session::sweep(&state).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(sessions = n, "ended sessions removed"),

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Top-level keys; environment variables naming anything else (such as `MYDATA_CONFIG`) are ignored.
-const TOP_LEVEL_KEYS: [&str; 15] = [
+const TOP_LEVEL_KEYS: [&str; 16] = [
     "listen",
     "data_dir",
     "database",
@@ -28,6 +28,7 @@ const TOP_LEVEL_KEYS: [&str; 15] = [
     "retention",
     "identity",
     "messages",
+    "oauth",
 ];
 
 /// Every setting of the platform.
@@ -53,6 +54,9 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub dev: DevSettings,
     pub retention: RetentionSettings,
+    /// Online services: the authorization server and registered services.
+    #[serde(default)]
+    pub oauth: crate::oauth::OAuthSettings,
 }
 
 /// How the platform reaches data-provider agencies and which agency certificates it trusts.
@@ -293,6 +297,7 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             dev: DevSettings::default(),
             retention: RetentionSettings::default(),
+            oauth: crate::oauth::OAuthSettings::default(),
         }
     }
 }
@@ -411,6 +416,7 @@ impl Settings {
         }
         self.identity.validate().map_err(ConfigError)?;
         self.messages.validate().map_err(ConfigError)?;
+        self.oauth.validate().map_err(ConfigError)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(
                 "log.level",

@@ -90,6 +90,11 @@ pub enum AppError {
     PasswordRejected(&'static str),
     #[error("{0}")]
     Forbidden(String),
+    #[error("the admin API needs the configured admin token (Authorization: Bearer)")]
+    AdminUnauthorized,
+    /// An online-service authorization that cannot go on (shown as a page, never redirected).
+    #[error("{0}")]
+    AuthorizationRefused(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -192,6 +197,8 @@ impl AppError {
             AppError::MethodNotOffered(_) => "method_not_offered",
             AppError::PasswordRejected(_) => "password_rejected",
             AppError::Forbidden(_) => "forbidden",
+            AppError::AdminUnauthorized => "admin_unauthorized",
+            AppError::AuthorizationRefused(_) => "authorization_refused",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -228,6 +235,8 @@ impl AppError {
             }
             AppError::MethodNotOffered(_) => StatusCode::NOT_FOUND,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            AppError::AuthorizationRefused(_) => StatusCode::BAD_REQUEST,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -269,6 +278,8 @@ impl AppError {
             AppError::MethodNotOffered(_) => ("不提供此驗證方式", "Method not offered"),
             AppError::PasswordRejected(_) => ("密碼不符合規定", "Password not accepted"),
             AppError::Forbidden(_) => ("沒有權限", "Not allowed"),
+            AppError::AdminUnauthorized => ("需要管理權杖", "Admin token needed"),
+            AppError::AuthorizationRefused(_) => ("無法繼續授權", "Authorization cannot go on"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)
@@ -458,7 +469,11 @@ pub async fn problem_fallback(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // A 413 is always restated here, where the configured limit is known, whoever produced it.
-    let known = content_type.starts_with(PROBLEM_JSON) || content_type.starts_with("text/html");
+    // OAuth endpoints answer RFC 6749 JSON errors, which keep their standard shape.
+    let known = content_type.starts_with(PROBLEM_JSON)
+        || content_type.starts_with("text/html")
+        || (content_type.starts_with("application/json")
+            && res.headers().contains_key(header::CACHE_CONTROL));
     if known && status != StatusCode::PAYLOAD_TOO_LARGE {
         return res;
     }

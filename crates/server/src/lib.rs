@@ -17,6 +17,7 @@ pub mod identity;
 pub mod keyfile;
 pub mod keys;
 pub mod notices;
+pub mod oauth;
 pub mod orphans;
 pub mod packages;
 pub mod pages;

@@ -185,12 +185,22 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
                     .map_err(|e| AssembleError::Broken(e.to_string()))?,
             );
             let digest = hex::encode(Sha256::digest(zip.as_slice()));
-            let (key, sealed) =
-                mydata_package::seal(&zip).map_err(|e| AssembleError::Broken(e.to_string()))?;
-            let wrapped = data
-                .vault
-                .seal(&package_key_context(&t.id), key.as_bytes())
-                .map_err(|e| AssembleError::Broken(e.to_string()))?;
+            // An online service's package is sealed end to end to the service right away.
+            let e2e = crate::oauth::delivery::seal_for_recipient(state, &t, &zip)
+                .await
+                .map_err(AssembleError::Blob)?;
+            let (sealed, wrapped) = match e2e {
+                Some(done) => done,
+                None => {
+                    let (key, sealed) = mydata_package::seal(&zip)
+                        .map_err(|e| AssembleError::Broken(e.to_string()))?;
+                    let wrapped = data
+                        .vault
+                        .seal(&package_key_context(&t.id), key.as_bytes())
+                        .map_err(|e| AssembleError::Broken(e.to_string()))?;
+                    (sealed, wrapped)
+                }
+            };
             let object = package_object(&t.id);
             data.blobs
                 .put(&object, sealed)

@@ -79,6 +79,8 @@ impl Server {
             .migrate()
             .await
             .context("cannot bring the database schema up to date")?;
+        crate::oauth::clients::load_configured(&store, &catalog, &settings.oauth, clock.now())
+            .await?;
         let listener = std::net::TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         listener.set_nonblocking(true)?;

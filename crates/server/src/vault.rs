@@ -35,6 +35,9 @@ pub enum VaultError {
 pub struct Vault {
     cipher: Aes256Gcm,
     pseudonym_key: Zeroizing<[u8; 32]>,
+    /// The platform's HPKE key (derived, so every process sharing the data key has it): opens
+    /// `login_hint`s and authenticates packages sealed to online services.
+    kem: mydata_package::e2e::HpkeKeyPair,
 }
 
 impl std::fmt::Debug for Vault {
@@ -51,9 +54,14 @@ impl Vault {
         mac.update(b"mydata pseudonym key v1");
         let mut pseudonym_key = Zeroizing::new([0u8; 32]);
         pseudonym_key.copy_from_slice(&mac.finalize().into_bytes());
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+        mac.update(b"mydata platform hpke key v1");
+        let kem = mydata_package::e2e::HpkeKeyPair::derive(&mac.finalize().into_bytes());
         Self {
             cipher: Aes256Gcm::new(key.into()),
             pseudonym_key,
+            kem,
         }
     }
 
@@ -113,6 +121,11 @@ impl Vault {
             )
             .map(Zeroizing::new)
             .map_err(|_| VaultError::Open)
+    }
+
+    /// The platform's HPKE (X25519) key pair.
+    pub fn platform_kem(&self) -> &mydata_package::e2e::HpkeKeyPair {
+        &self.kem
     }
 
     /// The keyed pseudonym (HMAC-SHA256, hex) of an ID number: the only form in which the platform

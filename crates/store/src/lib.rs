@@ -15,6 +15,7 @@ mod downloads;
 mod fetches;
 mod identity;
 mod jobs;
+mod oauth;
 mod records;
 mod retention;
 #[cfg(feature = "testing")]
@@ -39,6 +40,7 @@ pub use identity::{
     ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,
 };
 pub use jobs::{Job, JobState, NewJob};
+pub use oauth::{ClientRow, CodeRow as OAuthCodeRow, Redeem, RequestRow, TokenRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};
 

@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod home;
 mod identity;
+mod online;
 mod orphans;
 mod receipt_access;
 mod selfdl;

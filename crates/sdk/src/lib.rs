@@ -1,0 +1,588 @@
+//! `mydata-sdk`: what an online service needs to receive a person's data from the mydata platform.
+//!
+//! The flow (FAPI 2.0 style; see `docs/ONLINE-SERVICES.md`):
+//!
+//! 1. [`Service::discover`] reads the platform's metadata and keys.
+//! 2. [`Service::push`] sends a pushed authorization request (RFC 9126) with PKCE S256, the
+//!    datasets and purpose as `authorization_details` (RFC 9396), an optional `login_hint`
+//!    (the person's ID number, HPKE-encrypted to the platform) and a `private_key_jwt` client
+//!    assertion. Send the person's browser to [`Pending::authorize_url`]; keep the rest in your
+//!    session.
+//! 3. The person signs in, consents, waits for the agencies and confirms; the platform redirects
+//!    back with `code`, `state` and `iss`. [`Service::callback`] checks `state` and `iss` (RFC
+//!    9207) and exchanges the code with the PKCE verifier.
+//! 4. [`Service::package`] polls `GET /api/v1/transfers/{id}/package`, honouring `Retry-After`,
+//!    and opens the HPKE envelope with the service's key (checking the platform sealed it).
+//! 5. [`verify`] runs the platform's checks on the package: archive, receipt signature and
+//!    contents, then for each dataset the four ordered checks of the seeds (certificate valid,
+//!    agency key from it, digest file intact, each file intact).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mydata_sdk::Error> {
+//! use mydata_sdk::{Service, ServiceConfig, Keys, AuthorizationRequest};
+//! let keys = Keys::generate();
+//! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys);
+//! let service = Service::discover(config).await?;
+//! let pending = service.push(&AuthorizationRequest::new(&["low-income-household"], "tuition reduction")).await?;
+//! // redirect the browser to pending.authorize_url ... then, on the callback:
+//! # let query = "";
+//! let token = service.callback(&pending, query).await?;
+//! let zip = service.package(&token, std::time::Duration::from_secs(600)).await?;
+//! # let _ = zip; Ok(()) }
+//! ```
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mydata_core::{Clock, SystemClock, Timestamp};
+use mydata_package::e2e::{Envelope, HpkeKeyPair};
+use p256::ecdsa::SigningKey;
+use p256::pkcs8::EncodePrivateKey;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use mydata_package::{PackageReport, TrustStore};
+
+/// Everything that can go wrong on the service's side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The platform answered with an OAuth error (RFC 6749 §5.2) or a problem document.
+    #[error("the platform refused ({status}): {error}: {description}")]
+    Refused {
+        status: u16,
+        error: String,
+        description: String,
+    },
+    #[error("the authorization response is not valid: {0}")]
+    Callback(String),
+    #[error("the package is gone (already retrieved or past its 8 hours)")]
+    Gone,
+    #[error("the package was not ready within the time allowed")]
+    NotReady,
+    #[error("the package envelope does not open: {0}")]
+    Envelope(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The service's keys: an ES256 key for client assertions and an X25519 key packages are sealed to.
+pub struct Keys {
+    signing: SigningKey,
+    encryption: HpkeKeyPair,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Keys(sig {}, enc {})",
+            self.signing_kid(),
+            self.encryption.kid()
+        )
+    }
+}
+
+impl Keys {
+    pub fn generate() -> Self {
+        Self {
+            signing: <SigningKey as p256::elliptic_curve::Generate>::generate(),
+            encryption: HpkeKeyPair::generate(),
+        }
+    }
+
+    pub fn new(signing: SigningKey, encryption: HpkeKeyPair) -> Self {
+        Self {
+            signing,
+            encryption,
+        }
+    }
+
+    /// The signing key's RFC 7638 thumbprint, used as its `kid`.
+    pub fn signing_kid(&self) -> String {
+        mydata_package::jwk_thumbprint(self.signing.verifying_key())
+    }
+
+    /// The public JWK set to register with the platform.
+    pub fn public_jwks(&self) -> serde_json::Value {
+        let point = self.signing.verifying_key().to_sec1_point(false);
+        let coord = |c: Option<&[u8]>| c.map(|c| URL_SAFE_NO_PAD.encode(c)).unwrap_or_default();
+        serde_json::json!({ "keys": [
+            {
+                "kty": "EC", "crv": "P-256",
+                "x": coord(point.x().map(|x| x.as_slice())),
+                "y": coord(point.y().map(|y| y.as_slice())),
+                "use": "sig", "alg": "ES256", "kid": self.signing_kid(),
+            },
+            self.encryption.public_jwk(),
+        ]})
+    }
+}
+
+/// How a service reaches the platform.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    /// The platform's issuer identifier (its base URL).
+    pub issuer: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub keys: Arc<Keys>,
+    /// Time for assertions (the system clock unless a test injects one).
+    pub clock: Arc<dyn Clock>,
+    pub http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceConfig {
+    pub fn new(issuer: &str, client_id: &str, redirect_uri: &str, keys: Keys) -> Self {
+        Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            client_id: client_id.to_owned(),
+            redirect_uri: redirect_uri.to_owned(),
+            keys: Arc::new(keys),
+            clock: Arc::new(SystemClock),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// The platform's metadata (RFC 8414), the fields a service uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Metadata {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub pushed_authorization_request_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+}
+
+/// What the service asks for.
+#[derive(Debug, Clone)]
+pub struct AuthorizationRequest {
+    pub datasets: Vec<String>,
+    pub purpose: String,
+    /// The person's ID number, if the service knows it (sent encrypted to the platform).
+    pub login_hint: Option<String>,
+}
+
+impl AuthorizationRequest {
+    pub fn new(datasets: &[&str], purpose: &str) -> Self {
+        Self {
+            datasets: datasets.iter().map(|d| (*d).to_owned()).collect(),
+            purpose: purpose.to_owned(),
+            login_hint: None,
+        }
+    }
+}
+
+/// A pushed request waiting for the person: keep `state` and `code_verifier` in the service's
+/// session until the callback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    pub authorize_url: String,
+    pub state: String,
+    pub code_verifier: String,
+    pub expires_in: u64,
+}
+
+/// The access token for one transfer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Token {
+    pub access_token: String,
+    pub transfer_id: String,
+    pub datasets: Vec<String>,
+    pub expires_in: u64,
+}
+
+/// A service talking to the platform.
+#[derive(Debug, Clone)]
+pub struct Service {
+    config: ServiceConfig,
+    metadata: Metadata,
+    /// The platform's X25519 key (login_hint, package sender).
+    platform_kem: [u8; 32],
+    /// The platform's ES256 receipt key.
+    platform_sig: p256::ecdsa::VerifyingKey,
+}
+
+fn random_b64(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::rng().fill_bytes(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+async fn refused(res: reqwest::Response) -> Error {
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let error = if body.get("error").is_some() {
+        text("error")
+    } else {
+        text("code")
+    };
+    let description = if body.get("error").is_some() {
+        text("error_description")
+    } else {
+        text("detail")
+    };
+    Error::Refused {
+        status,
+        error,
+        description,
+    }
+}
+
+impl Service {
+    /// Reads the platform's metadata and keys; checks the metadata names the configured issuer.
+    pub async fn discover(config: ServiceConfig) -> Result<Self, Error> {
+        let url = format!("{}/.well-known/oauth-authorization-server", config.issuer);
+        let res = config.http.get(&url).send().await?;
+        if !res.status().is_success() {
+            return Err(refused(res).await);
+        }
+        let metadata: Metadata = res.json().await?;
+        if metadata.issuer != config.issuer {
+            return Err(Error::Invalid(format!(
+                "the metadata names issuer {} instead of {}",
+                metadata.issuer, config.issuer
+            )));
+        }
+        let jwks: serde_json::Value = config
+            .http
+            .get(&metadata.jwks_uri)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let keys = jwks
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let platform_kem = keys
+            .iter()
+            .find_map(|k| mydata_package::e2e::x25519_from_jwk(k).ok())
+            .ok_or_else(|| Error::Invalid("the platform publishes no X25519 key".into()))?;
+        let platform_sig = keys
+            .iter()
+            .find_map(ec_key)
+            .ok_or_else(|| Error::Invalid("the platform publishes no ES256 key".into()))?;
+        Ok(Self {
+            config,
+            metadata,
+            platform_kem,
+            platform_sig,
+        })
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The platform's receipt-signing key, for [`verify`].
+    pub fn platform_signing_key(&self) -> &p256::ecdsa::VerifyingKey {
+        &self.platform_sig
+    }
+
+    /// A fresh `private_key_jwt` assertion for `aud` (RFC 7523): iss = sub = client_id, 60 s.
+    pub fn client_assertion(&self, aud: &str) -> Result<String, Error> {
+        let now = self.config.clock.now().millis() / 1000;
+        let claims = serde_json::json!({
+            "iss": self.config.client_id, "sub": self.config.client_id, "aud": aud,
+            "iat": now, "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        self.sign(&claims)
+    }
+
+    /// Signs `claims` with the service's ES256 key (also for identity assertions).
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, Error> {
+        let der = self
+            .config
+            .keys
+            .signing
+            .to_pkcs8_der()
+            .map_err(|e| Error::Invalid(format!("signing key: {e}")))?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.config.keys.signing_kid());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(der.as_bytes()))
+            .map_err(|e| Error::Invalid(format!("signing: {e}")))
+    }
+
+    /// Encrypts an ID number to the platform for `login_hint`.
+    pub fn login_hint(&self, id_number: &str) -> Result<String, Error> {
+        mydata_package::e2e::seal_login_hint(&self.platform_kem, &self.config.client_id, id_number)
+            .map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// Pushes the authorization request; returns where to send the browser.
+    pub async fn push(&self, req: &AuthorizationRequest) -> Result<Pending, Error> {
+        let verifier = random_b64(32);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let state = random_b64(16);
+        let details = serde_json::json!([{ "type": "mydata_transfer", "datasets": req.datasets, "purpose": req.purpose }]);
+        let mut form = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", self.config.client_id.clone()),
+            ("redirect_uri", self.config.redirect_uri.clone()),
+            ("state", state.clone()),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256".to_owned()),
+            ("authorization_details", details.to_string()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+            ),
+            (
+                "client_assertion",
+                self.client_assertion(&self.metadata.issuer)?,
+            ),
+        ];
+        if let Some(id) = &req.login_hint {
+            form.push(("login_hint", self.login_hint(id)?));
+        }
+        let res = self
+            .config
+            .http
+            .post(&self.metadata.pushed_authorization_request_endpoint)
+            .form(&form)
+            .send()
+            .await?;
+        if res.status().as_u16() != 201 {
+            return Err(refused(res).await);
+        }
+        #[derive(Deserialize)]
+        struct ParResponse {
+            request_uri: String,
+            expires_in: u64,
+        }
+        let p: ParResponse = res.json().await?;
+        let mut url = url::Url::parse(&self.metadata.authorization_endpoint)
+            .map_err(|e| Error::Invalid(format!("authorization_endpoint: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("client_id", &self.config.client_id)
+            .append_pair("request_uri", &p.request_uri);
+        Ok(Pending {
+            authorize_url: url.into(),
+            state,
+            code_verifier: verifier,
+            expires_in: p.expires_in,
+        })
+    }
+
+    /// Handles the redirect back (its query string): checks `state` and `iss`, then exchanges the
+    /// code. A refusal by the person comes back as `Error::Refused` with `access_denied`.
+    pub async fn callback(&self, pending: &Pending, query: &str) -> Result<Token, Error> {
+        let params: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+                .into_owned()
+                .collect();
+        if params.get("iss") != Some(&self.metadata.issuer) {
+            return Err(Error::Callback(
+                "iss is missing or names another platform (mix-up)".into(),
+            ));
+        }
+        if params.get("state") != Some(&pending.state) {
+            return Err(Error::Callback("state does not match this request".into()));
+        }
+        if let Some(error) = params.get("error") {
+            return Err(Error::Refused {
+                status: 0,
+                error: error.clone(),
+                description: params.get("error_description").cloned().unwrap_or_default(),
+            });
+        }
+        let code = params
+            .get("code")
+            .ok_or_else(|| Error::Callback("no code".into()))?;
+        self.exchange(code, &pending.code_verifier).await
+    }
+
+    /// Exchanges a code (with its PKCE verifier) for the transfer's access token.
+    pub async fn exchange(&self, code: &str, code_verifier: &str) -> Result<Token, Error> {
+        let form = [
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.to_owned()),
+            ("redirect_uri", self.config.redirect_uri.clone()),
+            ("code_verifier", code_verifier.to_owned()),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+            ),
+            (
+                "client_assertion",
+                self.client_assertion(&self.metadata.issuer)?,
+            ),
+        ];
+        let res = self
+            .config
+            .http
+            .post(&self.metadata.token_endpoint)
+            .form(&form)
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            return Err(refused(res).await);
+        }
+        let body: serde_json::Value = res.json().await?;
+        let details = body
+            .get("authorization_details")
+            .and_then(|d| d.get(0))
+            .cloned()
+            .unwrap_or_default();
+        let s = |v: &serde_json::Value, k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Ok(Token {
+            access_token: s(&body, "access_token"),
+            transfer_id: s(&details, "transfer_id"),
+            datasets: details
+                .get("datasets")
+                .and_then(|d| d.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            expires_in: body
+                .get("expires_in")
+                .and_then(|e| e.as_u64())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Retrieves the sealed package once and opens it: polls while the platform answers 202,
+    /// waiting what `Retry-After` says (at most `max_wait` in all).
+    pub async fn package(&self, token: &Token, max_wait: Duration) -> Result<Vec<u8>, Error> {
+        let envelope = self.fetch_envelope(token, max_wait).await?;
+        self.open(token, &envelope)
+    }
+
+    /// The raw envelope (for services that store it before opening).
+    pub async fn fetch_envelope(
+        &self,
+        token: &Token,
+        max_wait: Duration,
+    ) -> Result<Envelope, Error> {
+        let url = format!(
+            "{}/api/v1/transfers/{}/package",
+            self.metadata.issuer, token.transfer_id
+        );
+        let deadline = tokio::time::Instant::now() + max_wait;
+        // Bounded: every round either returns or waits at least one second.
+        for _ in 0..10_000 {
+            let res = self
+                .config
+                .http
+                .get(&url)
+                .bearer_auth(&token.access_token)
+                .send()
+                .await?;
+            match res.status().as_u16() {
+                200 => {
+                    let bytes = res.bytes().await?;
+                    return serde_json::from_slice(&bytes)
+                        .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
+                }
+                202 => {
+                    let wait = res
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(1)
+                        .clamp(1, 300);
+                    let next = tokio::time::Instant::now() + Duration::from_secs(wait);
+                    if next > deadline {
+                        return Err(Error::NotReady);
+                    }
+                    tokio::time::sleep_until(next).await;
+                }
+                410 => return Err(Error::Gone),
+                _ => return Err(refused(res).await),
+            }
+        }
+        Err(Error::NotReady)
+    }
+
+    /// Opens an envelope for `token`'s transfer with the service's key, checking the platform
+    /// sealed it (a re-encrypted or misdirected envelope is refused).
+    pub fn open(&self, token: &Token, envelope: &Envelope) -> Result<Vec<u8>, Error> {
+        mydata_package::e2e::open_package(
+            &self.config.keys.encryption,
+            &self.platform_kem,
+            &token.transfer_id,
+            &self.config.client_id,
+            envelope,
+        )
+        .map(|z| z.to_vec())
+        .map_err(|e| Error::Envelope(e.to_string()))
+    }
+}
+
+fn ec_key(k: &serde_json::Value) -> Option<p256::ecdsa::VerifyingKey> {
+    if k.get("kty")?.as_str()? != "EC" || k.get("crv")?.as_str()? != "P-256" {
+        return None;
+    }
+    let x = URL_SAFE_NO_PAD.decode(k.get("x")?.as_str()?).ok()?;
+    let y = URL_SAFE_NO_PAD.decode(k.get("y")?.as_str()?).ok()?;
+    if x.len() != 32 || y.len() != 32 {
+        return None;
+    }
+    let mut sec1 = Vec::with_capacity(65);
+    sec1.push(4);
+    sec1.extend_from_slice(&x);
+    sec1.extend_from_slice(&y);
+    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()
+}
+
+/// Verifies an opened package: the archive, the platform receipt (signature and contents, and that
+/// it is for `transfer_id`), then the four ordered checks on every dataset. `trust` holds the
+/// government CA roots and CRLs.
+pub fn verify(
+    zip: &[u8],
+    transfer_id: &str,
+    trust: &TrustStore,
+    platform_key: &p256::ecdsa::VerifyingKey,
+    now: Timestamp,
+) -> Result<PackageReport, Box<PackageReport>> {
+    let report = mydata_package::verify_package(zip, trust, Some(platform_key), now);
+    let for_this = report
+        .receipt
+        .as_ref()
+        .is_some_and(|r| r.transfer_id == transfer_id);
+    if report.is_ok() && for_this {
+        Ok(report)
+    } else {
+        Err(Box::new(report))
+    }
+}

@@ -1,0 +1,271 @@
+//! Signed JWTs from services: the client assertion of `private_key_jwt` (RFC 7523 §2.2, with the
+//! FAPI 2.0 rules: ES256 or EdDSA, `aud` the issuer, short-lived, `jti` used once), and the
+//! identity assertion of a trusted verifier. Keys come from the service's registered JWK set.
+//! Time checks use the injected clock, not the JWT library's wall clock.
+
+use super::{ErrorCode, OAuthError};
+use crate::state::AppState;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use mydata_store::ClientRow;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The `client_assertion_type` of RFC 7523.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Clock skew tolerated on `iat`/`nbf`.
+const SKEW_SECS: i64 = 30;
+
+/// The service's JWK set (by value, or fetched from its `jwks_uri`).
+pub async fn client_jwks(state: &AppState, c: &ClientRow) -> Result<serde_json::Value, OAuthError> {
+    let text = match (&c.jwks, &c.jwks_uri) {
+        (Some(j), _) => j.clone(),
+        (None, Some(u)) => {
+            let res = state
+                .identity()
+                .http
+                .get(u)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            let res = res.map_err(|_| {
+                OAuthError::new(
+                    ErrorCode::InvalidClient,
+                    "the service's jwks_uri could not be read",
+                )
+            })?;
+            res.text().await.map_err(|_| {
+                OAuthError::new(
+                    ErrorCode::InvalidClient,
+                    "the service's jwks_uri could not be read",
+                )
+            })?
+        }
+        (None, None) => {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidClient,
+                "the service has no keys",
+            ));
+        }
+    };
+    serde_json::from_str(&text).map_err(|_| {
+        OAuthError::new(
+            ErrorCode::InvalidClient,
+            "the service's JWK set is not valid",
+        )
+    })
+}
+
+/// The service's X25519 encryption key (the first `use: enc` OKP key) and its thumbprint.
+pub fn encryption_key(jwks: &serde_json::Value) -> Option<[u8; 32]> {
+    jwks.get("keys")?
+        .as_array()?
+        .iter()
+        .filter(|k| k.get("use").and_then(|u| u.as_str()) != Some("sig"))
+        .find_map(|k| mydata_package::e2e::x25519_from_jwk(k).ok())
+}
+
+/// The signing key named by `kid` (or the only one). Encryption keys (declared, or X25519, which
+/// cannot sign) never verify a signature; keys the JWT library cannot read are skipped.
+fn signing_key(set: &serde_json::Value, kid: Option<&str>) -> Option<Jwk> {
+    let keys = set.get("keys")?.as_array()?;
+    let mut candidates = keys
+        .iter()
+        .filter(|k| k.get("use").and_then(|u| u.as_str()) != Some("enc"))
+        .filter(|k| k.get("crv").and_then(|c| c.as_str()) != Some("X25519"))
+        .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok());
+    match kid {
+        Some(kid) => candidates.find(|k| k.common.key_id.as_deref() == Some(kid)),
+        None => {
+            let first = candidates.next();
+            // Without a kid the key must be unambiguous.
+            if candidates.next().is_some() {
+                None
+            } else {
+                first
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    iss: String,
+    exp: i64,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+}
+
+/// Verifies a signed JWT from `client` with `aud` one of `audiences`; returns its claims JSON.
+/// `purpose` names the token in errors. Does not record the `jti`.
+async fn verify_signed(
+    state: &AppState,
+    client: &ClientRow,
+    token: &str,
+    audiences: &[String],
+    code: ErrorCode,
+    purpose: &str,
+) -> Result<(serde_json::Value, i64), OAuthError> {
+    let bad = |m: &str| OAuthError::new(code, format!("{purpose}: {m}"));
+    let header = jsonwebtoken::decode_header(token).map_err(|_| bad("not a signed JWT"))?;
+    if !matches!(header.alg, Algorithm::ES256 | Algorithm::EdDSA) {
+        return Err(bad("alg must be ES256 or EdDSA"));
+    }
+    let set = client_jwks(state, client).await?;
+    let jwk = signing_key(&set, header.kid.as_deref())
+        .ok_or_else(|| bad("no registered key matches its kid"))?;
+    let key =
+        DecodingKey::from_jwk(&jwk).map_err(|_| bad("the registered key cannot verify it"))?;
+    let mut v = Validation::new(header.alg);
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.set_audience(audiences);
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
+        .map_err(|e| bad(&format!("rejected ({:?})", e.kind())))?;
+    let claims: Claims =
+        serde_json::from_value(data.claims.clone()).map_err(|_| bad("claims are malformed"))?;
+    let now = state.clock().now().millis() / 1000;
+    let max = i64::try_from(state.settings().oauth.assertion_max_secs).unwrap_or(300);
+    if claims.exp <= now {
+        return Err(bad("expired"));
+    }
+    if claims.exp > now + max + SKEW_SECS {
+        return Err(bad(&format!("lives longer than {max} seconds")));
+    }
+    if claims.nbf.is_some_and(|n| n > now + SKEW_SECS)
+        || claims.iat.is_some_and(|i| i > now + SKEW_SECS)
+    {
+        return Err(bad("is not valid yet"));
+    }
+    if claims.iss != client.client_id {
+        return Err(bad("iss must be the client_id"));
+    }
+    Ok((data.claims, claims.exp))
+}
+
+/// Authenticates a client by `private_key_jwt` and records the assertion's `jti` (a second use is
+/// refused). `endpoint` is the URL the assertion was sent to, also accepted as `aud`.
+pub async fn authenticate(
+    state: &AppState,
+    issuer: &str,
+    endpoint: &str,
+    client_id: Option<&str>,
+    assertion_type: Option<&str>,
+    assertion: Option<&str>,
+) -> Result<ClientRow, OAuthError> {
+    let invalid = |m: &str| OAuthError::new(ErrorCode::InvalidClient, m.to_owned());
+    if assertion_type != Some(JWT_BEARER) {
+        return Err(invalid(
+            "client authentication must be private_key_jwt (client_assertion_type jwt-bearer)",
+        ));
+    }
+    let assertion = assertion.ok_or_else(|| invalid("client_assertion is missing"))?;
+    // The client is named by the assertion's `sub` (RFC 7523 §3); a client_id given too must agree.
+    let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(assertion)
+        .map_err(|_| invalid("client_assertion is not a JWT"))?;
+    let sub = claims
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .ok_or_else(|| invalid("client_assertion has no sub"))?;
+    if client_id.is_some_and(|c| c != sub) {
+        return Err(invalid("client_id differs from the assertion's sub"));
+    }
+    let client = state
+        .store()
+        .client(sub)
+        .await?
+        .ok_or_else(|| invalid("unknown client"))?;
+    let audiences = vec![issuer.to_owned(), endpoint.to_owned()];
+    let (claims, exp) = verify_signed(
+        state,
+        &client,
+        assertion,
+        &audiences,
+        ErrorCode::InvalidClient,
+        "client_assertion",
+    )
+    .await?;
+    let jti = claims
+        .get("jti")
+        .and_then(|j| j.as_str())
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or_else(|| invalid("client_assertion: jti is required"))?;
+    let keep =
+        mydata_core::Timestamp::from_millis(exp.saturating_add(SKEW_SECS).saturating_mul(1000));
+    if !state.store().use_jti(&client.client_id, jti, keep).await? {
+        return Err(invalid(
+            "client_assertion: this jti was already used (replay)",
+        ));
+    }
+    Ok(client)
+}
+
+/// What a trusted verifier asserts about the person (its own sign-in).
+#[derive(Debug, Clone)]
+pub struct AssertedIdentity {
+    pub id_number: zeroize::Zeroizing<String>,
+    pub level: mydata_core::AssuranceLevel,
+}
+
+/// Checks a trusted verifier's identity assertion (sent in the pushed request): signed by the
+/// service, `aud` the issuer, `sub` the ID number, `level` 1-4, short-lived, `jti` used once.
+pub async fn identity_assertion(
+    state: &AppState,
+    client: &ClientRow,
+    issuer: &str,
+    token: &str,
+) -> Result<AssertedIdentity, OAuthError> {
+    let bad = |m: &str| {
+        OAuthError::new(
+            ErrorCode::InvalidRequest,
+            format!("identity_assertion: {m}"),
+        )
+    };
+    if !client.trusted_verifier {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            "this service is not registered as a trusted identity verifier",
+        ));
+    }
+    let (claims, exp) = verify_signed(
+        state,
+        client,
+        token,
+        &[issuer.to_owned()],
+        ErrorCode::InvalidRequest,
+        "identity_assertion",
+    )
+    .await?;
+    let sub = claims
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .unwrap_or_default();
+    let id = mydata_core::IdNumber::parse(sub).map_err(|_| bad("sub is not a valid ID number"))?;
+    let level = claims
+        .get("level")
+        .and_then(|l| l.as_u64())
+        .and_then(|l| u8::try_from(l).ok())
+        .and_then(|l| mydata_core::AssuranceLevel::try_from(l).ok())
+        .ok_or_else(|| bad("level must be 1 to 4"))?;
+    let jti = claims
+        .get("jti")
+        .and_then(|j| j.as_str())
+        .ok_or_else(|| bad("jti is required"))?;
+    let keep =
+        mydata_core::Timestamp::from_millis(exp.saturating_add(SKEW_SECS).saturating_mul(1000));
+    if !state
+        .store()
+        .use_jti(&client.client_id, &format!("identity:{jti}"), keep)
+        .await?
+    {
+        return Err(bad("this jti was already used (replay)"));
+    }
+    Ok(AssertedIdentity {
+        id_number: zeroize::Zeroizing::new(id.as_str().to_owned()),
+        level,
+    })
+}

@@ -1,0 +1,294 @@
+//! Service registration: what a service must register before it can ask for anyone's data, its
+//! checks, the admin API (`/api/v1/admin/services`, bearer `oauth.admin_token`) and the
+//! registrations loaded from the configuration at start.
+
+use super::{MAX_DATASETS, OAuthSettings};
+use crate::error::AppError;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mydata_core::{Catalog, Timestamp};
+use mydata_store::{ClientRow, Store};
+use serde::{Deserialize, Serialize};
+
+/// A service's registration, as sent to the admin API or written in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub client_id: String,
+    /// The service's name shown to the person.
+    pub name: String,
+    /// The JWK set (signing keys for client assertions, one X25519 `use: enc` key for packages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    /// Where the JWK set is published instead (https; http only for loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    pub redirect_uris: Vec<String>,
+    /// The service's terms, shown before consent.
+    pub terms: String,
+    /// What the data is used for, shown before consent.
+    pub purpose: String,
+    /// Catalogue dataset IDs the service may ask for.
+    pub datasets: Vec<String>,
+    /// The law allowing more than five datasets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_basis: Option<String>,
+    /// `test`, `trial` or `production`.
+    pub environment: String,
+    /// Whether the platform accepts this service's signed identity assertions.
+    #[serde(default)]
+    pub trusted_verifier: bool,
+}
+
+const ENVIRONMENTS: [&str; 3] = ["test", "trial", "production"];
+
+impl Registration {
+    /// Every rule a registration must meet; the message names the field.
+    pub fn validate(&self, catalog: &Catalog) -> Result<(), String> {
+        let id_ok = !self.client_id.is_empty()
+            && self.client_id.len() <= 64
+            && self
+                .client_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !id_ok {
+            return Err("client_id: 1 to 64 letters, digits, '-', '_' or '.'".into());
+        }
+        for (field, v, max) in [
+            ("name", &self.name, 200),
+            ("terms", &self.terms, 20_000),
+            ("purpose", &self.purpose, 2_000),
+        ] {
+            if v.trim().is_empty() || v.chars().count() > max {
+                return Err(format!("{field}: required, at most {max} characters"));
+            }
+        }
+        match (&self.jwks, &self.jwks_uri) {
+            (Some(jwks), None) => check_jwks(jwks)?,
+            (None, Some(u)) => check_url("jwks_uri", u)?,
+            _ => return Err("give exactly one of jwks (by value) and jwks_uri".into()),
+        }
+        if self.redirect_uris.is_empty() || self.redirect_uris.len() > 10 {
+            return Err("redirect_uris: 1 to 10 absolute URIs".into());
+        }
+        for u in &self.redirect_uris {
+            check_url("redirect_uris", u)?;
+            if u.contains('#') {
+                return Err("redirect_uris: must not have a fragment".into());
+            }
+        }
+        if self.datasets.is_empty() {
+            return Err("datasets: at least one".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &self.datasets {
+            if catalog.dataset(d).is_none() {
+                return Err(format!("datasets: `{d}` is not in the catalogue"));
+            }
+            if !seen.insert(d) {
+                return Err(format!("datasets: `{d}` is listed twice"));
+            }
+        }
+        let basis = self
+            .legal_basis
+            .as_deref()
+            .is_some_and(|b| !b.trim().is_empty());
+        if self.datasets.len() > MAX_DATASETS && !basis {
+            return Err(format!(
+                "datasets: at most {MAX_DATASETS} unless a legal_basis is recorded"
+            ));
+        }
+        if !ENVIRONMENTS.contains(&self.environment.as_str()) {
+            return Err("environment: one of test, trial, production".into());
+        }
+        Ok(())
+    }
+
+    fn to_row(&self, now: Timestamp) -> ClientRow {
+        ClientRow {
+            client_id: self.client_id.clone(),
+            name: self.name.clone(),
+            jwks: self.jwks.as_ref().map(|j| j.to_string()),
+            jwks_uri: self.jwks_uri.clone(),
+            redirect_uris: self.redirect_uris.clone(),
+            terms: self.terms.clone(),
+            purpose: self.purpose.clone(),
+            datasets: self.datasets.clone(),
+            legal_basis: self.legal_basis.clone().filter(|b| !b.trim().is_empty()),
+            environment: self.environment.clone(),
+            trusted_verifier: self.trusted_verifier,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    pub fn from_row(r: &ClientRow) -> Self {
+        Self {
+            client_id: r.client_id.clone(),
+            name: r.name.clone(),
+            jwks: r.jwks.as_deref().and_then(|j| serde_json::from_str(j).ok()),
+            jwks_uri: r.jwks_uri.clone(),
+            redirect_uris: r.redirect_uris.clone(),
+            terms: r.terms.clone(),
+            purpose: r.purpose.clone(),
+            datasets: r.datasets.clone(),
+            legal_basis: r.legal_basis.clone(),
+            environment: r.environment.clone(),
+            trusted_verifier: r.trusted_verifier,
+        }
+    }
+}
+
+fn check_url(field: &str, u: &str) -> Result<(), String> {
+    let parsed =
+        url::Url::parse(u).map_err(|_| format!("{field}: `{u}` is not an absolute URI"))?;
+    let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(format!(
+            "{field}: `{u}` must be https (http only on loopback)"
+        )),
+    }
+}
+
+fn check_jwks(jwks: &serde_json::Value) -> Result<(), String> {
+    let keys = jwks
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("jwks: must be an object with a `keys` array")?;
+    if keys.is_empty() || keys.len() > 10 {
+        return Err("jwks: 1 to 10 keys".into());
+    }
+    for k in keys {
+        if k.get("d").is_some() {
+            return Err("jwks: contains a private key (`d`); register public keys only".into());
+        }
+    }
+    if super::assertion::encryption_key(jwks).is_none() {
+        return Err(
+            "jwks: needs an X25519 key (kty OKP, crv X25519, use enc) to seal packages to".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Stores the registrations of the configuration (validated at start; a bad one stops start-up).
+pub async fn load_configured(
+    store: &Store,
+    catalog: &Catalog,
+    settings: &OAuthSettings,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    for r in &settings.clients {
+        r.validate(catalog)
+            .map_err(|e| anyhow::anyhow!("config key `oauth.clients` ({}): {e}", r.client_id))?;
+        store.put_client(&r.to_row(now)).await?;
+    }
+    Ok(())
+}
+
+fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    let expected = &state.settings().oauth.admin_token;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    use subtle::ConstantTimeEq;
+    let ok: bool = given.as_bytes().ct_eq(expected.as_bytes()).into();
+    if expected.is_empty() || !ok {
+        return Err(AppError::AdminUnauthorized);
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/admin/services`
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
+    check_admin(&state, &headers)?;
+    let rows = state.store().clients().await?;
+    let out: Vec<Registration> = rows.iter().map(Registration::from_row).collect();
+    Ok(Json(serde_json::json!({ "services": out })).into_response())
+}
+
+/// `GET /api/v1/admin/services/{client_id}`
+pub async fn get_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    check_admin(&state, &headers)?;
+    let row = state.store().client(&id).await?.ok_or(AppError::NotFound {
+        what: "service",
+        id,
+    })?;
+    Ok(Json(Registration::from_row(&row)).into_response())
+}
+
+/// `PUT /api/v1/admin/services/{client_id}`: registers or replaces.
+pub async fn put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Registration>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, AppError> {
+    check_admin(&state, &headers)?;
+    let Json(reg) = body?;
+    if reg.client_id != id {
+        return Err(AppError::InvalidBody(
+            "client_id in the body differs from the one in the path".into(),
+        ));
+    }
+    reg.validate(state.catalog())
+        .map_err(AppError::InvalidBody)?;
+    let existed = state.store().client(&id).await?.is_some();
+    let now = state.clock().now();
+    state.store().put_client(&reg.to_row(now)).await?;
+    state
+        .store()
+        .append_audit(&mydata_store::NewAuditEvent {
+            at: now,
+            kind: "service.registered".into(),
+            subject: None,
+            transfer_id: None,
+            actor: "admin".into(),
+            detail: serde_json::json!({ "client_id": id, "datasets": reg.datasets, "environment": reg.environment, "trusted_verifier": reg.trusted_verifier }),
+        })
+        .await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(reg)).into_response())
+}
+
+/// `DELETE /api/v1/admin/services/{client_id}`
+pub async fn delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    check_admin(&state, &headers)?;
+    if !state.store().delete_client(&id).await? {
+        return Err(AppError::NotFound {
+            what: "service",
+            id,
+        });
+    }
+    state
+        .store()
+        .append_audit(&mydata_store::NewAuditEvent {
+            at: state.clock().now(),
+            kind: "service.removed".into(),
+            subject: None,
+            transfer_id: None,
+            actor: "admin".into(),
+            detail: serde_json::json!({ "client_id": id }),
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

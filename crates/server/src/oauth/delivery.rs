@@ -1,0 +1,177 @@
+//! Delivery to online services: the package is sealed end to end to the service's X25519 key the
+//! moment it is assembled (the platform keeps only the envelope), and handed out once at
+//! `GET /api/v1/transfers/{id}/package` to the access token issued for that transfer: 202 with
+//! `Retry-After` while agencies are still answering, 200 with the envelope once, 410 afterwards or
+//! after the transfer's 8 hours.
+
+use super::{ErrorCode, OAuthError, hash_secret, service_event};
+use crate::error::AppError;
+use crate::state::AppState;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
+use mydata_store::Transfer;
+
+/// What `packages.sealed_key` holds for an end-to-end sealed package: there is no platform key;
+/// the marker only keeps the single-use and purge rules (which act on that column) the same.
+pub const E2E_MARKER: &str = "e2e:hpke";
+/// Media type of the envelope.
+pub const ENVELOPE_TYPE: &str = "application/vnd.mydata.package+hpke+json";
+
+/// For an online transfer, seals the assembled zip to its service: the envelope bytes to store
+/// and the marker for `sealed_key`. `None` for other kinds (they keep the at-rest seal).
+pub async fn seal_for_recipient(
+    state: &AppState,
+    t: &Transfer,
+    zip: &[u8],
+) -> Result<Option<(Vec<u8>, String)>, String> {
+    if t.kind != TransferKind::Online {
+        return Ok(None);
+    }
+    let client_id = t
+        .recipient
+        .as_deref()
+        .ok_or("an online transfer without a service")?;
+    let client = state
+        .store()
+        .client(client_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the transfer's service is no longer registered")?;
+    let jwks = super::assertion::client_jwks(state, &client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = super::assertion::encryption_key(&jwks)
+        .ok_or("the service has no X25519 encryption key")?;
+    let env = mydata_package::e2e::seal_package(
+        state.data().vault.platform_kem(),
+        &key,
+        &t.id,
+        client_id,
+        zip,
+    )
+    .map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&env).map_err(|e| e.to_string())?;
+    Ok(Some((bytes, E2E_MARKER.to_owned())))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("DPoP "))
+        .map(str::trim)
+}
+
+/// `GET /api/v1/transfers/{id}/package`
+pub async fn package(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Response> {
+    let token_err =
+        |m: &str| OAuthError::new(ErrorCode::InvalidToken, m.to_owned()).into_response();
+    let token = bearer(&headers)
+        .ok_or_else(|| token_err("an access token is required (Authorization: Bearer)"))?;
+    let now = state.clock().now();
+    let row = state
+        .store()
+        .token(&hash_secret(token))
+        .await
+        .map_err(|e| AppError::from(e).into_response())?
+        .ok_or_else(|| token_err("the access token is unknown"))?;
+    if row.revoked_at.is_some() {
+        return Err(token_err("the access token was revoked"));
+    }
+    if row.expires_at <= now.millis() {
+        return Err(token_err("the access token has expired"));
+    }
+    if row.transfer_id != id {
+        return Err(token_err("the access token is for another transfer"));
+    }
+    let t = state
+        .store()
+        .transfer(&id)
+        .await
+        .map_err(|e| AppError::from(e).into_response())?
+        .ok_or_else(|| AppError::PackageGone(id.clone()).into_response())?;
+    match t.state {
+        TransferState::Created | TransferState::Fetching => {
+            let wait = t
+                .datasets
+                .iter()
+                .filter_map(|d| d.next_attempt_at)
+                .max()
+                .map(|at| now.until(at).as_secs())
+                .unwrap_or(1)
+                .clamp(1, 300);
+            let body = serde_json::json!({ "transfer_id": id, "state": t.state.code(), "retry_after": wait });
+            let mut res = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Ok(res);
+        }
+        TransferState::Ready => {}
+        _ => return Err(AppError::PackageGone(id).into_response()),
+    }
+    take_sealed(&state, &t, &row.client_id)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
+/// Hands the envelope out once: the guarded update that spends the package decides the winner;
+/// the blob is deleted and the transfer released and purged.
+async fn take_sealed(
+    state: &AppState,
+    t: &Transfer,
+    client_id: &str,
+) -> Result<Response, AppError> {
+    let store = state.store();
+    let now = state.clock().now();
+    let rec = store
+        .package(&t.id)
+        .await?
+        .ok_or_else(|| AppError::PackageGone(t.id.clone()))?;
+    if rec.sealed_key.as_deref() != Some(E2E_MARKER) || rec.expires_at <= now {
+        return Err(AppError::PackageGone(t.id.clone()));
+    }
+    let blob = state
+        .data()
+        .blobs
+        .get(&rec.object_key)
+        .await
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("reading a sealed package: {e}")))?;
+    let audit = service_event(
+        "service.retrieval",
+        &t.subject,
+        &t.id,
+        client_id,
+        serde_json::json!({ "digest": rec.digest, "size": blob.len() }),
+        now,
+    );
+    if store.take_package_key(&t.id, &audit, now).await?.is_none() {
+        return Err(AppError::PackageGone(t.id.clone()));
+    }
+    if let Err(e) = state.data().blobs.delete(&rec.object_key).await {
+        tracing::warn!(error = %e, "deleting a retrieved package blob failed");
+    }
+    let actor = format!("service:{client_id}");
+    for event in [TransferEvent::Release, TransferEvent::Purge] {
+        if let Err(e) = store
+            .apply_transfer_event(&t.id, event, &actor, state.clock().now())
+            .await
+        {
+            tracing::warn!(transfer = %t.id, error = %e, "transfer state after retrieval not recorded");
+            break;
+        }
+    }
+    let mut res = (StatusCode::OK, blob).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(ENVELOPE_TYPE),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}

@@ -1,0 +1,1005 @@
+//! The authorization server: metadata (RFC 8414), pushed authorization requests (RFC 9126, the only
+//! way in), the authorization endpoint, the consent and confirmation pages, and the token endpoint
+//! (PKCE S256, `private_key_jwt`, single-use codes of at most 60 s, RFC 9207 `iss`).
+//!
+//! One authorization goes `pushed → opened` (a signed-in browser session took the request_uri) `→
+//! consented` (the transfer is created and agencies are asked) `→ confirmed` (the person saw what
+//! was fetched and agreed to send it; the code is issued), or `→ refused` at either question.
+
+use super::assertion::{self, JWT_BEARER};
+use super::{
+    DETAILS_TYPE, ErrorCode, MAX_DATASETS, OAuthError, hash_secret, issuer, random_secret,
+    service_event,
+};
+use crate::error::{AppError, PageError, render};
+use crate::i18n::Lang;
+use crate::identity::session;
+use crate::state::AppState;
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
+use mydata_store::{ClientRow, OAuthCodeRow, Redeem, RequestRow, TokenRow};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Prefix of the request_uri values this server hands out.
+pub const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
+
+/// The validated, stored content of a pushed request. No personal data: a `login_hint` is kept as
+/// the person's pseudonym only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pushed {
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub datasets: Vec<String>,
+    pub purpose: String,
+    /// Pseudonym of the person the service named in `login_hint`.
+    pub hint_subject: Option<String>,
+}
+
+/// `GET /.well-known/oauth-authorization-server`
+pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let iss = issuer(&state, &headers);
+    let body = serde_json::json!({
+        "issuer": iss,
+        "authorization_endpoint": format!("{iss}/oauth/authorize"),
+        "pushed_authorization_request_endpoint": format!("{iss}/oauth/par"),
+        "require_pushed_authorization_requests": true,
+        "token_endpoint": format!("{iss}/oauth/token"),
+        "jwks_uri": format!("{iss}/oauth/jwks.json"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
+        "authorization_details_types_supported": [DETAILS_TYPE],
+        "authorization_response_iss_parameter_supported": true,
+        "mydata_package_encryption_supported": [mydata_package::e2e::SUITE],
+        "mydata_package_endpoint": format!("{iss}/api/v1/transfers/{{transfer_id}}/package"),
+        "service_documentation": format!("{iss}/api/v1/openapi.yaml"),
+    });
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// `GET /oauth/jwks.json`: the platform's keys for services: the ES256 key that signs package
+/// receipts, and the X25519 key that `login_hint`s are encrypted to and that seals packages.
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    let keys = vec![
+        state.platform().public_jwk(),
+        state.data().vault.platform_kem().public_jwk(),
+    ];
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(serde_json::json!({ "keys": keys })),
+    )
+        .into_response()
+}
+
+fn invalid(m: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidRequest, m)
+}
+
+fn one<'a>(form: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+    form.get(name).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+#[derive(Debug, Deserialize)]
+struct Details {
+    #[serde(rename = "type")]
+    kind: String,
+    datasets: Vec<String>,
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+/// Parses `authorization_details` and checks it against the registration.
+fn check_details(
+    raw: Option<&str>,
+    client: &ClientRow,
+) -> Result<(Vec<String>, String), OAuthError> {
+    let bad = |m: String| OAuthError::new(ErrorCode::InvalidAuthorizationDetails, m);
+    let raw =
+        raw.ok_or_else(|| bad("authorization_details is required (type mydata_transfer)".into()))?;
+    let list: Vec<Details> = serde_json::from_str(raw).map_err(|e| {
+        bad(format!(
+            "authorization_details is not a JSON array of objects: {e}"
+        ))
+    })?;
+    let [d] = list.as_slice() else {
+        return Err(bad(
+            "authorization_details must hold exactly one mydata_transfer object".into(),
+        ));
+    };
+    if d.kind != DETAILS_TYPE {
+        return Err(bad(format!(
+            "authorization_details type must be {DETAILS_TYPE}"
+        )));
+    }
+    if d.datasets.is_empty() {
+        return Err(bad("datasets must name at least one dataset".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for id in &d.datasets {
+        if !client.datasets.contains(id) {
+            return Err(bad(format!(
+                "dataset `{id}` is not in this service's registration"
+            )));
+        }
+        if !seen.insert(id) {
+            return Err(bad(format!("dataset `{id}` is listed twice")));
+        }
+    }
+    if d.datasets.len() > MAX_DATASETS && client.legal_basis.is_none() {
+        return Err(bad(format!(
+            "at most {MAX_DATASETS} datasets without a recorded legal basis"
+        )));
+    }
+    let purpose = d.purpose.clone().unwrap_or_else(|| client.purpose.clone());
+    if purpose.trim().is_empty() || purpose.chars().count() > 500 {
+        return Err(bad("purpose must be 1 to 500 characters".into()));
+    }
+    Ok((d.datasets.clone(), purpose))
+}
+
+/// `POST /oauth/par` (RFC 9126).
+pub async fn par(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(form) =
+        form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
+    let iss = issuer(&state, &headers);
+    let client = assertion::authenticate(
+        &state,
+        &iss,
+        &format!("{iss}/oauth/par"),
+        one(&form, "client_id"),
+        one(&form, "client_assertion_type"),
+        one(&form, "client_assertion"),
+    )
+    .await?;
+    if form.contains_key("request_uri") {
+        return Err(invalid("request_uri must not be sent to the PAR endpoint"));
+    }
+    if form.contains_key("request") {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRequest,
+            "request objects are not supported; send parameters in the form",
+        ));
+    }
+    if one(&form, "response_type") != Some("code") {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRequest,
+            "response_type must be code",
+        ));
+    }
+    let redirect_uri =
+        one(&form, "redirect_uri").ok_or_else(|| invalid("redirect_uri is required"))?;
+    if !client.redirect_uris.iter().any(|u| u == redirect_uri) {
+        return Err(invalid("redirect_uri is not registered for this service"));
+    }
+    let code_challenge =
+        one(&form, "code_challenge").ok_or_else(|| invalid("code_challenge is required (PKCE)"))?;
+    if one(&form, "code_challenge_method") != Some("S256") {
+        return Err(invalid("code_challenge_method must be S256"));
+    }
+    if code_challenge.len() != 43 || URL_SAFE_NO_PAD.decode(code_challenge).is_err() {
+        return Err(invalid(
+            "code_challenge must be the base64url SHA-256 of the verifier",
+        ));
+    }
+    let st = one(&form, "state").map(str::to_owned);
+    if st.as_ref().is_some_and(|s| s.len() > 512) {
+        return Err(invalid("state is longer than 512 characters"));
+    }
+    let (datasets, purpose) = check_details(one(&form, "authorization_details"), &client)?;
+    let hint_subject = match one(&form, "login_hint") {
+        None => None,
+        Some(h) => {
+            let id = mydata_package::e2e::open_login_hint(
+                state.data().vault.platform_kem(),
+                &client.client_id,
+                h,
+            )
+            .map_err(|_| {
+                invalid("login_hint does not open with the platform key for this service")
+            })?;
+            let id = mydata_core::IdNumber::parse(id.trim())
+                .map(|n| n.as_str().to_owned())
+                .or_else(|_| {
+                    mydata_core::BusinessId::parse(id.trim()).map(|b| b.as_str().to_owned())
+                })
+                .map_err(|_| invalid("login_hint is not a valid ID number or 統一編號"))?;
+            Some(state.data().vault.pseudonym(&id))
+        }
+    };
+    if form.contains_key("identity_assertion") {
+        // Checked now so a service learns at once; the person still signs in on the platform
+        // until assertion-based sign-in is offered (see docs/ONLINE-SERVICES.md).
+        let a = assertion::identity_assertion(
+            &state,
+            &client,
+            &iss,
+            one(&form, "identity_assertion").unwrap_or_default(),
+        )
+        .await?;
+        for d in &datasets {
+            if let Some(ds) = state.catalog().dataset(d)
+                && !a.level.satisfies(ds.min_level())
+            {
+                return Err(invalid(format!(
+                    "identity_assertion level {} is below dataset `{d}`'s required level {}",
+                    a.level,
+                    ds.min_level()
+                )));
+            }
+        }
+    }
+    let pushed = Pushed {
+        redirect_uri: redirect_uri.to_owned(),
+        state: st,
+        code_challenge: code_challenge.to_owned(),
+        datasets,
+        purpose,
+        hint_subject,
+    };
+    let now = state.clock().now();
+    let ttl = state.settings().oauth.par_ttl_secs;
+    let id = random_secret();
+    let row = RequestRow {
+        id: id.clone(),
+        client_id: client.client_id.clone(),
+        params: serde_json::to_string(&pushed)
+            .map_err(|_| invalid("request could not be stored"))?,
+        status: "pushed".into(),
+        session_hash: None,
+        transfer_id: None,
+        created_at: now.millis(),
+        expires_at: now.plus(Duration::from_secs(ttl)).millis(),
+        updated_at: now.millis(),
+    };
+    state.store().put_request(&row).await?;
+    let body = serde_json::json!({ "request_uri": format!("{REQUEST_URI_PREFIX}{id}"), "expires_in": ttl });
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response())
+}
+
+fn lang_of(headers: &HeaderMap, uri: &axum::http::Uri) -> Lang {
+    Lang::from_query(uri.query())
+        .or_else(|| Lang::from_cookie(headers))
+        .unwrap_or_default()
+}
+
+/// A page-level refusal before the service's redirect URI can be trusted (shown, never redirected).
+fn stop(lang: Lang, message: &str) -> PageError {
+    PageError(AppError::AuthorizationRefused(message.to_owned()), lang)
+}
+
+/// The redirect back to the service (RFC 6749 §4.1.2, RFC 9207 `iss`).
+fn back_to_service(p: &Pushed, iss: &str, params: &[(&str, &str)]) -> Response {
+    let mut url = match url::Url::parse(&p.redirect_uri) {
+        Ok(u) => u,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+        if let Some(s) = &p.state {
+            q.append_pair("state", s);
+        }
+        q.append_pair("iss", iss);
+    }
+    Redirect::to(url.as_str()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuthorizeQuery {
+    client_id: Option<String>,
+    request_uri: Option<String>,
+}
+
+async fn load_request(
+    state: &AppState,
+    id: &str,
+) -> Result<Option<(RequestRow, Pushed, ClientRow)>, AppError> {
+    let Some(r) = state.store().request(id).await? else {
+        return Ok(None);
+    };
+    let Ok(p) = serde_json::from_str::<Pushed>(&r.params) else {
+        return Ok(None);
+    };
+    let Some(c) = state.store().client(&r.client_id).await? else {
+        return Ok(None);
+    };
+    Ok(Some((r, p, c)))
+}
+
+/// `GET /oauth/authorize?client_id=...&request_uri=...`
+pub async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    q: Result<Query<AuthorizeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PageError> {
+    let lang = lang_of(&headers, &uri);
+    let Ok(Query(q)) = q else {
+        return Err(stop(lang, "the authorization request is malformed"));
+    };
+    let (Some(client_id), Some(request_uri)) = (q.client_id, q.request_uri) else {
+        return Err(stop(
+            lang,
+            "client_id and request_uri are required: only pushed requests are accepted",
+        ));
+    };
+    let Some(id) = request_uri.strip_prefix(REQUEST_URI_PREFIX) else {
+        return Err(stop(lang, "request_uri was not issued by this platform"));
+    };
+    let now = state.clock().now();
+    let found = load_request(&state, id)
+        .await
+        .map_err(|e| PageError(e, lang))?;
+    let Some((req, pushed, client)) = found.filter(|(r, _, _)| r.client_id == client_id) else {
+        return Err(stop(
+            lang,
+            "this request is unknown or belongs to another service; go back to the service and start again",
+        ));
+    };
+    let Some(s) = session::load(&state, &headers)
+        .await
+        .map_err(|e| PageError(e, lang))?
+    else {
+        if req.expires_at <= now.millis() {
+            return Err(stop(
+                lang,
+                "this request has expired; go back to the service and start again",
+            ));
+        }
+        return Ok(to_login(&uri));
+    };
+    let Some(v) = s.verified() else {
+        return Ok(to_login(&uri));
+    };
+    let iss = issuer(&state, &headers);
+    if let Some(hint) = &pushed.hint_subject
+        && hint != &v.subject
+    {
+        // The service named someone else: stop here, tell the service, change nothing else.
+        if state
+            .store()
+            .advance_request(id, "pushed", "refused", None, None, now)
+            .await
+            .map_err(|e| PageError(e.into(), lang))?
+        {
+            state
+                .store()
+                .append_audit(&mydata_store::NewAuditEvent {
+                    at: now,
+                    kind: "service.refused".into(),
+                    subject: Some(v.subject.clone()),
+                    transfer_id: None,
+                    actor: "platform".into(),
+                    detail: serde_json::json!({ "client_id": client.client_id, "reason": "login_hint_mismatch" }),
+                })
+                .await
+                .map_err(|e| PageError(e.into(), lang))?;
+        }
+        return Ok(back_to_service(
+            &pushed,
+            &iss,
+            &[
+                ("error", "access_denied"),
+                (
+                    "error_description",
+                    "the signed-in person is not the person the service named",
+                ),
+            ],
+        ));
+    }
+    for d in &pushed.datasets {
+        if let Some(ds) = state.catalog().dataset(d)
+            && !v.level.satisfies(ds.min_level())
+        {
+            return Err(PageError(
+                AppError::InsufficientLevel {
+                    required: ds.min_level(),
+                },
+                lang,
+            ));
+        }
+    }
+    let until = now.plus(Duration::from_secs(
+        state.settings().oauth.authorization_ttl_secs,
+    ));
+    let opened = state
+        .store()
+        .open_request(id, s.id_hash(), until, now)
+        .await
+        .map_err(|e| PageError(e.into(), lang))?;
+    let resumable = req.session_hash.as_deref() == Some(s.id_hash())
+        && matches!(req.status.as_str(), "opened" | "consented");
+    if !opened && !resumable {
+        return Err(stop(
+            lang,
+            "this request has expired or was already used; go back to the service and start again",
+        ));
+    }
+    Ok(Redirect::to(&format!("/oauth/consent/{id}")).into_response())
+}
+
+fn to_login(uri: &axum::http::Uri) -> Response {
+    let next = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let encoded: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
+    Redirect::to(&format!("/login?next={encoded}")).into_response()
+}
+
+/// A dataset line of the consent pages.
+#[derive(Debug)]
+pub struct DatasetLine {
+    pub name: String,
+    pub agency: String,
+    pub status: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "oauth/consent.html")]
+pub struct ConsentPage {
+    pub chrome: crate::pages::Chrome,
+    pub t: Texts,
+    pub step: &'static str,
+    pub service: String,
+    pub environment: String,
+    pub production: bool,
+    pub purpose: String,
+    pub registered_purpose: String,
+    pub terms: String,
+    pub datasets: Vec<DatasetLine>,
+    pub action: String,
+    pub csrf: String,
+    pub refresh: bool,
+    pub any_fetched: bool,
+}
+
+/// The fixed texts of the consent pages in one language.
+#[derive(Debug)]
+pub struct Texts {
+    pub title_consent: &'static str,
+    pub title_wait: &'static str,
+    pub title_confirm: &'static str,
+    pub intro: &'static str,
+    pub service: &'static str,
+    pub purpose: &'static str,
+    pub terms: &'static str,
+    pub datasets: &'static str,
+    pub agency: &'static str,
+    pub status: &'static str,
+    pub agree: &'static str,
+    pub decline: &'static str,
+    pub waiting: &'static str,
+    pub confirm_intro: &'static str,
+    pub send: &'static str,
+    pub dont_send: &'static str,
+    pub nothing: &'static str,
+    pub environment: &'static str,
+    pub once: &'static str,
+    pub reload: &'static str,
+}
+
+impl Texts {
+    fn new(l: Lang) -> Self {
+        Self {
+            title_consent: l.pick("同意提供資料", "Consent to share data"),
+            title_wait: l.pick("正在向機關取得資料", "Fetching your data from the agencies"),
+            title_confirm: l.pick("確認傳送資料", "Confirm sending your data"),
+            intro: l.pick("以下服務請求取得您的個人資料。您同意後，平臺會向各機關取得資料，並在傳送前再次請您確認。", "The service below asks for your personal data. If you agree, the platform fetches it from each agency and asks you once more before sending it."),
+            service: l.pick("服務", "Service"),
+            purpose: l.pick("使用目的", "Purpose"),
+            terms: l.pick("服務條款", "Terms of the service"),
+            datasets: l.pick("資料項目", "Datasets"),
+            agency: l.pick("提供機關", "Agency"),
+            status: l.pick("狀態", "Status"),
+            agree: l.pick("同意並取得資料", "Agree and fetch the data"),
+            decline: l.pick("不同意", "Decline"),
+            waiting: l.pick("資料取得中，本頁會自動更新。", "Fetching; this page refreshes by itself."),
+            confirm_intro: l.pick("資料已取得。確認後，資料將加密傳送給此服務，平臺隨即刪除。", "Your data is ready. Once you confirm, it is sent encrypted to this service and the platform deletes its copy."),
+            send: l.pick("確認傳送", "Send to the service"),
+            dont_send: l.pick("不要傳送", "Do not send"),
+            nothing: l.pick("沒有任何資料可以取得，無法傳送。", "No dataset could be fetched, so nothing can be sent."),
+            environment: l.pick("測試環境：資料為模擬資料", "Test environment: the data is simulated"),
+            once: l.pick("此同意僅用於這一次傳送。", "This consent covers this one transfer only."),
+            reload: l.pick("重新整理", "Refresh"),
+        }
+    }
+}
+
+fn dataset_lines(
+    state: &AppState,
+    lang: Lang,
+    ids: &[String],
+    t: Option<&mydata_store::Transfer>,
+) -> Vec<DatasetLine> {
+    ids.iter()
+        .map(|id| {
+            let ds = state.catalog().dataset(id);
+            let name = ds
+                .map(|d| lang.pick(&d.name_zh, &d.name_en).to_owned())
+                .unwrap_or_else(|| id.clone());
+            let agency = ds
+                .and_then(|d| state.catalog().agency(&d.agency))
+                .map(|a| lang.pick(&a.name_zh, &a.name_en).to_owned())
+                .unwrap_or_default();
+            let row = t.and_then(|t| t.datasets.iter().find(|d| &d.dataset_id == id));
+            let (status, ok) = match row.map(|r| r.status.as_str()) {
+                None => (String::new(), true),
+                Some(s) => {
+                    let ok = s == mydata_store::fetch_status::SUCCEEDED;
+                    let text = match s {
+                        mydata_store::fetch_status::SUCCEEDED => lang.pick("已取得", "fetched"),
+                        "failed" | "refused" => lang.pick("無法取得", "could not be fetched"),
+                        _ => lang.pick("取得中", "being fetched"),
+                    };
+                    (text.to_owned(), ok)
+                }
+            };
+            DatasetLine {
+                name,
+                agency,
+                status,
+                ok,
+            }
+        })
+        .collect()
+}
+
+/// Checks the consent page's session: signed in and the one that opened the request.
+async fn consent_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    lang: Lang,
+    id: &str,
+) -> Result<
+    (
+        session::Session,
+        session::Verified,
+        RequestRow,
+        Pushed,
+        ClientRow,
+    ),
+    PageError,
+> {
+    let s = session::load(state, headers)
+        .await
+        .map_err(|e| PageError(e, lang))?
+        .ok_or(PageError(AppError::NotSignedIn, lang))?;
+    let v = s.verified().ok_or(PageError(AppError::NotSignedIn, lang))?;
+    let (r, p, c) = load_request(state, id)
+        .await
+        .map_err(|e| PageError(e, lang))?
+        .ok_or_else(|| {
+            stop(
+                lang,
+                "this request is unknown; go back to the service and start again",
+            )
+        })?;
+    if r.session_hash.as_deref() != Some(s.id_hash()) {
+        return Err(stop(
+            lang,
+            "this request belongs to another sign-in; go back to the service and start again",
+        ));
+    }
+    if r.expires_at <= state.clock().now().millis() {
+        return Err(stop(
+            lang,
+            "this request has expired; go back to the service and start again",
+        ));
+    }
+    Ok((s, v, r, p, c))
+}
+
+/// `GET /oauth/consent/{id}`: the consent question, the wait, or the confirmation.
+pub async fn consent_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let lang = lang_of(&headers, &uri);
+    let (s, _v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let t = match r.transfer_id.as_deref() {
+        Some(tid) => state
+            .store()
+            .transfer(tid)
+            .await
+            .map_err(|e| PageError(e.into(), lang))?,
+        None => None,
+    };
+    let (step, action, refresh) = match (r.status.as_str(), t.as_ref().map(|t| t.state)) {
+        ("opened", _) => ("consent", format!("/oauth/consent/{id}"), false),
+        ("consented", Some(TransferState::Created | TransferState::Fetching)) => {
+            ("wait", String::new(), true)
+        }
+        ("consented", Some(TransferState::Ready)) => {
+            ("confirm", format!("/oauth/consent/{id}/confirm"), false)
+        }
+        _ => {
+            return Err(stop(
+                lang,
+                "this request is finished; go back to the service",
+            ));
+        }
+    };
+    let any_fetched = t.as_ref().is_some_and(|t| {
+        t.datasets
+            .iter()
+            .any(|d| d.status == mydata_store::fetch_status::SUCCEEDED)
+    });
+    let page = ConsentPage {
+        chrome: crate::pages::Chrome::new(lang),
+        t: Texts::new(lang),
+        step,
+        service: c.name.clone(),
+        environment: c.environment.clone(),
+        production: c.environment == "production",
+        purpose: p.purpose.clone(),
+        registered_purpose: c.purpose.clone(),
+        terms: c.terms.clone(),
+        datasets: dataset_lines(&state, lang, &p.datasets, t.as_ref()),
+        action,
+        csrf: s.csrf().to_owned(),
+        refresh,
+        any_fetched,
+    };
+    let mut res = render(&page)
+        .map_err(|e| PageError(e, lang))?
+        .into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(res)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Decision {
+    csrf: Option<String>,
+    decision: Option<String>,
+}
+
+/// `POST /oauth/consent/{id}`: the first answer.
+pub async fn consent_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Path(id): Path<String>,
+    Form(f): Form<Decision>,
+) -> Result<Response, PageError> {
+    let lang = lang_of(&headers, &uri);
+    session::for_post(&state, &headers, f.csrf.as_deref())
+        .await
+        .map_err(|e| PageError(e, lang))?;
+    let (_s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    if r.status != "opened" {
+        return Err(stop(lang, "this request was already answered"));
+    }
+    let iss = issuer(&state, &headers);
+    let now = state.clock().now();
+    match f.decision.as_deref() {
+        Some("agree") => {
+            let t = crate::agencies::start_for_session(
+                &state,
+                &v,
+                crate::agencies::PersonRequest {
+                    kind: TransferKind::Online,
+                    recipient: Some(c.client_id.clone()),
+                    purpose: p.purpose.clone(),
+                    datasets: p.datasets.clone(),
+                },
+            )
+            .await
+            .map_err(|e| PageError(e, lang))?;
+            let event = service_event(
+                "service.consent",
+                &v.subject,
+                &t.id,
+                &c.client_id,
+                serde_json::json!({ "datasets": p.datasets, "purpose": p.purpose, "environment": c.environment }),
+                now,
+            );
+            let moved = state
+                .store()
+                .advance_request(&id, "opened", "consented", Some(&t.id), Some(&event), now)
+                .await
+                .map_err(|e| PageError(e.into(), lang))?;
+            if !moved {
+                // Answered twice at once: the other answer stands, this transfer is cancelled.
+                let _ = state
+                    .store()
+                    .apply_transfer_event(&t.id, TransferEvent::Cancel, &v.subject, now)
+                    .await;
+                return Err(stop(lang, "this request was already answered"));
+            }
+            Ok(Redirect::to(&format!("/oauth/consent/{id}")).into_response())
+        }
+        Some("decline") => {
+            let event = mydata_store::NewAuditEvent {
+                at: now,
+                kind: "service.refused".into(),
+                subject: Some(v.subject.clone()),
+                transfer_id: None,
+                actor: v.subject.clone(),
+                detail: serde_json::json!({ "client_id": c.client_id, "step": "consent" }),
+            };
+            state
+                .store()
+                .advance_request(&id, "opened", "refused", None, Some(&event), now)
+                .await
+                .map_err(|e| PageError(e.into(), lang))?;
+            Ok(back_to_service(
+                &p,
+                &iss,
+                &[
+                    ("error", "access_denied"),
+                    ("error_description", "the person declined"),
+                ],
+            ))
+        }
+        _ => Err(PageError(
+            AppError::InvalidBody("decision must be agree or decline".into()),
+            lang,
+        )),
+    }
+}
+
+/// `POST /oauth/consent/{id}/confirm`: the second answer, once the data is ready.
+pub async fn confirm_submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Path(id): Path<String>,
+    Form(f): Form<Decision>,
+) -> Result<Response, PageError> {
+    let lang = lang_of(&headers, &uri);
+    session::for_post(&state, &headers, f.csrf.as_deref())
+        .await
+        .map_err(|e| PageError(e, lang))?;
+    let (_s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let tid = r.transfer_id.clone().unwrap_or_default();
+    let t = state
+        .store()
+        .transfer(&tid)
+        .await
+        .map_err(|e| PageError(e.into(), lang))?
+        .filter(|t| r.status == "consented" && t.state == TransferState::Ready)
+        .ok_or_else(|| stop(lang, "this transfer is not waiting for your confirmation"))?;
+    let iss = issuer(&state, &headers);
+    let now = state.clock().now();
+    match f.decision.as_deref() {
+        Some("send") => {
+            let has_package = state
+                .store()
+                .package(&t.id)
+                .await
+                .map_err(|e| PageError(e.into(), lang))?
+                .is_some_and(|p| p.sealed_key.is_some());
+            if !has_package {
+                return Err(stop(
+                    lang,
+                    "no dataset could be fetched, so nothing can be sent",
+                ));
+            }
+            let code = random_secret();
+            let row = OAuthCodeRow {
+                code_hash: hash_secret(&code),
+                request_id: id.clone(),
+                client_id: c.client_id.clone(),
+                transfer_id: t.id.clone(),
+                redirect_uri: p.redirect_uri.clone(),
+                code_challenge: p.code_challenge.clone(),
+                created_at: now.millis(),
+                expires_at: now
+                    .plus(Duration::from_secs(state.settings().oauth.code_ttl_secs))
+                    .millis(),
+                used_at: None,
+            };
+            let fetched: Vec<&str> = t
+                .datasets
+                .iter()
+                .filter(|d| d.status == mydata_store::fetch_status::SUCCEEDED)
+                .map(|d| d.dataset_id.as_str())
+                .collect();
+            let event = service_event(
+                "service.release",
+                &v.subject,
+                &t.id,
+                &c.client_id,
+                serde_json::json!({ "datasets": fetched }),
+                now,
+            );
+            if !state
+                .store()
+                .confirm_request(&row, &event, now)
+                .await
+                .map_err(|e| PageError(e.into(), lang))?
+            {
+                return Err(stop(lang, "this request was already answered"));
+            }
+            Ok(back_to_service(&p, &iss, &[("code", &code)]))
+        }
+        Some("dont_send") => {
+            let event = service_event(
+                "service.refused",
+                &v.subject,
+                &t.id,
+                &c.client_id,
+                serde_json::json!({ "step": "release" }),
+                now,
+            );
+            state
+                .store()
+                .advance_request(&id, "consented", "refused", None, Some(&event), now)
+                .await
+                .map_err(|e| PageError(e.into(), lang))?;
+            // The package goes at the next purge (its transfer has ended).
+            if let Err(e) = state
+                .store()
+                .apply_transfer_event(&t.id, TransferEvent::Cancel, &v.subject, now)
+                .await
+            {
+                tracing::warn!(error = %e, "cancelling a refused online transfer failed");
+            }
+            Ok(back_to_service(
+                &p,
+                &iss,
+                &[
+                    ("error", "access_denied"),
+                    ("error_description", "the person chose not to send the data"),
+                ],
+            ))
+        }
+        _ => Err(PageError(
+            AppError::InvalidBody("decision must be send or dont_send".into()),
+            lang,
+        )),
+    }
+}
+
+/// The PKCE check (RFC 7636 §4.6): BASE64URL(SHA256(verifier)) equals the challenge.
+pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    let well_formed = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    well_formed && URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) == challenge
+}
+
+/// `POST /oauth/token`
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(form) =
+        form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
+    let iss = issuer(&state, &headers);
+    let client = assertion::authenticate(
+        &state,
+        &iss,
+        &format!("{iss}/oauth/token"),
+        one(&form, "client_id"),
+        one(&form, "client_assertion_type"),
+        one(&form, "client_assertion"),
+    )
+    .await?;
+    if one(&form, "grant_type") != Some("authorization_code") {
+        return Err(OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            "grant_type must be authorization_code",
+        ));
+    }
+    let grant = |m: &str| OAuthError::new(ErrorCode::InvalidGrant, m.to_owned());
+    let code = one(&form, "code").ok_or_else(|| invalid("code is required"))?;
+    let hash = hash_secret(code);
+    let now = state.clock().now();
+    let row = state
+        .store()
+        .code(&hash)
+        .await?
+        .ok_or_else(|| grant("the code is unknown"))?;
+    // Every check before the code is spent, so a refused attempt changes nothing.
+    if row.client_id != client.client_id {
+        return Err(grant("the code was issued to another client"));
+    }
+    if row.used_at.is_none() {
+        if row.expires_at <= now.millis() {
+            return Err(grant("the code has expired"));
+        }
+        if one(&form, "redirect_uri") != Some(row.redirect_uri.as_str()) {
+            return Err(grant(
+                "redirect_uri differs from the one of the authorization request",
+            ));
+        }
+        let verifier =
+            one(&form, "code_verifier").ok_or_else(|| grant("code_verifier is required (PKCE)"))?;
+        if !pkce_matches(verifier, &row.code_challenge) {
+            return Err(grant("code_verifier does not match the code_challenge"));
+        }
+    }
+    let code_row = match state.store().redeem_code(&hash, now).await? {
+        Redeem::Fresh(c) => c,
+        Redeem::Reused => {
+            return Err(grant(
+                "the code was already used; tokens issued for it are revoked",
+            ));
+        }
+        Redeem::Unknown => return Err(grant("the code is unknown")),
+    };
+    let access = random_secret();
+    let ttl = state.settings().oauth.token_ttl_secs;
+    let transfer = state.store().transfer(&code_row.transfer_id).await?;
+    let expires = transfer
+        .as_ref()
+        .map(|t| t.expires_at)
+        .unwrap_or(now)
+        .min(now.plus(Duration::from_secs(ttl)));
+    state
+        .store()
+        .put_token(&TokenRow {
+            token_hash: hash_secret(&access),
+            client_id: client.client_id.clone(),
+            transfer_id: code_row.transfer_id.clone(),
+            code_hash: hash,
+            dpop_jkt: None,
+            created_at: now.millis(),
+            expires_at: expires.millis(),
+            revoked_at: None,
+        })
+        .await?;
+    let (datasets, purpose) = match state.store().request(&code_row.request_id).await? {
+        Some(r) => serde_json::from_str::<Pushed>(&r.params)
+            .map(|p| (p.datasets, p.purpose))
+            .unwrap_or_default(),
+        None => Default::default(),
+    };
+    let body = serde_json::json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": now.until(expires).as_secs(),
+        "authorization_details": [{
+            "type": DETAILS_TYPE,
+            "datasets": datasets,
+            "purpose": purpose,
+            "transfer_id": code_row.transfer_id,
+        }],
+    });
+    Ok((
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        axum::Json(body),
+    )
+        .into_response())
+}
+
+/// The JWT-bearer assertion type, re-exported for the SDK docs.
+pub const CLIENT_ASSERTION_TYPE: &str = JWT_BEARER;

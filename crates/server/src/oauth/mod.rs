@@ -1,0 +1,257 @@
+//! Flow 3, online services: an OAuth 2.0 authorization server following FAPI 2.0 where it applies
+//! (PAR required, PKCE S256, `authorization_details`, `private_key_jwt`, `iss` in the response),
+//! service registration, the consent pages and end-to-end encrypted delivery.
+//!
+//! [`clients`] registers services (admin API, config); [`flow`] is the authorization server
+//! (PAR, authorize, consent and confirmation pages, token); [`assertion`] checks signed JWTs from
+//! services (client assertions, identity assertions); [`delivery`] seals packages to the service and
+//! hands them out once.
+
+pub mod assertion;
+pub mod clients;
+pub mod delivery;
+pub mod flow;
+
+use crate::state::AppState;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `authorization_details` type of a MyData transfer (RFC 9396).
+pub const DETAILS_TYPE: &str = "mydata_transfer";
+/// Datasets a service may request without a recorded legal basis.
+pub const MAX_DATASETS: usize = 5;
+
+/// Settings of the authorization server (config key `oauth`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthSettings {
+    /// The issuer identifier (the platform's public base URL, no trailing slash). Empty: taken from
+    /// the request's Host header, for development only; set it in production.
+    pub issuer: String,
+    /// Bearer token of the admin API (`/api/v1/admin/services`); empty: the admin API is off.
+    pub admin_token: String,
+    /// Life of a pushed request_uri before the person opens it (RFC 9126 `expires_in`).
+    pub par_ttl_secs: u64,
+    /// Life of an authorization code (at most 60).
+    pub code_ttl_secs: u64,
+    /// Life of an access token.
+    pub token_ttl_secs: u64,
+    /// How long a person has from opening the request to the last confirmation.
+    pub authorization_ttl_secs: u64,
+    /// Longest lifetime of a client assertion (`exp` - now).
+    pub assertion_max_secs: u64,
+    /// Services registered at start (replacing stored registrations with the same client ID).
+    pub clients: Vec<clients::Registration>,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            admin_token: String::new(),
+            par_ttl_secs: 300,
+            code_ttl_secs: 60,
+            token_ttl_secs: 3600,
+            authorization_ttl_secs: 3600,
+            assertion_max_secs: 300,
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl OAuthSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=60).contains(&self.code_ttl_secs) {
+            return Err("config key `oauth.code_ttl_secs`: must be from 1 to 60".into());
+        }
+        if !(10..=600).contains(&self.par_ttl_secs) {
+            return Err("config key `oauth.par_ttl_secs`: must be from 10 to 600".into());
+        }
+        if self.token_ttl_secs == 0
+            || self.authorization_ttl_secs == 0
+            || self.assertion_max_secs == 0
+        {
+            return Err(
+                "config keys `oauth.*_ttl_secs` and `oauth.assertion_max_secs` must be at least 1"
+                    .into(),
+            );
+        }
+        if !self.issuer.is_empty() {
+            let ok = url::Url::parse(&self.issuer).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.query().is_none()
+                    && !self.issuer.ends_with('/')
+            });
+            if !ok {
+                return Err("config key `oauth.issuer`: must be an http(s) URL without query or trailing slash".into());
+            }
+        }
+        if !self.admin_token.is_empty() && self.admin_token.len() < 16 {
+            return Err("config key `oauth.admin_token`: must be at least 16 characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// The issuer identifier for this request.
+pub fn issuer(state: &AppState, headers: &HeaderMap) -> String {
+    let configured = &state.settings().oauth.issuer;
+    if !configured.is_empty() {
+        return configured.clone();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
+        .unwrap_or("localhost");
+    let scheme = if state.settings().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
+}
+
+/// SHA-256 hex of a secret (codes, tokens) as stored.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh 256-bit random value, base64url.
+pub fn random_secret() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// RFC 6749 §5.2 error codes (and their RFC 9126 / 9396 / 6750 / 9449 relatives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+    InvalidScope,
+    AccessDenied,
+    InvalidRequestUri,
+    InvalidAuthorizationDetails,
+    InvalidToken,
+    InvalidDpopProof,
+    ServerError,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::InvalidGrant => "invalid_grant",
+            ErrorCode::UnauthorizedClient => "unauthorized_client",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::InvalidScope => "invalid_scope",
+            ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::InvalidRequestUri => "invalid_request_uri",
+            ErrorCode::InvalidAuthorizationDetails => "invalid_authorization_details",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
+            ErrorCode::ServerError => "server_error",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidClient | ErrorCode::InvalidToken | ErrorCode::InvalidDpopProof => {
+                StatusCode::UNAUTHORIZED
+            }
+            ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
+            ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// An error of the OAuth endpoints, answered as RFC 6749 §5.2 JSON (`error`,
+/// `error_description`), never cached; 401s carry `WWW-Authenticate`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {description}", code.code())]
+pub struct OAuthError {
+    pub code: ErrorCode,
+    pub description: String,
+}
+
+impl OAuthError {
+    pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+        }
+    }
+}
+
+impl From<mydata_store::StoreError> for OAuthError {
+    fn from(e: mydata_store::StoreError) -> Self {
+        tracing::error!(error = %e, "oauth request failed in the store");
+        OAuthError::new(
+            ErrorCode::ServerError,
+            "the platform could not process the request; try again",
+        )
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        tracing::debug!(error = self.code.code(), "oauth request refused");
+        let (status, code) = (self.code.status(), self.code.code());
+        let body = serde_json::json!({ "error": code, "error_description": self.description });
+        let mut res = (status, body.to_string()).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            let scheme = if self.code == ErrorCode::InvalidClient {
+                "private_key_jwt"
+            } else {
+                "DPoP"
+            };
+            let v = format!("{scheme} error=\"{code}\"");
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
+    }
+}
+
+/// An audit event about a transfer of an online service (no personal data: pseudonym only).
+pub fn service_event(
+    kind: &str,
+    subject: &str,
+    transfer_id: &str,
+    client_id: &str,
+    detail: serde_json::Value,
+    now: mydata_core::Timestamp,
+) -> mydata_store::NewAuditEvent {
+    let mut detail = detail;
+    if let Some(o) = detail.as_object_mut() {
+        o.insert("client_id".into(), serde_json::Value::from(client_id));
+    }
+    mydata_store::NewAuditEvent {
+        at: now,
+        kind: kind.into(),
+        subject: Some(subject.to_owned()),
+        transfer_id: Some(transfer_id.to_owned()),
+        actor: format!("service:{client_id}"),
+        detail,
+    }
+}

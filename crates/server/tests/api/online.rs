@@ -1,0 +1,616 @@
+//! Flow 3, online services, end to end: a registered service uses `mydata-sdk` against a real
+//! server and the simulated agencies; a person signs in, consents, confirms; the service gets the
+//! package once, opens and verifies it. Then every bad input of the issue, each refused with the
+//! standard error and nothing changed.
+
+use crate::helpers::Backend;
+use crate::world::{Browser, FlowWorld, csrf_in};
+use mydata_core::Clock;
+use mydata_core::transfer::TransferState;
+use mydata_sdk::{AuthorizationRequest, Keys, Pending, Service, ServiceConfig, Token};
+use mydata_server::oauth::clients::Registration;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CLIENT: &str = "k12-tuition-reduction";
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+const DATASET: &str = "low-income-household";
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+fn registration(client_id: &str, keys: &Keys, datasets: &[&str]) -> Registration {
+    Registration {
+        client_id: client_id.into(),
+        name: "高級中等學校學雜費減免".into(),
+        jwks: Some(keys.public_jwks()),
+        jwks_uri: None,
+        redirect_uris: vec![REDIRECT.into()],
+        terms: "本服務僅將資料用於學雜費減免審核。".into(),
+        purpose: "學雜費減免資格審核".into(),
+        datasets: datasets.iter().map(|d| (*d).to_owned()).collect(),
+        legal_basis: None,
+        environment: "test".into(),
+        trusted_verifier: false,
+    }
+}
+
+struct Online {
+    w: FlowWorld,
+    service: Service,
+}
+
+impl Online {
+    async fn spawn(backend: Backend) -> Self {
+        let keys = Keys::generate();
+        let reg = registration(CLIENT, &keys, &[DATASET, "household-register-personal"]);
+        let w = FlowWorld::spawn_with(backend, 1.0, |s| {
+            s.oauth.clients = vec![reg];
+            s.oauth.admin_token = ADMIN.into();
+        })
+        .await;
+        let service = sdk(&w, CLIENT, keys).await;
+        Self { w, service }
+    }
+}
+
+async fn sdk(w: &FlowWorld, client_id: &str, keys: Keys) -> Service {
+    let config = ServiceConfig::new(&w.app.base, client_id, REDIRECT, keys)
+        .with_clock(Arc::new(w.app.clock.clone()));
+    Service::discover(config).await.unwrap()
+}
+
+fn path_of(url: &str, base: &str) -> String {
+    url.strip_prefix(base).unwrap().to_owned()
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Runs the person's side from the authorize URL to the redirect back; returns its query string.
+async fn consent_and_confirm(w: &FlowWorld, b: &Browser, pending: &Pending) -> String {
+    let r = b.get(&path_of(&pending.authorize_url, &w.app.base)).await;
+    assert_eq!(r.status(), 303);
+    let consent = location(&r);
+    assert!(consent.starts_with("/oauth/consent/"), "{consent}");
+    let page = b.get(&consent).await.text().await.unwrap();
+    assert!(page.contains("data-step=\"consent\""), "{page}");
+    assert!(page.contains("學雜費減免資格審核") && page.contains("低收及中低收列冊資料"));
+    let catalog = w.app.state.catalog();
+    let agency = catalog
+        .agency(&catalog.dataset(DATASET).unwrap().agency)
+        .unwrap();
+    assert!(page.contains(&agency.name_zh), "agency shown: {page}");
+    let r = b
+        .post(
+            &consent,
+            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let confirm_page = until_confirm(b, &consent).await;
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&confirm_page)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let back = location(&r);
+    assert!(back.starts_with(REDIRECT), "{back}");
+    back.split_once('?').unwrap().1.to_owned()
+}
+
+/// The confirmation page, once the agencies have answered (real time, bounded).
+async fn until_confirm(b: &Browser, consent: &str) -> String {
+    for _ in 0..600 {
+        let page = b.get(consent).await.text().await.unwrap();
+        if page.contains("data-step=\"confirm\"") {
+            return page;
+        }
+        assert!(page.contains("data-step=\"wait\""), "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the data was not ready within 60 s");
+}
+
+async fn audit_kinds(w: &FlowWorld, transfer: &str) -> Vec<String> {
+    w.app
+        .store()
+        .audit_for_transfer(transfer)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+async fn end_to_end(backend: Backend) {
+    let o = Online::spawn(backend).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.1").await;
+    let mut req = AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核");
+    req.login_hint = Some(p.id.clone());
+    let pending = o.service.push(&req).await.unwrap();
+    let query = consent_and_confirm(w, &b, &pending).await;
+    assert!(
+        query.contains("iss="),
+        "RFC 9207 iss in the response: {query}"
+    );
+    let token = o.service.callback(&pending, &query).await.unwrap();
+    assert_eq!(token.datasets, vec![DATASET]);
+
+    // What the platform holds before retrieval is ciphertext it cannot open.
+    let rec = w
+        .app
+        .store()
+        .package(&token.transfer_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec.sealed_key.as_deref(),
+        Some(mydata_server::oauth::delivery::E2E_MARKER)
+    );
+    let stored = w.app.state.data().blobs.get(&rec.object_key).await.unwrap();
+    let env: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(env["typ"], "mydata-package+hpke");
+
+    let zip = o
+        .service
+        .package(&token, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let report = mydata_sdk::verify(
+        &zip,
+        &token.transfer_id,
+        &w.app.trust(),
+        o.service.platform_signing_key(),
+        w.app.clock.now(),
+    )
+    .unwrap_or_else(|r| panic!("package verifies: {r:?}"));
+    assert_eq!(report.datasets.len(), 1);
+
+    // Once only: then 410, and nothing of it is left on the platform.
+    assert!(matches!(
+        o.service.package(&token, Duration::from_secs(1)).await,
+        Err(mydata_sdk::Error::Gone)
+    ));
+    let t = w.app.transfer(&token.transfer_id).await;
+    assert_eq!(t.state, TransferState::Deleted);
+    assert!(w.app.state.data().blobs.get(&rec.object_key).await.is_err());
+    let kinds = audit_kinds(w, &token.transfer_id).await;
+    for k in ["service.consent", "service.release", "service.retrieval"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    crate::fetch::assert_no_id_in_audit(&w.app, &token.transfer_id, &p.id).await;
+}
+
+#[tokio::test]
+async fn a_service_receives_verified_data_once_with_the_sdk_sqlite() {
+    end_to_end(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_service_receives_verified_data_once_with_the_sdk_postgres() {
+    end_to_end(Backend::Postgres).await;
+}
+
+/// The raw token endpoint, for bad inputs the SDK never sends.
+async fn token_call(o: &Online, form: &[(&str, String)]) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth/token", o.w.app.base))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    (status, r.json().await.unwrap())
+}
+
+fn grant(o: &Online, code: &str, verifier: &str, redirect: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", code.into()),
+        ("redirect_uri", redirect.into()),
+        ("code_verifier", verifier.into()),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+        ),
+        (
+            "client_assertion",
+            o.service.client_assertion(&o.w.app.base).unwrap(),
+        ),
+    ]
+}
+
+fn code_of(query: &str) -> String {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+fn refused_with(e: mydata_sdk::Error, code: &str) {
+    match e {
+        mydata_sdk::Error::Refused { error, .. } => assert_eq!(error, code),
+        other => panic!("expected {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
+    let o = Online::spawn(Backend::Sqlite).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.2").await;
+    let par = |extra: Vec<(&'static str, String)>| {
+        let mut form = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", CLIENT.to_owned()),
+            ("redirect_uri", REDIRECT.to_owned()),
+            (
+                "code_challenge",
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned(),
+            ),
+            ("code_challenge_method", "S256".to_owned()),
+            (
+                "authorization_details",
+                serde_json::json!([{ "type": "mydata_transfer", "datasets": [DATASET] }])
+                    .to_string(),
+            ),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+            ),
+            (
+                "client_assertion",
+                o.service.client_assertion(&w.app.base).unwrap(),
+            ),
+        ];
+        for (k, v) in extra {
+            form.retain(|(name, _)| *name != k);
+            if !v.is_empty() {
+                form.push((k, v));
+            }
+        }
+        let url = format!("{}/oauth/par", w.app.base);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (s, ok) = par(vec![]).await;
+    assert_eq!(s, 201, "{ok}");
+    for (extra, status, error) in [
+        (vec![("redirect_uri", "https://evil.example/cb".to_owned())], 400, "invalid_request"),
+        (vec![("code_challenge", String::new())], 400, "invalid_request"),
+        (vec![("code_challenge_method", "plain".to_owned())], 400, "invalid_request"),
+        (
+            vec![("authorization_details", serde_json::json!([{ "type": "mydata_transfer", "datasets": ["income-tax-income"] }]).to_string())],
+            400,
+            "invalid_authorization_details",
+        ),
+        (vec![("authorization_details", "not json".to_owned())], 400, "invalid_authorization_details"),
+        (vec![("client_assertion", "a.b.c".to_owned())], 401, "invalid_client"),
+        (vec![("client_assertion_type", String::new())], 401, "invalid_client"),
+        (vec![("login_hint", "garbage".to_owned())], 400, "invalid_request"),
+    ] {
+        let (s, body) = par(extra.clone()).await;
+        assert_eq!((s, body["error"].as_str().unwrap()), (status, error), "{extra:?}: {body}");
+    }
+    // A replayed assertion, and one signed by a key the service never registered.
+    let assertion = o.service.client_assertion(&w.app.base).unwrap();
+    assert_eq!(
+        par(vec![("client_assertion", assertion.clone())]).await.0,
+        201
+    );
+    let (s, body) = par(vec![("client_assertion", assertion)]).await;
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (401, "invalid_client"),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replay")
+    );
+    let impostor = sdk(w, CLIENT, Keys::generate()).await;
+    let (s, body) = par(vec![(
+        "client_assertion",
+        impostor.client_assertion(&w.app.base).unwrap(),
+    )])
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (401, "invalid_client"),
+        "{body}"
+    );
+
+    // Too many datasets: a registration of six without a legal basis is refused by the admin API.
+    let admin = reqwest::Client::new();
+    let six = [
+        "household-register-personal",
+        "household-register-full",
+        "kinship-relations",
+        DATASET,
+        "disability-status",
+        "income-tax-income",
+    ];
+    let mut reg = registration("six", &Keys::generate(), &six);
+    let r = admin
+        .put(format!("{}/api/v1/admin/services/six", w.app.base))
+        .bearer_auth(ADMIN)
+        .json(&reg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "{}", r.text().await.unwrap());
+    let r = admin
+        .put(format!("{}/api/v1/admin/services/six", w.app.base))
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&reg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    reg.legal_basis = Some("學生就學補助辦法".into());
+    let r = admin
+        .put(format!("{}/api/v1/admin/services/six", w.app.base))
+        .bearer_auth(ADMIN)
+        .json(&reg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+
+    // A login_hint naming someone else: back to the service with access_denied, no transfer.
+    let mut req = AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核");
+    req.login_hint = Some(w.people[1].id.clone());
+    let pending = o.service.push(&req).await.unwrap();
+    let r = b.get(&path_of(&pending.authorize_url, &w.app.base)).await;
+    assert_eq!(r.status(), 303);
+    let back = location(&r);
+    assert!(
+        back.starts_with(REDIRECT) && back.contains("error=access_denied"),
+        "{back}"
+    );
+    refused_with(
+        o.service
+            .callback(&pending, back.split_once('?').unwrap().1)
+            .await
+            .unwrap_err(),
+        "access_denied",
+    );
+    let me = mydata_server::identity::subject_pseudonym(&w.app.state, &p.subject());
+    assert!(
+        w.app
+            .store()
+            .transfers_for_subject(&me, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // One full authorization, then every bad use of its code.
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let query = consent_and_confirm(w, &b, &pending).await;
+    let code = code_of(&query);
+    let v = pending.code_verifier.clone();
+    for (form, what) in [
+        (
+            grant(
+                &o,
+                &code,
+                "wrong-verifier-wrong-verifier-wrong-verifier-0000",
+                REDIRECT,
+            ),
+            "wrong verifier",
+        ),
+        (grant(&o, &code, "", REDIRECT), "missing verifier"),
+        (
+            grant(&o, &code, &v, "http://127.0.0.1:9/other"),
+            "wrong redirect",
+        ),
+        (grant(&o, "not-a-code", &v, REDIRECT), "unknown code"),
+    ] {
+        let (s, body) = token_call(&o, &form).await;
+        assert_eq!(
+            (s, body["error"].as_str().unwrap()),
+            (400, "invalid_grant"),
+            "{what}: {body}"
+        );
+    }
+    // Nothing changed: the code still works once.
+    let (s, body) = token_call(&o, &grant(&o, &code, &v, REDIRECT)).await;
+    assert_eq!(s, 200, "{body}");
+    let token = Token {
+        access_token: body["access_token"].as_str().unwrap().into(),
+        transfer_id: body["authorization_details"][0]["transfer_id"]
+            .as_str()
+            .unwrap()
+            .into(),
+        datasets: vec![DATASET.into()],
+        expires_in: 0,
+    };
+    // Reused: refused, and the token it issued is revoked.
+    let (s, body) = token_call(&o, &grant(&o, &code, &v, REDIRECT)).await;
+    assert_eq!((s, body["error"].as_str().unwrap()), (400, "invalid_grant"));
+    refused_with(
+        o.service
+            .package(&token, Duration::from_secs(1))
+            .await
+            .unwrap_err(),
+        "invalid_token",
+    );
+    assert_eq!(
+        w.app.transfer(&token.transfer_id).await.state,
+        TransferState::Ready,
+        "nothing released"
+    );
+
+    // An expired code (60 s).
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let query = consent_and_confirm(w, &b, &pending).await;
+    w.app.clock.advance(Duration::from_secs(61));
+    let (s, body) = token_call(
+        &o,
+        &grant(&o, &code_of(&query), &pending.code_verifier, REDIRECT),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (400, "invalid_grant"),
+        "{body}"
+    );
+
+    // A token used for another transfer; a tampered and a re-encrypted envelope.
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let query = consent_and_confirm(w, &b, &pending).await;
+    let good = o.service.callback(&pending, &query).await.unwrap();
+    let crossed = Token {
+        transfer_id: token.transfer_id.clone(),
+        ..good.clone()
+    };
+    refused_with(
+        o.service
+            .package(&crossed, Duration::from_secs(1))
+            .await
+            .unwrap_err(),
+        "invalid_token",
+    );
+    let env = o
+        .service
+        .fetch_envelope(&good, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut ct = env.ct.clone().into_bytes();
+    ct[10] = if ct[10] == b'A' { b'B' } else { b'A' };
+    let tampered = mydata_package::e2e::Envelope {
+        ct: String::from_utf8(ct).unwrap(),
+        ..env.clone()
+    };
+    assert!(matches!(
+        o.service.open(&good, &tampered),
+        Err(mydata_sdk::Error::Envelope(_))
+    ));
+    let zip = o.service.open(&good, &env).unwrap();
+    let forger = mydata_package::e2e::HpkeKeyPair::generate();
+    let service_key = mydata_package::e2e::x25519_from_jwk(&o.service_jwk_enc()).unwrap();
+    let re =
+        mydata_package::e2e::seal_package(&forger, &service_key, &good.transfer_id, CLIENT, &zip)
+            .unwrap();
+    assert!(matches!(
+        o.service.open(&good, &re),
+        Err(mydata_sdk::Error::Envelope(_))
+    ));
+    assert!(
+        mydata_sdk::verify(
+            &zip,
+            &token.transfer_id,
+            &w.app.trust(),
+            o.service.platform_signing_key(),
+            w.app.clock.now()
+        )
+        .is_err(),
+        "a package for another transfer"
+    );
+}
+
+impl Online {
+    fn service_jwk_enc(&self) -> serde_json::Value {
+        let reg = self.w.app.state.settings().oauth.clients[0].clone();
+        reg.jwks.unwrap()["keys"][1].clone()
+    }
+}
+
+#[tokio::test]
+async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data() {
+    let o = Online::spawn(Backend::Sqlite).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.3").await;
+    // At the first question.
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
+    let page = b.get(&consent).await.text().await.unwrap();
+    let r = b
+        .post(
+            &consent,
+            &[("csrf", &csrf_in(&page)), ("decision", "decline")],
+        )
+        .await;
+    let back = location(&r);
+    assert!(
+        back.contains("error=access_denied") && back.contains("iss="),
+        "{back}"
+    );
+    // The request cannot be reopened.
+    assert_eq!(
+        b.get(&path_of(&pending.authorize_url, &w.app.base))
+            .await
+            .status(),
+        400
+    );
+
+    // At the second: the fetched data is destroyed.
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
+    let page = b.get(&consent).await.text().await.unwrap();
+    b.post(
+        &consent,
+        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+    )
+    .await;
+    let confirm = until_confirm(&b, &consent).await;
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&confirm)), ("decision", "dont_send")],
+        )
+        .await;
+    let back = location(&r);
+    assert!(back.contains("error=access_denied"), "{back}");
+    let me = mydata_server::identity::subject_pseudonym(&w.app.state, &p.subject());
+    let transfers = w.app.store().transfers_for_subject(&me, 10).await.unwrap();
+    let t = transfers.first().expect("the refused transfer is recorded");
+    assert_eq!(t.state, TransferState::Expired);
+    mydata_server::packages::purge_expired_data(&w.app.state)
+        .await
+        .unwrap();
+    let rec = w.app.store().package(&t.id).await.unwrap().unwrap();
+    assert!(rec.sealed_key.is_none(), "the package is destroyed");
+}

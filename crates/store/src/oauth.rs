@@ -1,0 +1,396 @@
+//! Online services: registered OAuth clients, pushed authorization requests and their progress,
+//! single-use authorization codes, the client-assertion `jti` replay guard and access tokens.
+//!
+//! Codes and tokens are stored by SHA-256 only. Every single-use rule is one guarded statement, so
+//! two racing requests (or two server processes) cannot both win.
+
+use crate::audit::{NewAuditEvent, insert_audit};
+use crate::{Result, Store, StoreError, on_pool};
+use mydata_core::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// A registered service as stored (JSON arrays decoded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRow {
+    pub client_id: String,
+    pub name: String,
+    /// The JWK set by value (JSON text), or None when `jwks_uri` is used.
+    pub jwks: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub redirect_uris: Vec<String>,
+    pub terms: String,
+    pub purpose: String,
+    pub datasets: Vec<String>,
+    pub legal_basis: Option<String>,
+    pub environment: String,
+    pub trusted_verifier: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClientDbRow {
+    client_id: String,
+    name: String,
+    jwks: Option<String>,
+    jwks_uri: Option<String>,
+    redirect_uris: String,
+    terms: String,
+    purpose: String,
+    datasets: String,
+    legal_basis: Option<String>,
+    environment: String,
+    trusted_verifier: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn json_list(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored list: {e}")))
+}
+
+impl TryFrom<ClientDbRow> for ClientRow {
+    type Error = StoreError;
+    fn try_from(r: ClientDbRow) -> Result<Self> {
+        Ok(ClientRow {
+            redirect_uris: json_list(&r.redirect_uris)?,
+            datasets: json_list(&r.datasets)?,
+            client_id: r.client_id,
+            name: r.name,
+            jwks: r.jwks,
+            jwks_uri: r.jwks_uri,
+            terms: r.terms,
+            purpose: r.purpose,
+            legal_basis: r.legal_basis,
+            environment: r.environment,
+            trusted_verifier: r.trusted_verifier != 0,
+            created_at: Timestamp::from_millis(r.created_at),
+            updated_at: Timestamp::from_millis(r.updated_at),
+        })
+    }
+}
+
+/// One authorization, from the pushed request to the code.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RequestRow {
+    pub id: String,
+    pub client_id: String,
+    /// The validated request as JSON (the server owns its shape).
+    pub params: String,
+    pub status: String,
+    pub session_hash: Option<String>,
+    pub transfer_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub updated_at: i64,
+}
+
+/// An authorization code (by hash).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CodeRow {
+    pub code_hash: String,
+    pub request_id: String,
+    pub client_id: String,
+    pub transfer_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
+/// What redeeming a code found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeem {
+    /// First use: the code is now spent.
+    Fresh(CodeRow),
+    /// Used before: every token issued for it has been revoked now (RFC 6749 §4.1.2).
+    Reused,
+    Unknown,
+}
+
+/// An access token (by hash).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TokenRow {
+    pub token_hash: String,
+    pub client_id: String,
+    pub transfer_id: String,
+    pub code_hash: String,
+    pub dpop_jkt: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, created_at, updated_at FROM oauth_clients";
+const SELECT_REQUEST: &str = "SELECT id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at FROM oauth_requests";
+
+impl Store {
+    /// Registers a service or replaces its registration (keeping its creation time).
+    pub async fn put_client(&self, c: &ClientRow) -> Result<()> {
+        let uris = serde_json::to_string(&c.redirect_uris).unwrap_or_else(|_| "[]".into());
+        let datasets = serde_json::to_string(&c.datasets).unwrap_or_else(|_| "[]".into());
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO oauth_clients (client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (client_id) DO UPDATE SET name = excluded.name, jwks = excluded.jwks, jwks_uri = excluded.jwks_uri,
+               redirect_uris = excluded.redirect_uris, terms = excluded.terms, purpose = excluded.purpose, datasets = excluded.datasets,
+               legal_basis = excluded.legal_basis, environment = excluded.environment, trusted_verifier = excluded.trusted_verifier,
+               updated_at = excluded.updated_at",
+        )
+        .bind(&c.client_id)
+        .bind(&c.name)
+        .bind(&c.jwks)
+        .bind(&c.jwks_uri)
+        .bind(&uris)
+        .bind(&c.terms)
+        .bind(&c.purpose)
+        .bind(&datasets)
+        .bind(&c.legal_basis)
+        .bind(&c.environment)
+        .bind(i64::from(c.trusted_verifier))
+        .bind(c.created_at.millis())
+        .bind(c.updated_at.millis())
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn client(&self, client_id: &str) -> Result<Option<ClientRow>> {
+        let sql = format!("{SELECT_CLIENT} WHERE client_id = $1");
+        let row: Option<ClientDbRow> = on_pool!(self, pool => sqlx::query_as(&sql).bind(client_id).fetch_optional(pool).await?);
+        row.map(ClientRow::try_from).transpose()
+    }
+
+    pub async fn clients(&self) -> Result<Vec<ClientRow>> {
+        let sql = format!("{SELECT_CLIENT} ORDER BY client_id");
+        let rows: Vec<ClientDbRow> =
+            on_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
+        rows.into_iter().map(ClientRow::try_from).collect()
+    }
+
+    /// Removes a registration and its open authorizations. True if it existed.
+    pub async fn delete_client(&self, client_id: &str) -> Result<bool> {
+        let n = on_pool!(self, pool => sqlx::query("DELETE FROM oauth_clients WHERE client_id = $1").bind(client_id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Stores a pushed authorization request.
+    pub async fn put_request(&self, r: &RequestRow) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO oauth_requests (id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&r.id)
+        .bind(&r.client_id)
+        .bind(&r.params)
+        .bind(&r.status)
+        .bind(&r.session_hash)
+        .bind(&r.transfer_id)
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .bind(r.updated_at)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn request(&self, id: &str) -> Result<Option<RequestRow>> {
+        let sql = format!("{SELECT_REQUEST} WHERE id = $1");
+        Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Binds a pushed request to the browser session that opened it (first use of the
+    /// request_uri), extending its life to `until`. False if it is expired, already opened by
+    /// another session, or past the `pushed`/`opened` steps.
+    pub async fn open_request(
+        &self,
+        id: &str,
+        session_hash: &str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let n = on_pool!(self, pool => sqlx::query(
+            "UPDATE oauth_requests SET session_hash = $2, status = 'opened', updated_at = $4,
+               expires_at = CASE WHEN status = 'pushed' THEN $3 ELSE expires_at END
+             WHERE id = $1 AND expires_at > $4 AND (status = 'pushed' OR (status = 'opened' AND session_hash = $2))",
+        )
+        .bind(id)
+        .bind(session_hash)
+        .bind(until.millis())
+        .bind(now.millis())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Moves a request from `from` to `to` (recording its transfer when given) with an audit
+    /// event, in one transaction. False, and nothing written, if it was not in `from` or is expired.
+    pub async fn advance_request(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        transfer_id: Option<&str>,
+        audit: Option<&NewAuditEvent>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5
+                 WHERE id = $1 AND status = $2 AND expires_at > $5",
+            )
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .bind(transfer_id)
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                return Ok(false);
+            }
+            if let Some(e) = audit {
+                insert_audit!(&mut *tx, e)?;
+            }
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// The person's second confirmation: the request moves `consented → confirmed` and its code is
+    /// stored, with the audit event, in one transaction. False if the request was not waiting.
+    pub async fn confirm_request(
+        &self,
+        code: &CodeRow,
+        audit: &NewAuditEvent,
+        now: Timestamp,
+    ) -> Result<bool> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE oauth_requests SET status = 'confirmed', updated_at = $2
+                 WHERE id = $1 AND status = 'consented' AND expires_at > $2",
+            )
+            .bind(&code.request_id)
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != 1 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
+            )
+            .bind(&code.code_hash)
+            .bind(&code.request_id)
+            .bind(&code.client_id)
+            .bind(&code.transfer_id)
+            .bind(&code.redirect_uri)
+            .bind(&code.code_challenge)
+            .bind(code.created_at)
+            .bind(code.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            insert_audit!(&mut *tx, audit)?;
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// A code as stored (spent or not), to check it before spending it.
+    pub async fn code(&self, code_hash: &str) -> Result<Option<CodeRow>> {
+        Ok(on_pool!(self, pool => sqlx::query_as(
+            "SELECT code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at FROM oauth_codes WHERE code_hash = $1",
+        )
+        .bind(code_hash)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// Spends a code. A second use revokes the tokens issued for it.
+    pub async fn redeem_code(&self, code_hash: &str, now: Timestamp) -> Result<Redeem> {
+        let won: Option<CodeRow> = on_pool!(self, pool => sqlx::query_as(
+            "UPDATE oauth_codes SET used_at = $2 WHERE code_hash = $1 AND used_at IS NULL
+             RETURNING code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at",
+        )
+        .bind(code_hash)
+        .bind(now.millis())
+        .fetch_optional(pool)
+        .await?);
+        if let Some(c) = won {
+            return Ok(Redeem::Fresh(c));
+        }
+        let exists = on_pool!(self, pool => sqlx::query("SELECT 1 FROM oauth_codes WHERE code_hash = $1").bind(code_hash).fetch_optional(pool).await?.is_some());
+        if !exists {
+            return Ok(Redeem::Unknown);
+        }
+        on_pool!(self, pool => sqlx::query("UPDATE oauth_tokens SET revoked_at = $2 WHERE code_hash = $1 AND revoked_at IS NULL")
+            .bind(code_hash).bind(now.millis()).execute(pool).await.map(|_| ()))?;
+        Ok(Redeem::Reused)
+    }
+
+    /// Records a client assertion's `jti`; false if this client used it before (a replay).
+    pub async fn use_jti(&self, client_id: &str, jti: &str, keep_until: Timestamp) -> Result<bool> {
+        let n = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO oauth_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
+        )
+        .bind(client_id)
+        .bind(jti)
+        .bind(keep_until.millis())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(n == 1)
+    }
+
+    pub async fn put_token(&self, t: &TokenRow) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO oauth_tokens (token_hash, client_id, transfer_id, code_hash, dpop_jkt, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&t.token_hash)
+        .bind(&t.client_id)
+        .bind(&t.transfer_id)
+        .bind(&t.code_hash)
+        .bind(&t.dpop_jkt)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn token(&self, token_hash: &str) -> Result<Option<TokenRow>> {
+        Ok(on_pool!(self, pool => sqlx::query_as(
+            "SELECT token_hash, client_id, transfer_id, code_hash, dpop_jkt, created_at, expires_at, revoked_at FROM oauth_tokens WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// Forgets expired jtis, codes, tokens and authorizations. Returns rows removed.
+    pub async fn sweep_oauth(&self, now: Timestamp) -> Result<u64> {
+        let mut n = 0;
+        for sql in [
+            "DELETE FROM oauth_jtis WHERE expires_at <= $1",
+            "DELETE FROM oauth_tokens WHERE expires_at <= $1",
+            // Spent codes stay 8 hours so that a late replay still revokes its tokens.
+            "DELETE FROM oauth_codes WHERE expires_at <= $1 - 28800000",
+            "DELETE FROM oauth_requests WHERE expires_at <= $1",
+        ] {
+            n += on_pool!(self, pool => sqlx::query(sql).bind(now.millis()).execute(pool).await?.rows_affected());
+        }
+        Ok(n)
+    }
+}

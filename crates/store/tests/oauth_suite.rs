@@ -1,0 +1,260 @@
+//! Online-service storage on both backends: registrations, pushed requests, single-use codes,
+//! jti replay guard, tokens and their sweep.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use mydata_core::Timestamp;
+use mydata_store::{ClientRow, NewAuditEvent, OAuthCodeRow, Redeem, RequestRow, Store, TokenRow};
+
+const T0: Timestamp = Timestamp::from_millis(1_790_000_000_000);
+
+fn at(secs: u64) -> Timestamp {
+    T0.plus(std::time::Duration::from_secs(secs))
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { let db = mydata_store::testing::fresh_sqlite().await.unwrap(); super::$name(&db.store).await; } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() { let db = mydata_store::testing::fresh_postgres().await.unwrap(); super::$name(&db.store).await; } )*
+        }
+    };
+}
+
+on_both_backends!(
+    clients_are_registered_replaced_and_removed,
+    a_request_is_opened_by_one_session_only_and_expires,
+    requests_advance_only_from_the_expected_step,
+    codes_are_single_use_and_reuse_revokes_tokens,
+    a_jti_is_accepted_once_per_client,
+    sweep_forgets_what_expired,
+);
+
+fn client(id: &str) -> ClientRow {
+    ClientRow {
+        client_id: id.into(),
+        name: "Tuition office".into(),
+        jwks: Some(r#"{"keys":[]}"#.into()),
+        jwks_uri: None,
+        redirect_uris: vec!["https://sp.example/cb".into()],
+        terms: "terms".into(),
+        purpose: "tuition reduction".into(),
+        datasets: vec!["59".into(), "1".into()],
+        legal_basis: None,
+        environment: "test".into(),
+        trusted_verifier: false,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn request(id: &str, expires: Timestamp) -> RequestRow {
+    RequestRow {
+        id: id.into(),
+        client_id: "sp".into(),
+        params: "{}".into(),
+        status: "pushed".into(),
+        session_hash: None,
+        transfer_id: None,
+        created_at: T0.millis(),
+        expires_at: expires.millis(),
+        updated_at: T0.millis(),
+    }
+}
+
+fn event(kind: &str) -> NewAuditEvent {
+    NewAuditEvent {
+        at: T0,
+        kind: kind.into(),
+        subject: Some("pseudonym".into()),
+        transfer_id: Some("t1".into()),
+        actor: "sp".into(),
+        detail: serde_json::json!({}),
+    }
+}
+
+fn code(hash: &str, request: &str) -> OAuthCodeRow {
+    OAuthCodeRow {
+        code_hash: hash.into(),
+        request_id: request.into(),
+        client_id: "sp".into(),
+        transfer_id: "t1".into(),
+        redirect_uri: "https://sp.example/cb".into(),
+        code_challenge: "c".into(),
+        created_at: T0.millis(),
+        expires_at: at(60).millis(),
+        used_at: None,
+    }
+}
+
+async fn clients_are_registered_replaced_and_removed(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    let mut changed = client("sp");
+    changed.datasets = vec!["59".into()];
+    changed.trusted_verifier = true;
+    changed.created_at = at(10);
+    changed.updated_at = at(10);
+    s.put_client(&changed).await.unwrap();
+    let got = s.client("sp").await.unwrap().unwrap();
+    assert_eq!(got.datasets, vec!["59"]);
+    assert!(got.trusted_verifier);
+    assert_eq!(
+        got.created_at, T0,
+        "a replacement keeps the first registration time"
+    );
+    assert_eq!(got.updated_at, at(10));
+    assert_eq!(s.clients().await.unwrap().len(), 1);
+    assert!(s.delete_client("sp").await.unwrap());
+    assert!(!s.delete_client("sp").await.unwrap());
+    assert!(s.client("sp").await.unwrap().is_none());
+}
+
+async fn a_request_is_opened_by_one_session_only_and_expires(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    s.put_request(&request("r1", at(90))).await.unwrap();
+    let until = at(3600);
+    assert!(s.open_request("r1", "session-a", until, T0).await.unwrap());
+    // The same session may reload the page; another may not take it over.
+    assert!(
+        s.open_request("r1", "session-a", until, at(120))
+            .await
+            .unwrap()
+    );
+    assert!(!s.open_request("r1", "session-b", until, T0).await.unwrap());
+    let r = s.request("r1").await.unwrap().unwrap();
+    assert_eq!(r.session_hash.as_deref(), Some("session-a"));
+    assert_eq!(r.expires_at, until.millis());
+
+    s.put_request(&request("r2", at(90))).await.unwrap();
+    assert!(
+        !s.open_request("r2", "session-a", until, at(90))
+            .await
+            .unwrap(),
+        "expired request_uri"
+    );
+    assert_eq!(s.request("r2").await.unwrap().unwrap().status, "pushed");
+}
+
+async fn requests_advance_only_from_the_expected_step(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    s.put_request(&request("r1", at(90))).await.unwrap();
+    assert!(s.open_request("r1", "sa", at(3600), T0).await.unwrap());
+    assert!(
+        !s.advance_request(
+            "r1",
+            "pushed",
+            "consented",
+            Some("t1"),
+            Some(&event("service.consent")),
+            T0
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.advance_request(
+            "r1",
+            "opened",
+            "consented",
+            Some("t1"),
+            Some(&event("service.consent")),
+            T0
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !s.advance_request("r1", "opened", "consented", Some("t2"), None, T0)
+            .await
+            .unwrap()
+    );
+    let r = s.request("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.transfer_id.as_deref()),
+        ("consented", Some("t1"))
+    );
+    let before = s.audit_for_transfer("t1").await.unwrap().len();
+    assert!(
+        s.confirm_request(&code("h1", "r1"), &event("service.release"), T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.confirm_request(&code("h2", "r1"), &event("service.release"), T0)
+            .await
+            .unwrap(),
+        "confirmed once"
+    );
+    let kinds: Vec<String> = s
+        .audit_for_transfer("t1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds.len(), before + 1);
+    assert_eq!(kinds.last().map(String::as_str), Some("service.release"));
+    assert_eq!(
+        s.redeem_code("h2", T0).await.unwrap(),
+        Redeem::Unknown,
+        "the losing code was never stored"
+    );
+}
+
+async fn codes_are_single_use_and_reuse_revokes_tokens(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    s.put_request(&request("r1", at(90))).await.unwrap();
+    s.open_request("r1", "sa", at(3600), T0).await.unwrap();
+    s.advance_request("r1", "opened", "consented", Some("t1"), None, T0)
+        .await
+        .unwrap();
+    s.confirm_request(&code("h1", "r1"), &event("service.release"), T0)
+        .await
+        .unwrap();
+    let Redeem::Fresh(c) = s.redeem_code("h1", at(1)).await.unwrap() else {
+        panic!("first redemption must win");
+    };
+    assert_eq!(c.transfer_id, "t1");
+    let token = TokenRow {
+        token_hash: "tok".into(),
+        client_id: "sp".into(),
+        transfer_id: "t1".into(),
+        code_hash: "h1".into(),
+        dpop_jkt: None,
+        created_at: T0.millis(),
+        expires_at: at(3600).millis(),
+        revoked_at: None,
+    };
+    s.put_token(&token).await.unwrap();
+    assert_eq!(s.redeem_code("h1", at(2)).await.unwrap(), Redeem::Reused);
+    let t = s.token("tok").await.unwrap().unwrap();
+    assert!(
+        t.revoked_at.is_some(),
+        "a replayed code revokes what it issued"
+    );
+    assert_eq!(s.redeem_code("nope", T0).await.unwrap(), Redeem::Unknown);
+}
+
+async fn a_jti_is_accepted_once_per_client(s: &Store) {
+    let keep = at(300);
+    assert!(s.use_jti("sp", "j1", keep).await.unwrap());
+    assert!(!s.use_jti("sp", "j1", keep).await.unwrap());
+    assert!(
+        s.use_jti("other", "j1", keep).await.unwrap(),
+        "jti is per client"
+    );
+}
+
+async fn sweep_forgets_what_expired(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    s.use_jti("sp", "j1", at(300)).await.unwrap();
+    s.put_request(&request("r1", at(90))).await.unwrap();
+    assert_eq!(s.sweep_oauth(T0).await.unwrap(), 0);
+    assert!(s.sweep_oauth(at(300)).await.unwrap() >= 2);
+    assert!(s.request("r1").await.unwrap().is_none());
+    assert!(
+        s.use_jti("sp", "j1", at(900)).await.unwrap(),
+        "forgotten only after it expired"
+    );
+}
