@@ -167,7 +167,7 @@ pub fn router(state: AppState) -> Router {
             get(clerk::password_form).post(clerk::password_submit),
         )
         .route("/clerk/transfers/{id}", get(clerk::data))
-        .route("/clerk/transfers/{id}/package", get(clerk::package))
+        .route("/clerk/transfers/{id}/package", post(clerk::package))
         .route(
             "/clerk/transfers/{id}/files/{dataset}/{file}",
             get(clerk::file),

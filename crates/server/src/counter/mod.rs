@@ -96,7 +96,7 @@ impl Refusal {
                 "This is not a barcode serial: a serial is 8 characters (digits 2-9 and capitals without I, L, O, U). Scan again or check what you typed.",
             ),
             Refusal::SerialUnknown => (
-                "查無此條碼序號。請請民眾重新整理條碼頁面後再掃描。",
+                "查無此條碼序號。請民眾重新整理條碼頁面後再掃描。",
                 "No barcode has this serial. Ask the person to reload their barcode page and scan again.",
             ),
             Refusal::SerialExpired => (
@@ -685,6 +685,84 @@ async fn notify_access(state: &AppState, desk: &Desk, t: &Transfer) -> Result<()
         .await?;
     }
     Ok(())
+}
+
+/// What a counter audit event means to the person, naming the office and counter (usage records).
+/// `None` for events that are not counter events.
+pub async fn event_text(
+    state: &AppState,
+    kind: &str,
+    detail: &serde_json::Value,
+    lang: Lang,
+) -> Result<Option<String>, StoreError> {
+    let (zh, en) = match kind {
+        "counter.serial_issued" => ("產生臨櫃條碼", "Counter barcode issued"),
+        "counter.scan" if detail["result"] == "accepted" => {
+            ("櫃檯掃描條碼", "Barcode scanned at a counter")
+        }
+        "counter.scan" => ("櫃檯掃描條碼，已拒絕", "Barcode scan at a counter refused"),
+        "counter.password_sent" => ("已寄送驗證密碼給您", "Verification password sent to you"),
+        "counter.password_result" if detail["result"] == "accepted" => (
+            "驗證密碼正確，櫃檯取得資料",
+            "Right password; the counter got the data",
+        ),
+        "counter.password_result" => (
+            "驗證密碼錯誤或失效，已拒絕",
+            "Wrong or dead password refused",
+        ),
+        "counter.data_access" => (
+            "櫃檯檢視或下載資料",
+            "The counter viewed or downloaded the data",
+        ),
+        _ => return Ok(None),
+    };
+    let store = state.store();
+    let office = match detail["office"].as_str() {
+        Some(id) => store
+            .office(id)
+            .await?
+            .map(|o| lang.pick(&o.name_zh, &o.name_en).to_owned())
+            .or_else(|| Some(id.to_owned())),
+        None => None,
+    };
+    let counter = match detail["counter"].as_str() {
+        Some(id) => store
+            .counter(id)
+            .await?
+            .map(|c| c.name)
+            .or_else(|| Some(id.to_owned())),
+        None => None,
+    };
+    let place: Vec<String> = office.into_iter().chain(counter).collect();
+    let what = lang.pick(zh, en);
+    Ok(Some(if place.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what}（{}）", place.join(" "))
+    }))
+}
+
+/// The recipient of a counter transfer as the person reads it: the service and the office.
+pub async fn recipient_text(
+    state: &AppState,
+    t: &Transfer,
+    lang: Lang,
+) -> Result<Option<String>, StoreError> {
+    let Some(ct) = state.store().counter_transfer(&t.id).await? else {
+        return Ok(None);
+    };
+    let office = state
+        .store()
+        .office(&ct.office_id)
+        .await?
+        .map(|o| lang.pick(&o.name_zh, &o.name_en).to_owned())
+        .unwrap_or(ct.office_id);
+    let service = state
+        .catalog()
+        .service(&ct.service_id)
+        .map(|s| lang.pick(&s.name_zh, &s.name_en).to_owned())
+        .unwrap_or(ct.service_id);
+    Ok(Some(format!("{office}（{service}）")))
 }
 
 /// The package of a transfer, opened without taking it (the clerk reads it; the download takes it).

@@ -613,6 +613,7 @@ pub struct DataPage {
     pub datasets: Vec<DatasetView>,
     pub missing: Vec<String>,
     pub package_href: String,
+    pub csrf: String,
     pub package_label: &'static str,
     pub package_note: &'static str,
     pub back: &'static str,
@@ -826,6 +827,7 @@ pub async fn data(
             datasets,
             missing,
             package_href: format!("/clerk/transfers/{}/package", t.id),
+            csrf: s.row.csrf_token.clone(),
             package_label: lang.pick("下載已簽章的資料包（ZIP）", "Download the signed package (ZIP)"),
             package_note: lang.pick(
                 "資料包只能下載一次，下載後平臺即刪除資料；請先列印或閱讀完畢。",
@@ -838,19 +840,23 @@ pub async fn data(
     run.await.unwrap_or_else(|e| e.into_page(lang))
 }
 
-/// `GET /clerk/transfers/{id}/package`: the signed package, once.
+/// `POST /clerk/transfers/{id}/package`: the signed package, once (a POST with the form's token:
+/// taking it deletes the data, which no link prefetch may do).
 pub async fn package(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
     Path(tid): Path<String>,
+    form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
     let run = async {
-        let (_, desk, t) = match granted(&state, &headers, &tid).await? {
+        let Form(f) = form.map_err(|e| AppError::InvalidBody(e.body_text()))?;
+        let (s, desk, t) = match granted(&state, &headers, &tid).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
         };
+        s.check_csrf(f.csrf.as_deref())?;
         let zip = crate::packages::take_package(&state, &t.id, &desk.clerk_id)
             .await
             .map_err(|e| match e {

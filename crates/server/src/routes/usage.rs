@@ -198,17 +198,20 @@ pub async fn records_for(
     let mut out = Vec::new();
     for t in store.transfers_for_subject(subject, MAX_RECORDS).await? {
         let pkg = store.package(&t.id).await?;
-        let events = store
-            .audit_for_transfer(&t.id)
-            .await?
-            .into_iter()
-            .map(|e| EventRecord {
+        let mut events = Vec::new();
+        for e in store.audit_for_transfer(&t.id).await? {
+            // Counter events name the office and counter (see `counter::event_text`).
+            let label = match crate::counter::event_text(state, &e.kind, &e.detail, lang).await? {
+                Some(l) => l,
+                None => event_label(&e.kind, lang),
+            };
+            events.push(EventRecord {
                 at_text: taipei_time(e.at),
-                label: event_label(&e.kind, lang),
+                label,
                 at: e.at,
                 kind: e.kind,
-            })
-            .collect();
+            });
+        }
         let ended = t.state.is_terminal() || t.expires_at <= now;
         let deleted_at =
             pkg.as_ref()
@@ -236,7 +239,10 @@ pub async fn records_for(
             request_number: t.id.clone(),
             kind: t.kind.code().to_owned(),
             kind_label: kind_label(t.kind, lang).to_owned(),
-            recipient: recipient_text(state, &t, lang),
+            recipient: match crate::counter::recipient_text(state, &t, lang).await? {
+                Some(r) => r,
+                None => recipient_text(state, &t, lang),
+            },
             purpose: purpose_text(&t.purpose, lang),
             created_text: taipei_time(t.created_at),
             created_at: t.created_at,
@@ -247,7 +253,11 @@ pub async fn records_for(
             deleted_done,
             datasets,
             events,
-            link: (t.kind == TransferKind::SelfDownload).then(|| format!("/download/t/{}", t.id)),
+            link: match t.kind {
+                TransferKind::SelfDownload => Some(format!("/download/t/{}", t.id)),
+                TransferKind::Counter => Some(format!("/counter/transfers/{}", t.id)),
+                _ => None,
+            },
         });
     }
     Ok(out)

@@ -470,8 +470,27 @@ async fn whole_flow(backend: Backend) {
         .unwrap();
     assert!(en.contains("Only data fetched here"), "{en}");
     // The package: once.
+    // Taking it needs the form's token: a GET (a prefetch) or a forged form takes nothing.
+    assert_eq!(
+        lin.get(d.url(&format!("/clerk/transfers/{id}/package")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        lin.post(d.url(&format!("/clerk/transfers/{id}/package")))
+            .form(&[("csrf", "forged")])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
     let zip = lin
-        .get(d.url(&format!("/clerk/transfers/{id}/package")))
+        .post(d.url(&format!("/clerk/transfers/{id}/package")))
+        .form(&[("csrf", csrf.as_str())])
         .send()
         .await
         .unwrap();
@@ -480,7 +499,8 @@ async fn whole_flow(backend: Backend) {
     let bytes = zip.bytes().await.unwrap();
     assert!(bytes.starts_with(b"PK"));
     let again = lin
-        .get(d.url(&format!("/clerk/transfers/{id}/package")))
+        .post(d.url(&format!("/clerk/transfers/{id}/package")))
+        .form(&[("csrf", csrf.as_str())])
         .send()
         .await
         .unwrap();
@@ -506,6 +526,29 @@ async fn whole_flow(backend: Backend) {
     }
     assert_eq!(d.events(&id, "counter.data_access").await.len(), 4);
     crate::fetch::assert_no_id_in_audit(&d.app, &id, &d.id_number).await;
+
+    // The person's usage records say which office and counter did what, and when.
+    let records = d
+        .person
+        .get(d.url("/records"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        records.contains("嘉義縣政府社會處（敬老卡或愛心卡）"),
+        "{records}"
+    );
+    assert!(
+        records.contains("驗證密碼正確，櫃檯取得資料（嘉義縣政府社會處 1 號櫃檯）"),
+        "{records}"
+    );
+    assert!(
+        records.contains("櫃檯掃描條碼，已拒絕（嘉義縣政府社會處 1 號櫃檯）"),
+        "{records}"
+    );
 }
 
 #[tokio::test]
@@ -844,7 +887,8 @@ async fn clerks_of_another_office_and_bad_requests_are_refused() {
     let res = anon.get(d.url("/clerk")).send().await.unwrap();
     assert_eq!(location(&res), "/clerk/login");
     let res = anon
-        .get(d.url(&format!("/clerk/transfers/{id}/package")))
+        .post(d.url(&format!("/clerk/transfers/{id}/package")))
+        .form(&[("csrf", "x")])
         .send()
         .await
         .unwrap();
