@@ -13,5 +13,6 @@ mod helpers;
 mod home;
 mod identity;
 mod selfdl;
+mod selfdl_browser;
 mod transport;
 mod world;
