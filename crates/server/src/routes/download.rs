@@ -1018,7 +1018,7 @@ fn deleted_page(t: &Transfer, pkg: Option<&PackageRecord>, uri: &Uri, lang: Lang
         title: lang.pick("資料已刪除", "Data deleted"),
         detail,
         id: t.id.clone(),
-        request_label: lang.pick("申請編號", "Request number"),
+        request_label: lang.pick("申請編號：", "Request number: "),
         again: lang.pick("重新申請相同資料", "Request the same data again"),
         again_href: format!("/download?{}", basket_query(&basket)),
         records: lang.pick("查看我的使用紀錄", "See my usage records"),
@@ -1092,7 +1092,7 @@ pub async fn progress(
             chrome: chrome(lang, &uri),
             title: lang.pick("自行下載：取得進度", "Download: progress"),
             id: t.id.clone(),
-            request_label: lang.pick("申請編號", "Request number"),
+            request_label: lang.pick("申請編號：", "Request number: "),
             progress: prog,
             fetching,
             email_note: lang.pick(

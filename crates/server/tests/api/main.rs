@@ -17,5 +17,6 @@ mod online;
 mod orphans;
 mod receipt_access;
 mod selfdl;
+mod selfdl_browser;
 mod transport;
 mod world;
