@@ -9,6 +9,7 @@ mod bench;
 mod card_agent;
 mod catalog_check;
 mod counter_admin;
+mod example_service;
 mod provider_sim;
 mod verify;
 mod verify_receipt;
@@ -218,8 +219,22 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let agencies = provider_sim::start_in_process(&settings, args.time_scale).await?;
     agencies.configure(&mut settings);
     settings.dev.endpoints = true;
+    // The example online service beside the platform, registered with fresh keys at each start.
+    let (sp_listener, sp_base) = example_service::bind().await?;
+    let sp_keys = mydata_sdk::Keys::generate();
+    settings.oauth.clients.push(example_service::registration(
+        &sp_keys,
+        &format!("{sp_base}/callback"),
+    ));
+    if settings.oauth.issuer.is_empty() && settings.listen.port() != 0 {
+        settings.oauth.issuer = format!("http://{}", settings.listen);
+    }
     let server = Server::bind(settings, Arc::new(mydata_core::SystemClock)).await?;
     let base = server.base_url()?;
+    example_service::serve(sp_listener, &sp_base, &base, &agencies.base, sp_keys);
+    eprintln!(
+        "example online service (senior-high-school tuition reduction, dataset 59) at {sp_base}/"
+    );
     eprintln!(
         "simulated agencies at {} (time scale {}x). Try a fetch for a synthetic person ({}) or company ({}):\n  \
          curl -s -X POST {base}/api/v1/dev/fetches -H 'content-type: application/json' \

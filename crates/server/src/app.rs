@@ -60,6 +60,8 @@ pub fn router(state: AppState) -> Router {
             "/transfers/{transfer_id}/package",
             get(oauth::delivery::package),
         )
+        .route("/openapi.yaml", get(oauth::flow::openapi_service))
+        .route("/agency-api.yaml", get(oauth::flow::openapi_agency))
         .route("/admin/services", get(oauth::clients::list))
         .route(
             "/admin/services/{client_id}",

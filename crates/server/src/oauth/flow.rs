@@ -1003,3 +1003,30 @@ pub async fn token(
 
 /// The JWT-bearer assertion type, re-exported for the SDK docs.
 pub const CLIENT_ASSERTION_TYPE: &str = JWT_BEARER;
+
+const SERVICE_API: &str = include_str!("../../../../docs/service-api.yaml");
+const AGENCY_API: &str = include_str!("../../../../docs/agency-api.yaml");
+
+/// `GET /api/v1/openapi.yaml`: the OpenAPI document of the online-service API.
+pub async fn openapi_service() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/yaml; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        SERVICE_API,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/agency-api.yaml`: the OpenAPI document agencies implement.
+pub async fn openapi_agency() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/yaml; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        AGENCY_API,
+    )
+        .into_response()
+}

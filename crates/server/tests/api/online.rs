@@ -614,3 +614,142 @@ async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data(
     let rec = w.app.store().package(&t.id).await.unwrap().unwrap();
     assert!(rec.sealed_key.is_none(), "the package is destroyed");
 }
+
+/// Metadata, keys and OpenAPI documents a service reads, and the admin API's other verbs.
+#[tokio::test]
+async fn metadata_keys_openapi_and_the_admin_api() {
+    let o = Online::spawn(Backend::Sqlite).await;
+    let base = &o.w.app.base;
+    let http = reqwest::Client::new();
+    let m: serde_json::Value = http
+        .get(format!("{base}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["issuer"], base.as_str());
+    assert_eq!(m["require_pushed_authorization_requests"], true);
+    assert_eq!(
+        m["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    assert_eq!(
+        m["token_endpoint_auth_methods_supported"],
+        serde_json::json!(["private_key_jwt"])
+    );
+    assert_eq!(m["authorization_response_iss_parameter_supported"], true);
+    let keys: serde_json::Value = http
+        .get(format!("{base}/oauth/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kty"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["EC", "OKP"]);
+    assert!(
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("d").is_none()),
+        "public keys only"
+    );
+    for path in ["/api/v1/openapi.yaml", "/api/v1/agency-api.yaml"] {
+        let text = http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let doc: serde_json::Value = serde_norway::from_str(&text).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0", "{path}");
+    }
+    let doc: serde_json::Value = serde_norway::from_str(
+        &http
+            .get(format!("{base}/api/v1/openapi.yaml"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    for p in [
+        "/oauth/par",
+        "/oauth/token",
+        "/api/v1/transfers/{transfer_id}/package",
+        "/api/v1/admin/services/{client_id}",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} documented");
+    }
+
+    let list = http
+        .get(format!("{base}/api/v1/admin/services"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 401, "no token");
+    let list: serde_json::Value = http
+        .get(format!("{base}/api/v1/admin/services"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["services"][0]["client_id"], CLIENT);
+    let one = http
+        .get(format!("{base}/api/v1/admin/services/{CLIENT}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    let mut reg: Registration = one.json().await.unwrap();
+    reg.jwks = Some(
+        serde_json::json!({ "keys": [{ "kty": "EC", "crv": "P-256", "x": "a", "y": "b", "d": "secret" }] }),
+    );
+    let r = http
+        .put(format!("{base}/api/v1/admin/services/{CLIENT}"))
+        .bearer_auth(ADMIN)
+        .json(&reg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "a private key is refused");
+    let r = http
+        .delete(format!("{base}/api/v1/admin/services/{CLIENT}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .delete(format!("{base}/api/v1/admin/services/{CLIENT}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // A removed service can no longer start anything.
+    refused_with(
+        o.service
+            .push(&AuthorizationRequest::new(&[DATASET], "x"))
+            .await
+            .unwrap_err(),
+        "invalid_client",
+    );
+}
