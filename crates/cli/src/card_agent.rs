@@ -78,3 +78,22 @@ pub async fn write_demo_cards(data_dir: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Points certificate sign-in at the demo cards' CA: the root as identity trust anchor and its
+/// CRLs (as listed in the cards' `index.json`), unless the configuration names its own.
+pub fn configure_identity(settings: &mut mydata_server::Settings) -> anyhow::Result<()> {
+    let dir = mydata_card::demo::cards_dir(&settings.data_dir);
+    let path = dir.join("index.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let index: mydata_card::demo::Index = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged; delete the folder", path.display()))?;
+    let id = &mut settings.identity;
+    if id.certificate_roots.is_empty() {
+        id.certificate_roots = vec![dir.join(&index.trust_anchor)];
+    }
+    if id.certificate_crls.is_empty() {
+        id.certificate_crls = index.crls.iter().map(|c| dir.join(c)).collect();
+    }
+    Ok(())
+}

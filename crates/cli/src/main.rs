@@ -216,6 +216,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     }
     mydata_server::telemetry::init(settings.log.format, &settings.log.level);
     card_agent::write_demo_cards(&settings.data_dir).await?;
+    card_agent::configure_identity(&mut settings)?;
     let agencies = provider_sim::start_in_process(&settings, args.time_scale).await?;
     agencies.configure(&mut settings);
     settings.dev.endpoints = true;
@@ -229,6 +230,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if settings.oauth.issuer.is_empty() && settings.listen.port() != 0 {
         settings.oauth.issuer = format!("http://{}", settings.listen);
     }
+    let settings_dir = settings.data_dir.clone();
     let server = Server::bind(settings, Arc::new(mydata_core::SystemClock)).await?;
     let base = server.base_url()?;
     example_service::serve(sp_listener, &sp_base, &base, &agencies.base, sp_keys);
@@ -248,6 +250,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     counter_admin::demo_desk(server.state()).await?;
     let running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
     wait_healthy(&base).await?;
+    eprintln!(
+        "sign in with a test card: mydata card-agent --card {}/<ID number>.p12 --allow-origin {base} (PIN 123456); \
+         codes are at {base}/dev/outbox. Passkeys need a domain name: open {} for them.",
+        mydata_card::demo::cards_dir(&settings_dir).display(),
+        base.replace("127.0.0.1", "localhost")
+    );
     eprintln!("mydata demo is ready. Open the address below in a browser; press Ctrl-C to stop.");
     println!("{base}");
     running.await.context("server task failed")?

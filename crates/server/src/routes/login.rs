@@ -1389,7 +1389,22 @@ pub async fn outbox(State(state): State<AppState>, uri: Uri, headers: HeaderMap)
     }
     let run = async {
         let rows = state.store().outbox(50).await?;
+        let origin = platform_origin(&state, &headers);
         let p = OutboxPage {
+            cards_title: lang.pick("以測試卡片登入", "Signing in with a test card"),
+            cards_intro: match lang {
+                Lang::ZhTw => format!(
+                    "自然人憑證與工商憑證登入需要讀卡程式：在另一個終端機執行下列指令之一（卡片在 {0}），再到 {1}/login/moica_cert 或 {1}/login/moea_cert 輸入 PIN 123456。雙證件與健保卡驗證所需的資料由模擬機關提供；通行密鑰請用 localhost 網址開啟本平臺。",
+                    demo_cards_dir(&state).display(),
+                    origin
+                ),
+                Lang::En => format!(
+                    "Certificate sign-in needs the card program: run one of these commands in another terminal (the cards are in {0}), then enter PIN 123456 at {1}/login/moica_cert or {1}/login/moea_cert. The simulated agencies hold the details the dual-ID and health-card methods check; for passkeys open the platform at its localhost address.",
+                    demo_cards_dir(&state).display(),
+                    origin
+                ),
+            },
+            cards: demo_cards(&state, &origin),
             chrome: Chrome::new(lang),
             title: lang.pick("測試寄件匣", "Demo outbox"),
             warning: lang.pick(
@@ -1439,9 +1454,63 @@ pub struct OutboxItem {
     pub body: String,
 }
 
+/// A demo card to try, with the command that serves it.
+#[derive(Debug)]
+pub struct DemoCard {
+    pub who: String,
+    pub kind: String,
+    pub command: String,
+}
+
+fn demo_cards_dir(state: &AppState) -> std::path::PathBuf {
+    state.settings().data_dir.join("demo").join("cards")
+}
+
+/// A few valid cards from the demo's `index.json` (synthetic people and a company), if present.
+fn demo_cards(state: &AppState, origin: &str) -> Vec<DemoCard> {
+    let dir = demo_cards_dir(state);
+    let Ok(text) = std::fs::read_to_string(dir.join("index.json")) else {
+        return Vec::new();
+    };
+    let Ok(index) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    let cards = index["cards"].as_array().cloned().unwrap_or_default();
+    let valid = |c: &&serde_json::Value| c["status"] == "valid";
+    let of_kind = |k: &'static str| {
+        cards
+            .iter()
+            .filter(valid)
+            .filter(move |c| c["kind"].as_str().is_some_and(|x| x.contains(k)))
+    };
+    of_kind("citizen")
+        .take(3)
+        .chain(of_kind("business").take(1))
+        .map(|c| DemoCard {
+            who: format!(
+                "{} ({})",
+                c["subject"].as_str().unwrap_or_default(),
+                c["serial_number"].as_str().unwrap_or_default()
+            ),
+            kind: match c["kind"].as_str() {
+                Some("business") => IdentityMethod::MoeaCert.name_zh(),
+                _ => IdentityMethod::MoicaCert.name_zh(),
+            }
+            .to_owned(),
+            command: format!(
+                "mydata card-agent --card {} --allow-origin {origin}",
+                dir.join(c["file"].as_str().unwrap_or_default()).display()
+            ),
+        })
+        .collect()
+}
+
 #[derive(Debug, Template)]
 #[template(path = "login/outbox.html")]
 pub struct OutboxPage {
+    pub cards_title: &'static str,
+    pub cards_intro: String,
+    pub cards: Vec<DemoCard>,
     pub chrome: Chrome,
     pub title: &'static str,
     pub warning: &'static str,
