@@ -21,19 +21,13 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{what} `{id}` does not exist")]
-    NotFound {
-        what: &'static str,
-        id: String,
-    },
+    NotFound { what: &'static str, id: String },
     #[error("no page or endpoint at this address")]
     RouteNotFound,
     #[error("this address does not accept the {0} method")]
     MethodNotAllowed(String),
     #[error("query parameter `{name}`: {message}")]
-    InvalidParameter {
-        name: String,
-        message: String,
-    },
+    InvalidParameter { name: String, message: String },
     #[error("the query string is not valid: {0}")]
     InvalidQuery(String),
     #[error("the request body is not valid JSON: {0}")]
@@ -45,9 +39,7 @@ pub enum AppError {
     /// `limit` is None where the limit is not known (an extractor's rejection); the fallback
     /// middleware, which knows it, states it.
     #[error("the request body is larger than {}", limit.map_or("the limit".to_owned(), |l| format!("the {l}-byte limit")))]
-    PayloadTooLarge {
-        limit: Option<usize>,
-    },
+    PayloadTooLarge { limit: Option<usize> },
     #[error("the request took too long and was stopped")]
     Timeout,
     #[error("no dataset was chosen")]
@@ -59,24 +51,15 @@ pub enum AppError {
     #[error("the package of transfer `{0}` was already retrieved or has expired, and is deleted")]
     PackageGone(String),
     #[error("tree size {size} is beyond the audit log, which holds {log_size} entries")]
-    TreeSizeOutOfRange {
-        size: u64,
-        log_size: u64,
-    },
+    TreeSizeOutOfRange { size: u64, log_size: u64 },
     #[error(
         "leaf index {index} is not in a tree of size {size} (leaf indexes go from 0 to size - 1)"
     )]
-    LeafIndexOutOfRange {
-        index: u64,
-        size: u64,
-    },
+    LeafIndexOutOfRange { index: u64, size: u64 },
     #[error(
         "the first tree size ({first}) is larger than the second ({second}); give the older size first"
     )]
-    ProofSizesOutOfOrder {
-        first: u64,
-        second: u64,
-    },
+    ProofSizesOutOfOrder { first: u64, second: u64 },
     #[error("{0}")]
     ReceiptNotAvailable(String),
     #[error("the form's security token is missing or wrong; reload the page and try again")]
@@ -94,9 +77,7 @@ pub enum AppError {
     #[error("{0}")]
     IdentityRefused(crate::identity::Refusal),
     #[error("too many failed attempts; try again in {} minute(s)", retry_after_secs.div_ceil(60))]
-    LockedOut {
-        retry_after_secs: u64,
-    },
+    LockedOut { retry_after_secs: u64 },
     #[error("{}", .0.message_en())]
     CodeRefused(CodeProblem),
     #[error("{0}")]
@@ -114,6 +95,7 @@ pub enum AppError {
     /// An online-service authorization that cannot go on (shown as a page, never redirected).
     #[error("{0}")]
     AuthorizationRefused(String),
+    #[error("{0}")]
     Passkey(crate::identity::passkey::PasskeyProblem),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),

@@ -16,7 +16,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::io::Write;
 use std::path::Path;
 use zeroize::Zeroizing;
 

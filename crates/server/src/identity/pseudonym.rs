@@ -101,19 +101,8 @@ fn create_key_file(path: &Path, key: &[u8; 32]) -> anyhow::Result<bool> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    match opts.open(path) {
-        Ok(mut f) => {
-            f.write_all(Zeroizing::new(hex::encode(key)).as_bytes())?;
-            f.sync_all()?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
-    }
+    crate::keyfile::create_once(path, Zeroizing::new(hex::encode(key)).as_bytes())
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// The keyed hash of the platform.
