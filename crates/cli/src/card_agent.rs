@@ -17,11 +17,12 @@ pub struct CardAgentArgs {
     /// Loopback address and port to listen on.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:61161")]
     listen: SocketAddr,
-    /// Web origin allowed to call the agent from a browser (repeat for several).
+    /// Web origin allowed to call the agent from a browser (repeat for several). The default
+    /// allows `mydata demo` on its default port by address and by name (passkeys need the name).
     #[arg(
         long = "allow-origin",
         value_name = "ORIGIN",
-        default_value = "http://127.0.0.1:8080"
+        default_values_t = ["http://127.0.0.1:8080".to_owned(), "http://localhost:8080".to_owned()]
     )]
     allow_origin: Vec<String>,
     /// File keeping the count of wrong PINs [default: FILE.p12.state.json beside the card]

@@ -250,11 +250,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     counter_admin::demo_desk(server.state()).await?;
     let running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
     wait_healthy(&base).await?;
+    // WebAuthn refuses IP addresses: the same server reached as `localhost` is where passkeys work.
+    let by_name = base.replace("127.0.0.1", "localhost");
     eprintln!(
-        "sign in with a test card: mydata card-agent --card {}/<ID number>.p12 --allow-origin {base} (PIN 123456); \
-         codes are at {base}/dev/outbox. Passkeys need a domain name: open {} for them.",
+        "sign in with a test card: mydata card-agent --card {}/<ID number or 統一編號>.p12 \
+         --allow-origin {base} --allow-origin {by_name} (PIN 123456); codes are at {base}/dev/outbox. \
+         Passkeys need a domain name: open {by_name} to register and use them.",
         mydata_card::demo::cards_dir(&settings_dir).display(),
-        base.replace("127.0.0.1", "localhost")
     );
     eprintln!("mydata demo is ready. Open the address below in a browser; press Ctrl-C to stop.");
     println!("{base}");

@@ -155,6 +155,7 @@ pub async fn start_in_process(
     let root_file = dir.join("agency-root.pem");
     std::fs::write(&root_file, sim.root_pem())
         .with_context(|| format!("cannot write {}", root_file.display()))?;
+    write_demo_people(&dir, &sim)?;
     let sample = |v: Option<&str>| v.unwrap_or_default().to_owned();
     let sample_person = sample(sim.population().persons().first().map(|p| p.id.as_str()));
     let sample_company = sample(sim.population().companies().first().map(|c| c.ban.as_str()));
@@ -174,4 +175,33 @@ pub async fn start_in_process(
         sample_company,
         root_file,
     })
+}
+
+/// How many synthetic people `people.json` describes (the outbox page shows the first few).
+const DEMO_PEOPLE: usize = 20;
+
+/// Writes `<dir>/people.json`: for the first synthetic people, what the dual-ID and health-card
+/// sign-ins ask for (synthetic data), so a person trying the demo can use those methods.
+fn write_demo_people(dir: &std::path::Path, sim: &Simulator) -> anyhow::Result<()> {
+    let pop = sim.population();
+    let people: Vec<serde_json::Value> = pop
+        .persons()
+        .iter()
+        .take(DEMO_PEOPLE)
+        .map(|p| {
+            serde_json::json!({
+                "id_number": p.id.as_str(),
+                "name": p.name,
+                "nhi_card_no": p.nhi_card_no,
+                "household_no": pop.household_of(p).map(|h| h.number.clone()),
+                "id_card_issued": p.id_card_issued.map(|d| d.iso()),
+            })
+        })
+        .collect();
+    let path = dir.join("people.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&serde_json::json!({ "people": people }))?,
+    )
+    .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -293,6 +293,20 @@ async fn choose_inner(
         ),
     });
     let step_up = match (&verified, &selection) {
+        // Signed in as the other kind of subject: no level helps, say so rather than "step up".
+        (Some(v), Some(sel))
+            if !sel
+                .identity_methods
+                .iter()
+                .any(|m| m.subject_kind() == v.subject_kind) =>
+        {
+            Some(match (v.subject_kind, lang) {
+                (SubjectKind::Legal, Lang::ZhTw) => "您以工商憑證（法人）登入，但您選擇的是個人的資料，法人不能申請；請由本人以下列方式登入。".to_owned(),
+                (SubjectKind::Legal, Lang::En) => "You are signed in for a company (business certificate), but the data you chose is a person's, which a company cannot request: the person signs in with one of these methods.".to_owned(),
+                (SubjectKind::Natural, Lang::ZhTw) => "您以個人身分登入，但您選擇的是法人的資料；請以工商憑證登入。".to_owned(),
+                (SubjectKind::Natural, Lang::En) => "You are signed in as a person, but the data you chose is a company's: sign in with the business certificate.".to_owned(),
+            })
+        }
         (Some(_), Some(sel)) => Some(match lang {
             Lang::ZhTw => format!(
                 "您選擇的資料需要等級 {} 或更高、且為這些資料都接受的驗證方式，請再驗證一次。",
@@ -1390,21 +1404,24 @@ pub async fn outbox(State(state): State<AppState>, uri: Uri, headers: HeaderMap)
     let run = async {
         let rows = state.store().outbox(50).await?;
         let origin = platform_origin(&state, &headers);
+        let by_name = origin.replacen("//127.0.0.1:", "//localhost:", 1);
         let p = OutboxPage {
             cards_title: lang.pick("以測試卡片登入", "Signing in with a test card"),
             cards_intro: match lang {
                 Lang::ZhTw => format!(
-                    "自然人憑證與工商憑證登入需要讀卡程式：在另一個終端機執行下列指令之一（卡片在 {0}），再到 {1}/login/moica_cert 或 {1}/login/moea_cert 輸入 PIN 123456。雙證件與健保卡驗證所需的資料由模擬機關提供；通行密鑰請用 localhost 網址開啟本平臺。",
+                    "自然人憑證與工商憑證登入需要讀卡程式：在另一個終端機執行下列指令之一（卡片在 {0}），再到 {1}/login/moica_cert 或 {1}/login/moea_cert 輸入 PIN 123456。雙證件與健保卡登入所需的健保卡號、戶號與身分證發證日期（模擬資料）列在每位人員下方。通行密鑰須以網域名稱開啟本平臺：到 {2}/login/moica_cert 以自然人憑證登入後，在 {2}/account/passkeys 註冊，之後即可在 {2}/login/tw_fido 使用。",
                     demo_cards_dir(&state).display(),
-                    origin
+                    origin,
+                    by_name
                 ),
                 Lang::En => format!(
-                    "Certificate sign-in needs the card program: run one of these commands in another terminal (the cards are in {0}), then enter PIN 123456 at {1}/login/moica_cert or {1}/login/moea_cert. The simulated agencies hold the details the dual-ID and health-card methods check; for passkeys open the platform at its localhost address.",
+                    "Certificate sign-in needs the card program: run one of these commands in another terminal (the cards are in {0}), then enter PIN 123456 at {1}/login/moica_cert or {1}/login/moea_cert. The health-card number, household number and ID-card date (synthetic) that dual ID and the health-card sign-in ask for are shown under each person. Passkeys need the platform opened by a domain name: sign in by citizen certificate at {2}/login/moica_cert, register one at {2}/account/passkeys, then use it at {2}/login/tw_fido.",
                     demo_cards_dir(&state).display(),
-                    origin
+                    origin,
+                    by_name
                 ),
             },
-            cards: demo_cards(&state, &origin),
+            cards: demo_cards(&state, &origin, lang),
             chrome: Chrome::new(lang),
             title: lang.pick("測試寄件匣", "Demo outbox"),
             warning: lang.pick(
@@ -1460,6 +1477,41 @@ pub struct DemoCard {
     pub who: String,
     pub kind: String,
     pub command: String,
+    /// For a person: what dual ID and the health-card sign-in ask for (synthetic data).
+    pub details: String,
+}
+
+/// The demo's `people.json` (written by `mydata demo`): ID number → dual-ID details.
+fn demo_people(dir: &std::path::Path, lang: Lang) -> std::collections::HashMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(dir.join("people.json")) else {
+        return Default::default();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Default::default();
+    };
+    let s = |p: &serde_json::Value, k: &str| p[k].as_str().unwrap_or("-").to_owned();
+    v["people"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let text = match lang {
+                Lang::ZhTw => format!(
+                    "健保卡號 {}；戶號 {}；身分證發證日期 {}",
+                    s(p, "nhi_card_no"),
+                    s(p, "household_no"),
+                    s(p, "id_card_issued")
+                ),
+                Lang::En => format!(
+                    "health card {}; household {}; ID card issued {}",
+                    s(p, "nhi_card_no"),
+                    s(p, "household_no"),
+                    s(p, "id_card_issued")
+                ),
+            };
+            (s(p, "id_number"), text)
+        })
+        .collect()
 }
 
 fn demo_cards_dir(state: &AppState) -> std::path::PathBuf {
@@ -1467,8 +1519,12 @@ fn demo_cards_dir(state: &AppState) -> std::path::PathBuf {
 }
 
 /// A few valid cards from the demo's `index.json` (synthetic people and a company), if present.
-fn demo_cards(state: &AppState, origin: &str) -> Vec<DemoCard> {
+fn demo_cards(state: &AppState, origin: &str, lang: Lang) -> Vec<DemoCard> {
     let dir = demo_cards_dir(state);
+    let people = dir
+        .parent()
+        .map(|d| demo_people(d, lang))
+        .unwrap_or_default();
     let Ok(text) = std::fs::read_to_string(dir.join("index.json")) else {
         return Vec::new();
     };
@@ -1476,6 +1532,17 @@ fn demo_cards(state: &AppState, origin: &str) -> Vec<DemoCard> {
         return Vec::new();
     };
     let cards = index["cards"].as_array().cloned().unwrap_or_default();
+    // An agent started from this page also serves the other loopback name of the same server,
+    // so a person can move to `localhost` (where passkeys work) with the same card.
+    let mut origins = format!("--allow-origin {origin}");
+    for (a, b) in [
+        ("//127.0.0.1:", "//localhost:"),
+        ("//localhost:", "//127.0.0.1:"),
+    ] {
+        if origin.contains(a) {
+            origins.push_str(&format!(" --allow-origin {}", origin.replacen(a, b, 1)));
+        }
+    }
     let valid = |c: &&serde_json::Value| c["status"] == "valid";
     let of_kind = |k: &'static str| {
         cards
@@ -1498,9 +1565,13 @@ fn demo_cards(state: &AppState, origin: &str) -> Vec<DemoCard> {
             }
             .to_owned(),
             command: format!(
-                "mydata card-agent --card {} --allow-origin {origin}",
+                "mydata card-agent --card {} {origins}",
                 dir.join(c["file"].as_str().unwrap_or_default()).display()
             ),
+            details: people
+                .get(c["serial_number"].as_str().unwrap_or_default())
+                .cloned()
+                .unwrap_or_default(),
         })
         .collect()
 }
