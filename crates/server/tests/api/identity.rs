@@ -1264,6 +1264,23 @@ async fn step_up_when_a_later_choice_needs_a_stronger_method() {
     );
     assert!(html.contains("data-method=\"moica_cert\""));
     assert!(!html.contains("data-method=\"dual_id\""));
+    // Every method both datasets accept is linked, passkeys included, and no other.
+    let weak_ds = c.dataset(&weak).unwrap();
+    for m in IdentityMethod::ALL {
+        assert_eq!(
+            html.contains(&format!("data-method=\"{}\"", m.code())),
+            weak_ds.accepts(m) && strong.accepts(m),
+            "{m} offered iff accepted by all"
+        );
+    }
+    assert!(strong.accepts(IdentityMethod::TwFido));
+    assert!(
+        html.contains(&format!(
+            "href=\"/login/tw_fido?next=%2Fgo&#38;datasets={weak}%2C{}\"",
+            strong.id
+        )),
+        "{html}"
+    );
     assert!(
         html.contains(&format!(
             "Dual ID check cannot be used because {} does not accept it",
