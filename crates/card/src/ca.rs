@@ -264,6 +264,40 @@ impl IdentityPki {
         not_before: Timestamp,
         not_after: Timestamp,
     ) -> Result<IssuedCert, CaError> {
+        self.issue_with(
+            subject,
+            not_before,
+            not_after,
+            vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::ContentCommitment,
+            ],
+        )
+    }
+
+    /// Issues the other certificate a real citizen card carries: the encryption certificate
+    /// (keyEncipherment only), which must never sign anyone in.
+    pub fn issue_encryption(
+        &self,
+        subject: &Subject,
+        not_before: Timestamp,
+        not_after: Timestamp,
+    ) -> Result<IssuedCert, CaError> {
+        self.issue_with(
+            subject,
+            not_before,
+            not_after,
+            vec![KeyUsagePurpose::KeyEncipherment],
+        )
+    }
+
+    fn issue_with(
+        &self,
+        subject: &Subject,
+        not_before: Timestamp,
+        not_after: Timestamp,
+        key_usages: Vec<KeyUsagePurpose>,
+    ) -> Result<IssuedCert, CaError> {
         let issuer = self.issuer(subject.kind);
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let serial = issuer.next_serial();
@@ -279,10 +313,7 @@ impl IdentityPki {
             DnValue::PrintableString(printable),
         );
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::ContentCommitment,
-        ];
+        params.key_usages = key_usages;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = to_offset(not_before)?;
         params.not_after = to_offset(not_after)?;

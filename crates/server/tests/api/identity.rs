@@ -1,379 +1,64 @@
-//! Identity verification through the real pages: the simulated agencies run in-process over HTTP,
-//! one-time codes travel through a real SMTP conversation, certificates come from a test CA, and
-//! time moves only with the ManualClock.
+//! Identity verification through the real pages, in the shared flow world (`world.rs`): the
+//! simulated agencies run in-process over HTTP, one-time codes travel through a real SMTP
+//! conversation, certificates come from the world's test identity PKI, and time moves only with
+//! the ManualClock.
 
 use crate::helpers::{Backend, TestApp, eventually};
+use crate::world::{Browser, Card, CardValidity, FlowWorld, Person, code_in, csrf_in, issue_card};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use mydata_core::{BusinessId, IdNumber, IdentityMethod, ManualClock, Timestamp};
-use mydata_provider_sim::server::{Simulator, SimulatorConfig};
+use mydata_card::{CardKind, IdentityPki};
+use mydata_core::{BusinessId, IdNumber, IdentityMethod, Timestamp};
 use mydata_server::Settings;
 use mydata_server::identity::SubjectId;
 use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer;
-use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa,
-    KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, RevocationReason,
-    RevokedCertParams, SerialNumber,
-};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-const T0: i64 = 1_790_000_000_000;
+const T0: i64 = crate::fetch::T0;
 const MIN: Duration = Duration::from_secs(60);
 
-// ---------------------------------------------------------------------------------------------
-// The world of one test
-
-/// A synthetic person the simulated agencies know.
-#[derive(Clone)]
-struct Person {
-    id: String,
-    card: String,
-    household: String,
-    issued: String,
+/// The flow world as these tests use it: no dataset is fetched, so the agencies' time scale
+/// does not matter.
+async fn world(backend: Backend) -> FlowWorld {
+    FlowWorld::spawn(backend, 1.0).await
 }
 
-struct World {
-    app: TestApp,
-    person: Person,
-    other: Person,
-    pki: Pki,
-    mail: mpsc::UnboundedReceiver<String>,
-    _dir: tempfile::TempDir,
+async fn world_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> FlowWorld {
+    FlowWorld::spawn_with(backend, 1.0, tweak).await
 }
 
-/// A test certificate authority for citizen and business certificates, and its CRL.
-struct Pki {
-    key: KeyPair,
-    cert: rcgen::Certificate,
-    revoked: Vec<u64>,
-    crl_path: std::path::PathBuf,
+/// Sign-in steps as these tests drive them (on the world's [`Browser`]).
+trait SignIn {
+    /// Dual ID with the given household number and/or ID-card date, then on to `/after`.
+    async fn dual(
+        &self,
+        p: &Person,
+        household: Option<&str>,
+        issued: Option<&str>,
+    ) -> reqwest::Response;
+    /// The certificate flow of `method` with the card's signature over `tamper` of the
+    /// challenge; the page's CSP lets it reach the card agent.
+    async fn cert(
+        &self,
+        method: &str,
+        card: &Card,
+        tamper: impl FnOnce(&str) -> String,
+    ) -> reqwest::Response;
 }
 
-fn at(ms: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(ms / 1000).unwrap()
-}
-
-impl Pki {
-    fn new(name: &str, dir: &std::path::Path) -> Self {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        p.not_before = at(T0 - 86_400_000);
-        p.not_after = at(T0 + 3650 * 86_400_000);
-        p.key_identifier_method = KeyIdMethod::Sha256;
-        let cert = p.self_signed(&key).unwrap();
-        let pki = Self {
-            key,
-            cert,
-            revoked: Vec::new(),
-            crl_path: dir.join(format!("{name}-crl.pem")),
-        };
-        std::fs::write(dir.join(format!("{name}-root.pem")), pki.cert.pem()).unwrap();
-        pki.write_crl();
-        pki
-    }
-
-    fn write_crl(&self) {
-        let params = CertificateRevocationListParams {
-            this_update: at(T0 - 3_600_000),
-            next_update: at(T0 + 7 * 86_400_000),
-            crl_number: SerialNumber::from(u64::try_from(self.revoked.len()).unwrap() + 1),
-            issuing_distribution_point: None,
-            revoked_certs: self
-                .revoked
-                .iter()
-                .map(|s| RevokedCertParams {
-                    serial_number: SerialNumber::from(*s),
-                    revocation_time: at(T0 - 3_600_000),
-                    reason_code: Some(RevocationReason::KeyCompromise),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: KeyIdMethod::Sha256,
-        };
-        let crl = params.signed_by(&self.cert, &self.key).unwrap();
-        std::fs::write(&self.crl_path, crl.pem().unwrap()).unwrap();
-    }
-
-    /// A card: certificate (base64 DER) and its private key.
-    fn card(&self, serial_number: &str, opts: CardOpts) -> Card {
-        let kp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, "測試 人員");
-        p.distinguished_name
-            .push(DnType::CustomDnType(vec![2, 5, 4, 5]), serial_number);
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = if opts.no_signature_usage {
-            vec![KeyUsagePurpose::KeyEncipherment]
-        } else {
-            vec![KeyUsagePurpose::DigitalSignature]
-        };
-        p.not_before = at(opts.not_before.unwrap_or(T0 - 86_400_000));
-        p.not_after = at(opts.not_after.unwrap_or(T0 + 365 * 86_400_000));
-        p.serial_number = Some(SerialNumber::from(opts.serial));
-        p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&kp, &self.cert, &self.key).unwrap();
-        let key = SigningKey::from_pkcs8_der(&kp.serialize_der()).unwrap();
-        Card {
-            x5c: vec![STANDARD.encode(cert.der())],
-            key,
-        }
-    }
-}
-
-#[derive(Default)]
-struct CardOpts {
-    serial: u64,
-    not_before: Option<i64>,
-    not_after: Option<i64>,
-    no_signature_usage: bool,
-}
-
-struct Card {
-    x5c: Vec<String>,
-    key: SigningKey,
-}
-
-impl Card {
-    fn sign(&self, bytes: &[u8]) -> String {
-        let sig: p256::ecdsa::Signature = self.key.sign(bytes);
-        URL_SAFE_NO_PAD.encode(sig.to_der().as_bytes())
-    }
-}
-
-/// A minimal SMTP server: accepts every message and hands over its data.
-pub(crate) async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                w.write_all(b"220 test ESMTP\r\n").await.unwrap();
-                let mut data: Option<String> = None;
-                for _ in 0..10_000 {
-                    let Ok(Some(line)) = lines.next_line().await else {
-                        break;
-                    };
-                    if let Some(d) = data.as_mut() {
-                        if line == "." {
-                            tx.send(data.take().unwrap()).unwrap();
-                            w.write_all(b"250 OK queued\r\n").await.unwrap();
-                        } else {
-                            d.push_str(&line);
-                            d.push('\n');
-                        }
-                        continue;
-                    }
-                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-test\r\n250 OK\r\n",
-                        "DATA" => {
-                            data = Some(String::new());
-                            b"354 go ahead\r\n"
-                        }
-                        "QUIT" => {
-                            w.write_all(b"221 bye\r\n").await.unwrap();
-                            break;
-                        }
-                        _ => b"250 OK\r\n",
-                    };
-                    w.write_all(reply).await.unwrap();
-                }
-            });
-        }
-    });
-    (port, rx)
-}
-
-/// The 6-digit code in a received message (base64 or quoted-printable body).
-fn code_in(message: &str) -> String {
-    let (headers, body) = message.split_once("\n\n").unwrap();
-    let text = if headers
-        .to_ascii_lowercase()
-        .contains("content-transfer-encoding: base64")
-    {
-        let b64: String = body.split_whitespace().collect();
-        String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap()
-    } else {
-        body.replace("=\n", "")
-    };
-    let i = text.find("code is ").expect("code in message") + "code is ".len();
-    text[i..i + 6].to_owned()
-}
-
-async fn world_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    // The platform key is made here so the simulated agencies can trust it before the server starts.
-    let key = <SigningKey as p256::elliptic_curve::Generate>::generate();
-    let key_path = dir.path().join("platform.pem");
-    std::fs::write(
-        &key_path,
-        key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
-    )
-    .unwrap();
-    let clock = ManualClock::new(Timestamp::from_millis(T0));
-    let sim = Arc::new(
-        Simulator::new(
-            SimulatorConfig::new(*key.verifying_key()),
-            Arc::new(clock.clone()),
-        )
-        .unwrap(),
-    );
-    let people: Vec<Person> = sim
-        .population()
-        .persons()
-        .iter()
-        .filter(|p| !p.is_foreign() && p.id_card_issued.is_some())
-        .filter_map(|p| {
-            Some(Person {
-                id: p.id.as_str().to_owned(),
-                card: p.nhi_card_no.clone(),
-                household: sim.population().household_of(p)?.number.clone(),
-                issued: p.id_card_issued?.iso(),
-            })
-        })
-        .take(40)
-        .collect();
-    // Two people of different households, with different ID-card dates.
-    let first = people[0].clone();
-    let second = people
-        .iter()
-        .find(|p| p.household != first.household && p.issued != first.issued)
-        .unwrap()
-        .clone();
-    let people = [first, second];
-    let router = mydata_provider_sim::server::router(sim.clone()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    let (smtp_port, mail) = smtp_server().await;
-    let pki = Pki::new("citizen", dir.path());
-    let roots = vec![dir.path().join("citizen-root.pem")];
-    let crls = vec![pki.crl_path.clone()];
-    let pseudonym_key = dir.path().join("pseudonym.key");
-    let app = TestApp::spawn_clocked(
-        backend,
-        |s| {
-            s.keys.platform_signing_key = key_path.display().to_string();
-            s.keys.identity_hash_key = pseudonym_key.display().to_string();
-            s.identity.registry_url = sim_url;
-            s.identity.certificate_roots = roots;
-            s.identity.certificate_crls = crls;
-            s.identity.client_address_header = "x-forwarded-for".into();
-            s.jobs.poll_interval_ms = 5;
-            s.messages.smtp.host = "127.0.0.1".into();
-            s.messages.smtp.port = smtp_port;
-            s.messages.smtp.security = mydata_server::identity::messages::SmtpSecurity::None;
-            tweak(s);
-        },
-        Vec::new(),
-        clock,
-    )
-    .await;
-    World {
-        app,
-        person: people[0].clone(),
-        other: people[1].clone(),
-        pki,
-        mail,
-        _dir: dir,
-    }
-}
-
-async fn world(backend: Backend) -> World {
-    world_with(backend, |_| {}).await
-}
-
-/// One browser: its own cookies, a client address of its own.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-    addr: String,
-}
-
-fn csrf_in(html: &str) -> String {
-    let i = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
-    html[i..].split('"').next().unwrap().to_owned()
-}
-
-impl Browser {
-    fn new(app: &TestApp, addr: &str) -> Self {
-        Self {
-            client: reqwest::Client::builder()
-                .cookie_store(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-            base: app.base.clone(),
-            addr: addr.into(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .header("x-forwarded-for", &self.addr)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// Opens a page and returns its CSRF token.
-    async fn csrf(&self, path: &str) -> String {
-        let r = self.get(path).await;
-        assert_eq!(r.status(), 200, "{path}");
-        csrf_in(&r.text().await.unwrap())
-    }
-
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .header("x-forwarded-for", &self.addr)
-            .form(form)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn session(&self) -> serde_json::Value {
-        self.get("/api/v1/session").await.json().await.unwrap()
-    }
-
-    async fn dual_id(
+impl SignIn for Browser {
+    async fn dual(
         &self,
         p: &Person,
         household: Option<&str>,
         issued: Option<&str>,
     ) -> reqwest::Response {
-        let csrf = self.csrf("/login/dual_id").await;
-        let mut form = vec![
-            ("csrf", csrf.as_str()),
-            ("id_number", p.id.as_str()),
-            ("nhi_card_no", p.card.as_str()),
-            ("next", "/after"),
-        ];
-        if let Some(h) = household {
-            form.push(("household_no", h));
-        }
-        if let Some(d) = issued {
-            form.push(("id_card_issue_date", d));
-        }
-        self.post("/login/dual_id", &form).await
+        self.dual_id_with(p, household, issued, "/after").await
     }
 
-    /// Runs the certificate flow: challenge, signature by `card` over `signed` (or the challenge's
-    /// own text), submit.
     async fn cert(
         &self,
         method: &str,
@@ -387,46 +72,13 @@ impl Browser {
                 .unwrap()
                 .contains("connect-src 'self' http://127.0.0.1:61161")
         );
-        let csrf = csrf_in(&page.text().await.unwrap());
-        let ch: serde_json::Value = self
-            .client
-            .post(format!("{}/login/{method}/challenge", self.base))
-            .header("x-csrf-token", &csrf)
-            .header("x-forwarded-for", &self.addr)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let text = String::from_utf8(
-            URL_SAFE_NO_PAD
-                .decode(ch["to_be_signed"].as_str().unwrap())
-                .unwrap(),
-        )
-        .unwrap();
-        let id = ch["challenge_id"].as_str().unwrap();
-        assert_eq!(
-            text,
-            format!(
-                "mydata-login-v1\n{}\n{id}\n{}",
-                self.base,
-                ch["nonce"].as_str().unwrap()
-            )
-        );
-        let signature = card.sign(tamper(&text).as_bytes());
-        let x5c = serde_json::to_string(&card.x5c).unwrap();
-        self.post(
-            &format!("/login/{method}"),
-            &[
-                ("csrf", &csrf),
-                ("challenge_id", id),
-                ("signature", &signature),
-                ("x5c", &x5c),
-            ],
-        )
-        .await
+        self.certificate_with(method, card, "/", tamper).await
     }
+}
+
+/// A current citizen card for `id` from the world's PKI.
+fn citizen(w: &FlowWorld, id: &str) -> Card {
+    w.card_for(CardKind::Citizen, id, CardValidity::Current)
 }
 
 async fn refused(r: reqwest::Response, status: u16, code: &str) -> String {
@@ -440,18 +92,9 @@ async fn refused(r: reqwest::Response, status: u16, code: &str) -> String {
     html
 }
 
-/// Marks the person as having done first use, so a test can skip the code step.
-async fn known(w: &World, id: &SubjectId) {
-    let p = mydata_server::identity::subject_pseudonym(&w.app.state, id);
-    let store = &w.app.db.store;
-    store
-        .ensure_subject(&p, "natural", Timestamp::from_millis(T0))
-        .await
-        .unwrap();
-    store
-        .complete_first_use(&p, "email", "x@example.org", Timestamp::from_millis(T0))
-        .await
-        .unwrap();
+/// Marks the subject as having done first use, so a test can skip the code step.
+async fn known(w: &FlowWorld, id: &SubjectId) {
+    w.known_subject(id).await;
 }
 
 /// A valid ID number no one in the population has (each bad case its own account).
@@ -463,7 +106,7 @@ fn fresh_id(n: u32) -> String {
 }
 
 fn person_id(p: &Person) -> SubjectId {
-    SubjectId::Person(IdNumber::parse(&p.id).unwrap())
+    p.subject()
 }
 
 fn set_cookie(r: &reqwest::Response) -> String {
@@ -482,8 +125,9 @@ fn set_cookie(r: &reqwest::Response) -> String {
 async fn dual_id_with_first_use_code_by_email_then_a_second_sign_in_skips_it() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let mut w = world(backend).await;
-        let b = Browser::new(&w.app, "10.0.0.1");
-        let r = b.dual_id(&w.person, Some(&w.person.household), None).await;
+        let (person, _) = w.pair();
+        let b = w.browser("10.0.0.1");
+        let r = b.dual(&person, Some(&person.household), None).await;
         assert_eq!(r.status(), 303);
         assert_eq!(r.headers()["location"], "/login/first-use");
         assert_eq!(
@@ -545,19 +189,19 @@ async fn dual_id_with_first_use_code_by_email_then_a_second_sign_in_skips_it() {
             .await;
         assert_eq!(r.status(), 403, "the old session's token no longer exists");
         // The job that carried the address and code was emptied once sent.
-        let p = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&w.person));
+        let p = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&person));
         assert_eq!(
-            w.app.db.store.contacts(&p).await.unwrap()[0].address,
+            w.app.store().contacts(&p).await.unwrap()[0].address,
             "citizen@example.org"
         );
 
         // A later sign-in (another browser) goes straight through, with the ID-card date instead.
-        let b2 = Browser::new(&w.app, "10.0.0.2");
-        let r = b2.dual_id(&w.person, None, Some(&w.person.issued)).await;
+        let b2 = w.browser("10.0.0.2");
+        let r = b2.dual(&person, None, Some(&person.id_card_issued)).await;
         assert_eq!(r.status(), 303);
         assert_eq!(r.headers()["location"], "/after");
         // Audit: verified and first-use events, pseudonymous only.
-        let events = w.app.db.store.audit_for_subject(&p).await.unwrap();
+        let events = w.app.store().audit_for_subject(&p).await.unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         assert!(
             kinds.contains(&"identity.verified") && kinds.contains(&"identity.first_use_confirmed"),
@@ -566,25 +210,26 @@ async fn dual_id_with_first_use_code_by_email_then_a_second_sign_in_skips_it() {
         assert!(
             !serde_json::to_string(&events.iter().map(|e| &e.detail).collect::<Vec<_>>())
                 .unwrap()
-                .contains(&w.person.id)
+                .contains(&person.id)
         );
-        w.app.stop().await.unwrap();
+        w.stop().await;
     }
 }
 
 #[tokio::test]
 async fn dual_id_refusals_never_say_which_field_was_wrong() {
     let w = world(Backend::Sqlite).await;
-    let p = w.person.clone();
-    let b = Browser::new(&w.app, "10.0.1.1");
+    let (person, other) = w.pair();
+    let p = person.clone();
+    let b = w.browser("10.0.1.1");
     let mut messages = Vec::new();
     let wrong_card = Person {
-        card: w.other.card.clone(),
+        nhi_card: other.nhi_card.clone(),
         ..p.clone()
     };
     for (i, (who, household, issued)) in [
         (&wrong_card, Some(p.household.as_str()), None),
-        (&p, Some(w.other.household.as_str()), None),
+        (&p, Some(other.household.as_str()), None),
         (&p, None, Some("1999-01-01")),
         (&p, Some("not-a-number"), None),
     ]
@@ -592,9 +237,9 @@ async fn dual_id_refusals_never_say_which_field_was_wrong() {
     .enumerate()
     {
         // Each from its own address: five failures from one would lock it.
-        let b = Browser::new(&w.app, &format!("10.0.2.{i}"));
+        let b = w.browser(&format!("10.0.2.{i}"));
         let html = refused(
-            b.dual_id(who, household, issued).await,
+            b.dual(who, household, issued).await,
             401,
             "identity_mismatch",
         )
@@ -610,7 +255,7 @@ async fn dual_id_refusals_never_say_which_field_was_wrong() {
         ..p.clone()
     };
     refused(
-        b.dual_id(&stranger, Some(&p.household), None).await,
+        b.dual(&stranger, Some(&p.household), None).await,
         401,
         "identity_mismatch",
     )
@@ -621,63 +266,60 @@ async fn dual_id_refusals_never_say_which_field_was_wrong() {
         ..p.clone()
     };
     refused(
-        b.dual_id(&bad, Some(&p.household), None).await,
+        b.dual(&bad, Some(&p.household), None).await,
         401,
         "invalid_id_number",
     )
     .await;
     // Neither household number nor date: a form problem, not counted.
     refused(
-        b.dual_id(&p, None, None).await,
+        b.dual(&p, None, None).await,
         422,
         "invalid_credentials_input",
     )
     .await;
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn lockout_per_account_and_per_address_and_its_expiry() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let w = world(backend).await;
-        let p = w.person.clone();
+        let (person, other) = w.pair();
+        let p = person.clone();
         let wrong = Person {
-            card: w.other.card.clone(),
+            nhi_card: other.nhi_card.clone(),
             ..p.clone()
         };
         // Five failures on one account from five addresses lock the account everywhere.
         for i in 0..5 {
-            let b = Browser::new(&w.app, &format!("10.1.0.{i}"));
-            let r = b.dual_id(&wrong, Some(&p.household), None).await;
+            let b = w.browser(&format!("10.1.0.{i}"));
+            let r = b.dual(&wrong, Some(&p.household), None).await;
             let expect = if i < 4 { 401 } else { 429 };
             assert_eq!(r.status(), expect, "attempt {i}");
         }
-        let fresh = Browser::new(&w.app, "10.1.1.1");
-        let r = fresh.dual_id(&p, Some(&p.household), None).await;
+        let fresh = w.browser("10.1.1.1");
+        let r = fresh.dual(&p, Some(&p.household), None).await;
         assert_eq!(r.headers()["retry-after"], "900");
         let html = refused(r, 429, "locked_out").await;
         assert!(html.contains("15 分鐘"), "time remaining shown");
         // The same address may still try another account.
-        let r = fresh
-            .dual_id(&w.other, Some(&w.other.household), None)
-            .await;
+        let r = fresh.dual(&other, Some(&other.household), None).await;
         assert_eq!(r.status(), 303, "other account unaffected");
 
         // Five failures from one address over different accounts lock that address.
-        let office = Browser::new(&w.app, "10.2.0.1");
+        let office = w.browser("10.2.0.1");
         for i in 0..5u32 {
             let id = IdNumber::generate('B', mydata_core::id_number::Sex::Male, 1_000 + i).unwrap();
             let someone = Person {
                 id: id.as_str().into(),
-                ..w.other.clone()
+                ..other.clone()
             };
-            let r = office.dual_id(&someone, Some("A0000000"), None).await;
+            let r = office.dual(&someone, Some("A0000000"), None).await;
             assert_eq!(r.status(), if i < 4 { 401 } else { 429 });
         }
         refused(
-            office
-                .dual_id(&w.other, Some(&w.other.household), None)
-                .await,
+            office.dual(&other, Some(&other.household), None).await,
             429,
             "locked_out",
         )
@@ -685,24 +327,20 @@ async fn lockout_per_account_and_per_address_and_its_expiry() {
 
         // Seven minutes on, still locked, with less time left; after fifteen, both work again.
         w.app.clock.advance(7 * MIN);
-        let r = fresh.dual_id(&p, Some(&p.household), None).await;
+        let r = fresh.dual(&p, Some(&p.household), None).await;
         assert_eq!(r.headers()["retry-after"], "480");
         w.app.clock.advance(8 * MIN);
-        assert_eq!(
-            fresh.dual_id(&p, Some(&p.household), None).await.status(),
-            303
-        );
+        assert_eq!(fresh.dual(&p, Some(&p.household), None).await.status(), 303);
         assert_eq!(
             office
-                .dual_id(&w.other, Some(&w.other.household), None)
+                .dual(&other, Some(&other.household), None)
                 .await
                 .status(),
             303
         );
         let kinds: Vec<String> = w
             .app
-            .db
-            .store
+            .store()
             .audit_for_subject(&mydata_server::identity::subject_pseudonym(
                 &w.app.state,
                 &person_id(&p),
@@ -714,34 +352,36 @@ async fn lockout_per_account_and_per_address_and_its_expiry() {
             .collect();
         assert!(kinds.iter().any(|k| k == "identity.lockout"), "{kinds:?}");
         assert_eq!(kinds.iter().filter(|k| *k == "identity.failed").count(), 5);
-        w.app.stop().await.unwrap();
+        w.stop().await;
     }
 }
 
 #[tokio::test]
 async fn failures_spread_over_more_than_fifteen_minutes_do_not_lock() {
     let w = world(Backend::Sqlite).await;
+    let (person, other) = w.pair();
     let wrong = Person {
-        card: w.other.card.clone(),
-        ..w.person.clone()
+        nhi_card: other.nhi_card.clone(),
+        ..person.clone()
     };
-    let b = Browser::new(&w.app, "10.3.0.1");
+    let b = w.browser("10.3.0.1");
     for _ in 0..8 {
         refused(
-            b.dual_id(&wrong, Some(&w.person.household), None).await,
+            b.dual(&wrong, Some(&person.household), None).await,
             401,
             "identity_mismatch",
         )
         .await;
         w.app.clock.advance(4 * MIN);
     }
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// Signs in by dual ID up to the code page; returns the code's CSRF token.
-async fn to_code_page(w: &mut World, b: &Browser) -> (String, String) {
+async fn to_code_page(w: &mut FlowWorld, b: &Browser) -> (String, String) {
+    let (person, _) = w.pair();
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
@@ -768,7 +408,8 @@ async fn to_code_page(w: &mut World, b: &Browser) -> (String, String) {
 #[tokio::test]
 async fn codes_expire_allow_few_attempts_and_are_counted_toward_lockout() {
     let mut w = world_with(Backend::Sqlite, |s| s.identity.code_max_attempts = 2).await;
-    let b = Browser::new(&w.app, "10.4.0.1");
+
+    let b = w.browser("10.4.0.1");
     let (csrf, code) = to_code_page(&mut w, &b).await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
     refused(
@@ -852,7 +493,7 @@ async fn codes_expire_allow_few_attempts_and_are_counted_toward_lockout() {
         "locked_out",
     )
     .await;
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
@@ -887,9 +528,10 @@ async fn sms_codes_go_through_the_configured_gateway_with_retries() {
         s.messages.sms.token = "gw-token".into();
     })
     .await;
-    let b = Browser::new(&w.app, "10.5.0.1");
+    let (person, _) = w.pair();
+    let b = w.browser("10.5.0.1");
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
@@ -925,21 +567,16 @@ async fn sms_codes_go_through_the_configured_gateway_with_retries() {
             .status(),
         303
     );
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn certificate_sign_in_and_every_bad_certificate_input() {
-    let mut w = world(Backend::Sqlite).await;
-    known(&w, &person_id(&w.person)).await;
-    let good = w.pki.card(
-        &w.person.id,
-        CardOpts {
-            serial: 10,
-            ..Default::default()
-        },
-    );
-    let b = Browser::new(&w.app, "10.6.0.1");
+    let w = world(Backend::Sqlite).await;
+    let (person, _) = w.pair();
+    known(&w, &person_id(&person)).await;
+    let good = citizen(&w, &person.id);
+    let b = w.browser("10.6.0.1");
     let r = b.cert("moica_cert", &good, str::to_owned).await;
     assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
     let s = b.session().await;
@@ -953,23 +590,11 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
     );
 
     // Forged signature: signed by another key.
-    let other_good = w.pki.card(
-        &fresh_id(11),
-        CardOpts {
-            serial: 21,
-            ..Default::default()
-        },
-    );
-    let mut forged = w.pki.card(
-        &fresh_id(11),
-        CardOpts {
-            serial: 11,
-            ..Default::default()
-        },
-    );
+    let other_good = citizen(&w, &fresh_id(11));
+    let mut forged = citizen(&w, &fresh_id(11));
     forged.x5c = other_good.x5c.clone();
     refused(
-        Browser::new(&w.app, "10.6.1.1")
+        w.browser("10.6.1.1")
             .cert("moica_cert", &forged, str::to_owned)
             .await,
         401,
@@ -978,35 +603,19 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
     .await;
     // Wrong nonce (the card signed other bytes).
     refused(
-        Browser::new(&w.app, "10.6.1.2")
-            .cert(
-                "moica_cert",
-                &w.pki.card(
-                    &fresh_id(22),
-                    CardOpts {
-                        serial: 22,
-                        ..Default::default()
-                    },
-                ),
-                |t| t.replace("mydata-login-v1", "mydata-login-v0"),
-            )
+        w.browser("10.6.1.2")
+            .cert("moica_cert", &citizen(&w, &fresh_id(22)), |t| {
+                t.replace("mydata-login-v1", "mydata-login-v0")
+            })
             .await,
         401,
         "signature_invalid",
     )
     .await;
     // Expired and not-yet-valid certificates.
-    let old = w.pki.card(
-        &fresh_id(12),
-        CardOpts {
-            serial: 12,
-            not_before: Some(T0 - 900 * 86_400_000),
-            not_after: Some(T0 - 86_400_000),
-            ..Default::default()
-        },
-    );
+    let old = w.card_for(CardKind::Citizen, &fresh_id(12), CardValidity::Expired);
     refused(
-        Browser::new(&w.app, "10.6.1.3")
+        w.browser("10.6.1.3")
             .cert("moica_cert", &old, str::to_owned)
             .await,
         401,
@@ -1014,55 +623,46 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
     )
     .await;
     // Revoked (listed in the CRL the platform reads at each sign-in).
-    let revoked = w.pki.card(
-        &fresh_id(13),
-        CardOpts {
-            serial: 13,
-            ..Default::default()
-        },
-    );
-    w.pki.revoked.push(13);
-    w.pki.write_crl();
+    let revoked = citizen(&w, &fresh_id(13));
+    w.revoke(CardKind::Citizen, revoked.serial);
     refused(
-        Browser::new(&w.app, "10.6.1.4")
+        w.browser("10.6.1.4")
             .cert("moica_cert", &revoked, str::to_owned)
             .await,
         401,
         "certificate_revoked",
     )
     .await;
-    // Untrusted issuer.
-    let dir = tempfile::tempdir().unwrap();
-    let rogue = Pki::new("rogue", dir.path());
+    // Untrusted issuer: a card of another PKI, sent alone (it chains to nothing the platform
+    // trusts), and sent with its own issuing CA, whose names copy the trusted ones.
+    let rogue = IdentityPki::generate(Timestamp::from_millis(T0)).unwrap();
+    let mut alien = issue_card(
+        &rogue,
+        CardKind::Citizen,
+        &fresh_id(14),
+        CardValidity::Current,
+        false,
+    );
+    let spoof = alien.x5c.clone();
+    alien.x5c.truncate(1);
     refused(
-        Browser::new(&w.app, "10.6.1.5")
-            .cert(
-                "moica_cert",
-                &rogue.card(
-                    &fresh_id(14),
-                    CardOpts {
-                        serial: 14,
-                        ..Default::default()
-                    },
-                ),
-                str::to_owned,
-            )
+        w.browser("10.6.1.5")
+            .cert("moica_cert", &alien, str::to_owned)
             .await,
         401,
         "certificate_untrusted",
     )
     .await;
+    alien.x5c = spoof;
+    let r = w
+        .browser("10.6.1.10")
+        .cert("moica_cert", &alien, str::to_owned)
+        .await;
+    assert_eq!(r.status(), 401, "a look-alike chain is refused");
     // No digitalSignature key usage.
-    let enc = w.pki.card(
-        &fresh_id(15),
-        CardOpts {
-            serial: 15,
-            no_signature_usage: true,
-            ..Default::default()
-        },
-    );
+    let enc = w.encryption_card(&fresh_id(15));
     refused(
-        Browser::new(&w.app, "10.6.1.6")
+        w.browser("10.6.1.6")
             .cert("moica_cert", &enc, str::to_owned)
             .await,
         401,
@@ -1070,16 +670,10 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
     )
     .await;
     // Malformed certificate.
-    let mut junk = w.pki.card(
-        &w.person.id,
-        CardOpts {
-            serial: 16,
-            ..Default::default()
-        },
-    );
+    let mut junk = citizen(&w, &person.id);
     junk.x5c = vec![STANDARD.encode(b"not a certificate")];
     refused(
-        Browser::new(&w.app, "10.6.1.7")
+        w.browser("10.6.1.7")
             .cert("moica_cert", &junk, str::to_owned)
             .await,
         401,
@@ -1087,15 +681,9 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
     )
     .await;
     // A serialNumber that is not a valid ID number.
-    let bad_id = w.pki.card(
-        "A123456788",
-        CardOpts {
-            serial: 17,
-            ..Default::default()
-        },
-    );
+    let bad_id = citizen(&w, "A123456788");
     refused(
-        Browser::new(&w.app, "10.6.1.8")
+        w.browser("10.6.1.8")
             .cert("moica_cert", &bad_id, str::to_owned)
             .await,
         401,
@@ -1104,15 +692,9 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
     .await;
     // A business certificate on the citizen method.
     let company = BusinessId::generate(4242).unwrap();
-    let biz = w.pki.card(
-        company.as_str(),
-        CardOpts {
-            serial: 18,
-            ..Default::default()
-        },
-    );
+    let biz = w.card_for(CardKind::Business, company.as_str(), CardValidity::Current);
     refused(
-        Browser::new(&w.app, "10.6.1.9")
+        w.browser("10.6.1.9")
             .cert("moica_cert", &biz, str::to_owned)
             .await,
         401,
@@ -1121,7 +703,7 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
     .await;
 
     // Replayed challenge: the same signed answer posted twice.
-    let r2 = Browser::new(&w.app, "10.6.2.1");
+    let r2 = w.browser("10.6.2.1");
     let page = r2.get("/login/moica_cert").await.text().await.unwrap();
     let csrf = csrf_in(&page);
     let ch: serde_json::Value = r2
@@ -1158,7 +740,7 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
     .await;
 
     // Expired challenge (two minutes).
-    let r3 = Browser::new(&w.app, "10.6.3.1");
+    let r3 = w.browser("10.6.3.1");
     let csrf = r3.csrf("/login/moica_cert").await;
     let ch: serde_json::Value = r3
         .client
@@ -1194,7 +776,7 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
 
     // A legal person by business certificate.
     known(&w, &SubjectId::Company(company.clone())).await;
-    let lb = Browser::new(&w.app, "10.6.4.1");
+    let lb = w.browser("10.6.4.1");
     assert_eq!(
         lb.cert("moea_cert", &biz, str::to_owned).await.status(),
         303
@@ -1204,13 +786,14 @@ async fn certificate_sign_in_and_every_bad_certificate_input() {
         (s["method"].as_str(), s["subject_kind"].as_str()),
         (Some("moea_cert"), Some("legal"))
     );
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn step_up_when_a_later_choice_needs_a_stronger_method() {
     let w = world(Backend::Sqlite).await;
-    known(&w, &person_id(&w.person)).await;
+    let (person, _) = w.pair();
+    known(&w, &person_id(&person)).await;
     let c = w.app.state.catalog();
     let weak = c
         .datasets()
@@ -1233,9 +816,9 @@ async fn step_up_when_a_later_choice_needs_a_stronger_method() {
                 && d.accepts(IdentityMethod::MoicaCert)
         })
         .unwrap();
-    let b = Browser::new(&w.app, "10.7.0.1");
+    let b = w.browser("10.7.0.1");
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
@@ -1288,13 +871,7 @@ async fn step_up_when_a_later_choice_needs_a_stronger_method() {
         )),
         "{html}"
     );
-    let card = w.pki.card(
-        &w.person.id,
-        CardOpts {
-            serial: 30,
-            ..Default::default()
-        },
-    );
+    let card = citizen(&w, &person.id);
     let before = b.session().await;
     assert_eq!(
         b.cert("moica_cert", &card, str::to_owned).await.status(),
@@ -1313,14 +890,15 @@ async fn step_up_when_a_later_choice_needs_a_stronger_method() {
         .get(&format!("/login?datasets={weak},{}&next=/go", strong.id))
         .await;
     assert_eq!(r.status(), 303);
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
     let w = world(Backend::Sqlite).await;
-    known(&w, &person_id(&w.person)).await;
-    let b = Browser::new(&w.app, "10.8.0.1");
+    let (person, other) = w.pair();
+    known(&w, &person_id(&person)).await;
+    let b = w.browser("10.8.0.1");
     // Not signed in: sent to the certificate sign-in.
     let r = b.get("/account/password").await;
     assert_eq!(
@@ -1329,20 +907,14 @@ async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
     );
     // Signed in at level 4: refused.
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
     );
     refused(b.get("/account/password").await, 403, "insufficient_level").await;
     // Level 1: registered (Argon2id), with the rules checked.
-    let card = w.pki.card(
-        &w.person.id,
-        CardOpts {
-            serial: 40,
-            ..Default::default()
-        },
-    );
+    let card = citizen(&w, &person.id);
     assert_eq!(
         b.cert("moica_cert", &card, str::to_owned).await.status(),
         303
@@ -1369,11 +941,10 @@ async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let p = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&w.person));
+    let p = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&person));
     assert!(
         w.app
-            .db
-            .store
+            .store()
             .subject(&p)
             .await
             .unwrap()
@@ -1384,16 +955,16 @@ async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
     );
 
     let login = |card: String, pw: &'static str, addr: &'static str| {
-        let w = &w;
+        let (w, person) = (&w, &person);
         async move {
-            let b = Browser::new(&w.app, addr);
+            let b = w.browser(addr);
             let csrf = b.csrf("/login/nhi_card").await;
             let r = b
                 .post(
                     "/login/nhi_card",
                     &[
                         ("csrf", &csrf),
-                        ("id_number", &w.person.id),
+                        ("id_number", &person.id),
                         ("nhi_card_no", &card),
                         ("password", pw),
                         ("next", "/n"),
@@ -1403,12 +974,12 @@ async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
             (b, r)
         }
     };
-    let (ok, r) = login(w.person.card.clone(), "a long passphrase", "10.8.1.1").await;
+    let (ok, r) = login(person.nhi_card.clone(), "a long passphrase", "10.8.1.1").await;
     assert_eq!(r.status(), 303);
     assert_eq!(ok.session().await["level"], 3);
-    let (_, r) = login(w.person.card.clone(), "a wrong passphrase", "10.8.1.2").await;
+    let (_, r) = login(person.nhi_card.clone(), "a wrong passphrase", "10.8.1.2").await;
     let wrong_pw = refused(r, 401, "wrong_password").await;
-    let (_, r) = login(w.other.card.clone(), "a long passphrase", "10.8.1.3").await;
+    let (_, r) = login(other.nhi_card.clone(), "a long passphrase", "10.8.1.3").await;
     let wrong_card = refused(r, 401, "wrong_password").await;
     let msg = |h: &str| {
         h[h.find("id=\"form-error\"").unwrap()..]
@@ -1423,42 +994,37 @@ async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
         "card and password failures read the same"
     );
     // Someone without a registered password gets the same answer.
-    let b = Browser::new(&w.app, "10.8.1.4");
+    let b = w.browser("10.8.1.4");
     let csrf = b.csrf("/login/nhi_card").await;
     let r = b
         .post(
             "/login/nhi_card",
             &[
                 ("csrf", &csrf),
-                ("id_number", &w.other.id),
-                ("nhi_card_no", &w.other.card),
+                ("id_number", &other.id),
+                ("nhi_card_no", &other.nhi_card),
                 ("password", "whatever it is"),
             ],
         )
         .await;
     refused(r, 401, "wrong_password").await;
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn every_form_rejects_a_missing_or_wrong_csrf_token() {
     let w = world(Backend::Sqlite).await;
-    known(&w, &person_id(&w.person)).await;
-    let b = Browser::new(&w.app, "10.9.0.1");
+    let (person, _) = w.pair();
+    known(&w, &person_id(&person)).await;
+    let b = w.browser("10.9.0.1");
     // A level-1 session with a pending first use is not possible at once; use two browsers: one
     // signed in (password form, logout), one anonymous with a session (everything else).
-    let card = w.pki.card(
-        &w.person.id,
-        CardOpts {
-            serial: 50,
-            ..Default::default()
-        },
-    );
+    let card = citizen(&w, &person.id);
     assert_eq!(
         b.cert("moica_cert", &card, str::to_owned).await.status(),
         303
     );
-    let anon = Browser::new(&w.app, "10.9.0.2");
+    let anon = w.browser("10.9.0.2");
     anon.csrf("/login/dual_id").await;
     let forms: [(&Browser, &str); 9] = [
         (&anon, "/login/dual_id"),
@@ -1474,7 +1040,7 @@ async fn every_form_rejects_a_missing_or_wrong_csrf_token() {
     for (i, (browser, path)) in forms.iter().enumerate() {
         let wrong = i % 2 == 0;
         let mut form = vec![
-            ("id_number", w.person.id.as_str()),
+            ("id_number", person.id.as_str()),
             ("password", "a long passphrase"),
             ("confirm", "a long passphrase"),
         ];
@@ -1483,7 +1049,7 @@ async fn every_form_rejects_a_missing_or_wrong_csrf_token() {
         }
         refused(browser.post(path, &form).await, 403, "csrf_failed").await;
         // And the other way round for the same form.
-        let mut form2 = vec![("id_number", w.person.id.as_str())];
+        let mut form2 = vec![("id_number", person.id.as_str())];
         if !wrong {
             form2.push(("csrf", "forged-token"));
         }
@@ -1505,23 +1071,24 @@ async fn every_form_rejects_a_missing_or_wrong_csrf_token() {
     // Nothing changed: still signed in, no failure counted.
     assert_eq!(b.session().await["signed_in"], true);
     // Without any session at all.
-    let stranger = Browser::new(&w.app, "10.9.0.3");
+    let stranger = w.browser("10.9.0.3");
     refused(
         stranger.post("/login/dual_id", &[("csrf", "x")]).await,
         403,
         "csrf_failed",
     )
     .await;
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn sessions_end_when_idle_or_at_their_absolute_limit() {
     let w = world(Backend::Sqlite).await;
-    known(&w, &person_id(&w.person)).await;
-    let b = Browser::new(&w.app, "10.10.0.1");
+    let (person, _) = w.pair();
+    known(&w, &person_id(&person)).await;
+    let b = w.browser("10.10.0.1");
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
@@ -1535,9 +1102,9 @@ async fn sessions_end_when_idle_or_at_their_absolute_limit() {
     let csrf = b.csrf("/login/dual_id").await;
     w.app.clock.advance(16 * MIN);
     assert_eq!(b.session().await["signed_in"], false);
-    let b = Browser::new(&w.app, "10.10.0.2");
+    let b = w.browser("10.10.0.2");
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
@@ -1552,9 +1119,9 @@ async fn sessions_end_when_idle_or_at_their_absolute_limit() {
     .await;
     let _ = csrf;
     // Absolute limit (8 hours) even with steady activity.
-    let b = Browser::new(&w.app, "10.10.0.3");
+    let b = w.browser("10.10.0.3");
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
@@ -1566,7 +1133,7 @@ async fn sessions_end_when_idle_or_at_their_absolute_limit() {
         }
     }
     assert_eq!(b.session().await["signed_in"], false);
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
@@ -1575,23 +1142,25 @@ async fn secure_cookies_when_configured_and_the_outbox_only_in_demo_mode() {
         s.identity.cookie_secure = mydata_server::identity::CookieSecure::Always
     })
     .await;
-    let r = w.app.get("/login/dual_id").await;
+
+    let r = w.browser("10.11.0.9").get("/login/dual_id").await;
     let cookie = set_cookie(&r);
     assert!(
         cookie.starts_with("__Host-mydata-session=") && cookie.contains("; Secure"),
         "{cookie}"
     );
     assert_eq!(
-        w.app.get("/dev/outbox").await.status(),
+        w.browser("10.11.0.9").get("/dev/outbox").await.status(),
         404,
         "off by default"
     );
-    w.app.stop().await.unwrap();
+    w.stop().await;
 
     let mut w = world_with(Backend::Sqlite, |s| s.messages.dev_outbox = true).await;
-    let b = Browser::new(&w.app, "10.11.0.1");
+    let (person, _) = w.pair();
+    let b = w.browser("10.11.0.1");
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
@@ -1607,9 +1176,9 @@ async fn secure_cookies_when_configured_and_the_outbox_only_in_demo_mode() {
     )
     .await;
     let page = std::cell::RefCell::new(String::new());
-    let (app, page_ref) = (&w.app, &page);
+    let (b, page_ref) = (&b, &page);
     eventually("code on the outbox page", || async move {
-        let text = app.get("/dev/outbox").await.text().await.unwrap();
+        let text = b.get("/dev/outbox").await.text().await.unwrap();
         let found = text.contains("demo@example.org");
         *page_ref.borrow_mut() = text;
         found
@@ -1620,7 +1189,7 @@ async fn secure_cookies_when_configured_and_the_outbox_only_in_demo_mode() {
         "the page tells the demo PIN"
     );
     assert!(w.mail.try_recv().is_err(), "nothing was sent by SMTP");
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1689,14 +1258,9 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
         s.messages.dev_outbox = true;
     })
     .await;
-    known(&w, &person_id(&w.person)).await;
-    *slot.lock().unwrap() = Some(w.pki.card(
-        &w.person.id,
-        CardOpts {
-            serial: 60,
-            ..Default::default()
-        },
-    ));
+    let (person, other) = w.pair();
+    known(&w, &person_id(&person)).await;
+    *slot.lock().unwrap() = Some(citizen(&w, &person.id));
     let ctx = Chromium::shared()
         .unwrap()
         .new_context("identity_pages")
@@ -1711,7 +1275,7 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
         "/login/moica_cert".into(),
         "/login/dual_id?lang=en".into(),
     ] {
-        page.goto(&w.app.url(&path)).await.unwrap();
+        page.goto(&w.url(&path)).await.unwrap();
         assert_eq!(
             page.horizontal_overflow().await.unwrap(),
             0,
@@ -1723,9 +1287,7 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
     }
 
     // Certificate: a wrong PIN is reported by the page; the right one signs the person in.
-    page.goto(&w.app.url("/login/moica_cert?next=/"))
-        .await
-        .unwrap();
+    page.goto(&w.url("/login/moica_cert?next=/")).await.unwrap();
     page.fill("#pin", "000000").await.unwrap();
     page.click("button[type=submit]").await.unwrap();
     page.wait_for_text("PIN 碼錯誤").await.unwrap();
@@ -1754,14 +1316,12 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
         .await
         .unwrap();
     let page = ctx2.new_page(Viewport::NARROW).await.unwrap();
-    let newcomer = w.other.clone();
-    page.goto(&w.app.url("/login/dual_id?next=/"))
-        .await
-        .unwrap();
+    let newcomer = other.clone();
+    page.goto(&w.url("/login/dual_id?next=/")).await.unwrap();
     page.tab_to("#f-id_number", 10).await.unwrap();
     page.type_text(&newcomer.id).await.unwrap();
     page.tab_to("#f-nhi_card_no", 3).await.unwrap();
-    page.type_text(&newcomer.card).await.unwrap();
+    page.type_text(&newcomer.nhi_card).await.unwrap();
     page.tab_to("#f-household_no", 3).await.unwrap();
     page.type_text(&newcomer.household).await.unwrap();
     page.press(Key::Enter).await.unwrap();
@@ -1784,7 +1344,7 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
     .unwrap();
     page.wait_loaded().await.unwrap();
     page.assert_accessible("code").await.unwrap();
-    let store = &w.app.db.store;
+    let store = &w.app.store();
     let mut body = String::new();
     for _ in 0..2000 {
         if let Some(m) = store.outbox(1).await.unwrap().into_iter().next() {
@@ -1811,9 +1371,9 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
         (s["method"].as_str(), s["level"].as_u64()),
         (Some("dual_id"), Some(4))
     );
-    page.goto(&w.app.url("/dev/outbox")).await.unwrap();
+    page.goto(&w.url("/dev/outbox")).await.unwrap();
     page.assert_accessible("outbox").await.unwrap();
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 mod passkey;

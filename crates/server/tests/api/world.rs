@@ -2,8 +2,8 @@
 //! and identity checks, a test identity PKI, an SMTP receiver, and people who sign in through the
 //! real pages (certificate at level 1, dual ID at level 4) with their own cookie jars.
 //!
-//! Flows (self-download, counter, online service) build on [`FlowWorld::spawn`] and
-//! [`FlowWorld::signed_in`] instead of repeating this set-up.
+//! Flows (self-download, counter, online service) and the identity tests build on
+//! [`FlowWorld::spawn`] and [`FlowWorld::signed_in`] instead of repeating this set-up.
 // Parts of the world serve flows still being built.
 #![allow(dead_code)]
 
@@ -19,8 +19,10 @@ use mydata_server::identity::SubjectId;
 use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer;
 use p256::pkcs8::DecodePrivateKey;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 /// Where every person of the world registered for notices (first use is marked done).
@@ -60,6 +62,8 @@ pub struct FlowWorld {
     pub pki: Arc<IdentityPki>,
     /// Natural persons with an ID card and a household, all of different households.
     pub people: Vec<Person>,
+    /// The CRL files the platform reads (root, citizen, business) and the serials revoked in each.
+    crls: Vec<(PathBuf, Mutex<Vec<u64>>)>,
     _files: tempfile::TempDir,
 }
 
@@ -80,29 +84,28 @@ impl FlowWorld {
         let pki = IdentityPki::generate(now).unwrap();
         let roots = files.path().join("identity-root.pem");
         std::fs::write(&roots, pki.root.cert_pem()).unwrap();
-        let mut crls = Vec::new();
-        for (name, ca) in [
-            ("root", &pki.root),
-            ("citizen", &pki.citizen),
-            ("business", &pki.business),
-        ] {
-            let der = ca
-                .crl(
-                    &[],
-                    Timestamp::from_millis(now.millis() - 3_600_000),
-                    Timestamp::from_millis(now.millis() + 30 * 86_400_000),
+        let crls: Vec<(PathBuf, Mutex<Vec<u64>>)> = ["root", "citizen", "business"]
+            .iter()
+            .map(|name| {
+                (
+                    files.path().join(format!("{name}.crl.pem")),
+                    Mutex::new(Vec::new()),
                 )
-                .unwrap();
-            let path = files.path().join(format!("{name}.crl.pem"));
-            std::fs::write(&path, mydata_card::ca::pem("X509 CRL", &der)).unwrap();
-            crls.push(path);
+            })
+            .collect();
+        for (i, ca) in [&pki.root, &pki.citizen, &pki.business]
+            .into_iter()
+            .enumerate()
+        {
+            write_crl(ca, &crls[i].0, &[]);
         }
-        let (smtp_port, mail) = crate::identity::smtp_server().await;
+        let crl_paths: Vec<PathBuf> = crls.iter().map(|c| c.0.clone()).collect();
+        let (smtp_port, mail) = smtp_server().await;
         let hash_key = files.path().join("identity-hash.key");
         let app = DataApp::spawn(backend, time_scale, |s| {
             s.identity.registry_url = s.agencies.base_url.clone();
             s.identity.certificate_roots = vec![roots];
-            s.identity.certificate_crls = crls;
+            s.identity.certificate_crls = crl_paths;
             s.identity.client_address_header = "x-forwarded-for".into();
             s.keys.identity_hash_key = hash_key.display().to_string();
             s.messages.smtp.host = "127.0.0.1".into();
@@ -128,12 +131,52 @@ impl FlowWorld {
             mail,
             pki: Arc::new(pki),
             people,
+            crls,
             _files: files,
         }
     }
 
+    /// Stops the server and its workers (asserting they end cleanly).
+    pub async fn stop(mut self) {
+        self.app.shutdown().await;
+    }
+
+    /// Two people of different households with different ID-card issue dates (so a dual-ID check
+    /// with one's details for the other fails on every field).
+    pub fn pair(&self) -> (Person, Person) {
+        let first = self.people[0].clone();
+        let second = self
+            .people
+            .iter()
+            .find(|p| p.id_card_issued != first.id_card_issued)
+            .expect("two people with different ID-card dates")
+            .clone();
+        (first, second)
+    }
+
+    /// A browser that reaches the server as `localhost` (a valid passkey relying-party ID).
+    pub fn browser_by_name(&self, addr: &str) -> Browser {
+        Browser::new(&self.app.base.replace("127.0.0.1", "localhost"), addr)
+    }
+
+    /// Lists the certificate `serial` of `kind`'s issuing CA in the CRL the platform reads.
+    pub fn revoke(&self, kind: CardKind, serial: u64) {
+        let i = match kind {
+            CardKind::Citizen => 1,
+            CardKind::Business => 2,
+        };
+        let mut revoked = self.crls[i].1.lock().unwrap();
+        revoked.push(serial);
+        write_crl(self.pki.issuer(kind), &self.crls[i].0, &revoked);
+    }
+
     pub fn agencies(&self) -> &Agencies {
         &self.app.agencies
+    }
+
+    /// The address of `path` on the platform.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.app.base)
     }
 
     /// A browser of its own (cookie jar, client address `addr`, no redirects followed).
@@ -143,11 +186,20 @@ impl FlowWorld {
 
     /// Marks the person's first use as done, with [`CONTACT_EMAIL`] registered for notices.
     pub async fn known(&self, p: &Person) {
-        let pseudonym = mydata_server::identity::subject_pseudonym(&self.app.state, &p.subject());
+        self.known_subject(&p.subject()).await;
+    }
+
+    /// [`FlowWorld::known`] for any subject, a company too.
+    pub async fn known_subject(&self, id: &SubjectId) {
+        let pseudonym = mydata_server::identity::subject_pseudonym(&self.app.state, id);
         let store = self.app.store();
         let now = Timestamp::from_millis(crate::fetch::T0);
         store
-            .ensure_subject(&pseudonym, "natural", now)
+            .ensure_subject(
+                &pseudonym,
+                mydata_server::identity::session::kind_code(id.kind()),
+                now,
+            )
             .await
             .unwrap();
         store
@@ -158,26 +210,23 @@ impl FlowWorld {
 
     /// A citizen certificate card for the person, issued by the world's PKI.
     pub fn card(&self, p: &Person) -> Card {
-        let now = Timestamp::from_millis(crate::fetch::T0);
-        let issued = self
-            .pki
-            .issue(
-                &Subject {
-                    kind: CardKind::Citizen,
-                    name: p.name.clone(),
-                    serial_number: p.id.clone(),
-                },
-                Timestamp::from_millis(now.millis() - 86_400_000),
-                Timestamp::from_millis(now.millis() + 365 * 86_400_000),
-            )
-            .unwrap();
-        Card {
-            x5c: vec![
-                STANDARD.encode(&issued.der),
-                STANDARD.encode(self.pki.citizen.cert_der()),
-            ],
-            key: SigningKey::from_pkcs8_der(&issued.key_pkcs8).unwrap(),
-        }
+        self.card_for(CardKind::Citizen, &p.id, CardValidity::Current)
+    }
+
+    /// A signing card of `kind` for any serialNumber (valid or not as an ID number or 統一編號).
+    pub fn card_for(&self, kind: CardKind, serial_number: &str, validity: CardValidity) -> Card {
+        issue_card(&self.pki, kind, serial_number, validity, false)
+    }
+
+    /// The encryption certificate of a citizen card (keyEncipherment only).
+    pub fn encryption_card(&self, serial_number: &str) -> Card {
+        issue_card(
+            &self.pki,
+            CardKind::Citizen,
+            serial_number,
+            CardValidity::Current,
+            true,
+        )
     }
 
     /// A browser in which `p` has signed in by citizen certificate (level 1), first use done.
@@ -199,10 +248,68 @@ impl FlowWorld {
     }
 }
 
-/// A certificate card: chain (leaf first, base64 DER) and the private key.
+/// When a test card is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardValidity {
+    /// From a day before the world's start for a year.
+    Current,
+    /// Ended a day before the world's start.
+    Expired,
+}
+
+/// A card issued by `pki` (any PKI: the world's, or a rogue one it does not trust).
+pub fn issue_card(
+    pki: &IdentityPki,
+    kind: CardKind,
+    serial_number: &str,
+    validity: CardValidity,
+    encryption_only: bool,
+) -> Card {
+    const DAY: i64 = 86_400_000;
+    let now = crate::fetch::T0;
+    let (nb, na) = match validity {
+        CardValidity::Current => (now - DAY, now + 365 * DAY),
+        CardValidity::Expired => (now - 900 * DAY, now - DAY),
+    };
+    let subject = Subject {
+        kind,
+        name: "測試 人員".into(),
+        serial_number: serial_number.into(),
+    };
+    let (nb, na) = (Timestamp::from_millis(nb), Timestamp::from_millis(na));
+    let issued = if encryption_only {
+        pki.issue_encryption(&subject, nb, na)
+    } else {
+        pki.issue(&subject, nb, na)
+    }
+    .unwrap();
+    Card {
+        x5c: vec![
+            STANDARD.encode(&issued.der),
+            STANDARD.encode(pki.issuer(kind).cert_der()),
+        ],
+        key: SigningKey::from_pkcs8_der(&issued.key_pkcs8).unwrap(),
+        serial: issued.serial,
+    }
+}
+
+fn write_crl(ca: &mydata_card::ca::Authority, path: &std::path::Path, revoked: &[u64]) {
+    let now = crate::fetch::T0;
+    let der = ca
+        .crl(
+            revoked,
+            Timestamp::from_millis(now - 3_600_000),
+            Timestamp::from_millis(now + 30 * 86_400_000),
+        )
+        .unwrap();
+    std::fs::write(path, mydata_card::ca::pem("X509 CRL", &der)).unwrap();
+}
+
+/// A certificate card: chain (leaf first, base64 DER), the private key, the certificate serial.
 pub struct Card {
     pub x5c: Vec<String>,
     pub key: SigningKey,
+    pub serial: u64,
 }
 
 impl Card {
@@ -290,39 +397,79 @@ impl Browser {
         self.get("/api/v1/session").await.json().await.unwrap()
     }
 
+    /// A JSON POST (CSRF token in the header, as the pages' scripts send it).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        csrf: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut r = self
+            .client
+            .post(self.url(path))
+            .header("x-forwarded-for", &self.addr);
+        if let Some(c) = csrf {
+            r = r.header("x-csrf-token", c);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.unwrap()
+    }
+
     /// Signs in by citizen certificate through the page's challenge, as `login.js` does with the
     /// card agent. Returns the final POST's response (303 to `next` on success).
     pub async fn certificate(&self, card: &Card, next: &str) -> reqwest::Response {
+        self.certificate_with("moica_cert", card, next, str::to_owned)
+            .await
+    }
+
+    /// The certificate flow of `method` (`moica_cert` or `moea_cert`): the page, its challenge
+    /// (checked to be the documented text for this origin), the card's signature over `tamper`
+    /// of that text, the form posted back.
+    pub async fn certificate_with(
+        &self,
+        method: &str,
+        card: &Card,
+        next: &str,
+        tamper: impl FnOnce(&str) -> String,
+    ) -> reqwest::Response {
         let page = self
             .get(&format!(
-                "/login/moica_cert?next={}",
+                "/login/{method}?next={}",
                 url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
             ))
             .await;
         assert_eq!(page.status(), 200);
         let csrf = csrf_in(&page.text().await.unwrap());
         let ch: serde_json::Value = self
-            .client
-            .post(self.url("/login/moica_cert/challenge"))
-            .header("x-csrf-token", &csrf)
-            .header("x-forwarded-for", &self.addr)
-            .send()
+            .post_json(&format!("/login/{method}/challenge"), Some(&csrf), None)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
-        let text = URL_SAFE_NO_PAD
-            .decode(ch["to_be_signed"].as_str().unwrap())
-            .unwrap();
+        let text = String::from_utf8(
+            URL_SAFE_NO_PAD
+                .decode(ch["to_be_signed"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
         let id = ch["challenge_id"].as_str().unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "mydata-login-v1\n{}\n{id}\n{}",
+                self.base,
+                ch["nonce"].as_str().unwrap()
+            )
+        );
         let x5c = serde_json::to_string(&card.x5c).unwrap();
         self.post(
-            "/login/moica_cert",
+            &format!("/login/{method}"),
             &[
                 ("csrf", &csrf),
                 ("challenge_id", id),
-                ("signature", &card.sign(&text)),
+                ("signature", &card.sign(tamper(&text).as_bytes())),
                 ("x5c", &x5c),
                 ("next", next),
             ],
@@ -332,19 +479,99 @@ impl Browser {
 
     /// Signs in by dual ID (level 4) with the household number.
     pub async fn dual_id(&self, p: &Person, next: &str) -> reqwest::Response {
-        let csrf = self.csrf("/login/dual_id").await;
-        self.post(
-            "/login/dual_id",
-            &[
-                ("csrf", &csrf),
-                ("id_number", &p.id),
-                ("nhi_card_no", &p.nhi_card),
-                ("household_no", &p.household),
-                ("next", next),
-            ],
-        )
-        .await
+        self.dual_id_with(p, Some(&p.household), None, next).await
     }
+
+    /// Dual ID with the household number and/or the ID-card issue date as given (either may be
+    /// left out, or wrong).
+    pub async fn dual_id_with(
+        &self,
+        p: &Person,
+        household: Option<&str>,
+        issued: Option<&str>,
+        next: &str,
+    ) -> reqwest::Response {
+        let csrf = self.csrf("/login/dual_id").await;
+        let mut form = vec![
+            ("csrf", csrf.as_str()),
+            ("id_number", p.id.as_str()),
+            ("nhi_card_no", p.nhi_card.as_str()),
+            ("next", next),
+        ];
+        if let Some(h) = household {
+            form.push(("household_no", h));
+        }
+        if let Some(d) = issued {
+            form.push(("id_card_issue_date", d));
+        }
+        self.post("/login/dual_id", &form).await
+    }
+}
+
+/// A minimal SMTP server on loopback: accepts every message and hands over its data.
+pub async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                let mut data: Option<String> = None;
+                for _ in 0..10_000 {
+                    let Ok(Some(line)) = lines.next_line().await else {
+                        break;
+                    };
+                    if let Some(d) = data.as_mut() {
+                        if line == "." {
+                            // The test may have stopped listening; the message is still accepted.
+                            let _ = tx.send(data.take().unwrap());
+                            w.write_all(b"250 OK queued\r\n").await.unwrap();
+                        } else {
+                            d.push_str(&line);
+                            d.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-test\r\n250 OK\r\n",
+                        "DATA" => {
+                            data = Some(String::new());
+                            b"354 go ahead\r\n"
+                        }
+                        "QUIT" => {
+                            w.write_all(b"221 bye\r\n").await.unwrap();
+                            break;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    w.write_all(reply).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// The 6-digit code in a message (an email with a base64 or quoted-printable body, or an SMS
+/// text).
+pub fn code_in(message: &str) -> String {
+    let (headers, body) = message.split_once("\n\n").unwrap_or(("", message));
+    let text = if headers
+        .to_ascii_lowercase()
+        .contains("content-transfer-encoding: base64")
+    {
+        let b64: String = body.split_whitespace().collect();
+        String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap()
+    } else {
+        body.replace("=\n", "")
+    };
+    let i = text.find("code is ").expect("code in message") + "code is ".len();
+    text[i..i + 6].to_owned()
 }
 
 #[cfg(test)]

@@ -119,43 +119,10 @@ impl SoftKey {
     }
 }
 
-/// A browser that reaches the server as `localhost` (a valid relying-party ID).
-fn local(app: &TestApp, addr: &str) -> Browser {
-    let mut b = Browser::new(app, addr);
-    b.base = app.base.replace("127.0.0.1", "localhost");
-    b
-}
-
 impl Browser {
-    async fn post_json(
-        &self,
-        path: &str,
-        csrf: Option<&str>,
-        body: Option<serde_json::Value>,
-    ) -> reqwest::Response {
-        let mut r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("x-forwarded-for", &self.addr);
-        if let Some(c) = csrf {
-            r = r.header("x-csrf-token", c);
-        }
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        r.send().await.unwrap()
-    }
-
-    /// Signs in with the citizen certificate (level 1).
-    async fn level1(&self, w: &World, serial: u64) {
-        let card = w.pki.card(
-            &w.person.id,
-            CardOpts {
-                serial,
-                ..Default::default()
-            },
-        );
-        let r = self.cert("moica_cert", &card, str::to_owned).await;
+    /// Signs `p` in with the citizen certificate (level 1).
+    async fn level1(&self, w: &FlowWorld, p: &Person) {
+        let r = self.cert("moica_cert", &w.card(p), str::to_owned).await;
         assert_eq!(r.status(), 303);
         assert_eq!(self.session().await["level"], 1);
     }
@@ -232,15 +199,16 @@ impl Browser {
 async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let w = world(backend).await;
-        known(&w, &person_id(&w.person)).await;
-        let b = local(&w.app, "10.20.0.1");
+        let (person, _) = w.pair();
+        known(&w, &person_id(&person)).await;
+        let b = w.browser_by_name("10.20.0.1");
         // Not signed in: the page sends the person to the certificate sign-in.
         let r = b.get("/account/passkeys").await;
         assert_eq!(
             r.headers()["location"],
             "/login/moica_cert?next=/account/passkeys"
         );
-        b.level1(&w, 200).await;
+        b.level1(&w, &person).await;
         let page = b.get("/account/passkeys").await.text().await.unwrap();
         assert!(page.contains("id=\"passkey-form\""), "level 1 may register");
         let mut key = SoftKey::new(1);
@@ -254,9 +222,8 @@ async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() 
             .await
             .unwrap();
         assert!(page.contains("我的手機") && page.contains("data-code=\"passkey_registered\""));
-        let subject =
-            mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&w.person));
-        let stored = w.app.db.store.passkeys_of(&subject).await.unwrap();
+        let subject = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&person));
+        let stored = w.app.store().passkeys_of(&subject).await.unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].credential_id, b64(&key.cred_id));
         assert_eq!(stored[0].sign_count, 0);
@@ -265,7 +232,7 @@ async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() 
         refused(r, 409, "passkey_already_registered").await;
 
         b.logout().await;
-        let (csrf, ceremony, options) = b.passkey_options(&w.person.id).await;
+        let (csrf, ceremony, options) = b.passkey_options(&person.id).await;
         assert_eq!(options["publicKey"]["rpId"], "localhost");
         assert_eq!(options["publicKey"]["userVerification"], "required");
         assert_eq!(
@@ -273,9 +240,7 @@ async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() 
             b64(&key.cred_id)
         );
         let cred = key.get(&options, &b.base);
-        let r = b
-            .passkey_submit(&csrf, &w.person.id, &ceremony, &cred)
-            .await;
+        let r = b.passkey_submit(&csrf, &person.id, &ceremony, &cred).await;
         assert_eq!(r.status(), 303);
         assert_eq!(r.headers()["location"], "/after");
         let s = b.session().await;
@@ -283,7 +248,7 @@ async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() 
             (s["method"].as_str(), s["level"].as_u64()),
             (Some("tw_fido"), Some(2))
         );
-        let stored = w.app.db.store.passkeys_of(&subject).await.unwrap();
+        let stored = w.app.store().passkeys_of(&subject).await.unwrap();
         assert_eq!(stored[0].sign_count, 1, "the counter is kept");
         assert!(stored[0].last_used_at.is_some());
 
@@ -303,8 +268,7 @@ async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() 
         assert_eq!(r.status(), 303);
         assert!(
             w.app
-                .db
-                .store
+                .store()
                 .passkeys_of(&subject)
                 .await
                 .unwrap()
@@ -312,7 +276,7 @@ async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() 
         );
 
         // The audit trail names the pseudonym only.
-        let events = w.app.db.store.audit_for_subject(&subject).await.unwrap();
+        let events = w.app.store().audit_for_subject(&subject).await.unwrap();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         for k in [
             "identity.passkey_registered",
@@ -322,27 +286,28 @@ async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() 
             assert!(kinds.contains(&k), "{k} in {kinds:?}");
         }
         for e in &events {
-            assert!(!e.detail.to_string().contains(&w.person.id));
+            assert!(!e.detail.to_string().contains(&person.id));
         }
-        w.app.stop().await.unwrap();
+        w.stop().await;
     }
 }
 
 #[tokio::test]
 async fn passkey_bad_input_is_refused_and_counted() {
     let w = world(Backend::Sqlite).await;
-    known(&w, &person_id(&w.person)).await;
-    known(&w, &person_id(&w.other)).await;
+    let (person, other) = w.pair();
+    known(&w, &person_id(&person)).await;
+    known(&w, &person_id(&other)).await;
 
     // Registration needs a level-1 session: anonymous, level 4, no CSRF token are all refused.
-    let b = local(&w.app, "10.21.0.1");
+    let b = w.browser_by_name("10.21.0.1");
     let csrf = b.csrf("/login/tw_fido").await;
     let r = b
         .post_json("/account/passkeys/options", Some(&csrf), None)
         .await;
     crate::helpers::assert_problem(r, 401, "not_signed_in").await;
     assert_eq!(
-        b.dual_id(&w.person, Some(&w.person.household), None)
+        b.dual(&person, Some(&person.household), None)
             .await
             .status(),
         303
@@ -357,8 +322,8 @@ async fn passkey_bad_input_is_refused_and_counted() {
         .post_json("/account/passkeys/options", Some(&csrf), None)
         .await;
     crate::helpers::assert_problem(r, 403, "insufficient_level").await;
-    let b = local(&w.app, "10.21.0.2");
-    b.level1(&w, 210).await;
+    let b = w.browser_by_name("10.21.0.2");
+    b.level1(&w, &person).await;
     let r = b.post_json("/account/passkeys/options", None, None).await;
     crate::helpers::assert_problem(r, 403, "csrf_failed").await;
     let r = b
@@ -421,11 +386,10 @@ async fn passkey_bad_input_is_refused_and_counted() {
         )
         .await;
     refused(r, 401, "challenge_expired").await;
-    let subject = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&w.person));
+    let subject = mydata_server::identity::subject_pseudonym(&w.app.state, &person_id(&person));
     assert!(
         w.app
-            .db
-            .store
+            .store()
             .passkeys_of(&subject)
             .await
             .unwrap()
@@ -434,9 +398,9 @@ async fn passkey_bad_input_is_refused_and_counted() {
     assert_eq!(b.register_passkey(&mut key, "phone").await.status(), 303);
 
     // Sign-in options: CSRF, malformed ID, someone without a passkey.
-    let s = local(&w.app, "10.21.1.1");
+    let s = w.browser_by_name("10.21.1.1");
     let csrf = s.csrf("/login/tw_fido").await;
-    let body = serde_json::json!({ "id_number": w.person.id });
+    let body = serde_json::json!({ "id_number": person.id });
     let r = s
         .post_json("/login/tw_fido/options", None, Some(body.clone()))
         .await;
@@ -453,7 +417,7 @@ async fn passkey_bad_input_is_refused_and_counted() {
         .post_json(
             "/login/tw_fido/options",
             Some(&csrf),
-            Some(serde_json::json!({ "id_number": w.other.id })),
+            Some(serde_json::json!({ "id_number": other.id })),
         )
         .await;
     crate::helpers::assert_problem(r, 404, "passkey_not_registered").await;
@@ -468,59 +432,55 @@ async fn passkey_bad_input_is_refused_and_counted() {
 
     // Assertions: for an unknown credential, from another origin, for another ID number, replayed,
     // expired; none signs in.
-    let p = local(&w.app, "10.21.2.1");
+    let p = w.browser_by_name("10.21.2.1");
     let mut stranger = SoftKey::new(9);
-    let (csrf, ceremony, options) = p.passkey_options(&w.person.id).await;
+    let (csrf, ceremony, options) = p.passkey_options(&person.id).await;
     let cred = stranger.get(&options, &p.base);
     refused(
-        p.passkey_submit(&csrf, &w.person.id, &ceremony, &cred)
-            .await,
+        p.passkey_submit(&csrf, &person.id, &ceremony, &cred).await,
         401,
         "passkey_invalid",
     )
     .await;
-    let (csrf, ceremony, options) = p.passkey_options(&w.person.id).await;
+    let (csrf, ceremony, options) = p.passkey_options(&person.id).await;
     let cred = key.get(&options, "http://localhost:1");
     refused(
-        p.passkey_submit(&csrf, &w.person.id, &ceremony, &cred)
-            .await,
+        p.passkey_submit(&csrf, &person.id, &ceremony, &cred).await,
         401,
         "passkey_invalid",
     )
     .await;
-    let (csrf, ceremony, options) = p.passkey_options(&w.person.id).await;
+    let (csrf, ceremony, options) = p.passkey_options(&person.id).await;
     let cred = key.get(&options, &p.base);
     refused(
-        p.passkey_submit(&csrf, &w.other.id, &ceremony, &cred).await,
+        p.passkey_submit(&csrf, &other.id, &ceremony, &cred).await,
         401,
         "passkey_invalid",
     )
     .await;
     refused(
-        p.passkey_submit(&csrf, &w.person.id, &ceremony, &cred)
-            .await,
+        p.passkey_submit(&csrf, &person.id, &ceremony, &cred).await,
         401,
         "challenge_used",
     )
     .await;
-    let (csrf, ceremony, options) = p.passkey_options(&w.person.id).await;
+    let (csrf, ceremony, options) = p.passkey_options(&person.id).await;
     w.app.clock.advance(Duration::from_secs(121));
     let cred = key.get(&options, &p.base);
     refused(
-        p.passkey_submit(&csrf, &w.person.id, &ceremony, &cred)
-            .await,
+        p.passkey_submit(&csrf, &person.id, &ceremony, &cred).await,
         401,
         "challenge_expired",
     )
     .await;
     assert_eq!(p.session().await["signed_in"], false);
     // A ceremony of another browser's session is not this one's.
-    let (_, their_ceremony, options) = s.passkey_options(&w.person.id).await;
-    let q = local(&w.app, "10.21.2.2");
+    let (_, their_ceremony, options) = s.passkey_options(&person.id).await;
+    let q = w.browser_by_name("10.21.2.2");
     let csrf = q.csrf("/login/tw_fido").await;
     let cred = key.get(&options, &q.base);
     refused(
-        q.passkey_submit(&csrf, &w.person.id, &their_ceremony, &cred)
+        q.passkey_submit(&csrf, &person.id, &their_ceremony, &cred)
             .await,
         401,
         "challenge_used",
@@ -528,18 +488,17 @@ async fn passkey_bad_input_is_refused_and_counted() {
     .await;
     // A good assertion replayed after it signed in (past the lockout window of the failures above).
     w.app.clock.advance(Duration::from_secs(16 * 60));
-    let (csrf, ceremony, options) = p.passkey_options(&w.person.id).await;
+    let (csrf, ceremony, options) = p.passkey_options(&person.id).await;
     let cred = key.get(&options, &p.base);
     assert_eq!(
-        p.passkey_submit(&csrf, &w.person.id, &ceremony, &cred)
+        p.passkey_submit(&csrf, &person.id, &ceremony, &cred)
             .await
             .status(),
         303
     );
     let csrf = p.csrf("/login/tw_fido").await;
     refused(
-        p.passkey_submit(&csrf, &w.person.id, &ceremony, &cred)
-            .await,
+        p.passkey_submit(&csrf, &person.id, &ceremony, &cred).await,
         401,
         "challenge_used",
     )
@@ -547,15 +506,12 @@ async fn passkey_bad_input_is_refused_and_counted() {
 
     // Failed assertions count toward the lockout like any other method's failures.
     w.app.clock.advance(Duration::from_secs(16 * 60));
-    let l = local(&w.app, "10.21.3.1");
+    let l = w.browser_by_name("10.21.3.1");
     let mut last = None;
     for _ in 0..5 {
-        let (csrf, ceremony, options) = l.passkey_options(&w.person.id).await;
+        let (csrf, ceremony, options) = l.passkey_options(&person.id).await;
         let cred = stranger.get(&options, &l.base);
-        last = Some(
-            l.passkey_submit(&csrf, &w.person.id, &ceremony, &cred)
-                .await,
-        );
+        last = Some(l.passkey_submit(&csrf, &person.id, &ceremony, &cred).await);
     }
     refused(last.unwrap(), 429, "locked_out").await;
     let csrf = l.csrf("/login/tw_fido").await;
@@ -565,12 +521,10 @@ async fn passkey_bad_input_is_refused_and_counted() {
     crate::helpers::assert_problem(r, 429, "locked_out").await;
 
     // Removing: only one's own passkeys.
-    let stored = w.app.db.store.passkeys_of(&subject).await.unwrap();
-    let o = local(&w.app, "10.21.4.1");
+    let stored = w.app.store().passkeys_of(&subject).await.unwrap();
+    let o = w.browser_by_name("10.21.4.1");
     assert_eq!(
-        o.dual_id(&w.other, Some(&w.other.household), None)
-            .await
-            .status(),
+        o.dual(&other, Some(&other.household), None).await.status(),
         303
     );
     let csrf = o.csrf("/login/tw_fido").await;
@@ -585,22 +539,23 @@ async fn passkey_bad_input_is_refused_and_counted() {
         .post(&format!("/account/passkeys/{}/delete", stored[0].id), &[])
         .await;
     refused(r, 403, "csrf_failed").await;
-    assert_eq!(w.app.db.store.passkeys_of(&subject).await.unwrap().len(), 1);
-    w.app.stop().await.unwrap();
+    assert_eq!(w.app.store().passkeys_of(&subject).await.unwrap().len(), 1);
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn passkeys_need_a_domain_name_not_an_ip_address() {
     let w = world(Backend::Sqlite).await;
-    known(&w, &person_id(&w.person)).await;
-    let b = Browser::new(&w.app, "10.22.0.1");
-    b.level1(&w, 220).await;
+    let (person, _) = w.pair();
+    known(&w, &person_id(&person)).await;
+    let b = w.browser("10.22.0.1");
+    b.level1(&w, &person).await;
     let csrf = b.csrf("/account/passkeys").await;
     let r = b
         .post_json("/account/passkeys/options", Some(&csrf), None)
         .await;
     crate::helpers::assert_problem(r, 503, "passkey_unavailable").await;
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test]
@@ -612,14 +567,9 @@ async fn passkey_in_chromium_registered_after_a_card_sign_in_then_used_to_sign_i
         s.identity.card_agent_url = agent;
     })
     .await;
-    known(&w, &person_id(&w.person)).await;
-    *slot.lock().unwrap() = Some(w.pki.card(
-        &w.person.id,
-        CardOpts {
-            serial: 230,
-            ..Default::default()
-        },
-    ));
+    let (person, _) = w.pair();
+    known(&w, &person_id(&person)).await;
+    *slot.lock().unwrap() = Some(w.card(&person));
     let base = w.app.base.replace("127.0.0.1", "localhost");
     let ctx = Chromium::shared()
         .unwrap()
@@ -680,7 +630,7 @@ async fn passkey_in_chromium_registered_after_a_card_sign_in_then_used_to_sign_i
         .unwrap();
     page.assert_accessible("tw_fido").await.unwrap();
     page.tab_to("#f-id_number", 10).await.unwrap();
-    page.type_text(&w.person.id).await.unwrap();
+    page.type_text(&person.id).await.unwrap();
     page.press(mydata_browser_test::Key::Enter).await.unwrap();
     page.wait_until(
         "location.pathname === '/' && document.readyState === 'complete'",
@@ -711,7 +661,7 @@ async fn passkey_in_chromium_registered_after_a_card_sign_in_then_used_to_sign_i
         .goto(&format!("{base}/login/tw_fido?lang=en"))
         .await
         .unwrap();
-    page2.fill("#f-id_number", &w.person.id).await.unwrap();
+    page2.fill("#f-id_number", &person.id).await.unwrap();
     page2.click("button[type=submit]").await.unwrap();
     page2
         .wait_until(
@@ -725,5 +675,5 @@ async fn passkey_in_chromium_registered_after_a_card_sign_in_then_used_to_sign_i
         .await
         .unwrap();
     assert_eq!(s["signed_in"], false);
-    w.app.stop().await.unwrap();
+    w.stop().await;
 }
