@@ -179,6 +179,19 @@ async fn worker_loop(
     tracing::info!(queue = handler.queue(), "job worker stopped");
 }
 
+/// Claims and runs one due job of `handler`'s queue now, exactly as a worker would (lease,
+/// timeout, outcome recorded), under the worker name `worker`; returns whether there was one.
+/// For one-shot runs without the background workers (`jobs.enabled = false`), as tests do to step
+/// through retries on the injected clock.
+pub async fn run_due_job(
+    state: &AppState,
+    handler: &dyn JobHandler,
+    worker: &str,
+) -> Result<bool, StoreError> {
+    let lease = Duration::from_secs(state.settings().jobs.lease_secs.max(1));
+    run_one(state, handler, worker, lease).await
+}
+
 /// Claims and runs one due job; returns whether there was one.
 async fn run_one(
     state: &AppState,

@@ -15,7 +15,6 @@ use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 const T0: i64 = crate::fetch::T0;
 const MIN: Duration = Duration::from_secs(60);
@@ -496,36 +495,17 @@ async fn codes_expire_allow_few_attempts_and_are_counted_toward_lockout() {
     w.stop().await;
 }
 
+/// The code by SMS, through a gateway that fails once. The background workers are off: the test
+/// runs the message queue itself, so the retry's timing is checked on the injected clock alone.
 #[tokio::test]
 async fn sms_codes_go_through_the_configured_gateway_with_retries() {
-    let (tx, mut rx) = mpsc::unbounded_channel::<serde_json::Value>();
-    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let c = calls.clone();
-    let gateway = axum::Router::new().route(
-        "/sms",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap,
-                  axum::Json(body): axum::Json<serde_json::Value>| {
-                let tx = tx.clone();
-                let c = c.clone();
-                async move {
-                    assert_eq!(headers["authorization"], "Bearer gw-token");
-                    // The first call fails: the job queue must retry.
-                    if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                        return axum::http::StatusCode::BAD_GATEWAY;
-                    }
-                    tx.send(body).unwrap();
-                    axum::http::StatusCode::OK
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/sms", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, gateway).await });
+    use mydata_server::background::run_due_job;
+    use mydata_server::identity::messages::MessageSender;
+    let (url, mut rx) = crate::world::sms_gateway(1).await;
     let w = world_with(Backend::Sqlite, |s| {
         s.messages.sms.gateway_url = url;
         s.messages.sms.token = "gw-token".into();
+        s.jobs.enabled = false;
     })
     .await;
     let (person, _) = w.pair();
@@ -548,17 +528,19 @@ async fn sms_codes_go_through_the_configured_gateway_with_retries() {
         )
         .await;
     assert_eq!(r.status(), 303);
-    let calls_ref = &calls;
-    eventually("first SMS attempt", || async move {
-        calls_ref.load(std::sync::atomic::Ordering::SeqCst) >= 1
-    })
-    .await;
+    let run = || run_due_job(&w.app.state, &MessageSender, "test-worker");
+    // First attempt: the gateway answers 502, nothing is delivered, the job waits 30 s.
+    assert!(run().await.unwrap(), "the code's message was queued");
+    assert!(rx.try_recv().is_err());
+    assert!(!run().await.unwrap(), "not retried at once");
+    w.app.clock.advance(Duration::from_secs(29));
+    assert!(!run().await.unwrap(), "not retried before its time");
     w.app.clock.advance(2 * MIN);
-    let body = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(run().await.unwrap(), "retried once due");
+    let (auth, body) = rx.try_recv().expect("delivered on the retry");
+    assert_eq!(auth, "Bearer gw-token");
     assert_eq!(body["to"], "+886912345678");
+    assert!(!run().await.unwrap(), "sent once only");
     let code = code_in(&format!("h\n\n{}", body["text"].as_str().unwrap()));
     let csrf = b.csrf("/login/first-use/code").await;
     assert_eq!(

@@ -557,6 +557,41 @@ pub async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
     (port, rx)
 }
 
+/// A loopback SMS gateway (the platform's pluggable HTTP gateway: `POST {"to", "text"}`): hands
+/// over each accepted message with the `Authorization` header it came with, and answers 502 to
+/// the first `fail_first` calls so retries can be tested. Returns its URL and the messages.
+pub async fn sms_gateway(
+    fail_first: u32,
+) -> (String, mpsc::UnboundedReceiver<(String, serde_json::Value)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let gateway = axum::Router::new().route(
+        "/sms",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap,
+                  axum::Json(body): axum::Json<serde_json::Value>| {
+                let (tx, calls) = (tx.clone(), calls.clone());
+                async move {
+                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < fail_first {
+                        return axum::http::StatusCode::BAD_GATEWAY;
+                    }
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send((auth, body));
+                    axum::http::StatusCode::OK
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/sms", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, gateway).await });
+    (url, rx)
+}
+
 /// The 6-digit code in a message (an email with a base64 or quoted-printable body, or an SMS
 /// text).
 pub fn code_in(message: &str) -> String {
