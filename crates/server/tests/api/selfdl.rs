@@ -667,3 +667,81 @@ async fn the_notice_is_retried_until_the_mail_server_takes_it() {
             .is_err()
     );
 }
+
+/// The next message the SMS gateway took (bounded wait).
+async fn next_sms(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+) -> serde_json::Value {
+    tokio::time::timeout(BOUND, rx.recv())
+        .await
+        .expect("an SMS within the bound")
+        .expect("the gateway is running")
+        .1
+}
+
+/// Issue 6: a person who registered a mobile number at first use gets the "data ready" notice by
+/// SMS, through the platform's HTTP gateway (here a loopback receiver), and no email.
+#[tokio::test]
+async fn the_data_ready_notice_goes_by_sms_to_a_registered_mobile_number() {
+    let (url, mut sms) = crate::world::sms_gateway(0).await;
+    let mut w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.messages.sms.gateway_url = url;
+    })
+    .await;
+    let p = w.people[0].clone();
+    let b = w.browser("10.5.1.1");
+    // First use: the mobile number is proved with the code the gateway received.
+    let r = b.certificate(&w.card(&p), "/").await;
+    assert_eq!(location(&r), "/login/first-use");
+    let csrf = b.csrf("/login/first-use").await;
+    let r = b
+        .post(
+            "/login/first-use",
+            &[
+                ("csrf", &csrf),
+                ("channel", "sms"),
+                ("address", "0912-345-678"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let code_sms = next_sms(&mut sms).await;
+    assert_eq!(code_sms["to"], "+886912345678");
+    let code = crate::world::code_in(code_sms["text"].as_str().unwrap());
+    let csrf = b.csrf("/login/first-use/code").await;
+    let r = b
+        .post("/login/first-use/code", &[("csrf", &csrf), ("code", &code)])
+        .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(b.session().await["level"], 1);
+
+    // Self-download of a dataset ready at once; its notice arrives by SMS.
+    let d = crate::fetch::instant(&w.agencies().sim);
+    let (csrf, token) = consent_form(&b, &[&d.id]).await;
+    let id = transfer_of(&location(&submit(&b, &csrf, &token, &[&d.id]).await));
+    w.app.until_state(&id, TransferState::Ready).await;
+    let notice = next_sms(&mut sms).await;
+    assert_eq!(notice["to"], "+886912345678");
+    let text = notice["text"].as_str().unwrap();
+    let short: String = id.chars().take(8).collect();
+    assert!(
+        text.contains("1 項資料") && text.contains("下載完成") && text.contains(&short),
+        "{text}"
+    );
+    assert!(text.contains("/records"), "{text}");
+    assert!(
+        !text.contains(&p.id) && !text.contains(&p.name) && !text.contains(&d.name_zh),
+        "an SMS names no one and no data: {text}"
+    );
+    // One channel registered, one notice: no email, no second SMS.
+    assert!(
+        w.mail.try_recv().is_err(),
+        "no email without an email address"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sms.recv())
+            .await
+            .is_err(),
+        "one SMS per notice"
+    );
+}
