@@ -466,15 +466,8 @@ async fn in_the_demo_at_localhost_a_person_registers_a_passkey_after_a_card_sign
     assert_eq!(held.len(), 1);
     assert_eq!(held[0]["rpId"], "localhost");
 
-    // Sign out, then sign in with the passkey alone.
-    page.eval(
-        "(() => { const f = document.createElement('form'); f.method = 'post'; f.action = '/logout';
-           const i = document.createElement('input'); i.type = 'hidden'; i.name = 'csrf';
-           i.value = document.querySelector('input[name=csrf]').value; f.appendChild(i);
-           document.body.appendChild(f); f.submit(); return true; })()",
-    )
-    .await
-    .unwrap();
+    // Sign out with the page's button, then sign in with the passkey alone.
+    page.click("#sign-out button").await.unwrap();
     page.wait_until(
         "location.pathname === '/' && document.readyState === 'complete'",
         "the home page after sign-out",

@@ -215,6 +215,8 @@ pub struct PasskeysPage {
     pub need_level1: &'static str,
     pub level1_href: String,
     pub texts: PasskeyTexts,
+    /// The sign-out button (a shared computer must be left signed out).
+    pub sign_out: &'static str,
 }
 
 async fn passkeys_page(
@@ -271,6 +273,7 @@ async fn passkeys_page(
         ),
         level1_href: format!("/login/moica_cert?next={PAGE}"),
         texts: PasskeyTexts::register(lang),
+        sign_out: lang.pick("登出", "Sign out"),
     })
 }
 
