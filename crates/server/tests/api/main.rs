@@ -15,6 +15,7 @@ mod home;
 mod identity;
 mod online;
 mod orphans;
+mod party_records;
 mod receipt_access;
 mod selfdl;
 mod selfdl_browser;
