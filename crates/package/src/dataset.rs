@@ -200,6 +200,8 @@ pub struct AgencySigner {
     key: KeyPair,
     agency_id: String,
     chain_pem: Vec<u8>,
+    /// The chain as JWS `x5c` (base64 DER).
+    x5c: Vec<String>,
     /// base64url of the JWS protected header, computed once.
     jws_header_b64: String,
 }
@@ -227,7 +229,7 @@ impl AgencySigner {
         let key = KeyPair::new(key).map_err(SignError::Key)?;
         let agency_id = common_name(ee.subject()).ok_or(SignError::NoAgencyId)?;
         let x5c: Vec<String> = chain.iter().map(|c| STANDARD.encode(c)).collect();
-        let header = serde_json::json!({"alg": "ES256", "typ": "JOSE", "x5c": x5c});
+        let header = serde_json::json!({"alg": "ES256", "typ": "JOSE", "x5c": &x5c});
         let jws_header_b64 = jws::b64url(&serde_json::to_vec(&header)?);
         let chain_pem = chain
             .iter()
@@ -238,8 +240,17 @@ impl AgencySigner {
             key,
             agency_id,
             chain_pem,
+            x5c,
             jws_header_b64,
         })
+    }
+
+    pub(crate) fn chain_b64(&self) -> &[String] {
+        &self.x5c
+    }
+
+    pub(crate) fn key_pair(&self) -> &KeyPair {
+        &self.key
     }
 
     pub fn agency_id(&self) -> &str {

@@ -7,6 +7,7 @@
 //! online service (HPKE). The format is in `docs/PACKAGE.md`.
 //! Time is always passed in; nothing here reads the wall clock.
 
+pub mod agency_token;
 pub mod dataset;
 pub mod e2e;
 mod ecdsa;
@@ -16,6 +17,7 @@ mod pem;
 pub mod pki;
 pub mod seal;
 
+pub use agency_token::{AgencyTokenError, VerifiedAgencyToken, verify_agency_token};
 pub use dataset::{
     AgencySigner, DataFile, DatasetError, DatasetReport, FileEntry, Manifest, SignError,
     SignedDataset, Verdict, verify_dataset,

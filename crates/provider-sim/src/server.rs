@@ -272,6 +272,17 @@ impl Simulator {
         &self.population
     }
 
+    /// The agency's valid signing key and certificate, to sign its own calls to the platform
+    /// (for example a record-export token, see `mydata_package::agency_token`).
+    pub fn agency_signer(&self, agency_id: &str) -> Option<&AgencySigner> {
+        self.agencies.get(agency_id).map(|k| &k.signer)
+    }
+
+    /// The agency's signer whose certificate has expired (for tests of refusals).
+    pub fn expired_agency_signer(&self, agency_id: &str) -> Option<&AgencySigner> {
+        self.agencies.get(agency_id).map(|k| &k.expired)
+    }
+
     /// The simulated root certificate (PEM).
     pub fn root_pem(&self) -> String {
         self.ca.root_pem()

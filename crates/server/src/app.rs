@@ -5,7 +5,8 @@ use crate::error::{BodyLimit, panic_response, problem_fallback};
 use crate::oauth;
 use crate::pages::APP_CSS;
 use crate::routes::{
-    audit, catalog_api, clerk, counter, dev, download, health, home, login, passkeys, usage,
+    audit, catalog_api, clerk, counter, dev, download, health, home, login, party_records,
+    passkeys, usage,
 };
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -55,6 +56,8 @@ pub fn router(state: AppState) -> Router {
             "/transfers/{transfer_id}/receipts/{kind}",
             get(audit::receipt),
         )
+        .route("/records/service", post(party_records::service))
+        .route("/records/agency", post(party_records::agency))
         .route("/session", get(login::session_json))
         .route(
             "/transfers/{transfer_id}/package",

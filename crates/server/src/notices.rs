@@ -214,6 +214,11 @@ pub async fn notify(
             to: contact.address,
             title: notice.title.clone(),
             body,
+            audit: Some(crate::identity::messages::NoticeAudit {
+                subject: t.subject.clone(),
+                transfer_id: t.id.clone(),
+                event: event.code().into(),
+            }),
         };
         let job = NewJob {
             id: uuid::Uuid::now_v7().to_string(),

@@ -340,6 +340,16 @@ pub async fn take_package(
     if let Err(e) = data.blobs.delete(&rec.object_key).await {
         tracing::warn!(error = %e, "deleting a taken package blob failed; its key is destroyed");
     }
+    // Deleted at retrieval: the key went with `package.taken`, the blob just now.
+    let deleted = event(
+        "package.deleted",
+        &t,
+        serde_json::json!({ "reason": "retrieved", "digest": rec.digest }),
+        state.clock().now(),
+    );
+    if let Err(e) = store.append_audit(&deleted).await {
+        tracing::warn!(transfer = %transfer_id, error = %e, "deletion at retrieval not logged");
+    }
     for event in [TransferEvent::Release, TransferEvent::Purge] {
         if let Err(e) = store
             .apply_transfer_event(transfer_id, event, actor, state.clock().now())

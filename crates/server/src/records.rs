@@ -6,8 +6,8 @@
 //! be joined with another's to follow a person across services; the transfer ID joins a row to
 //! the party's own logs. CSV cells that a spreadsheet would run as a formula are neutralised.
 //!
-//! Used by `mydata audit export` today; an HTTP endpoint will call the same function once agencies
-//! and services authenticate as clients (issue 8).
+//! Used by `mydata audit export` and by the HTTP export (`routes::party_records`), where a service
+//! authenticates with its client assertion and an agency with a token signed by its agency key.
 
 use mydata_core::{Catalog, Timestamp};
 use mydata_store::{RecordCursor, RecordParty, Store, StoreError, TransferRecord};
@@ -133,26 +133,9 @@ fn row(catalog: &Catalog, party: &ExportParty, r: TransferRecord) -> ExportRow {
     }
 }
 
-enum Sink<'a> {
-    Csv(Box<csv::Writer<&'a mut (dyn Write + Send)>>),
-    Json(&'a mut (dyn Write + Send)),
-}
-
-/// Writes the party's records for transfers created in `[from, to)` to `out`, page by page;
-/// returns how many rows were written.
-pub async fn export_records(
-    store: &Store,
-    catalog: &Catalog,
-    party: &ExportParty,
-    from: Timestamp,
-    to: Timestamp,
-    format: ExportFormat,
-    out: &mut (dyn Write + Send),
-) -> Result<u64, ExportError> {
-    if from >= to {
-        return Err(ExportError::EmptyRange);
-    }
-    let query = match party {
+/// The store query of a party listed in the catalogue.
+pub fn records_query(catalog: &Catalog, party: &ExportParty) -> Result<RecordParty, ExportError> {
+    Ok(match party {
         ExportParty::Agency(id) => {
             catalog
                 .agency(id)
@@ -172,7 +155,78 @@ pub async fn export_records(
                 .ok_or_else(|| ExportError::UnknownService(id.clone()))?;
             RecordParty::Recipient(id.clone())
         }
-    };
+    })
+}
+
+/// One page of a party's records (`query` selects them, `party` names the pseudonyms): at most
+/// `limit` rows after `after`, and where the next page starts.
+#[allow(clippy::too_many_arguments)]
+pub async fn export_page(
+    store: &Store,
+    catalog: &Catalog,
+    party: &ExportParty,
+    query: &RecordParty,
+    from: Timestamp,
+    to: Timestamp,
+    after: Option<&RecordCursor>,
+    limit: u32,
+) -> Result<(Vec<ExportRow>, Option<RecordCursor>), ExportError> {
+    if from >= to {
+        return Err(ExportError::EmptyRange);
+    }
+    let (page, next) = store
+        .transfer_records(query, from, to, after, limit)
+        .await?;
+    Ok((
+        page.into_iter().map(|r| row(catalog, party, r)).collect(),
+        next,
+    ))
+}
+
+/// The CSV header row.
+pub fn csv_header() -> [&'static str; 12] {
+    COLUMNS
+}
+
+/// The CSV cells of a row, formula-safe.
+pub fn csv_cells(r: &ExportRow) -> [String; 12] {
+    [
+        &r.transfer_id,
+        &r.created_at,
+        &r.flow,
+        &r.recipient,
+        &r.purpose,
+        &r.agency_id,
+        &r.dataset_id,
+        &r.dataset_name,
+        &r.dataset_outcome,
+        &r.dataset_updated_at,
+        &r.transfer_state,
+        &r.subject,
+    ]
+    .map(|c| csv_safe(c).into_owned())
+}
+
+enum Sink<'a> {
+    Csv(Box<csv::Writer<&'a mut (dyn Write + Send)>>),
+    Json(&'a mut (dyn Write + Send)),
+}
+
+/// Writes the party's records for transfers created in `[from, to)` to `out`, page by page;
+/// returns how many rows were written.
+pub async fn export_records(
+    store: &Store,
+    catalog: &Catalog,
+    party: &ExportParty,
+    from: Timestamp,
+    to: Timestamp,
+    format: ExportFormat,
+    out: &mut (dyn Write + Send),
+) -> Result<u64, ExportError> {
+    if from >= to {
+        return Err(ExportError::EmptyRange);
+    }
+    let query = records_query(catalog, party)?;
     let mut sink = match format {
         ExportFormat::Csv => {
             let mut w = csv::Writer::from_writer(out);
@@ -204,23 +258,7 @@ pub async fn export_records(
         for r in page {
             let r = row(catalog, party, r);
             match &mut sink {
-                Sink::Csv(w) => {
-                    let cells = [
-                        &r.transfer_id,
-                        &r.created_at,
-                        &r.flow,
-                        &r.recipient,
-                        &r.purpose,
-                        &r.agency_id,
-                        &r.dataset_id,
-                        &r.dataset_name,
-                        &r.dataset_outcome,
-                        &r.dataset_updated_at,
-                        &r.transfer_state,
-                        &r.subject,
-                    ];
-                    w.write_record(cells.iter().map(|c| csv_safe(c).into_owned()))?;
-                }
+                Sink::Csv(w) => w.write_record(csv_cells(&r))?,
                 Sink::Json(out) => {
                     if written > 0 {
                         out.write_all(b",")?;

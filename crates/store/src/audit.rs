@@ -132,6 +132,14 @@ impl Store {
         row.map(AuditEvent::try_from).transpose()
     }
 
+    /// Up to `limit` events with a sequence number above `after`, in log order: a scan of the whole
+    /// log page by page (exports, checks).
+    pub async fn audit_events_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>> {
+        let sql = format!("{SELECT_AUDIT} WHERE seq > $1 ORDER BY seq LIMIT $2");
+        let rows: Vec<AuditRow> = on_pool!(self, pool => sqlx::query_as(&sql).bind(after).bind(i64::from(limit)).fetch_all(pool).await?);
+        rows.into_iter().map(AuditEvent::try_from).collect()
+    }
+
     /// The events of one transfer, oldest first.
     pub async fn audit_for_transfer(&self, transfer_id: &str) -> Result<Vec<AuditEvent>> {
         let sql = format!("{SELECT_AUDIT} WHERE transfer_id = $1 ORDER BY seq");

@@ -518,6 +518,7 @@ pub async fn scan(
                 to: c.address,
                 title: "MyData 臨櫃核驗驗證密碼 / counter verification password".into(),
                 body,
+                audit: None,
             },
         )
         .await?;
@@ -680,6 +681,7 @@ async fn notify_access(state: &AppState, desk: &Desk, t: &Transfer) -> Result<()
                 to: c.address,
                 title: "MyData 資料取用通知 / data access notice".into(),
                 body,
+                audit: None,
             },
         )
         .await?;

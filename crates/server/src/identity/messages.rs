@@ -126,6 +126,18 @@ pub struct OutgoingMessage {
     pub to: String,
     pub title: String,
     pub body: String,
+    /// For notices about a transfer: what to log (`notice.sent`) once the message is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<NoticeAudit>,
+}
+
+/// The audit entry of a delivered notice: pseudonym and transfer only, never the address or text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeAudit {
+    pub subject: String,
+    pub transfer_id: String,
+    /// The notice event code (see `notices::NoticeEvent::code`).
+    pub event: String,
 }
 
 /// Queues a message; it is sent by a worker (now, and again on failure).
@@ -167,6 +179,20 @@ impl JobHandler for MessageSender {
                         tracing::warn!(job = %job.id, error = %e, "could not empty a sent message job");
                     }
                     tracing::info!(job = %job.id, channel = msg.channel.code(), "message sent");
+                    if let Some(a) = &msg.audit {
+                        let event = mydata_store::NewAuditEvent {
+                            at: state.clock().now(),
+                            kind: "notice.sent".into(),
+                            subject: Some(a.subject.clone()),
+                            transfer_id: Some(a.transfer_id.clone()),
+                            actor: "platform".into(),
+                            detail: serde_json::json!({ "event": a.event, "channel": msg.channel.code() }),
+                        };
+                        // Logged after delivery: a retry after a failed append would send twice.
+                        if let Err(e) = state.store().append_audit(&event).await {
+                            tracing::error!(job = %job.id, error = %e, "a sent notice was not logged");
+                        }
+                    }
                     JobOutcome::Done
                 }
                 Err(e) => {

@@ -1070,6 +1070,7 @@ pub async fn first_use_submit(
                 body: format!(
                     "您的 MyData 驗證碼是 {code}，{minutes} 分鐘內有效。若不是您本人操作，請忽略此訊息。\nYour MyData code is {code}, valid for {minutes} minutes. If this was not you, ignore this message."
                 ),
+                audit: None,
             },
         )
         .await?;

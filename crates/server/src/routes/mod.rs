@@ -9,5 +9,6 @@ pub mod download;
 pub mod health;
 pub mod home;
 pub mod login;
+pub mod party_records;
 pub mod passkeys;
 pub mod usage;

@@ -70,6 +70,10 @@ pub struct UsageRecord {
     pub deleted_done: bool,
     pub datasets: Vec<DatasetRecord>,
     pub events: Vec<EventRecord>,
+    /// The signed consent receipt (with its inclusion proof), once the person has consented.
+    pub consent_receipt: Option<String>,
+    /// The signed deletion receipt, once the transfer's data is gone.
+    pub deletion_receipt: Option<String>,
     /// The self-download page of a transfer whose data may still be there.
     #[serde(skip)]
     pub link: Option<String>,
@@ -199,7 +203,9 @@ pub async fn records_for(
     for t in store.transfers_for_subject(subject, MAX_RECORDS).await? {
         let pkg = store.package(&t.id).await?;
         let mut events = Vec::new();
+        let mut consented = false;
         for e in store.audit_for_transfer(&t.id).await? {
+            consented |= e.kind == "transfer.fetching";
             // Counter events name the office and counter (see `counter::event_text`).
             let label = match crate::counter::event_text(state, &e.kind, &e.detail, lang).await? {
                 Some(l) => l,
@@ -253,6 +259,12 @@ pub async fn records_for(
             deleted_done,
             datasets,
             events,
+            consent_receipt: consented
+                .then(|| format!("/api/v1/transfers/{}/receipts/consent", t.id)),
+            deletion_receipt: t
+                .state
+                .is_terminal()
+                .then(|| format!("/api/v1/transfers/{}/receipts/deletion", t.id)),
             link: match t.kind {
                 TransferKind::SelfDownload => Some(format!("/download/t/{}", t.id)),
                 TransferKind::Counter => Some(format!("/counter/transfers/{}", t.id)),
@@ -285,6 +297,10 @@ pub struct RecordsPage {
     pub l_open: &'static str,
     pub l_request: &'static str,
     pub new_download: &'static str,
+    pub l_receipts: &'static str,
+    pub l_consent_receipt: &'static str,
+    pub l_deletion_receipt: &'static str,
+    pub receipts_help: &'static str,
 }
 
 async fn person(state: &AppState, headers: &HeaderMap) -> Result<Option<Verified>, AppError> {
@@ -328,6 +344,13 @@ pub async fn page(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -
             l_open: lang.pick("開啟此次下載", "Open this download"),
             l_request: lang.pick("申請編號", "Request number"),
             new_download: lang.pick("申請下載資料", "Request data"),
+            l_receipts: lang.pick("平臺收據", "Platform receipts"),
+            l_consent_receipt: lang.pick("下載同意收據", "Download the consent receipt"),
+            l_deletion_receipt: lang.pick("下載刪除收據", "Download the deletion receipt"),
+            receipts_help: lang.pick(
+                "收據由平臺簽章，並附上它在稽核紀錄中的包含證明，證明紀錄事後沒有被更改。不需連網即可自行核對：執行 mydata verify-receipt 收據檔 --platform-key jwks.json（平臺公鑰取自 /.well-known/mydata/jwks.json），四項檢查都通過即為真。",
+                "Each receipt is signed by the platform and carries its inclusion proof in the audit log, which shows the record was not changed afterwards. Check it yourself, offline: run mydata verify-receipt RECEIPT-FILE --platform-key jwks.json (the platform's public key is at /.well-known/mydata/jwks.json); the receipt is genuine when all four checks pass.",
+            ),
         };
         let html = render(&p)?;
         Ok(no_store((StatusCode::OK, html).into_response()))

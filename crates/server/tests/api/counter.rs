@@ -549,6 +549,26 @@ async fn whole_flow(backend: Backend) {
         records.contains("櫃檯掃描條碼，已拒絕（嘉義縣政府社會處 1 號櫃檯）"),
         "{records}"
     );
+    // The counter's events are all in the log, under the person's pseudonym, without their ID.
+    let events = crate::audit_events::all_events(d.app.store()).await;
+    for k in [
+        "counter.serial_issued",
+        "counter.scan",
+        "counter.password_sent",
+        "counter.password_result",
+        "counter.data_access",
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == k && e.subject.as_deref() == Some(d.pseudonym.as_str())),
+            "{k} missing"
+        );
+    }
+    for e in &events {
+        let text = format!("{e:?}");
+        assert!(!text.contains(&d.id_number), "{text}");
+    }
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod audit;
+mod audit_events;
 mod background;
 mod browser;
 mod catalog;
@@ -15,6 +16,7 @@ mod home;
 mod identity;
 mod online;
 mod orphans;
+mod party_records;
 mod receipt_access;
 mod selfdl;
 mod selfdl_browser;
