@@ -676,6 +676,23 @@ pub async fn consent_page(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    // The answers redirect to the service: a form's redirect must be allowed by `form-action`
+    // (browsers enforce it on the redirect target too), so the page allows exactly its origin.
+    if let Some(origin) = url::Url::parse(&p.redirect_uri)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        && let Ok(v) = header::HeaderValue::from_str(&crate::app::csp_with_form_action(&origin))
+    {
+        res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    if let Some(l) = Lang::from_query(uri.query()) {
+        // An explicit choice holds for the next steps (the forms post without `?lang=`).
+        let cookie = format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", l.tag());
+        if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+            res.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
     Ok(res)
 }
 

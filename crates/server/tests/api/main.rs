@@ -14,6 +14,7 @@ mod helpers;
 mod home;
 mod identity;
 mod online;
+mod online_browser;
 mod orphans;
 mod receipt_access;
 mod selfdl;
