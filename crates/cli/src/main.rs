@@ -9,7 +9,6 @@ mod bench;
 mod card_agent;
 mod catalog_check;
 mod counter_admin;
-mod example_service;
 mod provider_sim;
 mod verify;
 mod verify_receipt;
@@ -221,9 +220,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     agencies.configure(&mut settings);
     settings.dev.endpoints = true;
     // The example online service beside the platform, registered with fresh keys at each start.
-    let (sp_listener, sp_base) = example_service::bind().await?;
+    let (sp_listener, sp_base) = mydata_example_service::bind().await?;
     let sp_keys = mydata_sdk::Keys::generate();
-    settings.oauth.clients.push(example_service::registration(
+    settings.oauth.clients.push(example_registration(
         &sp_keys,
         &format!("{sp_base}/callback"),
     ));
@@ -233,7 +232,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let settings_dir = settings.data_dir.clone();
     let server = Server::bind(settings, Arc::new(mydata_core::SystemClock)).await?;
     let base = server.base_url()?;
-    example_service::serve(sp_listener, &sp_base, &base, &agencies.base, sp_keys);
+    mydata_example_service::serve(
+        sp_listener,
+        &sp_base,
+        &base,
+        &agencies.base,
+        sp_keys,
+        Arc::new(mydata_core::SystemClock),
+    );
     eprintln!(
         "example online service (senior-high-school tuition reduction, dataset 59) at {sp_base}/"
     );
@@ -261,6 +267,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("mydata demo is ready. Open the address below in a browser; press Ctrl-C to stop.");
     println!("{base}");
     running.await.context("server task failed")?
+}
+
+/// The registration `demo` adds to the platform for the example service.
+fn example_registration(
+    keys: &mydata_sdk::Keys,
+    redirect_uri: &str,
+) -> mydata_server::oauth::clients::Registration {
+    use mydata_example_service as ex;
+    mydata_server::oauth::clients::Registration {
+        client_id: ex::CLIENT_ID.into(),
+        name: ex::NAME.into(),
+        jwks: Some(keys.public_jwks()),
+        jwks_uri: None,
+        redirect_uris: vec![redirect_uri.to_owned()],
+        terms: ex::TERMS.into(),
+        purpose: ex::PURPOSE.into(),
+        datasets: vec![ex::DATASET.into()],
+        legal_basis: None,
+        environment: "test".into(),
+        trusted_verifier: false,
+    }
 }
 
 /// Polls `/healthz` until it answers 200, for at most 10 seconds.

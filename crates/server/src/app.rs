@@ -30,6 +30,15 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; \
                    base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
+/// The site's policy with `form-action` widened to `origin` as well (pages whose answer redirects
+/// to an online service).
+pub fn csp_with_form_action(origin: &str) -> String {
+    CSP.replace(
+        "form-action 'self'",
+        &format!("form-action 'self' {origin}"),
+    )
+}
+
 /// Builds the whole application for `state`.
 pub fn router(state: AppState) -> Router {
     let settings = state.settings().clone();

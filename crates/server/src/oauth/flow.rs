@@ -503,6 +503,8 @@ pub struct Texts {
     pub environment: &'static str,
     pub once: &'static str,
     pub reload: &'static str,
+    pub early_intro: &'static str,
+    pub send_when_ready: &'static str,
 }
 
 impl Texts {
@@ -528,6 +530,8 @@ impl Texts {
             environment: l.pick("測試環境：資料為模擬資料", "Test environment: the data is simulated"),
             once: l.pick("此同意僅用於這一次傳送。", "This consent covers this one transfer only."),
             reload: l.pick("重新整理", "Refresh"),
+            early_intro: l.pick("不想等候？您可以現在確認：資料取得後即加密傳送給此服務，無法取得的項目不會傳送。", "Rather not wait? Confirm now: your data is sent encrypted to this service as soon as it is fetched; anything that cannot be fetched is not sent."),
+            send_when_ready: l.pick("取得後自動傳送", "Send when ready"),
         }
     }
 }
@@ -636,7 +640,7 @@ pub async fn consent_page(
     let (step, action, refresh) = match (r.status.as_str(), t.as_ref().map(|t| t.state)) {
         ("opened", _) => ("consent", format!("/oauth/consent/{id}"), false),
         ("consented", Some(TransferState::Created | TransferState::Fetching)) => {
-            ("wait", String::new(), true)
+            ("wait", format!("/oauth/consent/{id}/confirm"), true)
         }
         ("consented", Some(TransferState::Ready)) => {
             ("confirm", format!("/oauth/consent/{id}/confirm"), false)
@@ -676,6 +680,23 @@ pub async fn consent_page(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    // The answers redirect to the service: a form's redirect must be allowed by `form-action`
+    // (browsers enforce it on the redirect target too), so the page allows exactly its origin.
+    if let Some(origin) = url::Url::parse(&p.redirect_uri)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        && let Ok(v) = header::HeaderValue::from_str(&crate::app::csp_with_form_action(&origin))
+    {
+        res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    if let Some(l) = Lang::from_query(uri.query()) {
+        // An explicit choice holds for the next steps (the forms post without `?lang=`).
+        let cookie = format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", l.tag());
+        if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+            res.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
     Ok(res)
 }
 
@@ -789,18 +810,28 @@ pub async fn confirm_submit(
         .transfer(&tid)
         .await
         .map_err(|e| PageError(e.into(), lang))?
-        .filter(|t| r.status == "consented" && t.state == TransferState::Ready)
+        .filter(|t| {
+            r.status == "consented"
+                && matches!(
+                    t.state,
+                    TransferState::Created | TransferState::Fetching | TransferState::Ready
+                )
+        })
         .ok_or_else(|| stop(lang, "this transfer is not waiting for your confirmation"))?;
+    // While an agency is slow the person may answer now ("send when ready") instead of keeping the
+    // page open: the service then polls and gets 202 + Retry-After until the package is sealed.
+    let early = t.state != TransferState::Ready;
     let iss = issuer(&state, &headers);
     let now = state.clock().now();
     match f.decision.as_deref() {
         Some("send") => {
-            let has_package = state
-                .store()
-                .package(&t.id)
-                .await
-                .map_err(|e| PageError(e.into(), lang))?
-                .is_some_and(|p| p.sealed_key.is_some());
+            let has_package = early
+                || state
+                    .store()
+                    .package(&t.id)
+                    .await
+                    .map_err(|e| PageError(e.into(), lang))?
+                    .is_some_and(|p| p.sealed_key.is_some());
             if !has_package {
                 return Err(stop(
                     lang,
@@ -832,7 +863,7 @@ pub async fn confirm_submit(
                 &v.subject,
                 &t.id,
                 &c.client_id,
-                serde_json::json!({ "datasets": fetched }),
+                serde_json::json!({ "datasets": fetched, "when_ready": early }),
                 now,
             );
             if !state
@@ -956,11 +987,15 @@ pub async fn token(
     let access = random_secret();
     let ttl = state.settings().oauth.token_ttl_secs;
     let transfer = state.store().transfer(&code_row.transfer_id).await?;
-    let expires = transfer
-        .as_ref()
-        .map(|t| t.expires_at)
-        .unwrap_or(now)
-        .min(now.plus(Duration::from_secs(ttl)));
+    // Answered early ("send when ready"): the token must outlive a slow agency, so it lives as
+    // long as the transfer (at most its 8 hours); otherwise the configured lifetime caps it.
+    let expires = match &transfer {
+        Some(t) if matches!(t.state, TransferState::Created | TransferState::Fetching) => {
+            t.expires_at
+        }
+        Some(t) => t.expires_at.min(now.plus(Duration::from_secs(ttl))),
+        None => now,
+    };
     state
         .store()
         .put_token(&TokenRow {

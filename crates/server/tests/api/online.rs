@@ -753,3 +753,141 @@ async fn metadata_keys_openapi_and_the_admin_api() {
         "invalid_client",
     );
 }
+
+/// A slow agency (a 60-minute dataset): the person answers the second question early ("send when
+/// ready") instead of keeping the page open; the service's poll gets 202 with `Retry-After` until
+/// the package is sealed, then 200 once, then 410.
+#[tokio::test]
+async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once_then_410() {
+    const SLOW: &str = "income-tax-income";
+    let keys = Keys::generate();
+    let reg = registration(CLIENT, &keys, &[DATASET, SLOW]);
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.clients = vec![reg];
+    })
+    .await;
+    let service = sdk(&w, CLIENT, keys).await;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.9").await;
+    let pending = service
+        .push(&AuthorizationRequest::new(
+            &[DATASET, SLOW],
+            "學雜費減免資格審核",
+        ))
+        .await
+        .unwrap();
+    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
+    let page = b.get(&consent).await.text().await.unwrap();
+    let r = b
+        .post(
+            &consent,
+            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+
+    // The wait page offers the early answer; the slow dataset is still being fetched.
+    let page = b.get(&consent).await.text().await.unwrap();
+    assert!(page.contains("data-step=\"wait\""), "{page}");
+    assert!(page.contains("id=\"send-when-ready\""), "{page}");
+    // Too early to send without data is not a reason to refuse: the answer is recorded now.
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&page)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let back = location(&r);
+    assert!(back.starts_with(REDIRECT), "{back}");
+    let token = service
+        .callback(&pending, back.split_once('?').unwrap().1)
+        .await
+        .unwrap();
+    let url = format!(
+        "{}/api/v1/transfers/{}/package",
+        w.app.base, token.transfer_id
+    );
+    let get = || {
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&token.access_token)
+            .send()
+    };
+
+    // Slow agency: 202 with Retry-After (seconds, within 1..=300) and the state in the body.
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&wait), "{wait}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["transfer_id"], token.transfer_id.as_str());
+    assert!(
+        matches!(body["state"].as_str(), Some("created" | "fetching")),
+        "{body}"
+    );
+    assert_eq!(body["retry_after"].as_u64(), Some(wait));
+    // The SDK, given less time than the platform asks for, reports not ready and spends nothing.
+    assert!(matches!(
+        service.package(&token, Duration::from_millis(10)).await,
+        Err(mydata_sdk::Error::NotReady)
+    ));
+
+    // The agency has said "not yet"; an hour passes on the platform's clock, it answers and the
+    // package is sealed.
+    w.app
+        .until_dataset(&token.transfer_id, SLOW, "not ready", |d| {
+            d.status == mydata_store::fetch_status::NOT_READY
+        })
+        .await;
+    // Five minutes at a time (bounded: at most two hours), leaving the workers real time to act.
+    let mut state = TransferState::Fetching;
+    for _ in 0..24 {
+        w.app.clock.advance(Duration::from_secs(300));
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            state = w.app.transfer(&token.transfer_id).await.state;
+            if state != TransferState::Fetching {
+                break;
+            }
+        }
+        if state != TransferState::Fetching {
+            break;
+        }
+    }
+    assert_eq!(state, TransferState::Ready);
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let envelope: mydata_package::e2e::Envelope = r.json().await.unwrap();
+    let zip = service.open(&token, &envelope).unwrap();
+    let report = mydata_sdk::verify(
+        &zip,
+        &token.transfer_id,
+        &w.app.trust(),
+        service.platform_signing_key(),
+        w.app.clock.now(),
+    )
+    .unwrap_or_else(|r| panic!("package verifies: {r:?}"));
+    assert_eq!(report.datasets.len(), 2);
+
+    // Once only.
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 410);
+    let problem: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "package_gone", "{problem}");
+    let release = w
+        .app
+        .store()
+        .audit_for_transfer(&token.transfer_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == "service.release")
+        .unwrap();
+    assert_eq!(release.detail["when_ready"], true);
+}

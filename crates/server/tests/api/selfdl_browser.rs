@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// A stand-in for `mydata card-agent` on loopback: signs the login challenge with the card once
 /// the PIN is right.
-async fn card_agent(card: Arc<std::sync::Mutex<Option<Card>>>) -> String {
+pub(crate) async fn card_agent(card: Arc<std::sync::Mutex<Option<Card>>>) -> String {
     use axum::http::{HeaderValue, StatusCode, header};
     let sign = move |axum::Json(b): axum::Json<serde_json::Value>| {
         let card = card.clone();
@@ -59,7 +59,7 @@ async fn card_agent(card: Arc<std::sync::Mutex<Option<Card>>>) -> String {
     url
 }
 
-async fn step(page: &Page, name: &str) {
+pub(crate) async fn step(page: &Page, name: &str) {
     page.wait_loaded().await.unwrap();
     assert_eq!(
         page.horizontal_overflow().await.unwrap(),
@@ -71,7 +71,7 @@ async fn step(page: &Page, name: &str) {
 }
 
 /// Clicks `selector` (or presses Enter on it when `key`) and waits until a new document has loaded.
-async fn navigate(page: &Page, selector: &str, key: bool) {
+pub(crate) async fn navigate(page: &Page, selector: &str, key: bool) {
     page.eval("window.__before = true").await.unwrap();
     if key {
         page.press(Key::Enter).await.unwrap();
@@ -86,7 +86,7 @@ async fn navigate(page: &Page, selector: &str, key: bool) {
     .unwrap();
 }
 
-async fn at_path(page: &Page, path: &str, what: &str) {
+pub(crate) async fn at_path(page: &Page, path: &str, what: &str) {
     page.wait_until(
         &format!("location.pathname === '{path}' && document.readyState === 'complete'"),
         what,

@@ -14,40 +14,28 @@ use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine;
+use mydata_core::Clock;
 use mydata_sdk::{AuthorizationRequest, Keys, Pending, Service, ServiceConfig, TrustStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const CLIENT_ID: &str = "k12-tuition-reduction";
-const DATASET: &str = "low-income-household";
-const PURPOSE: &str = "高級中等學校學雜費減免（低收入戶、中低收入戶學生）資格審核";
+/// The one dataset it asks for (no. 59).
+pub const DATASET: &str = "low-income-household";
+/// The purpose it registers and shows.
+pub const PURPOSE: &str = "高級中等學校學雜費減免（低收入戶、中低收入戶學生）資格審核";
+/// The service's name as registered with the platform.
+pub const NAME: &str = "全國高級中等學校學雜費減免（示範服務）";
+/// The terms it registers.
+pub const TERMS: &str = "本示範服務僅將您的低收入戶／中低收入戶資料用於學雜費減免資格審核，審核後即刪除，不作其他用途。This demo uses your low-income household record only to check tuition-reduction eligibility and deletes it afterwards.";
 const MAX_PENDING: usize = 1000;
-
-/// The registration `demo` adds to the platform for this service.
-pub fn registration(
-    keys: &Keys,
-    redirect_uri: &str,
-) -> mydata_server::oauth::clients::Registration {
-    mydata_server::oauth::clients::Registration {
-        client_id: CLIENT_ID.into(),
-        name: "全國高級中等學校學雜費減免（示範服務）".into(),
-        jwks: Some(keys.public_jwks()),
-        jwks_uri: None,
-        redirect_uris: vec![redirect_uri.to_owned()],
-        terms: "本示範服務僅將您的低收入戶／中低收入戶資料用於學雜費減免資格審核，審核後即刪除，不作其他用途。This demo uses your low-income household record only to check tuition-reduction eligibility and deletes it afterwards.".into(),
-        purpose: PURPOSE.into(),
-        datasets: vec![DATASET.into()],
-        legal_basis: None,
-        environment: "test".into(),
-        trusted_verifier: false,
-    }
-}
 
 struct Inner {
     service: tokio::sync::OnceCell<Service>,
     config: ServiceConfig,
     agencies: String,
+    clock: Arc<dyn Clock>,
     pending: Mutex<HashMap<String, Pending>>,
 }
 
@@ -60,19 +48,24 @@ pub async fn bind() -> anyhow::Result<(tokio::net::TcpListener, String)> {
     Ok((listener, base))
 }
 
-/// Serves the example service for the platform at `platform` (discovered on first use).
+/// Serves the example service at `base` for the platform at `platform` (discovered on first
+/// use), trusting the agency CA published at `agencies`; `clock` is the time packages are checked
+/// at (the system clock in the demo).
 pub fn serve(
     listener: tokio::net::TcpListener,
     base: &str,
     platform: &str,
     agencies: &str,
     keys: Keys,
+    clock: Arc<dyn Clock>,
 ) {
-    let config = ServiceConfig::new(platform, CLIENT_ID, &format!("{base}/callback"), keys);
+    let config = ServiceConfig::new(platform, CLIENT_ID, &format!("{base}/callback"), keys)
+        .with_clock(clock.clone());
     let inner = Arc::new(Inner {
         service: tokio::sync::OnceCell::new(),
         config,
         agencies: agencies.to_owned(),
+        clock,
         pending: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
@@ -100,7 +93,8 @@ fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"zh-TW\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{title}</title><style>body{{font-family:sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;line-height:1.6}}\
-         button{{font-size:1.1rem;padding:.6rem 1.2rem}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3rem .6rem;text-align:left}}\
+         button{{font-size:1.1rem;padding:.6rem 1.2rem}}table{{border-collapse:collapse;width:100%;table-layout:fixed}}\
+         td,th{{border:1px solid #999;padding:.3rem .6rem;text-align:left;vertical-align:top;overflow-wrap:anywhere}}th{{width:35%}}code{{overflow-wrap:anywhere}}\
          .ok{{color:#05620f}}.no{{color:#9b1c1c}}</style></head><body><main><h1>{title}</h1>{body}</main></body></html>"
     ))
 }
@@ -184,6 +178,35 @@ async fn trust(agencies: &str) -> anyhow::Result<TrustStore> {
     Ok(t)
 }
 
+/// What the person sees when no token came back: their own refusal said plainly, anything else
+/// with the platform's reason.
+fn refused_page(e: &mydata_sdk::Error) -> Html<String> {
+    let (code, text) = match e {
+        mydata_sdk::Error::Refused { error, .. } if error == "access_denied" => (
+            "access_denied",
+            "您未同意提供資料，本服務沒有取得您的任何資料。您仍可改附紙本證明申請，或重新申請。"
+                .to_owned(),
+        ),
+        mydata_sdk::Error::Refused { error, .. } => (
+            "refused",
+            format!("MyData 未完成這次資料傳送（{}）。請重新申請。", esc(error)),
+        ),
+        other => ("failed", format!("未取得資料：{}", esc(&other.to_string()))),
+    };
+    let en = if code == "access_denied" {
+        "You did not agree to share your data, so this service received none of it. You can still apply with paper certificates, or try again."
+    } else {
+        "MyData did not complete this transfer. Please try again."
+    };
+    page(
+        "未取得資料 / No data received",
+        &format!(
+            "<p id=\"outcome\" data-error=\"{code}\" role=\"status\">{text}</p><p lang=\"en\">{en}</p>\
+             <p><a href=\"/\">重新申請 / Start again</a></p>"
+        ),
+    )
+}
+
 /// Objects in the dataset's JSON that carry the household status.
 fn records(v: &serde_json::Value, out: &mut Vec<serde_json::Map<String, serde_json::Value>>) {
     match v {
@@ -216,21 +239,12 @@ async fn callback(
         .await
     {
         Ok(t) => t,
-        Err(e) => {
-            return page(
-                "未取得資料",
-                &format!(
-                    "<p id=\"outcome\">{}</p><p><a href=\"/\">重新申請</a></p>",
-                    esc(&e.to_string())
-                ),
-            )
-            .into_response();
-        }
+        Err(e) => return refused_page(&e).into_response(),
     };
     let result = async {
         let zip = service.package(&token, Duration::from_secs(120)).await?;
         let trust = trust(&inner.agencies).await?;
-        let now = mydata_core::Clock::now(&mydata_core::SystemClock);
+        let now = inner.clock.now();
         mydata_sdk::verify(
             &zip,
             &token.transfer_id,
@@ -276,7 +290,7 @@ async fn callback(
             };
             page(
                 "資料已驗證 / Verified data",
-                &format!("{verdict}<p>資料經機關簽章與平臺收據驗證（交易 {}）。</p><table>{rows}</table>", esc(&token.transfer_id)),
+                &format!("{verdict}<p>資料經機關簽章與平臺收據驗證（交易 <code id=\"transfer-id\">{}</code>）。</p><table>{rows}</table>", esc(&token.transfer_id)),
             )
             .into_response()
         }
