@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// Read the public catalogue API (list, search, one dataset) as fast as the server allows.
     Catalog(LoadArgs),
+    /// Complete online-service transfers (PAR, consent and confirmation through the pages, agency
+    /// fetch, sealed package, token, retrieval) against `mydata demo`; see docs/PERFORMANCE.md.
+    Transfers(crate::bench_transfers::TransferArgs),
 }
 
 #[derive(Debug, Args)]
@@ -41,11 +44,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             ];
             load(&args, &paths).await
         }
+        BenchCommand::Transfers(args) => crate::bench_transfers::run(args).await,
     }
 }
 
 /// Refuses any target that is not this machine.
-fn check_loopback(url: &str) -> anyhow::Result<url::Url> {
+pub(crate) fn check_loopback(url: &str) -> anyhow::Result<url::Url> {
     let u = url::Url::parse(url).with_context(|| format!("invalid --url `{url}`"))?;
     let host = u.host_str().unwrap_or_default();
     let ok = host == "localhost"

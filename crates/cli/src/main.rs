@@ -6,6 +6,7 @@
 
 mod audit_export;
 mod bench;
+mod bench_transfers;
 mod card_agent;
 mod catalog_check;
 mod counter_admin;
