@@ -104,9 +104,23 @@ pub async fn owned_transfer(
     }
 }
 
-/// Whether a transfer is a self-download (the pages of this flow only serve those).
-pub fn is_self_download(t: &Transfer) -> bool {
-    t.kind == TransferKind::SelfDownload
+/// The transfer `id` if the signed-in person owns it and it is of `kind` (each flow's pages serve
+/// only their own kind). Another kind is the same 404 as someone else's transfer.
+pub async fn owned_transfer_of(
+    state: &AppState,
+    v: &Verified,
+    id: &str,
+    kind: TransferKind,
+) -> Result<Transfer, AppError> {
+    let t = owned_transfer(state, v, id).await?;
+    if t.kind == kind {
+        Ok(t)
+    } else {
+        Err(AppError::NotFound {
+            what: "transfer",
+            id: id.chars().take(40).collect(),
+        })
+    }
 }
 
 /// One data file of a dataset, as the preview shows it.

@@ -390,16 +390,7 @@ impl ClerkSession {
     }
 
     pub fn check_csrf(&self, given: Option<&str>) -> Result<(), AppError> {
-        let given = given.unwrap_or_default();
-        let ok: bool = given
-            .as_bytes()
-            .ct_eq(self.row.csrf_token.as_bytes())
-            .into();
-        if ok && !given.is_empty() {
-            Ok(())
-        } else {
-            Err(AppError::CsrfRejected)
-        }
+        crate::identity::session::check_csrf_token(&self.row.csrf_token, given)
     }
 }
 

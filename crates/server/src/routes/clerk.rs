@@ -8,11 +8,11 @@ use crate::counter::{self, Desk, Refusal, Refused};
 use crate::error::AppError;
 use crate::i18n::Lang;
 use crate::pages::Chrome;
-use crate::routes::counter::{lang_of, page, taipei};
+use crate::routes::counter::{page, taipei};
+use crate::routes::form::{ClerkPost, CsrfField, Posted, lang_of, on_page};
 use crate::state::AppState;
 use askama::Template;
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Path, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -83,13 +83,9 @@ pub struct LoginForm {
 /// `POST /clerk/login`
 pub async fn login_submit(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<Form<LoginForm>, FormRejection>,
+    Posted { form: f, lang }: Posted<LoginForm>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let Form(f) = form.map_err(|e| AppError::InvalidBody(e.body_text()))?;
+    on_page(lang, async {
         let result = clerk::check_sign_in(
             &state,
             f.username.as_deref().unwrap_or_default().trim(),
@@ -149,8 +145,8 @@ pub async fn login_submit(
         let mut res = Redirect::to("/clerk").into_response();
         res.headers_mut().append(header::SET_COOKIE, cookie);
         Ok::<_, AppError>(res)
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `GET /clerk/certificate`: a clerk who signed in on the platform with their citizen
@@ -159,7 +155,7 @@ pub async fn login_submit(
 pub async fn certificate(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     use crate::identity::session;
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let s = session::load(&state, &headers).await?;
         let v = s.as_ref().and_then(|s| s.verified()).filter(|v| {
             v.method == mydata_core::IdentityMethod::MoicaCert
@@ -202,8 +198,8 @@ pub async fn certificate(State(state): State<AppState>, uri: Uri, headers: Heade
         res.headers_mut().append(header::SET_COOKIE, cookie);
         res.headers_mut().append(header::SET_COOKIE, clear);
         Ok::<_, AppError>(res)
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,27 +210,29 @@ pub struct CsrfForm {
     pub password: Option<String>,
 }
 
+impl CsrfField for CsrfForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 /// `POST /clerk/logout`
 pub async fn logout(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    ClerkPost {
+        session: s,
+        form: _,
+        lang,
+    }: ClerkPost<CsrfForm>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let Form(f) = form.map_err(|e| AppError::InvalidBody(e.body_text()))?;
-        let Some(s) = clerk::load(&state, &headers).await? else {
-            return Ok(to_login());
-        };
-        s.check_csrf(f.csrf.as_deref())?;
+    on_page(lang, async {
         clerk::end(&state, &s).await?;
         let mut res = to_login();
         res.headers_mut()
             .append(header::SET_COOKIE, clerk::clear_cookie(&state));
         Ok::<_, AppError>(res)
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,30 +361,26 @@ async fn desk_page(
 /// `GET /clerk`
 pub async fn desk(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let Some(s) = clerk::load(&state, &headers).await? else {
             return Ok(to_login());
         };
         let (status, p) = desk_page(&state, &s, lang, None).await?;
         Ok::<_, AppError>(page(status, &p, None))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /clerk/counter`: the clerk says which counter they sit at (one of their office's).
 pub async fn choose_counter(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    ClerkPost {
+        session: s,
+        form: f,
+        lang,
+    }: ClerkPost<CsrfForm>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let Form(f) = form.map_err(|e| AppError::InvalidBody(e.body_text()))?;
-        let Some(s) = clerk::load(&state, &headers).await? else {
-            return Ok(to_login());
-        };
-        s.check_csrf(f.csrf.as_deref())?;
+    on_page(lang, async {
         let wanted = f.counter.unwrap_or_default();
         let c = state
             .store()
@@ -402,8 +396,8 @@ pub async fn choose_counter(
             .set_clerk_counter(&s.row.id_hash, &c.id)
             .await?;
         Ok::<_, AppError>(Redirect::to("/clerk").into_response())
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 fn desk_of(s: &ClerkSession) -> Option<Desk> {
@@ -418,17 +412,13 @@ fn desk_of(s: &ClerkSession) -> Option<Desk> {
 /// `POST /clerk/scan`
 pub async fn scan(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    ClerkPost {
+        session: s,
+        form: f,
+        lang,
+    }: ClerkPost<CsrfForm>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let Form(f) = form.map_err(|e| AppError::InvalidBody(e.body_text()))?;
-        let Some(s) = clerk::load(&state, &headers).await? else {
-            return Ok(to_login());
-        };
-        s.check_csrf(f.csrf.as_deref())?;
+    on_page(lang, async {
         let Some(desk) = desk_of(&s) else {
             return Ok(Redirect::to("/clerk").into_response());
         };
@@ -450,8 +440,8 @@ pub async fn scan(
                 Ok::<_, AppError>(page(status, &p, None))
             }
         }
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,12 +492,13 @@ fn password_page(
     }
 }
 
+/// The clerk session's (`None`: signed out) pending verification password, or where to send the clerk instead.
 async fn desk_and_password(
     state: &AppState,
-    headers: &HeaderMap,
+    s: Option<ClerkSession>,
     id: &str,
 ) -> Result<Result<(ClerkSession, Desk, mydata_store::PasswordRow), Response>, AppError> {
-    let Some(s) = clerk::load(state, headers).await? else {
+    let Some(s) = s else {
         return Ok(Err(to_login()));
     };
     let Some(desk) = desk_of(&s) else {
@@ -530,36 +521,36 @@ pub async fn password_form(
     Path(id): Path<String>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
-        let (s, _, pw) = match desk_and_password(&state, &headers, &id).await? {
-            Ok(x) => x,
-            Err(r) => return Ok(r),
-        };
+    on_page(lang, async {
+        let (s, _, pw) =
+            match desk_and_password(&state, clerk::load(&state, &headers).await?, &id).await? {
+                Ok(x) => x,
+                Err(r) => return Ok(r),
+            };
         Ok::<_, AppError>(page(
             StatusCode::OK,
             &password_page(lang, &s, &pw, None),
             None,
         ))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /clerk/passwords/{id}`
 pub async fn password_submit(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    ClerkPost {
+        session: s,
+        form: f,
+        lang,
+    }: ClerkPost<CsrfForm>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let Form(f) = form.map_err(|e| AppError::InvalidBody(e.body_text()))?;
-        let (s, desk, pw) = match desk_and_password(&state, &headers, &id).await? {
+    on_page(lang, async {
+        let (s, desk, pw) = match desk_and_password(&state, Some(s), &id).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
         };
-        s.check_csrf(f.csrf.as_deref())?;
         let input = f.password.unwrap_or_default();
         let input = if input.len() > 64 {
             "x"
@@ -581,8 +572,8 @@ pub async fn password_submit(
                 Ok::<_, AppError>(page(status, &password_page(lang, &s, &pw, Some(r)), None))
             }
         }
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,12 +610,13 @@ pub struct DataPage {
     pub back: &'static str,
 }
 
+/// The clerk session's (`None`: signed out) granted transfer, or where to send the clerk instead.
 async fn granted(
     state: &AppState,
-    headers: &HeaderMap,
+    s: Option<ClerkSession>,
     tid: &str,
 ) -> Result<Result<(ClerkSession, Desk, mydata_store::Transfer), Response>, AppError> {
-    let Some(s) = clerk::load(state, headers).await? else {
+    let Some(s) = s else {
         return Ok(Err(to_login()));
     };
     let Some(desk) = desk_of(&s) else {
@@ -739,8 +731,8 @@ pub async fn data(
     Path(tid): Path<String>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
-        let (s, desk, t) = match granted(&state, &headers, &tid).await? {
+    on_page(lang, async {
+        let (s, desk, t) = match granted(&state, clerk::load(&state, &headers).await?, &tid).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
         };
@@ -836,27 +828,26 @@ pub async fn data(
             back: lang.pick("回到櫃檯", "Back to the counter"),
         };
         Ok::<_, AppError>(page(StatusCode::OK, &p, None))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /clerk/transfers/{id}/package`: the signed package, once (a POST with the form's token:
 /// taking it deletes the data, which no link prefetch may do).
 pub async fn package(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
     Path(tid): Path<String>,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    ClerkPost {
+        session: s,
+        form: _,
+        lang,
+    }: ClerkPost<CsrfForm>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let Form(f) = form.map_err(|e| AppError::InvalidBody(e.body_text()))?;
-        let (s, desk, t) = match granted(&state, &headers, &tid).await? {
+    on_page(lang, async {
+        let (_, desk, t) = match granted(&state, Some(s), &tid).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
         };
-        s.check_csrf(f.csrf.as_deref())?;
         let zip = crate::packages::take_package(&state, &t.id, &desk.clerk_id)
             .await
             .map_err(|e| match e {
@@ -893,8 +884,8 @@ pub async fn package(
             )
                 .into_response(),
         )
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `GET /clerk/transfers/{id}/files/{dataset}/{file}`: one file of the verified package (the
@@ -906,8 +897,8 @@ pub async fn file(
     Path((tid, dataset, name)): Path<(String, String, String)>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
-        let (_, desk, t) = match granted(&state, &headers, &tid).await? {
+    on_page(lang, async {
+        let (_, desk, t) = match granted(&state, clerk::load(&state, &headers).await?, &tid).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
         };
@@ -952,8 +943,8 @@ pub async fn file(
             )
                 .into_response(),
         )
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -984,7 +975,7 @@ pub struct SupervisorPage {
 /// `GET /clerk/supervisor`: every counter of the supervisor's office and its lockout.
 pub async fn supervisor(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let Some(s) = clerk::load(&state, &headers).await? else {
             return Ok(to_login());
         };
@@ -1032,6 +1023,6 @@ pub async fn supervisor(State(state): State<AppState>, uri: Uri, headers: Header
             back: lang.pick("回到櫃檯", "Back to the counter"),
         };
         Ok::<_, AppError>(page(StatusCode::OK, &p, None))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }

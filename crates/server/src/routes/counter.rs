@@ -7,11 +7,12 @@ use crate::error::{AppError, render};
 use crate::i18n::Lang;
 use crate::identity::session::{self, Session};
 use crate::pages::Chrome;
+pub(crate) use crate::routes::form::lang_of;
+use crate::routes::form::{CsrfField, PostedForm, on_page};
 use crate::routes::login::satisfies;
 use crate::state::AppState;
 use askama::Template;
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -20,12 +21,6 @@ use mydata_core::catalog::{Service, ServiceMode};
 use mydata_core::transfer::{TransferKind, TransferState};
 use mydata_store::{CounterTransferRow, OfficeRow, Transfer, fetch_status};
 use serde::Deserialize;
-
-pub(crate) fn lang_of(uri: &Uri, headers: &HeaderMap) -> Lang {
-    Lang::from_query(uri.query())
-        .or_else(|| Lang::from_cookie(headers))
-        .unwrap_or_default()
-}
 
 pub(crate) fn page<T: Template>(
     status: StatusCode,
@@ -231,6 +226,12 @@ pub struct ConsentForm {
     pub consent: Option<String>,
 }
 
+impl CsrfField for ConsentForm {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn service_page(
     state: &AppState,
@@ -349,7 +350,7 @@ pub async fn service(
     query: Result<Query<ServiceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let Query(q) = query?;
         let svc = counter_service(&state, &id)?;
         let (s, cookie) = session::ensure(&state, &headers).await?;
@@ -364,8 +365,8 @@ pub async fn service(
         )
         .await?;
         Ok::<_, AppError>(page(StatusCode::OK, &p, cookie))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 fn urlencode(s: &str) -> String {
@@ -375,16 +376,15 @@ fn urlencode(s: &str) -> String {
 /// `POST /counter/services/{id}`: consent given; sign in if needed, then start the transfer.
 pub async fn consent(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    form: Result<Form<ConsentForm>, FormRejection>,
+    PostedForm {
+        session: s,
+        form: f,
+        lang,
+    }: PostedForm<ConsentForm>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let svc = counter_service(&state, &id)?;
-        let Form(f) = form.map_err(|e| AppError::InvalidBody(e.body_text()))?;
-        let s = session::for_post(&state, &headers, f.csrf.as_deref()).await?;
         let offices = state.store().offices_for_service(&svc.id).await?;
         let office = f
             .office
@@ -457,8 +457,8 @@ pub async fn consent(
             })
             .await?;
         Ok(Redirect::to(&format!("/counter/transfers/{}", t.id)).into_response())
-    };
-    run.await.unwrap_or_else(|e: AppError| e.into_page(lang))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -504,19 +504,12 @@ async fn own_transfer(
     id: &str,
     uri: &Uri,
 ) -> Result<Result<Transfer, Response>, AppError> {
-    let not_found = || AppError::NotFound {
-        what: "transfer",
-        id: id.to_owned(),
-    };
     let s = session::load(state, headers).await?;
     let Some(v) = s.as_ref().and_then(Session::verified) else {
         let to = format!("/login?next={}", urlencode(uri.path()));
         return Ok(Err(Redirect::to(&to).into_response()));
     };
-    let t = state.store().transfer(id).await?.ok_or_else(not_found)?;
-    if t.subject != v.subject || t.kind != TransferKind::Counter {
-        return Err(not_found());
-    }
+    let t = crate::download::owned_transfer_of(state, &v, id, TransferKind::Counter).await?;
     Ok(Ok(t))
 }
 
@@ -537,7 +530,7 @@ pub async fn transfer(
     Path(id): Path<String>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let t = match own_transfer(&state, &headers, &id, &uri).await? {
             Ok(t) => t,
             Err(r) => return Ok(r),
@@ -647,8 +640,8 @@ pub async fn transfer(
             datasets,
         };
         Ok::<_, AppError>(page(StatusCode::OK, &p, None))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `GET /static/counter.js`
@@ -676,7 +669,7 @@ pub async fn barcode_image(
     Path((id, file)): Path<(String, String)>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let t = match own_transfer(&state, &headers, &id, &uri).await? {
             Ok(t) => t,
             Err(r) => return Ok(r),
@@ -711,6 +704,6 @@ pub async fn barcode_image(
             )
                 .into_response(),
         )
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }

@@ -3,18 +3,19 @@
 //! accepts → consent (one form token: one transfer) → progress per dataset → preview → save the
 //! zip or one file → confirm deletion. Only the transfer's own person can open its pages.
 
-use crate::download::{self, TERMS_VERSION, basket_from_pairs, basket_query, owned_transfer};
+use crate::download::{self, TERMS_VERSION, basket_from_pairs, basket_query, owned_transfer_of};
 use crate::error::{AppError, render};
 use crate::i18n::Lang;
 use crate::identity::session::{self, Session, Verified};
 use crate::notices::taipei_time;
 use crate::pages::{Chrome, DatasetCard, SelectOption};
 use crate::routes::catalog_api::DatasetQuery;
+use crate::routes::form::{PostedForm, lang_of, no_store, on_page};
 use crate::state::AppState;
 use askama::Template;
 use axum::Json;
-use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -34,21 +35,8 @@ type Pairs = Vec<(String, String)>;
 /// The purpose recorded on a self-download transfer (shown localized in usage records).
 pub const PURPOSE: &str = "self_download";
 
-fn lang_of(uri: &Uri, headers: &HeaderMap) -> Lang {
-    Lang::from_query(uri.query())
-        .or_else(|| Lang::from_cookie(headers))
-        .unwrap_or_default()
-}
-
 fn chrome(lang: Lang, uri: &Uri) -> Chrome {
     Chrome::new(lang).keep_query(uri.query().unwrap_or_default())
-}
-
-/// Pages of this flow are personal: never cached, never stored by the browser.
-fn no_store(mut res: Response) -> Response {
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 fn page<T: Template>(status: StatusCode, t: &T, lang: Lang) -> Response {
@@ -496,7 +484,7 @@ pub async fn terms(
     query: Result<Query<Pairs>, QueryRejection>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let Query(pairs) = query?;
         let basket = basket_from_pairs(&state, &pairs)?;
         if basket.is_empty() {
@@ -504,8 +492,8 @@ pub async fn terms(
             return choose_inner(&state, &uri, Ok(Query(pairs)), lang, Some(msg.into()));
         }
         terms_page(&state, &uri, &basket, lang, None)
-    };
-    run.await.unwrap_or_else(|e| no_store(e.into_page(lang)))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -556,7 +544,7 @@ pub async fn consent_form(
     query: Result<Query<Pairs>, QueryRejection>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let Query(pairs) = query?;
         let basket = basket_from_pairs(&state, &pairs)?;
         if basket.is_empty() {
@@ -644,9 +632,8 @@ pub async fn consent_form(
             col_ready: lang.pick("預計取得時間", "Expected wait"),
         };
         Ok(page(StatusCode::OK, &p, lang))
-    };
-    run.await
-        .unwrap_or_else(|e: AppError| no_store(e.into_page(lang)))
+    })
+    .await
 }
 
 fn token_hash(token: &str) -> String {
@@ -658,16 +645,13 @@ fn token_hash(token: &str) -> String {
 pub async fn start(
     State(state): State<AppState>,
     uri: Uri,
-    headers: HeaderMap,
-    form: Result<Form<Pairs>, FormRejection>,
+    PostedForm {
+        session: s,
+        form: pairs,
+        lang,
+    }: PostedForm<Pairs>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let Form(pairs) = form.map_err(|e| match e {
-            FormRejection::InvalidFormContentType(_) => AppError::UnsupportedMediaType,
-            other => AppError::InvalidBody(other.body_text()),
-        })?;
-        let s = session::for_post(&state, &headers, get(&pairs, session::CSRF_FIELD)).await?;
+    on_page(lang, async {
         let Some(v) = s.verified() else {
             return Err(AppError::NotSignedIn);
         };
@@ -751,9 +735,8 @@ pub async fn start(
         Ok(no_store(
             Redirect::to(&format!("/download/t/{}", t.id)).into_response(),
         ))
-    };
-    run.await
-        .unwrap_or_else(|e: AppError| no_store(e.into_page(lang)))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1039,18 +1022,12 @@ pub async fn progress(
     headers: HeaderMap,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let (s, v) = match person(&state, &headers, &uri).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
         };
-        let t = owned_transfer(&state, &v, &id).await?;
-        if !download::is_self_download(&t) {
-            return Err(AppError::NotFound {
-                what: "transfer",
-                id: id.clone(),
-            });
-        }
+        let t = owned_transfer_of(&state, &v, &id, TransferKind::SelfDownload).await?;
         let now = state.clock().now();
         let pkg = state.store().package(&t.id).await?;
         if is_gone(&t, now) || pkg.as_ref().is_some_and(|p| p.sealed_key.is_none()) {
@@ -1109,9 +1086,8 @@ pub async fn progress(
             records: lang.pick("查看我的使用紀錄", "See my usage records"),
         };
         Ok(page(StatusCode::OK, &p, lang))
-    };
-    run.await
-        .unwrap_or_else(|e: AppError| no_store(e.into_page(lang)))
+    })
+    .await
 }
 
 /// `GET /download/t/{id}/status`: the progress as JSON for the page's script (owner only).
@@ -1125,13 +1101,7 @@ pub async fn status(
     let run = async {
         let s = session::load(&state, &headers).await?;
         let v = s.and_then(|s| s.verified()).ok_or(AppError::NotSignedIn)?;
-        let t = owned_transfer(&state, &v, &id).await?;
-        if !download::is_self_download(&t) {
-            return Err(AppError::NotFound {
-                what: "transfer",
-                id: id.clone(),
-            });
-        }
+        let t = owned_transfer_of(&state, &v, &id, TransferKind::SelfDownload).await?;
         let mut p = progress_of(&state, &t, lang);
         if is_gone(&t, state.clock().now()) {
             p.next_step = true;
@@ -1158,13 +1128,7 @@ async fn readable(
         Ok(x) => x,
         Err(r) => return Ok(Err(r)),
     };
-    let t = owned_transfer(state, &v, id).await?;
-    if !download::is_self_download(&t) {
-        return Err(AppError::NotFound {
-            what: "transfer",
-            id: id.to_owned(),
-        });
-    }
+    let t = owned_transfer_of(state, &v, id, TransferKind::SelfDownload).await?;
     let now = state.clock().now();
     let pkg = state.store().package(&t.id).await?;
     if is_gone(&t, now) || pkg.as_ref().is_some_and(|p| p.sealed_key.is_none()) {
@@ -1255,7 +1219,7 @@ pub async fn preview(
     headers: HeaderMap,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let (_, _, t, zip) = match readable(&state, &headers, &uri, &id, lang).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
@@ -1344,9 +1308,8 @@ pub async fn preview(
             remaining: remaining_text(t.expires_at, now, lang),
         };
         Ok(page(StatusCode::OK, &p, lang))
-    };
-    run.await
-        .unwrap_or_else(|e: AppError| no_store(e.into_page(lang)))
+    })
+    .await
 }
 
 fn attachment(name: &str) -> HeaderValue {
@@ -1371,7 +1334,7 @@ pub async fn file(
     let inline = uri
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "inline=1"));
-    let run = async {
+    on_page(lang, async {
         let (_, _, t, zip) = match readable(&state, &headers, &uri, &id, lang).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
@@ -1419,9 +1382,8 @@ pub async fn file(
             .await?;
         }
         Ok(no_store(res))
-    };
-    run.await
-        .unwrap_or_else(|e: AppError| no_store(e.into_page(lang)))
+    })
+    .await
 }
 
 /// `GET /download/t/{id}/package`: the whole signed package, to save. It stays on the platform
@@ -1433,7 +1395,7 @@ pub async fn package(
     headers: HeaderMap,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let (_, _, t, zip) = match readable(&state, &headers, &uri, &id, lang).await? {
             Ok(x) => x,
             Err(r) => return Ok(r),
@@ -1452,34 +1414,23 @@ pub async fn package(
             attachment(&format!("mydata-{short}.zip")),
         );
         Ok(no_store(res))
-    };
-    run.await
-        .unwrap_or_else(|e: AppError| no_store(e.into_page(lang)))
+    })
+    .await
 }
 
 /// `POST /download/t/{id}/delete`: the person saved the data and confirms deletion.
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<Form<Pairs>, FormRejection>,
+    PostedForm {
+        session: s,
+        form: _,
+        lang,
+    }: PostedForm<Pairs>,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let Form(pairs) = form.map_err(|e| match e {
-            FormRejection::InvalidFormContentType(_) => AppError::UnsupportedMediaType,
-            other => AppError::InvalidBody(other.body_text()),
-        })?;
-        let s = session::for_post(&state, &headers, get(&pairs, session::CSRF_FIELD)).await?;
+    on_page(lang, async {
         let v = s.verified().ok_or(AppError::NotSignedIn)?;
-        let t = owned_transfer(&state, &v, &id).await?;
-        if !download::is_self_download(&t) {
-            return Err(AppError::NotFound {
-                what: "transfer",
-                id: id.clone(),
-            });
-        }
+        let t = owned_transfer_of(&state, &v, &id, TransferKind::SelfDownload).await?;
         match crate::packages::delete_saved_package(&state, &t.id, &v.subject).await {
             // Already gone (a second click, or the 8 hours ended): the page says when.
             Ok(_)
@@ -1491,7 +1442,6 @@ pub async fn delete(
         Ok(no_store(
             Redirect::to(&format!("/download/t/{}", t.id)).into_response(),
         ))
-    };
-    run.await
-        .unwrap_or_else(|e: AppError| no_store(e.into_page(lang)))
+    })
+    .await
 }

@@ -7,13 +7,14 @@ use crate::error::{AppError, CodeProblem, render};
 use crate::i18n::Lang;
 use crate::identity::messages::{self, Channel, OutgoingMessage};
 use crate::identity::methods::{MethodContext, MethodError};
-use crate::identity::session::{self, CSRF_FIELD, CSRF_HEADER, Pending, Session, Verified};
-use crate::identity::{Form, Refusal, password};
+use crate::identity::session::{self, CSRF_HEADER, Pending, Session, Verified};
+use crate::identity::{Refusal, password};
 use crate::pages::Chrome;
+pub(crate) use crate::routes::form::lang_of;
+use crate::routes::form::{PostedForm, on_page};
 use crate::state::AppState;
 use askama::Template;
 use axum::Json;
-use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Extensions, StatusCode, Uri};
@@ -35,12 +36,6 @@ const RULE: LockoutRule = LockoutRule {
     window: limits::LOCKOUT_WINDOW,
     duration: limits::LOCKOUT_DURATION,
 };
-
-pub(crate) fn lang_of(uri: &Uri, headers: &HeaderMap) -> Lang {
-    Lang::from_query(uri.query())
-        .or_else(|| Lang::from_cookie(headers))
-        .unwrap_or_default()
-}
 
 /// A local path to go to after sign-in (never another site).
 fn safe_next(next: Option<&str>) -> String {
@@ -562,7 +557,7 @@ pub async fn method_form(
     query: Result<Query<ChooseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let Query(q) = query?;
         let m = parse_method(&state, &code)?;
         let (s, cookie) = session::ensure(&state, &headers).await?;
@@ -582,8 +577,8 @@ pub async fn method_form(
                 .insert(header::CONTENT_SECURITY_POLICY, csp);
         }
         Ok::<_, AppError>(res)
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /login/{method}/challenge` (JSON; CSRF token in the `x-csrf-token` header).
@@ -629,28 +624,16 @@ pub fn platform_origin(state: &AppState, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-pub(crate) fn form_of(form: Result<axum::Form<Form>, FormRejection>) -> Result<Form, AppError> {
-    match form {
-        Ok(axum::Form(f)) => Ok(f),
-        Err(FormRejection::InvalidFormContentType(_)) => Err(AppError::UnsupportedMediaType),
-        Err(e) => Err(AppError::InvalidBody(e.body_text())),
-    }
-}
-
 /// `POST /login/{method}`
 pub async fn submit(
     State(state): State<AppState>,
     Path(code): Path<String>,
-    uri: Uri,
     headers: HeaderMap,
     ext: Extensions,
-    form: Result<axum::Form<Form>, FormRejection>,
+    post: PostedForm,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    match submit_inner(&state, &code, &headers, &ext, form, lang).await {
-        Ok(r) => r,
-        Err(e) => e.into_page(lang),
-    }
+    let lang = post.lang;
+    on_page(lang, submit_inner(&state, &code, &headers, &ext, post)).await
 }
 
 /// Checks the lockout of `keys`; refuses with the time left.
@@ -693,11 +676,13 @@ async fn submit_inner(
     code: &str,
     headers: &HeaderMap,
     ext: &Extensions,
-    form: Result<axum::Form<Form>, FormRejection>,
-    lang: Lang,
+    post: PostedForm,
 ) -> Result<Response, AppError> {
-    let form = form_of(form)?;
-    let s = session::for_post(state, headers, form.get(CSRF_FIELD).map(String::as_str)).await?;
+    let PostedForm {
+        session: s,
+        form,
+        lang,
+    } = post;
     let m = parse_method(state, code)?;
     let next = safe_next(form.get("next").map(String::as_str));
     let method = state
@@ -937,7 +922,7 @@ pub async fn first_use_form(
     headers: HeaderMap,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let (s, _) = match pending_session(&state, &headers).await? {
             Ok(x) => x,
             Err(redirect) => return Ok(redirect),
@@ -946,8 +931,8 @@ pub async fn first_use_form(
             page(StatusCode::OK, &contact_page(lang, s.csrf(), None)),
             None,
         ))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// A Taiwan mobile number as +8869XXXXXXXX, from 09XXXXXXXX or +8869XXXXXXXX.
@@ -990,15 +975,13 @@ fn mask(address: &str) -> String {
 /// `POST /login/first-use`
 pub async fn first_use_submit(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<axum::Form<Form>, FormRejection>,
+    PostedForm {
+        session: s,
+        form,
+        lang,
+    }: PostedForm,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let form = form_of(form)?;
-        let s =
-            session::for_post(&state, &headers, form.get(CSRF_FIELD).map(String::as_str)).await?;
+    on_page(lang, async {
         let Some(p) = s.pending() else {
             return Ok(Redirect::to("/login").into_response());
         };
@@ -1085,14 +1068,14 @@ pub async fn first_use_submit(
             Redirect::to("/login/first-use/code").into_response(),
             None,
         ))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `GET /login/first-use/code`
 pub async fn code_form(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let (s, _) = match pending_session(&state, &headers).await? {
             Ok(x) => x,
             Err(redirect) => return Ok(redirect),
@@ -1107,23 +1090,22 @@ pub async fn code_form(State(state): State<AppState>, uri: Uri, headers: HeaderM
             ),
             None,
         ))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /login/first-use/code`
 pub async fn code_submit(
     State(state): State<AppState>,
-    uri: Uri,
     headers: HeaderMap,
     ext: Extensions,
-    form: Result<axum::Form<Form>, FormRejection>,
+    PostedForm {
+        session: s,
+        form,
+        lang,
+    }: PostedForm,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let form = form_of(form)?;
-        let s =
-            session::for_post(&state, &headers, form.get(CSRF_FIELD).map(String::as_str)).await?;
+    on_page(lang, async {
         let Some(p) = s.pending() else {
             return Ok(Redirect::to("/login").into_response());
         };
@@ -1208,8 +1190,8 @@ pub async fn code_submit(
             Redirect::to(&safe_next(Some(&p.next))).into_response(),
             Some(cookie),
         ))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1274,7 +1256,7 @@ pub async fn password_form(
     headers: HeaderMap,
 ) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let s = session::load(&state, &headers).await?;
         if s.as_ref().and_then(Session::verified).is_none() {
             return Ok(Redirect::to("/login/moica_cert?next=/account/password").into_response());
@@ -1285,22 +1267,20 @@ pub async fn password_form(
             page(StatusCode::OK, &password_page(lang, &csrf, None)),
             None,
         ))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /account/password`
 pub async fn password_submit(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<axum::Form<Form>, FormRejection>,
+    PostedForm {
+        session: s,
+        form,
+        lang,
+    }: PostedForm,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let form = form_of(form)?;
-        let s =
-            session::for_post(&state, &headers, form.get(CSRF_FIELD).map(String::as_str)).await?;
+    on_page(lang, async {
         require_level1(Some(&s))?;
         let v = s.verified().ok_or(AppError::NotSignedIn)?;
         let pw = form.get("password").cloned().unwrap_or_default();
@@ -1352,26 +1332,24 @@ pub async fn password_submit(
             form: None,
         };
         Ok::<_, AppError>(with_cookie(page(StatusCode::OK, &n), None))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /logout`
 pub async fn logout(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<axum::Form<Form>, FormRejection>,
+    PostedForm {
+        session: s,
+        form: _,
+        lang,
+    }: PostedForm,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let form = form_of(form)?;
-        let s =
-            session::for_post(&state, &headers, form.get(CSRF_FIELD).map(String::as_str)).await?;
+    on_page(lang, async {
         let cookie = session::end(&state, &s).await?;
         Ok::<_, AppError>(with_cookie(Redirect::to("/").into_response(), Some(cookie)))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `GET /api/v1/session`: what the current session proves (no personal data).
@@ -1402,7 +1380,7 @@ pub async fn outbox(State(state): State<AppState>, uri: Uri, headers: HeaderMap)
     if !state.settings().messages.dev_outbox {
         return AppError::RouteNotFound.into_page(lang);
     }
-    let run = async {
+    on_page(lang, async {
         let rows = state.store().outbox(50).await?;
         let origin = platform_origin(&state, &headers);
         let by_name = origin.replacen("//127.0.0.1:", "//localhost:", 1);
@@ -1442,8 +1420,8 @@ pub async fn outbox(State(state): State<AppState>, uri: Uri, headers: HeaderMap)
                 .collect(),
         };
         Ok::<_, AppError>(with_cookie(page(StatusCode::OK, &p), None))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 pub(crate) fn time_text(ms: i64) -> String {

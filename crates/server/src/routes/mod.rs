@@ -6,6 +6,7 @@ pub mod clerk;
 pub mod counter;
 pub mod dev;
 pub mod download;
+pub mod form;
 pub mod health;
 pub mod home;
 pub mod login;

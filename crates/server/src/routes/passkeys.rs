@@ -6,19 +6,20 @@
 use crate::error::AppError;
 use crate::i18n::Lang;
 use crate::identity::passkey::{self, PasskeyMethod, PasskeyProblem};
-use crate::identity::session::{self, CSRF_FIELD, CSRF_HEADER, Session};
+use crate::identity::session::{self, CSRF_HEADER, Session};
 use crate::identity::{Form, Method};
 use crate::pages::Chrome;
+use crate::routes::form::{PostedForm, no_store, on_page};
 use crate::routes::login::{
-    FormError, audit, check_lock, client_address, count_failure, form_of, lang_of, page,
-    platform_origin, time_text, with_cookie,
+    FormError, audit, check_lock, client_address, count_failure, lang_of, page, platform_origin,
+    time_text, with_cookie,
 };
 use crate::state::AppState;
 use askama::Template;
 use axum::Json;
-use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::header::HeaderMap;
 use axum::http::{Extensions, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use mydata_core::IdentityMethod;
@@ -101,12 +102,6 @@ impl PasskeyProblem {
             _ => "",
         }
     }
-}
-
-fn no_store(mut res: Response) -> Response {
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,7 +275,7 @@ async fn passkeys_page(
 /// `GET /account/passkeys`
 pub async fn list(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let lang = lang_of(&uri, &headers);
-    let run = async {
+    on_page(lang, async {
         let s = session::load(&state, &headers).await?;
         let Some(s) = s.filter(|s| s.verified().is_some()) else {
             return Ok(Redirect::to(&format!("/login/moica_cert?next={PAGE}")).into_response());
@@ -291,8 +286,8 @@ pub async fn list(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -
             .then(|| lang.pick("通行密鑰已註冊。", "Passkey registered."));
         let p = passkeys_page(&state, &s, lang, None, notice).await?;
         Ok::<_, AppError>(with_cookie(page(StatusCode::OK, &p), None))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /account/passkeys/options` (CSRF in `x-csrf-token`): creation options for this device.
@@ -310,15 +305,13 @@ pub async fn register_options(
 /// `POST /account/passkeys` (form: csrf, ceremony_id, credential, name)
 pub async fn register(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<axum::Form<Form>, FormRejection>,
+    PostedForm {
+        session: s,
+        form,
+        lang,
+    }: PostedForm,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let form = form_of(form)?;
-        let s =
-            session::for_post(&state, &headers, form.get(CSRF_FIELD).map(String::as_str)).await?;
+    on_page(lang, async {
         let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
         match passkey::finish_registration(
             &state,
@@ -362,23 +355,21 @@ pub async fn register(
             }
             Err(e) => Err(e),
         }
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }
 
 /// `POST /account/passkeys/{id}/delete` (form: csrf)
 pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    form: Result<axum::Form<Form>, FormRejection>,
+    PostedForm {
+        session: s,
+        form: _,
+        lang,
+    }: PostedForm,
 ) -> Response {
-    let lang = lang_of(&uri, &headers);
-    let run = async {
-        let form = form_of(form)?;
-        let s =
-            session::for_post(&state, &headers, form.get(CSRF_FIELD).map(String::as_str)).await?;
+    on_page(lang, async {
         let v = s.verified().ok_or(AppError::NotSignedIn)?;
         if !state.store().delete_passkey(&v.subject, &id).await? {
             return Err(PasskeyProblem::NotFound.into());
@@ -391,6 +382,6 @@ pub async fn remove(
         )
         .await?;
         Ok::<_, AppError>(with_cookie(Redirect::to(PAGE).into_response(), None))
-    };
-    run.await.unwrap_or_else(|e| e.into_page(lang))
+    })
+    .await
 }

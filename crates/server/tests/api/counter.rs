@@ -271,7 +271,7 @@ impl Desk {
 
 /// Two offices doing the service: chiayi-social (counters c1, c2; clerk `lin`, supervisor `chen`)
 /// and chiayi-east (counter e1; clerk `wu`). Returns each clerk's TOTP secret.
-async fn register_desks(st: &mydata_server::state::AppState) -> Vec<(String, String)> {
+pub(crate) async fn register_desks(st: &mydata_server::state::AppState) -> Vec<(String, String)> {
     clerk::register_office(
         st,
         "chiayi-social",
@@ -316,7 +316,7 @@ async fn register_desks(st: &mydata_server::state::AppState) -> Vec<(String, Str
 }
 
 /// A clerk's browser signed in at the clock's time (moved 30 s first: a TOTP step is used once).
-async fn clerk_login(
+pub(crate) async fn clerk_login(
     base: &str,
     clock: &mydata_core::ManualClock,
     user: &str,
