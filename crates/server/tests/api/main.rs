@@ -10,7 +10,6 @@ mod catalog;
 mod counter;
 mod errors;
 mod fetch;
-mod forms;
 mod health;
 mod helpers;
 mod home;
