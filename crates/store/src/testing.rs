@@ -102,3 +102,42 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Rows per table (migration bookkeeping left out), to show that a refused request changed
+    /// nothing (test support only).
+    pub async fn row_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        use sqlx::Row;
+        let tables: Vec<String> = match &self.db {
+            crate::Db::Sqlite { pool, .. } => sqlx::query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
+            )
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?,
+            crate::Db::Postgres(pool) => sqlx::query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' \
+                 AND table_name NOT LIKE '\\_sqlx%'",
+            )
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?,
+        };
+        let mut counts = std::collections::BTreeMap::new();
+        for t in tables {
+            // Table names come from the catalogue of the database itself, quoted.
+            let sql = format!("SELECT COUNT(*) FROM \"{t}\"");
+            let n: i64 = crate::on_pool!(self, pool => {
+                sqlx::query_scalar(&sql).fetch_one(pool).await
+            })?;
+            counts.insert(t, n);
+        }
+        Ok(counts)
+    }
+}

@@ -10,6 +10,7 @@ mod catalog;
 mod counter;
 mod errors;
 mod fetch;
+mod forms;
 mod health;
 mod helpers;
 mod home;
