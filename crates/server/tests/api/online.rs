@@ -197,10 +197,14 @@ async fn a_service_receives_verified_data_once_with_the_sdk_postgres() {
     end_to_end(Backend::Postgres).await;
 }
 
-/// The raw token endpoint, for bad inputs the SDK never sends.
+/// The raw token endpoint, for bad inputs the SDK never sends (with the SDK's DPoP proof: the
+/// SDK's pushed requests bind the code to its DPoP key).
 async fn token_call(o: &Online, form: &[(&str, String)]) -> (u16, serde_json::Value) {
+    let url = format!("{}/oauth/token", o.w.app.base);
+    let proof = o.service.dpop_proof("POST", &url, None).unwrap();
     let r = reqwest::Client::new()
-        .post(format!("{}/oauth/token", o.w.app.base))
+        .post(url)
+        .header("DPoP", proof)
         .form(form)
         .send()
         .await
@@ -442,10 +446,10 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
     // Nothing changed: the code still works once.
     let (s, body) = token_call(&o, &grant(&o, &code, &v, REDIRECT)).await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(body["token_type"], "Bearer", "no proof: a bearer token");
+    assert_eq!(body["token_type"], "DPoP");
     let token = Token {
         access_token: body["access_token"].as_str().unwrap().into(),
-        token_type: "Bearer".into(),
+        token_type: "DPoP".into(),
         transfer_id: body["authorization_details"][0]["transfer_id"]
             .as_str()
             .unwrap()
