@@ -89,7 +89,9 @@ pub async fn package(
 ) -> Result<Response, Response> {
     let token_err = |m: &str| OAuthError::new(ErrorCode::InvalidToken, m.to_owned()).at_resource();
     let (scheme, token) = credentials(&headers).ok_or_else(|| {
-        token_err("an access token is required (Authorization: DPoP, or Bearer for an unbound token)")
+        token_err(
+            "an access token is required (Authorization: DPoP, or Bearer for an unbound token)",
+        )
     })?;
     let now = state.clock().now();
     let row = state

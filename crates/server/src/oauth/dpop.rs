@@ -134,7 +134,8 @@ pub fn check(proof: &str, expected: &Expected<'_>, now_secs: i64) -> Result<Proo
         return Err(ProofError::Malformed);
     }
     let mut parts = proof.split('.');
-    let (Some(head), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(head), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(ProofError::Malformed);
     };
@@ -356,9 +357,7 @@ mod tests {
     fn a_good_proof_gives_the_rfc7638_thumbprint_of_its_key() {
         let (k, jwk) = keypair();
         let p = check(&sign(&k, &jwk, &claims()), &expected(None), NOW);
-        let Ok(p) = p else {
-            panic!("accepted: {p:?}")
-        };
+        let Ok(p) = p else { panic!("accepted: {p:?}") };
         let canonical = format!(
             r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
             jwk["x"].as_str().unwrap_or_default(),
@@ -387,11 +386,17 @@ mod tests {
             (with("htm", "POST".into()), ProofError::Htm),
             (with("htm", "get".into()), ProofError::Htm),
             (
-                with("htu", "https://mydata.example/api/v1/transfers/t2/package".into()),
+                with(
+                    "htu",
+                    "https://mydata.example/api/v1/transfers/t2/package".into(),
+                ),
                 ProofError::Htu,
             ),
             (
-                with("htu", "http://mydata.example/api/v1/transfers/t1/package".into()),
+                with(
+                    "htu",
+                    "http://mydata.example/api/v1/transfers/t1/package".into(),
+                ),
                 ProofError::Htu,
             ),
             (with("htu", "not a url".into()), ProofError::Htu),
@@ -404,10 +409,19 @@ mod tests {
                 ProofError::Future,
             ),
             (with("iat", "now".into()), ProofError::Claim("iat")),
-            (with("jti", serde_json::Value::Null), ProofError::Claim("jti")),
+            (
+                with("jti", serde_json::Value::Null),
+                ProofError::Claim("jti"),
+            ),
             (with("jti", "".into()), ProofError::Claim("jti")),
-            (with("jti", "x".repeat(257).into()), ProofError::Claim("jti")),
-            (with("htm", serde_json::Value::Null), ProofError::Claim("htm")),
+            (
+                with("jti", "x".repeat(257).into()),
+                ProofError::Claim("jti"),
+            ),
+            (
+                with("htm", serde_json::Value::Null),
+                ProofError::Claim("htm"),
+            ),
             (with("ath", serde_json::Value::Null), ProofError::AthMissing),
             (with("ath", ath("another token").into()), ProofError::Ath),
         ];
@@ -485,7 +499,9 @@ mod tests {
                 ProofError::Alg,
             ),
             (
-                h(serde_json::json!({ "typ": "dpop+jwt", "alg": "HS256", "jwk": { "kty": "oct", "k": "c2VjcmV0" } })),
+                h(
+                    serde_json::json!({ "typ": "dpop+jwt", "alg": "HS256", "jwk": { "kty": "oct", "k": "c2VjcmV0" } }),
+                ),
                 ProofError::Alg,
             ),
             (
@@ -505,7 +521,9 @@ mod tests {
                 ProofError::Jwk,
             ),
             (
-                h(serde_json::json!({ "typ": "dpop+jwt", "alg": "ES256", "jwk": { "kty": "EC", "crv": "P-384", "x": jwk["x"], "y": jwk["y"] } })),
+                h(
+                    serde_json::json!({ "typ": "dpop+jwt", "alg": "ES256", "jwk": { "kty": "EC", "crv": "P-384", "x": jwk["x"], "y": jwk["y"] } }),
+                ),
                 ProofError::Jwk,
             ),
             ("a.b".to_owned(), ProofError::Malformed),

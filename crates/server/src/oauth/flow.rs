@@ -1056,9 +1056,7 @@ pub async fn token(
             revoked_at: None,
         })
         .await?;
-    let (datasets, purpose) = pushed
-        .map(|p| (p.datasets, p.purpose))
-        .unwrap_or_default();
+    let (datasets, purpose) = pushed.map(|p| (p.datasets, p.purpose)).unwrap_or_default();
     let body = serde_json::json!({
         "access_token": access,
         "token_type": if proof.is_some() { "DPoP" } else { "Bearer" },

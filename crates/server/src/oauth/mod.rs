@@ -235,7 +235,8 @@ impl OAuthError {
         let code = self.code.code();
         let mut res = self.respond(StatusCode::UNAUTHORIZED);
         let dpop = format!("DPoP algs=\"{}\", error=\"{code}\"", dpop::ALGS.join(" "));
-        let bearer = (code == ErrorCode::InvalidToken.code()).then(|| format!("Bearer error=\"{code}\""));
+        let bearer =
+            (code == ErrorCode::InvalidToken.code()).then(|| format!("Bearer error=\"{code}\""));
         for v in std::iter::once(dpop).chain(bearer) {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 res.headers_mut().append(header::WWW_AUTHENTICATE, v);

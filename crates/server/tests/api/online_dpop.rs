@@ -5,8 +5,7 @@
 
 use crate::helpers::Backend;
 use crate::online::{
-    ADMIN, CLIENT, DATASET, REDIRECT, code_of, consent_and_confirm, refused_with, registration,
-    sdk,
+    ADMIN, CLIENT, DATASET, REDIRECT, code_of, consent_and_confirm, refused_with, registration, sdk,
 };
 use crate::world::FlowWorld;
 use base64::Engine;
@@ -182,12 +181,15 @@ async fn end_to_end(backend: Backend) {
     let jkt = keys.dpop_jkt();
     let reg = production(&keys);
     let w = FlowWorld::spawn_with(backend, 1.0, |s| s.oauth.clients = vec![reg]).await;
-    let m: Value = reqwest::get(format!("{}/.well-known/oauth-authorization-server", w.app.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = reqwest::get(format!(
+        "{}/.well-known/oauth-authorization-server",
+        w.app.base
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(
         m["dpop_signing_alg_values_supported"],
         json!(["ES256", "EdDSA"])
@@ -286,7 +288,10 @@ async fn bad_proofs_are_refused_with_invalid_dpop_proof_and_change_nothing() {
         }
     };
     let (s, body) = par("not-a-thumbprint".into(), None).await;
-    assert_eq!((s, body["error"].as_str().unwrap()), (400, "invalid_request"));
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (400, "invalid_request")
+    );
     let (s, body) = par(
         prover.jkt(),
         Some(other.proof(&claims(&w, "POST", &par_url, None))),
@@ -347,7 +352,10 @@ async fn bad_proofs_are_refused_with_invalid_dpop_proof_and_change_nothing() {
             "another key than dpop_jkt at PAR",
         ),
         (
-            vec![prover.sign(json!({ "jwk": tweak(prover.jwk(), "d", b64([7u8; 32]).into()) }), &good())],
+            vec![prover.sign(
+                json!({ "jwk": tweak(prover.jwk(), "d", b64([7u8; 32]).into()) }),
+                &good(),
+            )],
             "private key in jwk",
         ),
         (vec![prover.sign(json!({ "typ": "JWT" }), &good())], "typ"),
@@ -497,8 +505,16 @@ async fn bad_proofs_are_refused_with_invalid_dpop_proof_and_change_nothing() {
     let (s, _, body) = package_call(&url, &dpop_auth, Some(&proof)).await;
     assert_eq!(s, 200, "{body}");
     let (s, _, body) = package_call(&url, &dpop_auth, Some(&proof)).await;
-    assert_eq!((s, body["error"].as_str().unwrap()), (401, "invalid_dpop_proof"));
-    assert!(body["error_description"].as_str().unwrap().contains("replay"));
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (401, "invalid_dpop_proof")
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replay")
+    );
     let (s, _, body) = package_call(&url, &dpop_auth, Some(&prover.proof(&good()))).await;
     assert_eq!((s, body["code"].as_str().unwrap()), (410, "package_gone"));
 }
@@ -565,7 +581,11 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
         &[prover.proof(&claims(&w, "POST", &token_url, None))],
     )
     .await;
-    assert_eq!((s, body["token_type"].as_str().unwrap()), (200, "DPoP"), "{body}");
+    assert_eq!(
+        (s, body["token_type"].as_str().unwrap()),
+        (200, "DPoP"),
+        "{body}"
+    );
     let row = w
         .app
         .store()
@@ -597,6 +617,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     );
     let url = dpop_service.package_url(&token);
     let proof = prover.proof(&claims(&w, "GET", &url, Some(&token.access_token)));
-    let (s, _, body) = package_call(&url, &format!("DPoP {}", token.access_token), Some(&proof)).await;
+    let (s, _, body) =
+        package_call(&url, &format!("DPoP {}", token.access_token), Some(&proof)).await;
     assert_eq!(s, 200, "{body}");
 }
