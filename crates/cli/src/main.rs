@@ -270,7 +270,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     running.await.context("server task failed")?
 }
 
-/// The registration `demo` adds to the platform for the example service.
+/// The registration `demo` adds to the platform for the example service: DPoP-bound tokens, as a
+/// production service must have (FAPI 2.0).
 fn example_registration(
     keys: &mydata_sdk::Keys,
     redirect_uri: &str,
@@ -288,6 +289,7 @@ fn example_registration(
         legal_basis: None,
         environment: "test".into(),
         trusted_verifier: false,
+        dpop_bound_access_tokens: true,
     }
 }
 

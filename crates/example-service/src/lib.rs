@@ -1,8 +1,9 @@
 //! The example online service that `demo` runs beside the platform: the senior-high-school tuition
 //! reduction for students of low-income and middle-low-income households (dataset
 //! `low-income-household`, no. 59). It uses `mydata-sdk` exactly as a real service would: PAR,
-//! PKCE, client assertion, token, polling, HPKE decryption and the package checks, then shows
-//! the verified record and whether the student is eligible.
+//! PKCE, client assertion, a DPoP-bound token (RFC 9449, a proof with every poll), polling, HPKE
+//! decryption and the package checks, then shows the verified record and whether the student is
+//! eligible.
 //!
 //! Its own state (pending requests by browser cookie) is in memory: it is the service's, not the
 //! platform's.

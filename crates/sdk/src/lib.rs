@@ -5,14 +5,16 @@
 //! 1. [`Service::discover`] reads the platform's metadata and keys.
 //! 2. [`Service::push`] sends a pushed authorization request (RFC 9126) with PKCE S256, the
 //!    datasets and purpose as `authorization_details` (RFC 9396), an optional `login_hint`
-//!    (the person's ID number, HPKE-encrypted to the platform) and a `private_key_jwt` client
-//!    assertion. Send the person's browser to [`Pending::authorize_url`]; keep the rest in your
-//!    session.
+//!    (the person's ID number, HPKE-encrypted to the platform), a `private_key_jwt` client
+//!    assertion and `dpop_jkt` (the code is bound to the service's DPoP key). Send the person's
+//!    browser to [`Pending::authorize_url`]; keep the rest in your session.
 //! 3. The person signs in, consents, waits for the agencies and confirms; the platform redirects
 //!    back with `code`, `state` and `iss`. [`Service::callback`] checks `state` and `iss` (RFC
-//!    9207) and exchanges the code with the PKCE verifier.
-//! 4. [`Service::package`] polls `GET /api/v1/transfers/{id}/package`, honouring `Retry-After`,
-//!    and opens the HPKE envelope with the service's key (checking the platform sealed it).
+//!    9207) and exchanges the code with the PKCE verifier and a DPoP proof (RFC 9449): the access
+//!    token is bound to the service's DPoP key, useless to anyone who copies it.
+//! 4. [`Service::package`] polls `GET /api/v1/transfers/{id}/package` (`Authorization: DPoP`, a
+//!    fresh proof each time), honouring `Retry-After`, and opens the HPKE envelope with the
+//!    service's key (checking the platform sealed it).
 //! 5. [`verify`] runs the platform's checks on the package: archive, receipt signature and
 //!    contents, then for each dataset the four ordered checks of the seeds (certificate valid,
 //!    agency key from it, digest file intact, each file intact).
@@ -70,36 +72,53 @@ pub enum Error {
     Invalid(String),
 }
 
-/// The service's keys: an ES256 key for client assertions and an X25519 key packages are sealed to.
+/// The service's keys: an ES256 key for client assertions, an X25519 key packages are sealed to,
+/// and a P-256 DPoP key its access tokens are bound to (RFC 9449; not registered: each proof
+/// carries it). Every process polling for a token must hold the DPoP key the token is bound to.
 pub struct Keys {
     signing: SigningKey,
     encryption: HpkeKeyPair,
+    dpop: SigningKey,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Keys(sig {}, enc {})",
+            "Keys(sig {}, enc {}, dpop {})",
             self.signing_kid(),
-            self.encryption.kid()
+            self.encryption.kid(),
+            self.dpop_jkt()
         )
     }
 }
 
 impl Keys {
     pub fn generate() -> Self {
-        Self {
-            signing: <SigningKey as p256::elliptic_curve::Generate>::generate(),
-            encryption: HpkeKeyPair::generate(),
-        }
+        Self::new(
+            <SigningKey as p256::elliptic_curve::Generate>::generate(),
+            HpkeKeyPair::generate(),
+        )
     }
 
+    /// The registered keys, with a fresh DPoP key ([`Keys::with_dpop_key`] to keep one instead).
     pub fn new(signing: SigningKey, encryption: HpkeKeyPair) -> Self {
         Self {
             signing,
             encryption,
+            dpop: <SigningKey as p256::elliptic_curve::Generate>::generate(),
         }
+    }
+
+    /// Uses `key` as the DPoP key (say one shared by the service's processes).
+    pub fn with_dpop_key(mut self, key: SigningKey) -> Self {
+        self.dpop = key;
+        self
+    }
+
+    /// The DPoP key's RFC 7638 thumbprint (`dpop_jkt`; what tokens are bound to).
+    pub fn dpop_jkt(&self) -> String {
+        mydata_package::jwk_thumbprint(self.dpop.verifying_key())
     }
 
     /// The signing key's RFC 7638 thumbprint, used as its `kid`.
@@ -109,18 +128,32 @@ impl Keys {
 
     /// The public JWK set to register with the platform.
     pub fn public_jwks(&self) -> serde_json::Value {
-        let point = self.signing.verifying_key().to_sec1_point(false);
-        let coord = |c: Option<&[u8]>| c.map(|c| URL_SAFE_NO_PAD.encode(c)).unwrap_or_default();
-        serde_json::json!({ "keys": [
-            {
-                "kty": "EC", "crv": "P-256",
-                "x": coord(point.x().map(|x| x.as_slice())),
-                "y": coord(point.y().map(|y| y.as_slice())),
-                "use": "sig", "alg": "ES256", "kid": self.signing_kid(),
-            },
-            self.encryption.public_jwk(),
-        ]})
+        let mut sig = ec_public_jwk(&self.signing);
+        if let Some(o) = sig.as_object_mut() {
+            o.insert("use".into(), "sig".into());
+            o.insert("alg".into(), "ES256".into());
+            o.insert("kid".into(), self.signing_kid().into());
+        }
+        serde_json::json!({ "keys": [sig, self.encryption.public_jwk()] })
     }
+}
+
+/// The public JWK of a P-256 key (`kty`, `crv`, `x`, `y`).
+fn ec_public_jwk(key: &SigningKey) -> serde_json::Value {
+    let point = key.verifying_key().to_sec1_point(false);
+    let coord = |c: Option<&[u8]>| c.map(|c| URL_SAFE_NO_PAD.encode(c)).unwrap_or_default();
+    serde_json::json!({
+        "kty": "EC", "crv": "P-256",
+        "x": coord(point.x().map(|x| x.as_slice())),
+        "y": coord(point.y().map(|y| y.as_slice())),
+    })
+}
+
+fn es256_key(key: &SigningKey) -> Result<EncodingKey, Error> {
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| Error::Invalid(format!("signing key: {e}")))?;
+    Ok(EncodingKey::from_ec_der(der.as_bytes()))
 }
 
 /// How a service reaches the platform.
@@ -134,6 +167,10 @@ pub struct ServiceConfig {
     /// Time for assertions (the system clock unless a test injects one).
     pub clock: Arc<dyn Clock>,
     pub http: reqwest::Client,
+    /// Whether to bind codes and tokens to the DPoP key (on unless [`ServiceConfig::without_dpop`];
+    /// the platform requires it of production services and of those registered with
+    /// `dpop_bound_access_tokens`).
+    pub dpop: bool,
 }
 
 impl std::fmt::Debug for ServiceConfig {
@@ -158,7 +195,14 @@ impl ServiceConfig {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap_or_default(),
+            dpop: true,
         }
+    }
+
+    /// Plain bearer tokens (a test or trial service not registered for DPoP).
+    pub fn without_dpop(mut self) -> Self {
+        self.dpop = false;
+        self
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -210,9 +254,23 @@ pub struct Pending {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Token {
     pub access_token: String,
+    /// `DPoP` (bound to the service's DPoP key: sent with a proof) or `Bearer`.
+    #[serde(default = "bearer")]
+    pub token_type: String,
     pub transfer_id: String,
     pub datasets: Vec<String>,
     pub expires_in: u64,
+}
+
+fn bearer() -> String {
+    "Bearer".into()
+}
+
+impl Token {
+    /// Whether the token is DPoP-bound.
+    pub fn is_dpop(&self) -> bool {
+        self.token_type.eq_ignore_ascii_case("DPoP")
+    }
 }
 
 /// A service talking to the platform.
@@ -322,16 +380,61 @@ impl Service {
 
     /// Signs `claims` with the service's ES256 key (also for identity assertions).
     pub fn sign(&self, claims: &serde_json::Value) -> Result<String, Error> {
-        let der = self
-            .config
-            .keys
-            .signing
-            .to_pkcs8_der()
-            .map_err(|e| Error::Invalid(format!("signing key: {e}")))?;
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.config.keys.signing_kid());
-        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(der.as_bytes()))
+        jsonwebtoken::encode(&header, claims, &es256_key(&self.config.keys.signing)?)
             .map_err(|e| Error::Invalid(format!("signing: {e}")))
+    }
+
+    /// A fresh DPoP proof (RFC 9449 §4) for one request: `htm` its method, `htu` its URI (without
+    /// query), and with an access token its hash as `ath`. Signed with the DPoP key, which it
+    /// carries as `jwk`; a new `jti` each time, so every request needs its own proof.
+    pub fn dpop_proof(
+        &self,
+        htm: &str,
+        htu: &str,
+        access_token: Option<&str>,
+    ) -> Result<String, Error> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some("dpop+jwt".into());
+        header.jwk = Some(
+            serde_json::from_value(ec_public_jwk(&self.config.keys.dpop))
+                .map_err(|e| Error::Invalid(format!("DPoP key: {e}")))?,
+        );
+        let mut claims = serde_json::json!({
+            "jti": uuid::Uuid::new_v4().to_string(), "htm": htm, "htu": htu,
+            "iat": self.config.clock.now().millis() / 1000,
+        });
+        if let Some(t) = access_token {
+            claims["ath"] = URL_SAFE_NO_PAD.encode(Sha256::digest(t.as_bytes())).into();
+        }
+        jsonwebtoken::encode(&header, &claims, &es256_key(&self.config.keys.dpop)?)
+            .map_err(|e| Error::Invalid(format!("signing a DPoP proof: {e}")))
+    }
+
+    /// Where `token`'s package is fetched.
+    pub fn package_url(&self, token: &Token) -> String {
+        format!(
+            "{}/api/v1/transfers/{}/package",
+            self.metadata.issuer, token.transfer_id
+        )
+    }
+
+    /// A GET of `url` (a resource of the platform) with `token`: `Authorization: DPoP` and a fresh
+    /// proof for a DPoP-bound token, `Bearer` otherwise.
+    pub fn resource_get(&self, token: &Token, url: &str) -> Result<reqwest::RequestBuilder, Error> {
+        let req = self.config.http.get(url);
+        if !token.is_dpop() {
+            return Ok(req.bearer_auth(&token.access_token));
+        }
+        let htu = url.split(['?', '#']).next().unwrap_or(url);
+        let proof = self.dpop_proof("GET", htu, Some(&token.access_token))?;
+        Ok(req
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("DPoP {}", token.access_token),
+            )
+            .header("DPoP", proof))
     }
 
     /// Encrypts an ID number to the platform for `login_hint`.
@@ -365,6 +468,9 @@ impl Service {
         ];
         if let Some(id) = &req.login_hint {
             form.push(("login_hint", self.login_hint(id)?));
+        }
+        if self.config.dpop {
+            form.push(("dpop_jkt", self.config.keys.dpop_jkt()));
         }
         let res = self
             .config
@@ -439,13 +545,14 @@ impl Service {
                 self.client_assertion(&self.metadata.issuer)?,
             ),
         ];
-        let res = self
-            .config
-            .http
-            .post(&self.metadata.token_endpoint)
-            .form(&form)
-            .send()
-            .await?;
+        let mut req = self.config.http.post(&self.metadata.token_endpoint);
+        if self.config.dpop {
+            req = req.header(
+                "DPoP",
+                self.dpop_proof("POST", &self.metadata.token_endpoint, None)?,
+            );
+        }
+        let res = req.form(&form).send().await?;
         if !res.status().is_success() {
             return Err(refused(res).await);
         }
@@ -461,8 +568,15 @@ impl Service {
                 .unwrap_or_default()
                 .to_owned()
         };
+        let token_type = s(&body, "token_type");
+        if self.config.dpop && !token_type.eq_ignore_ascii_case("DPoP") {
+            return Err(Error::Invalid(format!(
+                "the platform issued a {token_type} token instead of a DPoP-bound one"
+            )));
+        }
         Ok(Token {
             access_token: s(&body, "access_token"),
+            token_type,
             transfer_id: s(&details, "transfer_id"),
             datasets: details
                 .get("datasets")
@@ -493,20 +607,11 @@ impl Service {
         token: &Token,
         max_wait: Duration,
     ) -> Result<Envelope, Error> {
-        let url = format!(
-            "{}/api/v1/transfers/{}/package",
-            self.metadata.issuer, token.transfer_id
-        );
+        let url = self.package_url(token);
         let deadline = tokio::time::Instant::now() + max_wait;
         // Bounded: every round either returns or waits at least one second.
         for _ in 0..10_000 {
-            let res = self
-                .config
-                .http
-                .get(&url)
-                .bearer_auth(&token.access_token)
-                .send()
-                .await?;
+            let res = self.resource_get(token, &url)?.send().await?;
             match res.status().as_u16() {
                 200 => {
                     let bytes = res.bytes().await?;

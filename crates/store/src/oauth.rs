@@ -24,6 +24,8 @@ pub struct ClientRow {
     pub legal_basis: Option<String>,
     pub environment: String,
     pub trusted_verifier: bool,
+    /// RFC 9449 §5.2: token requests must carry a DPoP proof (tokens are always sender-bound).
+    pub dpop_bound_access_tokens: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -41,6 +43,7 @@ struct ClientDbRow {
     legal_basis: Option<String>,
     environment: String,
     trusted_verifier: i64,
+    dpop_bound_access_tokens: i64,
     created_at: i64,
     updated_at: i64,
 }
@@ -64,6 +67,7 @@ impl TryFrom<ClientDbRow> for ClientRow {
             legal_basis: r.legal_basis,
             environment: r.environment,
             trusted_verifier: r.trusted_verifier != 0,
+            dpop_bound_access_tokens: r.dpop_bound_access_tokens != 0,
             created_at: Timestamp::from_millis(r.created_at),
             updated_at: Timestamp::from_millis(r.updated_at),
         })
@@ -122,7 +126,7 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
 }
 
-const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, created_at, updated_at FROM oauth_clients";
+const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, dpop_bound_access_tokens, created_at, updated_at FROM oauth_clients";
 const SELECT_REQUEST: &str = "SELECT id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at FROM oauth_requests";
 
 impl Store {
@@ -131,12 +135,12 @@ impl Store {
         let uris = serde_json::to_string(&c.redirect_uris).unwrap_or_else(|_| "[]".into());
         let datasets = serde_json::to_string(&c.datasets).unwrap_or_else(|_| "[]".into());
         on_pool!(self, pool => sqlx::query(
-            "INSERT INTO oauth_clients (client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            "INSERT INTO oauth_clients (client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, dpop_bound_access_tokens, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (client_id) DO UPDATE SET name = excluded.name, jwks = excluded.jwks, jwks_uri = excluded.jwks_uri,
                redirect_uris = excluded.redirect_uris, terms = excluded.terms, purpose = excluded.purpose, datasets = excluded.datasets,
                legal_basis = excluded.legal_basis, environment = excluded.environment, trusted_verifier = excluded.trusted_verifier,
-               updated_at = excluded.updated_at",
+               dpop_bound_access_tokens = excluded.dpop_bound_access_tokens, updated_at = excluded.updated_at",
         )
         .bind(&c.client_id)
         .bind(&c.name)
@@ -149,6 +153,7 @@ impl Store {
         .bind(&c.legal_basis)
         .bind(&c.environment)
         .bind(i64::from(c.trusted_verifier))
+        .bind(i64::from(c.dpop_bound_access_tokens))
         .bind(c.created_at.millis())
         .bind(c.updated_at.millis())
         .execute(pool)

@@ -44,6 +44,7 @@ fn client(id: &str) -> ClientRow {
         legal_basis: None,
         environment: "test".into(),
         trusted_verifier: false,
+        dpop_bound_access_tokens: false,
         created_at: T0,
         updated_at: T0,
     }
@@ -93,12 +94,14 @@ async fn clients_are_registered_replaced_and_removed(s: &Store) {
     let mut changed = client("sp");
     changed.datasets = vec!["59".into()];
     changed.trusted_verifier = true;
+    changed.dpop_bound_access_tokens = true;
     changed.created_at = at(10);
     changed.updated_at = at(10);
     s.put_client(&changed).await.unwrap();
     let got = s.client("sp").await.unwrap().unwrap();
     assert_eq!(got.datasets, vec!["59"]);
     assert!(got.trusted_verifier);
+    assert!(got.dpop_bound_access_tokens);
     assert_eq!(
         got.created_at, T0,
         "a replacement keeps the first registration time"

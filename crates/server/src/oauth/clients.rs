@@ -41,6 +41,10 @@ pub struct Registration {
     /// Whether the platform accepts this service's signed identity assertions.
     #[serde(default)]
     pub trusted_verifier: bool,
+    /// RFC 9449 §5.2: every token request must carry a DPoP proof. Always so in `production`
+    /// (FAPI 2.0 sender-constrained tokens), whatever this says.
+    #[serde(default)]
+    pub dpop_bound_access_tokens: bool,
 }
 
 const ENVIRONMENTS: [&str; 3] = ["test", "trial", "production"];
@@ -120,6 +124,7 @@ impl Registration {
             legal_basis: self.legal_basis.clone().filter(|b| !b.trim().is_empty()),
             environment: self.environment.clone(),
             trusted_verifier: self.trusted_verifier,
+            dpop_bound_access_tokens: self.dpop_bound_access_tokens,
             created_at: now,
             updated_at: now,
         }
@@ -138,6 +143,7 @@ impl Registration {
             legal_basis: r.legal_basis.clone(),
             environment: r.environment.clone(),
             trusted_verifier: r.trusted_verifier,
+            dpop_bound_access_tokens: r.dpop_bound_access_tokens,
         }
     }
 }
@@ -174,6 +180,12 @@ fn check_jwks(jwks: &serde_json::Value) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Whether `client` must prove possession of a DPoP key at the token endpoint: registered so
+/// (RFC 9449 §5.2), or a production service (FAPI 2.0 requires sender-constrained tokens).
+pub fn requires_dpop(client: &ClientRow) -> bool {
+    client.dpop_bound_access_tokens || client.environment == "production"
 }
 
 /// Stores the registrations of the configuration (validated at start; a bad one stops start-up).
@@ -255,7 +267,7 @@ pub async fn put(
             subject: None,
             transfer_id: None,
             actor: "admin".into(),
-            detail: serde_json::json!({ "client_id": id, "datasets": reg.datasets, "environment": reg.environment, "trusted_verifier": reg.trusted_verifier }),
+            detail: serde_json::json!({ "client_id": id, "datasets": reg.datasets, "environment": reg.environment, "trusted_verifier": reg.trusted_verifier, "dpop_bound_access_tokens": reg.dpop_bound_access_tokens }),
         })
         .await?;
     let status = if existed {

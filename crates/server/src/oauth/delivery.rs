@@ -1,10 +1,11 @@
 //! Delivery to online services: the package is sealed end to end to the service's X25519 key the
 //! moment it is assembled (the platform keeps only the envelope), and handed out once at
-//! `GET /api/v1/transfers/{id}/package` to the access token issued for that transfer: 202 with
+//! `GET /api/v1/transfers/{id}/package` to the access token issued for that transfer (with a DPoP
+//! proof by its key when the token is DPoP-bound, RFC 9449 §7): 202 with
 //! `Retry-After` while agencies are still answering, 200 with the envelope once, 410 afterwards or
 //! after the transfer's 8 hours.
 
-use super::{ErrorCode, OAuthError, hash_secret, service_event};
+use super::{ErrorCode, OAuthError, dpop, hash_secret, issuer, service_event};
 use crate::error::AppError;
 use crate::state::AppState;
 use axum::extract::{Path, State};
@@ -56,11 +57,28 @@ pub async fn seal_for_recipient(
     Ok(Some((bytes, E2E_MARKER.to_owned())))
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// How the access token was presented (RFC 6750 §2.1, RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Bearer,
+    DPoP,
+}
+
+fn credentials(headers: &HeaderMap) -> Option<(Scheme, &str)> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("DPoP "))
-        .map(str::trim)
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    if token.is_empty() {
+        return None;
+    }
+    // Auth schemes are case-insensitive (RFC 9110 §11.1).
+    if scheme.eq_ignore_ascii_case("Bearer") {
+        Some((Scheme::Bearer, token))
+    } else if scheme.eq_ignore_ascii_case("DPoP") {
+        Some((Scheme::DPoP, token))
+    } else {
+        None
+    }
 }
 
 /// `GET /api/v1/transfers/{id}/package`
@@ -69,10 +87,12 @@ pub async fn package(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Response> {
-    let token_err =
-        |m: &str| OAuthError::new(ErrorCode::InvalidToken, m.to_owned()).into_response();
-    let token = bearer(&headers)
-        .ok_or_else(|| token_err("an access token is required (Authorization: Bearer)"))?;
+    let token_err = |m: &str| OAuthError::new(ErrorCode::InvalidToken, m.to_owned()).at_resource();
+    let (scheme, token) = credentials(&headers).ok_or_else(|| {
+        token_err(
+            "an access token is required (Authorization: DPoP, or Bearer for an unbound token)",
+        )
+    })?;
     let now = state.clock().now();
     let row = state
         .store()
@@ -88,6 +108,42 @@ pub async fn package(
     }
     if row.transfer_id != id {
         return Err(token_err("the access token is for another transfer"));
+    }
+    // A DPoP-bound token only with a fresh proof by its key (each poll its own); an unbound one
+    // only as Bearer. The proof's jti is spent last, once the request is otherwise acceptable.
+    match (row.dpop_jkt.as_deref(), scheme) {
+        (Some(jkt), Scheme::DPoP) => {
+            let htu = format!("{}/api/v1/transfers/{id}/package", issuer(&state, &headers));
+            let expected = dpop::Expected {
+                htm: "GET",
+                htu: &htu,
+                access_token: Some(token),
+                jkt: Some(jkt),
+            };
+            let proof = dpop::from_request(&state, &headers, &expected)
+                .map_err(|e| OAuthError::from(e).at_resource())?
+                .ok_or_else(|| {
+                    OAuthError::new(
+                        ErrorCode::InvalidDpopProof,
+                        "a DPoP proof (DPoP header) is required with a DPoP-bound access token",
+                    )
+                    .at_resource()
+                })?;
+            dpop::spend(&state, &row.client_id, &proof)
+                .await
+                .map_err(OAuthError::at_resource)?;
+        }
+        (Some(_), Scheme::Bearer) => {
+            return Err(token_err(
+                "this access token is DPoP-bound: send it as Authorization: DPoP with a DPoP proof",
+            ));
+        }
+        (None, Scheme::DPoP) => {
+            return Err(token_err(
+                "this access token is not DPoP-bound: send it as Authorization: Bearer",
+            ));
+        }
+        (None, Scheme::Bearer) => {}
     }
     let t = state
         .store()

@@ -1,6 +1,7 @@
 //! The authorization server: metadata (RFC 8414), pushed authorization requests (RFC 9126, the only
 //! way in), the authorization endpoint, the consent and confirmation pages, and the token endpoint
-//! (PKCE S256, `private_key_jwt`, single-use codes of at most 60 s, RFC 9207 `iss`).
+//! (PKCE S256, `private_key_jwt`, single-use codes of at most 60 s, RFC 9207 `iss`, DPoP-bound
+//! tokens, RFC 9449).
 //!
 //! One authorization goes `pushed → opened` (a signed-in browser session took the request_uri) `→
 //! consented` (the transfer is created and agencies are asked) `→ confirmed` (the person saw what
@@ -8,8 +9,8 @@
 
 use super::assertion::{self, JWT_BEARER};
 use super::{
-    DETAILS_TYPE, ErrorCode, MAX_DATASETS, OAuthError, hash_secret, issuer, random_secret,
-    service_event,
+    DETAILS_TYPE, ErrorCode, MAX_DATASETS, OAuthError, clients, dpop, hash_secret, issuer,
+    random_secret, service_event,
 };
 use crate::error::{AppError, PageError, render};
 use crate::i18n::Lang;
@@ -43,6 +44,9 @@ pub struct Pushed {
     pub purpose: String,
     /// Pseudonym of the person the service named in `login_hint`.
     pub hint_subject: Option<String>,
+    /// The DPoP key thumbprint the code is bound to (RFC 9449 §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// `GET /.well-known/oauth-authorization-server`
@@ -63,6 +67,7 @@ pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Resp
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA"],
         "authorization_details_types_supported": [DETAILS_TYPE],
         "authorization_response_iss_parameter_supported": true,
+        "dpop_signing_alg_values_supported": dpop::ALGS,
         "mydata_package_encryption_supported": [mydata_package::e2e::SUITE],
         "mydata_package_endpoint": format!("{iss}/api/v1/transfers/{{transfer_id}}/package"),
         "service_documentation": format!("{iss}/api/v1/openapi.yaml"),
@@ -256,6 +261,14 @@ pub async fn par(
         datasets,
         purpose,
         hint_subject,
+        dpop_jkt: dpop::par_binding(
+            &state,
+            &headers,
+            &format!("{iss}/oauth/par"),
+            &client.client_id,
+            one(&form, "dpop_jkt"),
+        )
+        .await?,
     };
     let now = state.clock().now();
     let ttl = state.settings().oauth.par_ttl_secs;
@@ -947,6 +960,25 @@ pub async fn token(
             "grant_type must be authorization_code",
         ));
     }
+    // DPoP (RFC 9449 §5): a proof binds the token to its key; required when registered so or in
+    // production. Checked now, its jti spent only once the code is about to be.
+    let token_endpoint = format!("{iss}/oauth/token");
+    let proof = dpop::from_request(
+        &state,
+        &headers,
+        &dpop::Expected {
+            htm: "POST",
+            htu: &token_endpoint,
+            access_token: None,
+            jkt: None,
+        },
+    )?;
+    if proof.is_none() && clients::requires_dpop(&client) {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidDpopProof,
+            "this service must send a DPoP proof (DPoP header) to the token endpoint",
+        ));
+    }
     let grant = |m: &str| OAuthError::new(ErrorCode::InvalidGrant, m.to_owned());
     let code = one(&form, "code").ok_or_else(|| invalid("code is required"))?;
     let hash = hash_secret(code);
@@ -974,6 +1006,21 @@ pub async fn token(
         if !pkce_matches(verifier, &row.code_challenge) {
             return Err(grant("code_verifier does not match the code_challenge"));
         }
+    }
+    let pushed = match state.store().request(&row.request_id).await? {
+        Some(r) => serde_json::from_str::<Pushed>(&r.params).ok(),
+        None => None,
+    };
+    if let Some(bound) = pushed.as_ref().and_then(|p| p.dpop_jkt.as_deref())
+        && proof.as_ref().map(|p| p.jkt.as_str()) != Some(bound)
+    {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidDpopProof,
+            "the code is bound to a DPoP key (dpop_jkt): send a DPoP proof signed with it",
+        ));
+    }
+    if let Some(p) = &proof {
+        dpop::spend(&state, &client.client_id, p).await?;
     }
     let code_row = match state.store().redeem_code(&hash, now).await? {
         Redeem::Fresh(c) => c,
@@ -1003,21 +1050,16 @@ pub async fn token(
             client_id: client.client_id.clone(),
             transfer_id: code_row.transfer_id.clone(),
             code_hash: hash,
-            dpop_jkt: None,
+            dpop_jkt: proof.as_ref().map(|p| p.jkt.clone()),
             created_at: now.millis(),
             expires_at: expires.millis(),
             revoked_at: None,
         })
         .await?;
-    let (datasets, purpose) = match state.store().request(&code_row.request_id).await? {
-        Some(r) => serde_json::from_str::<Pushed>(&r.params)
-            .map(|p| (p.datasets, p.purpose))
-            .unwrap_or_default(),
-        None => Default::default(),
-    };
+    let (datasets, purpose) = pushed.map(|p| (p.datasets, p.purpose)).unwrap_or_default();
     let body = serde_json::json!({
         "access_token": access,
-        "token_type": "Bearer",
+        "token_type": if proof.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": now.until(expires).as_secs(),
         "authorization_details": [{
             "type": DETAILS_TYPE,

@@ -4,12 +4,13 @@
 //!
 //! [`clients`] registers services (admin API, config); [`flow`] is the authorization server
 //! (PAR, authorize, consent and confirmation pages, token); [`assertion`] checks signed JWTs from
-//! services (client assertions, identity assertions); [`delivery`] seals packages to the service and
-//! hands them out once.
+//! services (client assertions, identity assertions); [`dpop`] checks DPoP proofs (RFC 9449) that
+//! bind tokens to a service's key; [`delivery`] seals packages to the service and hands them out once.
 
 pub mod assertion;
 pub mod clients;
 pub mod delivery;
+pub mod dpop;
 pub mod flow;
 
 use crate::state::AppState;
@@ -166,11 +167,11 @@ impl ErrorCode {
         }
     }
 
+    /// The status at the authorization server's endpoints (RFC 6749 §5.2; RFC 9449 §5 answers a
+    /// bad proof there with 400). A resource answers 401 instead: [`OAuthError::at_resource`].
     fn status(self) -> StatusCode {
         match self {
-            ErrorCode::InvalidClient | ErrorCode::InvalidToken | ErrorCode::InvalidDpopProof => {
-                StatusCode::UNAUTHORIZED
-            }
+            ErrorCode::InvalidClient | ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
             ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -206,10 +207,10 @@ impl From<mydata_store::StoreError> for OAuthError {
     }
 }
 
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
+impl OAuthError {
+    fn respond(self, status: StatusCode) -> Response {
         tracing::debug!(error = self.code.code(), "oauth request refused");
-        let (status, code) = (self.code.status(), self.code.code());
+        let code = self.code.code();
         let body = serde_json::json!({ "error": code, "error_description": self.description });
         let mut res = (status, body.to_string()).into_response();
         let h = res.headers_mut();
@@ -218,15 +219,46 @@ impl IntoResponse for OAuthError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::UNAUTHORIZED {
-            let scheme = if self.code == ErrorCode::InvalidClient {
-                "private_key_jwt"
-            } else {
-                "DPoP"
-            };
-            let v = format!("{scheme} error=\"{code}\"");
+        res
+    }
+
+    /// The answer of a protected resource (RFC 6750 §3, RFC 9449 §7.1): a refused token or proof
+    /// is 401 with a `DPoP` challenge naming the error and the accepted algorithms, and for a
+    /// refused token a `Bearer` one as well (both schemes are accepted).
+    pub fn at_resource(self) -> Response {
+        if !matches!(
+            self.code,
+            ErrorCode::InvalidToken | ErrorCode::InvalidDpopProof
+        ) {
+            return self.into_response();
+        }
+        let code = self.code.code();
+        let mut res = self.respond(StatusCode::UNAUTHORIZED);
+        let dpop = format!("DPoP algs=\"{}\", error=\"{code}\"", dpop::ALGS.join(" "));
+        let bearer =
+            (code == ErrorCode::InvalidToken.code()).then(|| format!("Bearer error=\"{code}\""));
+        for v in std::iter::once(dpop).chain(bearer) {
             if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(header::WWW_AUTHENTICATE, v);
+                res.headers_mut().append(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        let client = self.code == ErrorCode::InvalidClient;
+        if self.code == ErrorCode::InvalidToken {
+            return self.at_resource();
+        }
+        let code = self.code.code();
+        let mut res = self.respond(status);
+        if client {
+            let v = format!("private_key_jwt error=\"{code}\"");
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
         }
         res

@@ -17,6 +17,7 @@ mod home;
 mod identity;
 mod online;
 mod online_browser;
+mod online_dpop;
 mod orphans;
 mod party_records;
 mod receipt_access;

@@ -12,12 +12,12 @@ use mydata_server::oauth::clients::Registration;
 use std::sync::Arc;
 use std::time::Duration;
 
-const CLIENT: &str = "k12-tuition-reduction";
-const REDIRECT: &str = "http://127.0.0.1:9/callback";
-const DATASET: &str = "low-income-household";
-const ADMIN: &str = "admin-token-for-tests-0123456789";
+pub(crate) const CLIENT: &str = "k12-tuition-reduction";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:9/callback";
+pub(crate) const DATASET: &str = "low-income-household";
+pub(crate) const ADMIN: &str = "admin-token-for-tests-0123456789";
 
-fn registration(client_id: &str, keys: &Keys, datasets: &[&str]) -> Registration {
+pub(crate) fn registration(client_id: &str, keys: &Keys, datasets: &[&str]) -> Registration {
     Registration {
         client_id: client_id.into(),
         name: "高級中等學校學雜費減免".into(),
@@ -30,6 +30,7 @@ fn registration(client_id: &str, keys: &Keys, datasets: &[&str]) -> Registration
         legal_basis: None,
         environment: "test".into(),
         trusted_verifier: false,
+        dpop_bound_access_tokens: false,
     }
 }
 
@@ -52,22 +53,22 @@ impl Online {
     }
 }
 
-async fn sdk(w: &FlowWorld, client_id: &str, keys: Keys) -> Service {
+pub(crate) async fn sdk(w: &FlowWorld, client_id: &str, keys: Keys) -> Service {
     let config = ServiceConfig::new(&w.app.base, client_id, REDIRECT, keys)
         .with_clock(Arc::new(w.app.clock.clone()));
     Service::discover(config).await.unwrap()
 }
 
-fn path_of(url: &str, base: &str) -> String {
+pub(crate) fn path_of(url: &str, base: &str) -> String {
     url.strip_prefix(base).unwrap().to_owned()
 }
 
-fn location(r: &reqwest::Response) -> String {
+pub(crate) fn location(r: &reqwest::Response) -> String {
     r.headers()["location"].to_str().unwrap().to_owned()
 }
 
 /// Runs the person's side from the authorize URL to the redirect back; returns its query string.
-async fn consent_and_confirm(w: &FlowWorld, b: &Browser, pending: &Pending) -> String {
+pub(crate) async fn consent_and_confirm(w: &FlowWorld, b: &Browser, pending: &Pending) -> String {
     let r = b.get(&path_of(&pending.authorize_url, &w.app.base)).await;
     assert_eq!(r.status(), 303);
     let consent = location(&r);
@@ -101,7 +102,7 @@ async fn consent_and_confirm(w: &FlowWorld, b: &Browser, pending: &Pending) -> S
 }
 
 /// The confirmation page, once the agencies have answered (real time, bounded).
-async fn until_confirm(b: &Browser, consent: &str) -> String {
+pub(crate) async fn until_confirm(b: &Browser, consent: &str) -> String {
     for _ in 0..600 {
         let page = b.get(consent).await.text().await.unwrap();
         if page.contains("data-step=\"confirm\"") {
@@ -196,10 +197,14 @@ async fn a_service_receives_verified_data_once_with_the_sdk_postgres() {
     end_to_end(Backend::Postgres).await;
 }
 
-/// The raw token endpoint, for bad inputs the SDK never sends.
+/// The raw token endpoint, for bad inputs the SDK never sends (with the SDK's DPoP proof: the
+/// SDK's pushed requests bind the code to its DPoP key).
 async fn token_call(o: &Online, form: &[(&str, String)]) -> (u16, serde_json::Value) {
+    let url = format!("{}/oauth/token", o.w.app.base);
+    let proof = o.service.dpop_proof("POST", &url, None).unwrap();
     let r = reqwest::Client::new()
-        .post(format!("{}/oauth/token", o.w.app.base))
+        .post(url)
+        .header("DPoP", proof)
         .form(form)
         .send()
         .await
@@ -226,7 +231,7 @@ fn grant(o: &Online, code: &str, verifier: &str, redirect: &str) -> Vec<(&'stati
     ]
 }
 
-fn code_of(query: &str) -> String {
+pub(crate) fn code_of(query: &str) -> String {
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "code")
         .unwrap()
@@ -234,7 +239,7 @@ fn code_of(query: &str) -> String {
         .into_owned()
 }
 
-fn refused_with(e: mydata_sdk::Error, code: &str) {
+pub(crate) fn refused_with(e: mydata_sdk::Error, code: &str) {
     match e {
         mydata_sdk::Error::Refused { error, .. } => assert_eq!(error, code),
         other => panic!("expected {code}, got {other:?}"),
@@ -441,8 +446,10 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
     // Nothing changed: the code still works once.
     let (s, body) = token_call(&o, &grant(&o, &code, &v, REDIRECT)).await;
     assert_eq!(s, 200, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
     let token = Token {
         access_token: body["access_token"].as_str().unwrap().into(),
+        token_type: "DPoP".into(),
         transfer_id: body["authorization_details"][0]["transfer_id"]
             .as_str()
             .unwrap()
@@ -808,12 +815,9 @@ async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once
         "{}/api/v1/transfers/{}/package",
         w.app.base, token.transfer_id
     );
-    let get = || {
-        reqwest::Client::new()
-            .get(&url)
-            .bearer_auth(&token.access_token)
-            .send()
-    };
+    // Each poll with its own DPoP proof (the SDK binds the token to its key).
+    assert!(token.is_dpop());
+    let get = || service.resource_get(&token, &url).unwrap().send();
 
     // Slow agency: 202 with Retry-After (seconds, within 1..=300) and the state in the body.
     let r = get().await.unwrap();

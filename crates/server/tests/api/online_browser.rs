@@ -40,6 +40,7 @@ async fn spawn() -> ServiceWorld {
         legal_basis: None,
         environment: "test".into(),
         trusted_verifier: false,
+        dpop_bound_access_tokens: true,
     };
     let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
         s.identity.card_agent_url = agent;

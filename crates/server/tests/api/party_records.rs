@@ -32,6 +32,7 @@ fn registration(client_id: &str, keys: &Keys) -> Registration {
         legal_basis: None,
         environment: "test".into(),
         trusted_verifier: false,
+        dpop_bound_access_tokens: false,
     }
 }
 
