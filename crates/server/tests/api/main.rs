@@ -15,6 +15,7 @@ mod helpers;
 mod home;
 mod identity;
 mod online;
+mod online_asserted;
 mod online_browser;
 mod orphans;
 mod party_records;
