@@ -580,6 +580,8 @@ pub struct ConsentPage {
     pub csrf: String,
     pub refresh: bool,
     pub any_fetched: bool,
+    /// Who verified the person when a trusted verifier's assertion stood for the sign-in.
+    pub asserted: String,
 }
 
 /// The fixed texts of the consent pages in one language.
@@ -607,6 +609,7 @@ pub struct Texts {
     pub reload: &'static str,
     pub early_intro: &'static str,
     pub send_when_ready: &'static str,
+    pub identity: &'static str,
 }
 
 impl Texts {
@@ -634,6 +637,7 @@ impl Texts {
             reload: l.pick("重新整理", "Refresh"),
             early_intro: l.pick("不想等候？您可以現在確認：資料取得後即加密傳送給此服務，無法取得的項目不會傳送。", "Rather not wait? Confirm now: your data is sent encrypted to this service as soon as it is fetched; anything that cannot be fetched is not sent."),
             send_when_ready: l.pick("取得後自動傳送", "Send when ready"),
+            identity: l.pick("身分驗證", "Identity"),
         }
     }
 }
@@ -743,7 +747,21 @@ pub async fn consent_page(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let lang = lang_of(&headers, &uri);
-    let (s, _v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let (s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let asserted = if v.method == mydata_core::IdentityMethod::Asserted {
+        match lang {
+            Lang::ZhTw => format!(
+                "已由「{}」驗證（身分驗證等級 {}），無須在本平臺登入",
+                c.name, v.level
+            ),
+            Lang::En => format!(
+                "Verified by {} (assurance level {}); no sign-in on the platform is needed",
+                c.name, v.level
+            ),
+        }
+    } else {
+        String::new()
+    };
     let t = match r.transfer_id.as_deref() {
         Some(tid) => state
             .store()
@@ -787,6 +805,7 @@ pub async fn consent_page(
         csrf: s.csrf().to_owned(),
         refresh,
         any_fetched,
+        asserted,
     };
     let mut res = render(&page)
         .map_err(|e| PageError(e, lang))?

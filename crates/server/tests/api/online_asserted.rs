@@ -110,6 +110,10 @@ async fn open_consent(w: &FlowWorld, b: &Browser, pending: &Pending) -> String {
     assert!(consent.starts_with("/oauth/consent/"), "{consent}");
     let page = b.get(&consent).await.text().await.unwrap();
     assert!(page.contains("data-step=\"consent\""), "{page}");
+    assert!(
+        page.contains("data-field=\"asserted\""),
+        "who verified the person: {page}"
+    );
     consent
 }
 
