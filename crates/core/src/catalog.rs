@@ -298,8 +298,10 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Whether the agency accepts `method`. A trusted verifier's assertion is accepted for any
+    /// dataset; the level it states must still meet [`Dataset::min_level`].
     pub fn accepts(&self, method: IdentityMethod) -> bool {
-        self.identity_methods.contains(&method)
+        method == IdentityMethod::Asserted || self.identity_methods.contains(&method)
     }
 
     /// The weakest assurance level the agency accepts for this dataset.

@@ -73,6 +73,11 @@ pub enum IdentityMethod {
     NhiCard,
     /// 雙證件: ID number with health-card number and household number or ID-card issue date.
     DualId,
+    /// Verified by a service registered as a trusted identity verifier, which asserted the person
+    /// and the level it reached (online services only). Never offered at sign-in, never in the
+    /// catalogue (so not in [`IdentityMethod::ALL`], and not read from catalogue files).
+    #[serde(skip_deserializing)]
+    Asserted,
 }
 
 impl IdentityMethod {
@@ -92,13 +97,17 @@ impl IdentityMethod {
             IdentityMethod::TwFido => "tw_fido",
             IdentityMethod::NhiCard => "nhi_card",
             IdentityMethod::DualId => "dual_id",
+            IdentityMethod::Asserted => "asserted",
         }
     }
 
-    /// The assurance level the method reaches (table 2 of seed 002).
+    /// The assurance level the method reaches (table 2 of seed 002). An assertion can state any
+    /// level; the level it states is what counts.
     pub fn level(self) -> AssuranceLevel {
         match self {
-            IdentityMethod::MoicaCert | IdentityMethod::MoeaCert => AssuranceLevel::L1,
+            IdentityMethod::MoicaCert | IdentityMethod::MoeaCert | IdentityMethod::Asserted => {
+                AssuranceLevel::L1
+            }
             IdentityMethod::TwFido => AssuranceLevel::L2,
             IdentityMethod::NhiCard => AssuranceLevel::L3,
             IdentityMethod::DualId => AssuranceLevel::L4,
@@ -120,6 +129,7 @@ impl IdentityMethod {
             IdentityMethod::TwFido => "TW FidO 行動自然人憑證",
             IdentityMethod::NhiCard => "健保卡+密碼",
             IdentityMethod::DualId => "雙證件驗證",
+            IdentityMethod::Asserted => "可信任服務驗證",
         }
     }
 
@@ -130,7 +140,17 @@ impl IdentityMethod {
             IdentityMethod::TwFido => "TW FidO mobile certificate (passkey)",
             IdentityMethod::NhiCard => "Health-insurance card and password",
             IdentityMethod::DualId => "Dual ID check",
+            IdentityMethod::Asserted => "Verified by a trusted service",
         }
+    }
+
+    /// The method named by an agency request's `assurance.method` (the sign-in methods and
+    /// `asserted`).
+    pub fn from_claim(code: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .chain([IdentityMethod::Asserted])
+            .find(|m| m.code() == code)
     }
 
     /// All codes, comma separated, for error messages that list the allowed values.
@@ -175,6 +195,13 @@ mod tests {
         assert_eq!(IdentityMethod::NhiCard.level(), AssuranceLevel::L3);
         assert_eq!(IdentityMethod::DualId.level(), AssuranceLevel::L4);
         assert!("MOICA_CERT".parse::<IdentityMethod>().is_err());
+        // An assertion is never a sign-in method or a catalogue entry, but agencies read it.
+        assert!("asserted".parse::<IdentityMethod>().is_err());
+        assert!(serde_json::from_str::<IdentityMethod>("\"asserted\"").is_err());
+        assert_eq!(
+            IdentityMethod::from_claim("asserted"),
+            Some(IdentityMethod::Asserted)
+        );
     }
 
     #[test]

@@ -726,10 +726,8 @@ async fn create_request(
         ));
     };
     check_assurance(dataset, &assurance)?;
-    let method_kind = IdentityMethod::ALL
-        .into_iter()
-        .find(|m| m.code() == assurance.method)
-        .map(IdentityMethod::subject_kind);
+    let method_kind =
+        IdentityMethod::from_claim(&assurance.method).map(IdentityMethod::subject_kind);
     match (&subject, method_kind) {
         (SubjectId::Person(_), Some(SubjectKind::Legal)) => {
             return Err(ApiError::InvalidSubject(
@@ -772,10 +770,7 @@ async fn create_request(
 /// least the dataset's weakest accepted level.
 fn check_assurance(dataset: &Dataset, a: &token::Assurance) -> Result<(), ApiError> {
     let refuse = |why: String| Err(ApiError::InsufficientAssurance(why));
-    let Some(method) = IdentityMethod::ALL
-        .into_iter()
-        .find(|m| m.code() == a.method)
-    else {
+    let Some(method) = IdentityMethod::from_claim(&a.method) else {
         return refuse(format!("unknown identity method `{}`", a.method));
     };
     let Ok(level) = AssuranceLevel::try_from(a.level) else {

@@ -441,6 +441,25 @@ async fn refusals_have_their_status_and_code() {
         error_code(res).await,
         (StatusCode::FORBIDDEN, "insufficient_assurance".into())
     );
+    // A trusted verifier's assertion: accepted for any dataset at its level or stronger, refused
+    // below the dataset's weakest accepted level.
+    let mut c = app.claims(&strict, &person, IdentityMethod::MoicaCert);
+    c.assurance = Some(Assurance {
+        method: "asserted".into(),
+        level: strict.min_level().number() + 1,
+    });
+    let res = app.post(&strict.agency, &c).await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::FORBIDDEN, "insufficient_assurance".into())
+    );
+    let mut c = app.claims(&strict, &person, IdentityMethod::MoicaCert);
+    c.assurance = Some(Assurance {
+        method: "asserted".into(),
+        level: strict.min_level().number(),
+    });
+    let res = app.post(&strict.agency, &c).await;
+    assert!(res.status().is_success(), "{}", res.status());
 }
 
 #[tokio::test]

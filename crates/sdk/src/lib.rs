@@ -5,9 +5,11 @@
 //! 1. [`Service::discover`] reads the platform's metadata and keys.
 //! 2. [`Service::push`] sends a pushed authorization request (RFC 9126) with PKCE S256, the
 //!    datasets and purpose as `authorization_details` (RFC 9396), an optional `login_hint`
-//!    (the person's ID number, HPKE-encrypted to the platform), a `private_key_jwt` client
-//!    assertion and `dpop_jkt` (the code is bound to the service's DPoP key). Send the person's
-//!    browser to [`Pending::authorize_url`]; keep the rest in your session.
+//!    (the person's ID number, HPKE-encrypted to the platform), for a trusted identity verifier
+//!    an optional `identity_assertion` ([`Service::identity_assertion`]: the person then skips
+//!    the platform's sign-in), a `private_key_jwt` client assertion and `dpop_jkt` (the code is
+//!    bound to the service's DPoP key). Send the person's browser to
+//!    [`Pending::authorize_url`]; keep the rest in your session.
 //! 3. The person signs in, consents, waits for the agencies and confirms; the platform redirects
 //!    back with `code`, `state` and `iss`. [`Service::callback`] checks `state` and `iss` (RFC
 //!    9207) and exchanges the code with the PKCE verifier and a DPoP proof (RFC 9449): the access
@@ -228,6 +230,9 @@ pub struct AuthorizationRequest {
     pub purpose: String,
     /// The person's ID number, if the service knows it (sent encrypted to the platform).
     pub login_hint: Option<String>,
+    /// A signed identity assertion ([`Service::identity_assertion`]), for a service registered
+    /// as a trusted identity verifier: the person then consents without signing in again.
+    pub identity_assertion: Option<String>,
 }
 
 impl AuthorizationRequest {
@@ -236,6 +241,7 @@ impl AuthorizationRequest {
             datasets: datasets.iter().map(|d| (*d).to_owned()).collect(),
             purpose: purpose.to_owned(),
             login_hint: None,
+            identity_assertion: None,
         }
     }
 }
@@ -437,6 +443,23 @@ impl Service {
             .header("DPoP", proof))
     }
 
+    /// Asserts, as a trusted identity verifier, that the service verified the person with this ID
+    /// number at `level` (1 strongest to 4): a JWT signed with the service's key, `aud` the
+    /// issuer, valid 60 s, fresh `jti`. Put it in [`AuthorizationRequest::identity_assertion`].
+    /// The platform accepts it only from a service registered as trusted, and only at or above
+    /// the requested datasets' required level.
+    pub fn identity_assertion(&self, id_number: &str, level: u8) -> Result<String, Error> {
+        if !(1..=4).contains(&level) {
+            return Err(Error::Invalid("level must be 1 to 4".into()));
+        }
+        let now = self.config.clock.now().millis() / 1000;
+        let claims = serde_json::json!({
+            "iss": self.config.client_id, "sub": id_number, "aud": self.metadata.issuer,
+            "level": level, "iat": now, "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        self.sign(&claims)
+    }
+
     /// Encrypts an ID number to the platform for `login_hint`.
     pub fn login_hint(&self, id_number: &str) -> Result<String, Error> {
         mydata_package::e2e::seal_login_hint(&self.platform_kem, &self.config.client_id, id_number)
@@ -471,6 +494,9 @@ impl Service {
         }
         if self.config.dpop {
             form.push(("dpop_jkt", self.config.keys.dpop_jkt()));
+        }
+        if let Some(a) = &req.identity_assertion {
+            form.push(("identity_assertion", a.clone()));
         }
         let res = self
             .config

@@ -21,6 +21,8 @@ struct Inner {
     platform: mydata_package::PlatformSigner,
     data: crate::agencies::DataPath,
     identity: crate::identity::Identity,
+    /// Services' JWK sets fetched from their `jwks_uri` (public keys; per process by design).
+    jwks: crate::oauth::assertion::JwksCache,
 }
 
 impl AppState {
@@ -42,6 +44,7 @@ impl AppState {
                 platform,
                 data,
                 identity,
+                jwks: Default::default(),
             }),
         }
     }
@@ -70,5 +73,9 @@ impl AppState {
     }
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+    /// The cache of services' JWK sets fetched from their `jwks_uri`.
+    pub fn jwks_cache(&self) -> &crate::oauth::assertion::JwksCache {
+        &self.inner.jwks
     }
 }

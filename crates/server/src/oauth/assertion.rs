@@ -7,8 +7,11 @@ use super::{ErrorCode, OAuthError};
 use crate::state::AppState;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use mydata_core::Timestamp;
 use mydata_store::ClientRow;
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The `client_assertion_type` of RFC 7523.
@@ -16,32 +19,121 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// Clock skew tolerated on `iat`/`nbf`.
 const SKEW_SECS: i64 = 30;
 
-/// The service's JWK set (by value, or fetched from its `jwks_uri`).
-pub async fn client_jwks(state: &AppState, c: &ClientRow) -> Result<serde_json::Value, OAuthError> {
-    let text = match (&c.jwks, &c.jwks_uri) {
-        (Some(j), _) => j.clone(),
-        (None, Some(u)) => {
-            let res = state
-                .identity()
-                .http
-                .get(u)
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status());
-            let res = res.map_err(|_| {
-                OAuthError::new(
-                    ErrorCode::InvalidClient,
-                    "the service's jwks_uri could not be read",
-                )
-            })?;
-            res.text().await.map_err(|_| {
-                OAuthError::new(
-                    ErrorCode::InvalidClient,
-                    "the service's jwks_uri could not be read",
-                )
-            })?
+/// Largest JWK set read from a `jwks_uri` (a registration holds at most 10 keys).
+const JWKS_MAX_BYTES: usize = 64 * 1024;
+/// Time allowed to fetch a `jwks_uri`.
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+/// A `kid` missing from a cached set fetches the set again at most this often per URI, so
+/// assertions naming unknown keys cannot make the platform hammer the service.
+pub const JWKS_REFETCH: Duration = Duration::from_secs(60);
+/// After a failed fetch, the next is tried no sooner than this (answers `invalid_client` meanwhile).
+const JWKS_RETRY: Duration = Duration::from_secs(5);
+/// URIs remembered at most (one per registered service in practice).
+const JWKS_MAX_URIS: usize = 10_000;
+
+/// JWK sets fetched from services' `jwks_uri`, per process: the keys are public, so a copy that is
+/// at most `oauth.jwks_cache_secs` old is as good as a fresh one, and one process's cache never
+/// needs to agree with another's. One fetch at a time per URI (concurrent callers wait for it).
+#[derive(Debug, Default)]
+pub struct JwksCache {
+    slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    set: Option<serde_json::Value>,
+    fetched_at: Option<Timestamp>,
+    attempted_at: Option<Timestamp>,
+}
+
+impl JwksCache {
+    fn slot(&self, uri: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() >= JWKS_MAX_URIS && !slots.contains_key(uri) {
+            slots.clear();
         }
+        slots.entry(uri.to_owned()).or_default().clone()
+    }
+}
+
+fn unreadable() -> OAuthError {
+    OAuthError::new(
+        ErrorCode::InvalidClient,
+        "the service's jwks_uri could not be read",
+    )
+}
+
+fn not_valid() -> OAuthError {
+    OAuthError::new(
+        ErrorCode::InvalidClient,
+        "the service's JWK set is not valid",
+    )
+}
+
+/// Fetches a `jwks_uri`: bounded in time and size, no redirects (the identity HTTP client).
+async fn fetch_jwks(state: &AppState, uri: &str) -> Result<serde_json::Value, OAuthError> {
+    let mut res = state
+        .identity()
+        .http
+        .get(uri)
+        .timeout(JWKS_TIMEOUT)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|_| unreadable())?;
+    if res
+        .content_length()
+        .is_some_and(|n| n > JWKS_MAX_BYTES as u64)
+    {
+        return Err(not_valid());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|_| unreadable())? {
+        if body.len() + chunk.len() > JWKS_MAX_BYTES {
+            return Err(not_valid());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let set: serde_json::Value = serde_json::from_slice(&body).map_err(|_| not_valid())?;
+    if !set.get("keys").is_some_and(|k| k.is_array()) {
+        return Err(not_valid());
+    }
+    Ok(set)
+}
+
+/// Fetches into `slot`, recording the attempt whatever its outcome (a failure clears the set).
+async fn refresh(
+    state: &AppState,
+    uri: &str,
+    slot: &mut Slot,
+    now: Timestamp,
+) -> Result<(), OAuthError> {
+    slot.attempted_at = Some(now);
+    match fetch_jwks(state, uri).await {
+        Ok(set) => {
+            slot.set = Some(set);
+            slot.fetched_at = Some(now);
+            Ok(())
+        }
+        Err(e) => {
+            slot.set = None;
+            slot.fetched_at = None;
+            tracing::warn!(error = %e, "a service's jwks_uri could not be fetched");
+            Err(e)
+        }
+    }
+}
+
+/// The service's JWK set, by value or from its `jwks_uri` (cached). With `kid`, a set that lacks
+/// it is fetched again if the last fetch is at least [`JWKS_REFETCH`] old (key rotation).
+async fn jwks_for(
+    state: &AppState,
+    c: &ClientRow,
+    kid: Option<&str>,
+) -> Result<serde_json::Value, OAuthError> {
+    let uri = match (&c.jwks, &c.jwks_uri) {
+        (Some(j), _) => return serde_json::from_str(j).map_err(|_| not_valid()),
+        (None, Some(u)) => u,
         (None, None) => {
             return Err(OAuthError::new(
                 ErrorCode::InvalidClient,
@@ -49,12 +141,40 @@ pub async fn client_jwks(state: &AppState, c: &ClientRow) -> Result<serde_json::
             ));
         }
     };
-    serde_json::from_str(&text).map_err(|_| {
-        OAuthError::new(
-            ErrorCode::InvalidClient,
-            "the service's JWK set is not valid",
-        )
-    })
+    let slot = state.jwks_cache().slot(uri);
+    let mut slot = slot.lock().await;
+    let now = state.clock().now();
+    let ttl = Duration::from_secs(state.settings().oauth.jwks_cache_secs);
+    let since = |t: Option<Timestamp>, d: Duration| t.is_none_or(|t| t.plus(d) <= now);
+    let mut fetched_now = false;
+    if slot.set.is_none() || since(slot.fetched_at, ttl) {
+        if slot.set.is_none() && !since(slot.attempted_at, JWKS_RETRY) {
+            return Err(unreadable());
+        }
+        refresh(state, uri, &mut slot, now).await?;
+        fetched_now = true;
+    }
+    if let Some(kid) = kid
+        && !fetched_now
+        && since(slot.attempted_at, JWKS_REFETCH)
+        && slot
+            .set
+            .as_ref()
+            .is_some_and(|s| signing_key(s, Some(kid)).is_none())
+    {
+        // A failed refetch keeps the set that is still fresh (the kid stays unknown).
+        let (set, at) = (slot.set.clone(), slot.fetched_at);
+        if refresh(state, uri, &mut slot, now).await.is_err() {
+            slot.set = set;
+            slot.fetched_at = at;
+        }
+    }
+    slot.set.clone().ok_or_else(unreadable)
+}
+
+/// The service's JWK set (by value, or fetched from its `jwks_uri` through the cache).
+pub async fn client_jwks(state: &AppState, c: &ClientRow) -> Result<serde_json::Value, OAuthError> {
+    jwks_for(state, c, None).await
 }
 
 /// The service's X25519 encryption key (the first `use: enc` OKP key) and its thumbprint.
@@ -114,7 +234,7 @@ async fn verify_signed(
     if !matches!(header.alg, Algorithm::ES256 | Algorithm::EdDSA) {
         return Err(bad("alg must be ES256 or EdDSA"));
     }
-    let set = client_jwks(state, client).await?;
+    let set = jwks_for(state, client, header.kid.as_deref()).await?;
     let jwk = signing_key(&set, header.kid.as_deref())
         .ok_or_else(|| bad("no registered key matches its kid"))?;
     let key =
@@ -212,12 +332,14 @@ pub struct AssertedIdentity {
 }
 
 /// Checks a trusted verifier's identity assertion (sent in the pushed request): signed by the
-/// service, `aud` the issuer, `sub` the ID number, `level` 1-4, short-lived, `jti` used once.
+/// service, `aud` the issuer, `sub` the ID number, `level` 1-4 and at least every requested
+/// dataset's required level, short-lived, `jti` used once (recorded only when all else holds).
 pub async fn identity_assertion(
     state: &AppState,
     client: &ClientRow,
     issuer: &str,
     token: &str,
+    datasets: &[String],
 ) -> Result<AssertedIdentity, OAuthError> {
     let bad = |m: &str| {
         OAuthError::new(
@@ -251,9 +373,20 @@ pub async fn identity_assertion(
         .and_then(|l| u8::try_from(l).ok())
         .and_then(|l| mydata_core::AssuranceLevel::try_from(l).ok())
         .ok_or_else(|| bad("level must be 1 to 4"))?;
+    for d in datasets {
+        if let Some(ds) = state.catalog().dataset(d)
+            && !level.satisfies(ds.min_level())
+        {
+            return Err(bad(&format!(
+                "level {level} is below dataset `{d}`'s required level {}",
+                ds.min_level()
+            )));
+        }
+    }
     let jti = claims
         .get("jti")
         .and_then(|j| j.as_str())
+        .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or_else(|| bad("jti is required"))?;
     let keep =
         mydata_core::Timestamp::from_millis(exp.saturating_add(SKEW_SECS).saturating_mul(1000));

@@ -47,6 +47,36 @@ pub struct Pushed {
     /// The DPoP key thumbprint the code is bound to (RFC 9449 §10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop_jkt: Option<String>,
+    /// The person a trusted verifier asserted (`identity_assertion`): it stands for their sign-in
+    /// for this request only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asserted: Option<Asserted>,
+}
+
+/// A trusted verifier's assertion as kept with the pushed request: the pseudonym, the ID number
+/// sealed as sessions seal it ([`session::seal_subject`]), the level, and when it was accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Asserted {
+    pub subject: String,
+    pub subject_sealed: String,
+    pub level: u8,
+    pub at: i64,
+}
+
+impl Pushed {
+    /// The person as the assertion verified them, for this request's consent pages and agency
+    /// requests only (no platform session is signed in).
+    pub fn asserted_person(&self) -> Option<session::Verified> {
+        let a = self.asserted.as_ref()?;
+        Some(session::Verified {
+            subject: a.subject.clone(),
+            subject_kind: mydata_core::identity::SubjectKind::Natural,
+            method: mydata_core::IdentityMethod::Asserted,
+            level: mydata_core::AssuranceLevel::try_from(a.level).ok()?,
+            verified_at: mydata_core::Timestamp::from_millis(a.at),
+            subject_sealed: Some(a.subject_sealed.clone()),
+        })
+    }
 }
 
 /// `GET /.well-known/oauth-authorization-server`
@@ -232,28 +262,25 @@ pub async fn par(
             Some(state.identity().subjects.pseudonym(&id))
         }
     };
-    if form.contains_key("identity_assertion") {
-        // Checked now so a service learns at once; the person still signs in on the platform
-        // until assertion-based sign-in is offered (see docs/ONLINE-SERVICES.md).
-        let a = assertion::identity_assertion(
-            &state,
-            &client,
-            &iss,
-            one(&form, "identity_assertion").unwrap_or_default(),
-        )
-        .await?;
-        for d in &datasets {
-            if let Some(ds) = state.catalog().dataset(d)
-                && !a.level.satisfies(ds.min_level())
-            {
-                return Err(invalid(format!(
-                    "identity_assertion level {} is below dataset `{d}`'s required level {}",
-                    a.level,
-                    ds.min_level()
-                )));
-            }
+    let asserted = match form.get("identity_assertion") {
+        None => None,
+        Some(token) => {
+            let a = assertion::identity_assertion(&state, &client, &iss, token, &datasets).await?;
+            let id = crate::identity::SubjectId::Person(
+                mydata_core::IdNumber::parse(&a.id_number)
+                    .map_err(|_| invalid("identity_assertion: sub is not a valid ID number"))?,
+            );
+            let sealed = session::seal_subject(&state, &id).map_err(|_| {
+                OAuthError::new(ErrorCode::ServerError, "the assertion could not be kept")
+            })?;
+            Some(Asserted {
+                subject: session::pseudonym(&state, &id),
+                subject_sealed: sealed,
+                level: a.level.number(),
+                at: state.clock().now().millis(),
+            })
         }
-    }
+    };
     let pushed = Pushed {
         redirect_uri: redirect_uri.to_owned(),
         state: st,
@@ -269,6 +296,7 @@ pub async fn par(
             one(&form, "dpop_jkt"),
         )
         .await?,
+        asserted,
     };
     let now = state.clock().now();
     let ttl = state.settings().oauth.par_ttl_secs;
@@ -377,56 +405,71 @@ pub async fn authorize(
             "this request is unknown or belongs to another service; go back to the service and start again",
         ));
     };
-    let Some(s) = session::load(&state, &headers)
-        .await
-        .map_err(|e| PageError(e, lang))?
-    else {
-        if req.expires_at <= now.millis() {
-            return Err(stop(
-                lang,
-                "this request has expired; go back to the service and start again",
-            ));
-        }
-        return Ok(to_login(&uri));
-    };
-    let Some(v) = s.verified() else {
-        return Ok(to_login(&uri));
-    };
     let iss = issuer(&state, &headers);
+    let found = session::load(&state, &headers)
+        .await
+        .map_err(|e| PageError(e, lang))?;
+    if found.is_none() && req.expires_at <= now.millis() {
+        return Err(stop(
+            lang,
+            "this request has expired; go back to the service and start again",
+        ));
+    }
+    // A trusted verifier's assertion stands for the sign-in: the browser needs only a session to
+    // hold the request and its CSRF token (an anonymous one, signed in to nothing else).
+    let mut new_cookie = None;
+    let (s, v) = match (pushed.asserted_person(), found) {
+        (Some(asserted), found) => {
+            let s = match found {
+                Some(s) => s,
+                None => {
+                    let (s, cookie) = session::ensure(&state, &headers)
+                        .await
+                        .map_err(|e| PageError(e, lang))?;
+                    new_cookie = cookie;
+                    s
+                }
+            };
+            if let Some(signed_in) = s.verified()
+                && signed_in.subject != asserted.subject
+            {
+                return refuse_person(
+                    &state,
+                    lang,
+                    id,
+                    &signed_in.subject,
+                    &client,
+                    &pushed,
+                    &iss,
+                    "assertion_mismatch",
+                    "the signed-in person is not the person the service asserted",
+                )
+                .await;
+            }
+            (s, asserted)
+        }
+        (None, Some(s)) => match s.verified() {
+            Some(v) => (s, v),
+            None => return Ok(to_login(&uri)),
+        },
+        (None, None) => return Ok(to_login(&uri)),
+    };
     if let Some(hint) = &pushed.hint_subject
         && hint != &v.subject
     {
         // The service named someone else: stop here, tell the service, change nothing else.
-        if state
-            .store()
-            .advance_request(id, "pushed", "refused", None, None, now)
-            .await
-            .map_err(|e| PageError(e.into(), lang))?
-        {
-            state
-                .store()
-                .append_audit(&mydata_store::NewAuditEvent {
-                    at: now,
-                    kind: "service.refused".into(),
-                    subject: Some(v.subject.clone()),
-                    transfer_id: None,
-                    actor: "platform".into(),
-                    detail: serde_json::json!({ "client_id": client.client_id, "reason": "login_hint_mismatch" }),
-                })
-                .await
-                .map_err(|e| PageError(e.into(), lang))?;
-        }
-        return Ok(back_to_service(
+        return refuse_person(
+            &state,
+            lang,
+            id,
+            &v.subject,
+            &client,
             &pushed,
             &iss,
-            &[
-                ("error", "access_denied"),
-                (
-                    "error_description",
-                    "the signed-in person is not the person the service named",
-                ),
-            ],
-        ));
+            "login_hint_mismatch",
+            "the signed-in person is not the person the service named",
+        )
+        .await;
     }
     for d in &pushed.datasets {
         if let Some(ds) = state.catalog().dataset(d)
@@ -456,7 +499,66 @@ pub async fn authorize(
             "this request has expired or was already used; go back to the service and start again",
         ));
     }
-    Ok(Redirect::to(&format!("/oauth/consent/{id}")).into_response())
+    if opened && v.method == mydata_core::IdentityMethod::Asserted {
+        state
+            .store()
+            .append_audit(&mydata_store::NewAuditEvent {
+                at: now,
+                kind: "identity.asserted".into(),
+                subject: Some(v.subject.clone()),
+                transfer_id: None,
+                actor: format!("service:{}", client.client_id),
+                detail: serde_json::json!({
+                    "client_id": client.client_id,
+                    "level": v.level.number(),
+                }),
+            })
+            .await
+            .map_err(|e| PageError(e.into(), lang))?;
+    }
+    let mut res = Redirect::to(&format!("/oauth/consent/{id}")).into_response();
+    if let Some(c) = new_cookie {
+        res.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    Ok(res)
+}
+
+/// Stops a request whose person is not the one the service named or asserted: back to the
+/// service with `access_denied` (audit `service.refused` with `reason`), nothing else changed.
+#[allow(clippy::too_many_arguments)]
+async fn refuse_person(
+    state: &AppState,
+    lang: Lang,
+    id: &str,
+    subject: &str,
+    client: &ClientRow,
+    pushed: &Pushed,
+    iss: &str,
+    reason: &str,
+    description: &str,
+) -> Result<Response, PageError> {
+    let now = state.clock().now();
+    let event = mydata_store::NewAuditEvent {
+        at: now,
+        kind: "service.refused".into(),
+        subject: Some(subject.to_owned()),
+        transfer_id: None,
+        actor: "platform".into(),
+        detail: serde_json::json!({ "client_id": client.client_id, "reason": reason }),
+    };
+    state
+        .store()
+        .advance_request(id, "pushed", "refused", None, Some(&event), now)
+        .await
+        .map_err(|e| PageError(e.into(), lang))?;
+    Ok(back_to_service(
+        pushed,
+        iss,
+        &[
+            ("error", "access_denied"),
+            ("error_description", description),
+        ],
+    ))
 }
 
 fn to_login(uri: &axum::http::Uri) -> Response {
@@ -491,6 +593,8 @@ pub struct ConsentPage {
     pub csrf: String,
     pub refresh: bool,
     pub any_fetched: bool,
+    /// Who verified the person when a trusted verifier's assertion stood for the sign-in.
+    pub asserted: String,
 }
 
 /// The fixed texts of the consent pages in one language.
@@ -518,6 +622,7 @@ pub struct Texts {
     pub reload: &'static str,
     pub early_intro: &'static str,
     pub send_when_ready: &'static str,
+    pub identity: &'static str,
 }
 
 impl Texts {
@@ -545,6 +650,7 @@ impl Texts {
             reload: l.pick("重新整理", "Refresh"),
             early_intro: l.pick("不想等候？您可以現在確認：資料取得後即加密傳送給此服務，無法取得的項目不會傳送。", "Rather not wait? Confirm now: your data is sent encrypted to this service as soon as it is fetched; anything that cannot be fetched is not sent."),
             send_when_ready: l.pick("取得後自動傳送", "Send when ready"),
+            identity: l.pick("身分驗證", "Identity"),
         }
     }
 }
@@ -608,16 +714,29 @@ async fn consent_session(
         .await
         .map_err(|e| PageError(e, lang))?
         .ok_or(PageError(AppError::NotSignedIn, lang))?;
-    let v = s.verified().ok_or(PageError(AppError::NotSignedIn, lang))?;
-    let (r, p, c) = load_request(state, id)
+    let found = load_request(state, id)
         .await
-        .map_err(|e| PageError(e, lang))?
-        .ok_or_else(|| {
-            stop(
+        .map_err(|e| PageError(e, lang))?;
+    // The person is the one the service asserted (for this request only), else the signed-in one.
+    let asserted = found.as_ref().and_then(|(_, p, _)| p.asserted_person());
+    let signed_in = s.verified();
+    let v = match (asserted, &signed_in) {
+        (Some(a), Some(si)) if si.subject != a.subject => {
+            return Err(stop(
                 lang,
-                "this request is unknown; go back to the service and start again",
-            )
-        })?;
+                "this request was made for another person; go back to the service and start again",
+            ));
+        }
+        (Some(a), _) => a,
+        (None, Some(si)) => si.clone(),
+        (None, None) => return Err(PageError(AppError::NotSignedIn, lang)),
+    };
+    let (r, p, c) = found.ok_or_else(|| {
+        stop(
+            lang,
+            "this request is unknown; go back to the service and start again",
+        )
+    })?;
     if r.session_hash.as_deref() != Some(s.id_hash()) {
         return Err(stop(
             lang,
@@ -641,7 +760,21 @@ pub async fn consent_page(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let lang = lang_of(&headers, &uri);
-    let (s, _v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let (s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let asserted = if v.method == mydata_core::IdentityMethod::Asserted {
+        match lang {
+            Lang::ZhTw => format!(
+                "已由「{}」驗證（身分驗證等級 {}），無須在本平臺登入",
+                c.name, v.level
+            ),
+            Lang::En => format!(
+                "Verified by {} (assurance level {}); no sign-in on the platform is needed",
+                c.name, v.level
+            ),
+        }
+    } else {
+        String::new()
+    };
     let t = match r.transfer_id.as_deref() {
         Some(tid) => state
             .store()
@@ -685,6 +818,7 @@ pub async fn consent_page(
         csrf: s.csrf().to_owned(),
         refresh,
         any_fetched,
+        asserted,
     };
     let mut res = render(&page)
         .map_err(|e| PageError(e, lang))?

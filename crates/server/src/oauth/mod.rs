@@ -43,6 +43,8 @@ pub struct OAuthSettings {
     pub authorization_ttl_secs: u64,
     /// Longest lifetime of a client assertion (`exp` - now).
     pub assertion_max_secs: u64,
+    /// How long a JWK set fetched from a service's `jwks_uri` is used before it is fetched again.
+    pub jwks_cache_secs: u64,
     /// Services registered at start (replacing stored registrations with the same client ID).
     pub clients: Vec<clients::Registration>,
 }
@@ -57,6 +59,7 @@ impl Default for OAuthSettings {
             token_ttl_secs: 3600,
             authorization_ttl_secs: 3600,
             assertion_max_secs: 300,
+            jwks_cache_secs: 300,
             clients: Vec::new(),
         }
     }
@@ -78,6 +81,9 @@ impl OAuthSettings {
                 "config keys `oauth.*_ttl_secs` and `oauth.assertion_max_secs` must be at least 1"
                     .into(),
             );
+        }
+        if !(1..=86_400).contains(&self.jwks_cache_secs) {
+            return Err("config key `oauth.jwks_cache_secs`: must be from 1 to 86400".into());
         }
         if !self.issuer.is_empty() {
             let ok = url::Url::parse(&self.issuer).is_ok_and(|u| {

@@ -16,6 +16,7 @@ mod helpers;
 mod home;
 mod identity;
 mod online;
+mod online_asserted;
 mod online_browser;
 mod online_dpop;
 mod orphans;
