@@ -37,6 +37,7 @@ fn registration(client_id: &str, keys: &Keys, trusted: bool) -> Registration {
         legal_basis: None,
         environment: "test".into(),
         trusted_verifier: trusted,
+        dpop_bound_access_tokens: false,
     }
 }
 
