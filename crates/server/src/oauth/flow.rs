@@ -15,6 +15,7 @@ use super::{
 use crate::error::{AppError, PageError, render};
 use crate::i18n::Lang;
 use crate::identity::session;
+use crate::routes::form::{CsrfField, PostedForm};
 use crate::state::AppState;
 use askama::Template;
 use axum::Form;
@@ -853,18 +854,23 @@ pub struct Decision {
     decision: Option<String>,
 }
 
+impl CsrfField for Decision {
+    fn csrf(&self) -> Option<&str> {
+        self.csrf.as_deref()
+    }
+}
+
 /// `POST /oauth/consent/{id}`: the first answer.
 pub async fn consent_submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    uri: axum::http::Uri,
     Path(id): Path<String>,
-    Form(f): Form<Decision>,
+    PostedForm {
+        session: _,
+        form: f,
+        lang,
+    }: PostedForm<Decision>,
 ) -> Result<Response, PageError> {
-    let lang = lang_of(&headers, &uri);
-    session::for_post(&state, &headers, f.csrf.as_deref())
-        .await
-        .map_err(|e| PageError(e, lang))?;
     let (_s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
     if r.status != "opened" {
         return Err(stop(lang, "this request was already answered"));
@@ -942,14 +948,13 @@ pub async fn consent_submit(
 pub async fn confirm_submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    uri: axum::http::Uri,
     Path(id): Path<String>,
-    Form(f): Form<Decision>,
+    PostedForm {
+        session: _,
+        form: f,
+        lang,
+    }: PostedForm<Decision>,
 ) -> Result<Response, PageError> {
-    let lang = lang_of(&headers, &uri);
-    session::for_post(&state, &headers, f.csrf.as_deref())
-        .await
-        .map_err(|e| PageError(e, lang))?;
     let (_s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
     let tid = r.transfer_id.clone().unwrap_or_default();
     let t = state

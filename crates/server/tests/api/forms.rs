@@ -25,6 +25,8 @@ const PERSON_FORMS: &[&str] = &[
     "/download",
     "/download/t/tr-1/delete",
     "/counter/services/chiayi-senior-concession-card",
+    "/oauth/consent/req-1",
+    "/oauth/consent/req-1/confirm",
 ];
 
 /// Forms of a signed-in clerk.
