@@ -21,6 +21,7 @@ struct Inner {
     platform: mydata_package::PlatformSigner,
     data: crate::agencies::DataPath,
     identity: crate::identity::Identity,
+    job_wake: crate::background::JobWake,
 }
 
 impl AppState {
@@ -42,6 +43,7 @@ impl AppState {
                 platform,
                 data,
                 identity,
+                job_wake: crate::background::JobWake::default(),
             }),
         }
     }
@@ -58,6 +60,10 @@ impl AppState {
     /// Identity services: pseudonyms, identity methods, the agency client.
     pub fn identity(&self) -> &crate::identity::Identity {
         &self.inner.identity
+    }
+    /// Wakes this process's job workers when it enqueues a job.
+    pub fn job_wake(&self) -> &crate::background::JobWake {
+        &self.inner.job_wake
     }
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
