@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 /// Most jobs one worker runs back to back before it checks for shutdown again.
@@ -63,22 +63,42 @@ fn default_concurrency() -> u32 {
 
 /// Wakes this process's idle workers of a queue when the process enqueues a job there, so the job
 /// does not wait for the next poll. Only a hint: a wake-up that finds nothing due costs one query.
-#[derive(Debug, Default)]
+/// Wake-ups are counted (up to the number of workers), so jobs enqueued while the workers are busy
+/// each still get a worker when one comes free.
+#[derive(Debug)]
 pub struct JobWake {
-    queues: Mutex<HashMap<String, Arc<Notify>>>,
+    workers: usize,
+    queues: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl JobWake {
-    /// The signal the workers of `queue` wait on.
-    pub fn notifier(&self, queue: &str) -> Arc<Notify> {
+    /// Wake-ups for `workers` workers per queue.
+    pub fn new(workers: u32) -> Self {
+        Self {
+            workers: usize::try_from(workers.max(1)).unwrap_or(1),
+            queues: Mutex::default(),
+        }
+    }
+
+    /// The wake-ups the workers of `queue` wait on.
+    fn signal(&self, queue: &str) -> Arc<Semaphore> {
         // A poisoned map is still a valid map (entries are only ever added).
         let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        q.entry(queue.to_owned()).or_default().clone()
+        q.entry(queue.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(0)))
+            .clone()
     }
 
     /// Wakes one idle worker of `queue`, or the next one that goes idle.
     pub fn wake(&self, queue: &str) {
-        self.notifier(queue).notify_one();
+        wake_one(&self.signal(queue), self.workers);
+    }
+}
+
+fn wake_one(signal: &Semaphore, workers: usize) {
+    // More pending wake-ups than workers would only cost empty claims later.
+    if signal.available_permits() < workers {
+        signal.add_permits(1);
     }
 }
 
@@ -134,6 +154,7 @@ impl Background {
                     let task = tokio::spawn(worker_loop(
                         state.clone(),
                         h.clone(),
+                        i,
                         format!("{worker_id}-{i}"),
                         rx.clone(),
                     ));
@@ -155,7 +176,7 @@ impl Background {
             let retention: Arc<dyn JobHandler> = Arc::new(RetentionHandler);
             tasks.push((
                 format!("worker:{RETENTION_QUEUE}"),
-                tokio::spawn(worker_loop(state, retention, worker_id, rx)),
+                tokio::spawn(worker_loop(state, retention, 0, worker_id, rx)),
             ));
         }
         Self { stop, tasks }
@@ -179,39 +200,61 @@ impl Background {
 
 /// Sleeps for `d` or until shutdown; returns true when it is time to stop.
 async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    pause_or_wake(d, stop, &Notify::new()).await
+    pause_or_wake(d, stop, &Semaphore::new(0)).await
 }
 
-/// Like [`pause`], but also ends early when `wake` is signalled.
-async fn pause_or_wake(d: Duration, stop: &mut watch::Receiver<bool>, wake: &Notify) -> bool {
+/// Like [`pause`], but also ends early when a wake-up is taken from `wake`.
+async fn pause_or_wake(d: Duration, stop: &mut watch::Receiver<bool>, wake: &Semaphore) -> bool {
     if *stop.borrow() {
         return true;
     }
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
-        _ = wake.notified() => *stop.borrow(),
+        p = wake.acquire() => {
+            if let Ok(p) = p {
+                p.forget();
+            }
+            *stop.borrow()
+        }
         r = stop.changed() => r.is_err() || *stop.borrow(),
     }
 }
 
+/// One worker of a queue. Worker 0 polls every `poll_interval_ms`; the others wait for a wake-up
+/// (a local enqueue, or a sibling that found a backlog), so idle workers cost no queries. A worker
+/// that finds a second due job in a row wakes a sibling, so a backlog left by another process or
+/// by the poll spreads over all workers.
 async fn worker_loop(
     state: AppState,
     handler: Arc<dyn JobHandler>,
+    index: u32,
     worker: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let settings = state.settings().jobs.clone();
     let poll = Duration::from_millis(settings.poll_interval_ms.max(1));
+    // Extra workers still look now and then, in case a wake-up was spent by a worker that stopped.
+    let poll = if index == 0 {
+        poll
+    } else {
+        poll.saturating_mul(20)
+    };
     let lease = Duration::from_secs(settings.lease_secs.max(1));
-    let wake = state.job_wake().notifier(handler.queue());
+    let wake = state.job_wake().signal(handler.queue());
+    let workers = state.job_wake().workers;
     tracing::debug!(queue = handler.queue(), worker = %worker, "job worker started");
     loop {
-        for _ in 0..BURST {
+        for n in 0..BURST {
             if *stop.borrow() {
                 break;
             }
             match run_one(&state, handler.as_ref(), &worker, lease).await {
-                Ok(true) => continue,
+                Ok(true) => {
+                    if n >= 1 {
+                        wake_one(&wake, workers);
+                    }
+                    continue;
+                }
                 Ok(false) => break,
                 Err(e) => {
                     tracing::warn!(queue = handler.queue(), error = %e, "job queue unavailable");

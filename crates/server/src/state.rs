@@ -34,8 +34,10 @@ impl AppState {
         data: crate::agencies::DataPath,
         identity: crate::identity::Identity,
     ) -> Self {
+        let job_wake = crate::background::JobWake::new(settings.jobs.concurrency);
         Self {
             inner: Arc::new(Inner {
+                job_wake,
                 catalog,
                 store,
                 clock,
@@ -43,7 +45,6 @@ impl AppState {
                 platform,
                 data,
                 identity,
-                job_wake: crate::background::JobWake::default(),
             }),
         }
     }
