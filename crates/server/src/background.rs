@@ -138,7 +138,7 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts one worker per handler and the expiry sweep.
+    /// Starts `jobs.concurrency` workers per handler (one for retention) and the periodic tasks.
     pub fn spawn(state: AppState, handlers: Vec<Arc<dyn JobHandler>>) -> Self {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
