@@ -219,6 +219,9 @@ pub async fn start_fetch(
     store
         .begin_fetching(&t.id, &sealed, &jobs, actor, now)
         .await?;
+    for _ in &jobs {
+        state.job_wake().wake(FETCH_QUEUE);
+    }
     Ok(store.transfer(&t.id).await?.unwrap_or(t))
 }
 

@@ -11,11 +11,12 @@ use crate::state::AppState;
 use mydata_core::transfer::TransferEvent;
 use mydata_store::{Job, JobState, StoreError};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 /// Most jobs one worker runs back to back before it checks for shutdown again.
@@ -29,8 +30,12 @@ const SWEEP_BATCH: u32 = 500;
 pub struct JobSettings {
     /// Run job workers and sweeps in this process (turn off for API-only processes).
     pub enabled: bool,
-    /// How often an idle worker looks for due jobs.
+    /// How often an idle worker looks for due jobs. A job this process enqueues wakes a worker
+    /// at once; the poll finds jobs of other processes and jobs whose retry time has come.
     pub poll_interval_ms: u64,
+    /// Workers per queue in this process (jobs of one queue run this many at a time).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
     /// How long a claimed job is reserved for its worker.
     pub lease_secs: u64,
     /// How often expired transfers are looked for.
@@ -44,10 +49,56 @@ impl Default for JobSettings {
         Self {
             enabled: true,
             poll_interval_ms: 500,
+            concurrency: default_concurrency(),
             lease_secs: 60,
             sweep_interval_secs: 30,
             audit_interval_secs: 10,
         }
+    }
+}
+
+fn default_concurrency() -> u32 {
+    8
+}
+
+/// Wakes this process's idle workers of a queue when the process enqueues a job there, so the job
+/// does not wait for the next poll. Only a hint: a wake-up that finds nothing due costs one query.
+/// Wake-ups are counted (up to the number of workers), so jobs enqueued while the workers are busy
+/// each still get a worker when one comes free.
+#[derive(Debug)]
+pub struct JobWake {
+    workers: usize,
+    queues: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl JobWake {
+    /// Wake-ups for `workers` workers per queue.
+    pub fn new(workers: u32) -> Self {
+        Self {
+            workers: usize::try_from(workers.max(1)).unwrap_or(1),
+            queues: Mutex::default(),
+        }
+    }
+
+    /// The wake-ups the workers of `queue` wait on.
+    fn signal(&self, queue: &str) -> Arc<Semaphore> {
+        // A poisoned map is still a valid map (entries are only ever added).
+        let mut q = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        q.entry(queue.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(0)))
+            .clone()
+    }
+
+    /// Wakes one idle worker of `queue`, or the next one that goes idle.
+    pub fn wake(&self, queue: &str) {
+        wake_one(&self.signal(queue), self.workers);
+    }
+}
+
+fn wake_one(signal: &Semaphore, workers: usize) {
+    // More pending wake-ups than workers would only cost empty claims later.
+    if signal.available_permits() < workers {
+        signal.add_permits(1);
     }
 }
 
@@ -87,7 +138,7 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts one worker per handler and the expiry sweep.
+    /// Starts `jobs.concurrency` workers per handler (one for retention) and the periodic tasks.
     pub fn spawn(state: AppState, handlers: Vec<Arc<dyn JobHandler>>) -> Self {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -95,10 +146,20 @@ impl Background {
         if settings.enabled {
             let worker_id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
             for h in handlers {
-                let name = format!("worker:{}", h.queue());
-                let task =
-                    tokio::spawn(worker_loop(state.clone(), h, worker_id.clone(), rx.clone()));
-                tasks.push((name, task));
+                for i in 0..settings.concurrency.max(1) {
+                    let name = match i {
+                        0 => format!("worker:{}", h.queue()),
+                        _ => format!("worker:{}#{i}", h.queue()),
+                    };
+                    let task = tokio::spawn(worker_loop(
+                        state.clone(),
+                        h.clone(),
+                        i,
+                        format!("{worker_id}-{i}"),
+                        rx.clone(),
+                    ));
+                    tasks.push((name, task));
+                }
             }
             tasks.push((
                 "sweep:expiry".into(),
@@ -115,7 +176,7 @@ impl Background {
             let retention: Arc<dyn JobHandler> = Arc::new(RetentionHandler);
             tasks.push((
                 format!("worker:{RETENTION_QUEUE}"),
-                tokio::spawn(worker_loop(state, retention, worker_id, rx)),
+                tokio::spawn(worker_loop(state, retention, 0, worker_id, rx)),
             ));
         }
         Self { stop, tasks }
@@ -139,32 +200,61 @@ impl Background {
 
 /// Sleeps for `d` or until shutdown; returns true when it is time to stop.
 async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    pause_or_wake(d, stop, &Semaphore::new(0)).await
+}
+
+/// Like [`pause`], but also ends early when a wake-up is taken from `wake`.
+async fn pause_or_wake(d: Duration, stop: &mut watch::Receiver<bool>, wake: &Semaphore) -> bool {
     if *stop.borrow() {
         return true;
     }
     tokio::select! {
         _ = tokio::time::sleep(d) => *stop.borrow(),
+        p = wake.acquire() => {
+            if let Ok(p) = p {
+                p.forget();
+            }
+            *stop.borrow()
+        }
         r = stop.changed() => r.is_err() || *stop.borrow(),
     }
 }
 
+/// One worker of a queue. Worker 0 polls every `poll_interval_ms`; the others wait for a wake-up
+/// (a local enqueue, or a sibling that found a backlog), so idle workers cost no queries. A worker
+/// that finds a second due job in a row wakes a sibling, so a backlog left by another process or
+/// by the poll spreads over all workers.
 async fn worker_loop(
     state: AppState,
     handler: Arc<dyn JobHandler>,
+    index: u32,
     worker: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let settings = state.settings().jobs.clone();
     let poll = Duration::from_millis(settings.poll_interval_ms.max(1));
+    // Extra workers still look now and then, in case a wake-up was spent by a worker that stopped.
+    let poll = if index == 0 {
+        poll
+    } else {
+        poll.saturating_mul(20)
+    };
     let lease = Duration::from_secs(settings.lease_secs.max(1));
-    tracing::info!(queue = handler.queue(), "job worker started");
+    let wake = state.job_wake().signal(handler.queue());
+    let workers = state.job_wake().workers;
+    tracing::debug!(queue = handler.queue(), worker = %worker, "job worker started");
     loop {
-        for _ in 0..BURST {
+        for n in 0..BURST {
             if *stop.borrow() {
                 break;
             }
             match run_one(&state, handler.as_ref(), &worker, lease).await {
-                Ok(true) => continue,
+                Ok(true) => {
+                    if n >= 1 {
+                        wake_one(&wake, workers);
+                    }
+                    continue;
+                }
                 Ok(false) => break,
                 Err(e) => {
                     tracing::warn!(queue = handler.queue(), error = %e, "job queue unavailable");
@@ -172,11 +262,11 @@ async fn worker_loop(
                 }
             }
         }
-        if pause(poll, &mut stop).await {
+        if pause_or_wake(poll, &mut stop, &wake).await {
             break;
         }
     }
-    tracing::info!(queue = handler.queue(), "job worker stopped");
+    tracing::debug!(queue = handler.queue(), worker = %worker, "job worker stopped");
 }
 
 /// Claims and runs one due job of `handler`'s queue now, exactly as a worker would (lease,
@@ -422,7 +512,21 @@ pub async fn schedule_retention(state: &AppState) -> Result<bool, StoreError> {
         max_attempts: 3,
         dedup_key: Some(format!("retention:{bucket}")),
     };
-    state.store().enqueue_job(&job, now).await
+    enqueue(state, &job, now).await
+}
+
+/// Enqueues a job and wakes an idle worker of its queue in this process. Returns false when a job
+/// with the same `dedup_key` already exists.
+pub async fn enqueue(
+    state: &AppState,
+    job: &mydata_store::NewJob,
+    now: mydata_core::Timestamp,
+) -> Result<bool, StoreError> {
+    let added = state.store().enqueue_job(job, now).await?;
+    if added {
+        state.job_wake().wake(&job.queue);
+    }
+    Ok(added)
 }
 
 /// Also schedules the orphaned-blob sweep ([`crate::orphans`]), on the same pattern.

@@ -356,6 +356,9 @@ impl Settings {
         if self.jobs.poll_interval_ms == 0 {
             return bad("jobs.poll_interval_ms", "must be at least 1");
         }
+        if !(1..=256).contains(&self.jobs.concurrency) {
+            return bad("jobs.concurrency", "must be from 1 to 256");
+        }
         if self.jobs.lease_secs == 0 || self.jobs.sweep_interval_secs == 0 {
             return bad(
                 "jobs.lease_secs",

@@ -233,7 +233,7 @@ pub async fn notify(
                 channel.code()
             )),
         };
-        if state.store().enqueue_job(&job, now).await? {
+        if crate::background::enqueue(state, &job, now).await? {
             queued += 1;
         }
     }

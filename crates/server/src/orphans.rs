@@ -100,7 +100,7 @@ pub async fn schedule_object_sweep(state: &AppState) -> Result<bool, StoreError>
         max_attempts: 3,
         dedup_key: Some(format!("object-sweep:{bucket}")),
     };
-    state.store().enqueue_job(&job, now).await
+    crate::background::enqueue(state, &job, now).await
 }
 
 /// Runs the jobs of [`OBJECT_SWEEP_QUEUE`].

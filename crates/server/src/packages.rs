@@ -53,7 +53,9 @@ pub async fn enqueue_assembly(
         max_attempts: 20,
         dedup_key: Some(format!("package:{transfer_id}")),
     };
-    state.store().enqueue_job(&job, now).await.map(|_| ())
+    crate::background::enqueue(state, &job, now)
+        .await
+        .map(|_| ())
 }
 
 /// Runs the jobs of [`PACKAGE_QUEUE`].

@@ -23,6 +23,7 @@ struct Inner {
     identity: crate::identity::Identity,
     /// Services' JWK sets fetched from their `jwks_uri` (public keys; per process by design).
     jwks: crate::oauth::assertion::JwksCache,
+    job_wake: crate::background::JobWake,
 }
 
 impl AppState {
@@ -35,8 +36,10 @@ impl AppState {
         data: crate::agencies::DataPath,
         identity: crate::identity::Identity,
     ) -> Self {
+        let job_wake = crate::background::JobWake::new(settings.jobs.concurrency);
         Self {
             inner: Arc::new(Inner {
+                job_wake,
                 catalog,
                 store,
                 clock,
@@ -61,6 +64,10 @@ impl AppState {
     /// Identity services: pseudonyms, identity methods, the agency client.
     pub fn identity(&self) -> &crate::identity::Identity {
         &self.inner.identity
+    }
+    /// Wakes this process's job workers when it enqueues a job.
+    pub fn job_wake(&self) -> &crate::background::JobWake {
+        &self.inner.job_wake
     }
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog

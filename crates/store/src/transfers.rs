@@ -88,18 +88,50 @@ impl TryFrom<TransferRow> for Transfer {
     }
 }
 
+const SELECT_TRANSFER_WITH_DATASETS: &str = "SELECT t.id, t.kind, t.subject, t.recipient, t.purpose, t.state, t.created_at, t.expires_at, t.updated_at, t.version,
+    d.dataset_id AS d_dataset_id, d.status AS d_status, d.updated_at AS d_updated_at, d.attempts AS d_attempts,
+    d.error_code AS d_error_code, d.error_message AS d_error_message, d.digest AS d_digest,
+    d.started_at AS d_started_at, d.next_attempt_at AS d_next_attempt_at, d.settled_at AS d_settled_at
+    FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position";
+
+/// A transfer joined with one of its dataset rows (all `None` when it has no datasets).
 #[derive(sqlx::FromRow)]
-struct DatasetRow {
-    dataset_id: String,
-    status: String,
-    updated_at: i64,
-    attempts: i64,
-    error_code: Option<String>,
-    error_message: Option<String>,
-    digest: Option<String>,
-    started_at: Option<i64>,
-    next_attempt_at: Option<i64>,
-    settled_at: Option<i64>,
+struct TransferWithDatasetRow {
+    #[sqlx(flatten)]
+    t: TransferRow,
+    #[sqlx(flatten)]
+    d: JoinedDatasetRow,
+}
+
+#[derive(sqlx::FromRow)]
+struct JoinedDatasetRow {
+    d_dataset_id: Option<String>,
+    d_status: Option<String>,
+    d_updated_at: Option<i64>,
+    d_attempts: Option<i64>,
+    d_error_code: Option<String>,
+    d_error_message: Option<String>,
+    d_digest: Option<String>,
+    d_started_at: Option<i64>,
+    d_next_attempt_at: Option<i64>,
+    d_settled_at: Option<i64>,
+}
+
+impl JoinedDatasetRow {
+    fn into_dataset(self) -> Option<TransferDataset> {
+        Some(TransferDataset {
+            dataset_id: self.d_dataset_id?,
+            status: self.d_status?,
+            updated_at: Timestamp::from_millis(self.d_updated_at?),
+            attempts: u32::try_from(self.d_attempts?).unwrap_or(u32::MAX),
+            error_code: self.d_error_code,
+            error_message: self.d_error_message,
+            digest: self.d_digest,
+            started_at: self.d_started_at.map(Timestamp::from_millis),
+            next_attempt_at: self.d_next_attempt_at.map(Timestamp::from_millis),
+            settled_at: self.d_settled_at.map(Timestamp::from_millis),
+        })
+    }
 }
 
 impl Store {
@@ -162,36 +194,24 @@ impl Store {
 
     /// The transfer with its datasets, if it exists.
     pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>> {
-        let sql = format!("{SELECT_TRANSFER} WHERE id = $1");
-        let found: Option<TransferRow> =
-            on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
-        let Some(mut t) = found.map(Transfer::try_from).transpose()? else {
+        // One statement for the transfer and its datasets: it is read on every page and job step.
+        let rows: Vec<TransferWithDatasetRow> = on_pool!(self, pool => sqlx::query_as(SELECT_TRANSFER_WITH_DATASETS)
+            .bind(id)
+            .fetch_all(pool)
+            .await?);
+        let mut rows = rows.into_iter();
+        let Some(first) = rows.next() else {
             return Ok(None);
         };
-        t.datasets = self.transfer_datasets(id).await?;
+        let mut datasets = Vec::new();
+        let mut t = Transfer::try_from(first.t)?;
+        for d in std::iter::once(first.d).chain(rows.map(|r| r.d)) {
+            if let Some(d) = d.into_dataset() {
+                datasets.push(d);
+            }
+        }
+        t.datasets = datasets;
         Ok(Some(t))
-    }
-
-    pub(crate) async fn transfer_datasets(&self, id: &str) -> Result<Vec<TransferDataset>> {
-        let sql = "SELECT dataset_id, status, updated_at, attempts, error_code, error_message, digest, started_at, next_attempt_at, settled_at
-                   FROM transfer_datasets WHERE transfer_id = $1 ORDER BY position";
-        let rows: Vec<DatasetRow> =
-            on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_all(pool).await?);
-        Ok(rows
-            .into_iter()
-            .map(|r| TransferDataset {
-                dataset_id: r.dataset_id,
-                status: r.status,
-                updated_at: Timestamp::from_millis(r.updated_at),
-                attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
-                error_code: r.error_code,
-                error_message: r.error_message,
-                digest: r.digest,
-                started_at: r.started_at.map(Timestamp::from_millis),
-                next_attempt_at: r.next_attempt_at.map(Timestamp::from_millis),
-                settled_at: r.settled_at.map(Timestamp::from_millis),
-            })
-            .collect())
     }
 
     /// The person's transfers, newest first (datasets not loaded).

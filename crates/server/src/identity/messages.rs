@@ -154,7 +154,7 @@ pub async fn enqueue(
         max_attempts: state.settings().messages.max_attempts,
         dedup_key: None,
     };
-    state.store().enqueue_job(&job, now).await?;
+    crate::background::enqueue(state, &job, now).await?;
     Ok(())
 }
 

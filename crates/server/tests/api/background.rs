@@ -83,6 +83,84 @@ async fn a_job_is_retried_at_its_time_from_the_injected_clock_then_completes() {
     }
 }
 
+/// Holds each run until `release` is signalled, counting runs in flight at once.
+#[derive(Debug, Default)]
+struct Gate {
+    running: Arc<AtomicU32>,
+    most: Arc<AtomicU32>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl JobHandler for Gate {
+    fn queue(&self) -> &'static str {
+        "gate"
+    }
+    fn run(&self, _state: AppState, _job: Job) -> BoxFuture<JobOutcome> {
+        let (running, most, release) = (
+            self.running.clone(),
+            self.most.clone(),
+            self.release.clone(),
+        );
+        Box::pin(async move {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            release.notified().await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            JobOutcome::Done
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_job_enqueued_by_this_process_runs_at_once_on_one_of_several_workers() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let handler = Arc::new(Gate::default());
+        // A poll this slow would hold every job for ten minutes: only the wake-up can start them.
+        let app = TestApp::spawn_full(
+            backend,
+            |s| {
+                s.jobs.poll_interval_ms = 600_000;
+                s.jobs.concurrency = 3;
+            },
+            vec![handler.clone()],
+        )
+        .await;
+        let now = app.clock.now();
+        for i in 0..3 {
+            let job = NewJob {
+                id: format!("g{i}"),
+                queue: "gate".into(),
+                payload: serde_json::json!({}),
+                run_at: now,
+                max_attempts: 1,
+                dedup_key: None,
+            };
+            assert!(
+                mydata_server::background::enqueue(&app.state, &job, now)
+                    .await
+                    .unwrap()
+            );
+        }
+        // All three run at once, one per worker.
+        eventually("three jobs in flight", || async {
+            handler.running.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        for _ in 0..3 {
+            handler.release.notify_one();
+        }
+        for i in 0..3 {
+            let id = format!("g{i}");
+            eventually("job done", || async {
+                job_state(&app, &id).await == JobState::Done
+            })
+            .await;
+        }
+        assert_eq!(handler.most.load(Ordering::SeqCst), 3);
+        app.stop().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn transfers_are_ended_once_their_eight_hours_pass() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
