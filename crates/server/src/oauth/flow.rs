@@ -15,7 +15,7 @@ use super::{
 use crate::error::{AppError, PageError, render};
 use crate::i18n::Lang;
 use crate::identity::session;
-use crate::routes::form::{CsrfField, PostedForm};
+use crate::routes::form::{CsrfField, PostedForm, lang_of};
 use crate::state::AppState;
 use askama::Template;
 use axum::Form;
@@ -324,12 +324,6 @@ pub async fn par(
         .into_response())
 }
 
-fn lang_of(headers: &HeaderMap, uri: &axum::http::Uri) -> Lang {
-    Lang::from_query(uri.query())
-        .or_else(|| Lang::from_cookie(headers))
-        .unwrap_or_default()
-}
-
 /// A page-level refusal before the service's redirect URI can be trusted (shown, never redirected).
 fn stop(lang: Lang, message: &str) -> PageError {
     PageError(AppError::AuthorizationRefused(message.to_owned()), lang)
@@ -383,7 +377,7 @@ pub async fn authorize(
     uri: axum::http::Uri,
     q: Result<Query<AuthorizeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, PageError> {
-    let lang = lang_of(&headers, &uri);
+    let lang = lang_of(&uri, &headers);
     let Ok(Query(q)) = q else {
         return Err(stop(lang, "the authorization request is malformed"));
     };
@@ -760,7 +754,7 @@ pub async fn consent_page(
     uri: axum::http::Uri,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let lang = lang_of(&headers, &uri);
+    let lang = lang_of(&uri, &headers);
     let (s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
     let asserted = if v.method == mydata_core::IdentityMethod::Asserted {
         match lang {

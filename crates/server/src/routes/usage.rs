@@ -8,6 +8,7 @@ use crate::i18n::Lang;
 use crate::identity::session::{self, Verified};
 use crate::notices::taipei_time;
 use crate::pages::Chrome;
+use crate::routes::form::{lang_of, no_store};
 use crate::state::AppState;
 use askama::Template;
 use axum::extract::State;
@@ -21,18 +22,6 @@ use serde::Serialize;
 
 /// Most transfers listed (newest first); 8 hours each, so this is years of normal use.
 const MAX_RECORDS: u32 = 500;
-
-fn lang_of(uri: &Uri, headers: &HeaderMap) -> Lang {
-    Lang::from_query(uri.query())
-        .or_else(|| Lang::from_cookie(headers))
-        .unwrap_or_default()
-}
-
-fn no_store(mut res: Response) -> Response {
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
 
 /// One audit event of a transfer, for the person.
 #[derive(Debug, Clone, Serialize)]
