@@ -137,6 +137,10 @@ struct DemoArgs {
     /// Speed-up of the simulated agencies: 60 makes a 60-minute dataset ready in one minute.
     #[arg(long, value_name = "FACTOR", default_value_t = 60.0)]
     time_scale: f64,
+    /// The simulated agencies answer without the PDF of each dataset (for load runs on this
+    /// machine: typesetting is the agencies' work, not the platform's).
+    #[arg(long)]
+    no_agency_pdf: bool,
 }
 
 impl ConfigArgs {
@@ -217,7 +221,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     mydata_server::telemetry::init(settings.log.format, &settings.log.level);
     card_agent::write_demo_cards(&settings.data_dir).await?;
     card_agent::configure_identity(&mut settings)?;
-    let agencies = provider_sim::start_in_process(&settings, args.time_scale).await?;
+    let agencies =
+        provider_sim::start_in_process(&settings, args.time_scale, !args.no_agency_pdf).await?;
     agencies.configure(&mut settings);
     settings.dev.endpoints = true;
     // The example online service beside the platform, registered with fresh keys at each start.

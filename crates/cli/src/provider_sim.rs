@@ -45,6 +45,9 @@ pub struct ProviderSimArgs {
     /// Traditional Chinese face is chosen). Default: the fonts-noto-cjk or fonts-wqy install path.
     #[arg(long, env = "MYDATA_PDF_FONT", value_name = "FILE")]
     pdf_font: Option<PathBuf>,
+    /// Answer PDF datasets without their PDF (machine-readable files only), for load runs.
+    #[arg(long)]
+    no_pdf: bool,
 }
 
 /// Bind, print the URL on the first line of stdout once ready, serve until SIGTERM or Ctrl-C.
@@ -65,6 +68,7 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
     config.time_scale = args.time_scale;
     config.admin_token = args.admin_token;
     config.pdf_font = args.pdf_font;
+    config.render_pdf = !args.no_pdf;
     let sim = Simulator::new(config, Arc::new(mydata_core::SystemClock))?;
     let app = router(Arc::new(sim)).await;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -145,10 +149,12 @@ impl InProcess {
 pub async fn start_in_process(
     settings: &mydata_server::Settings,
     time_scale: f64,
+    render_pdf: bool,
 ) -> anyhow::Result<InProcess> {
     let platform = mydata_server::keys::load_or_create_platform_signer(settings)?;
     let mut config = SimulatorConfig::new(*platform.verifying_key());
     config.time_scale = time_scale;
+    config.render_pdf = render_pdf;
     let sim = Simulator::new(config, Arc::new(mydata_core::SystemClock))?;
     let dir = settings.data_dir.join("demo");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

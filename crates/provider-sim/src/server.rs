@@ -119,6 +119,10 @@ pub struct SimulatorConfig {
     /// Font file (TTF, OTF or TTC with Traditional Chinese glyphs) for PDF datasets; `None` looks
     /// at `MYDATA_PDF_FONT`, then the usual install paths ([`crate::pdf::FONT_CANDIDATES`]).
     pub pdf_font: Option<PathBuf>,
+    /// Whether PDF datasets come with their PDF (default). Off, the agencies answer with the
+    /// machine-readable files only: for load runs on one machine, where typesetting a CJK PDF
+    /// (~10 ms of CPU) is the agency's work, not the platform's.
+    pub render_pdf: bool,
 }
 
 impl SimulatorConfig {
@@ -132,6 +136,7 @@ impl SimulatorConfig {
             admin_token: None,
             faults: HashMap::new(),
             pdf_font: None,
+            render_pdf: true,
         }
     }
 }
@@ -190,6 +195,7 @@ pub struct Simulator {
     population: Population,
     fields: FieldTable,
     fonts: PdfFonts,
+    render_pdf: bool,
     ca: SimulatedCa,
     agencies: HashMap<String, AgencyKeys>,
     platform_key: VerifyingKey,
@@ -250,6 +256,7 @@ impl Simulator {
             catalog,
             fields,
             fonts,
+            render_pdf: config.render_pdf,
             ca,
             agencies,
             platform_key: config.platform_key,
@@ -395,7 +402,7 @@ impl Simulator {
                 bytes: csv,
             });
         }
-        if dataset.offers(DataFormat::Pdf) {
+        if self.render_pdf && dataset.offers(DataFormat::Pdf) {
             let spec = DocumentSpec::new(
                 dataset,
                 self.catalog.agency(&dataset.agency),

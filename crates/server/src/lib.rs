@@ -25,6 +25,7 @@ pub mod receipts;
 pub mod records;
 pub mod routes;
 pub mod serve;
+pub mod settled;
 pub mod state;
 pub mod telemetry;
 pub mod vault;

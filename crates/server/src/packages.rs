@@ -249,6 +249,7 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
         Ok(_) | Err(StoreError::IllegalTransition(_)) => {}
         Err(e) => return Err(e.into()),
     }
+    state.settled().settle(transfer_id);
     // A self-download's notice says the data is ready (counter and online flows notify on use).
     if t.kind == mydata_core::transfer::TransferKind::SelfDownload
         && let Some(settled) = store.transfer(transfer_id).await?

@@ -24,6 +24,9 @@ struct Inner {
     /// Services' JWK sets fetched from their `jwks_uri` (public keys; per process by design).
     jwks: crate::oauth::assertion::JwksCache,
     job_wake: crate::background::JobWake,
+    /// Service registrations read recently (see [`crate::oauth::clients::ClientCache`]).
+    clients: crate::oauth::clients::ClientCache,
+    settled: crate::settled::Settled,
 }
 
 impl AppState {
@@ -48,6 +51,8 @@ impl AppState {
                 data,
                 identity,
                 jwks: Default::default(),
+                clients: Default::default(),
+                settled: Default::default(),
             }),
         }
     }
@@ -80,6 +85,14 @@ impl AppState {
     }
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+    /// Pages of this process waiting for a transfer to settle.
+    pub fn settled(&self) -> &crate::settled::Settled {
+        &self.inner.settled
+    }
+    /// Service registrations this process read recently.
+    pub fn client_cache(&self) -> &crate::oauth::clients::ClientCache {
+        &self.inner.clients
     }
     /// The cache of services' JWK sets fetched from their `jwks_uri`.
     pub fn jwks_cache(&self) -> &crate::oauth::assertion::JwksCache {

@@ -3,7 +3,7 @@
 //! Rows are only ever inserted; the person's usage records are queries over this table, not a second
 //! table that could disagree with it. (The Merkle tree over these rows comes with the audit issue.)
 
-use crate::{Result, Store, StoreError, on_pool};
+use crate::{Result, Store, StoreError, on_pool, on_read_pool};
 use mydata_core::Timestamp;
 use serde::Serialize;
 
@@ -120,7 +120,7 @@ impl Store {
     pub async fn audit_for_subject(&self, subject: &str) -> Result<Vec<AuditEvent>> {
         let sql = format!("{SELECT_AUDIT} WHERE subject = $1 ORDER BY seq");
         let rows: Vec<AuditRow> =
-            on_pool!(self, pool => sqlx::query_as(&sql).bind(subject).fetch_all(pool).await?);
+            on_read_pool!(self, pool => sqlx::query_as(&sql).bind(subject).fetch_all(pool).await?);
         rows.into_iter().map(AuditEvent::try_from).collect()
     }
 
@@ -143,8 +143,7 @@ impl Store {
     /// The events of one transfer, oldest first.
     pub async fn audit_for_transfer(&self, transfer_id: &str) -> Result<Vec<AuditEvent>> {
         let sql = format!("{SELECT_AUDIT} WHERE transfer_id = $1 ORDER BY seq");
-        let rows: Vec<AuditRow> =
-            on_pool!(self, pool => sqlx::query_as(&sql).bind(transfer_id).fetch_all(pool).await?);
+        let rows: Vec<AuditRow> = on_read_pool!(self, pool => sqlx::query_as(&sql).bind(transfer_id).fetch_all(pool).await?);
         rows.into_iter().map(AuditEvent::try_from).collect()
     }
 }

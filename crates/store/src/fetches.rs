@@ -15,7 +15,7 @@
 
 use crate::audit::{NewAuditEvent, insert_audit};
 use crate::jobs::INSERT_JOB;
-use crate::{NewJob, Result, Store, StoreError, on_pool};
+use crate::{NewJob, Result, Store, StoreError, on_pool, on_read_pool};
 use mydata_core::Timestamp;
 use serde::Serialize;
 
@@ -272,7 +272,7 @@ impl Store {
 
     /// The sealed secret of a transfer, while it exists.
     pub async fn transfer_secret(&self, transfer_id: &str) -> Result<Option<String>> {
-        let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as("SELECT sealed FROM transfer_secrets WHERE transfer_id = $1")
+        let row: Option<(String,)> = on_read_pool!(self, pool => sqlx::query_as("SELECT sealed FROM transfer_secrets WHERE transfer_id = $1")
             .bind(transfer_id)
             .fetch_optional(pool)
             .await?);
@@ -306,7 +306,7 @@ impl Store {
         dataset_id: &str,
     ) -> Result<Option<FetchRecord>> {
         let sql = format!("{SELECT_FETCH} WHERE transfer_id = $1 AND dataset_id = $2");
-        let row: Option<FetchRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let row: Option<FetchRow> = on_read_pool!(self, pool => sqlx::query_as(&sql)
             .bind(transfer_id)
             .bind(dataset_id)
             .fetch_optional(pool)
@@ -317,7 +317,7 @@ impl Store {
     /// Every fetch record of a transfer, in the transfer's order.
     pub async fn fetch_records(&self, transfer_id: &str) -> Result<Vec<FetchRecord>> {
         let sql = format!("{SELECT_FETCH} WHERE transfer_id = $1 ORDER BY position");
-        let rows: Vec<FetchRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let rows: Vec<FetchRow> = on_read_pool!(self, pool => sqlx::query_as(&sql)
             .bind(transfer_id)
             .fetch_all(pool)
             .await?);
@@ -662,7 +662,7 @@ impl Store {
     /// The package of a transfer (also after it was destroyed: its metadata stays).
     pub async fn package(&self, transfer_id: &str) -> Result<Option<PackageRecord>> {
         let sql = format!("{SELECT_PACKAGE} WHERE transfer_id = $1");
-        let row: Option<PackageRow> = on_pool!(self, pool => sqlx::query_as(&sql).bind(transfer_id).fetch_optional(pool).await?);
+        let row: Option<PackageRow> = on_read_pool!(self, pool => sqlx::query_as(&sql).bind(transfer_id).fetch_optional(pool).await?);
         Ok(row.map(PackageRecord::from))
     }
 

@@ -5,7 +5,7 @@
 //! Session tokens and one-time codes are stored hashed. Every single-use rule (codes, challenges)
 //! is one conditional `UPDATE`, so two processes racing on the same code cannot both win.
 
-use crate::{Result, Store, on_pool};
+use crate::{Result, Store, on_pool, on_read_pool};
 use mydata_core::Timestamp;
 use std::time::Duration;
 
@@ -136,7 +136,9 @@ impl Store {
     /// The session, if it exists (time-outs are the caller's rule).
     pub async fn session(&self, id_hash: &str) -> Result<Option<SessionRow>> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id_hash = $1");
-        Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(id_hash).fetch_optional(pool).await?))
+        Ok(
+            on_read_pool!(self, pool => sqlx::query_as(&sql).bind(id_hash).fetch_optional(pool).await?),
+        )
     }
 
     /// Records activity on a session (the idle time-out counts from here).
@@ -189,7 +191,7 @@ impl Store {
 
     /// The subject with this pseudonym.
     pub async fn subject(&self, pseudonym: &str) -> Result<Option<SubjectRow>> {
-        Ok(on_pool!(self, pool => sqlx::query_as(
+        Ok(on_read_pool!(self, pool => sqlx::query_as(
             "SELECT pseudonym, kind, created_at, first_use_at, password_hash, password_set_at FROM subjects WHERE pseudonym = $1")
             .bind(pseudonym).fetch_optional(pool).await?))
     }
@@ -246,7 +248,7 @@ impl Store {
     }
 
     pub async fn contacts(&self, pseudonym: &str) -> Result<Vec<ContactRow>> {
-        Ok(on_pool!(self, pool => sqlx::query_as(
+        Ok(on_read_pool!(self, pool => sqlx::query_as(
             "SELECT subject, channel, address, verified_at FROM contacts WHERE subject = $1 ORDER BY channel")
             .bind(pseudonym).fetch_all(pool).await?))
     }
@@ -274,7 +276,7 @@ impl Store {
             "SELECT {CODE_COLUMNS} FROM one_time_codes WHERE session_hash = $1 ORDER BY created_at DESC LIMIT 1"
         );
         Ok(
-            on_pool!(self, pool => sqlx::query_as(&sql).bind(session_hash).fetch_optional(pool).await?),
+            on_read_pool!(self, pool => sqlx::query_as(&sql).bind(session_hash).fetch_optional(pool).await?),
         )
     }
 
@@ -299,7 +301,7 @@ impl Store {
     pub async fn locked_until(&self, keys: &[&str], now: Timestamp) -> Result<Option<Timestamp>> {
         let mut latest: Option<i64> = None;
         for key in keys {
-            let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(
+            let row: Option<(i64,)> = on_read_pool!(self, pool => sqlx::query_as(
                 "SELECT locked_until FROM lockouts WHERE lock_key = $1 AND locked_until > $2")
                 .bind(*key).bind(now.millis()).fetch_optional(pool).await?);
             if let Some((t,)) = row {

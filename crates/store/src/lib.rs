@@ -104,7 +104,10 @@ impl Default for PoolSettings {
 #[derive(Debug, Clone)]
 enum Db {
     Sqlite {
+        /// The one connection that writes (every statement that may write goes here).
         pool: SqlitePool,
+        /// Connections for plain reads, which WAL lets run beside the writer.
+        read: SqlitePool,
         file: Option<PathBuf>,
     },
     Postgres(PgPool),
@@ -120,6 +123,18 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// Like [`on_pool`], for a statement that only reads: on SQLite it runs on a reader connection
+/// beside the writer; on PostgreSQL it is the same pool.
+macro_rules! on_read_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            $crate::Db::Sqlite { read: $pool, .. } => $body,
+            $crate::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_read_pool;
 
 /// The repository: every read and write of the platform's database goes through it.
 #[derive(Debug, Clone)]
@@ -158,12 +173,31 @@ impl Store {
                         .close()
                         .await?;
                 }
+                // One writer connection: SQLite lets one transaction write at a time, and writers
+                // on several connections find the lock taken and sleep in SQLite's busy handler
+                // (1 to 100 ms at a time), leaving the CPU idle. Queued on the pool instead, each
+                // writer starts the moment the previous one commits. Reads use the other
+                // connections. A file on this machine cannot drop a connection the way a network
+                // can, so sqlx's test round trip before lending one is skipped.
+                let opts = opts.create_if_missing(file.is_none());
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(settings.max_connections.max(1))
+                    .max_connections(1)
                     .acquire_timeout(settings.acquire_timeout)
-                    .connect_with(opts.create_if_missing(file.is_none()))
+                    .test_before_acquire(false)
+                    .connect_with(opts.clone())
                     .await?;
-                Db::Sqlite { pool, file }
+                // An in-memory database exists once per connection: there it is all one pool.
+                let read = if file.is_some() {
+                    SqlitePoolOptions::new()
+                        .max_connections(settings.max_connections.max(1))
+                        .acquire_timeout(settings.acquire_timeout)
+                        .test_before_acquire(false)
+                        .connect_with(opts)
+                        .await?
+                } else {
+                    pool.clone()
+                };
+                Db::Sqlite { pool, read, file }
             }
             "postgres" | "postgresql" => {
                 let opts = PgConnectOptions::from_str(url)?.application_name("mydata");
@@ -211,6 +245,7 @@ impl Store {
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await);
+        on_read_pool!(self, pool => pool.close().await);
     }
 
     /// Names of the tables and their columns, for schema comparisons between backends.

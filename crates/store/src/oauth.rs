@@ -5,7 +5,7 @@
 //! two racing requests (or two server processes) cannot both win.
 
 use crate::audit::{NewAuditEvent, insert_audit};
-use crate::{Result, Store, StoreError, on_pool};
+use crate::{Result, Store, StoreError, on_pool, on_read_pool};
 use mydata_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -164,14 +164,14 @@ impl Store {
 
     pub async fn client(&self, client_id: &str) -> Result<Option<ClientRow>> {
         let sql = format!("{SELECT_CLIENT} WHERE client_id = $1");
-        let row: Option<ClientDbRow> = on_pool!(self, pool => sqlx::query_as(&sql).bind(client_id).fetch_optional(pool).await?);
+        let row: Option<ClientDbRow> = on_read_pool!(self, pool => sqlx::query_as(&sql).bind(client_id).fetch_optional(pool).await?);
         row.map(ClientRow::try_from).transpose()
     }
 
     pub async fn clients(&self) -> Result<Vec<ClientRow>> {
         let sql = format!("{SELECT_CLIENT} ORDER BY client_id");
         let rows: Vec<ClientDbRow> =
-            on_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
+            on_read_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
         rows.into_iter().map(ClientRow::try_from).collect()
     }
 
@@ -204,7 +204,7 @@ impl Store {
 
     pub async fn request(&self, id: &str) -> Result<Option<RequestRow>> {
         let sql = format!("{SELECT_REQUEST} WHERE id = $1");
-        Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+        Ok(on_read_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
     }
 
     /// Binds a pushed request to the browser session that opened it (first use of the
@@ -312,7 +312,7 @@ impl Store {
 
     /// A code as stored (spent or not), to check it before spending it.
     pub async fn code(&self, code_hash: &str) -> Result<Option<CodeRow>> {
-        Ok(on_pool!(self, pool => sqlx::query_as(
+        Ok(on_read_pool!(self, pool => sqlx::query_as(
             "SELECT code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at FROM oauth_codes WHERE code_hash = $1",
         )
         .bind(code_hash)
@@ -376,7 +376,7 @@ impl Store {
     }
 
     pub async fn token(&self, token_hash: &str) -> Result<Option<TokenRow>> {
-        Ok(on_pool!(self, pool => sqlx::query_as(
+        Ok(on_read_pool!(self, pool => sqlx::query_as(
             "SELECT token_hash, client_id, transfer_id, code_hash, dpop_jkt, created_at, expires_at, revoked_at FROM oauth_tokens WHERE token_hash = $1",
         )
         .bind(token_hash)

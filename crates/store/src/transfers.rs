@@ -1,7 +1,7 @@
 //! Transfers and their datasets; every state change is written together with its audit event.
 
 use crate::audit::{NewAuditEvent, insert_audit};
-use crate::{Result, Store, StoreError, on_pool, parse_column};
+use crate::{Result, Store, StoreError, on_pool, on_read_pool, parse_column};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
 use serde::Serialize;
@@ -195,7 +195,7 @@ impl Store {
     /// The transfer with its datasets, if it exists.
     pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>> {
         // One statement for the transfer and its datasets: it is read on every page and job step.
-        let rows: Vec<TransferWithDatasetRow> = on_pool!(self, pool => sqlx::query_as(SELECT_TRANSFER_WITH_DATASETS)
+        let rows: Vec<TransferWithDatasetRow> = on_read_pool!(self, pool => sqlx::query_as(SELECT_TRANSFER_WITH_DATASETS)
             .bind(id)
             .fetch_all(pool)
             .await?);
@@ -218,7 +218,7 @@ impl Store {
     pub async fn transfers_for_subject(&self, subject: &str, limit: u32) -> Result<Vec<Transfer>> {
         let sql =
             format!("{SELECT_TRANSFER} WHERE subject = $1 ORDER BY created_at DESC, id LIMIT $2");
-        let rows: Vec<TransferRow> = on_pool!(self, pool => sqlx::query_as(&sql).bind(subject).bind(i64::from(limit)).fetch_all(pool).await?);
+        let rows: Vec<TransferRow> = on_read_pool!(self, pool => sqlx::query_as(&sql).bind(subject).bind(i64::from(limit)).fetch_all(pool).await?);
         rows.into_iter().map(Transfer::try_from).collect()
     }
 

@@ -294,9 +294,7 @@ pub async fn authenticate(
     if client_id.is_some_and(|c| c != sub) {
         return Err(invalid("client_id differs from the assertion's sub"));
     }
-    let client = state
-        .store()
-        .client(sub)
+    let client = super::clients::registered(state, sub)
         .await?
         .ok_or_else(|| invalid("unknown client"))?;
     let audiences = vec![issuer.to_owned(), endpoint.to_owned()];

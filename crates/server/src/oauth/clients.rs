@@ -259,6 +259,7 @@ pub async fn put(
     let existed = state.store().client(&id).await?.is_some();
     let now = state.clock().now();
     state.store().put_client(&reg.to_row(now)).await?;
+    state.client_cache().forget(&id);
     state
         .store()
         .append_audit(&mydata_store::NewAuditEvent {
@@ -285,7 +286,9 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     check_admin(&state, &headers)?;
-    if !state.store().delete_client(&id).await? {
+    let removed = state.store().delete_client(&id).await?;
+    state.client_cache().forget(&id);
+    if !removed {
         return Err(AppError::NotFound {
             what: "service",
             id,
@@ -303,4 +306,106 @@ pub async fn delete(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Registrations read recently, per process: every step of a transfer names its service, so
+/// without this each page and API call reads the same row again. An entry is used for at most
+/// `oauth.client_cache_ms`; this process forgets an entry at once when its admin API changes or
+/// removes the registration, other processes within that time. Unknown client IDs are never
+/// remembered (probing cannot fill it).
+#[derive(Debug, Default)]
+pub struct ClientCache {
+    rows: std::sync::Mutex<std::collections::HashMap<String, (ClientRow, Timestamp)>>,
+}
+
+/// Registrations remembered at most (far more than any deployment registers).
+const CLIENT_CACHE_MAX: usize = 10_000;
+
+impl ClientCache {
+    fn get(&self, id: &str, now: Timestamp, ttl_ms: i64) -> Option<ClientRow> {
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.get(id)
+            .filter(|(_, at)| now.millis().saturating_sub(at.millis()) < ttl_ms)
+            .map(|(row, _)| row.clone())
+    }
+
+    fn put(&self, row: &ClientRow, now: Timestamp) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if rows.len() >= CLIENT_CACHE_MAX && !rows.contains_key(&row.client_id) {
+            rows.clear();
+        }
+        rows.insert(row.client_id.clone(), (row.clone(), now));
+    }
+
+    /// Forgets one registration (after this process changed or removed it).
+    pub fn forget(&self, id: &str) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.remove(id);
+    }
+}
+
+/// The registration of `client_id`, from this process's short-lived cache or the database.
+pub async fn registered(
+    state: &AppState,
+    client_id: &str,
+) -> Result<Option<ClientRow>, mydata_store::StoreError> {
+    let ttl_ms = i64::try_from(state.settings().oauth.client_cache_ms).unwrap_or(i64::MAX);
+    let now = state.clock().now();
+    if ttl_ms > 0
+        && let Some(row) = state.client_cache().get(client_id, now, ttl_ms)
+    {
+        return Ok(Some(row));
+    }
+    let row = state.store().client(client_id).await?;
+    if ttl_ms > 0
+        && let Some(r) = &row
+    {
+        state.client_cache().put(r, now);
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn row(id: &str, name: &str) -> ClientRow {
+        ClientRow {
+            client_id: id.into(),
+            name: name.into(),
+            jwks: None,
+            jwks_uri: None,
+            redirect_uris: Vec::new(),
+            terms: String::new(),
+            purpose: String::new(),
+            datasets: Vec::new(),
+            legal_basis: None,
+            environment: "test".into(),
+            trusted_verifier: false,
+            dpop_bound_access_tokens: false,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        }
+    }
+
+    #[test]
+    fn a_registration_is_reused_only_within_its_time_and_until_forgotten() {
+        let c = ClientCache::default();
+        let t0 = Timestamp::from_millis(1_000_000);
+        c.put(&row("sp", "A"), t0);
+        let at = |ms: i64| Timestamp::from_millis(1_000_000 + ms);
+        assert_eq!(
+            c.get("sp", at(1_999), 2_000).map(|r| r.name),
+            Some("A".into())
+        );
+        assert!(
+            c.get("sp", at(2_000), 2_000).is_none(),
+            "stale after the TTL"
+        );
+        assert!(c.get("other", at(0), 2_000).is_none());
+        c.put(&row("sp", "B"), at(10));
+        assert_eq!(c.get("sp", at(20), 2_000).map(|r| r.name), Some("B".into()));
+        c.forget("sp");
+        assert!(c.get("sp", at(20), 2_000).is_none(), "forgotten at once");
+    }
 }

@@ -34,9 +34,7 @@ pub async fn seal_for_recipient(
         .recipient
         .as_deref()
         .ok_or("an online transfer without a service")?;
-    let client = state
-        .store()
-        .client(client_id)
+    let client = super::clients::registered(state, client_id)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the transfer's service is no longer registered")?;

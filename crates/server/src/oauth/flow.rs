@@ -364,7 +364,7 @@ async fn load_request(
     let Ok(p) = serde_json::from_str::<Pushed>(&r.params) else {
         return Ok(None);
     };
-    let Some(c) = state.store().client(&r.client_id).await? else {
+    let Some(c) = super::clients::registered(state, &r.client_id).await? else {
         return Ok(None);
     };
     Ok(Some((r, p, c)))
@@ -771,9 +771,7 @@ pub async fn consent_page(
         String::new()
     };
     let t = match r.transfer_id.as_deref() {
-        Some(tid) => state
-            .store()
-            .transfer(tid)
+        Some(tid) => hold_until_settled(&state, tid)
             .await
             .map_err(|e| PageError(e.into(), lang))?,
         None => None,
@@ -840,6 +838,39 @@ pub async fn consent_page(
         }
     }
     Ok(res)
+}
+
+/// The transfer, read once its agencies have answered if that happens soon: within
+/// `oauth.ready_hold_ms` of the consent, the page waits for the transfer to settle (woken by this
+/// process's package job, else reading again when the time is up) instead of showing the wait
+/// page at once. Later visits, and transfers already settled, are answered straight away.
+async fn hold_until_settled(
+    state: &AppState,
+    tid: &str,
+) -> Result<Option<mydata_store::Transfer>, mydata_store::StoreError> {
+    let pending = |t: &Option<mydata_store::Transfer>| {
+        t.as_ref()
+            .is_some_and(|t| matches!(t.state, TransferState::Created | TransferState::Fetching))
+    };
+    let hold_ms = i64::try_from(state.settings().oauth.ready_hold_ms).unwrap_or(0);
+    let watch = (hold_ms > 0).then(|| state.settled().watch(tid));
+    let t = state.store().transfer(tid).await?;
+    let Some(watch) = watch else {
+        return Ok(t);
+    };
+    let since = t.as_ref().map_or(i64::MAX, |t| {
+        state
+            .clock()
+            .now()
+            .millis()
+            .saturating_sub(t.created_at.millis())
+    });
+    if !pending(&t) || since >= hold_ms {
+        return Ok(t);
+    }
+    let left = u64::try_from(hold_ms.saturating_sub(since.max(0))).unwrap_or(0);
+    watch.settled(Duration::from_millis(left)).await;
+    state.store().transfer(tid).await
 }
 
 #[derive(Debug, Deserialize)]

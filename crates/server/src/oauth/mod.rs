@@ -45,6 +45,13 @@ pub struct OAuthSettings {
     pub assertion_max_secs: u64,
     /// How long a JWK set fetched from a service's `jwks_uri` is used before it is fetched again.
     pub jwks_cache_secs: u64,
+    /// How long, in milliseconds, a process reuses a registration it read (0: read it every
+    /// time). The admin API of the same process takes effect at once; other processes' after this.
+    pub client_cache_ms: u64,
+    /// How long, in milliseconds, the consent page asked for right after the person agreed waits
+    /// for the agencies before it shows the wait page (0: never waits). Instant agencies then lead
+    /// straight to the confirmation, without the wait page's reloads.
+    pub ready_hold_ms: u64,
     /// Services registered at start (replacing stored registrations with the same client ID).
     pub clients: Vec<clients::Registration>,
 }
@@ -60,6 +67,8 @@ impl Default for OAuthSettings {
             authorization_ttl_secs: 3600,
             assertion_max_secs: 300,
             jwks_cache_secs: 300,
+            client_cache_ms: 2_000,
+            ready_hold_ms: 3_000,
             clients: Vec::new(),
         }
     }
@@ -84,6 +93,12 @@ impl OAuthSettings {
         }
         if !(1..=86_400).contains(&self.jwks_cache_secs) {
             return Err("config key `oauth.jwks_cache_secs`: must be from 1 to 86400".into());
+        }
+        if self.ready_hold_ms > 30_000 {
+            return Err("config key `oauth.ready_hold_ms`: must be from 0 to 30000".into());
+        }
+        if self.client_cache_ms > 60_000 {
+            return Err("config key `oauth.client_cache_ms`: must be from 0 to 60000".into());
         }
         if !self.issuer.is_empty() {
             let ok = url::Url::parse(&self.issuer).is_ok_and(|u| {

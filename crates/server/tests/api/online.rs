@@ -197,6 +197,77 @@ async fn a_service_receives_verified_data_once_with_the_sdk_postgres() {
     end_to_end(Backend::Postgres).await;
 }
 
+/// Agrees to `DATASET` for a fresh request and returns the consent page's address and the first
+/// page shown right after agreeing.
+async fn agree_and_look(o: &Online, b: &Browser, person: &str) -> (String, String) {
+    let w = &o.w;
+    let mut req = AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核");
+    req.login_hint = Some(person.to_owned());
+    let pending = o.service.push(&req).await.unwrap();
+    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
+    let page = b.get(&consent).await.text().await.unwrap();
+    let r = b
+        .post(
+            &consent,
+            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let after = b.get(&location(&r)).await.text().await.unwrap();
+    (consent, after)
+}
+
+async fn instant_agencies_lead_straight_to_the_confirmation(backend: Backend) {
+    // Held (default oauth.ready_hold_ms): the page answers once the package is sealed.
+    let o = Online::spawn(backend).await;
+    let p = o.w.people[0].clone();
+    let b = o.w.signed_in(&p, "10.8.0.1").await;
+    let (_, page) = agree_and_look(&o, &b, &p.id).await;
+    assert!(page.contains("data-step=\"confirm\""), "{page}");
+
+    // A visit long after the consent is answered at once even though the data is not ready:
+    // the hold is for the first look only (a browser's reloads of the wait page are not held).
+    const SLOW: &str = "income-tax-income";
+    let keys = Keys::generate();
+    let reg = registration(CLIENT, &keys, &[SLOW]);
+    let w = FlowWorld::spawn_with(backend, 1.0, |s| {
+        s.oauth.clients = vec![reg];
+        s.oauth.ready_hold_ms = 30_000;
+    })
+    .await;
+    let service = sdk(&w, CLIENT, keys).await;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.1").await;
+    let mut req = AuthorizationRequest::new(&[SLOW], "學雜費減免資格審核");
+    req.login_hint = Some(p.id.clone());
+    let pending = service.push(&req).await.unwrap();
+    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
+    let page = b.get(&consent).await.text().await.unwrap();
+    let r = b
+        .post(
+            &consent,
+            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    w.app.clock.advance(Duration::from_secs(31));
+    let look = tokio::time::timeout(Duration::from_secs(10), b.get(&consent))
+        .await
+        .expect("a later look is not held");
+    let page = look.text().await.unwrap();
+    assert!(page.contains("data-step=\"wait\""), "{page}");
+}
+
+#[tokio::test]
+async fn instant_agencies_lead_straight_to_the_confirmation_sqlite() {
+    instant_agencies_lead_straight_to_the_confirmation(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn instant_agencies_lead_straight_to_the_confirmation_postgres() {
+    instant_agencies_lead_straight_to_the_confirmation(Backend::Postgres).await;
+}
+
 /// The raw token endpoint, for bad inputs the SDK never sends (with the SDK's DPoP proof: the
 /// SDK's pushed requests bind the code to its DPoP key).
 async fn token_call(o: &Online, form: &[(&str, String)]) -> (u16, serde_json::Value) {
