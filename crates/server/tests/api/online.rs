@@ -197,13 +197,18 @@ async fn a_service_receives_verified_data_once_with_the_sdk_postgres() {
     end_to_end(Backend::Postgres).await;
 }
 
-/// Agrees to `DATASET` for a fresh request and returns the consent page's address and the first
-/// page shown right after agreeing.
-async fn agree_and_look(o: &Online, b: &Browser, person: &str) -> (String, String) {
-    let w = &o.w;
-    let mut req = AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核");
+/// Pushes a request for `dataset`, agrees on the person's consent page and returns that page's
+/// address (where the agreement redirects).
+async fn agree(
+    w: &FlowWorld,
+    service: &Service,
+    b: &Browser,
+    person: &str,
+    dataset: &str,
+) -> String {
+    let mut req = AuthorizationRequest::new(&[dataset], "學雜費減免資格審核");
     req.login_hint = Some(person.to_owned());
-    let pending = o.service.push(&req).await.unwrap();
+    let pending = service.push(&req).await.unwrap();
     let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
     let page = b.get(&consent).await.text().await.unwrap();
     let r = b
@@ -213,16 +218,17 @@ async fn agree_and_look(o: &Online, b: &Browser, person: &str) -> (String, Strin
         )
         .await;
     assert_eq!(r.status(), 303);
-    let after = b.get(&location(&r)).await.text().await.unwrap();
-    (consent, after)
+    assert_eq!(location(&r), consent);
+    consent
 }
 
 async fn instant_agencies_lead_straight_to_the_confirmation(backend: Backend) {
-    // Held (default oauth.ready_hold_ms): the page answers once the package is sealed.
+    // Held (default oauth.ready_hold_ms): the first look answers once the package is sealed.
     let o = Online::spawn(backend).await;
     let p = o.w.people[0].clone();
     let b = o.w.signed_in(&p, "10.8.0.1").await;
-    let (_, page) = agree_and_look(&o, &b, &p.id).await;
+    let consent = agree(&o.w, &o.service, &b, &p.id, DATASET).await;
+    let page = b.get(&consent).await.text().await.unwrap();
     assert!(page.contains("data-step=\"confirm\""), "{page}");
 
     // A visit long after the consent is answered at once even though the data is not ready:
@@ -238,18 +244,7 @@ async fn instant_agencies_lead_straight_to_the_confirmation(backend: Backend) {
     let service = sdk(&w, CLIENT, keys).await;
     let p = w.people[0].clone();
     let b = w.signed_in(&p, "10.8.0.1").await;
-    let mut req = AuthorizationRequest::new(&[SLOW], "學雜費減免資格審核");
-    req.login_hint = Some(p.id.clone());
-    let pending = service.push(&req).await.unwrap();
-    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
-    let page = b.get(&consent).await.text().await.unwrap();
-    let r = b
-        .post(
-            &consent,
-            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
-        )
-        .await;
-    assert_eq!(r.status(), 303);
+    let consent = agree(&w, &service, &b, &p.id, SLOW).await;
     w.app.clock.advance(Duration::from_secs(31));
     let look = tokio::time::timeout(Duration::from_secs(10), b.get(&consent))
         .await
