@@ -373,15 +373,14 @@ impl Ctx<'_> {
         tracing::info!(transfer = %self.t.id, dataset = self.dataset, agency = self.agency,
             outcome = s.status, code = ?s.error_code, "dataset fetch settled");
         let store = self.state.store();
+        // Settling the last dataset also enqueues the packaging and deletes the identity, which
+        // nothing needs any more, in the same transaction.
+        let package = crate::packages::assembly_job(&self.t.id, now);
         match store
-            .settle_fetch(&self.t.id, self.dataset, &s, &event, now)
+            .settle_fetch_then(&self.t.id, self.dataset, &s, &event, Some(&package), now)
             .await?
         {
-            Some(true) => {
-                crate::packages::enqueue_assembly(self.state, &self.t.id, now).await?;
-                // Nothing more to fetch: the identity is no longer needed.
-                store.delete_transfer_secret(&self.t.id).await?;
-            }
+            Some(true) => self.state.job_wake().wake(&package.queue),
             Some(false) => {}
             None => {
                 // Settled by someone else meanwhile: drop what this run stored.
@@ -520,11 +519,11 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
         }
     };
     let holder = format!("{}/{}", t.id, p.dataset_id);
-    match store
+    let clean = match store
         .admit_agency_call(&agency, &holder, &data.limits, now)
         .await?
     {
-        Admission::Go { .. } => {}
+        Admission::Go { clean, .. } => clean,
         Admission::Busy => {
             // Not an attempt: wait for a slot, spread out so waiting jobs do not return together.
             let wait = Duration::from_millis(500).mul_f64(1.0 + jitter());
@@ -553,7 +552,7 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
                 )
                 .await;
         }
-    }
+    };
     let call = match &rec.agency_request_id {
         Some(request_id) => Call::Poll {
             transfer_id: &t.id,
@@ -582,18 +581,23 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
         .record_fetch_attempt(&t.id, &p.dataset_id, &request_event, now)
         .await?
     else {
-        store.release_agency_slot(&holder).await?;
+        store.release_agency_slot(&agency, &holder, now).await?;
         return Ok(JobOutcome::Done);
     };
     let answer = data.client.call(state.platform(), &agency, call, now).await;
     drop(subject);
-    store.release_agency_slot(&holder).await?;
+    store.release_agency_slot(&agency, &holder, now).await?;
     // Time passes during the call (real agencies are slow): decide with the clock after it.
     let now = state.clock().now();
     let outage = matches!(&answer, Err(e) if e.is_outage());
-    let opened = store
-        .record_agency_result(&agency, outage, &data.limits, now)
-        .await?;
+    // A success at an agency with no failure on record changes nothing: no write for it.
+    let opened = if outage || !clean {
+        store
+            .record_agency_result(&agency, outage, &data.limits, now)
+            .await?
+    } else {
+        false
+    };
     if opened {
         tracing::warn!(agency = %agency, "agency circuit opened after repeated outages");
     }

@@ -63,8 +63,9 @@ fn default_concurrency() -> u32 {
 
 /// Wakes this process's idle workers of a queue when the process enqueues a job there, so the job
 /// does not wait for the next poll. Only a hint: a wake-up that finds nothing due costs one query.
-/// Wake-ups are counted (up to the number of workers), so jobs enqueued while the workers are busy
-/// each still get a worker when one comes free.
+/// Wake-ups are counted, one per job enqueued here, so a worker that finishes a job claims another
+/// only while wake-ups are left: jobs enqueued while the workers are busy each still get a claim,
+/// and a worker that has just emptied the queue does not pay an empty claim to find that out.
 #[derive(Debug)]
 pub struct JobWake {
     workers: usize,
@@ -91,15 +92,27 @@ impl JobWake {
 
     /// Wakes one idle worker of `queue`, or the next one that goes idle.
     pub fn wake(&self, queue: &str) {
-        wake_one(&self.signal(queue), self.workers);
+        self.signal(queue).add_permits(1);
     }
 }
 
+/// Wakes a sibling worker for a backlog found by polling, unless wake-ups are already waiting.
 fn wake_one(signal: &Semaphore, workers: usize) {
     // More pending wake-ups than workers would only cost empty claims later.
     if signal.available_permits() < workers {
         signal.add_permits(1);
     }
+}
+
+/// Why a worker's pause ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// The poll interval passed: look for due jobs of any origin.
+    Poll,
+    /// A job was enqueued in this process (one wake-up taken).
+    Woken,
+    /// Shut down.
+    Stop,
 }
 
 /// What became of one run of a job.
@@ -200,30 +213,43 @@ impl Background {
 
 /// Sleeps for `d` or until shutdown; returns true when it is time to stop.
 async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    pause_or_wake(d, stop, &Semaphore::new(0)).await
+    pause_or_wake(d, stop, &Semaphore::new(0)).await == Resume::Stop
 }
 
 /// Like [`pause`], but also ends early when a wake-up is taken from `wake`.
-async fn pause_or_wake(d: Duration, stop: &mut watch::Receiver<bool>, wake: &Semaphore) -> bool {
+async fn pause_or_wake(d: Duration, stop: &mut watch::Receiver<bool>, wake: &Semaphore) -> Resume {
     if *stop.borrow() {
-        return true;
+        return Resume::Stop;
     }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => *stop.borrow(),
+    let resume = tokio::select! {
+        _ = tokio::time::sleep(d) => Resume::Poll,
         p = wake.acquire() => {
             if let Ok(p) = p {
                 p.forget();
             }
-            *stop.borrow()
+            Resume::Woken
         }
-        r = stop.changed() => r.is_err() || *stop.borrow(),
+        r = stop.changed() => if r.is_err() { Resume::Stop } else { Resume::Poll },
+    };
+    if *stop.borrow() { Resume::Stop } else { resume }
+}
+
+/// Takes a waiting wake-up, if there is one.
+fn take_wake(wake: &Semaphore) -> bool {
+    match wake.try_acquire() {
+        Ok(p) => {
+            p.forget();
+            true
+        }
+        Err(_) => false,
     }
 }
 
 /// One worker of a queue. Worker 0 polls every `poll_interval_ms`; the others wait for a wake-up
-/// (a local enqueue, or a sibling that found a backlog), so idle workers cost no queries. A worker
-/// that finds a second due job in a row wakes a sibling, so a backlog left by another process or
-/// by the poll spreads over all workers.
+/// (a local enqueue, or a sibling that found a backlog), so idle workers cost no queries. After a
+/// poll a worker claims until the queue is empty, and one that finds a second due job in a row
+/// wakes a sibling, so a backlog left by another process spreads over all workers. After a wake-up
+/// it claims once per wake-up it can take, so jobs enqueued here cost no empty claim.
 async fn worker_loop(
     state: AppState,
     handler: Arc<dyn JobHandler>,
@@ -243,17 +269,22 @@ async fn worker_loop(
     let wake = state.job_wake().signal(handler.queue());
     let workers = state.job_wake().workers;
     tracing::debug!(queue = handler.queue(), worker = %worker, "job worker started");
+    let mut resume = Resume::Poll;
     loop {
         for n in 0..BURST {
             if *stop.borrow() {
                 break;
             }
             match run_one(&state, handler.as_ref(), &worker, lease).await {
+                Ok(true) if resume == Resume::Woken => {
+                    if !take_wake(&wake) {
+                        break;
+                    }
+                }
                 Ok(true) => {
                     if n >= 1 {
                         wake_one(&wake, workers);
                     }
-                    continue;
                 }
                 Ok(false) => break,
                 Err(e) => {
@@ -262,7 +293,8 @@ async fn worker_loop(
                 }
             }
         }
-        if pause_or_wake(poll, &mut stop, &wake).await {
+        resume = pause_or_wake(poll, &mut stop, &wake).await;
+        if resume == Resume::Stop {
             break;
         }
     }

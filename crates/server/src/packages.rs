@@ -43,7 +43,14 @@ pub async fn enqueue_assembly(
     transfer_id: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let job = NewJob {
+    crate::background::enqueue(state, &assembly_job(transfer_id, now), now)
+        .await
+        .map(|_| ())
+}
+
+/// The packaging job of a transfer (one per transfer: a second is not enqueued).
+pub(crate) fn assembly_job(transfer_id: &str, now: Timestamp) -> NewJob {
+    NewJob {
         id: uuid::Uuid::new_v4().to_string(),
         queue: PACKAGE_QUEUE.into(),
         payload: serde_json::json!(PackageJob {
@@ -52,10 +59,7 @@ pub async fn enqueue_assembly(
         run_at: now,
         max_attempts: 20,
         dedup_key: Some(format!("package:{transfer_id}")),
-    };
-    crate::background::enqueue(state, &job, now)
-        .await
-        .map(|_| ())
+    }
 }
 
 /// Runs the jobs of [`PACKAGE_QUEUE`].
@@ -240,8 +244,10 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
             tracing::info!(transfer = %t.id, datasets = datasets.len(), "package stored");
         }
     }
-    drop_fetched(state, transfer_id).await;
-    store.delete_transfer_secret(transfer_id).await?;
+    // Forgets the fetched datasets and the sealed identity in one transaction; a failure retries
+    // the job, so neither outlives the packaging.
+    let leftovers = store.clear_fetched_data(transfer_id).await?;
+    delete_blobs(state, leftovers).await;
     match store
         .apply_transfer_event(transfer_id, TransferEvent::Settled, "system", now)
         .await
@@ -267,15 +273,18 @@ pub(crate) fn package_key(bytes: &[u8]) -> Option<PackageKey> {
 /// Forgets the fetched datasets of a transfer: keys first, then blobs.
 async fn drop_fetched(state: &AppState, transfer_id: &str) {
     match state.store().clear_fetched_data(transfer_id).await {
-        Ok(leftovers) => {
-            for l in leftovers {
-                if let Err(e) = state.data().blobs.delete(&l.object_key).await {
-                    // The key is gone already: what is left cannot be read.
-                    tracing::warn!(error = %e, "deleting a fetched dataset blob failed");
-                }
-            }
-        }
+        Ok(leftovers) => delete_blobs(state, leftovers).await,
         Err(e) => tracing::warn!(error = %e, "forgetting fetched datasets failed"),
+    }
+}
+
+/// Deletes the blobs of fetched datasets whose keys are already gone.
+async fn delete_blobs(state: &AppState, leftovers: Vec<mydata_store::Leftover>) {
+    for l in leftovers {
+        if let Err(e) = state.data().blobs.delete(&l.object_key).await {
+            // The key is gone already: what is left cannot be read.
+            tracing::warn!(error = %e, "deleting a fetched dataset blob failed");
+        }
     }
 }
 

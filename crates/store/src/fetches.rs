@@ -14,7 +14,7 @@
 //! `succeeded`, `refused`, `rejected` and `failed` are settled: nothing changes them afterwards.
 
 use crate::audit::{NewAuditEvent, insert_audit};
-use crate::jobs::INSERT_JOB;
+use crate::jobs::insert_job;
 use crate::{NewJob, Result, Store, StoreError, on_pool, on_read_pool};
 use mydata_core::Timestamp;
 use serde::Serialize;
@@ -108,8 +108,9 @@ pub struct FetchSettlement {
 /// What [`Store::admit_agency_call`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Go ahead; `probe` when the circuit was open and this call tests whether the agency is back.
-    Go { probe: bool },
+    /// Go ahead; `probe` when the circuit was open and this call tests whether the agency is back;
+    /// `clean` when no failure was on record, so a success needs nothing recorded.
+    Go { probe: bool, clean: bool },
     /// The agency already has its limit of calls in flight.
     Busy,
     /// The circuit is open until then.
@@ -244,16 +245,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 for job in jobs {
-                    sqlx::query(INSERT_JOB)
-                        .bind(&job.id)
-                        .bind(&job.queue)
-                        .bind(job.payload.to_string())
-                        .bind(i64::from(job.max_attempts.max(1)))
-                        .bind(job.run_at.millis())
-                        .bind(&job.dedup_key)
-                        .bind(now.millis())
-                        .execute(&mut *tx)
-                        .await?;
+                    insert_job!(&mut *tx, job, now)?;
                 }
                 insert_audit!(&mut *tx, &audit)?;
                 tx.commit().await?;
@@ -402,6 +394,22 @@ impl Store {
         audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<bool>> {
+        self.settle_fetch_then(transfer_id, dataset_id, s, audit, None, now)
+            .await
+    }
+
+    /// Like [`Store::settle_fetch`]; when this settles the transfer's last open dataset, it also
+    /// enqueues `next` (the packaging job) and deletes the transfer's sealed identity, which no
+    /// fetch needs any more, in the same transaction: one commit on the writer instead of three.
+    pub async fn settle_fetch_then(
+        &self,
+        transfer_id: &str,
+        dataset_id: &str,
+        s: &FetchSettlement,
+        audit: &NewAuditEvent,
+        next: Option<&NewJob>,
+        now: Timestamp,
+    ) -> Result<Option<bool>> {
         if !status::is_settled(s.status) {
             return Err(StoreError::Corrupt(format!(
                 "`{}` is not a settled fetch status",
@@ -440,6 +448,13 @@ impl Store {
             if n == 1 {
                 insert_audit!(&mut *tx, audit)?;
                 let (open,): (i64,) = sqlx::query_as(&open_sql).bind(transfer_id).fetch_one(&mut *tx).await?;
+                if open == 0 && let Some(job) = next {
+                    insert_job!(&mut *tx, job, now)?;
+                    sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
+                        .bind(transfer_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Some(open == 0)
             } else {
@@ -451,7 +466,8 @@ impl Store {
     }
 
     /// Forgets the fetched data of a transfer (after packaging or at its end): clears every object
-    /// reference and key, and returns the objects to delete from blob storage.
+    /// reference and key and deletes the sealed identity, and returns the objects to delete from
+    /// blob storage.
     pub async fn clear_fetched_data(&self, transfer_id: &str) -> Result<Vec<Leftover>> {
         let rows: Vec<(String, String)> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -463,6 +479,10 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             sqlx::query("UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $1")
+                .bind(transfer_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
                 .bind(transfer_id)
                 .execute(&mut *tx)
                 .await?;
@@ -505,9 +525,9 @@ impl Store {
         let n = now.millis();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let (open_until,): (Option<i64>,) = sqlx::query_as(
+            let (open_until, failures): (Option<i64>, i64) = sqlx::query_as(
                 "INSERT INTO agency_circuits (agency_id, consecutive_failures, open_until, updated_at) VALUES ($1, 0, NULL, $2)
-                 ON CONFLICT (agency_id) DO UPDATE SET updated_at = excluded.updated_at RETURNING open_until",
+                 ON CONFLICT (agency_id) DO UPDATE SET updated_at = excluded.updated_at RETURNING open_until, consecutive_failures",
             )
             .bind(agency_id)
             .bind(n)
@@ -548,19 +568,26 @@ impl Store {
             .bind(n.saturating_add(ms(limits.slot_lease)))
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM agency_slots WHERE agency_id = $1 AND lease_until <= $2")
-                .bind(agency_id)
-                .bind(n)
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?;
-            Ok(Admission::Go { probe })
+            Ok(Admission::Go { probe, clean: !probe && failures == 0 })
         })
     }
 
-    /// Frees the slot `holder` took.
-    pub async fn release_agency_slot(&self, holder: &str) -> Result<()> {
-        on_pool!(self, pool => sqlx::query("DELETE FROM agency_slots WHERE holder = $1").bind(holder).execute(pool).await.map(|_| ()))?;
+    /// Frees the slot `holder` took at `agency_id`, and the agency's slots whose lease has run out
+    /// (their holders crashed; they no longer count, this only tidies up).
+    pub async fn release_agency_slot(
+        &self,
+        agency_id: &str,
+        holder: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        on_pool!(self, pool => sqlx::query("DELETE FROM agency_slots WHERE holder = $1 OR (agency_id = $2 AND lease_until <= $3)")
+            .bind(holder)
+            .bind(agency_id)
+            .bind(now.millis())
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
         Ok(())
     }
 
@@ -675,23 +702,20 @@ impl Store {
         audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<String>> {
-        // SQLite's RETURNING yields the new values, so read the key inside the same transaction
-        // first; the guarded UPDATE decides who wins.
+        // The guarded UPDATE decides who wins and, since it leaves the key in place, returns it;
+        // the second clears it in the same transaction. (RETURNING yields new values, so one
+        // statement cannot both clear the key and return it.)
         let key = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1",
+            let key: Option<(String,)> = sqlx::query_as(
+                "UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
+                 RETURNING sealed_key",
             )
             .bind(now.millis())
             .bind(transfer_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 1 {
-                let (key,): (Option<String>,) = sqlx::query_as("SELECT sealed_key FROM packages WHERE transfer_id = $1")
-                    .bind(transfer_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((key,)) = key {
                 sqlx::query("UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2")
                     .bind(now.millis())
                     .bind(transfer_id)
@@ -699,7 +723,7 @@ impl Store {
                     .await?;
                 insert_audit!(&mut *tx, audit)?;
                 tx.commit().await?;
-                key
+                Some(key)
             } else {
                 tx.rollback().await?;
                 None

@@ -118,6 +118,27 @@ impl TryFrom<JobRow> for Job {
 pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
                    VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING";
 
+/// Runs [`INSERT_JOB`] for a `&NewJob` on an executor (a pool or an open transaction); evaluates
+/// to the rows affected (0 when a job with the same `dedup_key` exists).
+macro_rules! insert_job {
+    ($exec:expr, $job:expr, $now:expr) => {{
+        let job: &$crate::NewJob = $job;
+        let now: mydata_core::Timestamp = $now;
+        sqlx::query($crate::jobs::INSERT_JOB)
+            .bind(&job.id)
+            .bind(&job.queue)
+            .bind(job.payload.to_string())
+            .bind(i64::from(job.max_attempts.max(1)))
+            .bind(job.run_at.millis())
+            .bind(&job.dedup_key)
+            .bind(now.millis())
+            .execute($exec)
+            .await
+            .map(|r| r.rows_affected())
+    }};
+}
+pub(crate) use insert_job;
+
 const JOB_COLUMNS: &str = "id, queue, payload, state, attempts, max_attempts, run_at, lease_owner, lease_until, last_error";
 
 /// Due: queued and its time has come, or running with a lease that ran out (its worker died).
@@ -126,17 +147,7 @@ const DUE: &str = "queue = $4 AND ((state = 'queued' AND run_at <= $3) OR (state
 impl Store {
     /// Adds a job. Returns false when a job with the same `dedup_key` already exists.
     pub async fn enqueue_job(&self, job: &NewJob, now: Timestamp) -> Result<bool> {
-        let res = on_pool!(self, pool => sqlx::query(INSERT_JOB)
-            .bind(&job.id)
-            .bind(&job.queue)
-            .bind(job.payload.to_string())
-            .bind(i64::from(job.max_attempts.max(1)))
-            .bind(job.run_at.millis())
-            .bind(&job.dedup_key)
-            .bind(now.millis())
-            .execute(pool)
-            .await?
-            .rows_affected());
+        let res = on_pool!(self, pool => insert_job!(pool, job, now)?);
         Ok(res == 1)
     }
 

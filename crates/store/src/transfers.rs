@@ -184,12 +184,35 @@ impl Store {
             insert_audit!(&mut *tx, &event)?;
             tx.commit().await?;
         });
-        self.transfer(&t.id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "transfer",
-                id: t.id.clone(),
-            })
+        // Exactly what was written: reading it back would cost a statement on every transfer.
+        Ok(Transfer {
+            id: t.id.clone(),
+            kind: t.kind,
+            subject: t.subject.clone(),
+            recipient: t.recipient.clone(),
+            purpose: t.purpose.clone(),
+            state,
+            created_at: now,
+            expires_at,
+            updated_at: now,
+            version: 0,
+            datasets: t
+                .datasets
+                .iter()
+                .map(|d| TransferDataset {
+                    dataset_id: d.clone(),
+                    status: "pending".into(),
+                    updated_at: now,
+                    attempts: 0,
+                    error_code: None,
+                    error_message: None,
+                    digest: None,
+                    started_at: None,
+                    next_attempt_at: None,
+                    settled_at: None,
+                })
+                .collect(),
+        })
     }
 
     /// The transfer with its datasets, if it exists.
@@ -231,7 +254,8 @@ impl Store {
     }
 
     /// Applies `event` to the transfer: checks the state machine, changes the state only if nobody
-    /// else changed it meanwhile, and appends the audit event, in one transaction.
+    /// else changed it meanwhile, and appends the audit event, in one transaction. Returns the
+    /// transfer as changed (its datasets as read before the change).
     pub async fn apply_transfer_event(
         &self,
         id: &str,
@@ -278,11 +302,13 @@ impl Store {
         if !changed {
             return Err(StoreError::Conflict(id.to_owned()));
         }
-        self.transfer(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "transfer",
-                id: id.to_owned(),
-            })
+        // The compare-and-set succeeded, so the row is `current` with this change applied; its
+        // datasets are as read just before (a change here does not touch them).
+        Ok(Transfer {
+            state: next,
+            updated_at: now,
+            version: current.version + 1,
+            ..current
+        })
     }
 }

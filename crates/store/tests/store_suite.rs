@@ -107,7 +107,9 @@ async fn transfer_follows_the_state_machine_with_one_audit_event_per_change(s: &
         TransferEvent::Purge,
     ] {
         now = now.plus(Duration::from_secs(1));
-        s.apply_transfer_event("t2", e, "subj", now).await.unwrap();
+        let changed = s.apply_transfer_event("t2", e, "subj", now).await.unwrap();
+        // What the change returns is what a read finds afterwards.
+        assert_eq!(Some(changed), s.transfer("t2").await.unwrap());
     }
     let t = s.transfer("t2").await.unwrap().unwrap();
     assert_eq!(t.state, TransferState::Deleted);
@@ -892,18 +894,23 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
     );
     assert_eq!(rec.started_at, Some(T0));
 
+    let package = job("f1-package", later);
     assert_eq!(
-        s.settle_fetch(
+        s.settle_fetch_then(
             "f1",
             a,
             &settlement(fetch_status::SUCCEEDED),
             &ev("agency.outcome", "f1"),
+            Some(&package),
             later
         )
         .await
         .unwrap(),
         Some(false)
     );
+    // With a dataset still open, the next job waits and the identity is kept.
+    assert!(s.job("f1-package").await.unwrap().is_none());
+    assert!(s.transfer_secret("f1").await.unwrap().is_some());
     // A second settlement (another worker) changes nothing.
     assert_eq!(
         s.settle_fetch(
@@ -929,17 +936,21 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
         None
     );
     assert_eq!(
-        s.settle_fetch(
+        s.settle_fetch_then(
             "f1",
             b,
             &settlement(fetch_status::REJECTED),
             &ev("agency.outcome", "f1"),
+            Some(&package),
             later
         )
         .await
         .unwrap(),
         Some(true)
     );
+    // The last settlement enqueued the packaging and forgot the identity with it.
+    assert!(s.job("f1-package").await.unwrap().is_some());
+    assert_eq!(s.transfer_secret("f1").await.unwrap(), None);
     assert!(
         s.settle_fetch(
             "f1",
@@ -1008,11 +1019,17 @@ async fn agency_slots_limit_calls_in_flight_and_expire(s: &Store) {
     let l = limits();
     assert_eq!(
         s.admit_agency_call("moi", "a", &l, T0).await.unwrap(),
-        Admission::Go { probe: false }
+        Admission::Go {
+            probe: false,
+            clean: true
+        }
     );
     assert_eq!(
         s.admit_agency_call("moi", "b", &l, T0).await.unwrap(),
-        Admission::Go { probe: false }
+        Admission::Go {
+            probe: false,
+            clean: true
+        }
     );
     assert_eq!(
         s.admit_agency_call("moi", "c", &l, T0).await.unwrap(),
@@ -1021,24 +1038,36 @@ async fn agency_slots_limit_calls_in_flight_and_expire(s: &Store) {
     // Another agency has its own slots; a holder asking again keeps its slot.
     assert_eq!(
         s.admit_agency_call("mof", "c", &l, T0).await.unwrap(),
-        Admission::Go { probe: false }
+        Admission::Go {
+            probe: false,
+            clean: true
+        }
     );
     assert_eq!(
         s.admit_agency_call("moi", "a", &l, T0).await.unwrap(),
-        Admission::Go { probe: false }
+        Admission::Go {
+            probe: false,
+            clean: true
+        }
     );
     assert_eq!(s.agency_slots_in_use("moi", T0).await.unwrap(), 2);
-    s.release_agency_slot("a").await.unwrap();
+    s.release_agency_slot("moi", "a", T0).await.unwrap();
     assert_eq!(
         s.admit_agency_call("moi", "d", &l, T0).await.unwrap(),
-        Admission::Go { probe: false }
+        Admission::Go {
+            probe: false,
+            clean: true
+        }
     );
     // A crashed holder's slot is taken back when its lease ends.
     let later = T0.plus(Duration::from_secs(31));
     assert_eq!(s.agency_slots_in_use("moi", later).await.unwrap(), 0);
     assert_eq!(
         s.admit_agency_call("moi", "e", &l, later).await.unwrap(),
-        Admission::Go { probe: false }
+        Admission::Go {
+            probe: false,
+            clean: true
+        }
     );
     // Many processes at once never exceed the limit.
     let tasks: Vec<_> = (0..8)
@@ -1063,7 +1092,7 @@ async fn agency_slots_limit_calls_in_flight_and_expire(s: &Store) {
 async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
     let l = limits();
     s.admit_agency_call("moi", "a", &l, T0).await.unwrap();
-    s.release_agency_slot("a").await.unwrap();
+    s.release_agency_slot("moi", "a", T0).await.unwrap();
     assert!(!s.record_agency_result("moi", true, &l, T0).await.unwrap());
     assert!(!s.record_agency_result("moi", true, &l, T0).await.unwrap());
     // A success in between resets the count.
@@ -1082,13 +1111,16 @@ async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
     // After the open time exactly one probe goes; the others keep waiting.
     assert_eq!(
         s.admit_agency_call("moi", "b", &l, until).await.unwrap(),
-        Admission::Go { probe: true }
+        Admission::Go {
+            probe: true,
+            clean: false
+        }
     );
     assert!(matches!(
         s.admit_agency_call("moi", "c", &l, until).await.unwrap(),
         Admission::Open { .. }
     ));
-    s.release_agency_slot("b").await.unwrap();
+    s.release_agency_slot("moi", "b", T0).await.unwrap();
     // The probe failed: open again for the full time.
     assert!(
         s.record_agency_result("moi", true, &l, until)
@@ -1102,7 +1134,10 @@ async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
     );
     assert_eq!(
         s.admit_agency_call("moi", "c", &l, again).await.unwrap(),
-        Admission::Go { probe: true }
+        Admission::Go {
+            probe: true,
+            clean: false
+        }
     );
     s.record_agency_result("moi", false, &l, again)
         .await
@@ -1111,7 +1146,10 @@ async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
     assert_eq!((c.consecutive_failures, c.open_until), (0, None));
     assert_eq!(
         s.admit_agency_call("moi", "d", &l, again).await.unwrap(),
-        Admission::Go { probe: false }
+        Admission::Go {
+            probe: false,
+            clean: true
+        }
     );
 }
 

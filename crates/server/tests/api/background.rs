@@ -162,6 +162,59 @@ async fn a_job_enqueued_by_this_process_runs_at_once_on_one_of_several_workers()
 }
 
 #[tokio::test]
+async fn jobs_enqueued_while_every_worker_is_busy_all_run_without_waiting_for_the_poll() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let handler = Arc::new(Gate::default());
+        // Six jobs for two workers: each worker must go on to the next job of its own accord.
+        let app = TestApp::spawn_full(
+            backend,
+            |s| {
+                s.jobs.poll_interval_ms = 600_000;
+                s.jobs.concurrency = 2;
+            },
+            vec![handler.clone()],
+        )
+        .await;
+        let now = app.clock.now();
+        let ids: Vec<String> = (0..6).map(|i| format!("b{i}")).collect();
+        for id in &ids {
+            let job = NewJob {
+                id: id.clone(),
+                queue: "gate".into(),
+                payload: serde_json::json!({}),
+                run_at: now,
+                max_attempts: 1,
+                dedup_key: None,
+            };
+            assert!(
+                mydata_server::background::enqueue(&app.state, &job, now)
+                    .await
+                    .unwrap()
+            );
+        }
+        for finished in 1..=ids.len() {
+            eventually("a job in flight", || async {
+                handler.running.load(Ordering::SeqCst) >= 1
+            })
+            .await;
+            handler.release.notify_one();
+            eventually("one more job done", || async {
+                let mut done = 0;
+                for id in &ids {
+                    if job_state(&app, id).await == JobState::Done {
+                        done += 1;
+                    }
+                }
+                done == finished
+            })
+            .await;
+        }
+        assert_eq!(handler.most.load(Ordering::SeqCst), 2);
+        app.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn transfers_are_ended_once_their_eight_hours_pass() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let app = TestApp::spawn(backend).await;
