@@ -15,6 +15,7 @@
 
 use crate::audit::{NewAuditEvent, insert_audit};
 use crate::jobs::insert_job;
+use crate::step::write_step;
 use crate::{NewJob, Result, Store, StoreError, on_pool, on_read_pool};
 use mydata_core::Timestamp;
 use serde::Serialize;
@@ -37,7 +38,13 @@ pub mod status {
     }
 }
 
-const SETTLED_SQL: &str = "('succeeded', 'refused', 'rejected', 'failed')";
+/// The settled statuses as an SQL list, a literal so `concat!` can build statements with it.
+macro_rules! settled_sql {
+    () => {
+        "('succeeded', 'refused', 'rejected', 'failed')"
+    };
+}
+const SETTLED_SQL: &str = settled_sql!();
 
 /// The state of one fetch that the connector works from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +207,109 @@ fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Consent as one step (see `step`): the compare-and-set moves the transfer to `fetching`; only if it
+/// matched are the sealed identity, the audit event (its `seq` returned) and the jobs (`$6`, a JSON
+/// array from [`jobs_json`]) written. On SQLite each insert is conditioned on the one before it
+/// having written one row, which chains back to the compare-and-set; the jobs come last because
+/// their count varies.
+const BEGIN_FETCHING_SQLITE: &str = "BEGIN IMMEDIATE;
+UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4;
+INSERT INTO transfer_secrets (transfer_id, sealed, created_at) SELECT $3, $5, $2 WHERE changes() = 1;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $7, $8, $3, $9, $10 WHERE changes() = 1 RETURNING seq;
+INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
+           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $2, $2
+    FROM json_each($6) WHERE changes() = 1
+    ON CONFLICT (dedup_key) DO NOTHING;
+COMMIT";
+const BEGIN_FETCHING_POSTGRES: &str = "WITH u AS (UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4 RETURNING id),
+s AS (INSERT INTO transfer_secrets (transfer_id, sealed, created_at) SELECT u.id, $5, $2 FROM u),
+j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', $2, $2
+    FROM u, jsonb_array_elements($6::jsonb) AS x
+    ON CONFLICT (dedup_key) DO NOTHING)
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $7, $8, u.id, $9, $10 FROM u RETURNING seq";
+
+/// The start of an audit insert in the steps below; the six values follow in this order.
+macro_rules! insert_audit_columns {
+    () => {
+        "INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail)"
+    };
+}
+
+/// An attempt counted with its event, as one step (see `step`); returns the attempt number when the
+/// fetch was still open.
+const ATTEMPT_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE transfer_datasets SET attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
+    WHERE transfer_id = $2 AND dataset_id = $3 AND status NOT IN ",
+    settled_sql!(),
+    " RETURNING attempts;
+", insert_audit_columns!(), " SELECT $4, $5, $6, $7, $8, $9 WHERE changes() = 1;
+COMMIT"
+);
+const ATTEMPT_POSTGRES: &str = concat!(
+    "WITH u AS (UPDATE transfer_datasets SET attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
+    WHERE transfer_id = $2 AND dataset_id = $3 AND status NOT IN ",
+    settled_sql!(),
+    " RETURNING attempts),
+a AS (", insert_audit_columns!(), " SELECT $4, $5, $6, $7, $8, $9 FROM u)
+SELECT attempts FROM u"
+);
+
+/// A package stored with its event, as one step (see `step`); the event's `seq` comes back only
+/// when this was the transfer's first package. Audit parameters are `$9`–`$14`.
+const PACKAGE_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transfer_id) DO NOTHING;
+", insert_audit_columns!(), " SELECT $9, $10, $11, $12, $13, $14 WHERE changes() = 1 RETURNING seq;
+COMMIT"
+);
+const PACKAGE_POSTGRES: &str = concat!(
+    "WITH p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transfer_id) DO NOTHING RETURNING transfer_id)
+", insert_audit_columns!(), " SELECT $9, $10, $11, $12, $13, $14 FROM p RETURNING seq"
+);
+
+/// The package key taken once, as one step (see `step`); returns the key to the one caller that
+/// wins. Audit parameters are `$3`–`$8`.
+const TAKE_KEY_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
+    RETURNING sealed_key;
+UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2 AND changes() = 1;
+", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 WHERE changes() = 1;
+COMMIT"
+);
+const TAKE_KEY_POSTGRES: &str = concat!(
+    "WITH k AS (SELECT transfer_id, sealed_key FROM packages
+    WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1 FOR UPDATE),
+u AS (UPDATE packages p SET taken_at = $1, sealed_key = NULL, deleted_at = $1 FROM k WHERE p.transfer_id = k.transfer_id
+    RETURNING k.sealed_key),
+a AS (", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 FROM u)
+SELECT sealed_key FROM u"
+);
+
+/// Jobs as the JSON array the one-step inserts read (payload as text, as `jobs.payload` stores it).
+fn jobs_json(jobs: &[NewJob]) -> String {
+    serde_json::Value::Array(
+        jobs.iter()
+            .map(|j| {
+                serde_json::json!({
+                    "id": j.id,
+                    "queue": j.queue,
+                    "payload": j.payload.to_string(),
+                    "max_attempts": i64::from(j.max_attempts.max(1)),
+                    "run_at": j.run_at.millis(),
+                    "dedup_key": j.dedup_key,
+                })
+            })
+            .collect(),
+    )
+    .to_string()
+}
+
 impl Store {
     /// Consent given: stores the sealed secret, moves the transfer from `created` to `fetching`
     /// (with its audit event) and enqueues the fetch jobs, all in one transaction.
@@ -228,33 +338,20 @@ impl Store {
             actor: actor.to_owned(),
             detail: serde_json::json!({ "from": t.state.code(), "event": event, "jobs": jobs.len() }),
         };
-        let ok = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let res = sqlx::query("UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4")
+        // One round trip (see `step`); the jobs travel as one JSON array parameter.
+        let rows: Vec<(i64,)> =
+            write_step!(self, BEGIN_FETCHING_SQLITE, BEGIN_FETCHING_POSTGRES, |q| q
                 .bind(next.code())
                 .bind(now.millis())
                 .bind(transfer_id)
                 .bind(t.version)
-                .execute(&mut *tx)
-                .await?;
-            if res.rows_affected() == 1 {
-                sqlx::query("INSERT INTO transfer_secrets (transfer_id, sealed, created_at) VALUES ($1, $2, $3)")
-                    .bind(transfer_id)
-                    .bind(sealed_secret)
-                    .bind(now.millis())
-                    .execute(&mut *tx)
-                    .await?;
-                for job in jobs {
-                    insert_job!(&mut *tx, job, now)?;
-                }
-                insert_audit!(&mut *tx, &audit)?;
-                tx.commit().await?;
-                true
-            } else {
-                tx.rollback().await?;
-                false
-            }
-        });
+                .bind(sealed_secret)
+                .bind(jobs_json(jobs))
+                .bind(&audit.kind)
+                .bind(&audit.subject)
+                .bind(&audit.actor)
+                .bind(audit.detail.to_string()));
+        let ok = !rows.is_empty();
         if ok {
             Ok(())
         } else {
@@ -325,24 +422,18 @@ impl Store {
         audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<u32>> {
-        let sql = format!(
-            "UPDATE transfer_datasets SET attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
-             WHERE transfer_id = $2 AND dataset_id = $3 AND status NOT IN {SETTLED_SQL} RETURNING attempts"
-        );
-        let attempts = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let row: Option<(i64,)> = sqlx::query_as(&sql)
-                .bind(now.millis())
-                .bind(transfer_id)
-                .bind(dataset_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if row.is_some() {
-                insert_audit!(&mut *tx, audit)?;
-            }
-            tx.commit().await?;
-            row
-        });
+        // One round trip (see `step`): the attempt counted, and its event only if it was.
+        let rows: Vec<(i64,)> = write_step!(self, ATTEMPT_SQLITE, ATTEMPT_POSTGRES, |q| q
+            .bind(now.millis())
+            .bind(transfer_id)
+            .bind(dataset_id)
+            .bind(audit.at.millis())
+            .bind(&audit.kind)
+            .bind(&audit.subject)
+            .bind(&audit.transfer_id)
+            .bind(&audit.actor)
+            .bind(audit.detail.to_string()));
+        let attempts = rows.into_iter().next();
         Ok(attempts.map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
     }
 
@@ -658,12 +749,8 @@ impl Store {
     /// Records a stored package with its audit event. A second package for the same transfer is
     /// refused (returns false, writes nothing).
     pub async fn insert_package(&self, p: &PackageRecord, audit: &NewAuditEvent) -> Result<bool> {
-        let inserted = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transfer_id) DO NOTHING",
-            )
+        // One round trip (see `step`): the package, and its event only if it is the first.
+        let rows: Vec<(i64,)> = write_step!(self, PACKAGE_SQLITE, PACKAGE_POSTGRES, |q| q
             .bind(&p.transfer_id)
             .bind(&p.object_key)
             .bind(&p.sealed_key)
@@ -672,17 +759,13 @@ impl Store {
             .bind(i64::from(p.datasets))
             .bind(p.created_at.millis())
             .bind(p.expires_at.millis())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n == 1 {
-                insert_audit!(&mut *tx, audit)?;
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
-            n == 1
-        });
+            .bind(audit.at.millis())
+            .bind(&audit.kind)
+            .bind(&audit.subject)
+            .bind(&audit.transfer_id)
+            .bind(&audit.actor)
+            .bind(audit.detail.to_string()));
+        let inserted = !rows.is_empty();
         Ok(inserted)
     }
 
@@ -702,34 +785,19 @@ impl Store {
         audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<String>> {
-        // The guarded UPDATE decides who wins and, since it leaves the key in place, returns it;
-        // the second clears it in the same transaction. (RETURNING yields new values, so one
-        // statement cannot both clear the key and return it.)
-        let key = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let key: Option<(String,)> = sqlx::query_as(
-                "UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
-                 RETURNING sealed_key",
-            )
+        // One round trip (see `step`): the guarded update decides who wins and returns the key it
+        // clears (SQLite: read by the first UPDATE, which leaves it in place; PostgreSQL: from the
+        // locked row), and the event is written only for the winner.
+        let rows: Vec<(String,)> = write_step!(self, TAKE_KEY_SQLITE, TAKE_KEY_POSTGRES, |q| q
             .bind(now.millis())
             .bind(transfer_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((key,)) = key {
-                sqlx::query("UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2")
-                    .bind(now.millis())
-                    .bind(transfer_id)
-                    .execute(&mut *tx)
-                    .await?;
-                insert_audit!(&mut *tx, audit)?;
-                tx.commit().await?;
-                Some(key)
-            } else {
-                tx.rollback().await?;
-                None
-            }
-        });
-        Ok(key)
+            .bind(audit.at.millis())
+            .bind(&audit.kind)
+            .bind(&audit.subject)
+            .bind(&audit.transfer_id)
+            .bind(&audit.actor)
+            .bind(audit.detail.to_string()));
+        Ok(rows.into_iter().next().map(|(k,)| k))
     }
 
     /// Packages whose key must be destroyed now: past their expiry, or their transfer has ended.

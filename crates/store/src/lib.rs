@@ -19,6 +19,7 @@ mod oauth;
 mod passkeys;
 mod records;
 mod retention;
+mod step;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transfers;

@@ -1,6 +1,7 @@
 //! Transfers and their datasets; every state change is written together with its audit event.
 
-use crate::audit::{NewAuditEvent, insert_audit};
+use crate::audit::NewAuditEvent;
+use crate::step::write_step;
 use crate::{Result, Store, StoreError, on_pool, on_read_pool, parse_column};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
@@ -134,6 +135,31 @@ impl JoinedDatasetRow {
     }
 }
 
+/// A new transfer as one step (see `step`): the row, one pending row per dataset (`$9`, a JSON array
+/// of dataset IDs, in order) and the `transfer.created` event.
+const CREATE_SQLITE: &str = "BEGIN IMMEDIATE;
+INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0);
+INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at)
+    SELECT $1, value, key, 'pending', $7 FROM json_each($9) WHERE true;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($7, $10, $3, $1, $11, $12) RETURNING seq;
+COMMIT";
+const CREATE_POSTGRES: &str = "WITH t AS (INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0) RETURNING id),
+d AS (INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at)
+    SELECT t.id, x.value, x.n - 1, 'pending', $7 FROM t, jsonb_array_elements_text($9::jsonb) WITH ORDINALITY AS x(value, n))
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $7, $10, $3, t.id, $11, $12 FROM t RETURNING seq";
+
+/// A state change of a transfer with its audit event, as one step (see `step`): the UPDATE is a
+/// compare-and-set on `version`, and the event (at the change's time, `$2`) is inserted only when
+/// it matched a row.
+const APPLY_EVENT_SQLITE: &str = "BEGIN IMMEDIATE;
+UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $5, $6, $3, $7, $8 WHERE changes() = 1 RETURNING seq;
+COMMIT";
+const APPLY_EVENT_POSTGRES: &str = "WITH u AS (UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4 RETURNING id)
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $5, $6, u.id, $7, $8 FROM u RETURNING seq";
+
 impl Store {
     /// Creates a transfer in state `created`, expiring [`limits::PACKAGE_TTL`] after `now`, with one
     /// pending row per dataset and a `transfer.created` audit event, all in one transaction.
@@ -154,12 +180,9 @@ impl Store {
             actor: actor.to_owned(),
             detail,
         };
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0)",
-            )
+        // One round trip (see `step`); the datasets travel as one JSON array parameter.
+        let datasets = serde_json::Value::from(t.datasets.clone()).to_string();
+        let _: Vec<(i64,)> = write_step!(self, CREATE_SQLITE, CREATE_POSTGRES, |q| q
             .bind(&t.id)
             .bind(t.kind.code())
             .bind(&t.subject)
@@ -168,22 +191,10 @@ impl Store {
             .bind(state.code())
             .bind(now.millis())
             .bind(expires_at.millis())
-            .execute(&mut *tx)
-            .await?;
-            for (i, d) in t.datasets.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at) VALUES ($1, $2, $3, 'pending', $4)",
-                )
-                .bind(&t.id)
-                .bind(d)
-                .bind(i64::try_from(i).unwrap_or(i64::MAX))
-                .bind(now.millis())
-                .execute(&mut *tx)
-                .await?;
-            }
-            insert_audit!(&mut *tx, &event)?;
-            tx.commit().await?;
-        });
+            .bind(&datasets)
+            .bind(&event.kind)
+            .bind(&event.actor)
+            .bind(event.detail.to_string()));
         // Exactly what was written: reading it back would cost a statement on every transfer.
         Ok(Transfer {
             id: t.id.clone(),
@@ -279,26 +290,19 @@ impl Store {
             actor: actor.to_owned(),
             detail: serde_json::json!({ "from": current.state.code(), "event": event }),
         };
-        // The write comes first so that SQLite takes its write lock at once instead of upgrading a
-        // read lock (which fails under contention); the version check makes it a compare-and-set.
-        let changed = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let res = sqlx::query("UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4")
+        // One round trip (see `step`): the compare-and-set on the version, and the audit event only
+        // if it matched; the event's `seq` comes back when the change was made.
+        let changed: Vec<(i64,)> =
+            write_step!(self, APPLY_EVENT_SQLITE, APPLY_EVENT_POSTGRES, |q| q
                 .bind(next.code())
                 .bind(now.millis())
                 .bind(id)
                 .bind(current.version)
-                .execute(&mut *tx)
-                .await?;
-            if res.rows_affected() == 1 {
-                insert_audit!(&mut *tx, &audit)?;
-                tx.commit().await?;
-                true
-            } else {
-                tx.rollback().await?;
-                false
-            }
-        });
+                .bind(&audit.kind)
+                .bind(&audit.subject)
+                .bind(&audit.actor)
+                .bind(audit.detail.to_string()));
+        let changed = !changed.is_empty();
         if !changed {
             return Err(StoreError::Conflict(id.to_owned()));
         }

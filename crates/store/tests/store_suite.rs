@@ -26,6 +26,8 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     transfer_round_trip_keeps_datasets_in_order,
+    a_write_step_that_fails_midway_changes_nothing_and_the_next_one_works,
+    consent_stores_the_identity_and_every_job_as_given,
     transfer_follows_the_state_machine_with_one_audit_event_per_change,
     stale_transition_is_a_conflict_and_changes_nothing,
     expiry_query_finds_transfers_past_eight_hours,
@@ -93,6 +95,98 @@ async fn transfer_round_trip_keeps_datasets_in_order(s: &Store) {
             .is_err()
     );
     assert_eq!(s.transfer("t1").await.unwrap().unwrap().subject, "subj-a");
+}
+
+async fn a_write_step_that_fails_midway_changes_nothing_and_the_next_one_works(s: &Store) {
+    s.create_transfer(&new_transfer("w1", "subj"), "subj", T0)
+        .await
+        .unwrap();
+    // The state change runs first and succeeds; its audit event is then refused.
+    let refuse = match s.backend() {
+        mydata_store::Backend::Sqlite => {
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events WHEN NEW.kind = 'transfer.fetching'
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
+        }
+        mydata_store::Backend::Postgres => {
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$;
+             CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events FOR EACH ROW WHEN (NEW.kind = 'transfer.fetching')
+             EXECUTE FUNCTION refuse_audit()"
+        }
+    };
+    s.execute_raw(refuse).await.unwrap();
+    let before = s.row_counts().await.unwrap();
+    let now = T0.plus(Duration::from_secs(1));
+    assert!(
+        s.apply_transfer_event("w1", TransferEvent::Consent, "subj", now)
+            .await
+            .is_err()
+    );
+    // Nothing of the step stayed: the state and version are as before, no event was added.
+    let t = s.transfer("w1").await.unwrap().unwrap();
+    assert_eq!((t.state, t.version), (TransferState::Created, 0));
+    assert_eq!(s.row_counts().await.unwrap(), before);
+    // The writer is usable at once (no transaction left open on it).
+    let drop = match s.backend() {
+        mydata_store::Backend::Sqlite => "DROP TRIGGER refuse_audit",
+        mydata_store::Backend::Postgres => "DROP TRIGGER refuse_audit ON audit_events",
+    };
+    s.execute_raw(drop).await.unwrap();
+    let t = s
+        .apply_transfer_event("w1", TransferEvent::Consent, "subj", now)
+        .await
+        .unwrap();
+    assert_eq!((t.state, t.version), (TransferState::Fetching, 1));
+    assert_eq!(s.audit_for_transfer("w1").await.unwrap().len(), 2);
+}
+
+async fn consent_stores_the_identity_and_every_job_as_given(s: &Store) {
+    s.create_transfer(&new_transfer("c1", "subj"), "subj", T0)
+        .await
+        .unwrap();
+    // A job with the dedup key of an existing one is skipped; the others are stored as given.
+    let mut existing = job("c0-old", T0);
+    existing.dedup_key = Some("fetch:c1:b".into());
+    assert!(s.enqueue_job(&existing, T0).await.unwrap());
+    let mut a = job("c1-a", T0.plus(Duration::from_secs(5)));
+    a.payload = serde_json::json!({"transfer_id": "c1", "dataset": "a", "n": [1, 2]});
+    a.dedup_key = Some("fetch:c1:a".into());
+    let mut b = job("c1-b", T0);
+    b.dedup_key = Some("fetch:c1:b".into());
+    s.begin_fetching("c1", "sealed-c1", &[a.clone(), b], "subj", T0)
+        .await
+        .unwrap();
+    let t = s.transfer("c1").await.unwrap().unwrap();
+    assert_eq!((t.state, t.version), (TransferState::Fetching, 1));
+    assert_eq!(
+        s.transfer_secret("c1").await.unwrap().as_deref(),
+        Some("sealed-c1")
+    );
+    let stored = s.job("c1-a").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            &stored.queue,
+            &stored.payload,
+            stored.run_at,
+            stored.max_attempts,
+            stored.state
+        ),
+        (
+            &a.queue,
+            &a.payload,
+            a.run_at,
+            a.max_attempts,
+            JobState::Queued
+        )
+    );
+    assert!(s.job("c1-b").await.unwrap().is_none());
+    let kinds: Vec<String> = s
+        .audit_for_transfer("c1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["transfer.created", "transfer.fetching"]);
 }
 
 async fn transfer_follows_the_state_machine_with_one_audit_event_per_change(s: &Store) {
