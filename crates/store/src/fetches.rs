@@ -291,6 +291,20 @@ a AS (", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 FROM u)
 SELECT sealed_key FROM u"
 );
 
+/// The fetched data of a transfer forgotten, as one step (see `step`): returns the blob references
+/// that were cleared, then clears them and deletes the sealed identity.
+const CLEAR_FETCHED_SQLITE: &str = "BEGIN IMMEDIATE;
+SELECT transfer_id, data_object FROM transfer_datasets WHERE transfer_id = $1 AND data_object IS NOT NULL;
+UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $1;
+DELETE FROM transfer_secrets WHERE transfer_id = $1;
+COMMIT";
+const CLEAR_FETCHED_POSTGRES: &str =
+    "WITH old AS (SELECT transfer_id, dataset_id, data_object FROM transfer_datasets
+    WHERE transfer_id = $1 AND data_object IS NOT NULL FOR UPDATE),
+u AS (UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $1),
+d AS (DELETE FROM transfer_secrets WHERE transfer_id = $1)
+SELECT transfer_id, data_object FROM old";
+
 /// Jobs as the JSON array the one-step inserts read (payload as text, as `jobs.payload` stores it).
 fn jobs_json(jobs: &[NewJob]) -> String {
     serde_json::Value::Array(
@@ -560,26 +574,11 @@ impl Store {
     /// reference and key and deletes the sealed identity, and returns the objects to delete from
     /// blob storage.
     pub async fn clear_fetched_data(&self, transfer_id: &str) -> Result<Vec<Leftover>> {
-        let rows: Vec<(String, String)> = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            // RETURNING yields the new (cleared) values, so read the references first.
-            let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT transfer_id, data_object FROM transfer_datasets WHERE transfer_id = $1 AND data_object IS NOT NULL",
-            )
-            .bind(transfer_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $1")
-                .bind(transfer_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
-                .bind(transfer_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            rows
-        });
+        // One round trip (see `step`). RETURNING yields the new (cleared) values, so the
+        // references are read first, in the same transaction (PostgreSQL: locking the rows).
+        let rows: Vec<(String, String)> =
+            write_step!(self, CLEAR_FETCHED_SQLITE, CLEAR_FETCHED_POSTGRES, |q| q
+                .bind(transfer_id));
         Ok(rows
             .into_iter()
             .map(|(transfer_id, object_key)| Leftover {

@@ -4,7 +4,8 @@
 //! Codes and tokens are stored by SHA-256 only. Every single-use rule is one guarded statement, so
 //! two racing requests (or two server processes) cannot both win.
 
-use crate::audit::{NewAuditEvent, insert_audit};
+use crate::audit::NewAuditEvent;
+use crate::step::write_step;
 use crate::{Result, Store, StoreError, on_pool, on_read_pool};
 use mydata_core::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -129,6 +130,32 @@ pub struct TokenRow {
 const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, dpop_bound_access_tokens, created_at, updated_at FROM oauth_clients";
 const SELECT_REQUEST: &str = "SELECT id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at FROM oauth_requests";
 
+/// A request moved from `$2` to `$3` with its audit event (`$6`–`$11`, all NULL for none), as one
+/// step (see `step`); returns the request's ID when it moved.
+const ADVANCE_SQLITE: &str = "BEGIN IMMEDIATE;
+UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5
+    WHERE id = $1 AND status = $2 AND expires_at > $5 RETURNING id;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $6, $7, $8, $9, $10, $11 WHERE changes() = 1 AND $7 IS NOT NULL;
+COMMIT";
+const ADVANCE_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5
+    WHERE id = $1 AND status = $2 AND expires_at > $5 RETURNING id),
+a AS (INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $6, $7, $8, $9, $10, $11 FROM u WHERE $7 IS NOT NULL)
+SELECT id FROM u";
+
+/// The second confirmation as one step (see `step`): the request `consented → confirmed`, then its
+/// code and the audit event (`$10`–`$15`, its `seq` returned) only if it moved.
+const CONFIRM_SQLITE: &str = "BEGIN IMMEDIATE;
+UPDATE oauth_requests SET status = 'confirmed', updated_at = $9 WHERE id = $2 AND status = 'consented' AND expires_at > $9;
+INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, NULL WHERE changes() = 1;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 WHERE changes() = 1 RETURNING seq;
+COMMIT";
+const CONFIRM_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9
+    WHERE id = $2 AND status = 'consented' AND expires_at > $9 RETURNING id),
+c AS (INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
+    SELECT $1, u.id, $3, $4, $5, $6, $7, $8, NULL FROM u)
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 FROM u RETURNING seq";
+
 impl Store {
     /// Registers a service or replaces its registration (keeping its creation time).
     pub async fn put_client(&self, c: &ClientRow) -> Result<()> {
@@ -243,29 +270,20 @@ impl Store {
         audit: Option<&NewAuditEvent>,
         now: Timestamp,
     ) -> Result<bool> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5
-                 WHERE id = $1 AND status = $2 AND expires_at > $5",
-            )
+        // One round trip (see `step`); without an event the audit insert writes nothing.
+        let rows: Vec<(String,)> = write_step!(self, ADVANCE_SQLITE, ADVANCE_POSTGRES, |q| q
             .bind(id)
             .bind(from)
             .bind(to)
             .bind(transfer_id)
             .bind(now.millis())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n != 1 {
-                return Ok(false);
-            }
-            if let Some(e) = audit {
-                insert_audit!(&mut *tx, e)?;
-            }
-            tx.commit().await?;
-        });
-        Ok(true)
+            .bind(audit.map(|e| e.at.millis()))
+            .bind(audit.map(|e| e.kind.as_str()))
+            .bind(audit.and_then(|e| e.subject.as_deref()))
+            .bind(audit.and_then(|e| e.transfer_id.as_deref()))
+            .bind(audit.map(|e| e.actor.as_str()))
+            .bind(audit.map(|e| e.detail.to_string())));
+        Ok(!rows.is_empty())
     }
 
     /// The person's second confirmation: the request moves `consented → confirmed` and its code is
@@ -276,24 +294,8 @@ impl Store {
         audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<bool> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(
-                "UPDATE oauth_requests SET status = 'confirmed', updated_at = $2
-                 WHERE id = $1 AND status = 'consented' AND expires_at > $2",
-            )
-            .bind(&code.request_id)
-            .bind(now.millis())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if n != 1 {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
-            )
+        // One round trip (see `step`): the code and the event only if the request was waiting.
+        let rows: Vec<(i64,)> = write_step!(self, CONFIRM_SQLITE, CONFIRM_POSTGRES, |q| q
             .bind(&code.code_hash)
             .bind(&code.request_id)
             .bind(&code.client_id)
@@ -302,12 +304,14 @@ impl Store {
             .bind(&code.code_challenge)
             .bind(code.created_at)
             .bind(code.expires_at)
-            .execute(&mut *tx)
-            .await?;
-            insert_audit!(&mut *tx, audit)?;
-            tx.commit().await?;
-        });
-        Ok(true)
+            .bind(now.millis())
+            .bind(audit.at.millis())
+            .bind(&audit.kind)
+            .bind(&audit.subject)
+            .bind(&audit.transfer_id)
+            .bind(&audit.actor)
+            .bind(audit.detail.to_string()));
+        Ok(!rows.is_empty())
     }
 
     /// A code as stored (spent or not), to check it before spending it.
