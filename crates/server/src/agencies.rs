@@ -34,6 +34,8 @@ use url::Url;
 pub const FETCH_QUEUE: &str = "agency-fetch";
 /// Runs of one fetch job at most; the deadline normally ends a fetch long before.
 const FETCH_MAX_RUNS: u32 = 10_000;
+/// Longest a fetch job waits in-process for a busy agency's slot before it is left for later.
+const SLOT_WAIT: Duration = Duration::from_millis(300);
 
 /// Everything the data path needs besides the database: agency client, trust, blob storage, data
 /// key, and the limits from the configuration.
@@ -519,10 +521,26 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
         }
     };
     let holder = format!("{}/{}", t.id, p.dataset_id);
-    let clean = match store
-        .admit_agency_call(&agency, &holder, &data.limits, now)
-        .await?
-    {
+    // Watched before the first try, so a slot freed between the try and the wait is not missed.
+    let freed = state.slot_freed().watch(&agency);
+    let mut waited = Duration::ZERO;
+    let clean = loop {
+        match store
+            .admit_agency_call(&agency, &holder, &data.limits, now)
+            .await?
+        {
+            // A call of this process usually frees a slot within milliseconds: wait for it here a
+            // little, rather than leave the job for half a second or more.
+            Admission::Busy if waited < SLOT_WAIT => {
+                let started = std::time::Instant::now();
+                freed.settled(SLOT_WAIT - waited).await;
+                waited += started.elapsed().max(Duration::from_millis(1));
+            }
+            other => break other,
+        }
+    };
+    drop(freed);
+    let clean = match clean {
         Admission::Go { clean, .. } => clean,
         Admission::Busy => {
             // Not an attempt: wait for a slot, spread out so waiting jobs do not return together.
@@ -582,11 +600,13 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
         .await?
     else {
         store.release_agency_slot(&agency, &holder, now).await?;
+        state.slot_freed().settle_one(&agency);
         return Ok(JobOutcome::Done);
     };
     let answer = data.client.call(state.platform(), &agency, call, now).await;
     drop(subject);
     store.release_agency_slot(&agency, &holder, now).await?;
+    state.slot_freed().settle_one(&agency);
     // Time passes during the call (real agencies are slow): decide with the clock after it.
     let now = state.clock().now();
     let outage = matches!(&answer, Err(e) if e.is_outage());

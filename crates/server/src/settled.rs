@@ -2,7 +2,9 @@
 //! held open for it answers at once instead of the person's browser asking again and again.
 //!
 //! Only a hint within one process: a transfer settled by another process is seen when the holding
-//! page's time runs out and it reads the database again, exactly as without this.
+//! page's time runs out and it reads the database again, exactly as without this. The same
+//! structure, keyed by agency, tells a fetch job waiting for a busy agency that a call slot of this
+//! process was freed ([`Settled::settle_one`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,15 @@ impl Settled {
         if let Some((n, _)) = w.get(transfer_id) {
             // Also stores a permit for a waiter between `watch` and its first poll.
             n.notify_waiters();
+            n.notify_one();
+        }
+    }
+
+    /// Wakes one of this process's waiters for `key` (or stores the wake-up for the next): for a
+    /// freed slot, which only one waiter can take.
+    pub fn settle_one(&self, key: &str) {
+        let w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((n, _)) = w.get(key) {
             n.notify_one();
         }
     }

@@ -27,6 +27,8 @@ struct Inner {
     /// Service registrations read recently (see [`crate::oauth::clients::ClientCache`]).
     clients: crate::oauth::clients::ClientCache,
     settled: crate::settled::Settled,
+    /// Fetch jobs of this process waiting for a busy agency's call slot, by agency.
+    slot_freed: crate::settled::Settled,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
                 jwks: Default::default(),
                 clients: Default::default(),
                 settled: Default::default(),
+                slot_freed: Default::default(),
             }),
         }
     }
@@ -89,6 +92,10 @@ impl AppState {
     /// Pages of this process waiting for a transfer to settle.
     pub fn settled(&self) -> &crate::settled::Settled {
         &self.inner.settled
+    }
+    /// Fetch jobs of this process waiting for an agency's call slot (keyed by agency).
+    pub fn slot_freed(&self) -> &crate::settled::Settled {
+        &self.inner.slot_freed
     }
     /// Service registrations this process read recently.
     pub fn client_cache(&self) -> &crate::oauth::clients::ClientCache {

@@ -1203,3 +1203,41 @@ fn subject_id(raw: &str) -> mydata_server::identity::SubjectId {
         ),
     }
 }
+
+#[tokio::test]
+async fn a_fetch_that_finds_the_agency_busy_goes_ahead_once_this_process_frees_the_slot() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        // One call at a time to the agency, each answered after 150 ms of real time. The clock
+        // stands still, so a job put off to a later clock time would never run again: only the
+        // in-process wait for the freed slot lets the second fetch through.
+        let app = DataApp::spawn(backend, 1.0, |s| s.agencies.concurrency = 1).await;
+        let sim = app.agencies.sim.clone();
+        let ds = instant(&sim);
+        app.agencies.fault(
+            &ds.agency,
+            FaultConfig {
+                latency_ms: 150,
+                ..FaultConfig::default()
+            },
+        );
+        let subject = person(&sim);
+        let datasets = [ds.id.as_str()];
+        let (a, b) = tokio::join!(
+            app.fetch(&subject, IdentityMethod::MoicaCert, &datasets),
+            app.fetch(&subject, IdentityMethod::MoicaCert, &datasets),
+        );
+        for id in [a, b] {
+            eventually_within("both fetched", Duration::from_secs(20), || async {
+                app.transfer(&id).await.datasets[0].status == fetch_status::SUCCEEDED
+            })
+            .await;
+        }
+        assert_eq!(
+            app.store()
+                .agency_slots_in_use(&ds.agency, app.clock.now())
+                .await
+                .unwrap(),
+            0
+        );
+    }
+}
