@@ -218,13 +218,14 @@ pub async fn start_fetch(
             dedup_key: Some(format!("fetch:{}:{}", t.id, d.dataset_id)),
         })
         .collect();
-    store
-        .begin_fetching(&t.id, &sealed, &jobs, actor, now)
+    // Fresh from its creation: nobody else can have changed it.
+    let t = store
+        .begin_fetching_from(&t, &sealed, &jobs, actor, now)
         .await?;
     for _ in &jobs {
         state.job_wake().wake(FETCH_QUEUE);
     }
-    Ok(store.transfer(&t.id).await?.unwrap_or(t))
+    Ok(t)
 }
 
 /// What a signed-in person asks for; the flows (self-download, counter, online service) fill it.

@@ -248,8 +248,9 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
     // the job, so neither outlives the packaging.
     let leftovers = store.clear_fetched_data(transfer_id).await?;
     delete_blobs(state, leftovers).await;
+    // From the transfer read at the start of this run (read again only if it changed meanwhile).
     match store
-        .apply_transfer_event(transfer_id, TransferEvent::Settled, "system", now)
+        .apply_transfer_event_from(&t, TransferEvent::Settled, "system", now)
         .await
     {
         Ok(_) | Err(StoreError::IllegalTransition(_)) => {}

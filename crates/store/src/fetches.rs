@@ -342,6 +342,23 @@ impl Store {
                 what: "transfer",
                 id: transfer_id.to_owned(),
             })?;
+        self.begin_fetching_from(&t, sealed_secret, jobs, actor, now)
+            .await
+            .map(|_| ())
+    }
+
+    /// Like [`Store::begin_fetching`], from a transfer the caller has just read (one read fewer),
+    /// returning it as changed. If it changed since, this is a [`StoreError::Conflict`] and nothing
+    /// is written.
+    pub async fn begin_fetching_from(
+        &self,
+        t: &crate::Transfer,
+        sealed_secret: &str,
+        jobs: &[NewJob],
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<crate::Transfer> {
+        let transfer_id = t.id.as_str();
         let event = mydata_core::transfer::TransferEvent::Consent;
         let next = t.state.next(event)?;
         let audit = NewAuditEvent {
@@ -367,7 +384,12 @@ impl Store {
                 .bind(audit.detail.to_string()));
         let ok = !rows.is_empty();
         if ok {
-            Ok(())
+            Ok(crate::Transfer {
+                state: next,
+                updated_at: now,
+                version: t.version + 1,
+                ..t.clone()
+            })
         } else {
             Err(StoreError::Conflict(transfer_id.to_owned()))
         }

@@ -281,6 +281,37 @@ impl Store {
                 what: "transfer",
                 id: id.to_owned(),
             })?;
+        self.apply_to(&current, event, actor, now).await
+    }
+
+    /// Like [`Store::apply_transfer_event`], starting from a transfer the caller read earlier (one
+    /// read fewer when it is unchanged). If it changed since, it is read again and the event applied
+    /// to what is found, exactly as [`Store::apply_transfer_event`] would.
+    pub async fn apply_transfer_event_from(
+        &self,
+        read: &Transfer,
+        event: TransferEvent,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Transfer> {
+        // A stale read shows up as a lost compare-and-set, or as a transition its old state forbids.
+        match self.apply_to(read, event, actor, now).await {
+            Err(StoreError::Conflict(_) | StoreError::IllegalTransition(_)) => {
+                self.apply_transfer_event(&read.id, event, actor, now).await
+            }
+            other => other,
+        }
+    }
+
+    /// The compare-and-set of a state change from `current`.
+    async fn apply_to(
+        &self,
+        current: &Transfer,
+        event: TransferEvent,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Transfer> {
+        let id = current.id.as_str();
         let next = current.state.next(event)?;
         let audit = NewAuditEvent {
             at: now,
@@ -312,7 +343,7 @@ impl Store {
             state: next,
             updated_at: now,
             version: current.version + 1,
-            ..current
+            ..current.clone()
         })
     }
 }

@@ -28,6 +28,7 @@ on_both_backends!(
     transfer_round_trip_keeps_datasets_in_order,
     a_write_step_that_fails_midway_changes_nothing_and_the_next_one_works,
     consent_stores_the_identity_and_every_job_as_given,
+    a_change_from_an_earlier_read_applies_to_the_transfer_as_it_is_now,
     transfer_follows_the_state_machine_with_one_audit_event_per_change,
     stale_transition_is_a_conflict_and_changes_nothing,
     expiry_query_finds_transfers_past_eight_hours,
@@ -187,6 +188,38 @@ async fn consent_stores_the_identity_and_every_job_as_given(s: &Store) {
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["transfer.created", "transfer.fetching"]);
+}
+
+async fn a_change_from_an_earlier_read_applies_to_the_transfer_as_it_is_now(s: &Store) {
+    let created = s
+        .create_transfer(&new_transfer("e1", "subj"), "subj", T0)
+        .await
+        .unwrap();
+    let now = T0.plus(Duration::from_secs(1));
+    // Unchanged since the read: applied from it.
+    let fetching = s
+        .apply_transfer_event_from(&created, TransferEvent::Consent, "subj", now)
+        .await
+        .unwrap();
+    assert_eq!(
+        (fetching.state, fetching.version),
+        (TransferState::Fetching, 1)
+    );
+    // Stale (still `created`, version 0): read again, and the event applies to `fetching`.
+    let ready = s
+        .apply_transfer_event_from(&created, TransferEvent::Settled, "system", now)
+        .await
+        .unwrap();
+    assert_eq!((ready.state, ready.version), (TransferState::Ready, 2));
+    assert_eq!(Some(ready), s.transfer("e1").await.unwrap());
+    // A stale consent is refused by the state machine as it stands now, and writes nothing.
+    assert!(matches!(
+        s.begin_fetching_from(&created, "sealed", &[], "subj", now)
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    assert_eq!(s.audit_for_transfer("e1").await.unwrap().len(), 3);
 }
 
 async fn transfer_follows_the_state_machine_with_one_audit_event_per_change(s: &Store) {

@@ -211,13 +211,18 @@ async fn take_sealed(
         tracing::warn!(error = %e, "deleting a retrieved package blob failed");
     }
     let actor = format!("service:{client_id}");
+    // From the transfer read for this request, each change from the one before (no re-reads).
+    let mut current = t.clone();
     for event in [TransferEvent::Release, TransferEvent::Purge] {
-        if let Err(e) = store
-            .apply_transfer_event(&t.id, event, &actor, state.clock().now())
+        match store
+            .apply_transfer_event_from(&current, event, &actor, state.clock().now())
             .await
         {
-            tracing::warn!(transfer = %t.id, error = %e, "transfer state after retrieval not recorded");
-            break;
+            Ok(next) => current = next,
+            Err(e) => {
+                tracing::warn!(transfer = %t.id, error = %e, "transfer state after retrieval not recorded");
+                break;
+            }
         }
     }
     let mut res = (StatusCode::OK, blob).into_response();
