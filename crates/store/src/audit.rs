@@ -88,6 +88,21 @@ macro_rules! insert_audit {
 }
 pub(crate) use insert_audit;
 
+/// Binds an audit event's six values (at, kind, subject, transfer, actor, detail) after the
+/// parameters already bound to `$q`, for write steps that insert the event themselves.
+macro_rules! bind_audit {
+    ($q:expr, $e:expr) => {{
+        let e: &$crate::audit::NewAuditEvent = $e;
+        $q.bind(e.at.millis())
+            .bind(&e.kind)
+            .bind(&e.subject)
+            .bind(&e.transfer_id)
+            .bind(&e.actor)
+            .bind(e.detail.to_string())
+    }};
+}
+pub(crate) use bind_audit;
+
 impl Store {
     /// Appends one event and returns its sequence number.
     pub async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64> {

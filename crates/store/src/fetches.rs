@@ -13,7 +13,7 @@
 //! ```
 //! `succeeded`, `refused`, `rejected` and `failed` are settled: nothing changes them afterwards.
 
-use crate::audit::{NewAuditEvent, insert_audit};
+use crate::audit::{NewAuditEvent, bind_audit, insert_audit};
 use crate::jobs::insert_job;
 use crate::step::write_step;
 use crate::{NewJob, Result, Store, StoreError, on_pool, on_read_pool};
@@ -459,16 +459,11 @@ impl Store {
         now: Timestamp,
     ) -> Result<Option<u32>> {
         // One round trip (see `step`): the attempt counted, and its event only if it was.
-        let rows: Vec<(i64,)> = write_step!(self, ATTEMPT_SQLITE, ATTEMPT_POSTGRES, |q| q
-            .bind(now.millis())
-            .bind(transfer_id)
-            .bind(dataset_id)
-            .bind(audit.at.millis())
-            .bind(&audit.kind)
-            .bind(&audit.subject)
-            .bind(&audit.transfer_id)
-            .bind(&audit.actor)
-            .bind(audit.detail.to_string()));
+        let rows: Vec<(i64,)> =
+            write_step!(self, ATTEMPT_SQLITE, ATTEMPT_POSTGRES, |q| bind_audit!(
+                q.bind(now.millis()).bind(transfer_id).bind(dataset_id),
+                audit
+            ));
         let attempts = rows.into_iter().next();
         Ok(attempts.map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
     }
@@ -771,21 +766,18 @@ impl Store {
     /// refused (returns false, writes nothing).
     pub async fn insert_package(&self, p: &PackageRecord, audit: &NewAuditEvent) -> Result<bool> {
         // One round trip (see `step`): the package, and its event only if it is the first.
-        let rows: Vec<(i64,)> = write_step!(self, PACKAGE_SQLITE, PACKAGE_POSTGRES, |q| q
-            .bind(&p.transfer_id)
-            .bind(&p.object_key)
-            .bind(&p.sealed_key)
-            .bind(&p.digest)
-            .bind(i64::try_from(p.size_bytes).unwrap_or(i64::MAX))
-            .bind(i64::from(p.datasets))
-            .bind(p.created_at.millis())
-            .bind(p.expires_at.millis())
-            .bind(audit.at.millis())
-            .bind(&audit.kind)
-            .bind(&audit.subject)
-            .bind(&audit.transfer_id)
-            .bind(&audit.actor)
-            .bind(audit.detail.to_string()));
+        let rows: Vec<(i64,)> =
+            write_step!(self, PACKAGE_SQLITE, PACKAGE_POSTGRES, |q| bind_audit!(
+                q.bind(&p.transfer_id)
+                    .bind(&p.object_key)
+                    .bind(&p.sealed_key)
+                    .bind(&p.digest)
+                    .bind(i64::try_from(p.size_bytes).unwrap_or(i64::MAX))
+                    .bind(i64::from(p.datasets))
+                    .bind(p.created_at.millis())
+                    .bind(p.expires_at.millis()),
+                audit
+            ));
         let inserted = !rows.is_empty();
         Ok(inserted)
     }
@@ -809,15 +801,11 @@ impl Store {
         // One round trip (see `step`): the guarded update decides who wins and returns the key it
         // clears (SQLite: read by the first UPDATE, which leaves it in place; PostgreSQL: from the
         // locked row), and the event is written only for the winner.
-        let rows: Vec<(String,)> = write_step!(self, TAKE_KEY_SQLITE, TAKE_KEY_POSTGRES, |q| q
-            .bind(now.millis())
-            .bind(transfer_id)
-            .bind(audit.at.millis())
-            .bind(&audit.kind)
-            .bind(&audit.subject)
-            .bind(&audit.transfer_id)
-            .bind(&audit.actor)
-            .bind(audit.detail.to_string()));
+        let rows: Vec<(String,)> =
+            write_step!(self, TAKE_KEY_SQLITE, TAKE_KEY_POSTGRES, |q| bind_audit!(
+                q.bind(now.millis()).bind(transfer_id),
+                audit
+            ));
         Ok(rows.into_iter().next().map(|(k,)| k))
     }
 

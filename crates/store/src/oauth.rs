@@ -4,7 +4,7 @@
 //! Codes and tokens are stored by SHA-256 only. Every single-use rule is one guarded statement, so
 //! two racing requests (or two server processes) cannot both win.
 
-use crate::audit::NewAuditEvent;
+use crate::audit::{NewAuditEvent, bind_audit};
 use crate::step::write_step;
 use crate::{Result, Store, StoreError, on_pool, on_read_pool};
 use mydata_core::Timestamp;
@@ -295,22 +295,19 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool> {
         // One round trip (see `step`): the code and the event only if the request was waiting.
-        let rows: Vec<(i64,)> = write_step!(self, CONFIRM_SQLITE, CONFIRM_POSTGRES, |q| q
-            .bind(&code.code_hash)
-            .bind(&code.request_id)
-            .bind(&code.client_id)
-            .bind(&code.transfer_id)
-            .bind(&code.redirect_uri)
-            .bind(&code.code_challenge)
-            .bind(code.created_at)
-            .bind(code.expires_at)
-            .bind(now.millis())
-            .bind(audit.at.millis())
-            .bind(&audit.kind)
-            .bind(&audit.subject)
-            .bind(&audit.transfer_id)
-            .bind(&audit.actor)
-            .bind(audit.detail.to_string()));
+        let rows: Vec<(i64,)> =
+            write_step!(self, CONFIRM_SQLITE, CONFIRM_POSTGRES, |q| bind_audit!(
+                q.bind(&code.code_hash)
+                    .bind(&code.request_id)
+                    .bind(&code.client_id)
+                    .bind(&code.transfer_id)
+                    .bind(&code.redirect_uri)
+                    .bind(&code.code_challenge)
+                    .bind(code.created_at)
+                    .bind(code.expires_at)
+                    .bind(now.millis()),
+                audit
+            ));
         Ok(!rows.is_empty())
     }
 

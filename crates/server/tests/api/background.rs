@@ -111,36 +111,43 @@ impl JobHandler for Gate {
     }
 }
 
+/// A server whose only job queue is `gate`, with `workers` workers and a poll so slow (ten
+/// minutes) that only wake-ups start jobs, and `ids` enqueued there through this process.
+async fn gated(backend: Backend, workers: u32, ids: &[String]) -> (TestApp, Arc<Gate>) {
+    let handler = Arc::new(Gate::default());
+    let app = TestApp::spawn_full(
+        backend,
+        |s| {
+            s.jobs.poll_interval_ms = 600_000;
+            s.jobs.concurrency = workers;
+        },
+        vec![handler.clone()],
+    )
+    .await;
+    let now = app.clock.now();
+    for id in ids {
+        let job = NewJob {
+            id: id.clone(),
+            queue: "gate".into(),
+            payload: serde_json::json!({}),
+            run_at: now,
+            max_attempts: 1,
+            dedup_key: None,
+        };
+        assert!(
+            mydata_server::background::enqueue(&app.state, &job, now)
+                .await
+                .unwrap()
+        );
+    }
+    (app, handler)
+}
+
 #[tokio::test]
 async fn a_job_enqueued_by_this_process_runs_at_once_on_one_of_several_workers() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let handler = Arc::new(Gate::default());
-        // A poll this slow would hold every job for ten minutes: only the wake-up can start them.
-        let app = TestApp::spawn_full(
-            backend,
-            |s| {
-                s.jobs.poll_interval_ms = 600_000;
-                s.jobs.concurrency = 3;
-            },
-            vec![handler.clone()],
-        )
-        .await;
-        let now = app.clock.now();
-        for i in 0..3 {
-            let job = NewJob {
-                id: format!("g{i}"),
-                queue: "gate".into(),
-                payload: serde_json::json!({}),
-                run_at: now,
-                max_attempts: 1,
-                dedup_key: None,
-            };
-            assert!(
-                mydata_server::background::enqueue(&app.state, &job, now)
-                    .await
-                    .unwrap()
-            );
-        }
+        let ids: Vec<String> = (0..3).map(|i| format!("g{i}")).collect();
+        let (app, handler) = gated(backend, 3, &ids).await;
         // All three run at once, one per worker.
         eventually("three jobs in flight", || async {
             handler.running.load(Ordering::SeqCst) == 3
@@ -149,10 +156,9 @@ async fn a_job_enqueued_by_this_process_runs_at_once_on_one_of_several_workers()
         for _ in 0..3 {
             handler.release.notify_one();
         }
-        for i in 0..3 {
-            let id = format!("g{i}");
+        for id in &ids {
             eventually("job done", || async {
-                job_state(&app, &id).await == JobState::Done
+                job_state(&app, id).await == JobState::Done
             })
             .await;
         }
@@ -164,34 +170,9 @@ async fn a_job_enqueued_by_this_process_runs_at_once_on_one_of_several_workers()
 #[tokio::test]
 async fn jobs_enqueued_while_every_worker_is_busy_all_run_without_waiting_for_the_poll() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let handler = Arc::new(Gate::default());
         // Six jobs for two workers: each worker must go on to the next job of its own accord.
-        let app = TestApp::spawn_full(
-            backend,
-            |s| {
-                s.jobs.poll_interval_ms = 600_000;
-                s.jobs.concurrency = 2;
-            },
-            vec![handler.clone()],
-        )
-        .await;
-        let now = app.clock.now();
         let ids: Vec<String> = (0..6).map(|i| format!("b{i}")).collect();
-        for id in &ids {
-            let job = NewJob {
-                id: id.clone(),
-                queue: "gate".into(),
-                payload: serde_json::json!({}),
-                run_at: now,
-                max_attempts: 1,
-                dedup_key: None,
-            };
-            assert!(
-                mydata_server::background::enqueue(&app.state, &job, now)
-                    .await
-                    .unwrap()
-            );
-        }
+        let (app, handler) = gated(backend, 2, &ids).await;
         for finished in 1..=ids.len() {
             eventually("a job in flight", || async {
                 handler.running.load(Ordering::SeqCst) >= 1
