@@ -291,6 +291,38 @@ a AS (", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 FROM u)
 SELECT sealed_key FROM u"
 );
 
+/// A settlement as one step, SQLite only (see `settle_fetch_then`): the dataset settled once; only
+/// if that changed it, its event (`$11`–`$16`) and a row with the count of datasets still open;
+/// when none are, the next jobs (`$10`, a JSON array, possibly empty) and, if there were any, the
+/// sealed identity's deletion.
+const SETTLE_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE transfer_datasets SET status = $1, error_code = $2, error_message = $3, digest = $4, data_object = $5, data_key = $6,
+    next_attempt_at = NULL, settled_at = $7, updated_at = $7
+    WHERE transfer_id = $8 AND dataset_id = $9 AND status NOT IN ",
+    settled_sql!(),
+    ";
+",
+    insert_audit_columns!(),
+    " SELECT $11, $12, $13, $14, $15, $16 WHERE changes() = 1;
+SELECT (SELECT COUNT(*) FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
+    settled_sql!(),
+    ") WHERE changes() = 1;
+INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
+           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $7, $7
+    FROM json_each($10)
+    WHERE changes() = 1 AND NOT EXISTS (SELECT 1 FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
+    settled_sql!(),
+    ")
+    ON CONFLICT (dedup_key) DO NOTHING;
+DELETE FROM transfer_secrets WHERE transfer_id = $8 AND $10 <> '[]'
+    AND NOT EXISTS (SELECT 1 FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
+    settled_sql!(),
+    ");
+COMMIT"
+);
+
 /// The fetched data of a transfer forgotten, as one step (see `step`): returns the blob references
 /// that were cleared, then clears them and deletes the sealed identity.
 const CLEAR_FETCHED_SQLITE: &str = "BEGIN IMMEDIATE;
@@ -306,9 +338,9 @@ d AS (DELETE FROM transfer_secrets WHERE transfer_id = $1)
 SELECT transfer_id, data_object FROM old";
 
 /// Jobs as the JSON array the one-step inserts read (payload as text, as `jobs.payload` stores it).
-fn jobs_json(jobs: &[NewJob]) -> String {
+fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> String {
     serde_json::Value::Array(
-        jobs.iter()
+        jobs.into_iter()
             .map(|j| {
                 serde_json::json!({
                     "id": j.id,
@@ -546,6 +578,29 @@ impl Store {
         let open_sql = format!(
             "SELECT COUNT(*) FROM transfer_datasets WHERE transfer_id = $1 AND status NOT IN {SETTLED_SQL}"
         );
+        if let crate::Db::Sqlite { pool, .. } = &self.db {
+            // One round trip (see `step`): SQLite runs the whole text under its write lock, so the
+            // count of open datasets sees every other settlement. (PostgreSQL cannot count inside
+            // one statement: its snapshot would miss a settlement committed meanwhile; it takes the
+            // transfer's row lock first, below.) The open count comes back only if this settled it.
+            let jobs = jobs_json(next);
+            let q = sqlx::query_as(SETTLE_SQLITE);
+            let q = bind_audit!(
+                q.bind(s.status)
+                    .bind(&s.error_code)
+                    .bind(&s.error_message)
+                    .bind(&s.digest)
+                    .bind(&s.data_object)
+                    .bind(&s.data_key)
+                    .bind(now.millis())
+                    .bind(transfer_id)
+                    .bind(dataset_id)
+                    .bind(&jobs),
+                audit
+            );
+            let rows: Vec<(i64,)> = crate::step::sqlite(pool, q).await?;
+            return Ok(rows.first().map(|(open,)| *open == 0));
+        }
         let result = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             // Serialise settlements of one transfer on its row: two workers settling its last two

@@ -28,6 +28,7 @@ on_both_backends!(
     transfer_round_trip_keeps_datasets_in_order,
     a_write_step_that_fails_midway_changes_nothing_and_the_next_one_works,
     consent_stores_the_identity_and_every_job_as_given,
+    the_last_two_datasets_settled_at_once_enqueue_the_packaging_once,
     a_change_from_an_earlier_read_applies_to_the_transfer_as_it_is_now,
     transfer_follows_the_state_machine_with_one_audit_event_per_change,
     stale_transition_is_a_conflict_and_changes_nothing,
@@ -220,6 +221,36 @@ async fn a_change_from_an_earlier_read_applies_to_the_transfer_as_it_is_now(s: &
         StoreError::Conflict(_)
     ));
     assert_eq!(s.audit_for_transfer("e1").await.unwrap().len(), 3);
+}
+
+async fn the_last_two_datasets_settled_at_once_enqueue_the_packaging_once(s: &Store) {
+    fetching(s, "l1").await;
+    let package = job("l1-package", T0);
+    let settle = |d: &'static str| {
+        let (s, package) = (s.clone(), package.clone());
+        tokio::spawn(async move {
+            s.settle_fetch_then(
+                "l1",
+                d,
+                &settlement(fetch_status::REJECTED),
+                &ev("agency.outcome", "l1"),
+                Some(&package),
+                T0,
+            )
+            .await
+            .unwrap()
+        })
+    };
+    let (a, b) = tokio::join!(
+        settle("low-income-household"),
+        settle("household-register-personal")
+    );
+    let mut last = [a.unwrap(), b.unwrap()];
+    last.sort();
+    // Exactly one of them saw nothing left open.
+    assert_eq!(last, [Some(false), Some(true)]);
+    assert!(s.job("l1-package").await.unwrap().is_some());
+    assert_eq!(s.transfer_secret("l1").await.unwrap(), None);
 }
 
 async fn transfer_follows_the_state_machine_with_one_audit_event_per_change(s: &Store) {
