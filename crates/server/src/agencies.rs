@@ -457,6 +457,21 @@ impl Ctx<'_> {
     }
 }
 
+/// Frees `holder`'s call slot at `agency` and wakes one fetch job of this process waiting for it.
+async fn release_slot(
+    state: &AppState,
+    agency: &str,
+    holder: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    state
+        .store()
+        .release_agency_slot(agency, holder, now)
+        .await?;
+    state.slot_freed().settle_one(agency);
+    Ok(())
+}
+
 async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreError> {
     let store = state.store();
     let data = state.data();
@@ -600,14 +615,12 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
         .record_fetch_attempt(&t.id, &p.dataset_id, &request_event, now)
         .await?
     else {
-        store.release_agency_slot(&agency, &holder, now).await?;
-        state.slot_freed().settle_one(&agency);
+        release_slot(state, &agency, &holder, now).await?;
         return Ok(JobOutcome::Done);
     };
     let answer = data.client.call(state.platform(), &agency, call, now).await;
     drop(subject);
-    store.release_agency_slot(&agency, &holder, now).await?;
-    state.slot_freed().settle_one(&agency);
+    release_slot(state, &agency, &holder, now).await?;
     // Time passes during the call (real agencies are slow): decide with the clock after it.
     let now = state.clock().now();
     let outage = matches!(&answer, Err(e) if e.is_outage());

@@ -37,17 +37,6 @@ pub fn package_object(transfer_id: &str) -> String {
     format!("packages/{transfer_id}")
 }
 
-/// Enqueues the assembly of a transfer's package (once per transfer).
-pub async fn enqueue_assembly(
-    state: &AppState,
-    transfer_id: &str,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    crate::background::enqueue(state, &assembly_job(transfer_id, now), now)
-        .await
-        .map(|_| ())
-}
-
 /// The packaging job of a transfer (one per transfer: a second is not enqueued).
 pub(crate) fn assembly_job(transfer_id: &str, now: Timestamp) -> NewJob {
     NewJob {

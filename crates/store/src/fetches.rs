@@ -416,12 +416,7 @@ impl Store {
                 .bind(audit.detail.to_string()));
         let ok = !rows.is_empty();
         if ok {
-            Ok(crate::Transfer {
-                state: next,
-                updated_at: now,
-                version: t.version + 1,
-                ..t.clone()
-            })
+            Ok(t.changed_to(next, now))
         } else {
             Err(StoreError::Conflict(transfer_id.to_owned()))
         }
@@ -434,16 +429,6 @@ impl Store {
             .fetch_optional(pool)
             .await?);
         Ok(row.map(|(s,)| s))
-    }
-
-    /// Destroys the secret of a transfer; returns whether there was one.
-    pub async fn delete_transfer_secret(&self, transfer_id: &str) -> Result<bool> {
-        let n = on_pool!(self, pool => sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
-            .bind(transfer_id)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        Ok(n > 0)
     }
 
     /// Destroys the secrets of transfers that no longer fetch (ready, ended) or whose fetches have
@@ -570,23 +555,10 @@ impl Store {
                 s.status
             )));
         }
-        let sql = format!(
-            "UPDATE transfer_datasets SET status = $1, error_code = $2, error_message = $3, digest = $4, data_object = $5, data_key = $6,
-             next_attempt_at = NULL, settled_at = $7, updated_at = $7
-             WHERE transfer_id = $8 AND dataset_id = $9 AND status NOT IN {SETTLED_SQL}"
-        );
-        let open_sql = format!(
-            "SELECT COUNT(*) FROM transfer_datasets WHERE transfer_id = $1 AND status NOT IN {SETTLED_SQL}"
-        );
-        if let crate::Db::Sqlite { pool, .. } = &self.db {
-            // One round trip (see `step`): SQLite runs the whole text under its write lock, so the
-            // count of open datasets sees every other settlement. (PostgreSQL cannot count inside
-            // one statement: its snapshot would miss a settlement committed meanwhile; it takes the
-            // transfer's row lock first, below.) The open count comes back only if this settled it.
-            let jobs = jobs_json(next);
-            let q = sqlx::query_as(SETTLE_SQLITE);
-            let q = bind_audit!(
-                q.bind(s.status)
+        // $1–$9 of both texts: the settlement, then where it belongs.
+        macro_rules! bind_settlement {
+            ($q:expr) => {
+                $q.bind(s.status)
                     .bind(&s.error_code)
                     .bind(&s.error_message)
                     .bind(&s.digest)
@@ -595,51 +567,62 @@ impl Store {
                     .bind(now.millis())
                     .bind(transfer_id)
                     .bind(dataset_id)
-                    .bind(&jobs),
-                audit
-            );
-            let rows: Vec<(i64,)> = crate::step::sqlite(pool, q).await?;
-            return Ok(rows.first().map(|(open,)| *open == 0));
+            };
         }
-        let result = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            // Serialise settlements of one transfer on its row: two workers settling its last two
-            // datasets at once must not both count the other as still open.
-            sqlx::query("UPDATE transfers SET version = version WHERE id = $1")
+        let pool = match &self.db {
+            crate::Db::Sqlite { pool, .. } => {
+                // One round trip (see `step`): SQLite runs the whole text under its write lock, so
+                // the count of open datasets sees every other settlement. The open count comes
+                // back only if this call settled the dataset.
+                let jobs = jobs_json(next);
+                let q = sqlx::query_as(SETTLE_SQLITE);
+                let q = bind_audit!(bind_settlement!(q).bind(&jobs), audit);
+                let rows: Vec<(i64,)> = crate::step::sqlite(pool, q).await?;
+                return Ok(rows.first().map(|(open,)| *open == 0));
+            }
+            crate::Db::Postgres(pool) => pool,
+        };
+        // PostgreSQL cannot count inside one statement (its snapshot would miss a settlement
+        // committed meanwhile): a transaction that takes the transfer's row lock first.
+        let sql = format!(
+            "UPDATE transfer_datasets SET status = $1, error_code = $2, error_message = $3, digest = $4, data_object = $5, data_key = $6,
+             next_attempt_at = NULL, settled_at = $7, updated_at = $7
+             WHERE transfer_id = $8 AND dataset_id = $9 AND status NOT IN {SETTLED_SQL}"
+        );
+        let open_sql = format!(
+            "SELECT COUNT(*) FROM transfer_datasets WHERE transfer_id = $1 AND status NOT IN {SETTLED_SQL}"
+        );
+        let mut tx = pool.begin().await?;
+        // Serialise settlements of one transfer on its row: two workers settling its last two
+        // datasets at once must not both count the other as still open.
+        sqlx::query("UPDATE transfers SET version = version WHERE id = $1")
+            .bind(transfer_id)
+            .execute(&mut *tx)
+            .await?;
+        let n = bind_settlement!(sqlx::query(&sql))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        insert_audit!(&mut *tx, audit)?;
+        let (open,): (i64,) = sqlx::query_as(&open_sql)
+            .bind(transfer_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if open == 0
+            && let Some(job) = next
+        {
+            insert_job!(&mut *tx, job, now)?;
+            sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
                 .bind(transfer_id)
                 .execute(&mut *tx)
                 .await?;
-            let n = sqlx::query(&sql)
-                .bind(s.status)
-                .bind(&s.error_code)
-                .bind(&s.error_message)
-                .bind(&s.digest)
-                .bind(&s.data_object)
-                .bind(&s.data_key)
-                .bind(now.millis())
-                .bind(transfer_id)
-                .bind(dataset_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n == 1 {
-                insert_audit!(&mut *tx, audit)?;
-                let (open,): (i64,) = sqlx::query_as(&open_sql).bind(transfer_id).fetch_one(&mut *tx).await?;
-                if open == 0 && let Some(job) = next {
-                    insert_job!(&mut *tx, job, now)?;
-                    sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
-                        .bind(transfer_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Some(open == 0)
-            } else {
-                tx.rollback().await?;
-                None
-            }
-        });
-        Ok(result)
+        }
+        tx.commit().await?;
+        Ok(Some(open == 0))
     }
 
     /// Forgets the fetched data of a transfer (after packaging or at its end): clears every object

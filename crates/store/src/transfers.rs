@@ -53,6 +53,19 @@ pub struct TransferDataset {
     pub settled_at: Option<Timestamp>,
 }
 
+impl Transfer {
+    /// This transfer after a compare-and-set from it moved it to `next` at `now`: its datasets are
+    /// as read before (a state change does not touch them).
+    pub(crate) fn changed_to(&self, next: TransferState, now: Timestamp) -> Transfer {
+        Transfer {
+            state: next,
+            updated_at: now,
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+}
+
 const SELECT_TRANSFER: &str = "SELECT id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version FROM transfers";
 
 /// A `transfers` row as the database returns it, before its text columns are parsed.
@@ -337,13 +350,6 @@ impl Store {
         if !changed {
             return Err(StoreError::Conflict(id.to_owned()));
         }
-        // The compare-and-set succeeded, so the row is `current` with this change applied; its
-        // datasets are as read just before (a change here does not touch them).
-        Ok(Transfer {
-            state: next,
-            updated_at: now,
-            version: current.version + 1,
-            ..current.clone()
-        })
+        Ok(current.changed_to(next, now))
     }
 }
