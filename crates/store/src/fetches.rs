@@ -323,6 +323,23 @@ DELETE FROM transfer_secrets WHERE transfer_id = $8 AND $10 <> '[]'
 COMMIT"
 );
 
+/// An agency call admitted, as one step (see `step`). Rows: `(0, open_until, failures)` for the
+/// circuit; `(1, ..)` when the slot was taken (the circuit not open, fewer than `$5` other slots
+/// held); `(2, ..)` when, taking it, this call became the probe of a half-open circuit.
+const ADMIT_SQLITE: &str = "BEGIN IMMEDIATE;
+INSERT INTO agency_circuits (agency_id, consecutive_failures, open_until, updated_at) VALUES ($1, 0, NULL, $2)
+    ON CONFLICT (agency_id) DO UPDATE SET updated_at = excluded.updated_at
+    RETURNING 0, open_until, consecutive_failures;
+INSERT INTO agency_slots (holder, agency_id, lease_until)
+    SELECT $3, $1, $4
+    WHERE NOT EXISTS (SELECT 1 FROM agency_circuits WHERE agency_id = $1 AND open_until > $2)
+      AND (SELECT COUNT(*) FROM agency_slots WHERE agency_id = $1 AND lease_until > $2 AND holder <> $3) < $5
+    ON CONFLICT (holder) DO UPDATE SET agency_id = excluded.agency_id, lease_until = excluded.lease_until
+    RETURNING 1, NULL, 0;
+UPDATE agency_circuits SET open_until = $4 WHERE agency_id = $1 AND open_until IS NOT NULL AND changes() = 1
+    RETURNING 2, open_until, 0;
+COMMIT";
+
 /// The fetched data of a transfer forgotten, as one step (see `step`): returns the blob references
 /// that were cleared, then clears them and deletes the sealed identity.
 const CLEAR_FETCHED_SQLITE: &str = "BEGIN IMMEDIATE;
@@ -668,7 +685,41 @@ impl Store {
         now: Timestamp,
     ) -> Result<Admission> {
         let n = now.millis();
-        on_pool!(self, pool => {
+        let lease = n.saturating_add(ms(limits.slot_lease));
+        let limit = i64::from(limits.concurrency.max(1));
+        let pool = match &self.db {
+            crate::Db::Sqlite { pool, .. } => {
+                // One step: SQLite runs the whole text under its write lock, so the count of
+                // slots sees every other admission.
+                let q = sqlx::query_as(ADMIT_SQLITE)
+                    .bind(agency_id)
+                    .bind(n)
+                    .bind(holder)
+                    .bind(lease)
+                    .bind(limit);
+                let rows: Vec<(i64, Option<i64>, i64)> = crate::step::sqlite(pool, q).await?;
+                let circuit = rows.iter().find(|r| r.0 == 0);
+                let open_until = circuit.and_then(|r| r.1);
+                let failures = circuit.map_or(0, |r| r.2);
+                if let Some(until) = open_until.filter(|u| *u > n) {
+                    return Ok(Admission::Open {
+                        until: Timestamp::from_millis(until),
+                    });
+                }
+                if !rows.iter().any(|r| r.0 == 1) {
+                    return Ok(Admission::Busy);
+                }
+                let probe = rows.iter().any(|r| r.0 == 2);
+                return Ok(Admission::Go {
+                    probe,
+                    clean: !probe && failures == 0,
+                });
+            }
+            crate::Db::Postgres(pool) => pool,
+        };
+        // PostgreSQL: a transaction that locks the circuit row first (one statement's snapshot
+        // would miss a slot taken meanwhile by another process).
+        {
             let mut tx = pool.begin().await?;
             let (open_until, failures): (Option<i64>, i64) = sqlx::query_as(
                 "INSERT INTO agency_circuits (agency_id, consecutive_failures, open_until, updated_at) VALUES ($1, 0, NULL, $2)
@@ -682,11 +733,13 @@ impl Store {
             if let Some(until) = open_until {
                 if until > n {
                     tx.rollback().await?;
-                    return Ok(Admission::Open { until: Timestamp::from_millis(until) });
+                    return Ok(Admission::Open {
+                        until: Timestamp::from_millis(until),
+                    });
                 }
                 // Half-open: this call is the probe; others wait while it runs.
                 sqlx::query("UPDATE agency_circuits SET open_until = $1 WHERE agency_id = $2")
-                    .bind(n.saturating_add(ms(limits.slot_lease)))
+                    .bind(lease)
                     .bind(agency_id)
                     .execute(&mut *tx)
                     .await?;
@@ -700,7 +753,7 @@ impl Store {
             .bind(holder)
             .fetch_one(&mut *tx)
             .await?;
-            if busy >= i64::from(limits.concurrency.max(1)) {
+            if busy >= limit {
                 tx.rollback().await?;
                 return Ok(Admission::Busy);
             }
@@ -710,12 +763,15 @@ impl Store {
             )
             .bind(holder)
             .bind(agency_id)
-            .bind(n.saturating_add(ms(limits.slot_lease)))
+            .bind(lease)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Admission::Go { probe, clean: !probe && failures == 0 })
-        })
+            Ok(Admission::Go {
+                probe,
+                clean: !probe && failures == 0,
+            })
+        }
     }
 
     /// Frees the slot `holder` took at `agency_id`, and the agency's slots whose lease has run out

@@ -55,6 +55,7 @@ on_both_backends!(
     fetch_settles_once_and_reports_when_all_are_settled,
     agency_slots_limit_calls_in_flight_and_expire,
     circuit_opens_after_threshold_and_lets_one_probe_through,
+    a_half_open_circuit_whose_slots_are_all_held_stays_as_it_was,
     package_key_is_taken_once_and_destroyed_at_expiry,
     secrets_are_purged_once_fetching_ends,
     pruning_removes_old_details_but_the_log_still_verifies_and_proves,
@@ -1307,6 +1308,44 @@ async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
         Admission::Go {
             probe: false,
             clean: true
+        }
+    );
+}
+
+async fn a_half_open_circuit_whose_slots_are_all_held_stays_as_it_was(s: &Store) {
+    let l = AgencyLimits {
+        concurrency: 1,
+        slot_lease: Duration::from_secs(120),
+        ..limits()
+    };
+    assert!(matches!(
+        s.admit_agency_call("moi", "x", &l, T0).await.unwrap(),
+        Admission::Go { .. }
+    ));
+    for _ in 0..3 {
+        s.record_agency_result("moi", true, &l, T0).await.unwrap();
+    }
+    let until = T0.plus(Duration::from_secs(60));
+    // The open time is over but the one slot is still held: no probe, the circuit unchanged.
+    assert_eq!(
+        s.admit_agency_call("moi", "p", &l, until).await.unwrap(),
+        Admission::Busy
+    );
+    let c = s.agency_circuit("moi").await.unwrap().unwrap();
+    assert_eq!(c.open_until, Some(until));
+    assert_eq!(s.agency_slots_in_use("moi", until).await.unwrap(), 1);
+    s.release_agency_slot("moi", "x", until).await.unwrap();
+    assert_eq!(
+        s.admit_agency_call("moi", "p", &l, until).await.unwrap(),
+        Admission::Go {
+            probe: true,
+            clean: false
+        }
+    );
+    assert_eq!(
+        s.admit_agency_call("moi", "q", &l, until).await.unwrap(),
+        Admission::Open {
+            until: until.plus(Duration::from_secs(120))
         }
     );
 }

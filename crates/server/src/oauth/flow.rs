@@ -689,10 +689,12 @@ fn dataset_lines(
         .collect()
 }
 
-/// Checks the consent page's session: signed in and the one that opened the request.
+/// Checks the consent page's session: signed in and the one that opened the request. `posted` is
+/// the session a form post has already loaded (and checked the CSRF token of); a page view loads it.
 async fn consent_session(
     state: &AppState,
     headers: &HeaderMap,
+    posted: Option<session::Session>,
     lang: Lang,
     id: &str,
 ) -> Result<
@@ -705,10 +707,13 @@ async fn consent_session(
     ),
     PageError,
 > {
-    let s = session::load(state, headers)
-        .await
-        .map_err(|e| PageError(e, lang))?
-        .ok_or(PageError(AppError::NotSignedIn, lang))?;
+    let s = match posted {
+        Some(s) => s,
+        None => session::load(state, headers)
+            .await
+            .map_err(|e| PageError(e, lang))?
+            .ok_or(PageError(AppError::NotSignedIn, lang))?,
+    };
     let found = load_request(state, id)
         .await
         .map_err(|e| PageError(e, lang))?;
@@ -755,7 +760,7 @@ pub async fn consent_page(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let lang = lang_of(&uri, &headers);
-    let (s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let (s, v, r, p, c) = consent_session(&state, &headers, None, lang, &id).await?;
     let asserted = if v.method == mydata_core::IdentityMethod::Asserted {
         match lang {
             Lang::ZhTw => format!(
@@ -891,12 +896,12 @@ pub async fn consent_submit(
     headers: HeaderMap,
     Path(id): Path<String>,
     PostedForm {
-        session: _,
+        session,
         form: f,
         lang,
     }: PostedForm<Decision>,
 ) -> Result<Response, PageError> {
-    let (_s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let (_s, v, r, p, c) = consent_session(&state, &headers, Some(session), lang, &id).await?;
     if r.status != "opened" {
         return Err(stop(lang, "this request was already answered"));
     }
@@ -975,12 +980,12 @@ pub async fn confirm_submit(
     headers: HeaderMap,
     Path(id): Path<String>,
     PostedForm {
-        session: _,
+        session,
         form: f,
         lang,
     }: PostedForm<Decision>,
 ) -> Result<Response, PageError> {
-    let (_s, v, r, p, c) = consent_session(&state, &headers, lang, &id).await?;
+    let (_s, v, r, p, c) = consent_session(&state, &headers, Some(session), lang, &id).await?;
     let tid = r.transfer_id.clone().unwrap_or_default();
     let t = state
         .store()
