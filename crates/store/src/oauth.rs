@@ -127,6 +127,50 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
 }
 
+/// A `jti` to record as used (client assertion or DPoP proof), kept until `keep_until`.
+#[derive(Debug, Clone, Copy)]
+pub struct Jti<'a> {
+    pub client_id: &'a str,
+    pub jti: &'a str,
+    pub keep_until: Timestamp,
+}
+
+/// What issuing a token at the token endpoint found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Issue {
+    /// The code is spent, both `jti`s recorded and the token stored.
+    Issued,
+    /// The client assertion's `jti` was used before: nothing changed (but the proof's `jti`,
+    /// spent either way).
+    AssertionReplay,
+    /// The DPoP proof's `jti` was used before: nothing changed but the assertion's `jti`.
+    ProofReplay,
+    /// The code was not there to spend ([`Redeem::Reused`] revoked its tokens, or
+    /// [`Redeem::Unknown`]); both `jti`s are recorded.
+    Code(Redeem),
+}
+
+/// The token endpoint's writes as one step (see `step`): the assertion's `jti` (`$2`, `$3`) and the
+/// proof's (`$4`, `$5`; NULL for none) for client `$1`, then, only if every one of them is new, the
+/// code `$7` spent at `$6` and the token (`$8`–`$11`) stored. Returns 0 for the assertion's `jti`
+/// recorded, 2 for the proof's, 1 for the token.
+const ISSUE_SQLITE: &str = "BEGIN IMMEDIATE;
+INSERT INTO oauth_jtis (client_id, jti, expires_at)
+    SELECT $1, $2, $3 UNION ALL SELECT $1, $4, $5 WHERE $4 IS NOT NULL
+    ON CONFLICT (client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2 THEN 0 ELSE 2 END;
+UPDATE oauth_codes SET used_at = $6 WHERE code_hash = $7 AND used_at IS NULL AND changes() = 1 + ($4 IS NOT NULL);
+INSERT INTO oauth_tokens (token_hash, client_id, transfer_id, code_hash, dpop_jkt, created_at, expires_at, revoked_at)
+    SELECT $8, $1, $9, $7, $10, $6, $11, NULL WHERE changes() = 1 RETURNING 1;
+COMMIT";
+const ISSUE_POSTGRES: &str = "WITH j AS (INSERT INTO oauth_jtis (client_id, jti, expires_at)
+    SELECT $1::text, $2::text, $3::bigint UNION ALL SELECT $1::text, $4::text, $5::bigint WHERE $4::text IS NOT NULL
+    ON CONFLICT (client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2::text THEN 0 ELSE 2 END AS k),
+c AS (UPDATE oauth_codes SET used_at = $6 WHERE code_hash = $7 AND used_at IS NULL
+    AND (SELECT count(*) FROM j) = CASE WHEN $4::text IS NULL THEN 1 ELSE 2 END RETURNING code_hash),
+t AS (INSERT INTO oauth_tokens (token_hash, client_id, transfer_id, code_hash, dpop_jkt, created_at, expires_at, revoked_at)
+    SELECT $8, $1::text, $9, c.code_hash, $10, $6, $11, NULL FROM c RETURNING 1 AS k)
+SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM t";
+
 const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, dpop_bound_access_tokens, created_at, updated_at FROM oauth_clients";
 const SELECT_REQUEST: &str = "SELECT id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at FROM oauth_requests";
 
@@ -331,9 +375,15 @@ impl Store {
         .bind(now.millis())
         .fetch_optional(pool)
         .await?);
-        if let Some(c) = won {
-            return Ok(Redeem::Fresh(c));
+        match won {
+            Some(c) => Ok(Redeem::Fresh(c)),
+            None => self.revoke_reused(code_hash, now).await,
         }
+    }
+
+    /// A code that could not be spent: if it exists it was spent before, and every token issued
+    /// for it is revoked now.
+    async fn revoke_reused(&self, code_hash: &str, now: Timestamp) -> Result<Redeem> {
         let exists = on_pool!(self, pool => sqlx::query("SELECT 1 FROM oauth_codes WHERE code_hash = $1").bind(code_hash).fetch_optional(pool).await?.is_some());
         if !exists {
             return Ok(Redeem::Unknown);
@@ -341,6 +391,44 @@ impl Store {
         on_pool!(self, pool => sqlx::query("UPDATE oauth_tokens SET revoked_at = $2 WHERE code_hash = $1 AND revoked_at IS NULL")
             .bind(code_hash).bind(now.millis()).execute(pool).await.map(|_| ()))?;
         Ok(Redeem::Reused)
+    }
+
+    /// The token endpoint's writes in one step: records the client assertion's `jti` and the DPoP
+    /// proof's, then spends the code and stores `token` (whose `code_hash` names the code) only if
+    /// neither `jti` was used before (the token's `created_at` is `now`). A code already spent
+    /// revokes its tokens, as [`Store::redeem_code`] does.
+    pub async fn issue_token(
+        &self,
+        assertion: Jti<'_>,
+        proof: Option<Jti<'_>>,
+        token: &TokenRow,
+        now: Timestamp,
+    ) -> Result<Issue> {
+        let rows: Vec<(i64,)> = write_step!(self, ISSUE_SQLITE, ISSUE_POSTGRES, |q| q
+            .bind(assertion.client_id)
+            .bind(assertion.jti)
+            .bind(assertion.keep_until.millis())
+            .bind(proof.map(|p| p.jti))
+            .bind(proof.map(|p| p.keep_until.millis()))
+            .bind(now.millis())
+            .bind(&token.code_hash)
+            .bind(&token.token_hash)
+            .bind(&token.transfer_id)
+            .bind(&token.dpop_jkt)
+            .bind(token.expires_at));
+        let has = |k: i64| rows.iter().any(|r| r.0 == k);
+        if !has(0) {
+            return Ok(Issue::AssertionReplay);
+        }
+        if proof.is_some() && !has(2) {
+            return Ok(Issue::ProofReplay);
+        }
+        if has(1) {
+            return Ok(Issue::Issued);
+        }
+        Ok(Issue::Code(
+            self.revoke_reused(&token.code_hash, now).await?,
+        ))
     }
 
     /// Records a client assertion's `jti`; false if this client used it before (a replay).

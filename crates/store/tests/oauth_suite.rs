@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use mydata_core::Timestamp;
-use mydata_store::{ClientRow, NewAuditEvent, OAuthCodeRow, Redeem, RequestRow, Store, TokenRow};
+use mydata_store::{
+    ClientRow, Issue, Jti, NewAuditEvent, OAuthCodeRow, Redeem, RequestRow, Store, TokenRow,
+};
 
 const T0: Timestamp = Timestamp::from_millis(1_790_000_000_000);
 
@@ -28,6 +30,7 @@ on_both_backends!(
     requests_advance_only_from_the_expected_step,
     codes_are_single_use_and_reuse_revokes_tokens,
     a_jti_is_accepted_once_per_client,
+    a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code,
     sweep_forgets_what_expired,
 );
 
@@ -259,5 +262,105 @@ async fn sweep_forgets_what_expired(s: &Store) {
     assert!(
         s.use_jti("sp", "j1", at(900)).await.unwrap(),
         "forgotten only after it expired"
+    );
+}
+
+async fn a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    s.put_request(&request("r1", at(90))).await.unwrap();
+    s.open_request("r1", "sa", at(3600), T0).await.unwrap();
+    s.advance_request("r1", "opened", "consented", Some("t1"), None, T0)
+        .await
+        .unwrap();
+    s.confirm_request(&code("h1", "r1"), &event("service.release"), T0)
+        .await
+        .unwrap();
+    let jti = |j: &'static str| Jti {
+        client_id: "sp",
+        jti: j,
+        keep_until: at(300),
+    };
+    let token = |hash: &str, jkt: Option<&str>| TokenRow {
+        token_hash: hash.into(),
+        client_id: "sp".into(),
+        transfer_id: "t1".into(),
+        code_hash: "h1".into(),
+        dpop_jkt: jkt.map(Into::into),
+        created_at: at(1).millis(),
+        expires_at: at(3600).millis(),
+        revoked_at: None,
+    };
+    s.use_jti("sp", "a-old", at(300)).await.unwrap();
+    s.use_jti("sp", "p-old", at(300)).await.unwrap();
+
+    // A replayed assertion or proof leaves the code unspent and stores no token.
+    assert_eq!(
+        s.issue_token(
+            jti("a-old"),
+            Some(jti("p-1")),
+            &token("tok0", Some("k")),
+            at(1)
+        )
+        .await
+        .unwrap(),
+        Issue::AssertionReplay
+    );
+    assert_eq!(
+        s.issue_token(
+            jti("a-1"),
+            Some(jti("p-old")),
+            &token("tok0", Some("k")),
+            at(1)
+        )
+        .await
+        .unwrap(),
+        Issue::ProofReplay
+    );
+    assert!(s.token("tok0").await.unwrap().is_none());
+    assert_eq!(s.code("h1").await.unwrap().unwrap().used_at, None);
+    assert!(
+        !s.use_jti("sp", "a-1", at(300)).await.unwrap(),
+        "the assertion was spent with the refused proof"
+    );
+
+    // Fresh jtis (with a proof, then without one) and a fresh code: the code is spent once.
+    assert_eq!(
+        s.issue_token(
+            jti("a-2"),
+            Some(jti("p-2")),
+            &token("tok1", Some("k")),
+            at(1)
+        )
+        .await
+        .unwrap(),
+        Issue::Issued
+    );
+    let t = s.token("tok1").await.unwrap().unwrap();
+    assert_eq!(
+        (t.transfer_id.as_str(), t.dpop_jkt.as_deref()),
+        ("t1", Some("k"))
+    );
+    assert_eq!(
+        s.code("h1").await.unwrap().unwrap().used_at,
+        Some(at(1).millis())
+    );
+    assert!(!s.use_jti("sp", "p-2", at(300)).await.unwrap());
+
+    // The same code again, with fresh jtis: refused, and the token it gave is revoked.
+    assert_eq!(
+        s.issue_token(jti("a-3"), None, &token("tok2", None), at(2))
+            .await
+            .unwrap(),
+        Issue::Code(Redeem::Reused)
+    );
+    assert!(s.token("tok2").await.unwrap().is_none());
+    assert!(s.token("tok1").await.unwrap().unwrap().revoked_at.is_some());
+    let mut unknown = token("tok3", None);
+    unknown.code_hash = "nope".into();
+    assert_eq!(
+        s.issue_token(jti("a-4"), None, &unknown, at(2))
+            .await
+            .unwrap(),
+        Issue::Code(Redeem::Unknown)
     );
 }

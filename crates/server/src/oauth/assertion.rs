@@ -277,6 +277,50 @@ pub async fn authenticate(
     assertion_type: Option<&str>,
     assertion: Option<&str>,
 ) -> Result<ClientRow, OAuthError> {
+    let (client, jti) = verify_client(
+        state,
+        issuer,
+        endpoint,
+        client_id,
+        assertion_type,
+        assertion,
+    )
+    .await?;
+    if !state
+        .store()
+        .use_jti(&client.client_id, &jti.jti, jti.keep_until)
+        .await?
+    {
+        return Err(replayed());
+    }
+    Ok(client)
+}
+
+/// A verified client assertion's `jti`, not yet recorded.
+#[derive(Debug, Clone)]
+pub struct UnspentJti {
+    pub jti: String,
+    pub keep_until: mydata_core::Timestamp,
+}
+
+/// The error for a client assertion whose `jti` was used before.
+pub fn replayed() -> OAuthError {
+    OAuthError::new(
+        ErrorCode::InvalidClient,
+        "client_assertion: this jti was already used (replay)",
+    )
+}
+
+/// [`authenticate`] but for the replay guard: the caller records the returned `jti` in its own
+/// write (the token endpoint spends it with the code) and answers [`replayed`] if it was used.
+pub async fn verify_client(
+    state: &AppState,
+    issuer: &str,
+    endpoint: &str,
+    client_id: Option<&str>,
+    assertion_type: Option<&str>,
+    assertion: Option<&str>,
+) -> Result<(ClientRow, UnspentJti), OAuthError> {
     let invalid = |m: &str| OAuthError::new(ErrorCode::InvalidClient, m.to_owned());
     if assertion_type != Some(JWT_BEARER) {
         return Err(invalid(
@@ -314,12 +358,13 @@ pub async fn authenticate(
         .ok_or_else(|| invalid("client_assertion: jti is required"))?;
     let keep =
         mydata_core::Timestamp::from_millis(exp.saturating_add(SKEW_SECS).saturating_mul(1000));
-    if !state.store().use_jti(&client.client_id, jti, keep).await? {
-        return Err(invalid(
-            "client_assertion: this jti was already used (replay)",
-        ));
-    }
-    Ok(client)
+    Ok((
+        client,
+        UnspentJti {
+            jti: jti.to_owned(),
+            keep_until: keep,
+        },
+    ))
 }
 
 /// What a trusted verifier asserts about the person (its own sign-in).

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
-use mydata_store::{ClientRow, OAuthCodeRow, Redeem, RequestRow, TokenRow};
+use mydata_store::{ClientRow, Issue, Jti, OAuthCodeRow, Redeem, RequestRow, TokenRow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -1114,7 +1114,8 @@ pub async fn token(
     let Form(form) =
         form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
     let iss = issuer(&state, &headers);
-    let client = assertion::authenticate(
+    // The assertion's jti is recorded with the code spent, in one write (see `issue_token`).
+    let (client, assertion_jti) = assertion::verify_client(
         &state,
         &iss,
         &format!("{iss}/oauth/token"),
@@ -1188,21 +1189,9 @@ pub async fn token(
             "the code is bound to a DPoP key (dpop_jkt): send a DPoP proof signed with it",
         ));
     }
-    if let Some(p) = &proof {
-        dpop::spend(&state, &client.client_id, p).await?;
-    }
-    let code_row = match state.store().redeem_code(&hash, now).await? {
-        Redeem::Fresh(c) => c,
-        Redeem::Reused => {
-            return Err(grant(
-                "the code was already used; tokens issued for it are revoked",
-            ));
-        }
-        Redeem::Unknown => return Err(grant("the code is unknown")),
-    };
     let access = random_secret();
     let ttl = state.settings().oauth.token_ttl_secs;
-    let transfer = state.store().transfer(&code_row.transfer_id).await?;
+    let transfer = state.store().transfer(&row.transfer_id).await?;
     // Answered early ("send when ready"): the token must outlive a slow agency, so it lives as
     // long as the transfer (at most its 8 hours); otherwise the configured lifetime caps it.
     let expires = match &transfer {
@@ -1212,19 +1201,45 @@ pub async fn token(
         Some(t) => t.expires_at.min(now.plus(Duration::from_secs(ttl))),
         None => now,
     };
-    state
+    let token = TokenRow {
+        token_hash: hash_secret(&access),
+        client_id: client.client_id.clone(),
+        transfer_id: row.transfer_id.clone(),
+        code_hash: hash,
+        dpop_jkt: proof.as_ref().map(|p| p.jkt.clone()),
+        created_at: now.millis(),
+        expires_at: expires.millis(),
+        revoked_at: None,
+    };
+    let proof_key = proof.as_ref().map(|p| (p.replay_key(), p.keep_until()));
+    let issued = state
         .store()
-        .put_token(&TokenRow {
-            token_hash: hash_secret(&access),
-            client_id: client.client_id.clone(),
-            transfer_id: code_row.transfer_id.clone(),
-            code_hash: hash,
-            dpop_jkt: proof.as_ref().map(|p| p.jkt.clone()),
-            created_at: now.millis(),
-            expires_at: expires.millis(),
-            revoked_at: None,
-        })
+        .issue_token(
+            Jti {
+                client_id: &client.client_id,
+                jti: &assertion_jti.jti,
+                keep_until: assertion_jti.keep_until,
+            },
+            proof_key.as_ref().map(|(jti, keep)| Jti {
+                client_id: &client.client_id,
+                jti,
+                keep_until: *keep,
+            }),
+            &token,
+            now,
+        )
         .await?;
+    match issued {
+        Issue::Issued => {}
+        Issue::AssertionReplay => return Err(assertion::replayed()),
+        Issue::ProofReplay => return Err(dpop::ProofError::Replay.into()),
+        Issue::Code(Redeem::Reused | Redeem::Fresh(_)) => {
+            return Err(grant(
+                "the code was already used; tokens issued for it are revoked",
+            ));
+        }
+        Issue::Code(Redeem::Unknown) => return Err(grant("the code is unknown")),
+    }
     let (datasets, purpose) = pushed.map(|p| (p.datasets, p.purpose)).unwrap_or_default();
     let body = serde_json::json!({
         "access_token": access,
@@ -1234,7 +1249,7 @@ pub async fn token(
             "type": DETAILS_TYPE,
             "datasets": datasets,
             "purpose": purpose,
-            "transfer_id": code_row.transfer_id,
+            "transfer_id": row.transfer_id,
         }],
     });
     Ok((

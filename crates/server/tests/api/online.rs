@@ -510,9 +510,23 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
         );
     }
     // Nothing changed: the code still works once.
-    let (s, body) = token_call(&o, &grant(&o, &code, &v, REDIRECT)).await;
+    let form = grant(&o, &code, &v, REDIRECT);
+    let (s, body) = token_call(&o, &form).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["token_type"], "DPoP");
+    // The same client assertion again: a replay, refused before the code's reuse is looked at.
+    let (s, replayed) = token_call(&o, &form).await;
+    assert_eq!(
+        (s, replayed["error"].as_str().unwrap()),
+        (401, "invalid_client"),
+        "{replayed}"
+    );
+    assert!(
+        replayed["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replay")
+    );
     let token = Token {
         access_token: body["access_token"].as_str().unwrap().into(),
         token_type: "DPoP".into(),
