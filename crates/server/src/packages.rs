@@ -126,6 +126,7 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
             "some datasets are still being fetched".into(),
         ));
     }
+    let mut package = None;
     if store.package(transfer_id).await?.is_none() {
         let fetched: Vec<_> = records
             .iter()
@@ -219,31 +220,31 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
                 .filter(|r| r.status == fetch_status::SUCCEEDED)
                 .map(|r| r.dataset_id.as_str())
                 .collect();
-            store
-                .insert_package(
-                    &record,
-                    &event(
-                        "package.created",
-                        &t,
-                        serde_json::json!({ "digest": digest, "size": record.size_bytes, "datasets": datasets }),
-                        now,
-                    ),
-                )
-                .await?;
-            tracing::info!(transfer = %t.id, datasets = datasets.len(), "package stored");
+            let created = event(
+                "package.created",
+                &t,
+                serde_json::json!({ "digest": digest, "size": record.size_bytes, "datasets": datasets }),
+                now,
+            );
+            tracing::info!(transfer = %t.id, datasets = datasets.len(), "package built");
+            package = Some((record, created));
         }
     }
-    // Forgets the fetched datasets and the sealed identity in one transaction; a failure retries
-    // the job, so neither outlives the packaging.
-    let leftovers = store.clear_fetched_data(transfer_id).await?;
+    // One write: the package stored, the fetched datasets and the sealed identity forgotten (a
+    // failure retries the job, so neither outlives the packaging), and the transfer ready.
+    let (leftovers, moved) = store
+        .finish_packaging(&t, package.as_ref().map(|(p, e)| (p, e)), now)
+        .await?;
     delete_blobs(state, leftovers).await;
-    // From the transfer read at the start of this run (read again only if it changed meanwhile).
-    match store
-        .apply_transfer_event_from(&t, TransferEvent::Settled, "system", now)
-        .await
-    {
-        Ok(_) | Err(StoreError::IllegalTransition(_)) => {}
-        Err(e) => return Err(e.into()),
+    // Changed since the read at the start of this run: moved from a fresh read.
+    if !moved {
+        match store
+            .apply_transfer_event(transfer_id, TransferEvent::Settled, "system", now)
+            .await
+        {
+            Ok(_) | Err(StoreError::IllegalTransition(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     state.settled().settle(transfer_id);
     // A self-download's notice says the data is ready (counter and online flows notify on use).

@@ -15,9 +15,11 @@
 
 use crate::audit::{NewAuditEvent, bind_audit, insert_audit};
 use crate::jobs::insert_job;
+use crate::oauth::Jti;
 use crate::step::write_step;
-use crate::{NewJob, Result, Store, StoreError, on_pool, on_read_pool};
+use crate::{NewJob, Result, Store, StoreError, Transfer, on_pool, on_read_pool};
 use mydata_core::Timestamp;
+use mydata_core::transfer::{TransferEvent, TransferState};
 use serde::Serialize;
 
 /// Fetch status values stored in `transfer_datasets.status`.
@@ -291,6 +293,41 @@ a AS (", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 FROM u)
 SELECT sealed_key FROM u"
 );
 
+/// A service's retrieval as one step (see `step`): the DPoP proof's `jti` (`$9`–`$11`, NULL for
+/// none) recorded; only if it was new, the key taken as in `TAKE_KEY_*` (audit `$3`–`$8`); only if
+/// that won, the transfer moved from version `$13` to state `$12` (released, then purged: two
+/// versions, two events `$14`/`$15` and `$16`/`$17`, subject `$18`, actor `$19`). Returns
+/// `(2, NULL)` for the `jti` recorded, `(0, key)` for the key taken, `(1, NULL)` per transfer event.
+/// On PostgreSQL the three events are one INSERT, so that they are numbered in this order.
+const RETRIEVE_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+INSERT INTO oauth_jtis (client_id, jti, expires_at) SELECT $9, $10, $11 WHERE $10 IS NOT NULL
+    ON CONFLICT (client_id, jti) DO NOTHING RETURNING 2, NULL;
+UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
+    AND (changes() = 1 OR $10 IS NULL) RETURNING 0, sealed_key;
+UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2 AND changes() = 1;
+", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 WHERE changes() = 1;
+UPDATE transfers SET state = $12, updated_at = $1, version = version + 2 WHERE id = $2 AND version = $13 AND changes() = 1;
+", insert_audit_columns!(), " SELECT $1, $14, $18, $2, $19, $15 WHERE changes() = 1
+    UNION ALL SELECT $1, $16, $18, $2, $19, $17 WHERE changes() = 1 RETURNING 1, NULL;
+COMMIT"
+);
+const RETRIEVE_POSTGRES: &str = concat!(
+    "WITH j AS (INSERT INTO oauth_jtis (client_id, jti, expires_at) SELECT $9::text, $10::text, $11::bigint WHERE $10::text IS NOT NULL
+    ON CONFLICT (client_id, jti) DO NOTHING RETURNING 2::bigint AS k),
+k AS (SELECT transfer_id, sealed_key FROM packages
+    WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
+    AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM j)) FOR UPDATE),
+u AS (UPDATE packages p SET taken_at = $1, sealed_key = NULL, deleted_at = $1 FROM k WHERE p.transfer_id = k.transfer_id
+    RETURNING k.sealed_key),
+t AS (UPDATE transfers SET state = $12, updated_at = $1, version = version + 2
+    WHERE id = $2 AND version = $13 AND EXISTS (SELECT 1 FROM u) RETURNING id),
+a AS (", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 FROM u
+    UNION ALL SELECT $1, $14, $18, t.id, $19, $15 FROM t
+    UNION ALL SELECT $1, $16, $18, t.id, $19, $17 FROM t)
+SELECT k, NULL::text FROM j UNION ALL SELECT 0::bigint, sealed_key FROM u UNION ALL SELECT 1::bigint, NULL::text FROM t"
+);
+
 /// A settlement as one step, SQLite only (see `settle_fetch_then`): the dataset settled once; only
 /// if that changed it, its event (`$11`–`$16`) and a row with the count of datasets still open;
 /// when none are, the next jobs (`$10`, a JSON array, possibly empty) and, if there were any, the
@@ -354,6 +391,36 @@ u AS (UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE tra
 d AS (DELETE FROM transfer_secrets WHERE transfer_id = $1)
 SELECT transfer_id, data_object FROM old";
 
+/// The end of packaging as one step (see `step`): the package (`$1`–`$8`, all NULL for none) and,
+/// if it is the first, its event (`$9`–`$14`); the fetched data of transfer `$15` forgotten as in
+/// `CLEAR_FETCHED_*` (returned as `(0, object)`); the transfer moved from version `$18` to state
+/// `$16` at `$17` with its event (`$19`–`$21`), returning `(1, NULL)` if it moved.
+const FINISH_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE $1 IS NOT NULL ON CONFLICT (transfer_id) DO NOTHING;
+", insert_audit_columns!(), " SELECT $9, $10, $11, $12, $13, $14 WHERE changes() = 1;
+SELECT 0, data_object FROM transfer_datasets WHERE transfer_id = $15 AND data_object IS NOT NULL;
+UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $15;
+DELETE FROM transfer_secrets WHERE transfer_id = $15;
+UPDATE transfers SET state = $16, updated_at = $17, version = version + 1 WHERE id = $15 AND version = $18;
+", insert_audit_columns!(), " SELECT $17, $19, $20, $15, 'system', $21 WHERE changes() = 1 RETURNING 1, NULL;
+COMMIT"
+);
+const FINISH_POSTGRES: &str = concat!(
+    "WITH p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint, $6::bigint, $7::bigint, $8::bigint WHERE $1::text IS NOT NULL
+    ON CONFLICT (transfer_id) DO NOTHING RETURNING transfer_id),
+old AS (SELECT transfer_id, dataset_id, data_object FROM transfer_datasets
+    WHERE transfer_id = $15 AND data_object IS NOT NULL FOR UPDATE),
+u AS (UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $15),
+d AS (DELETE FROM transfer_secrets WHERE transfer_id = $15),
+t AS (UPDATE transfers SET state = $16, updated_at = $17, version = version + 1 WHERE id = $15 AND version = $18 RETURNING id),
+a AS (", insert_audit_columns!(), " SELECT $9, $10, $11, $12, $13, $14 FROM p
+    UNION ALL SELECT $17, $19, $20, t.id, 'system', $21 FROM t)
+SELECT 0::bigint, data_object FROM old UNION ALL SELECT 1::bigint, NULL::text FROM t"
+);
+
 /// Jobs as the JSON array the one-step inserts read (payload as text, as `jobs.payload` stores it).
 fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> String {
     serde_json::Value::Array(
@@ -371,6 +438,17 @@ fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> String {
             .collect(),
     )
     .to_string()
+}
+
+/// What a service's retrieval found (see [`Store::retrieve_package`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retrieval {
+    /// The key, now cleared; `closed` when the transfer was released and purged with it.
+    Taken { key: String, closed: bool },
+    /// The package is gone, taken already or past its expiry.
+    Gone,
+    /// The DPoP proof's `jti` was used before: nothing changed.
+    ProofReplay,
 }
 
 impl Store {
@@ -660,6 +738,57 @@ impl Store {
             .collect())
     }
 
+    /// The end of packaging in one step: stores `package` (with its event) unless the transfer has
+    /// one already, forgets the fetched data as [`Store::clear_fetched_data`] does (returning what
+    /// is left to delete), and moves `read` (a fetching transfer, as read for this run) to ready.
+    /// The flag says whether it moved; it does not when the transfer changed since `read`.
+    pub async fn finish_packaging(
+        &self,
+        read: &Transfer,
+        package: Option<(&PackageRecord, &NewAuditEvent)>,
+        now: Timestamp,
+    ) -> Result<(Vec<Leftover>, bool)> {
+        let next = read.state.next(TransferEvent::Settled)?;
+        let p = package.map(|(p, _)| p);
+        let audit = package.map(|(_, a)| a);
+        let detail =
+            serde_json::json!({ "from": read.state.code(), "event": TransferEvent::Settled });
+        let rows: Vec<(i64, Option<String>)> =
+            write_step!(self, FINISH_SQLITE, FINISH_POSTGRES, |q| q
+                .bind(p.map(|p| p.transfer_id.as_str()))
+                .bind(p.map(|p| p.object_key.as_str()))
+                .bind(p.and_then(|p| p.sealed_key.as_deref()))
+                .bind(p.map(|p| p.digest.as_str()))
+                .bind(p.map(|p| i64::try_from(p.size_bytes).unwrap_or(i64::MAX)))
+                .bind(p.map(|p| i64::from(p.datasets)))
+                .bind(p.map(|p| p.created_at.millis()))
+                .bind(p.map(|p| p.expires_at.millis()))
+                .bind(audit.map(|e| e.at.millis()))
+                .bind(audit.map(|e| e.kind.as_str()))
+                .bind(audit.and_then(|e| e.subject.as_deref()))
+                .bind(audit.and_then(|e| e.transfer_id.as_deref()))
+                .bind(audit.map(|e| e.actor.as_str()))
+                .bind(audit.map(|e| e.detail.to_string()))
+                .bind(&read.id)
+                .bind(next.code())
+                .bind(now.millis())
+                .bind(read.version)
+                .bind(format!("transfer.{}", next.code()))
+                .bind(&read.subject)
+                .bind(detail.to_string()));
+        let moved = rows.iter().any(|r| r.0 == 1);
+        let leftovers = rows
+            .into_iter()
+            .filter(|r| r.0 == 0)
+            .filter_map(|r| r.1)
+            .map(|object_key| Leftover {
+                transfer_id: read.id.clone(),
+                object_key,
+            })
+            .collect();
+        Ok((leftovers, moved))
+    }
+
     /// Transfers that have ended (or passed their expiry) but still reference fetched data.
     pub async fn transfers_with_stale_data(
         &self,
@@ -901,6 +1030,56 @@ impl Store {
                 audit
             ));
         Ok(rows.into_iter().next().map(|(k,)| k))
+    }
+
+    /// A service retrieves its package, in one step: records the DPoP proof's `jti` (if any), then
+    /// takes the key as [`Store::take_package_key`] does, then moves `read` (a ready transfer, as
+    /// read for this request) to released and purged. The transfer is left as it is when it
+    /// changed since `read`: the caller then moves it from a fresh read.
+    pub async fn retrieve_package(
+        &self,
+        read: &Transfer,
+        audit: &NewAuditEvent,
+        proof: Option<Jti<'_>>,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Retrieval> {
+        let released = read.state.next(TransferEvent::Release)?;
+        let purged = released.next(TransferEvent::Purge)?;
+        let change = |from: TransferState, to: TransferState, event: TransferEvent| {
+            (
+                format!("transfer.{}", to.code()),
+                serde_json::json!({ "from": from.code(), "event": event }).to_string(),
+            )
+        };
+        let (released_kind, released_detail) = change(read.state, released, TransferEvent::Release);
+        let (purged_kind, purged_detail) = change(released, purged, TransferEvent::Purge);
+        let rows: Vec<(i64, Option<String>)> =
+            write_step!(self, RETRIEVE_SQLITE, RETRIEVE_POSTGRES, |q| bind_audit!(
+                q.bind(now.millis()).bind(&read.id),
+                audit
+            )
+            .bind(proof.map(|p| p.client_id))
+            .bind(proof.map(|p| p.jti))
+            .bind(proof.map(|p| p.keep_until.millis()))
+            .bind(purged.code())
+            .bind(read.version)
+            .bind(&released_kind)
+            .bind(&released_detail)
+            .bind(&purged_kind)
+            .bind(&purged_detail)
+            .bind(&read.subject)
+            .bind(actor));
+        if proof.is_some() && !rows.iter().any(|r| r.0 == 2) {
+            return Ok(Retrieval::ProofReplay);
+        }
+        let Some(key) = rows.iter().find(|r| r.0 == 0).and_then(|r| r.1.clone()) else {
+            return Ok(Retrieval::Gone);
+        };
+        Ok(Retrieval::Taken {
+            key,
+            closed: rows.iter().any(|r| r.0 == 1),
+        })
     }
 
     /// Packages whose key must be destroyed now: past their expiry, or their transfer has ended.

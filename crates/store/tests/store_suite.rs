@@ -5,8 +5,8 @@ use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
 use mydata_store::testing::{fresh_postgres, fresh_sqlite};
 use mydata_store::{
-    Admission, AgencyLimits, AuditProblem, FetchProgress, FetchSettlement, JobState, NewAuditEvent,
-    NewJob, NewTransfer, PackageRecord, Store, StoreError, fetch_status,
+    Admission, AgencyLimits, AuditProblem, FetchProgress, FetchSettlement, JobState, Jti,
+    NewAuditEvent, NewJob, NewTransfer, PackageRecord, Retrieval, Store, StoreError, fetch_status,
 };
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ on_both_backends!(
     circuit_opens_after_threshold_and_lets_one_probe_through,
     a_half_open_circuit_whose_slots_are_all_held_stays_as_it_was,
     package_key_is_taken_once_and_destroyed_at_expiry,
+    a_retrieval_takes_the_key_and_closes_the_transfer_once,
+    packaging_ends_in_one_step_and_only_once,
     secrets_are_purged_once_fetching_ends,
     pruning_removes_old_details_but_the_log_still_verifies_and_proves,
     audit_verify_catches_tampering_hidden_as_pruning,
@@ -1428,6 +1430,187 @@ async fn package_key_is_taken_once_and_destroyed_at_expiry(s: &Store) {
         s.package("p2").await.unwrap().unwrap().deleted_at,
         Some(end)
     );
+}
+
+async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
+    let mut ready = Vec::new();
+    for id in ["r1", "r2"] {
+        let t = s
+            .create_transfer(&new_transfer(id, "subj"), "subj", T0)
+            .await
+            .unwrap();
+        let t = s
+            .apply_transfer_event_from(&t, TransferEvent::Consent, "subj", T0)
+            .await
+            .unwrap();
+        let t = s
+            .apply_transfer_event_from(&t, TransferEvent::Settled, "system", T0)
+            .await
+            .unwrap();
+        assert!(
+            s.insert_package(&package(id), &ev("package.created", id))
+                .await
+                .unwrap()
+        );
+        ready.push(t);
+    }
+    s.use_jti("sp", "dpop:old", T0.plus(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let proof = |jti| {
+        Some(Jti {
+            client_id: "sp",
+            jti,
+            keep_until: T0.plus(Duration::from_secs(60)),
+        })
+    };
+    let taken = ev("service.retrieval", "r1");
+    let kinds = |id: &'static str| async move {
+        s.audit_for_transfer(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect::<Vec<_>>()
+    };
+    let before = kinds("r1").await;
+
+    // A replayed proof: nothing changed.
+    assert_eq!(
+        s.retrieve_package(&ready[0], &taken, proof("dpop:old"), "service:sp", T0)
+            .await
+            .unwrap(),
+        Retrieval::ProofReplay
+    );
+    assert_eq!(s.package("r1").await.unwrap().unwrap().taken_at, None);
+    assert_eq!(kinds("r1").await, before);
+
+    // A fresh proof: the key, the transfer released then purged (two versions, two events).
+    assert_eq!(
+        s.retrieve_package(&ready[0], &taken, proof("dpop:new"), "service:sp", T0)
+            .await
+            .unwrap(),
+        Retrieval::Taken {
+            key: "wrapped-key".into(),
+            closed: true
+        }
+    );
+    let t = s.transfer("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (t.state, t.version),
+        (TransferState::Deleted, ready[0].version + 2)
+    );
+    let after = kinds("r1").await;
+    assert_eq!(
+        after[before.len()..],
+        [
+            "service.retrieval",
+            "transfer.delivered",
+            "transfer.deleted"
+        ]
+    );
+    assert!(s.package("r1").await.unwrap().unwrap().sealed_key.is_none());
+    // Once only, with or without a proof.
+    assert_eq!(
+        s.retrieve_package(&ready[0], &taken, proof("dpop:3"), "service:sp", T0)
+            .await
+            .unwrap(),
+        Retrieval::Gone
+    );
+    assert_eq!(
+        s.retrieve_package(&ready[0], &taken, None, "service:sp", T0)
+            .await
+            .unwrap(),
+        Retrieval::Gone
+    );
+
+    // A transfer changed since it was read: the key is taken, the transfer left for the caller.
+    let stale = ready[1].clone();
+    s.apply_transfer_event_from(&stale, TransferEvent::Release, "system", T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.retrieve_package(
+            &stale,
+            &ev("service.retrieval", "r2"),
+            None,
+            "service:sp",
+            T0
+        )
+        .await
+        .unwrap(),
+        Retrieval::Taken {
+            key: "wrapped-key".into(),
+            closed: false
+        }
+    );
+    assert_eq!(
+        s.transfer("r2").await.unwrap().unwrap().state,
+        TransferState::Delivered
+    );
+}
+
+async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
+    fetching(s, "k1").await;
+    for d in ["low-income-household", "household-register-personal"] {
+        s.settle_fetch(
+            "k1",
+            d,
+            &settlement(fetch_status::SUCCEEDED),
+            &ev("agency.outcome", "k1"),
+            T0,
+        )
+        .await
+        .unwrap();
+    }
+    let read = s.transfer("k1").await.unwrap().unwrap();
+    let created = ev("package.created", "k1");
+    let count = |kind: &'static str| async move {
+        s.audit_for_transfer("k1")
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == kind)
+            .count()
+    };
+    // Read before a change: the package is stored and the data forgotten, the transfer left.
+    let mut stale = read.clone();
+    stale.version -= 1;
+    let (left, moved) = s
+        .finish_packaging(&stale, Some((&package("k1"), &created)), T0)
+        .await
+        .unwrap();
+    assert!(!moved);
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|l| l.transfer_id == "k1"));
+    assert_eq!(
+        s.transfer("k1").await.unwrap().unwrap().state,
+        TransferState::Fetching
+    );
+    assert!(s.package("k1").await.unwrap().is_some());
+    assert_eq!(s.transfer_secret("k1").await.unwrap(), None);
+    assert!(
+        s.fetch_records("k1")
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.data_key.is_none() && r.data_object.is_none())
+    );
+    // The run again from a fresh read: ready, with one package and one event of each.
+    let (left, moved) = s
+        .finish_packaging(&read, Some((&package("k1"), &created)), T0)
+        .await
+        .unwrap();
+    assert!(moved && left.is_empty());
+    let t = s.transfer("k1").await.unwrap().unwrap();
+    assert_eq!(
+        (t.state, t.version),
+        (TransferState::Ready, read.version + 1)
+    );
+    assert_eq!(count("package.created").await, 1);
+    assert_eq!(count("transfer.ready").await, 1);
+    // A transfer that is not fetching cannot be settled again.
+    assert!(s.finish_packaging(&t, None, T0).await.is_err());
 }
 
 async fn secrets_are_purged_once_fetching_ends(s: &Store) {

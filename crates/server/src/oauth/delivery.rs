@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
-use mydata_store::Transfer;
+use mydata_store::{Jti, Retrieval, Transfer};
 
 /// What `packages.sealed_key` holds for an end-to-end sealed package: there is no platform key;
 /// the marker only keeps the single-use and purge rules (which act on that column) the same.
@@ -108,8 +108,9 @@ pub async fn package(
         return Err(token_err("the access token is for another transfer"));
     }
     // A DPoP-bound token only with a fresh proof by its key (each poll its own); an unbound one
-    // only as Bearer. The proof's jti is spent last, once the request is otherwise acceptable.
-    match (row.dpop_jkt.as_deref(), scheme) {
+    // only as Bearer. The proof's jti is spent last, once the request is otherwise acceptable:
+    // with the package taken when it is ready (one write), on its own otherwise.
+    let proof = match (row.dpop_jkt.as_deref(), scheme) {
         (Some(jkt), Scheme::DPoP) => {
             let htu = format!("{}/api/v1/transfers/{id}/package", issuer(&state, &headers));
             let expected = dpop::Expected {
@@ -127,9 +128,7 @@ pub async fn package(
                     )
                     .at_resource()
                 })?;
-            dpop::spend(&state, &row.client_id, &proof)
-                .await
-                .map_err(OAuthError::at_resource)?;
+            Some(proof)
         }
         (Some(_), Scheme::Bearer) => {
             return Err(token_err(
@@ -141,14 +140,21 @@ pub async fn package(
                 "this access token is not DPoP-bound: send it as Authorization: Bearer",
             ));
         }
-        (None, Scheme::Bearer) => {}
-    }
+        (None, Scheme::Bearer) => None,
+    };
     let t = state
         .store()
         .transfer(&id)
         .await
-        .map_err(|e| AppError::from(e).into_response())?
-        .ok_or_else(|| AppError::PackageGone(id.clone()).into_response())?;
+        .map_err(|e| AppError::from(e).into_response())?;
+    if let Some(p) = &proof
+        && t.as_ref().map(|t| t.state) != Some(TransferState::Ready)
+    {
+        dpop::spend(&state, &row.client_id, p)
+            .await
+            .map_err(OAuthError::at_resource)?;
+    }
+    let t = t.ok_or_else(|| AppError::PackageGone(id.clone()).into_response())?;
     match t.state {
         TransferState::Created | TransferState::Fetching => {
             let wait = t
@@ -169,33 +175,35 @@ pub async fn package(
         TransferState::Ready => {}
         _ => return Err(AppError::PackageGone(id).into_response()),
     }
-    take_sealed(&state, &t, &row.client_id)
-        .await
-        .map_err(IntoResponse::into_response)
+    take_sealed(&state, &t, &row.client_id, proof.as_ref()).await
 }
 
-/// Hands the envelope out once: the guarded update that spends the package decides the winner;
-/// the blob is deleted and the transfer released and purged.
+/// Hands the envelope out once: the guarded update that spends the package (with the DPoP proof's
+/// `jti`, if any) decides the winner, and releases and purges the transfer in the same write; the
+/// blob is deleted.
 async fn take_sealed(
     state: &AppState,
     t: &Transfer,
     client_id: &str,
-) -> Result<Response, AppError> {
+    proof: Option<&dpop::Proof>,
+) -> Result<Response, Response> {
     let store = state.store();
     let now = state.clock().now();
+    let gone = || AppError::PackageGone(t.id.clone()).into_response();
+    let internal = |e: AppError| e.into_response();
     let rec = store
         .package(&t.id)
-        .await?
-        .ok_or_else(|| AppError::PackageGone(t.id.clone()))?;
-    if rec.sealed_key.as_deref() != Some(E2E_MARKER) || rec.expires_at <= now {
-        return Err(AppError::PackageGone(t.id.clone()));
-    }
-    let blob = state
-        .data()
-        .blobs
-        .get(&rec.object_key)
         .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("reading a sealed package: {e}")))?;
+        .map_err(|e| internal(e.into()))?
+        .ok_or_else(gone)?;
+    if rec.sealed_key.as_deref() != Some(E2E_MARKER) || rec.expires_at <= now {
+        return Err(gone());
+    }
+    let blob = state.data().blobs.get(&rec.object_key).await.map_err(|e| {
+        internal(AppError::Internal(anyhow::anyhow!(
+            "reading a sealed package: {e}"
+        )))
+    })?;
     let audit = service_event(
         "service.retrieval",
         &t.subject,
@@ -204,22 +212,34 @@ async fn take_sealed(
         serde_json::json!({ "digest": rec.digest, "size": blob.len() }),
         now,
     );
-    if store.take_package_key(&t.id, &audit, now).await?.is_none() {
-        return Err(AppError::PackageGone(t.id.clone()));
-    }
+    let actor = format!("service:{client_id}");
+    let proof_key = proof.map(|p| (p.replay_key(), p.keep_until()));
+    let jti = proof_key.as_ref().map(|(jti, keep)| Jti {
+        client_id,
+        jti,
+        keep_until: *keep,
+    });
+    let closed = match store
+        .retrieve_package(t, &audit, jti, &actor, now)
+        .await
+        .map_err(|e| internal(e.into()))?
+    {
+        Retrieval::Taken { closed, .. } => closed,
+        Retrieval::Gone => return Err(gone()),
+        Retrieval::ProofReplay => {
+            return Err(OAuthError::from(dpop::ProofError::Replay).at_resource());
+        }
+    };
     if let Err(e) = state.data().blobs.delete(&rec.object_key).await {
         tracing::warn!(error = %e, "deleting a retrieved package blob failed");
     }
-    let actor = format!("service:{client_id}");
-    // From the transfer read for this request, each change from the one before (no re-reads).
-    let mut current = t.clone();
-    for event in [TransferEvent::Release, TransferEvent::Purge] {
-        match store
-            .apply_transfer_event_from(&current, event, &actor, state.clock().now())
-            .await
-        {
-            Ok(next) => current = next,
-            Err(e) => {
+    // The transfer changed since it was read: each change from a fresh read.
+    if !closed {
+        for event in [TransferEvent::Release, TransferEvent::Purge] {
+            if let Err(e) = store
+                .apply_transfer_event(&t.id, event, &actor, state.clock().now())
+                .await
+            {
                 tracing::warn!(transfer = %t.id, error = %e, "transfer state after retrieval not recorded");
                 break;
             }
