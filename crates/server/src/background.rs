@@ -271,27 +271,66 @@ async fn worker_loop(
     tracing::debug!(queue = handler.queue(), worker = %worker, "job worker started");
     let mut resume = Resume::Poll;
     loop {
+        // A job claimed together with the last one's completion (one write between two jobs).
+        let mut next: Option<Job> = None;
         for n in 0..BURST {
-            if *stop.borrow() {
-                break;
-            }
-            match run_one(&state, handler.as_ref(), &worker, lease).await {
-                Ok(true) if resume == Resume::Woken => {
-                    if !take_wake(&wake) {
+            let job = match next.take() {
+                Some(job) => job,
+                None if *stop.borrow() => break,
+                None => match state
+                    .store()
+                    .claim_job(handler.queue(), &worker, lease, state.clock().now())
+                    .await
+                {
+                    Ok(Some(job)) => job,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(queue = handler.queue(), error = %e, "job queue unavailable");
                         break;
                     }
-                }
-                Ok(true) => {
-                    if n >= 1 {
-                        wake_one(&wake, workers);
+                },
+            };
+            let (id, attempt) = (job.id.clone(), job.attempts);
+            let outcome = run_job(&state, handler.as_ref(), job, lease).await;
+            // Whether this worker takes another job: after a wake-up only while wake-ups are left;
+            // after a poll until the queue is empty, waking a sibling once a backlog shows.
+            let more = n + 1 < BURST
+                && !*stop.borrow()
+                && match resume {
+                    Resume::Woken => take_wake(&wake),
+                    _ => {
+                        if n >= 1 {
+                            wake_one(&wake, workers);
+                        }
+                        true
                     }
-                }
-                Ok(false) => break,
+                };
+            match record(
+                &state,
+                handler.as_ref(),
+                &worker,
+                lease,
+                (&id, attempt),
+                &outcome,
+                more,
+            )
+            .await
+            {
+                // The queue was looked at with the completion, and is empty.
+                Ok(None) if more && outcome == JobOutcome::Done => break,
+                Ok(claimed) => next = claimed,
                 Err(e) => {
                     tracing::warn!(queue = handler.queue(), error = %e, "job queue unavailable");
                     break;
                 }
             }
+            if !more {
+                break;
+            }
+        }
+        if let Some(job) = next {
+            // Stopping with a job claimed: its lease runs out and a worker takes it over.
+            tracing::debug!(queue = handler.queue(), job = %job.id, "job left to its lease");
         }
         resume = pause_or_wake(poll, &mut stop, &wake).await;
         if resume == Resume::Stop {
@@ -321,33 +360,79 @@ async fn run_one(
     worker: &str,
     lease: Duration,
 ) -> Result<bool, StoreError> {
-    let store = state.store();
-    let Some(job) = store
+    let Some(job) = state
+        .store()
         .claim_job(handler.queue(), worker, lease, state.clock().now())
         .await?
     else {
         return Ok(false);
     };
-    let id = job.id.clone();
-    let attempt = job.attempts;
-    // The run may not outlive its lease, or another worker would take the job over meanwhile.
+    let (id, attempt) = (job.id.clone(), job.attempts);
+    let outcome = run_job(state, handler, job, lease).await;
+    record(
+        state,
+        handler,
+        worker,
+        lease,
+        (&id, attempt),
+        &outcome,
+        false,
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Runs a claimed job; a run may not outlive its lease, or another worker would take the job over
+/// meanwhile.
+async fn run_job(
+    state: &AppState,
+    handler: &dyn JobHandler,
+    job: Job,
+    lease: Duration,
+) -> JobOutcome {
     let limit = handler.timeout().min(lease);
-    let outcome = match tokio::time::timeout(limit, handler.run(state.clone(), job)).await {
+    match tokio::time::timeout(limit, handler.run(state.clone(), job)).await {
         Ok(o) => o,
         Err(_) => JobOutcome::RetryAt {
             at: state.clock().now(),
             error: format!("timed out after {limit:?}"),
         },
-    };
+    }
+}
+
+/// Records a run's outcome. With `claim_next`, a job done is completed together with the claim of
+/// the queue's next due job, which is returned (None: the queue had none due).
+async fn record(
+    state: &AppState,
+    handler: &dyn JobHandler,
+    worker: &str,
+    lease: Duration,
+    (id, attempt): (&str, u32),
+    outcome: &JobOutcome,
+    claim_next: bool,
+) -> Result<Option<Job>, StoreError> {
+    let store = state.store();
     let now = state.clock().now();
-    let result = match &outcome {
+    let mut next = None;
+    let result = match outcome {
+        JobOutcome::Done if claim_next => {
+            let (completed, claimed) = store
+                .complete_and_claim(id, handler.queue(), worker, lease, now)
+                .await?;
+            next = claimed;
+            if completed {
+                Ok(JobState::Done)
+            } else {
+                Err(StoreError::LeaseLost(id.to_owned()))
+            }
+        }
         JobOutcome::Done => store
-            .complete_job(&id, worker, now)
+            .complete_job(id, worker, now)
             .await
             .map(|()| JobState::Done),
-        JobOutcome::RetryAt { at, error } => store.retry_job(&id, worker, error, *at, now).await,
+        JobOutcome::RetryAt { at, error } => store.retry_job(id, worker, error, *at, now).await,
         JobOutcome::Failed(error) => store
-            .fail_job(&id, worker, error, now)
+            .fail_job(id, worker, error, now)
             .await
             .map(|()| JobState::Failed),
     };
@@ -361,7 +446,7 @@ async fn run_one(
         }
         Err(e) => return Err(e),
     }
-    Ok(true)
+    Ok(next)
 }
 
 async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {

@@ -36,6 +36,7 @@ on_both_backends!(
     transfers_for_subject_are_newest_first,
     foreign_keys_are_enforced,
     jobs_are_claimed_once_and_leases_expire,
+    a_completion_claims_the_next_job_in_the_same_write,
     failed_jobs_retry_until_max_attempts,
     dedup_key_enqueues_once,
     concurrent_claims_never_share_a_job,
@@ -417,6 +418,56 @@ fn job(id: &str, run_at: Timestamp) -> NewJob {
         max_attempts: 3,
         dedup_key: None,
     }
+}
+
+async fn a_completion_claims_the_next_job_in_the_same_write(s: &Store) {
+    let lease = Duration::from_secs(30);
+    for id in ["a", "b"] {
+        s.enqueue_job(&job(id, T0), T0).await.unwrap();
+    }
+    let a = s
+        .claim_job("fetch", "w1", lease, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.id, "a");
+    // Another worker's job is not completed by this one, but it may still claim.
+    let (done, b) = s
+        .complete_and_claim("a", "fetch", "w2", lease, T0)
+        .await
+        .unwrap();
+    assert!(!done);
+    let b = b.unwrap();
+    assert_eq!((b.id.as_str(), b.attempts), ("b", 1));
+    assert_eq!(s.job("a").await.unwrap().unwrap().state, JobState::Running);
+    let (done, none) = s
+        .complete_and_claim("a", "fetch", "w1", lease, T0)
+        .await
+        .unwrap();
+    assert!(done && none.is_none(), "a running job is not due to anyone");
+    assert_eq!(s.job("a").await.unwrap().unwrap().state, JobState::Done);
+
+    // A job whose every lease ran out is retired instead of handed out.
+    let mut tired = job("c", T0);
+    tired.max_attempts = 1;
+    s.enqueue_job(&tired, T0).await.unwrap();
+    s.enqueue_job(&job("d", T0), T0).await.unwrap();
+    let c = s
+        .claim_job("fetch", "w3", lease, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.id, "c");
+    let later = T0.plus(Duration::from_secs(31));
+    // c's lease ran out on its only attempt: retired, and d claimed instead. b, completed in the
+    // same write (late, but no one took it over), is never claimed with its own completion.
+    let (done, next) = s
+        .complete_and_claim("b", "fetch", "w2", lease, later)
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(next.unwrap().id, "d");
+    assert_eq!(s.job("c").await.unwrap().unwrap().state, JobState::Failed);
 }
 
 async fn jobs_are_claimed_once_and_leases_expire(s: &Store) {
