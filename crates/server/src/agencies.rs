@@ -194,33 +194,34 @@ pub async fn start_fetch(
     }
     let now = state.clock().now();
     let store = state.store();
-    let t = store.create_transfer(&req.transfer, actor, now).await?;
+    let id = &req.transfer.id;
     let subject = FetchSubject::new(&req.subject_id, req.method.code(), req.level.number());
     let plain =
         zeroize::Zeroizing::new(serde_json::to_vec(&subject).map_err(|_| StartError::Seal)?);
     let sealed = state
         .data()
         .vault
-        .seal(&secret_context(&t.id), &plain)
+        .seal(&secret_context(id), &plain)
         .map_err(|_| StartError::Seal)?;
-    let jobs: Vec<NewJob> = t
+    let jobs: Vec<NewJob> = req
+        .transfer
         .datasets
         .iter()
         .map(|d| NewJob {
             id: uuid::Uuid::new_v4().to_string(),
             queue: FETCH_QUEUE.into(),
             payload: serde_json::json!(FetchJob {
-                transfer_id: t.id.clone(),
-                dataset_id: d.dataset_id.clone(),
+                transfer_id: id.clone(),
+                dataset_id: d.clone(),
             }),
             run_at: now,
             max_attempts: FETCH_MAX_RUNS,
-            dedup_key: Some(format!("fetch:{}:{}", t.id, d.dataset_id)),
+            dedup_key: Some(format!("fetch:{id}:{d}")),
         })
         .collect();
-    // Fresh from its creation: nobody else can have changed it.
+    // Created and fetching in one write: the person consented when asking.
     let t = store
-        .begin_fetching_from(&t, &sealed, &jobs, actor, now)
+        .start_transfer(&req.transfer, &sealed, &jobs, actor, now)
         .await?;
     for _ in &jobs {
         state.job_wake().wake(FETCH_QUEUE);

@@ -422,7 +422,7 @@ SELECT 0::bigint, data_object FROM old UNION ALL SELECT 1::bigint, NULL::text FR
 );
 
 /// Jobs as the JSON array the one-step inserts read (payload as text, as `jobs.payload` stores it).
-fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> String {
+pub(crate) fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> String {
     serde_json::Value::Array(
         jobs.into_iter()
             .map(|j| {

@@ -2,7 +2,7 @@
 
 use crate::audit::NewAuditEvent;
 use crate::step::write_step;
-use crate::{Result, Store, StoreError, on_pool, on_read_pool, parse_column};
+use crate::{NewJob, Result, Store, StoreError, on_pool, on_read_pool, parse_column};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
 use serde::Serialize;
@@ -163,6 +163,34 @@ d AS (INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, 
     SELECT t.id, x.value, x.n - 1, 'pending', $7 FROM t, jsonb_array_elements_text($9::jsonb) WITH ORDINALITY AS x(value, n))
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $7, $10, $3, t.id, $11, $12 FROM t RETURNING seq";
 
+/// A new transfer that starts fetching at once, as one step (see `step`): `CREATE_*` with the row
+/// already `fetching` at version 1 (what creation and consent make of it), its two events
+/// (`$10`–`$12`, `$13`/`$14`), the sealed secret `$15` and the fetch jobs `$16` (a JSON array).
+const START_SQLITE: &str = "BEGIN IMMEDIATE;
+INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 1);
+INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at)
+    SELECT $1, value, key, 'pending', $7 FROM json_each($9) WHERE true;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($7, $10, $3, $1, $11, $12), ($7, $13, $3, $1, $11, $14);
+INSERT INTO transfer_secrets (transfer_id, sealed, created_at) VALUES ($1, $15, $7);
+INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
+           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $7, $7
+    FROM json_each($16) WHERE true
+    ON CONFLICT (dedup_key) DO NOTHING;
+COMMIT";
+const START_POSTGRES: &str = "WITH t AS (INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 1) RETURNING id),
+d AS (INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at)
+    SELECT t.id, x.value, x.n - 1, 'pending', $7 FROM t, jsonb_array_elements_text($9::jsonb) WITH ORDINALITY AS x(value, n)),
+s AS (INSERT INTO transfer_secrets (transfer_id, sealed, created_at) SELECT t.id, $15, $7 FROM t),
+j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', $7, $7
+    FROM t, jsonb_array_elements($16::jsonb) AS x
+    ON CONFLICT (dedup_key) DO NOTHING)
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail)
+    SELECT $7, $10, $3, t.id, $11, $12 FROM t UNION ALL SELECT $7, $13, $3, t.id, $11, $14 FROM t RETURNING seq";
+
 /// A state change of a transfer with its audit event, as one step (see `step`): the UPDATE is a
 /// compare-and-set on `version`, and the event (at the change's time, `$2`) is inserted only when
 /// it matched a row.
@@ -173,7 +201,79 @@ COMMIT";
 const APPLY_EVENT_POSTGRES: &str = "WITH u AS (UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4 RETURNING id)
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $5, $6, u.id, $7, $8 FROM u RETURNING seq";
 
+/// A transfer as [`Store::create_transfer`] writes it: created at `now`, its datasets pending.
+fn fresh_transfer(t: &NewTransfer, now: Timestamp) -> Transfer {
+    let expires_at = now.plus(limits::PACKAGE_TTL);
+    let state = TransferState::Created;
+    Transfer {
+        id: t.id.clone(),
+        kind: t.kind,
+        subject: t.subject.clone(),
+        recipient: t.recipient.clone(),
+        purpose: t.purpose.clone(),
+        state,
+        created_at: now,
+        expires_at,
+        updated_at: now,
+        version: 0,
+        datasets: t
+            .datasets
+            .iter()
+            .map(|d| TransferDataset {
+                dataset_id: d.clone(),
+                status: "pending".into(),
+                updated_at: now,
+                attempts: 0,
+                error_code: None,
+                error_message: None,
+                digest: None,
+                started_at: None,
+                next_attempt_at: None,
+                settled_at: None,
+            })
+            .collect(),
+    }
+}
+
 impl Store {
+    /// Creates a transfer the person has consented to in the same breath: as
+    /// [`Store::create_transfer`] followed by [`Store::begin_fetching_from`] (the same rows and
+    /// events: `transfer.created`, then `transfer.fetching`), in one write step.
+    pub async fn start_transfer(
+        &self,
+        t: &NewTransfer,
+        sealed_secret: &str,
+        jobs: &[NewJob],
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Transfer> {
+        let created = fresh_transfer(t, now);
+        let event = TransferEvent::Consent;
+        let next = created.state.next(event)?;
+        let created_detail = serde_json::json!({ "datasets": t.datasets, "purpose": t.purpose, "kind": t.kind.code() });
+        let fetching_detail =
+            serde_json::json!({ "from": created.state.code(), "event": event, "jobs": jobs.len() });
+        let datasets = serde_json::Value::from(t.datasets.clone()).to_string();
+        let _: Vec<(i64,)> = write_step!(self, START_SQLITE, START_POSTGRES, |q| q
+            .bind(&t.id)
+            .bind(t.kind.code())
+            .bind(&t.subject)
+            .bind(&t.recipient)
+            .bind(&t.purpose)
+            .bind(next.code())
+            .bind(now.millis())
+            .bind(created.expires_at.millis())
+            .bind(&datasets)
+            .bind("transfer.created")
+            .bind(actor)
+            .bind(created_detail.to_string())
+            .bind(format!("transfer.{}", next.code()))
+            .bind(fetching_detail.to_string())
+            .bind(sealed_secret)
+            .bind(crate::fetches::jobs_json(jobs)));
+        Ok(created.changed_to(next, now))
+    }
+
     /// Creates a transfer in state `created`, expiring [`limits::PACKAGE_TTL`] after `now`, with one
     /// pending row per dataset and a `transfer.created` audit event, all in one transaction.
     pub async fn create_transfer(
@@ -182,8 +282,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<Transfer> {
-        let expires_at = now.plus(limits::PACKAGE_TTL);
-        let state = TransferState::Created;
+        let created = fresh_transfer(t, now);
         let detail = serde_json::json!({ "datasets": t.datasets, "purpose": t.purpose, "kind": t.kind.code() });
         let event = NewAuditEvent {
             at: now,
@@ -201,42 +300,15 @@ impl Store {
             .bind(&t.subject)
             .bind(&t.recipient)
             .bind(&t.purpose)
-            .bind(state.code())
+            .bind(created.state.code())
             .bind(now.millis())
-            .bind(expires_at.millis())
+            .bind(created.expires_at.millis())
             .bind(&datasets)
             .bind(&event.kind)
             .bind(&event.actor)
             .bind(event.detail.to_string()));
         // Exactly what was written: reading it back would cost a statement on every transfer.
-        Ok(Transfer {
-            id: t.id.clone(),
-            kind: t.kind,
-            subject: t.subject.clone(),
-            recipient: t.recipient.clone(),
-            purpose: t.purpose.clone(),
-            state,
-            created_at: now,
-            expires_at,
-            updated_at: now,
-            version: 0,
-            datasets: t
-                .datasets
-                .iter()
-                .map(|d| TransferDataset {
-                    dataset_id: d.clone(),
-                    status: "pending".into(),
-                    updated_at: now,
-                    attempts: 0,
-                    error_code: None,
-                    error_message: None,
-                    digest: None,
-                    started_at: None,
-                    next_attempt_at: None,
-                    settled_at: None,
-                })
-                .collect(),
-        })
+        Ok(created)
     }
 
     /// The transfer with its datasets, if it exists.

@@ -60,6 +60,7 @@ on_both_backends!(
     package_key_is_taken_once_and_destroyed_at_expiry,
     a_retrieval_takes_the_key_and_closes_the_transfer_once,
     packaging_ends_in_one_step_and_only_once,
+    a_started_transfer_is_what_creation_then_consent_make,
     secrets_are_purged_once_fetching_ends,
     pruning_removes_old_details_but_the_log_still_verifies_and_proves,
     audit_verify_catches_tampering_hidden_as_pruning,
@@ -1662,6 +1663,61 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
     assert_eq!(count("transfer.ready").await, 1);
     // A transfer that is not fetching cannot be settled again.
     assert!(s.finish_packaging(&t, None, T0).await.is_err());
+}
+
+async fn a_started_transfer_is_what_creation_then_consent_make(s: &Store) {
+    // The long way round, for comparison.
+    fetching(s, "two-steps").await;
+    let jobs = [job("one-j", T0)];
+    let started = s
+        .start_transfer(&new_transfer("one", "subj"), "sealed", &jobs, "subj", T0)
+        .await
+        .unwrap();
+    let (one, two) = (
+        s.transfer("one").await.unwrap().unwrap(),
+        s.transfer("two-steps").await.unwrap().unwrap(),
+    );
+    assert_eq!(started, one, "the returned transfer is the stored one");
+    assert_eq!(
+        (one.state, one.version, one.datasets.len()),
+        (two.state, two.version, two.datasets.len())
+    );
+    assert_eq!(one.state, TransferState::Fetching);
+    let kinds = |id: &'static str| async move {
+        s.audit_for_transfer(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.detail))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds("one").await, kinds("two-steps").await);
+    assert_eq!(
+        s.transfer_secret("one").await.unwrap().as_deref(),
+        Some("sealed")
+    );
+    assert_eq!(
+        s.job("one-j").await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    // The same transfer again: refused, nothing added.
+    assert!(
+        s.start_transfer(
+            &new_transfer("one", "subj"),
+            "other",
+            &[job("one-k", T0)],
+            "subj",
+            T0
+        )
+        .await
+        .is_err()
+    );
+    assert!(s.job("one-k").await.unwrap().is_none());
+    assert_eq!(kinds("one").await.len(), 2);
+    assert_eq!(
+        s.transfer_secret("one").await.unwrap().as_deref(),
+        Some("sealed")
+    );
 }
 
 async fn secrets_are_purged_once_fetching_ends(s: &Store) {
