@@ -263,10 +263,13 @@ impl Store {
     pub async fn sweep_clerk_sessions(&self, now: Timestamp) -> Result<u64> {
         let before = now.millis().saturating_sub(window_ms());
         let n = on_pool!(self, pool => {
-            sqlx::query("DELETE FROM counter_grants WHERE expires_at <= $1").bind(now.millis()).execute(pool).await?;
-            sqlx::query("DELETE FROM counter_failures WHERE at <= $1").bind(before).execute(pool).await?;
-            sqlx::query("DELETE FROM counter_locks WHERE locked_until <= $1").bind(now.millis()).execute(pool).await?;
-            sqlx::query("DELETE FROM clerk_sessions WHERE expires_at <= $1").bind(now.millis()).execute(pool).await?.rows_affected()
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM counter_grants WHERE expires_at <= $1").bind(now.millis()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM counter_failures WHERE at <= $1").bind(before).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM counter_locks WHERE locked_until <= $1").bind(now.millis()).execute(&mut *tx).await?;
+            let n = sqlx::query("DELETE FROM clerk_sessions WHERE expires_at <= $1").bind(now.millis()).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            n
         });
         Ok(n)
     }

@@ -665,14 +665,14 @@ impl Store {
             };
         }
         let pool = match &self.db {
-            crate::Db::Sqlite { pool, .. } => {
+            crate::Db::Sqlite { writer, .. } => {
                 // One round trip (see `step`): SQLite runs the whole text under its write lock, so
                 // the count of open datasets sees every other settlement. The open count comes
                 // back only if this call settled the dataset.
                 let jobs = jobs_json(next);
                 let q = sqlx::query_as(SETTLE_SQLITE);
                 let q = bind_audit!(bind_settlement!(q).bind(&jobs), audit);
-                let rows: Vec<(i64,)> = crate::step::sqlite(pool, q).await?;
+                let rows: Vec<(i64,)> = crate::step::sqlite(writer, q).await?;
                 return Ok(rows.first().map(|(open,)| *open == 0));
             }
             crate::Db::Postgres(pool) => pool,
@@ -817,7 +817,7 @@ impl Store {
         let lease = n.saturating_add(ms(limits.slot_lease));
         let limit = i64::from(limits.concurrency.max(1));
         let pool = match &self.db {
-            crate::Db::Sqlite { pool, .. } => {
+            crate::Db::Sqlite { writer, .. } => {
                 // One step: SQLite runs the whole text under its write lock, so the count of
                 // slots sees every other admission.
                 let q = sqlx::query_as(ADMIT_SQLITE)
@@ -826,7 +826,7 @@ impl Store {
                     .bind(holder)
                     .bind(lease)
                     .bind(limit);
-                let rows: Vec<(i64, Option<i64>, i64)> = crate::step::sqlite(pool, q).await?;
+                let rows: Vec<(i64, Option<i64>, i64)> = crate::step::sqlite(writer, q).await?;
                 let circuit = rows.iter().find(|r| r.0 == 0);
                 let open_until = circuit.and_then(|r| r.1);
                 let failures = circuit.map_or(0, |r| r.2);

@@ -23,6 +23,7 @@ mod step;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transfers;
+mod writer;
 
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use audit_receipts::{NewReceipt, StoredReceipt};
@@ -106,7 +107,7 @@ impl Default for PoolSettings {
 enum Db {
     Sqlite {
         /// The one connection that writes (every statement that may write goes here).
-        pool: SqlitePool,
+        writer: std::sync::Arc<writer::Writer>,
         /// Connections for plain reads, which WAL lets run beside the writer.
         read: SqlitePool,
         file: Option<PathBuf>,
@@ -115,10 +116,22 @@ enum Db {
 }
 
 /// Runs the same expression against whichever pool is active. Inside, `$pool` is the concrete pool.
+/// On SQLite `$pool` is the writer connection, held for the expression (see `writer`).
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.db {
-            $crate::Db::Sqlite { pool: $pool, .. } => $body,
+            $crate::Db::Sqlite { writer, .. } => {
+                let mut lease = writer.lease().await?;
+                let out = {
+                    // `begin` on the connection, as on a pool.
+                    #[allow(unused_imports)]
+                    use sqlx::Connection as _;
+                    let $pool = lease.conn()?;
+                    $body
+                };
+                lease.finish();
+                out
+            }
             $crate::Db::Postgres($pool) => $body,
         }
     };
@@ -176,29 +189,31 @@ impl Store {
                 }
                 // One writer connection: SQLite lets one transaction write at a time, and writers
                 // on several connections find the lock taken and sleep in SQLite's busy handler
-                // (1 to 100 ms at a time), leaving the CPU idle. Queued on the pool instead, each
-                // writer starts the moment the previous one commits. Reads use the other
-                // connections. A file on this machine cannot drop a connection the way a network
-                // can, so sqlx's test round trip before lending one is skipped.
-                let opts = opts.create_if_missing(file.is_none());
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
+                // (1 to 100 ms at a time), leaving the CPU idle. Queued on one connection instead
+                // (see `writer`), each writer starts the moment the previous one is done. Reads
+                // use the other connections. A file on this machine cannot drop a connection the
+                // way a network can, so sqlx's test round trip before lending one is skipped.
+                let Some(path) = file else {
+                    // Each connection would get a database of its own, the writer's unseen.
+                    return Err(StoreError::UnsupportedUrl(
+                        "sqlite in memory (give the database a file)".into(),
+                    ));
+                };
+                let opts = opts.create_if_missing(false);
+                let writer = std::sync::Arc::new(
+                    writer::Writer::open(opts.clone(), settings.acquire_timeout).await?,
+                );
+                let read = SqlitePoolOptions::new()
+                    .max_connections(settings.max_connections.max(1))
                     .acquire_timeout(settings.acquire_timeout)
                     .test_before_acquire(false)
-                    .connect_with(opts.clone())
+                    .connect_with(opts)
                     .await?;
-                // An in-memory database exists once per connection: there it is all one pool.
-                let read = if file.is_some() {
-                    SqlitePoolOptions::new()
-                        .max_connections(settings.max_connections.max(1))
-                        .acquire_timeout(settings.acquire_timeout)
-                        .test_before_acquire(false)
-                        .connect_with(opts)
-                        .await?
-                } else {
-                    pool.clone()
-                };
-                Db::Sqlite { pool, read, file }
+                Db::Sqlite {
+                    writer,
+                    read,
+                    file: Some(path),
+                }
             }
             "postgres" | "postgresql" => {
                 let opts = PgConnectOptions::from_str(url)?.application_name("mydata");
@@ -224,7 +239,13 @@ impl Store {
     /// Brings the schema up to date. Safe to run on every start and from several processes.
     pub async fn migrate(&self) -> Result<()> {
         match &self.db {
-            Db::Sqlite { pool, .. } => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Db::Sqlite { writer, .. } => {
+                let mut lease = writer.lease().await?;
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(lease.conn()?)
+                    .await?;
+                lease.finish();
+            }
             Db::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
         }
         Ok(())
@@ -245,8 +266,13 @@ impl Store {
 
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
-        on_pool!(self, pool => pool.close().await);
-        on_read_pool!(self, pool => pool.close().await);
+        match &self.db {
+            Db::Sqlite { writer, read, .. } => {
+                writer.close().await;
+                read.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
     }
 
     /// Names of the tables and their columns, for schema comparisons between backends.
@@ -254,7 +280,7 @@ impl Store {
         use sqlx::Row;
         let mut out = Vec::new();
         match &self.db {
-            Db::Sqlite { pool, .. } => {
+            Db::Sqlite { read: pool, .. } => {
                 let rows = sqlx::query(
                     "SELECT m.name AS t, p.name AS c, p.\"notnull\" AS nn FROM sqlite_master m, pragma_table_info(m.name) p
                      WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx_%' ORDER BY 1, 2",

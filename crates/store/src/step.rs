@@ -11,62 +11,30 @@
 //! statements return.
 
 use crate::Result;
-use sqlx::pool::PoolConnection;
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
-
-/// The SQLite writer connection, held through one step. If the step is abandoned midway (its
-/// future dropped, or a statement failed and the rollback did not go through), the connection is
-/// closed instead of going back to the pool with a transaction perhaps still open; closing it
-/// rolls that transaction back.
-struct WriterGuard(Option<PoolConnection<Sqlite>>);
-
-impl WriterGuard {
-    fn conn(&mut self) -> Option<&mut SqliteConnection> {
-        self.0.as_deref_mut()
-    }
-
-    /// The step ended with no transaction open: the connection goes back to the pool.
-    fn release(mut self) {
-        self.0.take();
-    }
-}
-
-impl Drop for WriterGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            c.close_on_drop();
-        }
-    }
-}
+use crate::writer::Writer;
+use sqlx::Sqlite;
 
 /// Runs `query` — statements between `BEGIN IMMEDIATE` and `COMMIT` in one text, already bound — on
-/// the SQLite writer and returns every row its statements return.
+/// the SQLite writer and returns every row its statements return. If it fails midway, what it left
+/// open is rolled back before the writer goes to the next (see `writer`).
 pub(crate) async fn sqlite<'q, O>(
-    pool: &SqlitePool,
+    writer: &Writer,
     query: sqlx::query::QueryAs<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
 ) -> Result<Vec<O>>
 where
     O: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
 {
-    let mut guard = WriterGuard(Some(pool.acquire().await?));
-    let Some(conn) = guard.conn() else {
-        return Err(sqlx::Error::PoolClosed.into());
-    };
+    let mut lease = writer.lease().await?;
     // All rows, never just the first: the connection's thread stops running the text's statements
     // (COMMIT included) once the reader has what it asked for.
-    match query.fetch_all(&mut *conn).await {
+    match query.fetch_all(lease.conn()?).await {
         Ok(rows) => {
-            guard.release();
+            lease.finish();
             Ok(rows)
         }
         Err(e) => {
             // A failed statement leaves the transaction open: COMMIT never ran.
-            match sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                Ok(_) => guard.release(),
-                // BEGIN itself failed, or SQLite already rolled back (disk full, I/O error).
-                Err(r) if r.to_string().contains("no transaction is active") => guard.release(),
-                Err(_) => {}
-            }
+            lease.recover().await;
             Err(e.into())
         }
     }
@@ -78,9 +46,9 @@ where
 macro_rules! write_step {
     ($store:expr, $sqlite:expr, $postgres:expr, |$q:ident| $bind:expr) => {
         match &$store.db {
-            $crate::Db::Sqlite { pool, .. } => {
+            $crate::Db::Sqlite { writer, .. } => {
                 let $q = sqlx::query_as($sqlite);
-                $crate::step::sqlite(pool, $bind).await?
+                $crate::step::sqlite(writer, $bind).await?
             }
             $crate::Db::Postgres(pool) => {
                 let $q = sqlx::query_as($postgres);

@@ -109,7 +109,7 @@ impl Store {
     pub async fn row_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {
         use sqlx::Row;
         let tables: Vec<String> = match &self.db {
-            crate::Db::Sqlite { pool, .. } => sqlx::query(
+            crate::Db::Sqlite { read: pool, .. } => sqlx::query(
                 "SELECT name FROM sqlite_master WHERE type = 'table' \
                  AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
             )
