@@ -17,6 +17,7 @@ mod identity;
 mod jobs;
 mod oauth;
 mod passkeys;
+mod readers;
 mod records;
 mod retention;
 mod step;
@@ -48,9 +49,9 @@ pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};
 
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -109,7 +110,7 @@ enum Db {
         /// The one connection that writes (every statement that may write goes here).
         writer: std::sync::Arc<writer::Writer>,
         /// Connections for plain reads, which WAL lets run beside the writer.
-        read: SqlitePool,
+        read: std::sync::Arc<readers::Readers>,
         file: Option<PathBuf>,
     },
     Postgres(PgPool),
@@ -143,7 +144,11 @@ pub(crate) use on_pool;
 macro_rules! on_read_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.db {
-            $crate::Db::Sqlite { read: $pool, .. } => $body,
+            $crate::Db::Sqlite { read, .. } => {
+                let mut lease = read.lease().await?;
+                let $pool = lease.conn()?;
+                $body
+            }
             $crate::Db::Postgres($pool) => $body,
         }
     };
@@ -203,12 +208,11 @@ impl Store {
                 let writer = std::sync::Arc::new(
                     writer::Writer::open(opts.clone(), settings.acquire_timeout).await?,
                 );
-                let read = SqlitePoolOptions::new()
-                    .max_connections(settings.max_connections.max(1))
-                    .acquire_timeout(settings.acquire_timeout)
-                    .test_before_acquire(false)
-                    .connect_with(opts)
-                    .await?;
+                let read = std::sync::Arc::new(readers::Readers::new(
+                    opts,
+                    settings.max_connections,
+                    settings.acquire_timeout,
+                ));
                 Db::Sqlite {
                     writer,
                     read,
@@ -268,8 +272,8 @@ impl Store {
     pub async fn close(&self) {
         match &self.db {
             Db::Sqlite { writer, read, .. } => {
-                writer.close().await;
                 read.close().await;
+                writer.close().await;
             }
             Db::Postgres(pool) => pool.close().await,
         }
@@ -280,12 +284,13 @@ impl Store {
         use sqlx::Row;
         let mut out = Vec::new();
         match &self.db {
-            Db::Sqlite { read: pool, .. } => {
+            Db::Sqlite { read, .. } => {
+                let mut lease = read.lease().await?;
                 let rows = sqlx::query(
                     "SELECT m.name AS t, p.name AS c, p.\"notnull\" AS nn FROM sqlite_master m, pragma_table_info(m.name) p
                      WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx_%' ORDER BY 1, 2",
                 )
-                .fetch_all(pool)
+                .fetch_all(lease.conn()?)
                 .await?;
                 for r in rows {
                     let nn: i64 = r.try_get("nn")?;

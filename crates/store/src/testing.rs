@@ -109,11 +109,11 @@ impl Store {
     pub async fn row_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {
         use sqlx::Row;
         let tables: Vec<String> = match &self.db {
-            crate::Db::Sqlite { read: pool, .. } => sqlx::query(
+            crate::Db::Sqlite { read, .. } => sqlx::query(
                 "SELECT name FROM sqlite_master WHERE type = 'table' \
                  AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
             )
-            .fetch_all(pool)
+            .fetch_all(read.lease().await?.conn()?)
             .await?
             .iter()
             .map(|r| r.try_get::<String, _>(0))
