@@ -194,14 +194,7 @@ impl Store {
             if job.attempts <= job.max_attempts {
                 return Ok(Some(job));
             }
-            self.finish_job(
-                &job.id,
-                worker,
-                JobState::Failed,
-                Some("lease expired on every attempt"),
-                now,
-            )
-            .await?;
+            self.retire_exhausted(&job.id, worker, now).await?;
         }
         Ok(None)
     }
@@ -236,6 +229,18 @@ impl Store {
         row.map(Job::try_from).transpose()
     }
 
+    /// Marks a job that was claimed once more than it may be attempted failed for good.
+    async fn retire_exhausted(&self, id: &str, worker: &str, now: Timestamp) -> Result<()> {
+        self.finish_job(
+            id,
+            worker,
+            JobState::Failed,
+            Some("lease expired on every attempt"),
+            now,
+        )
+        .await
+    }
+
     /// Marks `done` done, as [`Store::complete_job`] does, and claims the next due job of `queue`,
     /// as [`Store::claim_job`] does, in one write step (a busy worker pays one round trip between
     /// two jobs, not two). The flag is false when the lease on `done` was lost.
@@ -268,14 +273,7 @@ impl Store {
         match claimed {
             Some(job) if job.attempts > job.max_attempts => {
                 // Its leases ran out on every attempt: retired, and the next one claimed instead.
-                self.finish_job(
-                    &job.id,
-                    worker,
-                    JobState::Failed,
-                    Some("lease expired on every attempt"),
-                    now,
-                )
-                .await?;
+                self.retire_exhausted(&job.id, worker, now).await?;
                 Ok((completed, self.claim_job(queue, worker, lease, now).await?))
             }
             other => Ok((completed, other)),
