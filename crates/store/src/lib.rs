@@ -44,7 +44,9 @@ pub use identity::{
     ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,
 };
 pub use jobs::{Job, JobState, NewJob};
-pub use oauth::{ClientRow, CodeRow as OAuthCodeRow, Issue, Jti, Redeem, RequestRow, TokenRow};
+pub use oauth::{
+    ClientRow, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem, RequestRow, TokenRow,
+};
 pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};
 pub use transfers::{NewTransfer, Transfer, TransferDataset};

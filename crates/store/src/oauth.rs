@@ -135,6 +135,17 @@ pub struct Jti<'a> {
     pub keep_until: Timestamp,
 }
 
+/// What storing a pushed request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Stored, its `jti`s recorded.
+    Stored,
+    /// The client assertion's `jti` was used before: nothing stored (the proof's `jti` is spent).
+    AssertionReplay,
+    /// The DPoP proof's `jti` was used before: nothing stored (the assertion's `jti` is spent).
+    ProofReplay,
+}
+
 /// What issuing a token at the token endpoint found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Issue {
@@ -150,26 +161,66 @@ pub enum Issue {
     Code(Redeem),
 }
 
+/// Records a client assertion's `jti` (`$2`, kept until `$3`) and a DPoP proof's (`$4`/`$5`, NULL
+/// for none) for client `$1`, each only if new, returning 0 and 2 for those recorded. SQLite: one
+/// statement, after which `changes()` counts them; PostgreSQL: the CTE `j`.
+macro_rules! insert_jtis_sqlite {
+    () => {
+        "INSERT INTO oauth_jtis (client_id, jti, expires_at)
+    SELECT $1, $2, $3 UNION ALL SELECT $1, $4, $5 WHERE $4 IS NOT NULL
+    ON CONFLICT (client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2 THEN 0 ELSE 2 END;
+"
+    };
+}
+macro_rules! insert_jtis_postgres {
+    () => {
+        "WITH j AS (INSERT INTO oauth_jtis (client_id, jti, expires_at)
+    SELECT $1::text, $2::text, $3::bigint UNION ALL SELECT $1::text, $4::text, $5::bigint WHERE $4::text IS NOT NULL
+    ON CONFLICT (client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2::text THEN 0 ELSE 2 END AS k),
+"
+    };
+}
+
 /// The token endpoint's writes as one step (see `step`): the assertion's `jti` (`$2`, `$3`) and the
 /// proof's (`$4`, `$5`; NULL for none) for client `$1`, then, only if every one of them is new, the
 /// code `$7` spent at `$6` and the token (`$8`–`$11`) stored. Returns 0 for the assertion's `jti`
 /// recorded, 2 for the proof's, 1 for the token.
-const ISSUE_SQLITE: &str = "BEGIN IMMEDIATE;
-INSERT INTO oauth_jtis (client_id, jti, expires_at)
-    SELECT $1, $2, $3 UNION ALL SELECT $1, $4, $5 WHERE $4 IS NOT NULL
-    ON CONFLICT (client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2 THEN 0 ELSE 2 END;
-UPDATE oauth_codes SET used_at = $6 WHERE code_hash = $7 AND used_at IS NULL AND changes() = 1 + ($4 IS NOT NULL);
+const ISSUE_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+",
+    insert_jtis_sqlite!(),
+    "UPDATE oauth_codes SET used_at = $6 WHERE code_hash = $7 AND used_at IS NULL AND changes() = 1 + ($4 IS NOT NULL);
 INSERT INTO oauth_tokens (token_hash, client_id, transfer_id, code_hash, dpop_jkt, created_at, expires_at, revoked_at)
     SELECT $8, $1, $9, $7, $10, $6, $11, NULL WHERE changes() = 1 RETURNING 1;
-COMMIT";
-const ISSUE_POSTGRES: &str = "WITH j AS (INSERT INTO oauth_jtis (client_id, jti, expires_at)
-    SELECT $1::text, $2::text, $3::bigint UNION ALL SELECT $1::text, $4::text, $5::bigint WHERE $4::text IS NOT NULL
-    ON CONFLICT (client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2::text THEN 0 ELSE 2 END AS k),
-c AS (UPDATE oauth_codes SET used_at = $6 WHERE code_hash = $7 AND used_at IS NULL
+COMMIT"
+);
+const ISSUE_POSTGRES: &str = concat!(
+    insert_jtis_postgres!(),
+    "c AS (UPDATE oauth_codes SET used_at = $6 WHERE code_hash = $7 AND used_at IS NULL
     AND (SELECT count(*) FROM j) = CASE WHEN $4::text IS NULL THEN 1 ELSE 2 END RETURNING code_hash),
 t AS (INSERT INTO oauth_tokens (token_hash, client_id, transfer_id, code_hash, dpop_jkt, created_at, expires_at, revoked_at)
     SELECT $8, $1::text, $9, c.code_hash, $10, $6, $11, NULL FROM c RETURNING 1 AS k)
-SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM t";
+SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM t"
+);
+
+/// A pushed request stored with its client's `jti`s recorded, as one step (see `step`): the
+/// `jti`s as in `ISSUE_*` (`$1`–`$5`), then the request (`$6`–`$13`) only if every one was new
+/// (returning 1).
+const PUSH_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+",
+    insert_jtis_sqlite!(),
+    "INSERT INTO oauth_requests (id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at)
+    SELECT $6, $1, $7, $8, $9, $10, $11, $12, $13 WHERE changes() = 1 + ($4 IS NOT NULL) RETURNING 1;
+COMMIT"
+);
+const PUSH_POSTGRES: &str = concat!(
+    insert_jtis_postgres!(),
+    "r AS (INSERT INTO oauth_requests (id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at)
+    SELECT $6, $1::text, $7, $8, $9, $10, $11, $12, $13
+    WHERE (SELECT count(*) FROM j) = CASE WHEN $4::text IS NULL THEN 1 ELSE 2 END RETURNING 1 AS k)
+SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM r"
+);
 
 const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, dpop_bound_access_tokens, created_at, updated_at FROM oauth_clients";
 const SELECT_REQUEST: &str = "SELECT id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at FROM oauth_requests";
@@ -391,6 +442,38 @@ impl Store {
         on_pool!(self, pool => sqlx::query("UPDATE oauth_tokens SET revoked_at = $2 WHERE code_hash = $1 AND revoked_at IS NULL")
             .bind(code_hash).bind(now.millis()).execute(pool).await.map(|_| ()))?;
         Ok(Redeem::Reused)
+    }
+
+    /// Stores a pushed request with its client assertion's `jti` and its DPoP proof's recorded, in
+    /// one step; nothing is stored if either was used before.
+    pub async fn push_request(
+        &self,
+        r: &RequestRow,
+        assertion: Jti<'_>,
+        proof: Option<Jti<'_>>,
+    ) -> Result<Push> {
+        let rows: Vec<(i64,)> = write_step!(self, PUSH_SQLITE, PUSH_POSTGRES, |q| q
+            .bind(assertion.client_id)
+            .bind(assertion.jti)
+            .bind(assertion.keep_until.millis())
+            .bind(proof.map(|p| p.jti))
+            .bind(proof.map(|p| p.keep_until.millis()))
+            .bind(&r.id)
+            .bind(&r.params)
+            .bind(&r.status)
+            .bind(&r.session_hash)
+            .bind(&r.transfer_id)
+            .bind(r.created_at)
+            .bind(r.expires_at)
+            .bind(r.updated_at));
+        let has = |k: i64| rows.iter().any(|r| r.0 == k);
+        Ok(if !has(0) {
+            Push::AssertionReplay
+        } else if proof.is_some() && !has(2) {
+            Push::ProofReplay
+        } else {
+            Push::Stored
+        })
     }
 
     /// The token endpoint's writes in one step: records the client assertion's `jti` and the DPoP

@@ -4,7 +4,7 @@
 
 use mydata_core::Timestamp;
 use mydata_store::{
-    ClientRow, Issue, Jti, NewAuditEvent, OAuthCodeRow, Redeem, RequestRow, Store, TokenRow,
+    ClientRow, Issue, Jti, NewAuditEvent, OAuthCodeRow, Push, Redeem, RequestRow, Store, TokenRow,
 };
 
 const T0: Timestamp = Timestamp::from_millis(1_790_000_000_000);
@@ -31,6 +31,7 @@ on_both_backends!(
     codes_are_single_use_and_reuse_revokes_tokens,
     a_jti_is_accepted_once_per_client,
     a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code,
+    a_request_is_pushed_only_with_fresh_jtis,
     sweep_forgets_what_expired,
 );
 
@@ -363,4 +364,37 @@ async fn a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code(s: &Store) {
             .unwrap(),
         Issue::Code(Redeem::Unknown)
     );
+}
+
+async fn a_request_is_pushed_only_with_fresh_jtis(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    s.use_jti("sp", "a-old", at(300)).await.unwrap();
+    s.use_jti("sp", "p-old", at(300)).await.unwrap();
+    let jti = |j: &'static str| Jti {
+        client_id: "sp",
+        jti: j,
+        keep_until: at(300),
+    };
+    let push = |id: &'static str, a: &'static str, p: Option<&'static str>| async move {
+        s.push_request(&request(id, at(90)), jti(a), p.map(jti))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        push("r0", "a-old", Some("p-1")).await,
+        Push::AssertionReplay
+    );
+    assert_eq!(push("r0", "a-1", Some("p-old")).await, Push::ProofReplay);
+    assert!(s.request("r0").await.unwrap().is_none(), "nothing stored");
+    assert_eq!(push("r1", "a-2", Some("p-2")).await, Push::Stored);
+    assert_eq!(push("r2", "a-3", None).await, Push::Stored);
+    let r = s.request("r1").await.unwrap().unwrap();
+    assert_eq!((r.client_id.as_str(), r.status.as_str()), ("sp", "pushed"));
+    assert!(s.request("r2").await.unwrap().is_some());
+    for used in ["a-1", "a-2", "p-2", "a-3"] {
+        assert!(
+            !s.use_jti("sp", used, at(300)).await.unwrap(),
+            "{used} spent"
+        );
+    }
 }

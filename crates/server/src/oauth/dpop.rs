@@ -274,14 +274,14 @@ fn is_thumbprint(s: &str) -> bool {
 }
 
 /// The key a pushed request binds its code to (RFC 9449 §10): the `dpop_jkt` parameter, or the
-/// key of a DPoP proof sent with the request (both: they must agree). The proof's `jti` is spent.
-pub async fn par_binding(
+/// key of a DPoP proof sent with the request (both: they must agree). The proof comes back for
+/// its `jti` to be spent with the request stored.
+pub fn par_binding(
     state: &AppState,
     headers: &HeaderMap,
     par_endpoint: &str,
-    client_id: &str,
     dpop_jkt: Option<&str>,
-) -> Result<Option<String>, OAuthError> {
+) -> Result<(Option<String>, Option<Proof>), OAuthError> {
     if dpop_jkt.is_some_and(|j| !is_thumbprint(j)) {
         return Err(OAuthError::new(
             ErrorCode::InvalidRequest,
@@ -295,11 +295,8 @@ pub async fn par_binding(
         jkt: dpop_jkt,
     };
     match from_request(state, headers, &expected)? {
-        Some(proof) => {
-            spend(state, client_id, &proof).await?;
-            Ok(Some(proof.jkt))
-        }
-        None => Ok(dpop_jkt.map(str::to_owned)),
+        Some(proof) => Ok((Some(proof.jkt.clone()), Some(proof))),
+        None => Ok((dpop_jkt.map(str::to_owned), None)),
     }
 }
 

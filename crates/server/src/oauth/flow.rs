@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
-use mydata_store::{ClientRow, Issue, Jti, OAuthCodeRow, Redeem, RequestRow, TokenRow};
+use mydata_store::{ClientRow, Issue, Jti, OAuthCodeRow, Push, Redeem, RequestRow, TokenRow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -199,7 +199,8 @@ pub async fn par(
     let Form(form) =
         form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
     let iss = issuer(&state, &headers);
-    let client = assertion::authenticate(
+    // The assertion's jti is recorded with the request stored, in one write (see `push_request`).
+    let (client, assertion_jti) = assertion::verify_client(
         &state,
         &iss,
         &format!("{iss}/oauth/par"),
@@ -282,6 +283,12 @@ pub async fn par(
             })
         }
     };
+    let (dpop_jkt, proof) = dpop::par_binding(
+        &state,
+        &headers,
+        &format!("{iss}/oauth/par"),
+        one(&form, "dpop_jkt"),
+    )?;
     let pushed = Pushed {
         redirect_uri: redirect_uri.to_owned(),
         state: st,
@@ -289,14 +296,7 @@ pub async fn par(
         datasets,
         purpose,
         hint_subject,
-        dpop_jkt: dpop::par_binding(
-            &state,
-            &headers,
-            &format!("{iss}/oauth/par"),
-            &client.client_id,
-            one(&form, "dpop_jkt"),
-        )
-        .await?,
+        dpop_jkt,
         asserted,
     };
     let now = state.clock().now();
@@ -314,7 +314,28 @@ pub async fn par(
         expires_at: now.plus(Duration::from_secs(ttl)).millis(),
         updated_at: now.millis(),
     };
-    state.store().put_request(&row).await?;
+    let proof_key = proof.as_ref().map(|p| (p.replay_key(), p.keep_until()));
+    let stored = state
+        .store()
+        .push_request(
+            &row,
+            Jti {
+                client_id: &client.client_id,
+                jti: &assertion_jti.jti,
+                keep_until: assertion_jti.keep_until,
+            },
+            proof_key.as_ref().map(|(jti, keep)| Jti {
+                client_id: &client.client_id,
+                jti,
+                keep_until: *keep,
+            }),
+        )
+        .await?;
+    match stored {
+        Push::Stored => {}
+        Push::AssertionReplay => return Err(assertion::replayed()),
+        Push::ProofReplay => return Err(dpop::ProofError::Replay.into()),
+    }
     let body = serde_json::json!({ "request_uri": format!("{REQUEST_URI_PREFIX}{id}"), "expires_in": ttl });
     Ok((
         StatusCode::CREATED,

@@ -302,12 +302,27 @@ async fn bad_proofs_are_refused_with_invalid_dpop_proof_and_change_nothing() {
         (400, "invalid_dpop_proof"),
         "{body}"
     );
-    let (s, body) = par(
-        prover.jkt(),
-        Some(prover.proof(&claims(&w, "POST", &par_url, None))),
-    )
-    .await;
+    let proof = prover.proof(&claims(&w, "POST", &par_url, None));
+    let (s, body) = par(prover.jkt(), Some(proof.clone())).await;
     assert_eq!(s, 201, "a proof by the named key: {body}");
+    // The same proof with a fresh assertion: a replay, and no second request is stored.
+    let before = w.app.store().row_counts().await.unwrap()["oauth_requests"];
+    let (s, body) = par(prover.jkt(), Some(proof)).await;
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (400, "invalid_dpop_proof"),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("replay")
+    );
+    assert_eq!(
+        w.app.store().row_counts().await.unwrap()["oauth_requests"],
+        before
+    );
 
     // The SDK's request (the code bound to its key by dpop_jkt), consented and confirmed.
     let p = w.people[0].clone();
