@@ -181,6 +181,26 @@ macro_rules! insert_jtis_postgres {
     };
 }
 
+/// Binds `$1`–`$5` of the `insert_jtis_*` fragments.
+fn bind_jtis<'q, DB, O>(
+    q: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
+    assertion: Jti<'q>,
+    proof: Option<Jti<'q>>,
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(assertion.client_id)
+        .bind(assertion.jti)
+        .bind(assertion.keep_until.millis())
+        .bind(proof.map(|p| p.jti))
+        .bind(proof.map(|p| p.keep_until.millis()))
+}
+
 /// The token endpoint's writes as one step (see `step`): the assertion's `jti` (`$2`, `$3`) and the
 /// proof's (`$4`, `$5`; NULL for none) for client `$1`, then, only if every one of them is new, the
 /// code `$7` spent at `$6` and the token (`$8`–`$11`) stored. Returns 0 for the assertion's `jti`
@@ -452,20 +472,17 @@ impl Store {
         assertion: Jti<'_>,
         proof: Option<Jti<'_>>,
     ) -> Result<Push> {
-        let rows: Vec<(i64,)> = write_step!(self, PUSH_SQLITE, PUSH_POSTGRES, |q| q
-            .bind(assertion.client_id)
-            .bind(assertion.jti)
-            .bind(assertion.keep_until.millis())
-            .bind(proof.map(|p| p.jti))
-            .bind(proof.map(|p| p.keep_until.millis()))
-            .bind(&r.id)
-            .bind(&r.params)
-            .bind(&r.status)
-            .bind(&r.session_hash)
-            .bind(&r.transfer_id)
-            .bind(r.created_at)
-            .bind(r.expires_at)
-            .bind(r.updated_at));
+        let rows: Vec<(i64,)> = write_step!(self, PUSH_SQLITE, PUSH_POSTGRES, |q| bind_jtis(
+            q, assertion, proof
+        )
+        .bind(&r.id)
+        .bind(&r.params)
+        .bind(&r.status)
+        .bind(&r.session_hash)
+        .bind(&r.transfer_id)
+        .bind(r.created_at)
+        .bind(r.expires_at)
+        .bind(r.updated_at));
         let has = |k: i64| rows.iter().any(|r| r.0 == k);
         Ok(if !has(0) {
             Push::AssertionReplay
@@ -487,18 +504,15 @@ impl Store {
         token: &TokenRow,
         now: Timestamp,
     ) -> Result<Issue> {
-        let rows: Vec<(i64,)> = write_step!(self, ISSUE_SQLITE, ISSUE_POSTGRES, |q| q
-            .bind(assertion.client_id)
-            .bind(assertion.jti)
-            .bind(assertion.keep_until.millis())
-            .bind(proof.map(|p| p.jti))
-            .bind(proof.map(|p| p.keep_until.millis()))
-            .bind(now.millis())
-            .bind(&token.code_hash)
-            .bind(&token.token_hash)
-            .bind(&token.transfer_id)
-            .bind(&token.dpop_jkt)
-            .bind(token.expires_at));
+        let rows: Vec<(i64,)> = write_step!(self, ISSUE_SQLITE, ISSUE_POSTGRES, |q| bind_jtis(
+            q, assertion, proof
+        )
+        .bind(now.millis())
+        .bind(&token.code_hash)
+        .bind(&token.token_hash)
+        .bind(&token.transfer_id)
+        .bind(&token.dpop_jkt)
+        .bind(token.expires_at));
         let has = |k: i64| rows.iter().any(|r| r.0 == k);
         if !has(0) {
             return Ok(Issue::AssertionReplay);

@@ -190,6 +190,44 @@ fn check_details(
     Ok((d.datasets.clone(), purpose))
 }
 
+/// The `jti`s a request spends in its one write: its client assertion's and, if it came with one,
+/// its DPoP proof's, both recorded for the client.
+struct Jtis<'a> {
+    client_id: &'a str,
+    assertion: &'a assertion::UnspentJti,
+    proof: Option<(String, mydata_core::Timestamp)>,
+}
+
+impl<'a> Jtis<'a> {
+    fn new(
+        client_id: &'a str,
+        assertion: &'a assertion::UnspentJti,
+        proof: Option<&dpop::Proof>,
+    ) -> Self {
+        Self {
+            client_id,
+            assertion,
+            proof: proof.map(|p| (p.replay_key(), p.keep_until())),
+        }
+    }
+
+    fn assertion(&self) -> Jti<'_> {
+        Jti {
+            client_id: self.client_id,
+            jti: &self.assertion.jti,
+            keep_until: self.assertion.keep_until,
+        }
+    }
+
+    fn proof(&self) -> Option<Jti<'_>> {
+        self.proof.as_ref().map(|(jti, keep)| Jti {
+            client_id: self.client_id,
+            jti,
+            keep_until: *keep,
+        })
+    }
+}
+
 /// `POST /oauth/par` (RFC 9126).
 pub async fn par(
     State(state): State<AppState>,
@@ -314,22 +352,10 @@ pub async fn par(
         expires_at: now.plus(Duration::from_secs(ttl)).millis(),
         updated_at: now.millis(),
     };
-    let proof_key = proof.as_ref().map(|p| (p.replay_key(), p.keep_until()));
+    let jtis = Jtis::new(&client.client_id, &assertion_jti, proof.as_ref());
     let stored = state
         .store()
-        .push_request(
-            &row,
-            Jti {
-                client_id: &client.client_id,
-                jti: &assertion_jti.jti,
-                keep_until: assertion_jti.keep_until,
-            },
-            proof_key.as_ref().map(|(jti, keep)| Jti {
-                client_id: &client.client_id,
-                jti,
-                keep_until: *keep,
-            }),
-        )
+        .push_request(&row, jtis.assertion(), jtis.proof())
         .await?;
     match stored {
         Push::Stored => {}
@@ -1232,23 +1258,10 @@ pub async fn token(
         expires_at: expires.millis(),
         revoked_at: None,
     };
-    let proof_key = proof.as_ref().map(|p| (p.replay_key(), p.keep_until()));
+    let jtis = Jtis::new(&client.client_id, &assertion_jti, proof.as_ref());
     let issued = state
         .store()
-        .issue_token(
-            Jti {
-                client_id: &client.client_id,
-                jti: &assertion_jti.jti,
-                keep_until: assertion_jti.keep_until,
-            },
-            proof_key.as_ref().map(|(jti, keep)| Jti {
-                client_id: &client.client_id,
-                jti,
-                keep_until: *keep,
-            }),
-            &token,
-            now,
-        )
+        .issue_token(jtis.assertion(), jtis.proof(), &token, now)
         .await?;
     match issued {
         Issue::Issued => {}
