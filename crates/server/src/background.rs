@@ -119,6 +119,8 @@ enum Resume {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
     Done,
+    /// Done, and already marked so by the handler's own last write (one write fewer).
+    Recorded,
     /// Try again at the given time (the handler applies its retry policy).
     RetryAt {
         at: mydata_core::Timestamp,
@@ -430,6 +432,7 @@ async fn record(
             .complete_job(id, worker, now)
             .await
             .map(|()| JobState::Done),
+        JobOutcome::Recorded => Ok(JobState::Done),
         JobOutcome::RetryAt { at, error } => store.retry_job(id, worker, error, *at, now).await,
         JobOutcome::Failed(error) => store
             .fail_job(id, worker, error, now)

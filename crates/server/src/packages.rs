@@ -71,8 +71,10 @@ impl JobHandler for PackageHandler {
                 )),
                 error: e,
             };
-            match assemble(&state, &p.transfer_id).await {
-                Ok(()) => JobOutcome::Done,
+            let lease = job.lease_owner.as_deref().map(|w| (job.id.as_str(), w));
+            match assemble(&state, &p.transfer_id, lease).await {
+                Ok(true) => JobOutcome::Recorded,
+                Ok(false) => JobOutcome::Done,
                 Err(AssembleError::Store(e)) => retry(format!("store: {e}")),
                 Err(AssembleError::Blob(e)) => retry(e),
                 Err(AssembleError::Broken(e)) => {
@@ -108,17 +110,23 @@ fn event(kind: &str, t: &Transfer, detail: serde_json::Value, now: Timestamp) ->
 
 /// Builds, signs, seals and stores the package of a transfer whose fetches have all settled, then
 /// marks the transfer ready. Idempotent: a run after a crash finishes what the last one started.
-async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleError> {
+/// With `job` (the packaging job and the worker leasing it), the job is marked done in the run's
+/// last write when nothing is left to do after it; true if it was.
+async fn assemble(
+    state: &AppState,
+    transfer_id: &str,
+    job: Option<(&str, &str)>,
+) -> Result<bool, AssembleError> {
     let store = state.store();
     let data = state.data();
     let now = state.clock().now();
     let Some(t) = store.transfer(transfer_id).await? else {
-        return Ok(());
+        return Ok(false);
     };
     if t.state != TransferState::Fetching {
         // Ended meanwhile (expired, cancelled): its data goes, no package is made.
         drop_fetched(state, transfer_id).await;
-        return Ok(());
+        return Ok(false);
     }
     let records = store.fetch_records(transfer_id).await?;
     if records.iter().any(|r| !fetch_status::is_settled(&r.status)) {
@@ -232,12 +240,19 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
     }
     // One write: the package stored, the fetched datasets and the sealed identity forgotten (a
     // failure retries the job, so neither outlives the packaging), and the transfer ready.
-    let (leftovers, moved) = store
-        .finish_packaging(&t, package.as_ref().map(|(p, e)| (p, e)), now)
+    // A self-download's notice still follows (below): its job stays open until that is done too.
+    let self_download = t.kind == mydata_core::transfer::TransferKind::SelfDownload;
+    let done = store
+        .finish_packaging(
+            &t,
+            package.as_ref().map(|(p, e)| (p, e)),
+            job.filter(|_| !self_download),
+            now,
+        )
         .await?;
-    delete_blobs(state, leftovers).await;
+    delete_blobs(state, done.leftovers).await;
     // Changed since the read at the start of this run: moved from a fresh read.
-    if !moved {
+    if !done.moved {
         match store
             .apply_transfer_event(transfer_id, TransferEvent::Settled, "system", now)
             .await
@@ -248,12 +263,10 @@ async fn assemble(state: &AppState, transfer_id: &str) -> Result<(), AssembleErr
     }
     state.settled().settle(transfer_id);
     // A self-download's notice says the data is ready (counter and online flows notify on use).
-    if t.kind == mydata_core::transfer::TransferKind::SelfDownload
-        && let Some(settled) = store.transfer(transfer_id).await?
-    {
+    if self_download && let Some(settled) = store.transfer(transfer_id).await? {
         crate::notices::notify(state, &settled, &crate::notices::NoticeEvent::Ready).await?;
     }
-    Ok(())
+    Ok(done.job_done)
 }
 
 pub(crate) fn package_key(bytes: &[u8]) -> Option<PackageKey> {

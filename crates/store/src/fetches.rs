@@ -394,7 +394,8 @@ SELECT transfer_id, data_object FROM old";
 /// The end of packaging as one step (see `step`): the package (`$1`–`$8`, all NULL for none) and,
 /// if it is the first, its event (`$9`–`$14`); the fetched data of transfer `$15` forgotten as in
 /// `CLEAR_FETCHED_*` (returned as `(0, object)`); the transfer moved from version `$18` to state
-/// `$16` at `$17` with its event (`$19`–`$21`), returning `(1, NULL)` if it moved.
+/// `$16` at `$17` with its event (`$19`–`$21`), returning `(1, NULL)` if it moved; then, only if it
+/// moved, job `$22` (leased by `$23`; NULL for none) marked done, returning `(3, NULL)`.
 const FINISH_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
 INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
@@ -405,6 +406,8 @@ UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_
 DELETE FROM transfer_secrets WHERE transfer_id = $15;
 UPDATE transfers SET state = $16, updated_at = $17, version = version + 1 WHERE id = $15 AND version = $18;
 ", insert_audit_columns!(), " SELECT $17, $19, $20, $15, 'system', $21 WHERE changes() = 1 RETURNING 1, NULL;
+UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $17
+    WHERE id = $22 AND lease_owner = $23 AND state = 'running' AND changes() = 1 RETURNING 3, NULL;
 COMMIT"
 );
 const FINISH_POSTGRES: &str = concat!(
@@ -417,8 +420,11 @@ u AS (UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE tra
 d AS (DELETE FROM transfer_secrets WHERE transfer_id = $15),
 t AS (UPDATE transfers SET state = $16, updated_at = $17, version = version + 1 WHERE id = $15 AND version = $18 RETURNING id),
 a AS (", insert_audit_columns!(), " SELECT $9, $10, $11, $12, $13, $14 FROM p
-    UNION ALL SELECT $17, $19, $20, t.id, 'system', $21 FROM t)
-SELECT 0::bigint, data_object FROM old UNION ALL SELECT 1::bigint, NULL::text FROM t"
+    UNION ALL SELECT $17, $19, $20, t.id, 'system', $21 FROM t),
+k AS (UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $17
+    WHERE id = $22 AND lease_owner = $23 AND state = 'running' AND EXISTS (SELECT 1 FROM t) RETURNING id)
+SELECT 0::bigint, data_object FROM old UNION ALL SELECT 1::bigint, NULL::text FROM t
+UNION ALL SELECT 3::bigint, NULL::text FROM k"
 );
 
 /// Jobs as the JSON array the one-step inserts read (payload as text, as `jobs.payload` stores it).
@@ -438,6 +444,17 @@ pub(crate) fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> Strin
             .collect(),
     )
     .to_string()
+}
+
+/// What the end of packaging did (see [`Store::finish_packaging`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packaged {
+    /// Fetched datasets whose keys are gone and whose blobs are left to delete.
+    pub leftovers: Vec<Leftover>,
+    /// The transfer moved to ready.
+    pub moved: bool,
+    /// The packaging job was marked done with it.
+    pub job_done: bool,
 }
 
 /// What a service's retrieval found (see [`Store::retrieve_package`]).
@@ -741,13 +758,15 @@ impl Store {
     /// The end of packaging in one step: stores `package` (with its event) unless the transfer has
     /// one already, forgets the fetched data as [`Store::clear_fetched_data`] does (returning what
     /// is left to delete), and moves `read` (a fetching transfer, as read for this run) to ready.
-    /// The flag says whether it moved; it does not when the transfer changed since `read`.
+    /// It does not move when the transfer changed since `read`. With `job` (its ID and the worker
+    /// holding its lease), the packaging job is marked done in the same step, if the transfer moved.
     pub async fn finish_packaging(
         &self,
         read: &Transfer,
         package: Option<(&PackageRecord, &NewAuditEvent)>,
+        job: Option<(&str, &str)>,
         now: Timestamp,
-    ) -> Result<(Vec<Leftover>, bool)> {
+    ) -> Result<Packaged> {
         let next = read.state.next(TransferEvent::Settled)?;
         let p = package.map(|(p, _)| p);
         let audit = package.map(|(_, a)| a);
@@ -775,8 +794,11 @@ impl Store {
                 .bind(read.version)
                 .bind(format!("transfer.{}", next.code()))
                 .bind(&read.subject)
-                .bind(detail.to_string()));
+                .bind(detail.to_string())
+                .bind(job.map(|j| j.0))
+                .bind(job.map(|j| j.1)));
         let moved = rows.iter().any(|r| r.0 == 1);
+        let job_done = rows.iter().any(|r| r.0 == 3);
         let leftovers = rows
             .into_iter()
             .filter(|r| r.0 == 0)
@@ -786,7 +808,11 @@ impl Store {
                 object_key,
             })
             .collect();
-        Ok((leftovers, moved))
+        Ok(Packaged {
+            leftovers,
+            moved,
+            job_done,
+        })
     }
 
     /// Transfers that have ended (or passed their expiry) but still reference fetched data.

@@ -38,7 +38,7 @@ pub use counter::{
 pub use downloads::DownloadClaim;
 pub use fetches::{
     Admission, AgencyCircuit, AgencyLimits, FetchProgress, FetchRecord, FetchSettlement, Leftover,
-    PackageRecord, Retrieval, status as fetch_status,
+    PackageRecord, Packaged, Retrieval, status as fetch_status,
 };
 pub use identity::{
     ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,

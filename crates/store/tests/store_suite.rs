@@ -1625,14 +1625,34 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
             .filter(|e| e.kind == kind)
             .count()
     };
-    // Read before a change: the package is stored and the data forgotten, the transfer left.
+    // The packaging job, leased by worker w.
+    let mut packaging = job("k1-pkg", T0);
+    packaging.queue = "package".into();
+    s.enqueue_job(&packaging, T0).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let claimed = s
+        .claim_job("package", "w", lease, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, "k1-pkg");
+    let state = |id: &'static str| async move { s.job(id).await.unwrap().unwrap().state };
+    // Read before a change: the package is stored and the data forgotten, the transfer and the
+    // job left for the caller.
     let mut stale = read.clone();
     stale.version -= 1;
-    let (left, moved) = s
-        .finish_packaging(&stale, Some((&package("k1"), &created)), T0)
+    let done = s
+        .finish_packaging(
+            &stale,
+            Some((&package("k1"), &created)),
+            Some(("k1-pkg", "w")),
+            T0,
+        )
         .await
         .unwrap();
-    assert!(!moved);
+    assert!(!done.moved && !done.job_done);
+    assert_eq!(state("k1-pkg").await, JobState::Running);
+    let left = done.leftovers;
     assert_eq!(left.len(), 2);
     assert!(left.iter().all(|l| l.transfer_id == "k1"));
     assert_eq!(
@@ -1648,12 +1668,19 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
             .iter()
             .all(|r| r.data_key.is_none() && r.data_object.is_none())
     );
-    // The run again from a fresh read: ready, with one package and one event of each.
-    let (left, moved) = s
-        .finish_packaging(&read, Some((&package("k1"), &created)), T0)
+    // The run again from a fresh read: ready, with one package and one event of each, and the
+    // job done with it.
+    let done = s
+        .finish_packaging(
+            &read,
+            Some((&package("k1"), &created)),
+            Some(("k1-pkg", "w")),
+            T0,
+        )
         .await
         .unwrap();
-    assert!(moved && left.is_empty());
+    assert!(done.moved && done.leftovers.is_empty() && done.job_done);
+    assert_eq!(state("k1-pkg").await, JobState::Done);
     let t = s.transfer("k1").await.unwrap().unwrap();
     assert_eq!(
         (t.state, t.version),
@@ -1662,7 +1689,7 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
     assert_eq!(count("package.created").await, 1);
     assert_eq!(count("transfer.ready").await, 1);
     // A transfer that is not fetching cannot be settled again.
-    assert!(s.finish_packaging(&t, None, T0).await.is_err());
+    assert!(s.finish_packaging(&t, None, None, T0).await.is_err());
 }
 
 async fn a_started_transfer_is_what_creation_then_consent_make(s: &Store) {
