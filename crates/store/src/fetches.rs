@@ -17,9 +17,10 @@ use crate::audit::{NewAuditEvent, bind_audit, insert_audit};
 use crate::jobs::insert_job;
 use crate::oauth::Jti;
 use crate::step::write_step;
+use crate::transfers::change_record;
 use crate::{NewJob, Result, Store, StoreError, Transfer, on_pool, on_read_pool};
 use mydata_core::Timestamp;
-use mydata_core::transfer::{TransferEvent, TransferState};
+use mydata_core::transfer::TransferEvent;
 use serde::Serialize;
 
 /// Fetch status values stored in `transfer_datasets.status`.
@@ -503,15 +504,15 @@ impl Store {
         now: Timestamp,
     ) -> Result<crate::Transfer> {
         let transfer_id = t.id.as_str();
-        let event = mydata_core::transfer::TransferEvent::Consent;
-        let next = t.state.next(event)?;
+        let (next, kind, mut detail) = change_record(t.state, TransferEvent::Consent)?;
+        detail["jobs"] = jobs.len().into();
         let audit = NewAuditEvent {
             at: now,
-            kind: format!("transfer.{}", next.code()),
+            kind,
             subject: Some(t.subject.clone()),
             transfer_id: Some(transfer_id.to_owned()),
             actor: actor.to_owned(),
-            detail: serde_json::json!({ "from": t.state.code(), "event": event, "jobs": jobs.len() }),
+            detail,
         };
         // One round trip (see `step`); the jobs travel as one JSON array parameter.
         let rows: Vec<(i64,)> =
@@ -767,11 +768,9 @@ impl Store {
         job: Option<(&str, &str)>,
         now: Timestamp,
     ) -> Result<Packaged> {
-        let next = read.state.next(TransferEvent::Settled)?;
+        let (next, kind, detail) = change_record(read.state, TransferEvent::Settled)?;
         let p = package.map(|(p, _)| p);
         let audit = package.map(|(_, a)| a);
-        let detail =
-            serde_json::json!({ "from": read.state.code(), "event": TransferEvent::Settled });
         let rows: Vec<(i64, Option<String>)> =
             write_step!(self, FINISH_SQLITE, FINISH_POSTGRES, |q| q
                 .bind(p.map(|p| p.transfer_id.as_str()))
@@ -792,7 +791,7 @@ impl Store {
                 .bind(next.code())
                 .bind(now.millis())
                 .bind(read.version)
-                .bind(format!("transfer.{}", next.code()))
+                .bind(kind)
                 .bind(&read.subject)
                 .bind(detail.to_string())
                 .bind(job.map(|j| j.0))
@@ -1070,16 +1069,9 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<Retrieval> {
-        let released = read.state.next(TransferEvent::Release)?;
-        let purged = released.next(TransferEvent::Purge)?;
-        let change = |from: TransferState, to: TransferState, event: TransferEvent| {
-            (
-                format!("transfer.{}", to.code()),
-                serde_json::json!({ "from": from.code(), "event": event }).to_string(),
-            )
-        };
-        let (released_kind, released_detail) = change(read.state, released, TransferEvent::Release);
-        let (purged_kind, purged_detail) = change(released, purged, TransferEvent::Purge);
+        let (released, released_kind, released_detail) =
+            change_record(read.state, TransferEvent::Release)?;
+        let (purged, purged_kind, purged_detail) = change_record(released, TransferEvent::Purge)?;
         let rows: Vec<(i64, Option<String>)> =
             write_step!(self, RETRIEVE_SQLITE, RETRIEVE_POSTGRES, |q| bind_audit!(
                 q.bind(now.millis()).bind(&read.id),
@@ -1091,9 +1083,9 @@ impl Store {
             .bind(purged.code())
             .bind(read.version)
             .bind(&released_kind)
-            .bind(&released_detail)
+            .bind(released_detail.to_string())
             .bind(&purged_kind)
-            .bind(&purged_detail)
+            .bind(purged_detail.to_string())
             .bind(&read.subject)
             .bind(actor));
         if proof.is_some() && !rows.iter().any(|r| r.0 == 2) {

@@ -201,6 +201,26 @@ COMMIT";
 const APPLY_EVENT_POSTGRES: &str = "WITH u AS (UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4 RETURNING id)
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $5, $6, u.id, $7, $8 FROM u RETURNING seq";
 
+/// How a transfer's state change goes into the audit log, one format for every path that changes a
+/// state: the new state, the event's kind (named for the new state) and its detail (the old state
+/// and the event).
+pub(crate) fn change_record(
+    from: TransferState,
+    event: TransferEvent,
+) -> Result<(TransferState, String, serde_json::Value)> {
+    let to = from.next(event)?;
+    Ok((
+        to,
+        format!("transfer.{}", to.code()),
+        serde_json::json!({ "from": from.code(), "event": event }),
+    ))
+}
+
+/// The detail of a `transfer.created` event.
+fn created_detail(t: &NewTransfer) -> serde_json::Value {
+    serde_json::json!({ "datasets": t.datasets, "purpose": t.purpose, "kind": t.kind.code() })
+}
+
 /// A transfer as [`Store::create_transfer`] writes it: created at `now`, its datasets pending.
 fn fresh_transfer(t: &NewTransfer, now: Timestamp) -> Transfer {
     let expires_at = now.plus(limits::PACKAGE_TTL);
@@ -248,11 +268,9 @@ impl Store {
         now: Timestamp,
     ) -> Result<Transfer> {
         let created = fresh_transfer(t, now);
-        let event = TransferEvent::Consent;
-        let next = created.state.next(event)?;
-        let created_detail = serde_json::json!({ "datasets": t.datasets, "purpose": t.purpose, "kind": t.kind.code() });
-        let fetching_detail =
-            serde_json::json!({ "from": created.state.code(), "event": event, "jobs": jobs.len() });
+        let (next, fetching_kind, mut fetching_detail) =
+            change_record(created.state, TransferEvent::Consent)?;
+        fetching_detail["jobs"] = jobs.len().into();
         let datasets = serde_json::Value::from(t.datasets.clone()).to_string();
         let _: Vec<(i64,)> = write_step!(self, START_SQLITE, START_POSTGRES, |q| q
             .bind(&t.id)
@@ -266,8 +284,8 @@ impl Store {
             .bind(&datasets)
             .bind("transfer.created")
             .bind(actor)
-            .bind(created_detail.to_string())
-            .bind(format!("transfer.{}", next.code()))
+            .bind(created_detail(t).to_string())
+            .bind(fetching_kind)
             .bind(fetching_detail.to_string())
             .bind(sealed_secret)
             .bind(crate::fetches::jobs_json(jobs)));
@@ -283,14 +301,13 @@ impl Store {
         now: Timestamp,
     ) -> Result<Transfer> {
         let created = fresh_transfer(t, now);
-        let detail = serde_json::json!({ "datasets": t.datasets, "purpose": t.purpose, "kind": t.kind.code() });
         let event = NewAuditEvent {
             at: now,
             kind: "transfer.created".into(),
             subject: Some(t.subject.clone()),
             transfer_id: Some(t.id.clone()),
             actor: actor.to_owned(),
-            detail,
+            detail: created_detail(t),
         };
         // One round trip (see `step`); the datasets travel as one JSON array parameter.
         let datasets = serde_json::Value::from(t.datasets.clone()).to_string();
@@ -397,14 +414,14 @@ impl Store {
         now: Timestamp,
     ) -> Result<Transfer> {
         let id = current.id.as_str();
-        let next = current.state.next(event)?;
+        let (next, kind, detail) = change_record(current.state, event)?;
         let audit = NewAuditEvent {
             at: now,
-            kind: format!("transfer.{}", next.code()),
+            kind,
             subject: Some(current.subject.clone()),
             transfer_id: Some(id.to_owned()),
             actor: actor.to_owned(),
-            detail: serde_json::json!({ "from": current.state.code(), "event": event }),
+            detail,
         };
         // One round trip (see `step`): the compare-and-set on the version, and the audit event only
         // if it matched; the event's `seq` comes back when the change was made.
