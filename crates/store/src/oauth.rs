@@ -156,9 +156,11 @@ pub enum Issue {
     AssertionReplay,
     /// The DPoP proof's `jti` was used before: nothing changed but the assertion's `jti`.
     ProofReplay,
-    /// The code was not there to spend ([`Redeem::Reused`] revoked its tokens, or
-    /// [`Redeem::Unknown`]); both `jti`s are recorded.
-    Code(Redeem),
+    /// The code was spent before: every token issued for it is revoked now (RFC 6749 §4.1.2).
+    /// Both `jti`s are recorded.
+    CodeReused,
+    /// No such code. Both `jti`s are recorded.
+    CodeUnknown,
 }
 
 /// Records a client assertion's `jti` (`$2`, kept until `$3`) and a DPoP proof's (`$4`/`$5`, NULL
@@ -448,20 +450,21 @@ impl Store {
         .await?);
         match won {
             Some(c) => Ok(Redeem::Fresh(c)),
-            None => self.revoke_reused(code_hash, now).await,
+            None if self.revoke_reused(code_hash, now).await? => Ok(Redeem::Reused),
+            None => Ok(Redeem::Unknown),
         }
     }
 
     /// A code that could not be spent: if it exists it was spent before, and every token issued
-    /// for it is revoked now.
-    async fn revoke_reused(&self, code_hash: &str, now: Timestamp) -> Result<Redeem> {
+    /// for it is revoked now. False if there is no such code.
+    async fn revoke_reused(&self, code_hash: &str, now: Timestamp) -> Result<bool> {
         let exists = on_pool!(self, pool => sqlx::query("SELECT 1 FROM oauth_codes WHERE code_hash = $1").bind(code_hash).fetch_optional(pool).await?.is_some());
         if !exists {
-            return Ok(Redeem::Unknown);
+            return Ok(false);
         }
         on_pool!(self, pool => sqlx::query("UPDATE oauth_tokens SET revoked_at = $2 WHERE code_hash = $1 AND revoked_at IS NULL")
             .bind(code_hash).bind(now.millis()).execute(pool).await.map(|_| ()))?;
-        Ok(Redeem::Reused)
+        Ok(true)
     }
 
     /// Stores a pushed request with its client assertion's `jti` and its DPoP proof's recorded, in
@@ -523,9 +526,11 @@ impl Store {
         if has(1) {
             return Ok(Issue::Issued);
         }
-        Ok(Issue::Code(
-            self.revoke_reused(&token.code_hash, now).await?,
-        ))
+        Ok(if self.revoke_reused(&token.code_hash, now).await? {
+            Issue::CodeReused
+        } else {
+            Issue::CodeUnknown
+        })
     }
 
     /// Records a client assertion's `jti`; false if this client used it before (a replay).

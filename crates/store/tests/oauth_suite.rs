@@ -352,7 +352,7 @@ async fn a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code(s: &Store) {
         s.issue_token(jti("a-3"), None, &token("tok2", None), at(2))
             .await
             .unwrap(),
-        Issue::Code(Redeem::Reused)
+        Issue::CodeReused
     );
     assert!(s.token("tok2").await.unwrap().is_none());
     assert!(s.token("tok1").await.unwrap().unwrap().revoked_at.is_some());
@@ -362,7 +362,7 @@ async fn a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code(s: &Store) {
         s.issue_token(jti("a-4"), None, &unknown, at(2))
             .await
             .unwrap(),
-        Issue::Code(Redeem::Unknown)
+        Issue::CodeUnknown
     );
 }
 

@@ -3,7 +3,7 @@
 //! identity assertion of a trusted verifier. Keys come from the service's registered JWK set.
 //! Time checks use the injected clock, not the JWT library's wall clock.
 
-use super::{ErrorCode, OAuthError};
+use super::{ErrorCode, OAuthError, UnspentJti};
 use crate::state::AppState;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -294,13 +294,6 @@ pub async fn authenticate(
         return Err(replayed());
     }
     Ok(client)
-}
-
-/// A verified client assertion's `jti`, not yet recorded.
-#[derive(Debug, Clone)]
-pub struct UnspentJti {
-    pub jti: String,
-    pub keep_until: mydata_core::Timestamp,
 }
 
 /// The error for a client assertion whose `jti` was used before.

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
-use mydata_store::{Jti, Retrieval, Transfer};
+use mydata_store::{Retrieval, Transfer};
 
 /// What `packages.sealed_key` holds for an end-to-end sealed package: there is no platform key;
 /// the marker only keeps the single-use and purge rules (which act on that column) the same.
@@ -213,14 +213,15 @@ async fn take_sealed(
         now,
     );
     let actor = format!("service:{client_id}");
-    let proof_key = proof.map(|p| (p.replay_key(), p.keep_until()));
-    let jti = proof_key.as_ref().map(|(jti, keep)| Jti {
-        client_id,
-        jti,
-        keep_until: *keep,
-    });
+    let proof_jti = proof.map(dpop::Proof::unspent);
     let closed = match store
-        .retrieve_package(t, &audit, jti, &actor, now)
+        .retrieve_package(
+            t,
+            &audit,
+            proof_jti.as_ref().map(|j| j.for_client(client_id)),
+            &actor,
+            now,
+        )
         .await
         .map_err(|e| internal(e.into()))?
     {

@@ -242,9 +242,10 @@ pub fn from_request(
 /// Records the proof's `jti` for `client_id` (a second use is a replay), kept until its `iat` is
 /// too old to be accepted anyway. The last step, once everything else about the request passed.
 pub async fn spend(state: &AppState, client_id: &str, proof: &Proof) -> Result<(), OAuthError> {
+    let jti = proof.unspent();
     if !state
         .store()
-        .use_jti(client_id, &proof.replay_key(), proof.keep_until())
+        .use_jti(client_id, &jti.jti, jti.keep_until)
         .await?
     {
         return Err(ProofError::Replay.into());
@@ -253,18 +254,17 @@ pub async fn spend(state: &AppState, client_id: &str, proof: &Proof) -> Result<(
 }
 
 impl Proof {
-    /// The key its `jti` is recorded under (per client): per signing key, as RFC 9449 §11.1 asks.
-    pub fn replay_key(&self) -> String {
-        format!("dpop:{}:{}", self.jkt, self.jti)
-    }
-
-    /// Until when its `jti` is kept: past that its `iat` is too old to be accepted anyway.
-    pub fn keep_until(&self) -> mydata_core::Timestamp {
-        mydata_core::Timestamp::from_millis(
-            self.iat
-                .saturating_add(MAX_AGE_SECS + 1)
-                .saturating_mul(1000),
-        )
+    /// Its `jti` to record: under a key per signing key (RFC 9449 §11.1), kept until its `iat` is
+    /// too old to be accepted anyway.
+    pub fn unspent(&self) -> super::UnspentJti {
+        super::UnspentJti {
+            jti: format!("dpop:{}:{}", self.jkt, self.jti),
+            keep_until: mydata_core::Timestamp::from_millis(
+                self.iat
+                    .saturating_add(MAX_AGE_SECS + 1)
+                    .saturating_mul(1000),
+            ),
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
-use mydata_store::{ClientRow, Issue, Jti, OAuthCodeRow, Push, Redeem, RequestRow, TokenRow};
+use mydata_store::{ClientRow, Issue, OAuthCodeRow, Push, RequestRow, TokenRow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -190,44 +190,6 @@ fn check_details(
     Ok((d.datasets.clone(), purpose))
 }
 
-/// The `jti`s a request spends in its one write: its client assertion's and, if it came with one,
-/// its DPoP proof's, both recorded for the client.
-struct Jtis<'a> {
-    client_id: &'a str,
-    assertion: &'a assertion::UnspentJti,
-    proof: Option<(String, mydata_core::Timestamp)>,
-}
-
-impl<'a> Jtis<'a> {
-    fn new(
-        client_id: &'a str,
-        assertion: &'a assertion::UnspentJti,
-        proof: Option<&dpop::Proof>,
-    ) -> Self {
-        Self {
-            client_id,
-            assertion,
-            proof: proof.map(|p| (p.replay_key(), p.keep_until())),
-        }
-    }
-
-    fn assertion(&self) -> Jti<'_> {
-        Jti {
-            client_id: self.client_id,
-            jti: &self.assertion.jti,
-            keep_until: self.assertion.keep_until,
-        }
-    }
-
-    fn proof(&self) -> Option<Jti<'_>> {
-        self.proof.as_ref().map(|(jti, keep)| Jti {
-            client_id: self.client_id,
-            jti,
-            keep_until: *keep,
-        })
-    }
-}
-
 /// `POST /oauth/par` (RFC 9126).
 pub async fn par(
     State(state): State<AppState>,
@@ -352,10 +314,14 @@ pub async fn par(
         expires_at: now.plus(Duration::from_secs(ttl)).millis(),
         updated_at: now.millis(),
     };
-    let jtis = Jtis::new(&client.client_id, &assertion_jti, proof.as_ref());
+    let proof_jti = proof.as_ref().map(dpop::Proof::unspent);
     let stored = state
         .store()
-        .push_request(&row, jtis.assertion(), jtis.proof())
+        .push_request(
+            &row,
+            assertion_jti.for_client(&client.client_id),
+            proof_jti.as_ref().map(|j| j.for_client(&client.client_id)),
+        )
         .await?;
     match stored {
         Push::Stored => {}
@@ -1258,21 +1224,26 @@ pub async fn token(
         expires_at: expires.millis(),
         revoked_at: None,
     };
-    let jtis = Jtis::new(&client.client_id, &assertion_jti, proof.as_ref());
+    let proof_jti = proof.as_ref().map(dpop::Proof::unspent);
     let issued = state
         .store()
-        .issue_token(jtis.assertion(), jtis.proof(), &token, now)
+        .issue_token(
+            assertion_jti.for_client(&client.client_id),
+            proof_jti.as_ref().map(|j| j.for_client(&client.client_id)),
+            &token,
+            now,
+        )
         .await?;
     match issued {
         Issue::Issued => {}
         Issue::AssertionReplay => return Err(assertion::replayed()),
         Issue::ProofReplay => return Err(dpop::ProofError::Replay.into()),
-        Issue::Code(Redeem::Reused | Redeem::Fresh(_)) => {
+        Issue::CodeReused => {
             return Err(grant(
                 "the code was already used; tokens issued for it are revoked",
             ));
         }
-        Issue::Code(Redeem::Unknown) => return Err(grant("the code is unknown")),
+        Issue::CodeUnknown => return Err(grant("the code is unknown")),
     }
     let (datasets, purpose) = pushed.map(|p| (p.datasets, p.purpose)).unwrap_or_default();
     let body = serde_json::json!({

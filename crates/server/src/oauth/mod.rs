@@ -308,3 +308,22 @@ pub fn service_event(
         detail,
     }
 }
+
+/// A verified `jti` (of a client assertion, or a DPoP proof's replay key) not yet recorded: the
+/// request records it in its own write, with what it stores.
+#[derive(Debug, Clone)]
+pub struct UnspentJti {
+    pub jti: String,
+    pub keep_until: mydata_core::Timestamp,
+}
+
+impl UnspentJti {
+    /// As the store records it, for `client_id`.
+    pub fn for_client<'a>(&'a self, client_id: &'a str) -> mydata_store::Jti<'a> {
+        mydata_store::Jti {
+            client_id,
+            jti: &self.jti,
+            keep_until: self.keep_until,
+        }
+    }
+}
