@@ -146,27 +146,40 @@ const JOB_COLUMNS: &str = "id, queue, payload, state, attempts, max_attempts, ru
 /// Due: queued and its time has come, or running with a lease that ran out (its worker died).
 const DUE: &str = "queue = $4 AND ((state = 'queued' AND run_at <= $3) OR (state = 'running' AND lease_until < $3))";
 
+/// The claim of the next due job of queue `$4` for worker `$1` until `$2`, at `$3`, other than
+/// those `also` excludes. PostgreSQL skips rows another claim holds locked; the outer condition is
+/// repeated so that it is checked again after waiting on a row lock.
+fn claim_sql(postgres: bool, also: &str) -> String {
+    let lock = if postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    format!(
+        "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3
+    WHERE id = (SELECT id FROM jobs WHERE {DUE}{also} ORDER BY run_at, id LIMIT 1{lock}) AND {DUE} RETURNING {JOB_COLUMNS}"
+    )
+}
+
+static CLAIM_SQLITE: LazyLock<String> = LazyLock::new(|| claim_sql(false, ""));
+static CLAIM_POSTGRES: LazyLock<String> = LazyLock::new(|| claim_sql(true, ""));
+
 /// A leased job (`$5`, leased by `$1`) marked done and the next due job of queue `$4` claimed until
 /// `$2`, at `$3`, as one step (see `step`). Rows: the done job's (none if its lease was lost), then
 /// the claimed job's. The claim skips `$5`, which PostgreSQL could not update twice in a statement.
+const DONE: &str =
+    "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3
+    WHERE id = $5 AND lease_owner = $1 AND state = 'running'";
 static DONE_THEN_CLAIM_SQLITE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "BEGIN IMMEDIATE;
-UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3
-    WHERE id = $5 AND lease_owner = $1 AND state = 'running' RETURNING {JOB_COLUMNS};
-UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3
-    WHERE id = (SELECT id FROM jobs WHERE {DUE} AND id <> $5 ORDER BY run_at, id LIMIT 1) AND {DUE} RETURNING {JOB_COLUMNS};
-COMMIT"
+        "BEGIN IMMEDIATE;\n{DONE} RETURNING {JOB_COLUMNS};\n{};\nCOMMIT",
+        claim_sql(false, " AND id <> $5")
     )
 });
 static DONE_THEN_CLAIM_POSTGRES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH f AS (UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3
-    WHERE id = $5 AND lease_owner = $1 AND state = 'running' RETURNING {JOB_COLUMNS}),
-c AS (UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3
-    WHERE id = (SELECT id FROM jobs WHERE {DUE} AND id <> $5 ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-    AND {DUE} RETURNING {JOB_COLUMNS})
-SELECT * FROM f UNION ALL SELECT * FROM c"
+        "WITH f AS ({DONE} RETURNING {JOB_COLUMNS}),\nc AS ({})\nSELECT * FROM f UNION ALL SELECT * FROM c",
+        claim_sql(true, " AND id <> $5")
     )
 });
 
@@ -206,20 +219,11 @@ impl Store {
         until: Timestamp,
         now: Timestamp,
     ) -> Result<Option<Job>> {
-        // The outer condition is repeated so that PostgreSQL re-checks it after waiting on a row lock.
-        let pick = match self.db {
-            Db::Sqlite { .. } => {
-                format!("SELECT id FROM jobs WHERE {DUE} ORDER BY run_at, id LIMIT 1")
-            }
-            Db::Postgres(_) => format!(
-                "SELECT id FROM jobs WHERE {DUE} ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
-            ),
+        let sql = match self.db {
+            Db::Sqlite { .. } => CLAIM_SQLITE.as_str(),
+            Db::Postgres(_) => CLAIM_POSTGRES.as_str(),
         };
-        let sql = format!(
-            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3
-             WHERE id = ({pick}) AND {DUE} RETURNING {JOB_COLUMNS}"
-        );
-        let row: Option<JobRow> = on_pool!(self, pool => sqlx::query_as(&sql)
+        let row: Option<JobRow> = on_pool!(self, pool => sqlx::query_as(sql)
             .bind(worker)
             .bind(until.millis())
             .bind(now.millis())
