@@ -113,7 +113,7 @@ enum Db {
         writer: std::sync::Arc<writer::Writer>,
         /// Connections for plain reads, which WAL lets run beside the writer.
         read: std::sync::Arc<readers::Readers>,
-        file: Option<PathBuf>,
+        file: PathBuf,
     },
     Postgres(PgPool),
 }
@@ -169,25 +169,26 @@ impl Store {
         let scheme = url.split(':').next().unwrap_or_default();
         let db = match scheme {
             "sqlite" => {
+                if sqlite_in_memory(url) {
+                    // The platform's records must outlive the process, and `ping` watches a file.
+                    return Err(StoreError::UnsupportedUrl(
+                        "sqlite in memory (give the database a file)".into(),
+                    ));
+                }
                 let opts = SqliteConnectOptions::from_str(url)?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(5));
-                let file = Some(opts.get_filename().to_path_buf())
-                    .filter(|p| !p.as_os_str().is_empty() && p != &PathBuf::from(":memory:"));
-                if let Some(parent) = file
-                    .as_ref()
-                    .and_then(|f| f.parent())
-                    .filter(|p| !p.as_os_str().is_empty())
-                {
+                let file = opts.get_filename().to_path_buf();
+                if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
                 }
                 // Create the file once, here. Connections the pool opens later must not: a
                 // database file deleted under a running server would silently come back empty.
-                if file.as_ref().is_some_and(|f| !f.exists()) {
+                if !file.exists() {
                     use sqlx::Connection;
                     sqlx::SqliteConnection::connect_with(&opts)
                         .await?
@@ -198,14 +199,7 @@ impl Store {
                 // on several connections find the lock taken and sleep in SQLite's busy handler
                 // (1 to 100 ms at a time), leaving the CPU idle. Queued on one connection instead
                 // (see `writer`), each writer starts the moment the previous one is done. Reads
-                // use the other connections. A file on this machine cannot drop a connection the
-                // way a network can, so sqlx's test round trip before lending one is skipped.
-                let Some(path) = file else {
-                    // Each connection would get a database of its own, the writer's unseen.
-                    return Err(StoreError::UnsupportedUrl(
-                        "sqlite in memory (give the database a file)".into(),
-                    ));
-                };
+                // use connections of their own (see `readers`).
                 let opts = opts.create_if_missing(false);
                 let writer = std::sync::Arc::new(
                     writer::Writer::open(opts.clone(), settings.acquire_timeout).await?,
@@ -215,11 +209,7 @@ impl Store {
                     settings.max_connections,
                     settings.acquire_timeout,
                 ));
-                Db::Sqlite {
-                    writer,
-                    read,
-                    file: Some(path),
-                }
+                Db::Sqlite { writer, read, file }
             }
             "postgres" | "postgresql" => {
                 let opts = PgConnectOptions::from_str(url)?.application_name("mydata");
@@ -259,9 +249,7 @@ impl Store {
 
     /// Checks that the database answers (and, for SQLite, that its file is still there).
     pub async fn ping(&self) -> Result<()> {
-        if let Db::Sqlite {
-            file: Some(file), ..
-        } = &self.db
+        if let Db::Sqlite { file, .. } = &self.db
             && !file.exists()
         {
             return Err(StoreError::FileMissing(file.clone()));
@@ -319,7 +307,39 @@ impl Store {
     }
 }
 
+/// Whether a `sqlite:` URL names an in-memory database (`:memory:`, or `mode=memory`), which sqlx
+/// gives a made-up file name.
+fn sqlite_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (database, query) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || query.split('&').any(|p| p == "mode=memory")
+}
+
 /// Text stored in a column that must parse into a domain type.
 pub(crate) fn parse_column<T: FromStr<Err = String>>(value: &str) -> Result<T> {
     value.parse().map_err(StoreError::Corrupt)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn an_in_memory_sqlite_database_is_refused() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite:x.db?mode=memory",
+        ] {
+            assert!(
+                matches!(
+                    Store::connect(url, &PoolSettings::default()).await,
+                    Err(StoreError::UnsupportedUrl(_))
+                ),
+                "{url}"
+            );
+        }
+        assert!(!sqlite_in_memory("sqlite:data/mydata.db?mode=rwc"));
+    }
 }
