@@ -23,10 +23,11 @@ use mydata_core::retry::{RetryDecision, RetryPolicy};
 use mydata_core::transfer::TransferState;
 use mydata_core::{AssuranceLevel, BusinessId, IdNumber, IdentityMethod, Timestamp};
 use mydata_store::{
-    Admission, AgencyLimits, FetchProgress, FetchSettlement, Job, NewAuditEvent, NewJob,
-    NewTransfer, StoreError, Transfer, fetch_status,
+    Admission, AgencyLimits, FetchAttempt, FetchProgress, FetchSettlement, Job, NewAuditEvent,
+    NewJob, NewTransfer, SettleAlso, StoreError, Transfer, fetch_status,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use url::Url;
 
@@ -309,7 +310,8 @@ impl JobHandler for FetchHandler {
             let Ok(p) = serde_json::from_value::<FetchJob>(job.payload.clone()) else {
                 return JobOutcome::Failed("payload is not a fetch job".into());
             };
-            match run_fetch(&state, &p).await {
+            let lease = job.lease_owner.as_deref().map(|w| (job.id.as_str(), w));
+            match run_fetch(&state, &p, lease).await {
                 Ok(o) => o,
                 // The database is unavailable: try again soon; the job's lease protects the rest.
                 Err(e) => JobOutcome::RetryAt {
@@ -358,6 +360,12 @@ struct Ctx<'a> {
     t: &'a Transfer,
     agency: &'a str,
     dataset: &'a str,
+    /// The job's ID and the worker holding its lease: a settlement marks it done.
+    job: Option<(&'a str, &'a str)>,
+    /// This fetch's holder name for an agency call slot.
+    holder: &'a str,
+    /// Whether this run holds its call slot (taken, not yet freed).
+    holds_slot: AtomicBool,
 }
 
 impl Ctx<'_> {
@@ -377,13 +385,24 @@ impl Ctx<'_> {
         tracing::info!(transfer = %self.t.id, dataset = self.dataset, agency = self.agency,
             outcome = s.status, code = ?s.error_code, "dataset fetch settled");
         let store = self.state.store();
-        // Settling the last dataset also enqueues the packaging and deletes the identity, which
-        // nothing needs any more, in the same transaction.
+        // One step settles the dataset, frees the call slot, marks the job done and, with the last
+        // dataset, enqueues the packaging and deletes the identity, which nothing needs any more.
         let package = crate::packages::assembly_job(&self.t.id, now);
-        match store
-            .settle_fetch_then(&self.t.id, self.dataset, &s, &event, Some(&package), now)
-            .await?
-        {
+        let also = SettleAlso {
+            next: Some(&package),
+            slot: self
+                .holds_slot
+                .load(Ordering::Relaxed)
+                .then_some((self.agency, self.holder)),
+            job: self.job,
+        };
+        let done = store
+            .settle_fetch_then(&self.t.id, self.dataset, &s, &event, &also, now)
+            .await?;
+        if also.slot.is_some() {
+            self.slot_freed();
+        }
+        match done.all_settled {
             Some(true) => self.state.job_wake().wake(&package.queue),
             Some(false) => {}
             None => {
@@ -393,7 +412,29 @@ impl Ctx<'_> {
                 }
             }
         }
-        Ok(JobOutcome::Done)
+        Ok(if done.job_done {
+            JobOutcome::Recorded
+        } else {
+            JobOutcome::Done
+        })
+    }
+
+    /// Frees the call slot if this run holds it.
+    async fn release_slot(&self, now: Timestamp) -> Result<(), StoreError> {
+        if self.holds_slot.load(Ordering::Relaxed) {
+            self.state
+                .store()
+                .release_agency_slot(self.agency, self.holder, now)
+                .await?;
+            self.slot_freed();
+        }
+        Ok(())
+    }
+
+    /// Notes the slot freed and wakes one fetch job of this process waiting for one.
+    fn slot_freed(&self) {
+        self.holds_slot.store(false, Ordering::Relaxed);
+        self.state.slot_freed().settle_one(self.agency);
     }
 
     async fn fail(
@@ -427,6 +468,7 @@ impl Ctx<'_> {
         at: Timestamp,
         now: Timestamp,
     ) -> Result<JobOutcome, StoreError> {
+        self.release_slot(now).await?;
         let event = agency_event(
             "agency.outcome",
             self.t,
@@ -458,45 +500,59 @@ impl Ctx<'_> {
     }
 }
 
-/// Frees `holder`'s call slot at `agency` and wakes one fetch job of this process waiting for it.
-async fn release_slot(
+/// One run of a fetch job: `lease` is the job's ID and the worker holding it.
+async fn run_fetch(
     state: &AppState,
-    agency: &str,
-    holder: &str,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    state
-        .store()
-        .release_agency_slot(agency, holder, now)
-        .await?;
-    state.slot_freed().settle_one(agency);
-    Ok(())
-}
-
-async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreError> {
-    let store = state.store();
-    let data = state.data();
+    p: &FetchJob,
+    lease: Option<(&str, &str)>,
+) -> Result<JobOutcome, StoreError> {
     let now = state.clock().now();
-    let Some(t) = store.transfer(&p.transfer_id).await? else {
+    // One read for the transfer, the fetch and the sealed identity.
+    let Some(found) = state
+        .store()
+        .fetch_context(&p.transfer_id, &p.dataset_id)
+        .await?
+    else {
         return Ok(JobOutcome::Done);
     };
-    let Some(rec) = store.fetch_record(&p.transfer_id, &p.dataset_id).await? else {
+    let Some(rec) = found.record else {
         return Ok(JobOutcome::Done);
     };
     if fetch_status::is_settled(&rec.status) {
         return Ok(JobOutcome::Done);
     }
+    let t = found.transfer;
     let agency = state
         .catalog()
         .dataset(&p.dataset_id)
         .map(|d| d.agency.clone())
         .unwrap_or_default();
+    let holder = format!("{}/{}", t.id, p.dataset_id);
     let ctx = Ctx {
         state,
         t: &t,
         agency: &agency,
         dataset: &p.dataset_id,
+        job: lease,
+        holder: &holder,
+        holds_slot: AtomicBool::new(false),
     };
+    let outcome = fetch_once(&ctx, &rec, found.sealed_subject, now).await;
+    // Whatever happened (a store error included), a slot still held is freed here.
+    ctx.release_slot(state.clock().now()).await?;
+    outcome
+}
+
+/// Checks the fetch can go on, calls the agency and records what came of it.
+async fn fetch_once(
+    ctx: &Ctx<'_>,
+    rec: &mydata_store::FetchRecord,
+    sealed: Option<String>,
+    now: Timestamp,
+) -> Result<JobOutcome, StoreError> {
+    let (state, t, agency) = (ctx.state, ctx.t, ctx.agency);
+    let store = state.store();
+    let data = state.data();
     if t.state != TransferState::Fetching {
         let msg = format!("the transfer is {}", t.state);
         return ctx
@@ -517,7 +573,7 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
             .fail(fetch_status::FAILED, "deadline_exceeded", msg, now)
             .await;
     }
-    let Some(sealed) = store.transfer_secret(&t.id).await? else {
+    let Some(sealed) = sealed else {
         let msg = "the identity for this transfer is no longer held".to_owned();
         return ctx
             .fail(fetch_status::FAILED, "subject_unavailable", msg, now)
@@ -537,13 +593,41 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
                 .await;
         }
     };
-    let holder = format!("{}/{}", t.id, p.dataset_id);
+    let call = match &rec.agency_request_id {
+        Some(request_id) => Call::Poll {
+            transfer_id: &t.id,
+            request_id,
+        },
+        None => Call::Create {
+            transfer_id: &t.id,
+            dataset_id: ctx.dataset,
+            subject: &subject,
+        },
+    };
+    let kind = if matches!(call, Call::Poll { .. }) {
+        "poll"
+    } else {
+        "create"
+    };
+    let request_event = agency_event(
+        "agency.request",
+        t,
+        agency,
+        ctx.dataset,
+        serde_json::json!({ "call": kind }),
+        now,
+    );
+    let attempt = FetchAttempt {
+        transfer_id: &t.id,
+        dataset_id: ctx.dataset,
+        audit: &request_event,
+    };
     // Watched before the first try, so a slot freed between the try and the wait is not missed.
-    let freed = state.slot_freed().watch(&agency);
+    let freed = state.slot_freed().watch(agency);
     let mut waited = Duration::ZERO;
     let clean = loop {
         match store
-            .admit_agency_call(&agency, &holder, &data.limits, now)
+            .admit_agency_call(agency, ctx.holder, &data.limits, Some(&attempt), now)
             .await?
         {
             // A call of this process usually frees a slot within milliseconds: wait for it here a
@@ -557,8 +641,21 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
         }
     };
     drop(freed);
-    let clean = match clean {
-        Admission::Go { clean, .. } => clean,
+    let (clean, attempt) = match clean {
+        Admission::Go {
+            clean,
+            attempt: Some(attempt),
+            ..
+        } => {
+            ctx.holds_slot.store(true, Ordering::Relaxed);
+            (clean, attempt)
+        }
+        // Settled meanwhile (by another worker, or the transfer ended).
+        Admission::Settled => return Ok(JobOutcome::Done),
+        Admission::Go { attempt: None, .. } => {
+            ctx.holds_slot.store(true, Ordering::Relaxed);
+            return Ok(JobOutcome::Done);
+        }
         Admission::Busy => {
             // Not an attempt: wait for a slot, spread out so waiting jobs do not return together.
             let wait = Duration::from_millis(500).mul_f64(1.0 + jitter());
@@ -578,7 +675,7 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
             let msg = Some("the agency looks down; calls paused".to_owned());
             return ctx
                 .later(
-                    open_status(&rec),
+                    open_status(rec),
                     rec.agency_request_id.clone(),
                     Some("circuit_open"),
                     msg,
@@ -588,47 +685,15 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
                 .await;
         }
     };
-    let call = match &rec.agency_request_id {
-        Some(request_id) => Call::Poll {
-            transfer_id: &t.id,
-            request_id,
-        },
-        None => Call::Create {
-            transfer_id: &t.id,
-            dataset_id: &p.dataset_id,
-            subject: &subject,
-        },
-    };
-    let kind = if matches!(call, Call::Poll { .. }) {
-        "poll"
-    } else {
-        "create"
-    };
-    let request_event = agency_event(
-        "agency.request",
-        &t,
-        &agency,
-        &p.dataset_id,
-        serde_json::json!({ "call": kind }),
-        now,
-    );
-    let Some(attempt) = store
-        .record_fetch_attempt(&t.id, &p.dataset_id, &request_event, now)
-        .await?
-    else {
-        release_slot(state, &agency, &holder, now).await?;
-        return Ok(JobOutcome::Done);
-    };
-    let answer = data.client.call(state.platform(), &agency, call, now).await;
+    let answer = data.client.call(state.platform(), agency, call, now).await;
     drop(subject);
-    release_slot(state, &agency, &holder, now).await?;
     // Time passes during the call (real agencies are slow): decide with the clock after it.
     let now = state.clock().now();
     let outage = matches!(&answer, Err(e) if e.is_outage());
     // A success at an agency with no failure on record changes nothing: no write for it.
     let opened = if outage || !clean {
         store
-            .record_agency_result(&agency, outage, &data.limits, now)
+            .record_agency_result(agency, outage, &data.limits, now)
             .await?
     } else {
         false
@@ -659,7 +724,7 @@ async fn run_fetch(state: &AppState, p: &FetchJob) -> Result<JobOutcome, StoreEr
             )
             .await
         }
-        Ok(Answer::Dataset(body)) => accept(&ctx, &body, now).await,
+        Ok(Answer::Dataset(body)) => accept(ctx, &body, now).await,
         Err(e) if e.is_transient() => {
             let request_id = if e == CallError::RequestGone {
                 None

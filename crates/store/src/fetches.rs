@@ -119,12 +119,28 @@ pub struct FetchSettlement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Go ahead; `probe` when the circuit was open and this call tests whether the agency is back;
-    /// `clean` when no failure was on record, so a success needs nothing recorded.
-    Go { probe: bool, clean: bool },
+    /// `clean` when no failure was on record, so a success needs nothing recorded; `attempt`, the
+    /// fetch attempt this call is (when admitted for one).
+    Go {
+        probe: bool,
+        clean: bool,
+        attempt: Option<u32>,
+    },
+    /// The fetch the call was for has settled: no slot was taken.
+    Settled,
     /// The agency already has its limit of calls in flight.
     Busy,
     /// The circuit is open until then.
     Open { until: Timestamp },
+}
+
+/// The fetch attempt an agency call makes (see [`Store::admit_agency_call`]), with its
+/// `agency.request` event.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchAttempt<'a> {
+    pub transfer_id: &'a str,
+    pub dataset_id: &'a str,
+    pub audit: &'a NewAuditEvent,
 }
 
 /// A circuit breaker's stored state.
@@ -240,17 +256,8 @@ macro_rules! insert_audit_columns {
     };
 }
 
-/// An attempt counted with its event, as one step (see `step`); returns the attempt number when the
-/// fetch was still open.
-const ATTEMPT_SQLITE: &str = concat!(
-    "BEGIN IMMEDIATE;
-UPDATE transfer_datasets SET attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
-    WHERE transfer_id = $2 AND dataset_id = $3 AND status NOT IN ",
-    settled_sql!(),
-    " RETURNING attempts;
-", insert_audit_columns!(), " SELECT $4, $5, $6, $7, $8, $9 WHERE changes() = 1;
-COMMIT"
-);
+/// A fetch attempt counted with its event, inside PostgreSQL's admission transaction (see
+/// `admit_agency_call`); returns the attempt number when the fetch was still open.
 const ATTEMPT_POSTGRES: &str = concat!(
     "WITH u AS (UPDATE transfer_datasets SET attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
     WHERE transfer_id = $2 AND dataset_id = $3 AND status NOT IN ",
@@ -330,9 +337,11 @@ SELECT k, NULL::text FROM j UNION ALL SELECT 0::bigint, sealed_key FROM u UNION 
 );
 
 /// A settlement as one step, SQLite only (see `settle_fetch_then`): the dataset settled once; only
-/// if that changed it, its event (`$11`–`$16`) and a row with the count of datasets still open;
-/// when none are, the next jobs (`$10`, a JSON array, possibly empty) and, if there were any, the
-/// sealed identity's deletion.
+/// if that changed it, its event (`$11`–`$16`) and a row `(0, datasets still open)`; when none are,
+/// the next jobs (`$10`, a JSON array, possibly empty) and, if there were any, the sealed
+/// identity's deletion. Then, whatever the settlement did: the agency slot of holder `$17` at
+/// agency `$18` freed (with the agency's slots whose lease ran out), and job `$19` (leased by
+/// `$20`) marked done, returning `(3, 0)`; NULLs for neither.
 const SETTLE_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
 UPDATE transfer_datasets SET status = $1, error_code = $2, error_message = $3, digest = $4, data_object = $5, data_key = $6,
@@ -343,7 +352,7 @@ UPDATE transfer_datasets SET status = $1, error_code = $2, error_message = $3, d
 ",
     insert_audit_columns!(),
     " SELECT $11, $12, $13, $14, $15, $16 WHERE changes() = 1;
-SELECT (SELECT COUNT(*) FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
+SELECT 0, (SELECT COUNT(*) FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
     settled_sql!(),
     ") WHERE changes() = 1;
 INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
@@ -358,25 +367,41 @@ DELETE FROM transfer_secrets WHERE transfer_id = $8 AND $10 <> '[]'
     AND NOT EXISTS (SELECT 1 FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
     settled_sql!(),
     ");
+DELETE FROM agency_slots WHERE holder = $17 OR (agency_id = $18 AND lease_until <= $7);
+UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $7
+    WHERE id = $19 AND lease_owner = $20 AND state = 'running' RETURNING 3, 0;
 COMMIT"
 );
 
 /// An agency call admitted, as one step (see `step`). Rows: `(0, open_until, failures)` for the
-/// circuit; `(1, ..)` when the slot was taken (the circuit not open, fewer than `$5` other slots
-/// held); `(2, ..)` when, taking it, this call became the probe of a half-open circuit.
-const ADMIT_SQLITE: &str = "BEGIN IMMEDIATE;
+/// circuit; `(4, ..)` when fetch `$6`/`$7` (NULL for none) is settled already, so no slot is taken;
+/// `(1, ..)` when the slot was taken (the circuit not open, fewer than `$5` other slots held, the
+/// fetch open); `(2, ..)` when, taking it, this call became the probe of a half-open circuit; `(3,
+/// NULL, attempts)` when the fetch's attempt was counted, with its event (`$8`–`$13`). A slot
+/// carries this call's lease `$4`, so an older slot of the same holder does not count as taken.
+const ADMIT_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
 INSERT INTO agency_circuits (agency_id, consecutive_failures, open_until, updated_at) VALUES ($1, 0, NULL, $2)
     ON CONFLICT (agency_id) DO UPDATE SET updated_at = excluded.updated_at
     RETURNING 0, open_until, consecutive_failures;
+SELECT 4, NULL, 0 WHERE $6 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM transfer_datasets
+    WHERE transfer_id = $6 AND dataset_id = $7 AND status NOT IN ", settled_sql!(), ");
 INSERT INTO agency_slots (holder, agency_id, lease_until)
     SELECT $3, $1, $4
     WHERE NOT EXISTS (SELECT 1 FROM agency_circuits WHERE agency_id = $1 AND open_until > $2)
       AND (SELECT COUNT(*) FROM agency_slots WHERE agency_id = $1 AND lease_until > $2 AND holder <> $3) < $5
+      AND ($6 IS NULL OR EXISTS (SELECT 1 FROM transfer_datasets
+          WHERE transfer_id = $6 AND dataset_id = $7 AND status NOT IN ", settled_sql!(), "))
     ON CONFLICT (holder) DO UPDATE SET agency_id = excluded.agency_id, lease_until = excluded.lease_until
     RETURNING 1, NULL, 0;
 UPDATE agency_circuits SET open_until = $4 WHERE agency_id = $1 AND open_until IS NOT NULL AND changes() = 1
     RETURNING 2, open_until, 0;
-COMMIT";
+UPDATE transfer_datasets SET attempts = attempts + 1, started_at = COALESCE(started_at, $2), updated_at = $2
+    WHERE transfer_id = $6 AND dataset_id = $7 AND EXISTS (SELECT 1 FROM agency_slots WHERE holder = $3 AND lease_until = $4)
+    RETURNING 3, NULL, attempts;
+", insert_audit_columns!(), " SELECT $8, $9, $10, $11, $12, $13 WHERE changes() = 1;
+COMMIT"
+);
 
 /// The fetched data of a transfer forgotten, as one step (see `step`): returns the blob references
 /// that were cleared, then clears them and deletes the sealed identity.
@@ -445,6 +470,30 @@ pub(crate) fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> Strin
             .collect(),
     )
     .to_string()
+}
+
+/// A slot freed: its holder's, and the agency's whose lease ran out (their holders crashed).
+const RELEASE_SLOT: &str =
+    "DELETE FROM agency_slots WHERE holder = $1 OR (agency_id = $2 AND lease_until <= $3)";
+
+/// What a settlement finishes with it (see [`Store::settle_fetch_then`]); by default nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SettleAlso<'a> {
+    /// The job to enqueue once every dataset of the transfer is settled (the packaging).
+    pub next: Option<&'a NewJob>,
+    /// The agency slot the fetch's call held: `(agency, holder)`.
+    pub slot: Option<(&'a str, &'a str)>,
+    /// The fetch's job, marked done: `(job ID, worker holding its lease)`.
+    pub job: Option<(&'a str, &'a str)>,
+}
+
+/// What a settlement did (see [`Store::settle_fetch_then`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleOutcome {
+    /// `Some(every dataset settled)` when this call settled the fetch; None when it was already.
+    pub all_settled: Option<bool>,
+    /// The fetch's job was marked done.
+    pub job_done: bool,
 }
 
 /// What the end of packaging did (see [`Store::finish_packaging`]).
@@ -579,25 +628,6 @@ impl Store {
         Ok(rows.into_iter().map(FetchRecord::from).collect())
     }
 
-    /// Counts one call to the agency (and notes when the fetch started) with its
-    /// `agency.request` audit event. Returns the attempt number, or None if the fetch is settled.
-    pub async fn record_fetch_attempt(
-        &self,
-        transfer_id: &str,
-        dataset_id: &str,
-        audit: &NewAuditEvent,
-        now: Timestamp,
-    ) -> Result<Option<u32>> {
-        // One round trip (see `step`): the attempt counted, and its event only if it was.
-        let rows: Vec<(i64,)> =
-            write_step!(self, ATTEMPT_SQLITE, ATTEMPT_POSTGRES, |q| bind_audit!(
-                q.bind(now.millis()).bind(transfer_id).bind(dataset_id),
-                audit
-            ));
-        let attempts = rows.into_iter().next();
-        Ok(attempts.map(|(n,)| u32::try_from(n).unwrap_or(u32::MAX)))
-    }
-
     /// Records an open fetch's new status and next attempt, with its audit event. Returns false
     /// (and writes nothing) when the fetch settled meanwhile.
     pub async fn record_fetch_progress(
@@ -646,22 +676,32 @@ impl Store {
         audit: &NewAuditEvent,
         now: Timestamp,
     ) -> Result<Option<bool>> {
-        self.settle_fetch_then(transfer_id, dataset_id, s, audit, None, now)
-            .await
+        let done = self
+            .settle_fetch_then(
+                transfer_id,
+                dataset_id,
+                s,
+                audit,
+                &SettleAlso::default(),
+                now,
+            )
+            .await?;
+        Ok(done.all_settled)
     }
 
-    /// Like [`Store::settle_fetch`]; when this settles the transfer's last open dataset, it also
-    /// enqueues `next` (the packaging job) and deletes the transfer's sealed identity, which no
-    /// fetch needs any more, in the same transaction: one commit on the writer instead of three.
+    /// Like [`Store::settle_fetch`], finishing in the same transaction what `also` names: when this
+    /// settles the transfer's last open dataset, its next job is enqueued and the sealed identity,
+    /// which no fetch needs any more, deleted; and in any case the fetch's agency slot is freed
+    /// and its job marked done. One commit on the writer instead of up to five.
     pub async fn settle_fetch_then(
         &self,
         transfer_id: &str,
         dataset_id: &str,
         s: &FetchSettlement,
         audit: &NewAuditEvent,
-        next: Option<&NewJob>,
+        also: &SettleAlso<'_>,
         now: Timestamp,
-    ) -> Result<Option<bool>> {
+    ) -> Result<SettleOutcome> {
         if !status::is_settled(s.status) {
             return Err(StoreError::Corrupt(format!(
                 "`{}` is not a settled fetch status",
@@ -687,11 +727,18 @@ impl Store {
                 // One round trip (see `step`): SQLite runs the whole text under its write lock, so
                 // the count of open datasets sees every other settlement. The open count comes
                 // back only if this call settled the dataset.
-                let jobs = jobs_json(next);
+                let jobs = jobs_json(also.next);
                 let q = sqlx::query_as(SETTLE_SQLITE);
-                let q = bind_audit!(bind_settlement!(q).bind(&jobs), audit);
-                let rows: Vec<(i64,)> = crate::step::sqlite(writer, q).await?;
-                return Ok(rows.first().map(|(open,)| *open == 0));
+                let q = bind_audit!(bind_settlement!(q).bind(&jobs), audit)
+                    .bind(also.slot.map(|s| s.1))
+                    .bind(also.slot.map(|s| s.0))
+                    .bind(also.job.map(|j| j.0))
+                    .bind(also.job.map(|j| j.1));
+                let rows: Vec<(i64, i64)> = crate::step::sqlite(writer, q).await?;
+                return Ok(SettleOutcome {
+                    all_settled: rows.iter().find(|r| r.0 == 0).map(|r| r.1 == 0),
+                    job_done: rows.iter().any(|r| r.0 == 3),
+                });
             }
             crate::Db::Postgres(pool) => pool,
         };
@@ -716,26 +763,51 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if n != 1 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        insert_audit!(&mut *tx, audit)?;
-        let (open,): (i64,) = sqlx::query_as(&open_sql)
-            .bind(transfer_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if open == 0
-            && let Some(job) = next
-        {
-            insert_job!(&mut *tx, job, now)?;
-            sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
+        let mut all_settled = None;
+        if n == 1 {
+            insert_audit!(&mut *tx, audit)?;
+            let (open,): (i64,) = sqlx::query_as(&open_sql)
                 .bind(transfer_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if open == 0
+                && let Some(job) = also.next
+            {
+                insert_job!(&mut *tx, job, now)?;
+                sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
+                    .bind(transfer_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            all_settled = Some(open == 0);
+        }
+        if let Some((agency, holder)) = also.slot {
+            sqlx::query(RELEASE_SLOT)
+                .bind(holder)
+                .bind(agency)
+                .bind(now.millis())
                 .execute(&mut *tx)
                 .await?;
         }
+        let mut job_done = false;
+        if let Some((id, owner)) = also.job {
+            job_done = sqlx::query(
+                "UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $1
+                 WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
+            )
+            .bind(now.millis())
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+        }
         tx.commit().await?;
-        Ok(Some(open == 0))
+        Ok(SettleOutcome {
+            all_settled,
+            job_done,
+        })
     }
 
     /// Forgets the fetched data of a transfer (after packaging or at its end): clears every object
@@ -827,15 +899,16 @@ impl Store {
         Ok(rows.into_iter().map(|(t,)| t).collect())
     }
 
-    /// Decides whether a call to `agency_id` may go now, and if so holds one of its slots for
-    /// `holder` until released or `limits.slot_lease` passes. Serialised per agency: the first
-    /// statement locks the agency's circuit row (PostgreSQL row lock, SQLite write lock), so two
-    /// processes cannot both take the last slot or both probe an open circuit.
+    /// Admits a call to `agency_id` for `holder`, against the agency's circuit and its limit of
+    /// calls in flight. With `attempt`, the call is one of that fetch's attempts: the slot is taken
+    /// only while the fetch is open, and the attempt is counted with its event in the same step
+    /// ([`Admission::Go`] carries its number; [`Admission::Settled`] when the fetch has settled).
     pub async fn admit_agency_call(
         &self,
         agency_id: &str,
         holder: &str,
         limits: &AgencyLimits,
+        attempt: Option<&FetchAttempt<'_>>,
         now: Timestamp,
     ) -> Result<Admission> {
         let n = now.millis();
@@ -845,12 +918,21 @@ impl Store {
             crate::Db::Sqlite { writer, .. } => {
                 // One step: SQLite runs the whole text under its write lock, so the count of
                 // slots sees every other admission.
+                let e = attempt.map(|a| a.audit);
                 let q = sqlx::query_as(ADMIT_SQLITE)
                     .bind(agency_id)
                     .bind(n)
                     .bind(holder)
                     .bind(lease)
-                    .bind(limit);
+                    .bind(limit)
+                    .bind(attempt.map(|a| a.transfer_id))
+                    .bind(attempt.map(|a| a.dataset_id))
+                    .bind(e.map(|e| e.at.millis()))
+                    .bind(e.map(|e| e.kind.as_str()))
+                    .bind(e.and_then(|e| e.subject.as_deref()))
+                    .bind(e.and_then(|e| e.transfer_id.as_deref()))
+                    .bind(e.map(|e| e.actor.as_str()))
+                    .bind(e.map(|e| e.detail.to_string()));
                 let rows: Vec<(i64, Option<i64>, i64)> = crate::step::sqlite(writer, q).await?;
                 let circuit = rows.iter().find(|r| r.0 == 0);
                 let open_until = circuit.and_then(|r| r.1);
@@ -860,72 +942,96 @@ impl Store {
                         until: Timestamp::from_millis(until),
                     });
                 }
+                if rows.iter().any(|r| r.0 == 4) {
+                    return Ok(Admission::Settled);
+                }
                 if !rows.iter().any(|r| r.0 == 1) {
                     return Ok(Admission::Busy);
                 }
                 let probe = rows.iter().any(|r| r.0 == 2);
+                let attempt = rows
+                    .iter()
+                    .find(|r| r.0 == 3)
+                    .map(|r| u32::try_from(r.2).unwrap_or(u32::MAX));
                 return Ok(Admission::Go {
                     probe,
                     clean: !probe && failures == 0,
+                    attempt,
                 });
             }
             crate::Db::Postgres(pool) => pool,
         };
         // PostgreSQL: a transaction that locks the circuit row first (one statement's snapshot
         // would miss a slot taken meanwhile by another process).
-        {
-            let mut tx = pool.begin().await?;
-            let (open_until, failures): (Option<i64>, i64) = sqlx::query_as(
-                "INSERT INTO agency_circuits (agency_id, consecutive_failures, open_until, updated_at) VALUES ($1, 0, NULL, $2)
-                 ON CONFLICT (agency_id) DO UPDATE SET updated_at = excluded.updated_at RETURNING open_until, consecutive_failures",
-            )
-            .bind(agency_id)
-            .bind(n)
-            .fetch_one(&mut *tx)
-            .await?;
-            let mut probe = false;
-            if let Some(until) = open_until {
-                if until > n {
-                    tx.rollback().await?;
-                    return Ok(Admission::Open {
-                        until: Timestamp::from_millis(until),
-                    });
-                }
-                // Half-open: this call is the probe; others wait while it runs.
-                sqlx::query("UPDATE agency_circuits SET open_until = $1 WHERE agency_id = $2")
-                    .bind(lease)
-                    .bind(agency_id)
-                    .execute(&mut *tx)
-                    .await?;
-                probe = true;
-            }
-            let (busy,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM agency_slots WHERE agency_id = $1 AND lease_until > $2 AND holder <> $3",
-            )
-            .bind(agency_id)
-            .bind(n)
-            .bind(holder)
-            .fetch_one(&mut *tx)
-            .await?;
-            if busy >= limit {
+        let mut tx = pool.begin().await?;
+        let (open_until, failures): (Option<i64>, i64) = sqlx::query_as(
+            "INSERT INTO agency_circuits (agency_id, consecutive_failures, open_until, updated_at) VALUES ($1, 0, NULL, $2)
+             ON CONFLICT (agency_id) DO UPDATE SET updated_at = excluded.updated_at RETURNING open_until, consecutive_failures",
+        )
+        .bind(agency_id)
+        .bind(n)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut probe = false;
+        if let Some(until) = open_until {
+            if until > n {
                 tx.rollback().await?;
-                return Ok(Admission::Busy);
+                return Ok(Admission::Open {
+                    until: Timestamp::from_millis(until),
+                });
             }
-            sqlx::query(
-                "INSERT INTO agency_slots (holder, agency_id, lease_until) VALUES ($1, $2, $3)
-                 ON CONFLICT (holder) DO UPDATE SET agency_id = excluded.agency_id, lease_until = excluded.lease_until",
-            )
-            .bind(holder)
-            .bind(agency_id)
-            .bind(lease)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Admission::Go {
-                probe,
-                clean: !probe && failures == 0,
-            })
+            // Half-open: this call is the probe; others wait while it runs.
+            sqlx::query("UPDATE agency_circuits SET open_until = $1 WHERE agency_id = $2")
+                .bind(lease)
+                .bind(agency_id)
+                .execute(&mut *tx)
+                .await?;
+            probe = true;
         }
+        let (busy,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM agency_slots WHERE agency_id = $1 AND lease_until > $2 AND holder <> $3",
+        )
+        .bind(agency_id)
+        .bind(n)
+        .bind(holder)
+        .fetch_one(&mut *tx)
+        .await?;
+        if busy >= limit {
+            tx.rollback().await?;
+            return Ok(Admission::Busy);
+        }
+        let mut counted = None;
+        if let Some(a) = attempt {
+            let row: Option<(i64,)> = bind_audit!(
+                sqlx::query_as(ATTEMPT_POSTGRES)
+                    .bind(n)
+                    .bind(a.transfer_id)
+                    .bind(a.dataset_id),
+                a.audit
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((attempts,)) = row else {
+                tx.rollback().await?;
+                return Ok(Admission::Settled);
+            };
+            counted = Some(u32::try_from(attempts).unwrap_or(u32::MAX));
+        }
+        sqlx::query(
+            "INSERT INTO agency_slots (holder, agency_id, lease_until) VALUES ($1, $2, $3)
+             ON CONFLICT (holder) DO UPDATE SET agency_id = excluded.agency_id, lease_until = excluded.lease_until",
+        )
+        .bind(holder)
+        .bind(agency_id)
+        .bind(lease)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Admission::Go {
+            probe,
+            clean: !probe && failures == 0,
+            attempt: counted,
+        })
     }
 
     /// Frees the slot `holder` took at `agency_id`, and the agency's slots whose lease has run out
@@ -936,7 +1042,7 @@ impl Store {
         holder: &str,
         now: Timestamp,
     ) -> Result<()> {
-        on_pool!(self, pool => sqlx::query("DELETE FROM agency_slots WHERE holder = $1 OR (agency_id = $2 AND lease_until <= $3)")
+        on_pool!(self, pool => sqlx::query(RELEASE_SLOT)
             .bind(holder)
             .bind(agency_id)
             .bind(now.millis())

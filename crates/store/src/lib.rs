@@ -37,8 +37,9 @@ pub use counter::{
 };
 pub use downloads::DownloadClaim;
 pub use fetches::{
-    Admission, AgencyCircuit, AgencyLimits, FetchProgress, FetchRecord, FetchSettlement, Leftover,
-    PackageRecord, Packaged, Retrieval, status as fetch_status,
+    Admission, AgencyCircuit, AgencyLimits, FetchAttempt, FetchProgress, FetchRecord,
+    FetchSettlement, Leftover, PackageRecord, Packaged, Retrieval, SettleAlso, SettleOutcome,
+    status as fetch_status,
 };
 pub use identity::{
     ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,
@@ -49,7 +50,7 @@ pub use oauth::{
 };
 pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};
-pub use transfers::{NewTransfer, Transfer, TransferDataset};
+pub use transfers::{FetchContext, NewTransfer, Transfer, TransferDataset};
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -102,11 +102,52 @@ impl TryFrom<TransferRow> for Transfer {
     }
 }
 
-const SELECT_TRANSFER_WITH_DATASETS: &str = "SELECT t.id, t.kind, t.subject, t.recipient, t.purpose, t.state, t.created_at, t.expires_at, t.updated_at, t.version,
+/// The columns of a transfer joined with its dataset rows (`d_*`).
+macro_rules! transfer_with_datasets_columns {
+    () => {
+        "t.id, t.kind, t.subject, t.recipient, t.purpose, t.state, t.created_at, t.expires_at, t.updated_at, t.version,
     d.dataset_id AS d_dataset_id, d.status AS d_status, d.updated_at AS d_updated_at, d.attempts AS d_attempts,
     d.error_code AS d_error_code, d.error_message AS d_error_message, d.digest AS d_digest,
-    d.started_at AS d_started_at, d.next_attempt_at AS d_next_attempt_at, d.settled_at AS d_settled_at
-    FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position";
+    d.started_at AS d_started_at, d.next_attempt_at AS d_next_attempt_at, d.settled_at AS d_settled_at"
+    };
+}
+
+const SELECT_TRANSFER_WITH_DATASETS: &str = concat!(
+    "SELECT ",
+    transfer_with_datasets_columns!(),
+    " FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position"
+);
+
+/// What a fetch job reads before its call, in one statement: the transfer with its datasets, the
+/// fetch's own columns on every row, and the sealed identity.
+const SELECT_FETCH_CONTEXT: &str = concat!(
+    "SELECT ",
+    transfer_with_datasets_columns!(),
+    ",
+    d.agency_request_id AS d_agency_request_id, d.data_object AS d_data_object, d.data_key AS d_data_key,
+    (SELECT sealed FROM transfer_secrets s WHERE s.transfer_id = t.id) AS sealed
+    FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position"
+);
+
+#[derive(sqlx::FromRow)]
+struct FetchContextRow {
+    #[sqlx(flatten)]
+    joined: TransferWithDatasetRow,
+    d_agency_request_id: Option<String>,
+    d_data_object: Option<String>,
+    d_data_key: Option<String>,
+    sealed: Option<String>,
+}
+
+/// A fetch as its job finds it (see [`Store::fetch_context`]).
+#[derive(Debug, Clone)]
+pub struct FetchContext {
+    pub transfer: Transfer,
+    /// The fetch's record; None when the transfer has no such dataset.
+    pub record: Option<crate::FetchRecord>,
+    /// The transfer's sealed identity, while it is held.
+    pub sealed_subject: Option<String>,
+}
 
 /// A transfer joined with one of its dataset rows (all `None` when it has no datasets).
 #[derive(sqlx::FromRow)]
@@ -348,6 +389,49 @@ impl Store {
         }
         t.datasets = datasets;
         Ok(Some(t))
+    }
+
+    /// The transfer `id` with its datasets, fetch `dataset_id`'s record and the sealed identity,
+    /// read in one statement (a fetch job needs all three before its call).
+    pub async fn fetch_context(&self, id: &str, dataset_id: &str) -> Result<Option<FetchContext>> {
+        let rows: Vec<FetchContextRow> = on_read_pool!(self, pool => sqlx::query_as(SELECT_FETCH_CONTEXT)
+            .bind(id)
+            .fetch_all(pool)
+            .await?);
+        let mut rows = rows.into_iter().peekable();
+        let Some(first) = rows.peek() else {
+            return Ok(None);
+        };
+        let sealed_subject = first.sealed.clone();
+        let mut t: Option<Transfer> = None;
+        let mut record = None;
+        for r in rows {
+            let transfer = match &mut t {
+                Some(t) => t,
+                None => t.insert(Transfer::try_from(r.joined.t)?),
+            };
+            let Some(d) = r.joined.d.into_dataset() else {
+                continue;
+            };
+            if d.dataset_id == dataset_id {
+                record = Some(crate::FetchRecord {
+                    transfer_id: transfer.id.clone(),
+                    dataset_id: d.dataset_id.clone(),
+                    status: d.status.clone(),
+                    attempts: d.attempts,
+                    agency_request_id: r.d_agency_request_id,
+                    started_at: d.started_at,
+                    data_object: r.d_data_object,
+                    data_key: r.d_data_key,
+                });
+            }
+            transfer.datasets.push(d);
+        }
+        Ok(t.map(|transfer| FetchContext {
+            transfer,
+            record,
+            sealed_subject,
+        }))
     }
 
     /// The person's transfers, newest first (datasets not loaded).

@@ -5,8 +5,9 @@ use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
 use mydata_store::testing::{fresh_postgres, fresh_sqlite};
 use mydata_store::{
-    Admission, AgencyLimits, AuditProblem, FetchProgress, FetchSettlement, JobState, Jti,
-    NewAuditEvent, NewJob, NewTransfer, PackageRecord, Retrieval, Store, StoreError, fetch_status,
+    Admission, AgencyLimits, AuditProblem, FetchAttempt, FetchProgress, FetchSettlement, JobState,
+    Jti, NewAuditEvent, NewJob, NewTransfer, PackageRecord, Retrieval, SettleAlso, SettleOutcome,
+    Store, StoreError, fetch_status,
 };
 use std::time::Duration;
 
@@ -234,16 +235,21 @@ async fn the_last_two_datasets_settled_at_once_enqueue_the_packaging_once(s: &St
     let settle = |d: &'static str| {
         let (s, package) = (s.clone(), package.clone());
         tokio::spawn(async move {
+            let also = SettleAlso {
+                next: Some(&package),
+                ..SettleAlso::default()
+            };
             s.settle_fetch_then(
                 "l1",
                 d,
                 &settlement(fetch_status::REJECTED),
                 &ev("agency.outcome", "l1"),
-                Some(&package),
+                &also,
                 T0,
             )
             .await
             .unwrap()
+            .all_settled
         })
     };
     let (a, b) = tokio::join!(
@@ -1077,12 +1083,46 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
 
     let a = "low-income-household";
     let b = "household-register-personal";
+    // A fetch job's one read: the transfer, its own fetch and the sealed identity.
+    let c = s.fetch_context("f1", a).await.unwrap().unwrap();
     assert_eq!(
-        s.record_fetch_attempt("f1", a, &ev("agency.request", "f1"), T0)
+        (
+            c.transfer.datasets.len(),
+            c.record.map(|r| (r.dataset_id, r.status, r.attempts)),
+            c.sealed_subject.as_deref()
+        ),
+        (
+            2,
+            Some((a.to_owned(), "pending".to_owned(), 0)),
+            Some("sealed")
+        )
+    );
+    let other = s.fetch_context("f1", "no-such-dataset").await.unwrap();
+    assert!(other.is_some_and(|c| c.record.is_none()));
+    assert!(
+        s.fetch_context("no-such-transfer", a)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The call is admitted and counted as the fetch's first attempt, with its event, in one step.
+    let request = ev("agency.request", "f1");
+    let attempt = FetchAttempt {
+        transfer_id: "f1",
+        dataset_id: a,
+        audit: &request,
+    };
+    assert_eq!(
+        s.admit_agency_call("moi", "f1/a", &limits(), Some(&attempt), T0)
             .await
             .unwrap(),
-        Some(1)
+        Admission::Go {
+            probe: false,
+            clean: true,
+            attempt: Some(1)
+        }
     );
+    s.release_agency_slot("moi", "f1/a", T0).await.unwrap();
     let later = T0.plus(Duration::from_secs(60));
     let progress = FetchProgress {
         status: fetch_status::NOT_READY,
@@ -1107,20 +1147,58 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
     );
     assert_eq!(rec.started_at, Some(T0));
 
+    // The settlement frees the call's slot and marks its job done in the same step.
+    assert!(matches!(
+        s.admit_agency_call("moi", "f1/a", &limits(), Some(&attempt), T0)
+            .await
+            .unwrap(),
+        Admission::Go {
+            attempt: Some(2),
+            ..
+        }
+    ));
+    let (worker, lease) = ("w-fetch", Duration::from_secs(60));
+    let running = s
+        .claim_job("fetch", worker, lease, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.id, "f1-j");
     let package = job("f1-package", later);
+    let also = SettleAlso {
+        next: Some(&package),
+        slot: Some(("moi", "f1/a")),
+        job: Some(("f1-j", worker)),
+    };
     assert_eq!(
         s.settle_fetch_then(
             "f1",
             a,
             &settlement(fetch_status::SUCCEEDED),
             &ev("agency.outcome", "f1"),
-            Some(&package),
+            &also,
             later
         )
         .await
         .unwrap(),
-        Some(false)
+        SettleOutcome {
+            all_settled: Some(false),
+            job_done: true
+        }
     );
+    assert_eq!(s.job("f1-j").await.unwrap().unwrap().state, JobState::Done);
+    // With the slot freed, the agency's only slot (a limit of one) can be taken by another call.
+    let one = AgencyLimits {
+        concurrency: 1,
+        ..limits()
+    };
+    assert!(matches!(
+        s.admit_agency_call("moi", "other", &one, None, later)
+            .await
+            .unwrap(),
+        Admission::Go { .. }
+    ));
+    s.release_agency_slot("moi", "other", later).await.unwrap();
     // With a dataset still open, the next job waits and the identity is kept.
     assert!(s.job("f1-package").await.unwrap().is_none());
     assert!(s.transfer_secret("f1").await.unwrap().is_some());
@@ -1142,24 +1220,37 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
             .await
             .unwrap()
     );
+    // A settled fetch takes no slot and counts no attempt.
     assert_eq!(
-        s.record_fetch_attempt("f1", a, &ev("agency.request", "f1"), T0)
+        s.admit_agency_call("moi", "f1/a", &limits(), Some(&attempt), T0)
             .await
             .unwrap(),
-        None
+        Admission::Settled
     );
+    assert!(matches!(
+        s.admit_agency_call("moi", "other", &one, None, later)
+            .await
+            .unwrap(),
+        Admission::Go { .. }
+    ));
     assert_eq!(
         s.settle_fetch_then(
             "f1",
             b,
             &settlement(fetch_status::REJECTED),
             &ev("agency.outcome", "f1"),
-            Some(&package),
+            &SettleAlso {
+                next: Some(&package),
+                ..SettleAlso::default()
+            },
             later
         )
         .await
         .unwrap(),
-        Some(true)
+        SettleOutcome {
+            all_settled: Some(true),
+            job_done: false
+        }
     );
     // The last settlement enqueued the packaging and forgot the identity with it.
     assert!(s.job("f1-package").await.unwrap().is_some());
@@ -1180,7 +1271,7 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
     let (da, db) = (&t.datasets[0], &t.datasets[1]);
     assert_eq!(
         (da.status.as_str(), da.attempts, da.settled_at),
-        ("succeeded", 1, Some(later))
+        ("succeeded", 2, Some(later))
     );
     assert_eq!(da.digest.as_deref().map(str::len), Some(64));
     assert_eq!(
@@ -1201,6 +1292,7 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
             "transfer.fetching",
             "agency.request",
             "agency.outcome",
+            "agency.request",
             "agency.outcome",
             "agency.outcome"
         ]
@@ -1231,55 +1323,63 @@ fn limits() -> AgencyLimits {
 async fn agency_slots_limit_calls_in_flight_and_expire(s: &Store) {
     let l = limits();
     assert_eq!(
-        s.admit_agency_call("moi", "a", &l, T0).await.unwrap(),
+        s.admit_agency_call("moi", "a", &l, None, T0).await.unwrap(),
         Admission::Go {
             probe: false,
-            clean: true
+            clean: true,
+            attempt: None
         }
     );
     assert_eq!(
-        s.admit_agency_call("moi", "b", &l, T0).await.unwrap(),
+        s.admit_agency_call("moi", "b", &l, None, T0).await.unwrap(),
         Admission::Go {
             probe: false,
-            clean: true
+            clean: true,
+            attempt: None
         }
     );
     assert_eq!(
-        s.admit_agency_call("moi", "c", &l, T0).await.unwrap(),
+        s.admit_agency_call("moi", "c", &l, None, T0).await.unwrap(),
         Admission::Busy
     );
     // Another agency has its own slots; a holder asking again keeps its slot.
     assert_eq!(
-        s.admit_agency_call("mof", "c", &l, T0).await.unwrap(),
+        s.admit_agency_call("mof", "c", &l, None, T0).await.unwrap(),
         Admission::Go {
             probe: false,
-            clean: true
+            clean: true,
+            attempt: None
         }
     );
     assert_eq!(
-        s.admit_agency_call("moi", "a", &l, T0).await.unwrap(),
+        s.admit_agency_call("moi", "a", &l, None, T0).await.unwrap(),
         Admission::Go {
             probe: false,
-            clean: true
+            clean: true,
+            attempt: None
         }
     );
     assert_eq!(s.agency_slots_in_use("moi", T0).await.unwrap(), 2);
     s.release_agency_slot("moi", "a", T0).await.unwrap();
     assert_eq!(
-        s.admit_agency_call("moi", "d", &l, T0).await.unwrap(),
+        s.admit_agency_call("moi", "d", &l, None, T0).await.unwrap(),
         Admission::Go {
             probe: false,
-            clean: true
+            clean: true,
+            attempt: None
         }
     );
     // A crashed holder's slot is taken back when its lease ends.
     let later = T0.plus(Duration::from_secs(31));
     assert_eq!(s.agency_slots_in_use("moi", later).await.unwrap(), 0);
     assert_eq!(
-        s.admit_agency_call("moi", "e", &l, later).await.unwrap(),
+        s.admit_agency_call("moi", "e", &l, None, later)
+            .await
+            .unwrap(),
         Admission::Go {
             probe: false,
-            clean: true
+            clean: true,
+            attempt: None
         }
     );
     // Many processes at once never exceed the limit.
@@ -1287,7 +1387,7 @@ async fn agency_slots_limit_calls_in_flight_and_expire(s: &Store) {
         .map(|i| {
             let s = s.clone();
             tokio::spawn(async move {
-                s.admit_agency_call("moe", &format!("h{i}"), &limits(), T0)
+                s.admit_agency_call("moe", &format!("h{i}"), &limits(), None, T0)
                     .await
                     .unwrap()
             })
@@ -1304,7 +1404,7 @@ async fn agency_slots_limit_calls_in_flight_and_expire(s: &Store) {
 
 async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
     let l = limits();
-    s.admit_agency_call("moi", "a", &l, T0).await.unwrap();
+    s.admit_agency_call("moi", "a", &l, None, T0).await.unwrap();
     s.release_agency_slot("moi", "a", T0).await.unwrap();
     assert!(!s.record_agency_result("moi", true, &l, T0).await.unwrap());
     assert!(!s.record_agency_result("moi", true, &l, T0).await.unwrap());
@@ -1318,19 +1418,24 @@ async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
     let c = s.agency_circuit("moi").await.unwrap().unwrap();
     assert_eq!((c.consecutive_failures, c.open_until), (3, Some(until)));
     assert_eq!(
-        s.admit_agency_call("moi", "b", &l, T0).await.unwrap(),
+        s.admit_agency_call("moi", "b", &l, None, T0).await.unwrap(),
         Admission::Open { until }
     );
     // After the open time exactly one probe goes; the others keep waiting.
     assert_eq!(
-        s.admit_agency_call("moi", "b", &l, until).await.unwrap(),
+        s.admit_agency_call("moi", "b", &l, None, until)
+            .await
+            .unwrap(),
         Admission::Go {
             probe: true,
-            clean: false
+            clean: false,
+            attempt: None
         }
     );
     assert!(matches!(
-        s.admit_agency_call("moi", "c", &l, until).await.unwrap(),
+        s.admit_agency_call("moi", "c", &l, None, until)
+            .await
+            .unwrap(),
         Admission::Open { .. }
     ));
     s.release_agency_slot("moi", "b", T0).await.unwrap();
@@ -1342,14 +1447,19 @@ async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
     );
     let again = until.plus(Duration::from_secs(60));
     assert_eq!(
-        s.admit_agency_call("moi", "c", &l, until).await.unwrap(),
+        s.admit_agency_call("moi", "c", &l, None, until)
+            .await
+            .unwrap(),
         Admission::Open { until: again }
     );
     assert_eq!(
-        s.admit_agency_call("moi", "c", &l, again).await.unwrap(),
+        s.admit_agency_call("moi", "c", &l, None, again)
+            .await
+            .unwrap(),
         Admission::Go {
             probe: true,
-            clean: false
+            clean: false,
+            attempt: None
         }
     );
     s.record_agency_result("moi", false, &l, again)
@@ -1358,10 +1468,13 @@ async fn circuit_opens_after_threshold_and_lets_one_probe_through(s: &Store) {
     let c = s.agency_circuit("moi").await.unwrap().unwrap();
     assert_eq!((c.consecutive_failures, c.open_until), (0, None));
     assert_eq!(
-        s.admit_agency_call("moi", "d", &l, again).await.unwrap(),
+        s.admit_agency_call("moi", "d", &l, None, again)
+            .await
+            .unwrap(),
         Admission::Go {
             probe: false,
-            clean: true
+            clean: true,
+            attempt: None
         }
     );
 }
@@ -1373,7 +1486,7 @@ async fn a_half_open_circuit_whose_slots_are_all_held_stays_as_it_was(s: &Store)
         ..limits()
     };
     assert!(matches!(
-        s.admit_agency_call("moi", "x", &l, T0).await.unwrap(),
+        s.admit_agency_call("moi", "x", &l, None, T0).await.unwrap(),
         Admission::Go { .. }
     ));
     for _ in 0..3 {
@@ -1382,7 +1495,9 @@ async fn a_half_open_circuit_whose_slots_are_all_held_stays_as_it_was(s: &Store)
     let until = T0.plus(Duration::from_secs(60));
     // The open time is over but the one slot is still held: no probe, the circuit unchanged.
     assert_eq!(
-        s.admit_agency_call("moi", "p", &l, until).await.unwrap(),
+        s.admit_agency_call("moi", "p", &l, None, until)
+            .await
+            .unwrap(),
         Admission::Busy
     );
     let c = s.agency_circuit("moi").await.unwrap().unwrap();
@@ -1390,14 +1505,19 @@ async fn a_half_open_circuit_whose_slots_are_all_held_stays_as_it_was(s: &Store)
     assert_eq!(s.agency_slots_in_use("moi", until).await.unwrap(), 1);
     s.release_agency_slot("moi", "x", until).await.unwrap();
     assert_eq!(
-        s.admit_agency_call("moi", "p", &l, until).await.unwrap(),
+        s.admit_agency_call("moi", "p", &l, None, until)
+            .await
+            .unwrap(),
         Admission::Go {
             probe: true,
-            clean: false
+            clean: false,
+            attempt: None
         }
     );
     assert_eq!(
-        s.admit_agency_call("moi", "q", &l, until).await.unwrap(),
+        s.admit_agency_call("moi", "q", &l, None, until)
+            .await
+            .unwrap(),
         Admission::Open {
             until: until.plus(Duration::from_secs(120))
         }
