@@ -508,14 +508,10 @@ async fn run_fetch(
 ) -> Result<JobOutcome, StoreError> {
     let now = state.clock().now();
     // One read for the transfer, the fetch and the sealed identity.
-    let Some(found) = state
-        .store()
-        .fetch_context(&p.transfer_id, &p.dataset_id)
-        .await?
-    else {
+    let Some(found) = state.store().transfer_work(&p.transfer_id).await? else {
         return Ok(JobOutcome::Done);
     };
-    let Some(rec) = found.record else {
+    let Some(rec) = found.fetch(&p.dataset_id).cloned() else {
         return Ok(JobOutcome::Done);
     };
     if fetch_status::is_settled(&rec.status) {

@@ -120,22 +120,23 @@ async fn assemble(
     let store = state.store();
     let data = state.data();
     let now = state.clock().now();
-    let Some(t) = store.transfer(transfer_id).await? else {
+    // One read: the transfer, its fetches and whether a package is stored already.
+    let Some(work) = store.transfer_work(transfer_id).await? else {
         return Ok(false);
     };
+    let (t, records) = (work.transfer, work.fetches);
     if t.state != TransferState::Fetching {
         // Ended meanwhile (expired, cancelled): its data goes, no package is made.
         drop_fetched(state, transfer_id).await;
         return Ok(false);
     }
-    let records = store.fetch_records(transfer_id).await?;
     if records.iter().any(|r| !fetch_status::is_settled(&r.status)) {
         return Err(AssembleError::Blob(
             "some datasets are still being fetched".into(),
         ));
     }
     let mut package = None;
-    if store.package(transfer_id).await?.is_none() {
+    if !work.has_package {
         let fetched: Vec<_> = records
             .iter()
             .filter(|r| r.status == fetch_status::SUCCEEDED)

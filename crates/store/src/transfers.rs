@@ -118,35 +118,46 @@ const SELECT_TRANSFER_WITH_DATASETS: &str = concat!(
     " FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position"
 );
 
-/// What a fetch job reads before its call, in one statement: the transfer with its datasets, the
-/// fetch's own columns on every row, and the sealed identity.
-const SELECT_FETCH_CONTEXT: &str = concat!(
+/// What a background job reads of a transfer, in one statement: the transfer with its datasets,
+/// the fetches' own columns on every row, the sealed identity and whether a package is stored.
+const SELECT_TRANSFER_WORK: &str = concat!(
     "SELECT ",
     transfer_with_datasets_columns!(),
     ",
     d.agency_request_id AS d_agency_request_id, d.data_object AS d_data_object, d.data_key AS d_data_key,
-    (SELECT sealed FROM transfer_secrets s WHERE s.transfer_id = t.id) AS sealed
+    (SELECT sealed FROM transfer_secrets s WHERE s.transfer_id = t.id) AS sealed,
+    EXISTS (SELECT 1 FROM packages p WHERE p.transfer_id = t.id) AS has_package
     FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position"
 );
 
 #[derive(sqlx::FromRow)]
-struct FetchContextRow {
+struct TransferWorkRow {
     #[sqlx(flatten)]
     joined: TransferWithDatasetRow,
     d_agency_request_id: Option<String>,
     d_data_object: Option<String>,
     d_data_key: Option<String>,
     sealed: Option<String>,
+    has_package: bool,
 }
 
-/// A fetch as its job finds it (see [`Store::fetch_context`]).
+/// A transfer as its background jobs find it (see [`Store::transfer_work`]).
 #[derive(Debug, Clone)]
-pub struct FetchContext {
+pub struct TransferWork {
     pub transfer: Transfer,
-    /// The fetch's record; None when the transfer has no such dataset.
-    pub record: Option<crate::FetchRecord>,
+    /// Every fetch's record, in the transfer's order.
+    pub fetches: Vec<crate::FetchRecord>,
     /// The transfer's sealed identity, while it is held.
     pub sealed_subject: Option<String>,
+    /// A package is stored for the transfer (or was, and is destroyed).
+    pub has_package: bool,
+}
+
+impl TransferWork {
+    /// The record of the fetch of `dataset_id`.
+    pub fn fetch(&self, dataset_id: &str) -> Option<&crate::FetchRecord> {
+        self.fetches.iter().find(|f| f.dataset_id == dataset_id)
+    }
 }
 
 /// A transfer joined with one of its dataset rows (all `None` when it has no datasets).
@@ -391,10 +402,10 @@ impl Store {
         Ok(Some(t))
     }
 
-    /// The transfer `id` with its datasets, fetch `dataset_id`'s record and the sealed identity,
-    /// read in one statement (a fetch job needs all three before its call).
-    pub async fn fetch_context(&self, id: &str, dataset_id: &str) -> Result<Option<FetchContext>> {
-        let rows: Vec<FetchContextRow> = on_read_pool!(self, pool => sqlx::query_as(SELECT_FETCH_CONTEXT)
+    /// The transfer `id` with its datasets, every fetch's record, the sealed identity and whether
+    /// a package is stored, in one statement (a fetch or packaging job needs them all first).
+    pub async fn transfer_work(&self, id: &str) -> Result<Option<TransferWork>> {
+        let rows: Vec<TransferWorkRow> = on_read_pool!(self, pool => sqlx::query_as(SELECT_TRANSFER_WORK)
             .bind(id)
             .fetch_all(pool)
             .await?);
@@ -402,9 +413,9 @@ impl Store {
         let Some(first) = rows.peek() else {
             return Ok(None);
         };
-        let sealed_subject = first.sealed.clone();
+        let (sealed_subject, has_package) = (first.sealed.clone(), first.has_package);
         let mut t: Option<Transfer> = None;
-        let mut record = None;
+        let mut fetches = Vec::new();
         for r in rows {
             let transfer = match &mut t {
                 Some(t) => t,
@@ -413,24 +424,23 @@ impl Store {
             let Some(d) = r.joined.d.into_dataset() else {
                 continue;
             };
-            if d.dataset_id == dataset_id {
-                record = Some(crate::FetchRecord {
-                    transfer_id: transfer.id.clone(),
-                    dataset_id: d.dataset_id.clone(),
-                    status: d.status.clone(),
-                    attempts: d.attempts,
-                    agency_request_id: r.d_agency_request_id,
-                    started_at: d.started_at,
-                    data_object: r.d_data_object,
-                    data_key: r.d_data_key,
-                });
-            }
+            fetches.push(crate::FetchRecord {
+                transfer_id: transfer.id.clone(),
+                dataset_id: d.dataset_id.clone(),
+                status: d.status.clone(),
+                attempts: d.attempts,
+                agency_request_id: r.d_agency_request_id,
+                started_at: d.started_at,
+                data_object: r.d_data_object,
+                data_key: r.d_data_key,
+            });
             transfer.datasets.push(d);
         }
-        Ok(t.map(|transfer| FetchContext {
+        Ok(t.map(|transfer| TransferWork {
             transfer,
-            record,
+            fetches,
             sealed_subject,
+            has_package,
         }))
     }
 

@@ -1083,28 +1083,21 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
 
     let a = "low-income-household";
     let b = "household-register-personal";
-    // A fetch job's one read: the transfer, its own fetch and the sealed identity.
-    let c = s.fetch_context("f1", a).await.unwrap().unwrap();
+    // A background job's one read: the transfer, its fetches, the sealed identity, no package.
+    let w = s.transfer_work("f1").await.unwrap().unwrap();
     assert_eq!(
         (
-            c.transfer.datasets.len(),
-            c.record.map(|r| (r.dataset_id, r.status, r.attempts)),
-            c.sealed_subject.as_deref()
+            w.transfer.datasets.len(),
+            w.fetch(a).map(|r| (r.status.as_str(), r.attempts)),
+            w.sealed_subject.as_deref(),
+            w.has_package
         ),
-        (
-            2,
-            Some((a.to_owned(), "pending".to_owned(), 0)),
-            Some("sealed")
-        )
+        (2, Some(("pending", 0)), Some("sealed"), false)
     );
-    let other = s.fetch_context("f1", "no-such-dataset").await.unwrap();
-    assert!(other.is_some_and(|c| c.record.is_none()));
-    assert!(
-        s.fetch_context("no-such-transfer", a)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let order: Vec<&str> = w.fetches.iter().map(|f| f.dataset_id.as_str()).collect();
+    assert_eq!(order, [a, b]);
+    assert!(w.fetch("no-such-dataset").is_none());
+    assert!(s.transfer_work("no-such-transfer").await.unwrap().is_none());
     // The call is admitted and counted as the fetch's first attempt, with its event, in one step.
     let request = ev("agency.request", "f1");
     let attempt = FetchAttempt {
@@ -1780,6 +1773,8 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
         TransferState::Fetching
     );
     assert!(s.package("k1").await.unwrap().is_some());
+    let work = s.transfer_work("k1").await.unwrap().unwrap();
+    assert!(work.has_package && work.sealed_subject.is_none());
     assert_eq!(s.transfer_secret("k1").await.unwrap(), None);
     assert!(
         s.fetch_records("k1")
