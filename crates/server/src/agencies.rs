@@ -388,6 +388,9 @@ impl Ctx<'_> {
         // One step settles the dataset, frees the call slot, marks the job done and, with the last
         // dataset, enqueues the packaging and deletes the identity, which nothing needs any more.
         let package = crate::packages::assembly_job(&self.t.id, now);
+        // The worker running this fetch packages right after it: the packaging job is enqueued
+        // leased to it, so no other worker has to be woken to claim it.
+        let lease = crate::background::lease_of(self.state);
         let also = SettleAlso {
             next: Some(&package),
             slot: self
@@ -395,6 +398,7 @@ impl Ctx<'_> {
                 .load(Ordering::Relaxed)
                 .then_some((self.agency, self.holder)),
             job: self.job,
+            lease_next: self.job.map(|(_, worker)| (worker, now.plus(lease))),
         };
         let done = store
             .settle_fetch_then(&self.t.id, self.dataset, &s, &event, &also, now)
@@ -403,6 +407,13 @@ impl Ctx<'_> {
             self.slot_freed();
         }
         match done.all_settled {
+            Some(true) if done.next_leased => {
+                if let Some((_, worker)) = self.job {
+                    let job = crate::background::leased(&package, worker, now.plus(lease));
+                    let handler = crate::packages::PackageHandler;
+                    crate::background::run_leased(self.state, &handler, job, worker).await;
+                }
+            }
             Some(true) => self.state.job_wake().wake(&package.queue),
             Some(false) => {}
             None => {

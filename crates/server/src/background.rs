@@ -9,7 +9,7 @@
 
 use crate::state::AppState;
 use mydata_core::transfer::TransferEvent;
-use mydata_store::{Job, JobState, StoreError};
+use mydata_store::{Job, JobState, NewJob, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
@@ -267,7 +267,7 @@ async fn worker_loop(
     } else {
         poll.saturating_mul(20)
     };
-    let lease = Duration::from_secs(settings.lease_secs.max(1));
+    let lease = lease_of(&state);
     let wake = state.job_wake().signal(handler.queue());
     let workers = state.job_wake().workers;
     tracing::debug!(queue = handler.queue(), worker = %worker, "job worker started");
@@ -351,8 +351,52 @@ pub async fn run_due_job(
     handler: &dyn JobHandler,
     worker: &str,
 ) -> Result<bool, StoreError> {
-    let lease = Duration::from_secs(state.settings().jobs.lease_secs.max(1));
+    let lease = lease_of(state);
     run_one(state, handler, worker, lease).await
+}
+
+/// How long a worker's lease on a job lasts.
+pub(crate) fn lease_of(state: &AppState) -> Duration {
+    Duration::from_secs(state.settings().jobs.lease_secs.max(1))
+}
+
+/// `job` as just enqueued leased to `worker` until `until` (see [`run_leased`]).
+pub(crate) fn leased(job: &NewJob, worker: &str, until: mydata_core::Timestamp) -> Job {
+    Job {
+        id: job.id.clone(),
+        queue: job.queue.clone(),
+        payload: job.payload.clone(),
+        state: JobState::Running,
+        attempts: 1,
+        max_attempts: job.max_attempts.max(1),
+        run_at: job.run_at,
+        lease_owner: Some(worker.to_owned()),
+        lease_until: Some(until),
+        last_error: None,
+    }
+}
+
+/// Runs a job that `worker` already holds the lease of, because it was enqueued leased to it (as
+/// a fetch's last settlement does with the packaging), exactly as a claimed one: within its
+/// handler's timeout, its outcome recorded. A failure to record is logged: the lease runs out
+/// and another worker takes the job over.
+pub(crate) async fn run_leased(state: &AppState, handler: &dyn JobHandler, job: Job, worker: &str) {
+    let lease = lease_of(state);
+    let (id, attempt) = (job.id.clone(), job.attempts);
+    let outcome = run_job(state, handler, job, lease).await;
+    if let Err(e) = record(
+        state,
+        handler,
+        worker,
+        lease,
+        (&id, attempt),
+        &outcome,
+        false,
+    )
+    .await
+    {
+        tracing::warn!(queue = handler.queue(), error = %e, "job queue unavailable");
+    }
 }
 
 /// Claims and runs one due job; returns whether there was one.

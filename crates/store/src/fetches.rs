@@ -341,7 +341,8 @@ SELECT k, NULL::text FROM j UNION ALL SELECT 0::bigint, sealed_key FROM u UNION 
 /// the next jobs (`$10`, a JSON array, possibly empty) and, if there were any, the sealed
 /// identity's deletion. Then, whatever the settlement did: the agency slot of holder `$17` at
 /// agency `$18` freed (with the agency's slots whose lease ran out), and job `$19` (leased by
-/// `$20`) marked done, returning `(3, 0)`; NULLs for neither.
+/// `$20`) marked done, returning `(3, 0)`; NULLs for neither. A next job enqueued here is leased
+/// at once to worker `$21` until `$22` (NULL: left queued), returning `(5, 0)`.
 const SETTLE_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
 UPDATE transfer_datasets SET status = $1, error_code = $2, error_message = $3, digest = $4, data_object = $5, data_key = $6,
@@ -363,6 +364,8 @@ INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, ded
     settled_sql!(),
     ")
     ON CONFLICT (dedup_key) DO NOTHING;
+UPDATE jobs SET state = 'running', attempts = 1, lease_owner = $21, lease_until = $22, updated_at = $7
+    WHERE changes() = 1 AND $21 IS NOT NULL AND id = json_extract($10, '$[0].id') AND state = 'queued' RETURNING 5, 0;
 DELETE FROM transfer_secrets WHERE transfer_id = $8 AND $10 <> '[]'
     AND NOT EXISTS (SELECT 1 FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
     settled_sql!(),
@@ -485,6 +488,9 @@ pub struct SettleAlso<'a> {
     pub slot: Option<(&'a str, &'a str)>,
     /// The fetch's job, marked done: `(job ID, worker holding its lease)`.
     pub job: Option<(&'a str, &'a str)>,
+    /// The next job, if enqueued, leased at once to this worker until then: it runs the job
+    /// straight away, without a claim.
+    pub lease_next: Option<(&'a str, Timestamp)>,
 }
 
 /// What a settlement did (see [`Store::settle_fetch_then`]).
@@ -494,6 +500,8 @@ pub struct SettleOutcome {
     pub all_settled: Option<bool>,
     /// The fetch's job was marked done.
     pub job_done: bool,
+    /// The next job was enqueued leased to the worker in `lease_next`.
+    pub next_leased: bool,
 }
 
 /// What the end of packaging did (see [`Store::finish_packaging`]).
@@ -733,11 +741,14 @@ impl Store {
                     .bind(also.slot.map(|s| s.1))
                     .bind(also.slot.map(|s| s.0))
                     .bind(also.job.map(|j| j.0))
-                    .bind(also.job.map(|j| j.1));
+                    .bind(also.job.map(|j| j.1))
+                    .bind(also.lease_next.map(|l| l.0))
+                    .bind(also.lease_next.map(|l| l.1.millis()));
                 let rows: Vec<(i64, i64)> = crate::step::sqlite(writer, q).await?;
                 return Ok(SettleOutcome {
                     all_settled: rows.iter().find(|r| r.0 == 0).map(|r| r.1 == 0),
                     job_done: rows.iter().any(|r| r.0 == 3),
+                    next_leased: rows.iter().any(|r| r.0 == 5),
                 });
             }
             crate::Db::Postgres(pool) => pool,
@@ -763,7 +774,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let mut all_settled = None;
+        let (mut all_settled, mut next_leased) = (None, false);
         if n == 1 {
             insert_audit!(&mut *tx, audit)?;
             let (open,): (i64,) = sqlx::query_as(&open_sql)
@@ -773,7 +784,21 @@ impl Store {
             if open == 0
                 && let Some(job) = also.next
             {
-                insert_job!(&mut *tx, job, now)?;
+                let inserted = insert_job!(&mut *tx, job, now)? == 1;
+                if inserted && let Some((worker, until)) = also.lease_next {
+                    next_leased = sqlx::query(
+                        "UPDATE jobs SET state = 'running', attempts = 1, lease_owner = $1, lease_until = $2, updated_at = $3
+                         WHERE id = $4 AND state = 'queued'",
+                    )
+                    .bind(worker)
+                    .bind(until.millis())
+                    .bind(now.millis())
+                    .bind(&job.id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                }
                 sqlx::query("DELETE FROM transfer_secrets WHERE transfer_id = $1")
                     .bind(transfer_id)
                     .execute(&mut *tx)
@@ -807,6 +832,7 @@ impl Store {
         Ok(SettleOutcome {
             all_settled,
             job_done,
+            next_leased,
         })
     }
 

@@ -1162,6 +1162,7 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
         next: Some(&package),
         slot: Some(("moi", "f1/a")),
         job: Some(("f1-j", worker)),
+        lease_next: Some((worker, later.plus(lease))),
     };
     assert_eq!(
         s.settle_fetch_then(
@@ -1176,7 +1177,8 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
         .unwrap(),
         SettleOutcome {
             all_settled: Some(false),
-            job_done: true
+            job_done: true,
+            next_leased: false
         }
     );
     assert_eq!(s.job("f1-j").await.unwrap().unwrap().state, JobState::Done);
@@ -1234,6 +1236,7 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
             &ev("agency.outcome", "f1"),
             &SettleAlso {
                 next: Some(&package),
+                lease_next: Some(("w-package", later.plus(lease))),
                 ..SettleAlso::default()
             },
             later
@@ -1242,8 +1245,21 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
         .unwrap(),
         SettleOutcome {
             all_settled: Some(true),
-            job_done: false
+            job_done: false,
+            next_leased: true
         }
+    );
+    // The packaging was enqueued leased to the worker that runs it next, as a claim would have.
+    let next = s.job("f1-package").await.unwrap().unwrap();
+    assert_eq!(
+        (next.state, next.attempts, next.lease_owner.as_deref()),
+        (JobState::Running, 1, Some("w-package"))
+    );
+    assert!(
+        s.claim_job("fetch", "w-other", lease, later)
+            .await
+            .unwrap()
+            .is_none()
     );
     // The last settlement enqueued the packaging and forgot the identity with it.
     assert!(s.job("f1-package").await.unwrap().is_some());
