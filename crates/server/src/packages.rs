@@ -136,7 +136,7 @@ async fn assemble(
         ));
     }
     let mut package = None;
-    if !work.has_package {
+    if work.package.is_none() {
         let fetched: Vec<_> = records
             .iter()
             .filter(|r| r.status == fetch_status::SUCCEEDED)

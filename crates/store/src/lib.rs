@@ -46,7 +46,7 @@ pub use identity::{
 };
 pub use jobs::{Job, JobState, NewJob};
 pub use oauth::{
-    ClientRow, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem, RequestRow, TokenRow,
+    ClientRow, CodeGrant, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem, RequestRow, TokenRow,
 };
 pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};

@@ -104,6 +104,24 @@ pub struct CodeRow {
     pub used_at: Option<i64>,
 }
 
+/// A code with its request's parameters and its transfer's state and end (see
+/// [`Store::code_grant`]); None for a request or transfer no longer stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeGrant {
+    pub code: CodeRow,
+    pub request_params: Option<String>,
+    pub transfer: Option<(mydata_core::transfer::TransferState, Timestamp)>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CodeGrantRow {
+    #[sqlx(flatten)]
+    code: CodeRow,
+    r_params: Option<String>,
+    t_state: Option<String>,
+    t_expires_at: Option<i64>,
+}
+
 /// What redeeming a code found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redeem {
@@ -428,14 +446,33 @@ impl Store {
         Ok(!rows.is_empty())
     }
 
-    /// A code as stored (spent or not), to check it before spending it.
-    pub async fn code(&self, code_hash: &str) -> Result<Option<CodeRow>> {
-        Ok(on_read_pool!(self, pool => sqlx::query_as(
-            "SELECT code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at FROM oauth_codes WHERE code_hash = $1",
+    /// A code as stored (spent or not), to check it before spending it, with what the token
+    /// endpoint answers from: its request's parameters and its transfer's state and end, all in
+    /// one read.
+    pub async fn code_grant(&self, code_hash: &str) -> Result<Option<CodeGrant>> {
+        let row: Option<CodeGrantRow> = on_read_pool!(self, pool => sqlx::query_as(
+            "SELECT c.code_hash, c.request_id, c.client_id, c.transfer_id, c.redirect_uri, c.code_challenge, c.created_at,
+                    c.expires_at, c.used_at, r.params AS r_params, t.state AS t_state, t.expires_at AS t_expires_at
+             FROM oauth_codes c LEFT JOIN oauth_requests r ON r.id = c.request_id LEFT JOIN transfers t ON t.id = c.transfer_id
+             WHERE c.code_hash = $1",
         )
         .bind(code_hash)
         .fetch_optional(pool)
-        .await?))
+        .await?);
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let transfer = match (r.t_state, r.t_expires_at) {
+            (Some(state), Some(end)) => {
+                Some((crate::parse_column(&state)?, Timestamp::from_millis(end)))
+            }
+            _ => None,
+        };
+        Ok(Some(CodeGrant {
+            code: r.code,
+            request_params: r.r_params,
+            transfer,
+        }))
     }
 
     /// Spends a code. A second use revokes the tokens issued for it.

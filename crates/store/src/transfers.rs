@@ -118,16 +118,19 @@ const SELECT_TRANSFER_WITH_DATASETS: &str = concat!(
     " FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position"
 );
 
-/// What a background job reads of a transfer, in one statement: the transfer with its datasets,
-/// the fetches' own columns on every row, the sealed identity and whether a package is stored.
+/// What the work on a transfer reads of it, in one statement: the transfer with its datasets, the
+/// fetches' own columns on every row, the sealed identity and the package record (at most one).
 const SELECT_TRANSFER_WORK: &str = concat!(
     "SELECT ",
     transfer_with_datasets_columns!(),
     ",
     d.agency_request_id AS d_agency_request_id, d.data_object AS d_data_object, d.data_key AS d_data_key,
     (SELECT sealed FROM transfer_secrets s WHERE s.transfer_id = t.id) AS sealed,
-    EXISTS (SELECT 1 FROM packages p WHERE p.transfer_id = t.id) AS has_package
-    FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position"
+    p.object_key AS p_object_key, p.sealed_key AS p_sealed_key, p.digest AS p_digest, p.size_bytes AS p_size_bytes,
+    p.datasets AS p_datasets, p.created_at AS p_created_at, p.expires_at AS p_expires_at, p.taken_at AS p_taken_at,
+    p.deleted_at AS p_deleted_at
+    FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id LEFT JOIN packages p ON p.transfer_id = t.id
+    WHERE t.id = $1 ORDER BY d.position"
 );
 
 #[derive(sqlx::FromRow)]
@@ -138,10 +141,42 @@ struct TransferWorkRow {
     d_data_object: Option<String>,
     d_data_key: Option<String>,
     sealed: Option<String>,
-    has_package: bool,
+    #[sqlx(flatten)]
+    p: JoinedPackageRow,
 }
 
-/// A transfer as its background jobs find it (see [`Store::transfer_work`]).
+/// A transfer's package columns (`p_*`; all `None` when it has none).
+#[derive(sqlx::FromRow)]
+struct JoinedPackageRow {
+    p_object_key: Option<String>,
+    p_sealed_key: Option<String>,
+    p_digest: Option<String>,
+    p_size_bytes: Option<i64>,
+    p_datasets: Option<i64>,
+    p_created_at: Option<i64>,
+    p_expires_at: Option<i64>,
+    p_taken_at: Option<i64>,
+    p_deleted_at: Option<i64>,
+}
+
+impl JoinedPackageRow {
+    fn into_package(self, transfer_id: &str) -> Option<crate::PackageRecord> {
+        Some(crate::PackageRecord {
+            transfer_id: transfer_id.to_owned(),
+            object_key: self.p_object_key?,
+            sealed_key: self.p_sealed_key,
+            digest: self.p_digest?,
+            size_bytes: u64::try_from(self.p_size_bytes?).unwrap_or(0),
+            datasets: u32::try_from(self.p_datasets?).unwrap_or(0),
+            created_at: Timestamp::from_millis(self.p_created_at?),
+            expires_at: Timestamp::from_millis(self.p_expires_at?),
+            taken_at: self.p_taken_at.map(Timestamp::from_millis),
+            deleted_at: self.p_deleted_at.map(Timestamp::from_millis),
+        })
+    }
+}
+
+/// A transfer as the work on it needs it (see [`Store::transfer_work`]).
 #[derive(Debug, Clone)]
 pub struct TransferWork {
     pub transfer: Transfer,
@@ -149,8 +184,8 @@ pub struct TransferWork {
     pub fetches: Vec<crate::FetchRecord>,
     /// The transfer's sealed identity, while it is held.
     pub sealed_subject: Option<String>,
-    /// A package is stored for the transfer (or was, and is destroyed).
-    pub has_package: bool,
+    /// The transfer's package record (kept, as destroyed, once taken or expired).
+    pub package: Option<crate::PackageRecord>,
 }
 
 impl TransferWork {
@@ -402,8 +437,9 @@ impl Store {
         Ok(Some(t))
     }
 
-    /// The transfer `id` with its datasets, every fetch's record, the sealed identity and whether
-    /// a package is stored, in one statement (a fetch or packaging job needs them all first).
+    /// The transfer `id` with its datasets, every fetch's record, the sealed identity and its
+    /// package record, in one statement: the fetch and packaging jobs, the confirmation and the
+    /// package retrieval each need several of them.
     pub async fn transfer_work(&self, id: &str) -> Result<Option<TransferWork>> {
         let rows: Vec<TransferWorkRow> = on_read_pool!(self, pool => sqlx::query_as(SELECT_TRANSFER_WORK)
             .bind(id)
@@ -413,10 +449,14 @@ impl Store {
         let Some(first) = rows.peek() else {
             return Ok(None);
         };
-        let (sealed_subject, has_package) = (first.sealed.clone(), first.has_package);
+        let sealed_subject = first.sealed.clone();
         let mut t: Option<Transfer> = None;
         let mut fetches = Vec::new();
+        let mut package = None;
         for r in rows {
+            if package.is_none() {
+                package = r.p.into_package(id);
+            }
             let transfer = match &mut t {
                 Some(t) => t,
                 None => t.insert(Transfer::try_from(r.joined.t)?),
@@ -440,7 +480,7 @@ impl Store {
             transfer,
             fetches,
             sealed_subject,
-            has_package,
+            package,
         }))
     }
 

@@ -276,6 +276,13 @@ async fn a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code(s: &Store) {
     s.confirm_request(&code("h1", "r1"), &event("service.release"), T0)
         .await
         .unwrap();
+    // The token endpoint's one read: the code, its request's parameters, its transfer (none here).
+    let grant = s.code_grant("h1").await.unwrap().unwrap();
+    assert_eq!(
+        (grant.code, grant.request_params.as_deref(), grant.transfer),
+        (code("h1", "r1"), Some("{}"), None)
+    );
+    assert!(s.code_grant("h-unknown").await.unwrap().is_none());
     let jti = |j: &'static str| Jti {
         client_id: "sp",
         jti: j,
@@ -318,7 +325,10 @@ async fn a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code(s: &Store) {
         Issue::ProofReplay
     );
     assert!(s.token("tok0").await.unwrap().is_none());
-    assert_eq!(s.code("h1").await.unwrap().unwrap().used_at, None);
+    assert_eq!(
+        s.code_grant("h1").await.unwrap().unwrap().code.used_at,
+        None
+    );
     assert!(
         !s.use_jti("sp", "a-1", at(300)).await.unwrap(),
         "the assertion was spent with the refused proof"
@@ -342,7 +352,7 @@ async fn a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code(s: &Store) {
         ("t1", Some("k"))
     );
     assert_eq!(
-        s.code("h1").await.unwrap().unwrap().used_at,
+        s.code_grant("h1").await.unwrap().unwrap().code.used_at,
         Some(at(1).millis())
     );
     assert!(!s.use_jti("sp", "p-2", at(300)).await.unwrap());

@@ -1090,9 +1090,9 @@ async fn fetch_settles_once_and_reports_when_all_are_settled(s: &Store) {
             w.transfer.datasets.len(),
             w.fetch(a).map(|r| (r.status.as_str(), r.attempts)),
             w.sealed_subject.as_deref(),
-            w.has_package
+            w.package.is_none()
         ),
-        (2, Some(("pending", 0)), Some("sealed"), false)
+        (2, Some(("pending", 0)), Some("sealed"), true)
     );
     let order: Vec<&str> = w.fetches.iter().map(|f| f.dataset_id.as_str()).collect();
     assert_eq!(order, [a, b]);
@@ -1790,7 +1790,8 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
     );
     assert!(s.package("k1").await.unwrap().is_some());
     let work = s.transfer_work("k1").await.unwrap().unwrap();
-    assert!(work.has_package && work.sealed_subject.is_none());
+    assert_eq!(work.package, s.package("k1").await.unwrap());
+    assert!(work.package.is_some() && work.sealed_subject.is_none());
     assert_eq!(s.transfer_secret("k1").await.unwrap(), None);
     assert!(
         s.fetch_records("k1")

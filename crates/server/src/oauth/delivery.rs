@@ -142,11 +142,16 @@ pub async fn package(
         }
         (None, Scheme::Bearer) => None,
     };
-    let t = state
+    // One read: the transfer with its package record.
+    let work = state
         .store()
-        .transfer(&id)
+        .transfer_work(&id)
         .await
         .map_err(|e| AppError::from(e).into_response())?;
+    let (t, package) = match work {
+        Some(w) => (Some(w.transfer), w.package),
+        None => (None, None),
+    };
     if let Some(p) = &proof
         && t.as_ref().map(|t| t.state) != Some(TransferState::Ready)
     {
@@ -175,7 +180,7 @@ pub async fn package(
         TransferState::Ready => {}
         _ => return Err(AppError::PackageGone(id).into_response()),
     }
-    take_sealed(&state, &t, &row.client_id, proof.as_ref()).await
+    take_sealed(&state, &t, package, &row.client_id, proof.as_ref()).await
 }
 
 /// Hands the envelope out once: the guarded update that spends the package (with the DPoP proof's
@@ -184,6 +189,7 @@ pub async fn package(
 async fn take_sealed(
     state: &AppState,
     t: &Transfer,
+    package: Option<mydata_store::PackageRecord>,
     client_id: &str,
     proof: Option<&dpop::Proof>,
 ) -> Result<Response, Response> {
@@ -191,11 +197,7 @@ async fn take_sealed(
     let now = state.clock().now();
     let gone = || AppError::PackageGone(t.id.clone()).into_response();
     let internal = |e: AppError| e.into_response();
-    let rec = store
-        .package(&t.id)
-        .await
-        .map_err(|e| internal(e.into()))?
-        .ok_or_else(gone)?;
+    let rec = package.ok_or_else(gone)?;
     if rec.sealed_key.as_deref() != Some(E2E_MARKER) || rec.expires_at <= now {
         return Err(gone());
     }

@@ -1000,11 +1000,15 @@ pub async fn confirm_submit(
 ) -> Result<Response, PageError> {
     let (_s, v, r, p, c) = consent_session(&state, &headers, Some(session), lang, &id).await?;
     let tid = r.transfer_id.clone().unwrap_or_default();
-    let t = state
+    // One read: the transfer with its package record.
+    let work = state
         .store()
-        .transfer(&tid)
+        .transfer_work(&tid)
         .await
-        .map_err(|e| PageError(e.into(), lang))?
+        .map_err(|e| PageError(e.into(), lang))?;
+    let package = work.as_ref().and_then(|w| w.package.clone());
+    let t = work
+        .map(|w| w.transfer)
         .filter(|t| {
             r.status == "consented"
                 && matches!(
@@ -1020,13 +1024,7 @@ pub async fn confirm_submit(
     let now = state.clock().now();
     match f.decision.as_deref() {
         Some("send") => {
-            let has_package = early
-                || state
-                    .store()
-                    .package(&t.id)
-                    .await
-                    .map_err(|e| PageError(e.into(), lang))?
-                    .is_some_and(|p| p.sealed_key.is_some());
+            let has_package = early || package.is_some_and(|p| p.sealed_key.is_some());
             if !has_package {
                 return Err(stop(
                     lang,
@@ -1166,11 +1164,13 @@ pub async fn token(
     let code = one(&form, "code").ok_or_else(|| invalid("code is required"))?;
     let hash = hash_secret(code);
     let now = state.clock().now();
-    let row = state
+    // One read: the code, its request's parameters and its transfer's state.
+    let found = state
         .store()
-        .code(&hash)
+        .code_grant(&hash)
         .await?
         .ok_or_else(|| grant("the code is unknown"))?;
+    let row = &found.code;
     // Every check before the code is spent, so a refused attempt changes nothing.
     if row.client_id != client.client_id {
         return Err(grant("the code was issued to another client"));
@@ -1190,10 +1190,10 @@ pub async fn token(
             return Err(grant("code_verifier does not match the code_challenge"));
         }
     }
-    let pushed = match state.store().request(&row.request_id).await? {
-        Some(r) => serde_json::from_str::<Pushed>(&r.params).ok(),
-        None => None,
-    };
+    let pushed = found
+        .request_params
+        .as_deref()
+        .and_then(|params| serde_json::from_str::<Pushed>(params).ok());
     if let Some(bound) = pushed.as_ref().and_then(|p| p.dpop_jkt.as_deref())
         && proof.as_ref().map(|p| p.jkt.as_str()) != Some(bound)
     {
@@ -1204,14 +1204,11 @@ pub async fn token(
     }
     let access = random_secret();
     let ttl = state.settings().oauth.token_ttl_secs;
-    let transfer = state.store().transfer(&row.transfer_id).await?;
     // Answered early ("send when ready"): the token must outlive a slow agency, so it lives as
     // long as the transfer (at most its 8 hours); otherwise the configured lifetime caps it.
-    let expires = match &transfer {
-        Some(t) if matches!(t.state, TransferState::Created | TransferState::Fetching) => {
-            t.expires_at
-        }
-        Some(t) => t.expires_at.min(now.plus(Duration::from_secs(ttl))),
+    let expires = match found.transfer {
+        Some((TransferState::Created | TransferState::Fetching, end)) => end,
+        Some((_, end)) => end.min(now.plus(Duration::from_secs(ttl))),
         None => now,
     };
     let token = TokenRow {
