@@ -20,11 +20,11 @@ use mydata_connector::{
     SignedDatasetBody, TrustCache, TrustSource,
 };
 use mydata_core::retry::{RetryDecision, RetryPolicy};
-use mydata_core::transfer::TransferState;
+use mydata_core::transfer::{TransferEvent, TransferState};
 use mydata_core::{AssuranceLevel, BusinessId, IdNumber, IdentityMethod, Timestamp};
 use mydata_store::{
     Admission, AgencyLimits, FetchAttempt, FetchProgress, FetchSettlement, Job, NewAuditEvent,
-    NewJob, NewTransfer, SettleAlso, StoreError, Transfer, fetch_status,
+    NewJob, NewTransfer, RequestAnswer, SettleAlso, StoreError, Transfer, fetch_status,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -128,6 +128,9 @@ pub struct StartFetch {
     pub subject_id: String,
     pub method: IdentityMethod,
     pub level: AssuranceLevel,
+    /// The online service's authorization request this consent answers, with its event: moved
+    /// `opened → consented` in the transfer's own write step.
+    pub answers: Option<(String, NewAuditEvent)>,
 }
 
 /// Why a fetch could not start.
@@ -139,6 +142,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("sealing the subject failed")]
     Seal,
+    /// The request the consent answers was answered meanwhile (or expired): the other answer
+    /// stands and the transfer started for this one is cancelled.
+    #[error("this request was already answered")]
+    AlreadyAnswered,
 }
 
 fn secret_context(transfer_id: &str) -> String {
@@ -220,10 +227,22 @@ pub async fn start_fetch(
             dedup_key: Some(format!("fetch:{id}:{d}")),
         })
         .collect();
-    // Created and fetching in one write: the person consented when asking.
-    let t = store
-        .start_transfer(&req.transfer, &sealed, &jobs, actor, now)
+    // Created and fetching in one write: the person consented when asking (and answered the
+    // service's request, if there is one).
+    let answers = req
+        .answers
+        .as_ref()
+        .map(|(request_id, audit)| RequestAnswer { request_id, audit });
+    let (t, answered) = store
+        .start_transfer(&req.transfer, &sealed, &jobs, answers.as_ref(), actor, now)
         .await?;
+    if answers.is_some() && !answered {
+        // Answered twice at once: the other answer stands, this transfer is cancelled.
+        let _ = store
+            .apply_transfer_event(&t.id, TransferEvent::Cancel, actor, now)
+            .await;
+        return Err(StartError::AlreadyAnswered);
+    }
     for _ in &jobs {
         state.job_wake().wake(FETCH_QUEUE);
     }
@@ -238,6 +257,8 @@ pub struct PersonRequest {
     pub recipient: Option<String>,
     pub purpose: String,
     pub datasets: Vec<String>,
+    /// The online service's authorization request this consent answers (see [`StartFetch`]).
+    pub answers: Option<(String, NewAuditEvent)>,
 }
 
 /// Starts a transfer for the person of a verified session: the one place every flow turns a
@@ -278,6 +299,7 @@ pub async fn start_for_session(
         subject_id: crate::identity::session::subject_text(&id),
         method: v.method,
         level: v.level,
+        answers: req.answers,
     };
     start_fetch(state, start, &v.subject)
         .await
@@ -292,6 +314,9 @@ impl StartError {
             StartError::Invalid(m) => AppError::InvalidBody(m),
             StartError::Store(e) => e.into(),
             StartError::Seal => AppError::Internal(anyhow::anyhow!("sealing the subject failed")),
+            StartError::AlreadyAnswered => {
+                AppError::AuthorizationRefused("this request was already answered".into())
+            }
         }
     }
 }

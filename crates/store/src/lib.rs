@@ -50,7 +50,7 @@ pub use oauth::{
 };
 pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};
-pub use transfers::{NewTransfer, Transfer, TransferDataset, TransferWork};
+pub use transfers::{NewTransfer, RequestAnswer, Transfer, TransferDataset, TransferWork};
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -265,6 +265,9 @@ INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, ded
            json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $7, $7
     FROM json_each($16) WHERE true
     ON CONFLICT (dedup_key) DO NOTHING;
+UPDATE oauth_requests SET status = 'consented', transfer_id = $1, updated_at = $7
+    WHERE id = $17 AND status = 'opened' AND expires_at > $7 RETURNING 1;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $18, $19, $20, $1, $21, $22 WHERE changes() = 1;
 COMMIT";
 const START_POSTGRES: &str = "WITH t AS (INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 1) RETURNING id),
@@ -274,9 +277,14 @@ s AS (INSERT INTO transfer_secrets (transfer_id, sealed, created_at) SELECT t.id
 j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
     SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', $7, $7
     FROM t, jsonb_array_elements($16::jsonb) AS x
-    ON CONFLICT (dedup_key) DO NOTHING)
+    ON CONFLICT (dedup_key) DO NOTHING),
+r AS (UPDATE oauth_requests SET status = 'consented', transfer_id = t.id, updated_at = $7 FROM t
+    WHERE oauth_requests.id = $17::text AND oauth_requests.status = 'opened' AND oauth_requests.expires_at > $7
+    RETURNING oauth_requests.id)
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail)
-    SELECT $7, $10, $3, t.id, $11, $12 FROM t UNION ALL SELECT $7, $13, $3, t.id, $11, $14 FROM t RETURNING seq";
+    SELECT $7, $10, $3, t.id, $11, $12 FROM t UNION ALL SELECT $7, $13, $3, t.id, $11, $14 FROM t
+    UNION ALL SELECT $18::bigint, $19::text, $20::text, t.id, $21::text, $22::text FROM t, r
+    RETURNING CASE WHEN kind = $19::text THEN 1::bigint ELSE 0::bigint END";
 
 /// A state change of a transfer with its audit event, as one step (see `step`): the UPDATE is a
 /// compare-and-set on `version`, and the event (at the change's time, `$2`) is inserted only when
@@ -342,24 +350,36 @@ fn fresh_transfer(t: &NewTransfer, now: Timestamp) -> Transfer {
     }
 }
 
+/// The online service's authorization request a consent answers (see [`Store::start_transfer`]),
+/// with its event; the event's `transfer_id` is the new transfer's, whatever it says.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAnswer<'a> {
+    pub request_id: &'a str,
+    pub audit: &'a NewAuditEvent,
+}
+
 impl Store {
     /// Creates a transfer the person has consented to in the same breath: as
     /// [`Store::create_transfer`] followed by [`Store::begin_fetching_from`] (the same rows and
-    /// events: `transfer.created`, then `transfer.fetching`), in one write step.
+    /// events: `transfer.created`, then `transfer.fetching`), in one write step. With `answers`,
+    /// the same step moves that request `opened → consented` with the transfer and its event;
+    /// the flag says whether it moved (false without one, or when it was answered meanwhile, in
+    /// which case the transfer is created all the same, for the caller to cancel).
     pub async fn start_transfer(
         &self,
         t: &NewTransfer,
         sealed_secret: &str,
         jobs: &[NewJob],
+        answers: Option<&RequestAnswer<'_>>,
         actor: &str,
         now: Timestamp,
-    ) -> Result<Transfer> {
+    ) -> Result<(Transfer, bool)> {
         let created = fresh_transfer(t, now);
         let (next, fetching_kind, mut fetching_detail) =
             change_record(created.state, TransferEvent::Consent)?;
         fetching_detail["jobs"] = jobs.len().into();
         let datasets = serde_json::Value::from(t.datasets.clone()).to_string();
-        let _: Vec<(i64,)> = write_step!(self, START_SQLITE, START_POSTGRES, |q| q
+        let rows: Vec<(i64,)> = write_step!(self, START_SQLITE, START_POSTGRES, |q| q
             .bind(&t.id)
             .bind(t.kind.code())
             .bind(&t.subject)
@@ -375,8 +395,14 @@ impl Store {
             .bind(fetching_kind)
             .bind(fetching_detail.to_string())
             .bind(sealed_secret)
-            .bind(crate::fetches::jobs_json(jobs)));
-        Ok(created.changed_to(next, now))
+            .bind(crate::fetches::jobs_json(jobs))
+            .bind(answers.map(|a| a.request_id))
+            .bind(answers.map(|a| a.audit.at.millis()))
+            .bind(answers.map(|a| a.audit.kind.as_str()))
+            .bind(answers.and_then(|a| a.audit.subject.as_deref()))
+            .bind(answers.map(|a| a.audit.actor.as_str()))
+            .bind(answers.map(|a| a.audit.detail.to_string())));
+        Ok((created.changed_to(next, now), rows.iter().any(|r| r.0 == 1)))
     }
 
     /// Creates a transfer in state `created`, expiring [`limits::PACKAGE_TTL`] after `now`, with one

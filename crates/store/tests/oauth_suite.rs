@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use mydata_core::Timestamp;
+use mydata_core::transfer::{TransferKind, TransferState};
 use mydata_store::{
-    ClientRow, Issue, Jti, NewAuditEvent, OAuthCodeRow, Push, Redeem, RequestRow, Store, TokenRow,
+    ClientRow, Issue, Jti, NewAuditEvent, NewTransfer, OAuthCodeRow, Push, Redeem, RequestAnswer,
+    RequestRow, Store, TokenRow,
 };
 
 const T0: Timestamp = Timestamp::from_millis(1_790_000_000_000);
@@ -28,6 +30,7 @@ on_both_backends!(
     clients_are_registered_replaced_and_removed,
     a_request_is_opened_by_one_session_only_and_expires,
     requests_advance_only_from_the_expected_step,
+    a_consent_answers_its_request_in_the_transfer_step,
     codes_are_single_use_and_reuse_revokes_tokens,
     a_jti_is_accepted_once_per_client,
     a_token_is_issued_only_with_fresh_jtis_and_a_fresh_code,
@@ -207,6 +210,72 @@ async fn requests_advance_only_from_the_expected_step(s: &Store) {
         Redeem::Unknown,
         "the losing code was never stored"
     );
+}
+
+async fn a_consent_answers_its_request_in_the_transfer_step(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    s.put_request(&request("r1", at(90))).await.unwrap();
+    s.open_request("r1", "sa", at(3600), T0).await.unwrap();
+    let transfer = |id: &str| NewTransfer {
+        id: id.into(),
+        kind: TransferKind::Online,
+        subject: "pseudonym".into(),
+        recipient: Some("sp".into()),
+        purpose: "tuition reduction".into(),
+        datasets: vec!["low-income-household".into()],
+    };
+    let consent = event("service.consent");
+    let answer = RequestAnswer {
+        request_id: "r1",
+        audit: &consent,
+    };
+    let (t, answered) = s
+        .start_transfer(
+            &transfer("t1"),
+            "sealed",
+            &[],
+            Some(&answer),
+            "pseudonym",
+            at(1),
+        )
+        .await
+        .unwrap();
+    assert!(answered);
+    assert_eq!(t.state, TransferState::Fetching);
+    let r = s.request("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (r.status.as_str(), r.transfer_id.as_deref()),
+        ("consented", Some("t1"))
+    );
+    // The consent is logged after the transfer's own events, on the new transfer.
+    let kinds: Vec<String> = s
+        .audit_for_transfer("t1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["transfer.created", "transfer.fetching", "service.consent"]
+    );
+    // Answered already: the second transfer is created (for the caller to cancel), the request
+    // keeps its first answer and no second consent is logged.
+    let (_, again) = s
+        .start_transfer(
+            &transfer("t2"),
+            "sealed",
+            &[],
+            Some(&answer),
+            "pseudonym",
+            at(2),
+        )
+        .await
+        .unwrap();
+    assert!(!again);
+    let r = s.request("r1").await.unwrap().unwrap();
+    assert_eq!(r.transfer_id.as_deref(), Some("t1"));
+    assert_eq!(s.audit_for_transfer("t2").await.unwrap().len(), 2);
 }
 
 async fn codes_are_single_use_and_reuse_revokes_tokens(s: &Store) {

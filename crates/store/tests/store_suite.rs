@@ -1828,10 +1828,18 @@ async fn a_started_transfer_is_what_creation_then_consent_make(s: &Store) {
     // The long way round, for comparison.
     fetching(s, "two-steps").await;
     let jobs = [job("one-j", T0)];
-    let started = s
-        .start_transfer(&new_transfer("one", "subj"), "sealed", &jobs, "subj", T0)
+    let (started, answered) = s
+        .start_transfer(
+            &new_transfer("one", "subj"),
+            "sealed",
+            &jobs,
+            None,
+            "subj",
+            T0,
+        )
         .await
         .unwrap();
+    assert!(!answered, "no request to answer");
     let (one, two) = (
         s.transfer("one").await.unwrap().unwrap(),
         s.transfer("two-steps").await.unwrap().unwrap(),
@@ -1865,6 +1873,7 @@ async fn a_started_transfer_is_what_creation_then_consent_make(s: &Store) {
             &new_transfer("one", "subj"),
             "other",
             &[job("one-k", T0)],
+            None,
             "subj",
             T0
         )

@@ -922,7 +922,17 @@ pub async fn consent_submit(
     let now = state.clock().now();
     match f.decision.as_deref() {
         Some("agree") => {
-            let t = crate::agencies::start_for_session(
+            // The request moves to consented in the transfer's own write step; the event's
+            // transfer is the new one.
+            let event = service_event(
+                "service.consent",
+                &v.subject,
+                "",
+                &c.client_id,
+                serde_json::json!({ "datasets": p.datasets, "purpose": p.purpose, "environment": c.environment }),
+                now,
+            );
+            crate::agencies::start_for_session(
                 &state,
                 &v,
                 crate::agencies::PersonRequest {
@@ -930,31 +940,11 @@ pub async fn consent_submit(
                     recipient: Some(c.client_id.clone()),
                     purpose: p.purpose.clone(),
                     datasets: p.datasets.clone(),
+                    answers: Some((id.clone(), event)),
                 },
             )
             .await
             .map_err(|e| PageError(e, lang))?;
-            let event = service_event(
-                "service.consent",
-                &v.subject,
-                &t.id,
-                &c.client_id,
-                serde_json::json!({ "datasets": p.datasets, "purpose": p.purpose, "environment": c.environment }),
-                now,
-            );
-            let moved = state
-                .store()
-                .advance_request(&id, "opened", "consented", Some(&t.id), Some(&event), now)
-                .await
-                .map_err(|e| PageError(e.into(), lang))?;
-            if !moved {
-                // Answered twice at once: the other answer stands, this transfer is cancelled.
-                let _ = state
-                    .store()
-                    .apply_transfer_event(&t.id, TransferEvent::Cancel, &v.subject, now)
-                    .await;
-                return Err(stop(lang, "this request was already answered"));
-            }
             Ok(Redirect::to(&format!("/oauth/consent/{id}")).into_response())
         }
         Some("decline") => {

@@ -444,6 +444,7 @@ pub async fn consent(
                 recipient: Some(office.id.clone()),
                 purpose: svc.id.clone(),
                 datasets: svc.datasets.clone(),
+                answers: None,
             },
         )
         .await?;

@@ -113,6 +113,7 @@ pub async fn create_fetch(
         subject_id: subject,
         method,
         level: method.level(),
+        answers: None,
     };
     let t = start_fetch(&state, start, &pseudonym)
         .await

@@ -711,6 +711,7 @@ pub async fn start(
                 recipient: None,
                 purpose: PURPOSE.into(),
                 datasets: basket.clone(),
+                answers: None,
             },
         )
         .await;

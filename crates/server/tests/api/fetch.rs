@@ -193,6 +193,7 @@ impl DataApp {
             subject_id: subject.to_owned(),
             method,
             level: method.level(),
+            answers: None,
         };
         let t = start_fetch(&self.state, req, &pseudonym).await.unwrap();
         assert_eq!(t.state, TransferState::Fetching);
@@ -1060,6 +1061,7 @@ async fn start_fetch_refuses_bad_input_and_changes_nothing() {
         subject_id: subject.to_owned(),
         method,
         level,
+        answers: None,
     };
     let cases = [
         req(

@@ -624,6 +624,7 @@ mod tests {
             recipient: None,
             purpose: "test".into(),
             datasets: datasets.iter().map(|d| d.to_string()).collect(),
+            answers: None,
         }
     }
 
