@@ -160,6 +160,13 @@ pub fn new_transfer_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The object key of a fetched dataset's sealed blob: flat under `fetched/` (transfer IDs hold no
+/// `.`, dataset slugs no `/`), so that storing one creates no directory per transfer, which the
+/// local store would create on every fetch and leave behind empty.
+pub fn fetched_object(transfer_id: &str, dataset_id: &str) -> String {
+    format!("fetched/{transfer_id}.{dataset_id}")
+}
+
 /// The context under which a fetched dataset's key is sealed.
 pub fn fetched_key_context(transfer_id: &str, dataset_id: &str) -> String {
     format!("mydata:v1:fetched-key:{transfer_id}:{dataset_id}")
@@ -849,7 +856,7 @@ async fn accept(
     };
     let stored = SignedDatasetBody::from_signed(&verified.dataset, &verified.media_types);
     let plain = zeroize::Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
-    let object = format!("fetched/{}/{}", ctx.t.id, ctx.dataset);
+    let object = fetched_object(&ctx.t.id, ctx.dataset);
     let (key, blob) = match mydata_package::seal(&plain) {
         Ok(x) => x,
         Err(e) => {

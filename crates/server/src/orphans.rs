@@ -42,17 +42,19 @@ pub enum SweepError {
     Blob(#[from] crate::blobs::BlobError),
 }
 
-/// The transfer a blob key belongs to (`packages/<transfer>`, `fetched/<transfer>/<dataset>`).
+/// The transfer a blob key belongs to (`packages/<transfer>`, `fetched/<transfer>.<dataset>`, and
+/// `fetched/<transfer>/<dataset>` as fetched datasets were stored before).
 fn owner(key: &str) -> Option<&str> {
     let mut parts = key.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("packages"), Some(t), None, None) | (Some("fetched"), Some(t), Some(_), None)
-            if !t.is_empty() =>
-        {
-            Some(t)
-        }
-        _ => None,
-    }
+    let t = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("packages"), Some(t), None, None) | (Some("fetched"), Some(t), Some(_), None) => t,
+        (Some("fetched"), Some(name), None, None) => match name.split_once('.') {
+            Some((t, dataset)) if !dataset.is_empty() => t,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    (!t.is_empty()).then_some(t)
 }
 
 /// Lists the object store once and deletes what nothing may keep. Safe in several processes at
@@ -149,6 +151,9 @@ mod tests {
         assert_eq!(owner("fetched/t-1/household"), Some("t-1"));
         assert_eq!(owner("packages/t-1/extra"), None);
         assert_eq!(owner("fetched/t-1"), None);
+        assert_eq!(owner("fetched/t-1.household"), Some("t-1"));
+        assert_eq!(owner("fetched/t-1."), None);
+        assert_eq!(owner("fetched/.household"), None);
         assert_eq!(owner("packages/"), None);
         assert_eq!(owner("other/t-1"), None);
     }

@@ -254,14 +254,18 @@ impl DataApp {
         t
     }
 
-    /// Every file under the object directory.
+    /// Every file under the object directory, and every directory below the prefixes
+    /// (`fetched/`, `packages/`): a directory left there, even empty, is a leftover too.
     pub fn objects(&self) -> Vec<String> {
-        fn walk(dir: &Path, out: &mut Vec<String>) {
+        fn walk(dir: &Path, depth: u32, out: &mut Vec<String>) {
             if let Ok(rd) = std::fs::read_dir(dir) {
                 for e in rd.flatten() {
                     let p = e.path();
                     if p.is_dir() {
-                        walk(&p, out);
+                        if depth >= 1 {
+                            out.push(format!("{}/", p.display()));
+                        }
+                        walk(&p, depth + 1, out);
                     } else {
                         out.push(p.display().to_string());
                     }
@@ -269,7 +273,7 @@ impl DataApp {
             }
         }
         let mut out = Vec::new();
-        walk(&self.dir.path().join("objects"), &mut out);
+        walk(&self.dir.path().join("objects"), 0, &mut out);
         out
     }
 }

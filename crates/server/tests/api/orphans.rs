@@ -39,13 +39,15 @@ async fn orphaned_blobs_are_swept_after_the_grace_period_and_every_blob_at_8_hou
         // What a crash leaves: a package blob whose record was never written, and a fetched
         // dataset blob of a real transfer that its record does not name.
         let crashed = "packages/00000000-0000-4000-8000-000000000000".to_owned();
-        let ghost = format!("fetched/{id}/{}", ds.id);
+        let ghost = mydata_server::agencies::fetched_object(&id, &ds.id);
+        // The same, as fetched datasets were stored before (a directory per transfer).
+        let old_ghost = format!("fetched/{id}/{}", ds.id);
         let stray = "packages/not/a-platform-key".to_owned();
-        for key in [&crashed, &ghost, &stray] {
+        for key in [&crashed, &ghost, &old_ghost, &stray] {
             blobs.put(key, vec![7; 64]).await.unwrap();
         }
         let written = app.clock.now();
-        for key in [&live, &crashed, &ghost, &stray] {
+        for key in [&live, &crashed, &ghost, &old_ghost, &stray] {
             set_written(&app, key, written);
         }
 
@@ -54,9 +56,9 @@ async fn orphaned_blobs_are_swept_after_the_grace_period_and_every_blob_at_8_hou
         let r = sweep_orphaned_blobs(&app.state).await.unwrap();
         assert_eq!(
             (r.examined, r.deleted_unreferenced, r.deleted_expired),
-            (4, 0, 0)
+            (5, 0, 0)
         );
-        for key in [&live, &crashed, &ghost, &stray] {
+        for key in [&live, &crashed, &ghost, &old_ghost, &stray] {
             assert!(exists(&app, key).await, "{key} deleted too early");
         }
 
@@ -65,10 +67,10 @@ async fn orphaned_blobs_are_swept_after_the_grace_period_and_every_blob_at_8_hou
         let r = sweep_orphaned_blobs(&app.state).await.unwrap();
         assert_eq!(
             (r.examined, r.deleted_unreferenced, r.deleted_expired),
-            (4, 3, 0)
+            (5, 4, 0)
         );
         assert!(exists(&app, &live).await);
-        for key in [&crashed, &ghost, &stray] {
+        for key in [&crashed, &ghost, &old_ghost, &stray] {
             assert!(!exists(&app, key).await, "{key} left behind");
         }
         let pkg = app.store().package(&id).await.unwrap().unwrap();
