@@ -24,6 +24,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc instead of glibc's allocator: a server request allocates and frees many small buffers
+/// across threads, where glibc's arenas spent ≈ 6 % of the server's CPU under load
+/// (docs/PERFORMANCE.md, round 5).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// mydata: a personal-data self-determination platform.
 ///
 /// A person proves who they are and consents, once, to have data that government agencies hold about
