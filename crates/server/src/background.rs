@@ -185,6 +185,10 @@ impl Background {
                 tokio::spawn(audit_loop(state.clone(), rx.clone())),
             ));
             tasks.push((
+                "sqlite:checkpoint".into(),
+                tokio::spawn(checkpoint_loop(state.clone(), rx.clone())),
+            ));
+            tasks.push((
                 "schedule:retention".into(),
                 tokio::spawn(retention_schedule_loop(state.clone(), rx.clone())),
             ));
@@ -532,6 +536,24 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
 
 /// Most audit events integrated in one round.
 const AUDIT_BATCH: u32 = 10_000;
+
+/// How often SQLite's write-ahead log is checkpointed beside the writer.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// Checkpoints SQLite's write-ahead log from a reader connection, so that the writer does not
+/// (see `Store::checkpoint`); ends at once on PostgreSQL.
+async fn checkpoint_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    loop {
+        match state.store().checkpoint().await {
+            Ok(None) => break,
+            Ok(Some(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "write-ahead log checkpoint failed"),
+        }
+        if pause(CHECKPOINT_EVERY, &mut stop).await {
+            break;
+        }
+    }
+}
 
 async fn audit_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_secs(state.settings().jobs.audit_interval_secs.max(1));

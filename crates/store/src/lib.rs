@@ -181,7 +181,10 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
-                    .busy_timeout(Duration::from_secs(5));
+                    .busy_timeout(Duration::from_secs(5))
+                    // Checkpoints run beside the writer (see `checkpoint`); the writer's own, which
+                    // stall every write behind them, only if those fall behind.
+                    .pragma("wal_autocheckpoint", "10000");
                 let file = opts.get_filename().to_path_buf();
                 if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)
@@ -257,6 +260,21 @@ impl Store {
         }
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
         Ok(())
+    }
+
+    /// SQLite: copies what the write-ahead log holds into the database file (a passive checkpoint,
+    /// on a reader connection: the writer goes on meanwhile, where a checkpoint of its own, after
+    /// a commit, holds every write behind it). Returns the log's frames and those checkpointed;
+    /// None on PostgreSQL, which checkpoints itself.
+    pub async fn checkpoint(&self) -> Result<Option<(i64, i64)>> {
+        let Db::Sqlite { read, .. } = &self.db else {
+            return Ok(None);
+        };
+        let mut lease = read.lease().await?;
+        let (_busy, log, done): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(lease.conn()?)
+            .await?;
+        Ok(Some((log, done)))
     }
 
     /// Closes every connection; later calls fail.

@@ -84,6 +84,26 @@ fn new_transfer(id: &str, subject: &str) -> NewTransfer {
     }
 }
 
+/// SQLite's log is checkpointed beside the writer: every frame written so far reaches the
+/// database file, with the writer free meanwhile. PostgreSQL checkpoints itself.
+#[tokio::test]
+async fn a_checkpoint_copies_the_whole_log_into_the_database_on_sqlite_only() {
+    let db = fresh_sqlite().await.unwrap();
+    let s = &db.store;
+    for i in 0..5 {
+        s.create_transfer(&new_transfer(&format!("c{i}"), "subj"), "subj", T0)
+            .await
+            .unwrap();
+    }
+    let (log, done) = s.checkpoint().await.unwrap().unwrap();
+    assert!(log > 0, "the writes are in the log");
+    assert_eq!(done, log, "with no reader in the way, all of it is copied");
+    // The data is all there, read through the database file.
+    assert!(s.transfer("c4").await.unwrap().is_some());
+    let pg = fresh_postgres().await.unwrap();
+    assert_eq!(pg.store.checkpoint().await.unwrap(), None);
+}
+
 async fn transfer_round_trip_keeps_datasets_in_order(s: &Store) {
     let t = s
         .create_transfer(&new_transfer("t1", "subj-a"), "subj-a", T0)
