@@ -385,10 +385,22 @@ pub(crate) fn leased(job: &NewJob, worker: &str, until: mydata_core::Timestamp) 
 /// handler's timeout, its outcome recorded. A failure to record is logged: the lease runs out
 /// and another worker takes the job over.
 pub(crate) async fn run_leased(state: &AppState, handler: &dyn JobHandler, job: Job, worker: &str) {
-    let lease = lease_of(state);
+    if let Err(e) = run_and_record(state, handler, job, worker, lease_of(state)).await {
+        tracing::warn!(queue = handler.queue(), error = %e, "job queue unavailable");
+    }
+}
+
+/// Runs a job `worker` holds the lease of and records its outcome.
+async fn run_and_record(
+    state: &AppState,
+    handler: &dyn JobHandler,
+    job: Job,
+    worker: &str,
+    lease: Duration,
+) -> Result<(), StoreError> {
     let (id, attempt) = (job.id.clone(), job.attempts);
     let outcome = run_job(state, handler, job, lease).await;
-    if let Err(e) = record(
+    record(
         state,
         handler,
         worker,
@@ -397,10 +409,8 @@ pub(crate) async fn run_leased(state: &AppState, handler: &dyn JobHandler, job: 
         &outcome,
         false,
     )
-    .await
-    {
-        tracing::warn!(queue = handler.queue(), error = %e, "job queue unavailable");
-    }
+    .await?;
+    Ok(())
 }
 
 /// Claims and runs one due job; returns whether there was one.
@@ -417,18 +427,7 @@ async fn run_one(
     else {
         return Ok(false);
     };
-    let (id, attempt) = (job.id.clone(), job.attempts);
-    let outcome = run_job(state, handler, job, lease).await;
-    record(
-        state,
-        handler,
-        worker,
-        lease,
-        (&id, attempt),
-        &outcome,
-        false,
-    )
-    .await?;
+    run_and_record(state, handler, job, worker, lease).await?;
     Ok(true)
 }
 
