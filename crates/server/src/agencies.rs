@@ -24,9 +24,10 @@ use mydata_core::transfer::{TransferEvent, TransferState};
 use mydata_core::{AssuranceLevel, BusinessId, IdNumber, IdentityMethod, Timestamp};
 use mydata_store::{
     Admission, AgencyLimits, FetchAttempt, FetchProgress, FetchSettlement, Job, NewAuditEvent,
-    NewJob, NewTransfer, RequestAnswer, SettleAlso, StoreError, Transfer, fetch_status,
+    NewJob, NewTransfer, RequestAnswer, SettleAlso, StartJobs, StoreError, Transfer, fetch_status,
 };
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use url::Url;
@@ -240,18 +241,38 @@ pub async fn start_fetch(
         .answers
         .as_ref()
         .map(|(request_id, audit)| RequestAnswer { request_id, audit });
+    // As many fetches as this process has room for run right here, leased to it by the same
+    // write; the rest go to the workers.
+    let starter = state.starter();
+    let permits = starter.take(jobs.len());
+    let until = now.plus(crate::background::lease_of(state));
+    let start = StartJobs {
+        jobs: &jobs,
+        leased: permits.count(),
+        to: Some((starter.worker(), until)),
+    };
     let (t, answered) = store
-        .start_transfer(&req.transfer, &sealed, &jobs, answers.as_ref(), actor, now)
+        .start_transfer(&req.transfer, &sealed, start, answers.as_ref(), actor, now)
         .await?;
-    if answers.is_some() && !answered {
-        // Answered twice at once: the other answer stands, this transfer is cancelled.
+    let leased: Vec<_> = jobs
+        .iter()
+        .take(permits.count())
+        .map(|j| crate::background::leased(j, starter.worker(), until))
+        .collect();
+    let twice = answers.is_some() && !answered;
+    if twice {
+        // Answered twice at once: the other answer stands, this transfer is cancelled (before its
+        // fetches run, which then find nothing to do).
         let _ = store
             .apply_transfer_event(&t.id, TransferEvent::Cancel, actor, now)
             .await;
-        return Err(StartError::AlreadyAnswered);
     }
-    for _ in &jobs {
+    for _ in leased.len()..jobs.len() {
         state.job_wake().wake(FETCH_QUEUE);
+    }
+    starter.run(state, Arc::new(FetchHandler), leased, permits);
+    if twice {
+        return Err(StartError::AlreadyAnswered);
     }
     Ok(t)
 }

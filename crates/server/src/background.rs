@@ -96,6 +96,87 @@ impl JobWake {
     }
 }
 
+/// Runs jobs that a request enqueues leased to this process, straight after the request's write,
+/// instead of waking a worker to claim them (one write fewer, no hand-off). At most
+/// `jobs.concurrency` run this way at once; beyond that, and with the workers off, jobs are
+/// enqueued for the workers as usual. A run that this process does not finish (it stops or dies)
+/// leaves its job leased: when the lease runs out any worker takes it over.
+#[derive(Debug)]
+pub struct Starter {
+    /// `None` when this process runs no jobs (`jobs.enabled = false`).
+    permits: Option<Arc<Semaphore>>,
+    worker: String,
+}
+
+/// Leases of jobs a [`Starter`] will run: one permit each.
+#[derive(Debug)]
+pub struct StartPermits {
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl StartPermits {
+    /// How many jobs the permits cover.
+    pub fn count(&self) -> usize {
+        self.permits.len()
+    }
+}
+
+impl Starter {
+    pub fn new(settings: &JobSettings) -> Self {
+        let n = usize::try_from(settings.concurrency.max(1)).unwrap_or(1);
+        Self {
+            permits: settings.enabled.then(|| Arc::new(Semaphore::new(n))),
+            worker: format!(
+                "{}-{}-start",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+        }
+    }
+
+    /// The worker name that jobs run by this starter are leased to.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// How many more jobs it could run now.
+    pub fn room(&self) -> usize {
+        self.permits.as_ref().map_or(0, |s| s.available_permits())
+    }
+
+    /// Permits for up to `wanted` jobs, as many as are free now (none when jobs are off).
+    pub fn take(&self, wanted: usize) -> StartPermits {
+        let mut permits = Vec::new();
+        if let Some(sem) = &self.permits {
+            while permits.len() < wanted {
+                match sem.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        StartPermits { permits }
+    }
+
+    /// Runs `jobs` (leased to [`Starter::worker`] by the write that enqueued them), one task each,
+    /// each holding one of `permits` until it ends.
+    pub fn run(
+        &self,
+        state: &AppState,
+        handler: Arc<dyn JobHandler>,
+        jobs: Vec<Job>,
+        permits: StartPermits,
+    ) {
+        for (job, permit) in jobs.into_iter().zip(permits.permits) {
+            let (state, handler, worker) = (state.clone(), handler.clone(), self.worker.clone());
+            tokio::spawn(async move {
+                run_leased(&state, handler.as_ref(), job, &worker).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
 /// Wakes a sibling worker for a backlog found by polling, unless wake-ups are already waiting.
 fn wake_one(signal: &Semaphore, workers: usize) {
     // More pending wake-ups than workers would only cost empty claims later.

@@ -24,6 +24,8 @@ struct Inner {
     /// Services' JWK sets fetched from their `jwks_uri` (public keys; per process by design).
     jwks: crate::oauth::assertion::JwksCache,
     job_wake: crate::background::JobWake,
+    /// Fetch jobs this process runs in the request that enqueued them.
+    starter: crate::background::Starter,
     /// Service registrations read recently (see [`crate::oauth::clients::ClientCache`]).
     clients: crate::oauth::clients::ClientCache,
     settled: crate::settled::Settled,
@@ -42,9 +44,11 @@ impl AppState {
         identity: crate::identity::Identity,
     ) -> Self {
         let job_wake = crate::background::JobWake::new(settings.jobs.concurrency);
+        let starter = crate::background::Starter::new(&settings.jobs);
         Self {
             inner: Arc::new(Inner {
                 job_wake,
+                starter,
                 catalog,
                 store,
                 clock,
@@ -76,6 +80,10 @@ impl AppState {
     /// Wakes this process's job workers when it enqueues a job.
     pub fn job_wake(&self) -> &crate::background::JobWake {
         &self.inner.job_wake
+    }
+    /// Runs jobs this process enqueues leased to itself (see [`crate::background::Starter`]).
+    pub fn starter(&self) -> &crate::background::Starter {
+        &self.inner.starter
     }
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog

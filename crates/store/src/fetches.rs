@@ -458,9 +458,21 @@ UNION ALL SELECT 3::bigint, NULL::text FROM k"
 
 /// Jobs as the JSON array the one-step inserts read (payload as text, as `jobs.payload` stores it).
 pub(crate) fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> String {
+    leased_jobs_json(jobs, 0, None)
+}
+
+/// [`jobs_json`] with the first `leased` jobs carrying `lease_owner` and `lease_until` from `to`
+/// (see [`crate::StartJobs`]); the inserts then store them `running`, at their first attempt.
+pub(crate) fn leased_jobs_json<'a>(
+    jobs: impl IntoIterator<Item = &'a NewJob>,
+    leased: usize,
+    to: Option<(&str, Timestamp)>,
+) -> String {
     serde_json::Value::Array(
         jobs.into_iter()
-            .map(|j| {
+            .enumerate()
+            .map(|(i, j)| {
+                let lease = to.filter(|_| i < leased);
                 serde_json::json!({
                     "id": j.id,
                     "queue": j.queue,
@@ -468,6 +480,8 @@ pub(crate) fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> Strin
                     "max_attempts": i64::from(j.max_attempts.max(1)),
                     "run_at": j.run_at.millis(),
                     "dedup_key": j.dedup_key,
+                    "lease_owner": lease.map(|l| l.0),
+                    "lease_until": lease.map(|l| l.1.millis()),
                 })
             })
             .collect(),

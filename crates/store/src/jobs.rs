@@ -69,6 +69,28 @@ pub struct NewJob {
     pub dedup_key: Option<String>,
 }
 
+/// Jobs to enqueue with a transfer's start, the first `leased` of them already leased to `to`: a
+/// worker that runs them straight away (the request that started the transfer) takes no claim, and
+/// if it dies the lease runs out and any worker takes them over.
+#[derive(Debug, Clone, Copy)]
+pub struct StartJobs<'a> {
+    pub jobs: &'a [NewJob],
+    pub leased: usize,
+    /// The worker and the end of its lease (ignored when `leased` is 0).
+    pub to: Option<(&'a str, Timestamp)>,
+}
+
+impl<'a> StartJobs<'a> {
+    /// `jobs`, none of them leased.
+    pub fn queued(jobs: &'a [NewJob]) -> Self {
+        Self {
+            jobs,
+            leased: 0,
+            to: None,
+        }
+    }
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Job {

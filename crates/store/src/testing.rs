@@ -104,6 +104,21 @@ impl Store {
 }
 
 impl Store {
+    /// Every job of `queue`, oldest first (test support only).
+    pub async fn jobs_in_queue(&self, queue: &str) -> Result<Vec<crate::Job>> {
+        let ids: Vec<String> = crate::on_read_pool!(self, pool => {
+            sqlx::query_scalar("SELECT id FROM jobs WHERE queue = $1 ORDER BY created_at, id")
+                .bind(queue)
+                .fetch_all(pool)
+                .await
+        })?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.extend(self.job(&id).await?);
+        }
+        Ok(jobs)
+    }
+
     /// Rows per table (migration bookkeeping left out), to show that a refused request changed
     /// nothing (test support only).
     pub async fn row_counts(&self) -> Result<std::collections::BTreeMap<String, i64>> {

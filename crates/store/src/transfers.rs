@@ -2,7 +2,7 @@
 
 use crate::audit::NewAuditEvent;
 use crate::step::write_step;
-use crate::{NewJob, Result, Store, StoreError, on_pool, on_read_pool, parse_column};
+use crate::{Result, Store, StoreError, on_pool, on_read_pool, parse_column};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
 use serde::Serialize;
@@ -252,7 +252,8 @@ INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT 
 
 /// A new transfer that starts fetching at once, as one step (see `step`): `CREATE_*` with the row
 /// already `fetching` at version 1 (what creation and consent make of it), its two events
-/// (`$10`–`$12`, `$13`/`$14`), the sealed secret `$15` and the fetch jobs `$16` (a JSON array).
+/// (`$10`–`$12`, `$13`/`$14`), the sealed secret `$15` and the fetch jobs `$16` (a JSON array;
+/// one with a `lease_owner` goes in `running`, at its first attempt).
 const START_SQLITE: &str = "BEGIN IMMEDIATE;
 INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 1);
@@ -260,9 +261,12 @@ INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, update
     SELECT $1, value, key, 'pending', $7 FROM json_each($9) WHERE true;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($7, $10, $3, $1, $11, $12), ($7, $13, $3, $1, $11, $14);
 INSERT INTO transfer_secrets (transfer_id, sealed, created_at) VALUES ($1, $15, $7);
-INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
-           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $7, $7
+INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, lease_owner, lease_until, created_at, updated_at)
+    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'),
+           CASE WHEN json_extract(value, '$.lease_owner') IS NULL THEN 'queued' ELSE 'running' END,
+           CASE WHEN json_extract(value, '$.lease_owner') IS NULL THEN 0 ELSE 1 END,
+           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'),
+           json_extract(value, '$.lease_owner'), json_extract(value, '$.lease_until'), $7, $7
     FROM json_each($16) WHERE true
     ON CONFLICT (dedup_key) DO NOTHING;
 UPDATE oauth_requests SET status = 'consented', transfer_id = $1, updated_at = $7
@@ -274,8 +278,12 @@ const START_POSTGRES: &str = "WITH t AS (INSERT INTO transfers (id, kind, subjec
 d AS (INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at)
     SELECT t.id, x.value, x.n - 1, 'pending', $7 FROM t, jsonb_array_elements_text($9::jsonb) WITH ORDINALITY AS x(value, n)),
 s AS (INSERT INTO transfer_secrets (transfer_id, sealed, created_at) SELECT t.id, $15, $7 FROM t),
-j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', $7, $7
+j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, lease_owner, lease_until, created_at, updated_at)
+    SELECT x->>'id', x->>'queue', x->>'payload',
+           CASE WHEN x->>'lease_owner' IS NULL THEN 'queued' ELSE 'running' END,
+           CASE WHEN x->>'lease_owner' IS NULL THEN 0 ELSE 1 END,
+           (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key',
+           x->>'lease_owner', (x->>'lease_until')::bigint, $7, $7
     FROM t, jsonb_array_elements($16::jsonb) AS x
     ON CONFLICT (dedup_key) DO NOTHING),
 r AS (UPDATE oauth_requests SET status = 'consented', transfer_id = t.id, updated_at = $7 FROM t
@@ -364,12 +372,13 @@ impl Store {
     /// events: `transfer.created`, then `transfer.fetching`), in one write step. With `answers`,
     /// the same step moves that request `opened → consented` with the transfer and its event;
     /// the flag says whether it moved (false without one, or when it was answered meanwhile, in
-    /// which case the transfer is created all the same, for the caller to cancel).
+    /// which case the transfer is created all the same, for the caller to cancel). Jobs that
+    /// `jobs` leases are stored running under that lease, for the caller to run at once.
     pub async fn start_transfer(
         &self,
         t: &NewTransfer,
         sealed_secret: &str,
-        jobs: &[NewJob],
+        jobs: crate::StartJobs<'_>,
         answers: Option<&RequestAnswer<'_>>,
         actor: &str,
         now: Timestamp,
@@ -377,7 +386,7 @@ impl Store {
         let created = fresh_transfer(t, now);
         let (next, fetching_kind, mut fetching_detail) =
             change_record(created.state, TransferEvent::Consent)?;
-        fetching_detail["jobs"] = jobs.len().into();
+        fetching_detail["jobs"] = jobs.jobs.len().into();
         let datasets = serde_json::Value::from(t.datasets.clone()).to_string();
         let rows: Vec<(i64,)> = write_step!(self, START_SQLITE, START_POSTGRES, |q| q
             .bind(&t.id)
@@ -395,7 +404,11 @@ impl Store {
             .bind(fetching_kind)
             .bind(fetching_detail.to_string())
             .bind(sealed_secret)
-            .bind(crate::fetches::jobs_json(jobs))
+            .bind(crate::fetches::leased_jobs_json(
+                jobs.jobs,
+                jobs.leased,
+                jobs.to
+            ))
             .bind(answers.map(|a| a.request_id))
             .bind(answers.map(|a| a.audit.at.millis()))
             .bind(answers.map(|a| a.audit.kind.as_str()))

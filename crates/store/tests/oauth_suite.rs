@@ -6,7 +6,7 @@ use mydata_core::Timestamp;
 use mydata_core::transfer::{TransferKind, TransferState};
 use mydata_store::{
     ClientRow, Issue, Jti, NewAuditEvent, NewTransfer, OAuthCodeRow, Push, Redeem, RequestAnswer,
-    RequestRow, Store, TokenRow,
+    RequestRow, StartJobs, Store, TokenRow,
 };
 
 const T0: Timestamp = Timestamp::from_millis(1_790_000_000_000);
@@ -233,7 +233,7 @@ async fn a_consent_answers_its_request_in_the_transfer_step(s: &Store) {
         .start_transfer(
             &transfer("t1"),
             "sealed",
-            &[],
+            StartJobs::queued(&[]),
             Some(&answer),
             "pseudonym",
             at(1),
@@ -265,7 +265,7 @@ async fn a_consent_answers_its_request_in_the_transfer_step(s: &Store) {
         .start_transfer(
             &transfer("t2"),
             "sealed",
-            &[],
+            StartJobs::queued(&[]),
             Some(&answer),
             "pseudonym",
             at(2),

@@ -7,7 +7,7 @@ use mydata_store::testing::{fresh_postgres, fresh_sqlite};
 use mydata_store::{
     Admission, AgencyLimits, AuditProblem, FetchAttempt, FetchProgress, FetchSettlement, JobState,
     Jti, NewAuditEvent, NewJob, NewTransfer, PackageRecord, Retrieval, SettleAlso, SettleOutcome,
-    Store, StoreError, fetch_status,
+    StartJobs, Store, StoreError, fetch_status,
 };
 use std::time::Duration;
 
@@ -62,6 +62,7 @@ on_both_backends!(
     a_retrieval_takes_the_key_and_closes_the_transfer_once,
     packaging_ends_in_one_step_and_only_once,
     a_started_transfer_is_what_creation_then_consent_make,
+    a_start_leases_its_first_jobs_to_the_starter_until_the_lease_runs_out,
     secrets_are_purged_once_fetching_ends,
     pruning_removes_old_details_but_the_log_still_verifies_and_proves,
     audit_verify_catches_tampering_hidden_as_pruning,
@@ -1844,6 +1845,84 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
     assert!(s.finish_packaging(&t, None, None, T0).await.is_err());
 }
 
+async fn a_start_leases_its_first_jobs_to_the_starter_until_the_lease_runs_out(s: &Store) {
+    let lease = Duration::from_secs(30);
+    let until = T0.plus(lease);
+    let jobs = [job("mine", T0), job("queued", T0)];
+    let start = StartJobs {
+        jobs: &jobs,
+        leased: 1,
+        to: Some(("starter", until)),
+    };
+    s.start_transfer(
+        &new_transfer("t", "subj"),
+        "sealed",
+        start,
+        None,
+        "subj",
+        T0,
+    )
+    .await
+    .unwrap();
+    let mine = s.job("mine").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            mine.state,
+            mine.attempts,
+            mine.lease_owner.as_deref(),
+            mine.lease_until
+        ),
+        (JobState::Running, 1, Some("starter"), Some(until))
+    );
+    // The job not leased is due to any worker; the leased one to none while its lease lasts.
+    let other = s.claim_job("fetch", "w", lease, T0).await.unwrap().unwrap();
+    assert_eq!(other.id, "queued");
+    assert!(
+        s.claim_job("fetch", "w", lease, T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The starter finishes it as a claimer would.
+    let (done, _) = s
+        .complete_and_claim("mine", "fetch", "starter", lease, T0)
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(s.job("mine").await.unwrap().unwrap().state, JobState::Done);
+
+    // A starter that dies: its job is taken over once the lease runs out, as its second attempt.
+    let jobs = [job("orphan", T0)];
+    let start = StartJobs {
+        jobs: &jobs,
+        leased: 1,
+        to: Some(("gone", until)),
+    };
+    s.start_transfer(
+        &new_transfer("t2", "subj"),
+        "sealed",
+        start,
+        None,
+        "subj",
+        T0,
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.claim_job("fetch", "w", lease, T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let later = until.plus(Duration::from_millis(1));
+    let taken = s
+        .claim_job("fetch", "w", lease, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((taken.id.as_str(), taken.attempts), ("orphan", 2));
+}
+
 async fn a_started_transfer_is_what_creation_then_consent_make(s: &Store) {
     // The long way round, for comparison.
     fetching(s, "two-steps").await;
@@ -1852,7 +1931,7 @@ async fn a_started_transfer_is_what_creation_then_consent_make(s: &Store) {
         .start_transfer(
             &new_transfer("one", "subj"),
             "sealed",
-            &jobs,
+            StartJobs::queued(&jobs),
             None,
             "subj",
             T0,
@@ -1892,7 +1971,7 @@ async fn a_started_transfer_is_what_creation_then_consent_make(s: &Store) {
         s.start_transfer(
             &new_transfer("one", "subj"),
             "other",
-            &[job("one-k", T0)],
+            StartJobs::queued(&[job("one-k", T0)]),
             None,
             "subj",
             T0

@@ -945,8 +945,13 @@ async fn a_package_not_retrieved_is_destroyed_at_eight_hours_and_a_copy_is_unrea
             pkg.expires_at,
             t.created_at.plus(mydata_core::limits::PACKAGE_TTL)
         );
+        // The fetched data's blob is deleted just after the transfer turns ready: only the
+        // package's is left.
+        eventually("only the package's blob left", || async {
+            app.objects().len() == 1
+        })
+        .await;
         let objects = app.objects();
-        assert_eq!(objects.len(), 1, "{objects:?}");
         // Someone keeps a copy of the blob (a backup, a replica).
         let copy = std::fs::read(&objects[0]).unwrap();
         assert!(
@@ -1210,7 +1215,92 @@ fn subject_id(raw: &str) -> mydata_server::identity::SubjectId {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_runs_in_the_process_that_started_it_as_far_as_it_has_room() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        // Room for one job at a time; the agencies answer after a second of real time, so the
+        // jobs are still running when the start returns.
+        let app = DataApp::spawn(backend, 1.0, |s| s.jobs.concurrency = 1).await;
+        let sim = app.agencies.sim.clone();
+        let two: Vec<Dataset> = sim
+            .catalog()
+            .datasets()
+            .iter()
+            .filter(|d| d.accepts(IdentityMethod::MoicaCert) && d.ready_minutes == 0)
+            .take(2)
+            .cloned()
+            .collect();
+        for d in &two {
+            app.agencies.fault(
+                &d.agency,
+                FaultConfig {
+                    latency_ms: 1_000,
+                    ..FaultConfig::default()
+                },
+            );
+        }
+        let starter = app.state.starter().worker().to_owned();
+        let ids: Vec<&str> = two.iter().map(|d| d.id.as_str()).collect();
+        let id = app
+            .fetch(&person(&sim), IdentityMethod::MoicaCert, &ids)
+            .await;
+        // The first fetch was stored leased to the starting process, at its first attempt; the
+        // second, beyond its room, went to the workers.
+        let jobs = app
+            .store()
+            .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
+            .await
+            .unwrap();
+        let by_starter: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.lease_owner.as_deref() == Some(starter.as_str()))
+            .collect();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(by_starter.len(), 1, "{jobs:?}");
+        assert_eq!(
+            (by_starter[0].state, by_starter[0].attempts),
+            (mydata_store::JobState::Running, 1)
+        );
+        assert_eq!(
+            by_starter[0].payload["dataset_id"],
+            serde_json::json!(two[0].id)
+        );
+        // Both run to the end, once each, and the package follows.
+        let t = app.until_state(&id, TransferState::Ready).await;
+        assert!(t.datasets.iter().all(|d| d.attempts == 1), "{t:?}");
+        let jobs = app
+            .store()
+            .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
+            .await
+            .unwrap();
+        assert!(
+            jobs.iter()
+                .all(|j| j.state == mydata_store::JobState::Done && j.attempts == 1),
+            "{jobs:?}"
+        );
+        // The room is given back: the next start runs its fetch here again.
+        eventually("the starter's room given back", || async {
+            app.state.starter().room() == 1
+        })
+        .await;
+        let next = app
+            .fetch(&person(&sim), IdentityMethod::MoicaCert, &ids[1..])
+            .await;
+        let jobs = app
+            .store()
+            .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
+            .await
+            .unwrap();
+        let job = jobs
+            .iter()
+            .find(|j| j.payload["transfer_id"] == serde_json::json!(next))
+            .unwrap();
+        assert_eq!(job.lease_owner.as_deref(), Some(starter.as_str()));
+        app.until_state(&next, TransferState::Ready).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_that_finds_the_agency_busy_goes_ahead_once_this_process_frees_the_slot() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         // One call at a time to the agency, each answered after 150 ms of real time. The clock
