@@ -750,7 +750,7 @@ impl Store {
                 // the count of open datasets sees every other settlement. The open count comes
                 // back only if this call settled the dataset.
                 let jobs = jobs_json(also.next);
-                let q = sqlx::query_as(SETTLE_SQLITE);
+                let q = crate::step::Binder::new(SETTLE_SQLITE);
                 let q = bind_audit!(bind_settlement!(q).bind(&jobs), audit)
                     .bind(also.slot.map(|s| s.1))
                     .bind(also.slot.map(|s| s.0))
@@ -758,7 +758,7 @@ impl Store {
                     .bind(also.job.map(|j| j.1))
                     .bind(also.lease_next.map(|l| l.0))
                     .bind(also.lease_next.map(|l| l.1.millis()));
-                let rows: Vec<(i64, i64)> = crate::step::sqlite(writer, q).await?;
+                let rows: Vec<(i64, i64)> = crate::step::sqlite_sync(writer, q).await?;
                 return Ok(SettleOutcome {
                     all_settled: rows.iter().find(|r| r.0 == 0).map(|r| r.1 == 0),
                     job_done: rows.iter().any(|r| r.0 == 3),
@@ -959,7 +959,7 @@ impl Store {
                 // One step: SQLite runs the whole text under its write lock, so the count of
                 // slots sees every other admission.
                 let e = attempt.map(|a| a.audit);
-                let q = sqlx::query_as(ADMIT_SQLITE)
+                let q = crate::step::Binder::new(ADMIT_SQLITE)
                     .bind(agency_id)
                     .bind(n)
                     .bind(holder)
@@ -973,7 +973,8 @@ impl Store {
                     .bind(e.and_then(|e| e.transfer_id.as_deref()))
                     .bind(e.map(|e| e.actor.as_str()))
                     .bind(e.map(|e| e.detail.to_string()));
-                let rows: Vec<(i64, Option<i64>, i64)> = crate::step::sqlite(writer, q).await?;
+                let rows: Vec<(i64, Option<i64>, i64)> =
+                    crate::step::sqlite_sync(writer, q).await?;
                 let circuit = rows.iter().find(|r| r.0 == 0);
                 let open_until = circuit.and_then(|r| r.1);
                 let failures = circuit.map_or(0, |r| r.2);

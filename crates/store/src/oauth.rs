@@ -202,23 +202,15 @@ macro_rules! insert_jtis_postgres {
 }
 
 /// Binds `$1`–`$5` of the `insert_jtis_*` fragments.
-fn bind_jtis<'q, DB, O>(
-    q: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
-    assertion: Jti<'q>,
-    proof: Option<Jti<'q>>,
-) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
-where
-    DB: sqlx::Database,
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    q.bind(assertion.client_id)
-        .bind(assertion.jti)
-        .bind(assertion.keep_until.millis())
-        .bind(proof.map(|p| p.jti))
-        .bind(proof.map(|p| p.keep_until.millis()))
+macro_rules! bind_jtis {
+    ($q:expr, $assertion:expr, $proof:expr) => {{
+        let (assertion, proof): (Jti<'_>, Option<Jti<'_>>) = ($assertion, $proof);
+        $q.bind(assertion.client_id)
+            .bind(assertion.jti)
+            .bind(assertion.keep_until.millis())
+            .bind(proof.map(|p| p.jti))
+            .bind(proof.map(|p| p.keep_until.millis()))
+    }};
 }
 
 /// The token endpoint's writes as one step (see `step`): the assertion's `jti` (`$2`, `$3`) and the
@@ -512,7 +504,7 @@ impl Store {
         assertion: Jti<'_>,
         proof: Option<Jti<'_>>,
     ) -> Result<Push> {
-        let rows: Vec<(i64,)> = write_step!(self, PUSH_SQLITE, PUSH_POSTGRES, |q| bind_jtis(
+        let rows: Vec<(i64,)> = write_step!(self, PUSH_SQLITE, PUSH_POSTGRES, |q| bind_jtis!(
             q, assertion, proof
         )
         .bind(&r.id)
@@ -544,7 +536,7 @@ impl Store {
         token: &TokenRow,
         now: Timestamp,
     ) -> Result<Issue> {
-        let rows: Vec<(i64,)> = write_step!(self, ISSUE_SQLITE, ISSUE_POSTGRES, |q| bind_jtis(
+        let rows: Vec<(i64,)> = write_step!(self, ISSUE_SQLITE, ISSUE_POSTGRES, |q| bind_jtis!(
             q, assertion, proof
         )
         .bind(now.millis())

@@ -10,51 +10,250 @@
 //! SQLite, a `FROM` over the CTE on PostgreSQL), and the step reports them through the rows its
 //! statements return.
 
-use crate::Result;
 use crate::writer::Writer;
-use sqlx::Sqlite;
+use crate::{Result, StoreError};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue};
+use std::collections::HashMap;
 
-/// Runs `query` — statements between `BEGIN IMMEDIATE` and `COMMIT` in one text, already bound — on
-/// the SQLite writer and returns every row its statements return. If it fails midway, what it left
-/// open is rolled back before the writer goes to the next (see `writer`).
-pub(crate) async fn sqlite<'q, O>(
-    writer: &Writer,
-    query: sqlx::query::QueryAs<'q, Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
-) -> Result<Vec<O>>
-where
-    O: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
-{
+/// The writer's second handle on the database file, driven in the calling thread: a write step
+/// runs there from start to end without a hand-off to another thread and back (sqlx drives each
+/// SQLite connection from a thread of its own: two thread switches per statement, which made up
+/// much of a transfer's CPU). Used only under the writer's lease (see `writer`), and only for
+/// steps, which are short: the tokio worker it blocks is blocked for as long as the step takes.
+pub(crate) struct SyncConn {
+    conn: rusqlite::Connection,
+    /// Each step text split into its statements, once (prepared statements are cached per
+    /// statement, and a text of several cannot be prepared as one).
+    split: HashMap<String, Vec<String>>,
+}
+
+impl SyncConn {
+    /// Opens the existing database file with the settings of the sqlx connections.
+    pub(crate) fn open(file: &std::path::Path) -> Result<Self> {
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            file,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 10000;",
+        )?;
+        conn.set_prepared_statement_cache_capacity(128);
+        Ok(Self {
+            conn,
+            split: HashMap::new(),
+        })
+    }
+
+    /// Runs every statement of `step` in turn and returns every row they return.
+    fn run<O: StepRow>(&mut self, step: &Binder<'_>) -> Result<Vec<O>> {
+        if !self.split.contains_key(step.sql) {
+            self.split
+                .insert(step.sql.to_owned(), split_statements(step.sql));
+        }
+        let statements = self.split.get(step.sql).map(Vec::as_slice).unwrap_or(&[]);
+        let mut out = Vec::new();
+        for sql in statements {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            for i in 1..=stmt.parameter_count() {
+                let n = stmt
+                    .parameter_name(i)
+                    .and_then(|p| p.strip_prefix('$'))
+                    .and_then(|p| p.parse::<usize>().ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("step parameter {i} is not $N")))?;
+                let v = step.values.get(n.wrapping_sub(1)).ok_or_else(|| {
+                    StoreError::Corrupt(format!("step parameter ${n} is not bound"))
+                })?;
+                stmt.raw_bind_parameter(i, v)?;
+            }
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next()? {
+                out.push(O::from_step_row(row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rolls back a transaction a failed step left open; false if the handle is in doubt.
+    fn rolled_back(&mut self) -> bool {
+        if self.conn.is_autocommit() {
+            return true;
+        }
+        self.conn.execute_batch("ROLLBACK").is_ok() && self.conn.is_autocommit()
+    }
+}
+
+/// The statements of a step text, split at the semicolons outside quotes.
+fn split_statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    for c in sql.chars() {
+        match (quote, c) {
+            (None, ';') => {
+                let s = current.trim();
+                if !s.is_empty() {
+                    out.push(s.to_owned());
+                }
+                current.clear();
+                continue;
+            }
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+        current.push(c);
+    }
+    let s = current.trim();
+    if !s.is_empty() {
+        out.push(s.to_owned());
+    }
+    out
+}
+
+/// A value bound to a step run on [`SyncConn`].
+#[derive(Debug, Clone)]
+pub(crate) struct Value(SqlValue);
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        self.0.to_sql()
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Self(SqlValue::Integer(v))
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Self(SqlValue::Integer(i64::from(v)))
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Self(SqlValue::Text(v.to_owned()))
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Self(SqlValue::Text(v))
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Self {
+        Self(SqlValue::Text(v.clone()))
+    }
+}
+impl From<&Option<String>> for Value {
+    fn from(v: &Option<String>) -> Self {
+        v.as_deref().into()
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Self(SqlValue::Null), Into::into)
+    }
+}
+
+/// A step text with its parameters, bound as a sqlx query is (`.bind(..)` in `$1`, `$2`, ... order),
+/// so that [`write_step`] binds both backends' queries with the same code.
+#[derive(Debug)]
+pub(crate) struct Binder<'a> {
+    sql: &'a str,
+    values: Vec<Value>,
+}
+
+impl<'a> Binder<'a> {
+    pub(crate) fn new(sql: &'a str) -> Self {
+        Self {
+            sql,
+            values: Vec::with_capacity(24),
+        }
+    }
+
+    #[allow(clippy::should_implement_trait)]
+    pub(crate) fn bind<T: Into<Value>>(mut self, v: T) -> Self {
+        self.values.push(v.into());
+        self
+    }
+}
+
+/// A row a step returns, decoded from [`SyncConn`]'s rows (sqlx's `FromRow` on the other path).
+pub(crate) trait StepRow: Sized {
+    fn from_step_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+}
+
+macro_rules! step_row_tuple {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: rusqlite::types::FromSql),+> StepRow for ($($t,)+) {
+            fn from_step_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok(($(row.get::<_, $t>($i)?,)+))
+            }
+        }
+    };
+}
+step_row_tuple!(A 0);
+step_row_tuple!(A 0, B 1);
+step_row_tuple!(A 0, B 1, C 2);
+
+/// Runs `step` (statements between `BEGIN IMMEDIATE` and `COMMIT`) on the SQLite writer's
+/// calling-thread handle and returns every row its statements return. If it fails midway, what it
+/// left open is rolled back at once (or the handle is dropped, which rolls back).
+pub(crate) async fn sqlite_sync<O: StepRow>(writer: &Writer, step: Binder<'_>) -> Result<Vec<O>> {
     let mut lease = writer.lease().await?;
-    // All rows, never just the first: the connection's thread stops running the text's statements
-    // (COMMIT included) once the reader has what it asked for.
-    match query.fetch_all(lease.conn()?).await {
+    let conn = lease.sync(&writer.file)?;
+    match conn.run(&step) {
         Ok(rows) => {
             lease.finish();
             Ok(rows)
         }
         Err(e) => {
-            // A failed statement leaves the transaction open: COMMIT never ran.
-            lease.recover().await;
-            Err(e.into())
+            if !conn.rolled_back() {
+                lease.drop_sync();
+            }
+            // The sqlx connection was not used: nothing of it to roll back.
+            lease.finish();
+            Err(e)
         }
     }
 }
 
 /// Runs one write step: `$sqlite` (statements between `BEGIN IMMEDIATE` and `COMMIT`) on the
-/// SQLite writer, or `$postgres` (one statement) on PostgreSQL, with the parameters `$bind` adds
-/// to `$q`; evaluates to the rows returned, decoded as the type the caller names.
+/// SQLite writer's calling-thread handle, or `$postgres` (one statement) on PostgreSQL, with the
+/// parameters `$bind` adds to `$q`; evaluates to the rows returned, decoded as the type the caller
+/// names.
 macro_rules! write_step {
     ($store:expr, $sqlite:expr, $postgres:expr, |$q:ident| $bind:expr) => {
         match &$store.db {
             $crate::Db::Sqlite { writer, .. } => {
-                let $q = sqlx::query_as($sqlite);
-                $crate::step::sqlite(writer, $bind).await?
+                let $q = $crate::step::Binder::new(&$sqlite);
+                $crate::step::sqlite_sync(writer, $bind).await?
             }
             $crate::Db::Postgres(pool) => {
-                let $q = sqlx::query_as($postgres);
+                let $q = sqlx::query_as(&$postgres);
                 $bind.fetch_all(pool).await?
             }
         }
     };
 }
 pub(crate) use write_step;
+
+#[cfg(test)]
+mod tests {
+    use super::split_statements;
+
+    #[test]
+    fn a_step_text_splits_at_semicolons_outside_quotes() {
+        assert_eq!(
+            split_statements("BEGIN;\nSELECT ';', \"a;b\" FROM t WHERE x = 'it''s;';\n COMMIT ;\n"),
+            [
+                "BEGIN",
+                "SELECT ';', \"a;b\" FROM t WHERE x = 'it''s;'",
+                "COMMIT"
+            ]
+        );
+    }
+}

@@ -9,6 +9,10 @@
 //! A writer that stops midway (its future dropped, or a statement failed with a transaction open)
 //! leaves the lease *dirty*; the next one first rolls back whatever was left open, or, if that
 //! fails, opens a fresh connection (closing the old one rolls its transaction back).
+//!
+//! Beside the sqlx connection the lease holds a second handle on the same file, driven in the
+//! calling thread (see `step`): the hot write steps run there with no hand-off to a connection
+//! thread. Both are behind the one mutex, so they never write at the same time.
 
 use crate::{Result, StoreError};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -21,15 +25,30 @@ use tokio::sync::{Mutex, MutexGuard};
 pub(crate) struct Writer {
     slot: Mutex<Slot>,
     opts: SqliteConnectOptions,
+    /// The database file, for the calling-thread handle.
+    pub(crate) file: std::path::PathBuf,
     acquire_timeout: Duration,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Slot {
     conn: Option<SqliteConnection>,
+    /// The handle driven in the calling thread, opened on first use.
+    sync: Option<crate::step::SyncConn>,
     /// The last lease ended without [`Lease::finish`]: the connection may hold an open transaction.
     dirty: bool,
     closed: bool,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("open", &self.conn.is_some())
+            .field("sync_open", &self.sync.is_some())
+            .field("dirty", &self.dirty)
+            .field("closed", &self.closed)
+            .finish()
+    }
 }
 
 /// The writer connection, held until dropped.
@@ -44,7 +63,9 @@ impl Writer {
         acquire_timeout: Duration,
     ) -> Result<Self> {
         let conn = SqliteConnection::connect_with(&opts).await?;
+        let file = opts.get_filename().to_path_buf();
         Ok(Self {
+            file,
             slot: Mutex::new(Slot {
                 conn: Some(conn),
                 ..Slot::default()
@@ -81,6 +102,7 @@ impl Writer {
     pub(crate) async fn close(&self) {
         let mut guard = self.slot.lock().await;
         guard.closed = true;
+        guard.sync = None;
         if let Some(conn) = guard.conn.take() {
             let _ = conn.close().await;
         }
@@ -96,23 +118,26 @@ impl Lease<'_> {
             .ok_or(StoreError::Database(sqlx::Error::PoolClosed))
     }
 
+    /// The handle on the same file driven in the calling thread (see `step`), opened if needed.
+    pub(crate) fn sync(&mut self, file: &std::path::Path) -> Result<&mut crate::step::SyncConn> {
+        if self.guard.sync.is_none() {
+            self.guard.sync = Some(crate::step::SyncConn::open(file)?);
+        }
+        self.guard
+            .sync
+            .as_mut()
+            .ok_or(StoreError::Database(sqlx::Error::PoolClosed))
+    }
+
+    /// Drops the calling-thread handle (it could not be brought back to a clean state); the next
+    /// use opens it again.
+    pub(crate) fn drop_sync(&mut self) {
+        self.guard.sync = None;
+    }
+
     /// The work is done and left no transaction open: the next writer need not check.
     pub(crate) fn finish(mut self) {
         self.guard.dirty = false;
-    }
-
-    /// After a failed statement: rolls back what it may have left open, now, so that the next
-    /// writer does not wait for it.
-    pub(crate) async fn recover(mut self) {
-        let clean = match self.guard.conn.as_mut() {
-            Some(conn) => rolled_back(conn).await,
-            None => true,
-        };
-        if clean {
-            self.finish();
-        } else {
-            self.guard.conn = None;
-        }
     }
 }
 
