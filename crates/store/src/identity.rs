@@ -27,6 +27,21 @@ pub struct SessionRow {
     pub expires_at: i64,
 }
 
+crate::step::step_row!(SessionRow {
+    id_hash,
+    csrf_token,
+    subject,
+    subject_kind,
+    method,
+    level,
+    verified_at,
+    pending,
+    subject_sealed,
+    created_at,
+    last_seen_at,
+    expires_at,
+});
+
 /// A subject known to the platform.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SubjectRow {
@@ -135,10 +150,12 @@ impl Store {
 
     /// The session, if it exists (time-outs are the caller's rule).
     pub async fn session(&self, id_hash: &str) -> Result<Option<SessionRow>> {
-        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id_hash = $1");
-        Ok(
-            on_read_pool!(self, pool => sqlx::query_as(&sql).bind(id_hash).fetch_optional(pool).await?),
-        )
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id_hash = $1")
+        });
+        let rows: Vec<SessionRow> =
+            crate::step::read_rows!(self, SQL.as_str(), |q| q.bind(id_hash));
+        Ok(rows.into_iter().next())
     }
 
     /// Records activity on a session (the idle time-out counts from here).

@@ -122,6 +122,40 @@ struct CodeGrantRow {
     t_expires_at: Option<i64>,
 }
 
+crate::step::step_row!(CodeGrantRow { r_params, t_state, t_expires_at } flatten { code });
+crate::step::step_row!(CodeRow {
+    code_hash,
+    request_id,
+    client_id,
+    transfer_id,
+    redirect_uri,
+    code_challenge,
+    created_at,
+    expires_at,
+    used_at,
+});
+crate::step::step_row!(RequestRow {
+    id,
+    client_id,
+    params,
+    status,
+    session_hash,
+    transfer_id,
+    created_at,
+    expires_at,
+    updated_at,
+});
+crate::step::step_row!(TokenRow {
+    token_hash,
+    client_id,
+    transfer_id,
+    code_hash,
+    dpop_jkt,
+    created_at,
+    expires_at,
+    revoked_at,
+});
+
 /// What redeeming a code found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redeem {
@@ -357,8 +391,10 @@ impl Store {
     }
 
     pub async fn request(&self, id: &str) -> Result<Option<RequestRow>> {
-        let sql = format!("{SELECT_REQUEST} WHERE id = $1");
-        Ok(on_read_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| format!("{SELECT_REQUEST} WHERE id = $1"));
+        let rows: Vec<RequestRow> = crate::step::read_rows!(self, SQL.as_str(), |q| q.bind(id));
+        Ok(rows.into_iter().next())
     }
 
     /// Binds a pushed request to the browser session that opened it (first use of the
@@ -442,15 +478,11 @@ impl Store {
     /// endpoint answers from: its request's parameters and its transfer's state and end, all in
     /// one read.
     pub async fn code_grant(&self, code_hash: &str) -> Result<Option<CodeGrant>> {
-        let row: Option<CodeGrantRow> = on_read_pool!(self, pool => sqlx::query_as(
-            "SELECT c.code_hash, c.request_id, c.client_id, c.transfer_id, c.redirect_uri, c.code_challenge, c.created_at,
+        let rows: Vec<CodeGrantRow> = crate::step::read_rows!(self, "SELECT c.code_hash, c.request_id, c.client_id, c.transfer_id, c.redirect_uri, c.code_challenge, c.created_at,
                     c.expires_at, c.used_at, r.params AS r_params, t.state AS t_state, t.expires_at AS t_expires_at
              FROM oauth_codes c LEFT JOIN oauth_requests r ON r.id = c.request_id LEFT JOIN transfers t ON t.id = c.transfer_id
-             WHERE c.code_hash = $1",
-        )
-        .bind(code_hash)
-        .fetch_optional(pool)
-        .await?);
+             WHERE c.code_hash = $1", |q| q.bind(code_hash));
+        let row = rows.into_iter().next();
         let Some(r) = row else {
             return Ok(None);
         };
@@ -596,12 +628,12 @@ impl Store {
     }
 
     pub async fn token(&self, token_hash: &str) -> Result<Option<TokenRow>> {
-        Ok(on_read_pool!(self, pool => sqlx::query_as(
+        let rows: Vec<TokenRow> = crate::step::read_rows!(
+            self,
             "SELECT token_hash, client_id, transfer_id, code_hash, dpop_jkt, created_at, expires_at, revoked_at FROM oauth_tokens WHERE token_hash = $1",
-        )
-        .bind(token_hash)
-        .fetch_optional(pool)
-        .await?))
+            |q| q.bind(token_hash)
+        );
+        Ok(rows.into_iter().next())
     }
 
     /// Forgets expired jtis, codes, tokens and authorizations. Returns rows removed.

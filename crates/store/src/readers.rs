@@ -13,10 +13,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+/// Most calling-thread read handles kept for reuse (more than the runtime's threads are never in use).
+const MAX_SYNC_IDLE: usize = 32;
+
 /// At most `max` reader connections, opened as needed and kept.
 #[derive(Debug)]
 pub(crate) struct Readers {
     idle: Mutex<Vec<SqliteConnection>>,
+    /// Handles driven in the calling thread (see [`Readers::sync_rows`]), kept for reuse.
+    sync_idle: Mutex<Vec<crate::step::SyncConn>>,
+    file: std::path::PathBuf,
     permits: Semaphore,
     opts: SqliteConnectOptions,
     acquire_timeout: Duration,
@@ -33,6 +39,8 @@ impl Readers {
     pub(crate) fn new(opts: SqliteConnectOptions, max: u32, acquire_timeout: Duration) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
+            sync_idle: Mutex::new(Vec::new()),
+            file: opts.get_filename().to_path_buf(),
             permits: Semaphore::new(usize::try_from(max.max(1)).unwrap_or(1)),
             opts,
             acquire_timeout,
@@ -57,6 +65,39 @@ impl Readers {
         })
     }
 
+    /// Runs one read in the calling thread, on a handle of its own: a hot read is one indexed
+    /// lookup in a local file, cheaper than the two thread switches of sqlx's connection thread.
+    /// At most one handle per thread reading at once (the read does not yield), so the tokio
+    /// workers bound how many there are.
+    pub(crate) fn sync_rows<O: crate::step::StepRow>(
+        &self,
+        step: crate::step::Binder<'_>,
+    ) -> Result<Vec<O>> {
+        if self.permits.is_closed() {
+            return Err(sqlx::Error::PoolClosed.into());
+        }
+        let idle = self
+            .sync_idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => crate::step::SyncConn::open_reader(&self.file)?,
+        };
+        let rows = conn.run(&step);
+        if rows.is_ok() || conn.rolled_back() {
+            let mut idle = self
+                .sync_idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < MAX_SYNC_IDLE {
+                idle.push(conn);
+            }
+        }
+        rows
+    }
+
     fn take_idle(&self) -> Option<SqliteConnection> {
         // A poisoned lock only means a thread panicked while pushing: the list is still sound.
         self.idle
@@ -68,6 +109,10 @@ impl Readers {
     /// Closes the idle connections; later leases fail.
     pub(crate) async fn close(&self) {
         self.permits.close();
+        self.sync_idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         let conns: Vec<SqliteConnection> = std::mem::take(
             &mut *self
                 .idle

@@ -27,18 +27,36 @@ pub(crate) struct SyncConn {
     split: HashMap<String, Vec<String>>,
 }
 
+impl std::fmt::Debug for SyncConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncConn")
+            .field("steps", &self.split.len())
+            .finish()
+    }
+}
+
 impl SyncConn {
     /// Opens the existing database file with the settings of the sqlx connections.
     pub(crate) fn open(file: &std::path::Path) -> Result<Self> {
+        Self::open_as(
+            file,
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 10000;",
+        )
+    }
+
+    /// Opens the existing database file for reads only (see `readers`).
+    pub(crate) fn open_reader(file: &std::path::Path) -> Result<Self> {
+        Self::open_as(file, "PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+    }
+
+    fn open_as(file: &std::path::Path, pragmas: &str) -> Result<Self> {
         use rusqlite::OpenFlags;
         let conn = rusqlite::Connection::open_with_flags(
             file,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 10000;",
-        )?;
+        conn.execute_batch(pragmas)?;
         conn.set_prepared_statement_cache_capacity(128);
         Ok(Self {
             conn,
@@ -47,7 +65,7 @@ impl SyncConn {
     }
 
     /// Runs every statement of `step` in turn and returns every row they return.
-    fn run<O: StepRow>(&mut self, step: &Binder<'_>) -> Result<Vec<O>> {
+    pub(crate) fn run<O: StepRow>(&mut self, step: &Binder<'_>) -> Result<Vec<O>> {
         if !self.split.contains_key(step.sql) {
             self.split
                 .insert(step.sql.to_owned(), split_statements(step.sql));
@@ -76,7 +94,7 @@ impl SyncConn {
     }
 
     /// Rolls back a transaction a failed step left open; false if the handle is in doubt.
-    fn rolled_back(&mut self) -> bool {
+    pub(crate) fn rolled_back(&mut self) -> bool {
         if self.conn.is_autocommit() {
             return true;
         }
@@ -196,6 +214,22 @@ macro_rules! step_row_tuple {
     };
 }
 step_row_tuple!(A 0);
+
+/// Implements [`StepRow`] for a row struct by column name, as sqlx's `FromRow` does: the fields
+/// after `flatten` are row structs of their own, read from the same row.
+macro_rules! step_row {
+    ($t:ty { $($f:ident),* $(,)? } $(flatten { $($g:ident),* $(,)? })?) => {
+        impl $crate::step::StepRow for $t {
+            fn from_step_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+                Ok(Self {
+                    $($f: row.get(stringify!($f))?,)*
+                    $($($g: $crate::step::StepRow::from_step_row(row)?,)*)?
+                })
+            }
+        }
+    };
+}
+pub(crate) use step_row;
 step_row_tuple!(A 0, B 1);
 step_row_tuple!(A 0, B 1, C 2);
 
@@ -240,6 +274,25 @@ macro_rules! write_step {
     };
 }
 pub(crate) use write_step;
+
+/// Runs one read, `$sql` with the parameters `$bind` adds to `$q`, on SQLite in the calling thread
+/// (see `readers`) or on the PostgreSQL pool; evaluates to every row, decoded as the type the
+/// caller names.
+macro_rules! read_rows {
+    ($store:expr, $sql:expr, |$q:ident| $bind:expr) => {
+        match &$store.db {
+            $crate::Db::Sqlite { read, .. } => {
+                let $q = $crate::step::Binder::new(&$sql);
+                read.sync_rows($bind)?
+            }
+            $crate::Db::Postgres(pool) => {
+                let $q = sqlx::query_as(&$sql);
+                $bind.fetch_all(pool).await?
+            }
+        }
+    };
+}
+pub(crate) use read_rows;
 
 #[cfg(test)]
 mod tests {

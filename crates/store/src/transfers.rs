@@ -83,6 +83,44 @@ struct TransferRow {
     version: i64,
 }
 
+crate::step::step_row!(TransferRow {
+    id,
+    kind,
+    subject,
+    recipient,
+    purpose,
+    state,
+    created_at,
+    expires_at,
+    updated_at,
+    version,
+});
+crate::step::step_row!(TransferWorkRow { d_agency_request_id, d_data_object, d_data_key, sealed } flatten { joined, p });
+crate::step::step_row!(JoinedPackageRow {
+    p_object_key,
+    p_sealed_key,
+    p_digest,
+    p_size_bytes,
+    p_datasets,
+    p_created_at,
+    p_expires_at,
+    p_taken_at,
+    p_deleted_at,
+});
+crate::step::step_row!(TransferWithDatasetRow {} flatten { t, d });
+crate::step::step_row!(JoinedDatasetRow {
+    d_dataset_id,
+    d_status,
+    d_updated_at,
+    d_attempts,
+    d_error_code,
+    d_error_message,
+    d_digest,
+    d_started_at,
+    d_next_attempt_at,
+    d_settled_at,
+});
+
 impl TryFrom<TransferRow> for Transfer {
     type Error = StoreError;
     fn try_from(r: TransferRow) -> Result<Self> {
@@ -457,10 +495,8 @@ impl Store {
     /// The transfer with its datasets, if it exists.
     pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>> {
         // One statement for the transfer and its datasets: it is read on every page and job step.
-        let rows: Vec<TransferWithDatasetRow> = on_read_pool!(self, pool => sqlx::query_as(SELECT_TRANSFER_WITH_DATASETS)
-            .bind(id)
-            .fetch_all(pool)
-            .await?);
+        let rows: Vec<TransferWithDatasetRow> =
+            crate::step::read_rows!(self, SELECT_TRANSFER_WITH_DATASETS, |q| q.bind(id));
         let mut rows = rows.into_iter();
         let Some(first) = rows.next() else {
             return Ok(None);
@@ -480,10 +516,8 @@ impl Store {
     /// package record, in one statement: the fetch and packaging jobs, the confirmation and the
     /// package retrieval each need several of them.
     pub async fn transfer_work(&self, id: &str) -> Result<Option<TransferWork>> {
-        let rows: Vec<TransferWorkRow> = on_read_pool!(self, pool => sqlx::query_as(SELECT_TRANSFER_WORK)
-            .bind(id)
-            .fetch_all(pool)
-            .await?);
+        let rows: Vec<TransferWorkRow> =
+            crate::step::read_rows!(self, SELECT_TRANSFER_WORK, |q| q.bind(id));
         let mut rows = rows.into_iter().peekable();
         let Some(first) = rows.peek() else {
             return Ok(None);
