@@ -407,19 +407,17 @@ impl Store {
         until: Timestamp,
         now: Timestamp,
     ) -> Result<bool> {
-        let n = on_pool!(self, pool => sqlx::query(
-            "UPDATE oauth_requests SET session_hash = $2, status = 'opened', updated_at = $4,
+        // One statement, the same on both backends; a step so that SQLite runs it in this thread.
+        const OPEN: &str = "UPDATE oauth_requests SET session_hash = $2, status = 'opened', updated_at = $4,
                expires_at = CASE WHEN status = 'pushed' THEN $3 ELSE expires_at END
-             WHERE id = $1 AND expires_at > $4 AND (status = 'pushed' OR (status = 'opened' AND session_hash = $2))",
-        )
-        .bind(id)
-        .bind(session_hash)
-        .bind(until.millis())
-        .bind(now.millis())
-        .execute(pool)
-        .await?
-        .rows_affected());
-        Ok(n == 1)
+             WHERE id = $1 AND expires_at > $4 AND (status = 'pushed' OR (status = 'opened' AND session_hash = $2))
+             RETURNING id";
+        let rows: Vec<(String,)> = write_step!(self, OPEN, OPEN, |q| q
+            .bind(id)
+            .bind(session_hash)
+            .bind(until.millis())
+            .bind(now.millis()));
+        Ok(rows.len() == 1)
     }
 
     /// Moves a request from `from` to `to` (recording its transfer when given) with an audit
