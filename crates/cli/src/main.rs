@@ -180,14 +180,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Tokio worker threads: four per core (at most 64) unless `TOKIO_WORKER_THREADS` says otherwise.
-/// With one per core, a task that gets the SQLite writer connection waits behind request work
-/// (signatures, pages) queued on its worker before it can send its statement, and the writer
-/// idles; more threads than cores let the kernel run it sooner. Measured in docs/PERFORMANCE.md
-/// (complete transfers, 2 cores: 116/s with 2 threads, 147/s with 8).
+/// Tokio worker threads: one per core (at most 64) unless `TOKIO_WORKER_THREADS` says otherwise.
+/// SQLite's hot reads and writes run in the calling thread (see mydata-store's `step`), so a worker
+/// no longer waits on another thread for them, and more workers than cores only add switches
+/// between them. Measured in docs/PERFORMANCE.md (complete transfers, 2 cores, the demo alone
+/// changed: 256/s with 2 threads, 237/s with 8; PostgreSQL 174 against 169/s). Before the SQLite
+/// work moved into the calling thread it was the other way round (116/s with 2, 147/s with 8).
 fn worker_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    cores.saturating_mul(4).clamp(1, 64)
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, 64)
 }
 
 /// Prints the error and its causes on one line.
