@@ -7,7 +7,7 @@
 //! `failed` for an operator to see.
 
 use crate::step::write_step;
-use crate::{Db, Result, Store, StoreError, on_pool, parse_column};
+use crate::{Result, Store, StoreError, on_pool, parse_column};
 use mydata_core::Timestamp;
 use serde::Serialize;
 use std::fmt;
@@ -258,18 +258,14 @@ impl Store {
         until: Timestamp,
         now: Timestamp,
     ) -> Result<Option<Job>> {
-        let sql = match self.db {
-            Db::Sqlite { .. } => CLAIM_SQLITE.as_str(),
-            Db::Postgres(_) => CLAIM_POSTGRES.as_str(),
-        };
-        let row: Option<JobRow> = on_pool!(self, pool => sqlx::query_as(sql)
-            .bind(worker)
-            .bind(until.millis())
-            .bind(now.millis())
-            .bind(queue)
-            .fetch_optional(pool)
-            .await?);
-        row.map(Job::try_from).transpose()
+        // One statement; a step so that SQLite runs it in this thread.
+        let rows: Vec<JobRow> =
+            write_step!(self, CLAIM_SQLITE.as_str(), CLAIM_POSTGRES.as_str(), |q| q
+                .bind(worker)
+                .bind(until.millis())
+                .bind(now.millis())
+                .bind(queue));
+        rows.into_iter().next().map(Job::try_from).transpose()
     }
 
     /// Marks a job that was claimed once more than it may be attempted failed for good.

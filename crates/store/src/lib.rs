@@ -272,11 +272,11 @@ impl Store {
         let Db::Sqlite { read, .. } = &self.db else {
             return Ok(None);
         };
-        let mut lease = read.lease().await?;
-        let (_busy, log, done): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(lease.conn()?)
-            .await?;
-        Ok(Some((log, done)))
+        // On a calling-thread reader handle, like the hot reads: it copies at most what the log
+        // holds since the last one, every 50 ms.
+        let rows: Vec<(i64, i64, i64)> =
+            read.sync_rows(crate::step::Binder::new("PRAGMA wal_checkpoint(PASSIVE)"))?;
+        Ok(rows.first().map(|&(_busy, log, done)| (log, done)))
     }
 
     /// Closes every connection; later calls fail.
