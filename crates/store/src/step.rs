@@ -71,6 +71,7 @@ impl SyncConn {
                 .insert(step.sql.to_owned(), split_statements(step.sql));
         }
         let statements = self.split.get(step.sql).map(Vec::as_slice).unwrap_or(&[]);
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         for sql in statements {
             let mut stmt = self.conn.prepare_cached(sql)?;
@@ -90,6 +91,28 @@ impl SyncConn {
                 out.push(O::from_step_row(row)?);
             }
         }
+        // As sqlx logs its statements: every one at debug, slow ones as warnings (the SQL names
+        // no person: values are bound, never written into the text).
+        let elapsed = started.elapsed();
+        let first = statements.iter().find(|s| !s.starts_with("BEGIN"));
+        let first = first.map_or("", |s| s.get(..s.len().min(80)).unwrap_or(s));
+        if elapsed >= SLOW_STEP {
+            tracing::warn!(
+                statement = first,
+                statements = statements.len(),
+                rows = out.len(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "slow sqlite step"
+            );
+        } else {
+            tracing::debug!(
+                statement = first,
+                statements = statements.len(),
+                rows = out.len(),
+                elapsed_us = elapsed.as_micros() as u64,
+                "sqlite step"
+            );
+        }
         Ok(out)
     }
 
@@ -101,6 +124,9 @@ impl SyncConn {
         self.conn.execute_batch("ROLLBACK").is_ok() && self.conn.is_autocommit()
     }
 }
+
+/// A step slower than this is logged as a warning (sqlx's default for slow statements).
+const SLOW_STEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The statements of a step text, split at the semicolons outside quotes.
 fn split_statements(sql: &str) -> Vec<String> {
