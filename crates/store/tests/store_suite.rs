@@ -1848,22 +1848,18 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
 async fn a_start_leases_its_first_jobs_to_the_starter_until_the_lease_runs_out(s: &Store) {
     let lease = Duration::from_secs(30);
     let until = T0.plus(lease);
-    let jobs = [job("mine", T0), job("queued", T0)];
-    let start = StartJobs {
-        jobs: &jobs,
-        leased: 1,
-        to: Some(("starter", until)),
+    // A transfer started with its first job leased to `worker`.
+    let start = |id: &'static str, jobs: Vec<NewJob>, worker: &'static str| async move {
+        let start = StartJobs {
+            jobs: &jobs,
+            leased: 1,
+            to: Some((worker, until)),
+        };
+        s.start_transfer(&new_transfer(id, "subj"), "sealed", start, None, "subj", T0)
+            .await
+            .unwrap();
     };
-    s.start_transfer(
-        &new_transfer("t", "subj"),
-        "sealed",
-        start,
-        None,
-        "subj",
-        T0,
-    )
-    .await
-    .unwrap();
+    start("t", vec![job("mine", T0), job("queued", T0)], "starter").await;
     let mine = s.job("mine").await.unwrap().unwrap();
     assert_eq!(
         (
@@ -1892,22 +1888,7 @@ async fn a_start_leases_its_first_jobs_to_the_starter_until_the_lease_runs_out(s
     assert_eq!(s.job("mine").await.unwrap().unwrap().state, JobState::Done);
 
     // A starter that dies: its job is taken over once the lease runs out, as its second attempt.
-    let jobs = [job("orphan", T0)];
-    let start = StartJobs {
-        jobs: &jobs,
-        leased: 1,
-        to: Some(("gone", until)),
-    };
-    s.start_transfer(
-        &new_transfer("t2", "subj"),
-        "sealed",
-        start,
-        None,
-        "subj",
-        T0,
-    )
-    .await
-    .unwrap();
+    start("t2", vec![job("orphan", T0)], "gone").await;
     assert!(
         s.claim_job("fetch", "w", lease, T0)
             .await

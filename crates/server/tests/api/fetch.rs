@@ -1246,16 +1246,18 @@ async fn a_fetch_runs_in_the_process_that_started_it_as_far_as_it_has_room() {
         }
         let starter = app.state.starter().worker().to_owned();
         let ids: Vec<&str> = two.iter().map(|d| d.id.as_str()).collect();
+        let fetch_jobs = || async {
+            app.store()
+                .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
+                .await
+                .unwrap()
+        };
         let id = app
             .fetch(&person(&sim), IdentityMethod::MoicaCert, &ids)
             .await;
         // The first fetch was stored leased to the starting process, at its first attempt; the
         // second, beyond its room, went to the workers.
-        let jobs = app
-            .store()
-            .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
-            .await
-            .unwrap();
+        let jobs = fetch_jobs().await;
         let by_starter: Vec<_> = jobs
             .iter()
             .filter(|j| j.lease_owner.as_deref() == Some(starter.as_str()))
@@ -1273,11 +1275,7 @@ async fn a_fetch_runs_in_the_process_that_started_it_as_far_as_it_has_room() {
         // Both run to the end, once each, and the package follows.
         let t = app.until_state(&id, TransferState::Ready).await;
         assert!(t.datasets.iter().all(|d| d.attempts == 1), "{t:?}");
-        let jobs = app
-            .store()
-            .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
-            .await
-            .unwrap();
+        let jobs = fetch_jobs().await;
         assert!(
             jobs.iter()
                 .all(|j| j.state == mydata_store::JobState::Done && j.attempts == 1),
@@ -1291,11 +1289,7 @@ async fn a_fetch_runs_in_the_process_that_started_it_as_far_as_it_has_room() {
         let next = app
             .fetch(&person(&sim), IdentityMethod::MoicaCert, &ids[1..])
             .await;
-        let jobs = app
-            .store()
-            .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
-            .await
-            .unwrap();
+        let jobs = fetch_jobs().await;
         let job = jobs
             .iter()
             .find(|j| j.payload["transfer_id"] == serde_json::json!(next))
