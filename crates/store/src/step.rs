@@ -66,6 +66,24 @@ impl SyncConn {
 
     /// Runs every statement of `step` in turn and returns every row they return.
     pub(crate) fn run<O: StepRow>(&mut self, step: &Binder<'_>) -> Result<Vec<O>> {
+        self.run_as(step, false)
+    }
+
+    /// Runs `step` inside the transaction a group commit holds open: in a savepoint of its own
+    /// (so that a failure undoes this step alone), without its own `BEGIN IMMEDIATE` and `COMMIT`.
+    fn run_grouped<O: StepRow>(&mut self, step: &Binder<'_>) -> Result<Vec<O>> {
+        self.conn.execute_batch("SAVEPOINT step")?;
+        let rows = self.run_as(step, true);
+        let end = match rows {
+            Ok(_) => self.conn.execute_batch("RELEASE step"),
+            Err(_) => self.conn.execute_batch("ROLLBACK TO step; RELEASE step"),
+        };
+        let rows = rows?;
+        end?;
+        Ok(rows)
+    }
+
+    fn run_as<O: StepRow>(&mut self, step: &Binder<'_>, grouped: bool) -> Result<Vec<O>> {
         if !self.split.contains_key(step.sql) {
             self.split
                 .insert(step.sql.to_owned(), split_statements(step.sql));
@@ -74,6 +92,9 @@ impl SyncConn {
         let started = std::time::Instant::now();
         let mut out = Vec::new();
         for sql in statements {
+            if grouped && (sql == "BEGIN IMMEDIATE" || sql == "COMMIT") {
+                continue;
+            }
             let mut stmt = self.conn.prepare_cached(sql)?;
             for i in 1..=stmt.parameter_count() {
                 let n = stmt
@@ -259,24 +280,93 @@ pub(crate) use step_row;
 step_row_tuple!(A 0, B 1);
 step_row_tuple!(A 0, B 1, C 2);
 
+/// A step waiting for the writer, as the writer runs it: it runs the step and returns what hands
+/// the result to its caller once the transaction's fate is known.
+pub(crate) type Queued = Box<dyn FnOnce(&mut SyncConn, bool) -> Delivery + Send>;
+/// Hands a step's result to its caller: `Ok` when the transaction committed, else why not.
+pub(crate) type Delivery = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
 /// Runs `step` (statements between `BEGIN IMMEDIATE` and `COMMIT`) on the SQLite writer's
-/// calling-thread handle and returns every row its statements return. If it fails midway, what it
-/// left open is rolled back at once (or the handle is dropped, which rolls back).
-pub(crate) async fn sqlite_sync<O: StepRow>(writer: &Writer, step: Binder<'_>) -> Result<Vec<O>> {
-    let mut lease = writer.lease().await?;
-    let conn = lease.sync(&writer.file)?;
-    match conn.run(&step) {
-        Ok(rows) => {
-            lease.finish();
-            Ok(rows)
+/// calling-thread handle and returns every row its statements return.
+///
+/// Group commit: the step is queued, and whoever next holds the writer runs every step queued by
+/// then. One alone runs as written (a failure midway is rolled back at once, or the handle is
+/// dropped); several run in one transaction, each in a savepoint, so that a failed step undoes
+/// itself only, and the group commits once: one commit and one write of each page they share (the
+/// tail of the audit log, the job and transfer indexes) instead of one per step. Each caller gets
+/// its result after the commit. A caller that gives up while its step is still queued takes it
+/// out; once taken by a writer, the step runs.
+pub(crate) async fn sqlite_sync<O: StepRow + Send + 'static>(
+    writer: &Writer,
+    step: Binder<'static>,
+) -> Result<Vec<O>> {
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<Vec<O>>>();
+    let queued: Queued = Box::new(move |conn: &mut SyncConn, grouped: bool| {
+        let rows = if grouped {
+            conn.run_grouped::<O>(&step)
+        } else {
+            conn.run::<O>(&step)
+        };
+        Box::new(move |committed: std::result::Result<(), String>| {
+            let result = match committed {
+                Ok(()) => rows,
+                Err(e) => Err(StoreError::Commit(e)),
+            };
+            let _ = tx.send(result);
+        })
+    });
+    let _queued = writer.enqueue(queued);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut rx => {
+                return r.map_err(|_| StoreError::Commit("the writer stopped".into()))?;
+            }
+            lease = writer.lease() => {
+                let mut lease = lease?;
+                let batch = writer.take_queued();
+                run_batch(&mut lease, &writer.file, batch);
+                lease.finish();
+            }
         }
+    }
+}
+
+/// Runs the steps taken from the writer's queue (see [`sqlite_sync`]) and hands out their results.
+fn run_batch(lease: &mut crate::writer::Lease<'_>, file: &std::path::Path, batch: Vec<Queued>) {
+    let conn = match lease.sync(file) {
+        Ok(c) => c,
         Err(e) => {
-            if !conn.rolled_back() {
+            // Not run: dropping a step tells its caller the writer stopped.
+            tracing::warn!(error = %e, steps = batch.len(), "sqlite writer unavailable");
+            return;
+        }
+    };
+    match batch.len() {
+        0 => {}
+        1 => {
+            let mut batch = batch;
+            if let Some(q) = batch.pop() {
+                let deliver = q(conn, false);
+                if !conn.rolled_back() {
+                    lease.drop_sync();
+                }
+                deliver(Ok(()));
+            }
+        }
+        _ => {
+            if let Err(e) = conn.conn.execute_batch("BEGIN IMMEDIATE") {
+                tracing::warn!(error = %e, steps = batch.len(), "sqlite writer could not begin");
+                return;
+            }
+            let deliveries: Vec<Delivery> = batch.into_iter().map(|q| q(conn, true)).collect();
+            let committed = conn.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+            if committed.is_err() && !conn.rolled_back() {
                 lease.drop_sync();
             }
-            // The sqlx connection was not used: nothing of it to roll back.
-            lease.finish();
-            Err(e)
+            for d in deliveries {
+                d(committed.clone());
+            }
         }
     }
 }
@@ -322,7 +412,117 @@ pub(crate) use read_rows;
 
 #[cfg(test)]
 mod tests {
-    use super::split_statements;
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::{Binder, split_statements, sqlite_sync};
+    use crate::writer::Writer;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const INSERT: &str = "BEGIN IMMEDIATE; INSERT INTO t VALUES ($1) RETURNING n; COMMIT";
+    const PAIR: &str =
+        "BEGIN IMMEDIATE; INSERT INTO t VALUES ($1); INSERT INTO t VALUES ($2); COMMIT";
+
+    async fn writer(dir: &tempfile::TempDir) -> Arc<Writer> {
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let w = Writer::open(opts, Duration::from_secs(5)).await.unwrap();
+        let mut l = w.lease().await.unwrap();
+        sqlx::raw_sql("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .execute(l.conn().unwrap())
+            .await
+            .unwrap();
+        l.finish();
+        Arc::new(w)
+    }
+
+    async fn rows(w: &Writer) -> Vec<i64> {
+        let mut l = w.lease().await.unwrap();
+        let n = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+            .fetch_all(l.conn().unwrap())
+            .await
+            .unwrap();
+        l.finish();
+        n
+    }
+
+    async fn until_queued(w: &Writer, n: usize) {
+        for _ in 0..1000 {
+            if w.queued_len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("never {n} steps queued");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn steps_queued_together_commit_together_and_a_failed_one_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        // The writer is busy, so the steps queue up behind it and the next holder runs them all.
+        let held = w.lease().await.unwrap();
+        let mut tasks = Vec::new();
+        // The fifth step inserts 7, then 3 again, which breaks the primary key: it must undo its 7.
+        for n in [1_i64, 2, 3, 4, 0, 5] {
+            let mine = w.clone();
+            tasks.push(tokio::spawn(async move {
+                let step = match n {
+                    0 => Binder::new(PAIR).bind(7_i64).bind(3_i64),
+                    n => Binder::new(INSERT).bind(n),
+                };
+                sqlite_sync::<(i64,)>(&mine, step).await
+            }));
+            until_queued(&w, tasks.len()).await;
+        }
+        held.finish();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap().map_err(|e| e.to_string()));
+        }
+        assert_eq!(
+            results[..4],
+            [
+                Ok(vec![(1,)]),
+                Ok(vec![(2,)]),
+                Ok(vec![(3,)]),
+                Ok(vec![(4,)])
+            ]
+        );
+        assert!(
+            results[4].as_ref().unwrap_err().contains("UNIQUE"),
+            "{results:?}"
+        );
+        assert_eq!(results[5], Ok(vec![(5,)]));
+        assert_eq!(rows(&w).await, [1, 2, 3, 4, 5]);
+        // And the writer goes on as before.
+        sqlite_sync::<(i64,)>(&w, Binder::new(INSERT).bind(6_i64))
+            .await
+            .unwrap();
+        assert_eq!(rows(&w).await.len(), 6);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_step_given_up_while_queued_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        let held = w.lease().await.unwrap();
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(20),
+            sqlite_sync::<(i64,)>(&w, Binder::new(INSERT).bind(1_i64)),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        assert_eq!(w.queued_len(), 0, "the step left the queue with its caller");
+        held.finish();
+        sqlite_sync::<(i64,)>(&w, Binder::new(INSERT).bind(2_i64))
+            .await
+            .unwrap();
+        assert_eq!(rows(&w).await, [2]);
+    }
 
     #[test]
     fn a_step_text_splits_at_semicolons_outside_quotes() {

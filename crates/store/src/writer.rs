@@ -27,6 +27,9 @@ pub(crate) struct Writer {
     opts: SqliteConnectOptions,
     /// The database file, for the calling-thread handle.
     pub(crate) file: std::path::PathBuf,
+    /// Steps waiting for the writer (see `step::sqlite_sync`), by ticket.
+    queued: StepQueue,
+    tickets: std::sync::atomic::AtomicU64,
     acquire_timeout: Duration,
 }
 
@@ -66,6 +69,8 @@ impl Writer {
         let file = opts.get_filename().to_path_buf();
         Ok(Self {
             file,
+            queued: StepQueue::default(),
+            tickets: std::sync::atomic::AtomicU64::new(0),
             slot: Mutex::new(Slot {
                 conn: Some(conn),
                 ..Slot::default()
@@ -98,6 +103,38 @@ impl Writer {
         Ok(Lease { guard })
     }
 
+    /// Queues a step for the next holder of the writer; the ticket takes it out again if dropped
+    /// while it is still queued.
+    pub(crate) fn enqueue(&self, step: crate::step::Queued) -> Ticket<'_> {
+        let id = self
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queue().push((id, step));
+        Ticket { writer: self, id }
+    }
+
+    /// Every step queued so far, oldest first, for the holder of the writer to run.
+    pub(crate) fn take_queued(&self) -> Vec<crate::step::Queued> {
+        std::mem::take(&mut *self.queue())
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    }
+
+    /// How many steps wait in the queue (tests).
+    #[cfg(test)]
+    pub(crate) fn queued_len(&self) -> usize {
+        self.queue().len()
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<(u64, crate::step::Queued)>> {
+        // A poisoned queue is still a list of whole entries.
+        self.queued
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Closes the connection; later leases fail.
     pub(crate) async fn close(&self) {
         let mut guard = self.slot.lock().await;
@@ -106,6 +143,29 @@ impl Writer {
         if let Some(conn) = guard.conn.take() {
             let _ = conn.close().await;
         }
+    }
+}
+
+/// Steps waiting for the writer, each with its ticket number.
+#[derive(Default)]
+struct StepQueue(std::sync::Mutex<Vec<(u64, crate::step::Queued)>>);
+
+impl std::fmt::Debug for StepQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |q| q.len());
+        f.debug_struct("StepQueue").field("queued", &n).finish()
+    }
+}
+
+/// A queued step's place in the queue (see [`Writer::enqueue`]).
+pub(crate) struct Ticket<'a> {
+    writer: &'a Writer,
+    id: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.writer.queue().retain(|(id, _)| *id != self.id);
     }
 }
 
