@@ -71,13 +71,24 @@ impl SyncConn {
 
     /// Runs `step` inside the transaction a group commit holds open: in a savepoint of its own
     /// (so that a failure undoes this step alone), without its own `BEGIN IMMEDIATE` and `COMMIT`.
+    /// If the group's transaction is gone (some errors roll back all of it), the step does not
+    /// run: outside a transaction it would commit on its own, while the group reports failure.
     fn run_grouped<O: StepRow>(&mut self, step: &Binder<'_>) -> Result<Vec<O>> {
+        if self.conn.is_autocommit() {
+            return Err(StoreError::Commit(
+                "an earlier step of the group ended its transaction".into(),
+            ));
+        }
         self.conn.execute_batch("SAVEPOINT step")?;
         let rows = self.run_as(step, true);
         let end = match rows {
             Ok(_) => self.conn.execute_batch("RELEASE step"),
             Err(_) => self.conn.execute_batch("ROLLBACK TO step; RELEASE step"),
         };
+        if end.is_err() && !self.conn.is_autocommit() {
+            // The step could not be undone alone: undo the group, whose commit then fails.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
         let rows = rows?;
         end?;
         Ok(rows)
@@ -503,6 +514,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows(&w).await.len(), 6);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_whose_transaction_ends_early_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        {
+            // A failure that rolls back the whole transaction, savepoints and all, as some of
+            // SQLite's errors do (a full disk, an I/O error).
+            let mut l = w.lease().await.unwrap();
+            sqlx::raw_sql(
+                "CREATE TRIGGER no99 BEFORE INSERT ON t WHEN NEW.n = 99
+                 BEGIN SELECT RAISE(ROLLBACK, 'refused for the test'); END",
+            )
+            .execute(l.conn().unwrap())
+            .await
+            .unwrap();
+            l.finish();
+        }
+        let held = w.lease().await.unwrap();
+        let mut tasks = Vec::new();
+        for n in [1_i64, 99, 2] {
+            let mine = w.clone();
+            tasks.push(tokio::spawn(async move {
+                sqlite_sync::<(i64,)>(&mine, Binder::new(INSERT).bind(n)).await
+            }));
+            until_queued(&w, tasks.len()).await;
+        }
+        held.finish();
+        for t in tasks {
+            assert!(t.await.unwrap().is_err(), "no step of the group committed");
+        }
+        // The steps after the failure did not run on their own, outside the group's transaction.
+        assert_eq!(rows(&w).await, Vec::<i64>::new());
+        sqlite_sync::<(i64,)>(&w, Binder::new(INSERT).bind(3_i64))
+            .await
+            .unwrap();
+        assert_eq!(rows(&w).await, [3]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
