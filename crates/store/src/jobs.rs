@@ -139,22 +139,18 @@ impl TryFrom<JobRow> for Job {
     }
 }
 
-impl crate::step::StepRow for JobRow {
-    fn from_step_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            id: row.get(0)?,
-            queue: row.get(1)?,
-            payload: row.get(2)?,
-            state: row.get(3)?,
-            attempts: row.get(4)?,
-            max_attempts: row.get(5)?,
-            run_at: row.get(6)?,
-            lease_owner: row.get(7)?,
-            lease_until: row.get(8)?,
-            last_error: row.get(9)?,
-        })
-    }
-}
+crate::step::step_row!(JobRow {
+    id,
+    queue,
+    payload,
+    state,
+    attempts,
+    max_attempts,
+    run_at,
+    lease_owner,
+    lease_until,
+    last_error,
+});
 
 pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
                    VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING";

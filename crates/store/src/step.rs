@@ -272,6 +272,8 @@ macro_rules! step_row_tuple {
     };
 }
 step_row_tuple!(A 0);
+step_row_tuple!(A 0, B 1);
+step_row_tuple!(A 0, B 1, C 2);
 
 /// Implements [`StepRow`] for a row struct by column name, as sqlx's `FromRow` does: the fields
 /// after `flatten` are row structs of their own, read from the same row.
@@ -288,8 +290,6 @@ macro_rules! step_row {
     };
 }
 pub(crate) use step_row;
-step_row_tuple!(A 0, B 1);
-step_row_tuple!(A 0, B 1, C 2);
 
 /// A step waiting for the writer, as the writer runs it: it runs the step and returns what hands
 /// the result to its caller once the transaction's fate is known.
@@ -336,7 +336,7 @@ pub(crate) async fn sqlite_sync<O: StepRow + Send + 'static>(
             lease = writer.lease() => {
                 let mut lease = lease?;
                 let batch = writer.take_queued();
-                run_batch(&mut lease, &writer.file, batch);
+                run_batch(&mut lease, batch);
                 lease.finish();
             }
         }
@@ -344,8 +344,12 @@ pub(crate) async fn sqlite_sync<O: StepRow + Send + 'static>(
 }
 
 /// Runs the steps taken from the writer's queue (see [`sqlite_sync`]) and hands out their results.
-fn run_batch(lease: &mut crate::writer::Lease<'_>, file: &std::path::Path, batch: Vec<Queued>) {
-    let conn = match lease.sync(file) {
+fn run_batch(lease: &mut crate::writer::Lease<'_>, mut batch: Vec<Queued>) {
+    if batch.is_empty() {
+        // Every step queued was run by an earlier holder.
+        return;
+    }
+    let conn = match lease.sync() {
         Ok(c) => c,
         Err(e) => {
             // Not run: dropping a step tells its caller the writer stopped.
@@ -353,32 +357,28 @@ fn run_batch(lease: &mut crate::writer::Lease<'_>, file: &std::path::Path, batch
             return;
         }
     };
-    match batch.len() {
-        0 => {}
-        1 => {
-            let mut batch = batch;
-            if let Some(q) = batch.pop() {
-                let deliver = q(conn, false);
-                if !conn.rolled_back() {
-                    lease.drop_sync();
-                }
-                deliver(Ok(()));
-            }
+    if batch.len() == 1
+        && let Some(q) = batch.pop()
+    {
+        // Alone: as written, with its own BEGIN and COMMIT.
+        let deliver = q(conn, false);
+        if !conn.rolled_back() {
+            lease.drop_sync();
         }
-        _ => {
-            if let Err(e) = conn.conn.execute_batch("BEGIN IMMEDIATE") {
-                tracing::warn!(error = %e, steps = batch.len(), "sqlite writer could not begin");
-                return;
-            }
-            let deliveries: Vec<Delivery> = batch.into_iter().map(|q| q(conn, true)).collect();
-            let committed = conn.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-            if committed.is_err() && !conn.rolled_back() {
-                lease.drop_sync();
-            }
-            for d in deliveries {
-                d(committed.clone());
-            }
-        }
+        deliver(Ok(()));
+        return;
+    }
+    if let Err(e) = conn.conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::warn!(error = %e, steps = batch.len(), "sqlite writer could not begin");
+        return;
+    }
+    let deliveries: Vec<Delivery> = batch.into_iter().map(|q| q(conn, true)).collect();
+    let committed = conn.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+    if committed.is_err() && !conn.rolled_back() {
+        lease.drop_sync();
+    }
+    for d in deliveries {
+        d(committed.clone());
     }
 }
 

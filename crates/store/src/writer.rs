@@ -26,7 +26,7 @@ pub(crate) struct Writer {
     slot: Mutex<Slot>,
     opts: SqliteConnectOptions,
     /// The database file, for the calling-thread handle.
-    pub(crate) file: std::path::PathBuf,
+    file: std::path::PathBuf,
     /// Steps waiting for the writer (see `step::sqlite_sync`), by ticket.
     queued: StepQueue,
     tickets: std::sync::atomic::AtomicU64,
@@ -57,6 +57,7 @@ impl std::fmt::Debug for Slot {
 /// The writer connection, held until dropped.
 pub(crate) struct Lease<'a> {
     guard: MutexGuard<'a, Slot>,
+    file: &'a std::path::Path,
 }
 
 impl Writer {
@@ -100,7 +101,10 @@ impl Writer {
             guard.conn = Some(SqliteConnection::connect_with(&self.opts).await?);
         }
         guard.dirty = true;
-        Ok(Lease { guard })
+        Ok(Lease {
+            guard,
+            file: &self.file,
+        })
     }
 
     /// Queues a step for the next holder of the writer; the ticket takes it out again if dropped
@@ -179,9 +183,9 @@ impl Lease<'_> {
     }
 
     /// The handle on the same file driven in the calling thread (see `step`), opened if needed.
-    pub(crate) fn sync(&mut self, file: &std::path::Path) -> Result<&mut crate::step::SyncConn> {
+    pub(crate) fn sync(&mut self) -> Result<&mut crate::step::SyncConn> {
         if self.guard.sync.is_none() {
-            self.guard.sync = Some(crate::step::SyncConn::open(file)?);
+            self.guard.sync = Some(crate::step::SyncConn::open(self.file)?);
         }
         self.guard
             .sync
