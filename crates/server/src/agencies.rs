@@ -419,6 +419,32 @@ struct Ctx<'a> {
     holder: &'a str,
     /// Whether this run holds its call slot (taken, not yet freed).
     holds_slot: AtomicBool,
+    /// The transfer's other fetches when, as read, every one of them had settled and no package
+    /// was stored: this fetch is its last, and packages it in the same write as its settlement.
+    others: Option<Vec<mydata_store::FetchRecord>>,
+}
+
+/// The other fetches of `t` from `work` if this fetch (of `dataset`) is the last open one and no
+/// package is stored, with `t` as read (see [`Ctx::others`]).
+fn others_if_last(
+    work: &mydata_store::TransferWork,
+    t: &Transfer,
+    dataset: &str,
+) -> Option<Vec<mydata_store::FetchRecord>> {
+    let last = work.package.is_none()
+        && work.transfer.version == t.version
+        && work.transfer.state == TransferState::Fetching
+        && work
+            .fetches
+            .iter()
+            .all(|r| r.dataset_id == dataset || fetch_status::is_settled(&r.status));
+    last.then(|| {
+        work.fetches
+            .iter()
+            .filter(|r| r.dataset_id != dataset)
+            .cloned()
+            .collect()
+    })
 }
 
 impl Ctx<'_> {
@@ -581,6 +607,7 @@ async fn run_fetch(
     if fetch_status::is_settled(&rec.status) {
         return Ok(JobOutcome::Done);
     }
+    let others = others_if_last(&found, &found.transfer, &p.dataset_id);
     let t = found.transfer;
     let agency = state
         .catalog()
@@ -596,6 +623,7 @@ async fn run_fetch(
         job: lease,
         holder: &holder,
         holds_slot: AtomicBool::new(false),
+        others,
     };
     let outcome = fetch_once(&ctx, &rec, found.sealed_subject, now).await;
     // Whatever happened (a store error included), a slot still held is freed here.
@@ -875,6 +903,60 @@ async fn accept(
                 .await;
         }
     };
+    // Fetched in parallel, the others may have settled during this call: looked at again.
+    let others = match &ctx.others {
+        Some(o) => Some(o.clone()),
+        None => ctx
+            .state
+            .store()
+            .transfer_work(&ctx.t.id)
+            .await?
+            .and_then(|w| others_if_last(&w, ctx.t, ctx.dataset)),
+    };
+    if let Some(others) = &others {
+        let settled = agency_event(
+            "agency.outcome",
+            ctx.t,
+            ctx.agency,
+            ctx.dataset,
+            serde_json::json!({
+                "outcome": fetch_status::SUCCEEDED,
+                "error_code": null,
+                "digest": verified.digest,
+            }),
+            now,
+        );
+        let also = SettleAlso {
+            slot: ctx
+                .holds_slot
+                .load(Ordering::Relaxed)
+                .then_some((ctx.agency, ctx.holder)),
+            job: ctx.job,
+            ..SettleAlso::default()
+        };
+        let done = crate::packages::package_with_last_fetch(
+            ctx.state,
+            ctx.t,
+            others,
+            verified.dataset.clone(),
+            &verified.digest,
+            &settled,
+            &also,
+        )
+        .await?;
+        if let Some(job_done) = done {
+            if also.slot.is_some() {
+                ctx.slot_freed();
+            }
+            tracing::info!(transfer = %ctx.t.id, dataset = ctx.dataset, agency = ctx.agency,
+                outcome = fetch_status::SUCCEEDED, "dataset fetch settled and packaged");
+            return Ok(if job_done {
+                JobOutcome::Recorded
+            } else {
+                JobOutcome::Done
+            });
+        }
+    }
     let stored = SignedDatasetBody::from_signed(&verified.dataset, &verified.media_types);
     let plain = zeroize::Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
     let object = fetched_object(&ctx.t.id, ctx.dataset);

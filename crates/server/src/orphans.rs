@@ -42,12 +42,17 @@ pub enum SweepError {
     Blob(#[from] crate::blobs::BlobError),
 }
 
-/// The transfer a blob key belongs to (`packages/<transfer>`, `fetched/<transfer>.<dataset>`, and
-/// `fetched/<transfer>/<dataset>` as fetched datasets were stored before).
+/// The transfer a blob key belongs to (`packages/<transfer>.<random>`, `fetched/<transfer>.<dataset>`,
+/// and `packages/<transfer>` and `fetched/<transfer>/<dataset>` as blobs were named before).
 fn owner(key: &str) -> Option<&str> {
     let mut parts = key.split('/');
     let t = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("packages"), Some(t), None, None) | (Some("fetched"), Some(t), Some(_), None) => t,
+        (Some("fetched"), Some(t), Some(_), None) => t,
+        (Some("packages"), Some(name), None, None) => match name.split_once('.') {
+            Some((t, suffix)) if !suffix.is_empty() => t,
+            Some(_) => return None,
+            None => name,
+        },
         (Some("fetched"), Some(name), None, None) => match name.split_once('.') {
             Some((t, dataset)) if !dataset.is_empty() => t,
             _ => return None,
@@ -148,6 +153,9 @@ mod tests {
     #[test]
     fn blob_keys_name_their_transfer() {
         assert_eq!(owner("packages/t-1"), Some("t-1"));
+        assert_eq!(owner("packages/t-1.0a1b"), Some("t-1"));
+        assert_eq!(owner("packages/t-1."), None);
+        assert_eq!(owner("packages/.0a1b"), None);
         assert_eq!(owner("fetched/t-1/household"), Some("t-1"));
         assert_eq!(owner("packages/t-1/extra"), None);
         assert_eq!(owner("fetched/t-1"), None);

@@ -12,7 +12,7 @@ use crate::state::AppState;
 use mydata_connector::SignedDatasetBody;
 use mydata_core::Timestamp;
 use mydata_core::transfer::{TransferEvent, TransferState};
-use mydata_package::{PackageBuilder, PackageKey};
+use mydata_package::{PackageBuilder, PackageKey, SignedDataset};
 use mydata_store::{Job, NewAuditEvent, NewJob, PackageRecord, StoreError, Transfer, fetch_status};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,9 +32,14 @@ pub(crate) fn package_key_context(transfer_id: &str) -> String {
     format!("mydata:v1:package-key:{transfer_id}")
 }
 
-/// The blob key of a transfer's package.
+/// A fresh blob key for a package of the transfer: `packages/<transfer>.<random>`, so that two
+/// runs building the same transfer's package (a retry while an earlier run lingers) never write
+/// over each other's blob, and a run whose write lost can delete its own.
 pub fn package_object(transfer_id: &str) -> String {
-    format!("packages/{transfer_id}")
+    format!(
+        "packages/{transfer_id}.{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    )
 }
 
 /// The packaging job of a transfer (one per transfer: a second is not enqueued).
@@ -118,7 +123,6 @@ async fn assemble(
     job: Option<(&str, &str)>,
 ) -> Result<bool, AssembleError> {
     let store = state.store();
-    let data = state.data();
     let now = state.clock().now();
     // One read: the transfer, its fetches and whether a package is stored already.
     let Some(work) = store.transfer_work(transfer_id).await? else {
@@ -151,92 +155,11 @@ async fn assemble(
                 ))
                 .await?;
         } else {
-            let mut builder = PackageBuilder::new(&t.id, &t.subject, &t.purpose);
+            let mut datasets = Vec::with_capacity(fetched.len());
             for r in fetched {
-                let (Some(object), Some(wrapped)) = (&r.data_object, &r.data_key) else {
-                    return Err(AssembleError::Broken(format!(
-                        "fetched dataset {} has no stored data",
-                        r.dataset_id
-                    )));
-                };
-                let key = data
-                    .vault
-                    .open(&fetched_key_context(&t.id, &r.dataset_id), wrapped)
-                    .map_err(|e| AssembleError::Broken(e.to_string()))?;
-                let key = package_key(&key).ok_or_else(|| {
-                    AssembleError::Broken("a stored dataset key has the wrong length".into())
-                })?;
-                let blob = data
-                    .blobs
-                    .get(object)
-                    .await
-                    .map_err(|e| AssembleError::Blob(e.to_string()))?;
-                let plain = zeroize::Zeroizing::new(
-                    mydata_package::open(&key, &blob)
-                        .map_err(|e| AssembleError::Broken(e.to_string()))?,
-                );
-                let body: SignedDatasetBody = serde_json::from_slice(&plain)
-                    .map_err(|e| AssembleError::Broken(e.to_string()))?;
-                let ds = body
-                    .to_signed()
-                    .map_err(|e| AssembleError::Broken(e.to_string()))?;
-                builder
-                    .add_dataset(ds)
-                    .map_err(|e| AssembleError::Broken(e.to_string()))?;
+                datasets.push(load_fetched(state, &t.id, r).await?);
             }
-            let zip = zeroize::Zeroizing::new(
-                builder
-                    .build(state.platform(), now)
-                    .map_err(|e| AssembleError::Broken(e.to_string()))?,
-            );
-            let digest = hex::encode(Sha256::digest(zip.as_slice()));
-            // An online service's package is sealed end to end to the service right away.
-            let e2e = crate::oauth::delivery::seal_for_recipient(state, &t, &zip)
-                .await
-                .map_err(AssembleError::Blob)?;
-            let (sealed, wrapped) = match e2e {
-                Some(done) => done,
-                None => {
-                    let (key, sealed) = mydata_package::seal(&zip)
-                        .map_err(|e| AssembleError::Broken(e.to_string()))?;
-                    let wrapped = data
-                        .vault
-                        .seal(&package_key_context(&t.id), key.as_bytes())
-                        .map_err(|e| AssembleError::Broken(e.to_string()))?;
-                    (sealed, wrapped)
-                }
-            };
-            let object = package_object(&t.id);
-            data.blobs
-                .put(&object, sealed)
-                .await
-                .map_err(|e| AssembleError::Blob(e.to_string()))?;
-            let record = PackageRecord {
-                transfer_id: t.id.clone(),
-                object_key: object,
-                sealed_key: Some(wrapped),
-                digest: digest.clone(),
-                size_bytes: zip.len() as u64,
-                datasets: u32::try_from(records.len()).unwrap_or(u32::MAX),
-                created_at: now,
-                // The transfer's 8 hours bound the package too (created + 8 h is later).
-                expires_at: t.expires_at,
-                taken_at: None,
-                deleted_at: None,
-            };
-            let datasets: Vec<&str> = records
-                .iter()
-                .filter(|r| r.status == fetch_status::SUCCEEDED)
-                .map(|r| r.dataset_id.as_str())
-                .collect();
-            let created = event(
-                "package.created",
-                &t,
-                serde_json::json!({ "digest": digest, "size": record.size_bytes, "datasets": datasets }),
-                now,
-            );
-            tracing::info!(transfer = %t.id, datasets = datasets.len(), "package built");
-            package = Some((record, created));
+            package = Some(build(state, &t, datasets, records.len(), now).await?);
         }
     }
     // One write: the package stored, the fetched datasets and the sealed identity forgotten (a
@@ -268,6 +191,174 @@ async fn assemble(
         crate::notices::notify(state, &settled, &crate::notices::NoticeEvent::Ready).await?;
     }
     Ok(done.job_done)
+}
+
+/// A fetched dataset of `transfer_id` as the fetch stored it: its key unwrapped, its blob read and
+/// opened.
+async fn load_fetched(
+    state: &AppState,
+    transfer_id: &str,
+    r: &mydata_store::FetchRecord,
+) -> Result<SignedDataset, AssembleError> {
+    let (Some(object), Some(wrapped)) = (&r.data_object, &r.data_key) else {
+        return Err(AssembleError::Broken(format!(
+            "fetched dataset {} has no stored data",
+            r.dataset_id
+        )));
+    };
+    let data = state.data();
+    let key = data
+        .vault
+        .open(&fetched_key_context(transfer_id, &r.dataset_id), wrapped)
+        .map_err(|e| AssembleError::Broken(e.to_string()))?;
+    let key = package_key(&key)
+        .ok_or_else(|| AssembleError::Broken("a stored dataset key has the wrong length".into()))?;
+    let blob = data
+        .blobs
+        .get(object)
+        .await
+        .map_err(|e| AssembleError::Blob(e.to_string()))?;
+    let plain = zeroize::Zeroizing::new(
+        mydata_package::open(&key, &blob).map_err(|e| AssembleError::Broken(e.to_string()))?,
+    );
+    let body: SignedDatasetBody =
+        serde_json::from_slice(&plain).map_err(|e| AssembleError::Broken(e.to_string()))?;
+    body.to_signed()
+        .map_err(|e| AssembleError::Broken(e.to_string()))
+}
+
+/// Builds and signs the package of `t` from its fetched `datasets` (of `asked` datasets in all),
+/// seals it (end to end to an online service, else under a fresh key wrapped by the data key) and
+/// stores the blob; returns its record and `package.created` event, for the caller's write.
+async fn build(
+    state: &AppState,
+    t: &Transfer,
+    datasets: Vec<SignedDataset>,
+    asked: usize,
+    now: Timestamp,
+) -> Result<(PackageRecord, NewAuditEvent), AssembleError> {
+    let data = state.data();
+    let names: Vec<String> = datasets.iter().map(|d| d.dataset_id.clone()).collect();
+    let mut builder = PackageBuilder::new(&t.id, &t.subject, &t.purpose);
+    for ds in datasets {
+        builder
+            .add_dataset(ds)
+            .map_err(|e| AssembleError::Broken(e.to_string()))?;
+    }
+    let zip = zeroize::Zeroizing::new(
+        builder
+            .build(state.platform(), now)
+            .map_err(|e| AssembleError::Broken(e.to_string()))?,
+    );
+    let digest = hex::encode(Sha256::digest(zip.as_slice()));
+    // An online service's package is sealed end to end to the service right away.
+    let e2e = crate::oauth::delivery::seal_for_recipient(state, t, &zip)
+        .await
+        .map_err(AssembleError::Blob)?;
+    let (sealed, wrapped) = match e2e {
+        Some(done) => done,
+        None => {
+            let (key, sealed) =
+                mydata_package::seal(&zip).map_err(|e| AssembleError::Broken(e.to_string()))?;
+            let wrapped = data
+                .vault
+                .seal(&package_key_context(&t.id), key.as_bytes())
+                .map_err(|e| AssembleError::Broken(e.to_string()))?;
+            (sealed, wrapped)
+        }
+    };
+    let object = package_object(&t.id);
+    data.blobs
+        .put(&object, sealed)
+        .await
+        .map_err(|e| AssembleError::Blob(e.to_string()))?;
+    let record = PackageRecord {
+        transfer_id: t.id.clone(),
+        object_key: object,
+        sealed_key: Some(wrapped),
+        digest: digest.clone(),
+        size_bytes: zip.len() as u64,
+        datasets: u32::try_from(asked).unwrap_or(u32::MAX),
+        created_at: now,
+        // The transfer's 8 hours bound the package too (created + 8 h is later).
+        expires_at: t.expires_at,
+        taken_at: None,
+        deleted_at: None,
+    };
+    let created = event(
+        "package.created",
+        t,
+        serde_json::json!({ "digest": digest, "size": record.size_bytes, "datasets": names }),
+        now,
+    );
+    tracing::info!(transfer = %t.id, datasets = names.len(), "package built");
+    Ok((record, created))
+}
+
+/// Packages a transfer right from the fetch that settles its last open dataset, in the same write
+/// as the settlement ([`mydata_store::Store::settle_and_package`]): the fetched dataset `last` is
+/// never stored, read back and deleted. `others` are the transfer's other fetches, all settled
+/// when it was read. Returns whether the fetch's job was marked done, or None when the transfer
+/// could not be packaged this way (changed meanwhile, or a self-download, whose notice rides on
+/// the packaging job; anything failing): nothing but the agency slot was written, and the
+/// caller settles the fetch the usual way.
+pub(crate) async fn package_with_last_fetch(
+    state: &AppState,
+    t: &Transfer,
+    others: &[mydata_store::FetchRecord],
+    last: SignedDataset,
+    digest: &str,
+    settled: &NewAuditEvent,
+    also: &mydata_store::SettleAlso<'_>,
+) -> Result<Option<bool>, StoreError> {
+    if t.kind == mydata_core::transfer::TransferKind::SelfDownload {
+        return Ok(None);
+    }
+    let now = state.clock().now();
+    let mut datasets = Vec::with_capacity(others.len() + 1);
+    for r in others
+        .iter()
+        .filter(|r| r.status == fetch_status::SUCCEEDED)
+    {
+        match load_fetched(state, &t.id, r).await {
+            Ok(ds) => datasets.push(ds),
+            // The packaging job meets (and reports) the same problem.
+            Err(_) => return Ok(None),
+        }
+    }
+    // Checked against the fetch's dataset by the connector.
+    let dataset_id = last.dataset_id.clone();
+    datasets.push(last);
+    let (record, created) = match build(state, t, datasets, others.len() + 1, now).await {
+        Ok(built) => built,
+        Err(e) => {
+            tracing::debug!(transfer = %t.id, error = %e, "packaging with the last fetch failed");
+            return Ok(None);
+        }
+    };
+    let done = state
+        .store()
+        .settle_and_package(
+            t,
+            &dataset_id,
+            digest,
+            settled,
+            (&record, &created),
+            also,
+            now,
+        )
+        .await;
+    let moved = matches!(&done, Ok(d) if d.moved);
+    if !moved && let Err(e) = state.data().blobs.delete(&record.object_key).await {
+        tracing::warn!(error = %e, "deleting an unused package blob failed");
+    }
+    let done = done?;
+    if !moved {
+        return Ok(None);
+    }
+    delete_blobs(state, done.leftovers).await;
+    state.settled().settle(&t.id);
+    Ok(Some(done.job_done))
 }
 
 pub(crate) fn package_key(bytes: &[u8]) -> Option<PackageKey> {

@@ -456,6 +456,69 @@ SELECT 0::bigint, data_object FROM old UNION ALL SELECT 1::bigint, NULL::text FR
 UNION ALL SELECT 3::bigint, NULL::text FROM k"
 );
 
+/// The last open fetch of a transfer settled and the transfer packaged, as one step (see `step`
+/// and [`Store::settle_and_package`]). The dataset `$4`/`$5` is settled `$1` (digest `$2`, at `$3`)
+/// only if transfer `$4` is still at version `$6` and no other dataset of it is open; only then is
+/// the transfer moved to state `$7` (returning `(1, NULL)`), the package (`$8`–`$13`) stored and
+/// the three events written in order: the settlement (`$14`–`$19`), the package (`$20`–`$25`) and
+/// the move (kind `$26`, subject `$27`, detail `$28`). The package row holding this run's sealed key
+/// `$9` witnesses that the step moved the transfer: the other datasets' fetched data is then
+/// forgotten (returned as `(0, object)`), the sealed identity deleted and job `$31` (leased by
+/// `$32`) marked done (`(3, NULL)`). The agency slot of holder `$29` at agency `$30` is freed
+/// whatever happened.
+const DIRECT_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE transfer_datasets SET status = $1, error_code = NULL, error_message = NULL, digest = $2, data_object = NULL, data_key = NULL,
+    next_attempt_at = NULL, settled_at = $3, updated_at = $3
+    WHERE transfer_id = $4 AND dataset_id = $5 AND status NOT IN ", settled_sql!(), "
+    AND EXISTS (SELECT 1 FROM transfers WHERE id = $4 AND version = $6)
+    AND NOT EXISTS (SELECT 1 FROM transfer_datasets WHERE transfer_id = $4 AND dataset_id <> $5 AND status NOT IN ", settled_sql!(), ");
+UPDATE transfers SET state = $7, updated_at = $3, version = version + 1 WHERE id = $4 AND version = $6 AND changes() = 1
+    RETURNING 1, NULL;
+INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
+    SELECT $4, $8, $9, $10, $11, $12, $3, $13 WHERE changes() = 1;
+", insert_audit_columns!(), " SELECT $14, $15, $16, $17, $18, $19 WHERE changes() = 1
+    UNION ALL SELECT $20, $21, $22, $23, $24, $25 WHERE changes() = 1
+    UNION ALL SELECT $3, $26, $27, $4, 'system', $28 WHERE changes() = 1;
+SELECT 0, data_object FROM transfer_datasets WHERE transfer_id = $4 AND data_object IS NOT NULL
+    AND EXISTS (SELECT 1 FROM packages WHERE transfer_id = $4 AND sealed_key = $9);
+UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $4 AND data_object IS NOT NULL
+    AND EXISTS (SELECT 1 FROM packages WHERE transfer_id = $4 AND sealed_key = $9);
+DELETE FROM transfer_secrets WHERE transfer_id = $4 AND EXISTS (SELECT 1 FROM packages WHERE transfer_id = $4 AND sealed_key = $9);
+DELETE FROM agency_slots WHERE holder = $29 OR (agency_id = $30 AND lease_until <= $3);
+UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3
+    WHERE id = $31 AND lease_owner = $32 AND state = 'running'
+    AND EXISTS (SELECT 1 FROM packages WHERE transfer_id = $4 AND sealed_key = $9) RETURNING 3, NULL;
+COMMIT"
+);
+/// [`DIRECT_SQLITE`] as one statement: the transfer's row is locked first (a change committed
+/// meanwhile fails the version check), and every later clause runs only from the moved row `t`.
+const DIRECT_POSTGRES: &str = concat!(
+    "WITH l AS (SELECT id FROM transfers WHERE id = $4 AND version = $6 FOR UPDATE),
+s AS (UPDATE transfer_datasets SET status = $1, error_code = NULL, error_message = NULL, digest = $2::text, data_object = NULL,
+    data_key = NULL, next_attempt_at = NULL, settled_at = $3, updated_at = $3
+    WHERE transfer_id = $4 AND dataset_id = $5 AND status NOT IN ", settled_sql!(), " AND EXISTS (SELECT 1 FROM l)
+    AND NOT EXISTS (SELECT 1 FROM transfer_datasets o WHERE o.transfer_id = $4 AND o.dataset_id <> $5 AND o.status NOT IN ", settled_sql!(), ")
+    RETURNING transfer_id),
+t AS (UPDATE transfers SET state = $7, updated_at = $3, version = version + 1 WHERE id = $4 AND version = $6
+    AND EXISTS (SELECT 1 FROM s) RETURNING id),
+p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
+    SELECT t.id, $8::text, $9::text, $10::text, $11::bigint, $12::bigint, $3::bigint, $13::bigint FROM t),
+a AS (", insert_audit_columns!(), " SELECT $14::bigint, $15::text, $16::text, $17::text, $18::text, $19::text FROM t
+    UNION ALL SELECT $20::bigint, $21::text, $22::text, $23::text, $24::text, $25::text FROM t
+    UNION ALL SELECT $3::bigint, $26::text, $27::text, t.id, 'system', $28::text FROM t),
+old AS (SELECT data_object FROM transfer_datasets
+    WHERE transfer_id = $4 AND dataset_id <> $5 AND data_object IS NOT NULL AND EXISTS (SELECT 1 FROM t)),
+u AS (UPDATE transfer_datasets SET data_key = NULL, data_object = NULL
+    WHERE transfer_id = $4 AND dataset_id <> $5 AND data_object IS NOT NULL AND EXISTS (SELECT 1 FROM t)),
+d AS (DELETE FROM transfer_secrets WHERE transfer_id = $4 AND EXISTS (SELECT 1 FROM t)),
+f AS (DELETE FROM agency_slots WHERE holder = $29::text OR (agency_id = $30::text AND lease_until <= $3)),
+k AS (UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3
+    WHERE id = $31::text AND lease_owner = $32::text AND state = 'running' AND EXISTS (SELECT 1 FROM t) RETURNING id)
+SELECT 0::bigint, data_object FROM old UNION ALL SELECT 1::bigint, NULL::text FROM t
+UNION ALL SELECT 3::bigint, NULL::text FROM k"
+);
+
 /// Jobs as the JSON array the one-step inserts read (payload as text, as `jobs.payload` stores it).
 pub(crate) fn jobs_json<'a>(jobs: impl IntoIterator<Item = &'a NewJob>) -> String {
     leased_jobs_json(jobs, 0, None)
@@ -908,6 +971,73 @@ impl Store {
                 .bind(detail.to_string())
                 .bind(job.map(|j| j.0))
                 .bind(job.map(|j| j.1)));
+        let moved = rows.iter().any(|r| r.0 == 1);
+        let job_done = rows.iter().any(|r| r.0 == 3);
+        let leftovers = rows
+            .into_iter()
+            .filter(|r| r.0 == 0)
+            .filter_map(|r| r.1)
+            .map(|object_key| Leftover {
+                transfer_id: read.id.clone(),
+                object_key,
+            })
+            .collect();
+        Ok(Packaged {
+            leftovers,
+            moved,
+            job_done,
+        })
+    }
+
+    /// The last open fetch of `read` (a fetching transfer, as read for this run) settled as
+    /// succeeded and the transfer packaged in one step: the work of [`Store::settle_fetch_then`]
+    /// and [`Store::finish_packaging`] for a worker that holds every dataset already, so the
+    /// fetched dataset is never stored. Nothing but the slot is written unless the transfer is
+    /// still at `read`'s version and every other dataset has settled (`moved` is then false and
+    /// the caller goes the usual way). `package.sealed_key` must be this run's fresh wrapped key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn settle_and_package(
+        &self,
+        read: &Transfer,
+        dataset_id: &str,
+        digest: &str,
+        settled: &NewAuditEvent,
+        package: (&PackageRecord, &NewAuditEvent),
+        also: &SettleAlso<'_>,
+        now: Timestamp,
+    ) -> Result<Packaged> {
+        let (next, kind, detail) = change_record(read.state, TransferEvent::Settled)?;
+        let (p, created) = package;
+        let Some(sealed_key) = p.sealed_key.as_deref() else {
+            return Err(StoreError::Corrupt(
+                "a package to store needs its key".into(),
+            ));
+        };
+        let rows: Vec<(i64, Option<String>)> =
+            write_step!(self, DIRECT_SQLITE, DIRECT_POSTGRES, |q| {
+                let q = q
+                    .bind(status::SUCCEEDED)
+                    .bind(digest)
+                    .bind(now.millis())
+                    .bind(&read.id)
+                    .bind(dataset_id)
+                    .bind(read.version)
+                    .bind(next.code())
+                    .bind(p.object_key.as_str())
+                    .bind(sealed_key)
+                    .bind(p.digest.as_str())
+                    .bind(i64::try_from(p.size_bytes).unwrap_or(i64::MAX))
+                    .bind(i64::from(p.datasets))
+                    .bind(p.expires_at.millis());
+                bind_audit!(bind_audit!(q, settled), created)
+                    .bind(kind.as_str())
+                    .bind(&read.subject)
+                    .bind(detail.to_string())
+                    .bind(also.slot.map(|s| s.1))
+                    .bind(also.slot.map(|s| s.0))
+                    .bind(also.job.map(|j| j.0))
+                    .bind(also.job.map(|j| j.1))
+            });
         let moved = rows.iter().any(|r| r.0 == 1);
         let job_done = rows.iter().any(|r| r.0 == 3);
         let leftovers = rows

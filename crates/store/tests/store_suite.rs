@@ -61,6 +61,7 @@ on_both_backends!(
     package_key_is_taken_once_and_destroyed_at_expiry,
     a_retrieval_takes_the_key_and_closes_the_transfer_once,
     packaging_ends_in_one_step_and_only_once,
+    the_last_fetch_settles_and_packages_in_one_step_or_not_at_all,
     a_started_transfer_is_what_creation_then_consent_make,
     a_start_leases_its_first_jobs_to_the_starter_until_the_lease_runs_out,
     secrets_are_purged_once_fetching_ends,
@@ -1843,6 +1844,128 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
     assert_eq!(count("transfer.ready").await, 1);
     // A transfer that is not fetching cannot be settled again.
     assert!(s.finish_packaging(&t, None, None, T0).await.is_err());
+}
+
+async fn the_last_fetch_settles_and_packages_in_one_step_or_not_at_all(s: &Store) {
+    let (a, b) = ("low-income-household", "household-register-personal");
+    fetching(s, "g1").await;
+    let (worker, lease) = ("w", Duration::from_secs(60));
+    let running = s
+        .claim_job("fetch", worker, lease, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(running.id, "g1-j");
+    let also = SettleAlso {
+        slot: Some(("moi", "g1/b")),
+        job: Some(("g1-j", worker)),
+        ..SettleAlso::default()
+    };
+    let slot = |holder: &'static str| async move {
+        s.admit_agency_call("moi", holder, &limits(), None, T0)
+            .await
+            .unwrap()
+    };
+    assert!(matches!(slot("g1/b").await, Admission::Go { .. }));
+    let digest = "ef".repeat(32);
+    let mut pkg = package("g1");
+    pkg.sealed_key = Some("this-run's-key".into());
+    let created = ev("package.created", "g1");
+    let outcome = ev("agency.outcome", "g1");
+    let kinds = || async move {
+        s.audit_for_transfer("g1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect::<Vec<_>>()
+    };
+    let events = kinds().await;
+    let direct = |read: mydata_store::Transfer| {
+        let (pkg, created, outcome, digest) = (&pkg, &created, &outcome, &digest);
+        async move {
+            s.settle_and_package(&read, b, digest, outcome, (pkg, created), &also, T0)
+                .await
+                .unwrap()
+        }
+    };
+    // Another dataset still open: nothing but the slot changes.
+    let read = s.transfer("g1").await.unwrap().unwrap();
+    let done = direct(read.clone()).await;
+    assert!(!done.moved && !done.job_done && done.leftovers.is_empty());
+    assert_eq!(
+        s.fetch_record("g1", b).await.unwrap().unwrap().status,
+        "pending"
+    );
+    assert!(s.package("g1").await.unwrap().is_none());
+    assert_eq!(kinds().await, events);
+    assert_eq!(
+        s.job("g1-j").await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    assert_eq!(s.agency_slots_in_use("moi", T0).await.unwrap(), 0);
+    // The other dataset settles the usual way, its data stored apart.
+    s.settle_fetch("g1", a, &settlement(fetch_status::SUCCEEDED), &outcome, T0)
+        .await
+        .unwrap();
+    let events = kinds().await;
+    // Read before a change (the transfer moved on meanwhile): nothing.
+    let mut stale = s.transfer("g1").await.unwrap().unwrap();
+    stale.version -= 1;
+    assert!(!direct(stale).await.moved);
+    assert_eq!(
+        s.fetch_record("g1", b).await.unwrap().unwrap().status,
+        "pending"
+    );
+    assert!(s.package("g1").await.unwrap().is_none());
+    assert_eq!(kinds().await, events);
+    assert_eq!(
+        s.transfer_secret("g1").await.unwrap().as_deref(),
+        Some("sealed")
+    );
+    // From a fresh read: settled without stored data, packaged, ready, the other dataset's data
+    // forgotten (its blob returned to delete), the identity deleted, the job done, in that order.
+    assert!(matches!(slot("g1/b").await, Admission::Go { .. }));
+    let read = s.transfer("g1").await.unwrap().unwrap();
+    let done = direct(read.clone()).await;
+    assert!(done.moved && done.job_done);
+    assert_eq!(
+        done.leftovers
+            .iter()
+            .map(|l| l.object_key.as_str())
+            .collect::<Vec<_>>(),
+        ["fetched/f1/x"]
+    );
+    let t = s.transfer("g1").await.unwrap().unwrap();
+    let d = t.datasets.iter().find(|d| d.dataset_id == b).unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.digest.as_deref()),
+        ("succeeded", Some(digest.as_str()))
+    );
+    assert!(
+        s.fetch_records("g1")
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.data_object.is_none() && r.data_key.is_none())
+    );
+    assert_eq!(
+        (t.state, t.version),
+        (TransferState::Ready, read.version + 1)
+    );
+    assert_eq!(s.package("g1").await.unwrap(), Some(pkg.clone()));
+    assert_eq!(s.transfer_secret("g1").await.unwrap(), None);
+    assert_eq!(s.job("g1-j").await.unwrap().unwrap().state, JobState::Done);
+    assert_eq!(s.agency_slots_in_use("moi", T0).await.unwrap(), 0);
+    let after = kinds().await;
+    assert_eq!(
+        after[events.len()..],
+        ["agency.outcome", "package.created", "transfer.ready"]
+    );
+    // Only once: a second run changes nothing.
+    let again = direct(read).await;
+    assert!(!again.moved && !again.job_done && again.leftovers.is_empty());
+    assert_eq!(kinds().await, after);
 }
 
 async fn a_start_leases_its_first_jobs_to_the_starter_until_the_lease_runs_out(s: &Store) {

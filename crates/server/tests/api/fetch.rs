@@ -178,15 +178,27 @@ impl DataApp {
 
     /// Starts a fetch of `datasets` for a synthetic subject with a method all of them accept.
     pub async fn fetch(&self, subject: &str, method: IdentityMethod, datasets: &[&str]) -> String {
+        self.fetch_for(TransferKind::SelfDownload, subject, method, datasets)
+            .await
+    }
+
+    /// [`DataApp::fetch`] for a transfer of `kind`.
+    pub async fn fetch_for(
+        &self,
+        kind: TransferKind,
+        subject: &str,
+        method: IdentityMethod,
+        datasets: &[&str],
+    ) -> String {
         let id = uuid::Uuid::new_v4().to_string();
         let pseudonym =
             mydata_server::identity::subject_pseudonym(&self.state, &subject_id(subject));
         let req = StartFetch {
             transfer: NewTransfer {
                 id: id.clone(),
-                kind: TransferKind::SelfDownload,
+                kind,
                 subject: pseudonym.clone(),
-                recipient: None,
+                recipient: (kind != TransferKind::SelfDownload).then(|| "recipient-1".into()),
                 purpose: "test download".into(),
                 datasets: datasets.iter().map(|d| d.to_string()).collect(),
             },
@@ -1334,5 +1346,94 @@ async fn a_fetch_that_finds_the_agency_busy_goes_ahead_once_this_process_frees_t
                 .unwrap(),
             0
         );
+    }
+}
+
+/// The fetch that settles a transfer's last dataset packages the transfer itself, in its own
+/// write: no packaging job, the dataset it holds never stored; the data stored by the fetch that
+/// settled first is read into the package and deleted. A self-download still goes through the
+/// packaging job (its notice follows the packaging).
+#[tokio::test]
+async fn the_last_fetch_packages_the_transfer_in_its_own_write() {
+    use mydata_server::packages::PACKAGE_QUEUE;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = DataApp::spawn(backend, 1.0, |_| {}).await;
+        let sim = app.agencies.sim.clone();
+        let first = instant(&sim);
+        let last = dataset_where(&sim, |d| {
+            d.agency != first.agency && d.ready_minutes == 0 && d.accepts(IdentityMethod::MoicaCert)
+        });
+        // The second agency answers later, so the first dataset settles (and is stored) first.
+        app.agencies.fault(
+            &last.agency,
+            FaultConfig {
+                latency_ms: 300,
+                ..FaultConfig::default()
+            },
+        );
+        let packaging = || async { app.store().jobs_in_queue(PACKAGE_QUEUE).await.unwrap() };
+        let subject = person(&sim);
+        let id = app
+            .fetch_for(
+                TransferKind::Counter,
+                &subject,
+                IdentityMethod::MoicaCert,
+                &[&first.id, &last.id],
+            )
+            .await;
+        app.until_state(&id, TransferState::Ready).await;
+        assert!(packaging().await.is_empty(), "{:?}", packaging().await);
+        let kinds: Vec<(String, serde_json::Value)> = app
+            .store()
+            .audit_for_transfer(&id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.detail["dataset"].clone()))
+            .collect();
+        let tail: Vec<_> = kinds[kinds.len() - 3..]
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                ("agency.outcome", last.id.as_str()),
+                ("package.created", ""),
+                ("transfer.ready", "")
+            ]
+        );
+        assert_eq!(app.store().transfer_secret(&id).await.unwrap(), None);
+        let pkg = app.store().package(&id).await.unwrap().unwrap();
+        assert_eq!(pkg.datasets, 2);
+        // Only the package's blob is left: the first dataset's is deleted, the last's never was.
+        let package_file = app
+            .dir
+            .path()
+            .join("objects")
+            .join(&pkg.object_key)
+            .display()
+            .to_string();
+        eventually("only the package blob left", || async {
+            app.objects() == [package_file.clone()]
+        })
+        .await;
+        let zip = take_package(&app.state, &id, "test").await.unwrap();
+        let report = mydata_package::verify_package(
+            &zip,
+            &app.trust(),
+            Some(app.state.platform().verifying_key()),
+            app.clock.now(),
+        );
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.datasets.len(), 2);
+
+        let own = app
+            .fetch(&subject, IdentityMethod::MoicaCert, &[&first.id])
+            .await;
+        app.until_state(&own, TransferState::Ready).await;
+        let jobs = packaging().await;
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert_eq!(jobs[0].payload["transfer_id"], serde_json::json!(own));
     }
 }

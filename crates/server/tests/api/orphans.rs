@@ -34,11 +34,11 @@ async fn orphaned_blobs_are_swept_after_the_grace_period_and_every_blob_at_8_hou
             .fetch(&person(&sim), IdentityMethod::MoicaCert, &[&ds.id])
             .await;
         app.until_state(&id, TransferState::Ready).await;
-        let live = package_object(&id);
+        let live = app.store().package(&id).await.unwrap().unwrap().object_key;
         let blobs = &app.state.data().blobs;
         // What a crash leaves: a package blob whose record was never written, and a fetched
         // dataset blob of a real transfer that its record does not name.
-        let crashed = "packages/00000000-0000-4000-8000-000000000000".to_owned();
+        let crashed = package_object("00000000-0000-4000-8000-000000000000");
         let ghost = mydata_server::agencies::fetched_object(&id, &ds.id);
         // The same, as fetched datasets were stored before (a directory per transfer).
         let old_ghost = format!("fetched/{id}/{}", ds.id);
