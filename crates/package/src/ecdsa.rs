@@ -65,9 +65,15 @@ impl KeyPair {
 }
 
 /// A P-256 public key parsed once for AWS-LC, for several verifications.
-pub(crate) struct PublicKey {
+pub struct PublicKey {
     fixed: ParsedPublicKey,
     der: ParsedPublicKey,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PublicKey(P-256)")
+    }
 }
 
 impl PublicKey {

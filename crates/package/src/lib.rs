@@ -28,4 +28,5 @@ pub use package::{
     verify_package_with_limits, verify_platform_jws,
 };
 pub use pki::{CertError, Crl, IssuedCert, PkiError, SimulatedCa, TrustStore, TrustStoreError};
+pub use ecdsa::PublicKey as P256PublicKey;
 pub use seal::{PackageKey, SealError, open, seal};
