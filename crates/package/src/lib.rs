@@ -22,11 +22,11 @@ pub use dataset::{
     AgencySigner, DataFile, DatasetError, DatasetReport, FileEntry, Manifest, SignError,
     SignedDataset, Verdict, verify_dataset,
 };
+pub use ecdsa::PublicKey as P256PublicKey;
 pub use package::{
     ArchiveError, PackageBuilder, PackageError, PackageReport, PlatformJwsError, PlatformSigner,
     ReadLimits, Receipt, ReceiptError, jwk_thumbprint, read_package, verify_package,
     verify_package_with_limits, verify_platform_jws,
 };
 pub use pki::{CertError, Crl, IssuedCert, PkiError, SimulatedCa, TrustStore, TrustStoreError};
-pub use ecdsa::PublicKey as P256PublicKey;
 pub use seal::{PackageKey, SealError, open, seal};

@@ -168,6 +168,10 @@ pub struct Store {
     db: Db,
 }
 
+/// The most the SQLite write-ahead log file keeps on disk once checkpointed (bytes): above the
+/// ≈40 MiB that `wal_autocheckpoint` lets it reach when nothing holds it.
+pub(crate) const WAL_SIZE_LIMIT: &str = "67108864";
+
 impl Store {
     /// Connects to the database named by `url`, creating an SQLite file (and its folder) if needed.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self> {
@@ -188,7 +192,11 @@ impl Store {
                     .busy_timeout(Duration::from_secs(5))
                     // Checkpoints run beside the writer (see `checkpoint`); the writer's own, which
                     // stall every write behind them, only if those fall behind.
-                    .pragma("wal_autocheckpoint", "10000");
+                    .pragma("wal_autocheckpoint", "10000")
+                    // After a burst that readers kept from being checkpointed (a long export),
+                    // the log file shrinks back to this at its next restart instead of keeping
+                    // its high-water mark on disk.
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT);
                 let file = opts.get_filename().to_path_buf();
                 if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)

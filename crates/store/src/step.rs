@@ -38,11 +38,13 @@ impl std::fmt::Debug for SyncConn {
 impl SyncConn {
     /// Opens the existing database file with the settings of the sqlx connections.
     pub(crate) fn open(file: &std::path::Path) -> Result<Self> {
-        Self::open_as(
-            file,
+        let pragmas = format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 10000;",
-        )
+             PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 10000;
+             PRAGMA journal_size_limit = {};",
+            crate::WAL_SIZE_LIMIT
+        );
+        Self::open_as(file, &pragmas)
     }
 
     /// Opens the existing database file for reads only (see `readers`).
@@ -583,5 +585,46 @@ mod tests {
                 "COMMIT"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn the_log_file_shrinks_back_to_its_limit_after_a_burst_it_could_not_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(&dir).await;
+        let file = dir.path().join("s.db");
+        let wal = || {
+            std::fs::metadata(dir.path().join("s.db-wal"))
+                .unwrap()
+                .len()
+        };
+        let limit: u64 = crate::WAL_SIZE_LIMIT.parse().unwrap();
+        let mut l = w.lease().await.unwrap();
+        sqlx::raw_sql("CREATE TABLE b (x BLOB)")
+            .execute(l.conn().unwrap())
+            .await
+            .unwrap();
+        l.finish();
+        // A reader's open snapshot keeps every frame written after it in the log.
+        let reader = rusqlite::Connection::open(&file).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT COUNT(*) FROM t;")
+            .unwrap();
+        let burst = "BEGIN IMMEDIATE; INSERT INTO b VALUES (zeroblob(1048576)); COMMIT";
+        for _ in 0..(limit / 1_048_576 + 8) {
+            sqlite_sync::<(i64,)>(&w, Binder::new(burst)).await.unwrap();
+        }
+        assert!(wal() > limit, "{} bytes", wal());
+        reader.execute_batch("COMMIT").unwrap();
+        let (busy, _, _): (i64, i64, i64) = reader
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 0);
+        // The next write starts the log again from its beginning and cuts the file to the limit.
+        sqlite_sync::<(i64,)>(&w, Binder::new(INSERT).bind(1_i64))
+            .await
+            .unwrap();
+        assert!(wal() <= limit, "{} bytes", wal());
     }
 }
