@@ -99,12 +99,14 @@ impl JobWake {
 /// Runs jobs that a request enqueues leased to this process, straight after the request's write,
 /// instead of waking a worker to claim them (one write fewer, no hand-off). At most
 /// `jobs.concurrency` run this way at once; beyond that, and with the workers off, jobs are
-/// enqueued for the workers as usual. A run that this process does not finish (it stops or dies)
-/// leaves its job leased: when the lease runs out any worker takes it over.
+/// enqueued for the workers as usual. A stopping process finishes its runs ([`Starter::drain`]);
+/// one that dies leaves its jobs leased, and when the lease runs out any worker takes them over.
 #[derive(Debug)]
 pub struct Starter {
     /// `None` when this process runs no jobs (`jobs.enabled = false`).
     permits: Option<Arc<Semaphore>>,
+    /// How many permits there are in all.
+    size: u32,
     worker: String,
 }
 
@@ -123,9 +125,11 @@ impl StartPermits {
 
 impl Starter {
     pub fn new(settings: &JobSettings) -> Self {
-        let n = usize::try_from(settings.concurrency.max(1)).unwrap_or(1);
+        let size = settings.concurrency.max(1);
+        let n = usize::try_from(size).unwrap_or(1);
         Self {
             permits: settings.enabled.then(|| Arc::new(Semaphore::new(n))),
+            size,
             worker: format!(
                 "{}-{}-start",
                 std::process::id(),
@@ -156,6 +160,19 @@ impl Starter {
             }
         }
         StartPermits { permits }
+    }
+
+    /// Stops starting runs (later starts queue their jobs for the workers) and waits for the runs
+    /// in flight, each bounded by its handler's timeout: a process that stops finishes the fetches
+    /// it started (and their packaging) instead of leaving them leased until the lease runs out.
+    pub async fn drain(&self) {
+        if let Some(sem) = &self.permits {
+            // Every permit back means no run is left; they are kept, so none starts again.
+            if let Ok(all) = sem.acquire_many(self.size).await {
+                all.forget();
+            }
+            sem.close();
+        }
     }
 
     /// Runs `jobs` (leased to [`Starter::worker`] by the write that enqueued them), one task each,

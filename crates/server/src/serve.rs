@@ -168,8 +168,9 @@ impl Server {
                     .await?;
             }
         }
-        // Requests have drained; let the background tasks finish their current step, then close.
-        background.shutdown().await;
+        // Requests have drained; let the background tasks finish their current step, and the
+        // jobs the requests started here finish, then close.
+        tokio::join!(background.shutdown(), self.state.starter().drain());
         self.state.store().close().await;
         tracing::info!("stopped");
         Ok(())

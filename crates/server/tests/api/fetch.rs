@@ -1437,3 +1437,45 @@ async fn the_last_fetch_packages_the_transfer_in_its_own_write() {
         assert_eq!(jobs[0].payload["transfer_id"], serde_json::json!(own));
     }
 }
+
+/// A process that stops finishes the fetch a request started in it (and the packaging after it)
+/// before it closes, rather than leaving the job leased to it until the lease runs out.
+#[tokio::test]
+async fn a_stopping_process_finishes_the_fetches_its_requests_started() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = DataApp::spawn(backend, 1.0, |_| {}).await;
+        let sim = app.agencies.sim.clone();
+        let ds = instant(&sim);
+        // The agency answers after half a second of real time: the stop comes during the call.
+        app.agencies.fault(
+            &ds.agency,
+            FaultConfig {
+                latency_ms: 500,
+                ..FaultConfig::default()
+            },
+        );
+        let id = app
+            .fetch(&person(&sim), IdentityMethod::MoicaCert, &[&ds.id])
+            .await;
+        let starter = app.state.starter().worker().to_owned();
+        let jobs = app
+            .store()
+            .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
+            .await
+            .unwrap();
+        assert_eq!(jobs[0].lease_owner.as_deref(), Some(starter.as_str()));
+        // The clock stands still, so no lease runs out: only the stopping process can finish it.
+        let app = app.restart(|_| {}).await;
+        let t = app.transfer(&id).await;
+        assert_eq!(t.state, TransferState::Ready, "{t:?}");
+        let jobs = app
+            .store()
+            .jobs_in_queue(mydata_server::agencies::FETCH_QUEUE)
+            .await
+            .unwrap();
+        assert_eq!(
+            (jobs[0].state, jobs[0].attempts),
+            (mydata_store::JobState::Done, 1)
+        );
+    }
+}
