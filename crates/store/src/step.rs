@@ -293,11 +293,42 @@ macro_rules! step_row {
 }
 pub(crate) use step_row;
 
-/// A step waiting for the writer, as the writer runs it: it runs the step and returns what hands
-/// the result to its caller once the transaction's fate is known.
-pub(crate) type Queued = Box<dyn FnOnce(&mut SyncConn, bool) -> Delivery + Send>;
-/// Hands a step's result to its caller: `Ok` when the transaction committed, else why not.
-pub(crate) type Delivery = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+/// A step waiting for the writer (see [`sqlite_sync`]): the writer runs it, alone or in a group,
+/// and hands its result to its caller once the transaction's fate is known. It may run again
+/// alone when the group it ran in failed as a whole.
+pub(crate) trait Pending: Send {
+    /// Runs the step, as written or inside a group's transaction, keeping its rows.
+    fn run(&mut self, conn: &mut SyncConn, grouped: bool);
+    /// Hands the rows to the caller: `Ok` when the transaction committed, else why not.
+    fn deliver(self: Box<Self>, committed: std::result::Result<(), String>);
+}
+pub(crate) type Queued = Box<dyn Pending>;
+
+/// A [`Pending`] step whose rows decode as `O`.
+struct StepOf<O> {
+    step: Binder<'static>,
+    rows: Option<Result<Vec<O>>>,
+    tx: tokio::sync::oneshot::Sender<Result<Vec<O>>>,
+}
+
+impl<O: StepRow + Send + 'static> Pending for StepOf<O> {
+    fn run(&mut self, conn: &mut SyncConn, grouped: bool) {
+        self.rows = Some(if grouped {
+            conn.run_grouped::<O>(&self.step)
+        } else {
+            conn.run::<O>(&self.step)
+        });
+    }
+
+    fn deliver(self: Box<Self>, committed: std::result::Result<(), String>) {
+        let result = match (committed, self.rows) {
+            (Ok(()), Some(rows)) => rows,
+            (Ok(()), None) => Err(StoreError::Commit("the step did not run".into())),
+            (Err(e), _) => Err(StoreError::Commit(e)),
+        };
+        let _ = self.tx.send(result);
+    }
+}
 
 /// Runs `step` (statements between `BEGIN IMMEDIATE` and `COMMIT`) on the SQLite writer's
 /// calling-thread handle and returns every row its statements return.
@@ -314,19 +345,10 @@ pub(crate) async fn sqlite_sync<O: StepRow + Send + 'static>(
     step: Binder<'static>,
 ) -> Result<Vec<O>> {
     let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<Vec<O>>>();
-    let queued: Queued = Box::new(move |conn: &mut SyncConn, grouped: bool| {
-        let rows = if grouped {
-            conn.run_grouped::<O>(&step)
-        } else {
-            conn.run::<O>(&step)
-        };
-        Box::new(move |committed: std::result::Result<(), String>| {
-            let result = match committed {
-                Ok(()) => rows,
-                Err(e) => Err(StoreError::Commit(e)),
-            };
-            let _ = tx.send(result);
-        })
+    let queued: Queued = Box::new(StepOf {
+        step,
+        rows: None,
+        tx,
     });
     let _queued = writer.enqueue(queued);
     loop {
@@ -347,8 +369,11 @@ pub(crate) async fn sqlite_sync<O: StepRow + Send + 'static>(
 
 /// Runs the steps taken from the writer's queue (see [`sqlite_sync`]) and hands out their results.
 fn run_batch(lease: &mut crate::writer::Lease<'_>, mut batch: Vec<Queued>) {
-    if batch.is_empty() {
-        // Every step queued was run by an earlier holder.
+    if batch.len() <= 1 {
+        // Alone (or none: every step queued was run by an earlier holder).
+        if let Some(q) = batch.pop() {
+            run_alone(lease, q);
+        }
         return;
     }
     let conn = match lease.sync() {
@@ -359,29 +384,47 @@ fn run_batch(lease: &mut crate::writer::Lease<'_>, mut batch: Vec<Queued>) {
             return;
         }
     };
-    if batch.len() == 1
-        && let Some(q) = batch.pop()
-    {
-        // Alone: as written, with its own BEGIN and COMMIT.
-        let deliver = q(conn, false);
-        if !conn.rolled_back() {
-            lease.drop_sync();
-        }
-        deliver(Ok(()));
-        return;
-    }
     if let Err(e) = conn.conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::warn!(error = %e, steps = batch.len(), "sqlite writer could not begin");
         return;
     }
-    let deliveries: Vec<Delivery> = batch.into_iter().map(|q| q(conn, true)).collect();
-    let committed = conn.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-    if committed.is_err() && !conn.rolled_back() {
+    for q in &mut batch {
+        q.run(conn, true);
+    }
+    match conn.conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            for q in batch {
+                q.deliver(Ok(()));
+            }
+        }
+        Err(e) => {
+            // The whole transaction is gone (a full disk, an I/O error, one step's RAISE(ROLLBACK)):
+            // each step runs again alone, so every caller learns what its own step does.
+            tracing::warn!(error = %e, steps = batch.len(), "a write group failed; its steps run one by one");
+            if !conn.rolled_back() {
+                lease.drop_sync();
+            }
+            for q in batch {
+                run_alone(lease, q);
+            }
+        }
+    }
+}
+
+/// Runs one step as written (its own `BEGIN IMMEDIATE` and `COMMIT`) and hands out its result.
+fn run_alone(lease: &mut crate::writer::Lease<'_>, mut q: Queued) {
+    let conn = match lease.sync() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "sqlite writer unavailable");
+            return;
+        }
+    };
+    q.run(conn, false);
+    if !conn.rolled_back() {
         lease.drop_sync();
     }
-    for d in deliveries {
-        d(committed.clone());
-    }
+    q.deliver(Ok(()));
 }
 
 /// Runs one write step: `$sqlite` (statements between `BEGIN IMMEDIATE` and `COMMIT`) on the
@@ -519,7 +562,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_group_whose_transaction_ends_early_commits_nothing() {
+    async fn a_group_whose_transaction_ends_early_commits_nothing_and_its_steps_run_alone() {
         let dir = tempfile::tempdir().unwrap();
         let w = writer(&dir).await;
         {
@@ -545,15 +588,18 @@ mod tests {
             until_queued(&w, tasks.len()).await;
         }
         held.finish();
+        // The group commits nothing; each step then runs alone, and each caller is told what its
+        // own step did: the others were not failed for the one that rolled back.
+        let mut results = Vec::new();
         for t in tasks {
-            assert!(t.await.unwrap().is_err(), "no step of the group committed");
+            results.push(t.await.unwrap().ok());
         }
-        // The steps after the failure did not run on their own, outside the group's transaction.
-        assert_eq!(rows(&w).await, Vec::<i64>::new());
+        assert_eq!(results, [Some(vec![(1,)]), None, Some(vec![(2,)])]);
+        assert_eq!(rows(&w).await, [1, 2]);
         sqlite_sync::<(i64,)>(&w, Binder::new(INSERT).bind(3_i64))
             .await
             .unwrap();
-        assert_eq!(rows(&w).await, [3]);
+        assert_eq!(rows(&w).await, [1, 2, 3]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
