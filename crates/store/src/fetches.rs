@@ -592,6 +592,29 @@ pub struct Packaged {
     pub job_done: bool,
 }
 
+impl Packaged {
+    /// From the rows of a packaging step: `(0, object)` per blob left to delete, `(1, NULL)` when
+    /// the transfer moved, `(3, NULL)` when the job was marked done.
+    fn from_rows(transfer_id: &str, rows: Vec<(i64, Option<String>)>) -> Self {
+        let moved = rows.iter().any(|r| r.0 == 1);
+        let job_done = rows.iter().any(|r| r.0 == 3);
+        let leftovers = rows
+            .into_iter()
+            .filter(|r| r.0 == 0)
+            .filter_map(|r| r.1)
+            .map(|object_key| Leftover {
+                transfer_id: transfer_id.to_owned(),
+                object_key,
+            })
+            .collect();
+        Self {
+            leftovers,
+            moved,
+            job_done,
+        }
+    }
+}
+
 /// What a service's retrieval found (see [`Store::retrieve_package`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retrieval {
@@ -971,22 +994,7 @@ impl Store {
                 .bind(detail.to_string())
                 .bind(job.map(|j| j.0))
                 .bind(job.map(|j| j.1)));
-        let moved = rows.iter().any(|r| r.0 == 1);
-        let job_done = rows.iter().any(|r| r.0 == 3);
-        let leftovers = rows
-            .into_iter()
-            .filter(|r| r.0 == 0)
-            .filter_map(|r| r.1)
-            .map(|object_key| Leftover {
-                transfer_id: read.id.clone(),
-                object_key,
-            })
-            .collect();
-        Ok(Packaged {
-            leftovers,
-            moved,
-            job_done,
-        })
+        Ok(Packaged::from_rows(&read.id, rows))
     }
 
     /// The last open fetch of `read` (a fetching transfer, as read for this run) settled as
@@ -1038,22 +1046,7 @@ impl Store {
                     .bind(also.job.map(|j| j.0))
                     .bind(also.job.map(|j| j.1))
             });
-        let moved = rows.iter().any(|r| r.0 == 1);
-        let job_done = rows.iter().any(|r| r.0 == 3);
-        let leftovers = rows
-            .into_iter()
-            .filter(|r| r.0 == 0)
-            .filter_map(|r| r.1)
-            .map(|object_key| Leftover {
-                transfer_id: read.id.clone(),
-                object_key,
-            })
-            .collect();
-        Ok(Packaged {
-            leftovers,
-            moved,
-            job_done,
-        })
+        Ok(Packaged::from_rows(&read.id, rows))
     }
 
     /// Transfers that have ended (or passed their expiry) but still reference fetched data.

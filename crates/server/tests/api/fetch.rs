@@ -53,6 +53,17 @@ impl Agencies {
     pub fn fault(&self, agency: &str, f: FaultConfig) {
         self.sim.set_faults(agency, f).unwrap();
     }
+
+    /// The agency answers after `ms` milliseconds of real time, and otherwise as usual.
+    pub fn delay(&self, agency: &str, ms: u64) {
+        self.fault(
+            agency,
+            FaultConfig {
+                latency_ms: ms,
+                ..FaultConfig::default()
+            },
+        );
+    }
 }
 
 /// The platform with its data path pointed at the simulated agencies.
@@ -252,6 +263,20 @@ impl DataApp {
         };
         eventually(what, || async { check(&find().await) }).await;
         find().await
+    }
+
+    /// Takes the transfer's package once and checks it as a recipient would, with the platform's
+    /// key, now.
+    pub async fn take_and_check(&self, id: &str) -> mydata_package::PackageReport {
+        let zip = take_package(&self.state, id, "test").await.unwrap();
+        let report = mydata_package::verify_package(
+            &zip,
+            &self.trust(),
+            Some(self.state.platform().verifying_key()),
+            self.clock.now(),
+        );
+        assert!(report.is_ok(), "{report:?}");
+        report
     }
 
     /// The trust store a recipient would use (the simulator's root and CRL).
@@ -658,14 +683,7 @@ async fn a_pending_fetch_resumes_after_a_restart_and_completes_once() {
             app.store().audit_for_transfer(&id).await.unwrap().len(),
             events.len()
         );
-        let zip = take_package(&app.state, &id, "test").await.unwrap();
-        let report = mydata_package::verify_package(
-            &zip,
-            &app.trust(),
-            Some(app.state.platform().verifying_key()),
-            app.clock.now(),
-        );
-        assert!(report.is_ok(), "{report:?}");
+        app.take_and_check(&id).await;
     }
 }
 
@@ -1248,13 +1266,7 @@ async fn a_fetch_runs_in_the_process_that_started_it_as_far_as_it_has_room() {
             .cloned()
             .collect();
         for d in &two {
-            app.agencies.fault(
-                &d.agency,
-                FaultConfig {
-                    latency_ms: 1_000,
-                    ..FaultConfig::default()
-                },
-            );
+            app.agencies.delay(&d.agency, 1_000);
         }
         let starter = app.state.starter().worker().to_owned();
         let ids: Vec<&str> = two.iter().map(|d| d.id.as_str()).collect();
@@ -1320,13 +1332,7 @@ async fn a_fetch_that_finds_the_agency_busy_goes_ahead_once_this_process_frees_t
         let app = DataApp::spawn(backend, 1.0, |s| s.agencies.concurrency = 1).await;
         let sim = app.agencies.sim.clone();
         let ds = instant(&sim);
-        app.agencies.fault(
-            &ds.agency,
-            FaultConfig {
-                latency_ms: 150,
-                ..FaultConfig::default()
-            },
-        );
+        app.agencies.delay(&ds.agency, 150);
         let subject = person(&sim);
         let datasets = [ds.id.as_str()];
         let (a, b) = tokio::join!(
@@ -1364,13 +1370,7 @@ async fn the_last_fetch_packages_the_transfer_in_its_own_write() {
             d.agency != first.agency && d.ready_minutes == 0 && d.accepts(IdentityMethod::MoicaCert)
         });
         // The second agency answers later, so the first dataset settles (and is stored) first.
-        app.agencies.fault(
-            &last.agency,
-            FaultConfig {
-                latency_ms: 300,
-                ..FaultConfig::default()
-            },
-        );
+        app.agencies.delay(&last.agency, 300);
         let packaging = || async { app.store().jobs_in_queue(PACKAGE_QUEUE).await.unwrap() };
         let subject = person(&sim);
         let id = app
@@ -1418,15 +1418,7 @@ async fn the_last_fetch_packages_the_transfer_in_its_own_write() {
             app.objects() == [package_file.clone()]
         })
         .await;
-        let zip = take_package(&app.state, &id, "test").await.unwrap();
-        let report = mydata_package::verify_package(
-            &zip,
-            &app.trust(),
-            Some(app.state.platform().verifying_key()),
-            app.clock.now(),
-        );
-        assert!(report.is_ok(), "{report:?}");
-        assert_eq!(report.datasets.len(), 2);
+        assert_eq!(app.take_and_check(&id).await.datasets.len(), 2);
 
         let own = app
             .fetch(&subject, IdentityMethod::MoicaCert, &[&first.id])
@@ -1447,13 +1439,7 @@ async fn a_stopping_process_finishes_the_fetches_its_requests_started() {
         let sim = app.agencies.sim.clone();
         let ds = instant(&sim);
         // The agency answers after half a second of real time: the stop comes during the call.
-        app.agencies.fault(
-            &ds.agency,
-            FaultConfig {
-                latency_ms: 500,
-                ..FaultConfig::default()
-            },
-        );
+        app.agencies.delay(&ds.agency, 500);
         let id = app
             .fetch(&person(&sim), IdentityMethod::MoicaCert, &[&ds.id])
             .await;
