@@ -975,3 +975,85 @@ async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once
         .unwrap();
     assert_eq!(release.detail["when_ready"], true);
 }
+
+/// A consent that loses the race to answer the request (two "agree" posts at once: both passed
+/// the page's check, the other's write moved the request first) creates nothing that lasts: its
+/// transfer is cancelled before any fetch runs, the request keeps the winner's transfer, and the
+/// answer is refused as already given.
+#[tokio::test]
+async fn a_consent_that_loses_the_race_to_answer_is_cancelled_and_refused() {
+    use mydata_server::agencies::{StartError, StartFetch, start_fetch};
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let o = Online::spawn(backend).await;
+        let p = o.w.people[0].clone();
+        let b = o.w.signed_in(&p, "10.8.0.1").await;
+        let consent = agree(&o.w, &o.service, &b, &p.id, DATASET).await;
+        let request_id = consent.rsplit('/').next().unwrap().to_owned();
+        let store = o.w.app.store();
+        let winner = store.request(&request_id).await.unwrap().unwrap();
+        assert_eq!(winner.status, "consented");
+        let winner_transfer = winner.transfer_id.clone().unwrap();
+
+        // The second answer's start, as the page's handler makes it once past its check.
+        let state = &o.w.app.state;
+        let subject = mydata_core::IdNumber::parse(&p.id).unwrap();
+        let pseudonym = mydata_server::identity::subject_pseudonym(
+            state,
+            &mydata_server::identity::SubjectId::Person(subject),
+        );
+        let now = state.clock().now();
+        let late = uuid::Uuid::now_v7().to_string();
+        let event = mydata_store::NewAuditEvent {
+            at: now,
+            kind: "service.consent".into(),
+            subject: Some(pseudonym.clone()),
+            transfer_id: None,
+            actor: pseudonym.clone(),
+            detail: serde_json::json!({}),
+        };
+        let method = mydata_core::IdentityMethod::MoicaCert;
+        let started = start_fetch(
+            state,
+            StartFetch {
+                transfer: mydata_store::NewTransfer {
+                    id: late.clone(),
+                    kind: mydata_core::transfer::TransferKind::Online,
+                    subject: pseudonym.clone(),
+                    recipient: Some(CLIENT.into()),
+                    purpose: "學雜費減免資格審核".into(),
+                    datasets: vec![DATASET.into()],
+                },
+                subject_id: p.id.clone(),
+                method,
+                level: method.level(),
+                answers: Some((request_id.clone(), event)),
+            },
+            &pseudonym,
+        )
+        .await;
+        assert!(
+            matches!(started, Err(StartError::AlreadyAnswered)),
+            "{started:?}"
+        );
+        let lost = store.transfer(&late).await.unwrap().unwrap();
+        assert_eq!(lost.state, TransferState::Expired, "cancelled: {lost:?}");
+        assert!(
+            lost.datasets.iter().all(|d| d.attempts == 0),
+            "no agency was called for it: {lost:?}"
+        );
+        let after = store.request(&request_id).await.unwrap().unwrap();
+        assert_eq!(after.transfer_id.as_deref(), Some(winner_transfer.as_str()));
+        // The winner goes on to the confirmation as if nothing happened.
+        let page = until_confirm(&b, &consent).await;
+        assert!(page.contains("data-step=\"confirm\""));
+        assert_ne!(
+            store
+                .transfer(&winner_transfer)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            TransferState::Expired
+        );
+    }
+}
