@@ -131,9 +131,16 @@ impl Store {
         Ok(events.len())
     }
 
-    /// The person's events, oldest first.
+    /// The person's events, oldest first: those of their transfers (found through the transfers,
+    /// so the events of a transfer that retention has deleted are no longer listed) and those
+    /// without a transfer (see migration 0012).
     pub async fn audit_for_subject(&self, subject: &str) -> Result<Vec<AuditEvent>> {
-        let sql = format!("{SELECT_AUDIT} WHERE subject = $1 ORDER BY seq");
+        let sql = format!(
+            "{SELECT_AUDIT} WHERE subject = $1 AND transfer_id IS NULL
+             UNION ALL
+             {SELECT_AUDIT} WHERE subject = $1 AND transfer_id IN (SELECT id FROM transfers WHERE subject = $1)
+             ORDER BY seq"
+        );
         let rows: Vec<AuditRow> =
             on_read_pool!(self, pool => sqlx::query_as(&sql).bind(subject).fetch_all(pool).await?);
         rows.into_iter().map(AuditEvent::try_from).collect()

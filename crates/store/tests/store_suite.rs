@@ -2121,7 +2121,7 @@ async fn timed_events(s: &Store, start: Timestamp, n: u64) {
             at: start.plus(Duration::from_millis(i)),
             kind: "identity.verified".into(),
             subject: Some("subj-old".into()),
-            transfer_id: Some(format!("t{i}")),
+            transfer_id: None,
             actor: "subj-old".into(),
             detail: serde_json::json!({"method": "moica_cert"}),
         })
