@@ -310,7 +310,7 @@ SELECT sealed_key FROM u"
 const RETRIEVE_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
 INSERT INTO oauth_jtis (client_id, jti, expires_at) SELECT $9, $10, $11 WHERE $10 IS NOT NULL
-    ON CONFLICT (client_id, jti) DO NOTHING RETURNING 2, NULL;
+    ON CONFLICT (expires_at, client_id, jti) DO NOTHING RETURNING 2, NULL;
 UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
     AND (changes() = 1 OR $10 IS NULL) RETURNING 0, sealed_key;
 UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2 AND changes() = 1;
@@ -322,7 +322,7 @@ COMMIT"
 );
 const RETRIEVE_POSTGRES: &str = concat!(
     "WITH j AS (INSERT INTO oauth_jtis (client_id, jti, expires_at) SELECT $9::text, $10::text, $11::bigint WHERE $10::text IS NOT NULL
-    ON CONFLICT (client_id, jti) DO NOTHING RETURNING 2::bigint AS k),
+    ON CONFLICT (expires_at, client_id, jti) DO NOTHING RETURNING 2::bigint AS k),
 k AS (SELECT transfer_id, sealed_key FROM packages
     WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
     AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM j)) FOR UPDATE),

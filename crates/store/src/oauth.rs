@@ -222,7 +222,7 @@ macro_rules! insert_jtis_sqlite {
     () => {
         "INSERT INTO oauth_jtis (client_id, jti, expires_at)
     SELECT $1, $2, $3 UNION ALL SELECT $1, $4, $5 WHERE $4 IS NOT NULL
-    ON CONFLICT (client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2 THEN 0 ELSE 2 END;
+    ON CONFLICT (expires_at, client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2 THEN 0 ELSE 2 END;
 "
     };
 }
@@ -230,7 +230,7 @@ macro_rules! insert_jtis_postgres {
     () => {
         "WITH j AS (INSERT INTO oauth_jtis (client_id, jti, expires_at)
     SELECT $1::text, $2::text, $3::bigint UNION ALL SELECT $1::text, $4::text, $5::bigint WHERE $4::text IS NOT NULL
-    ON CONFLICT (client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2::text THEN 0 ELSE 2 END AS k),
+    ON CONFLICT (expires_at, client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2::text THEN 0 ELSE 2 END AS k),
 "
     };
 }
@@ -595,7 +595,7 @@ impl Store {
     /// Records a client assertion's `jti`; false if this client used it before (a replay).
     pub async fn use_jti(&self, client_id: &str, jti: &str, keep_until: Timestamp) -> Result<bool> {
         let n = on_pool!(self, pool => sqlx::query(
-            "INSERT INTO oauth_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING",
+            "INSERT INTO oauth_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT (expires_at, client_id, jti) DO NOTHING",
         )
         .bind(client_id)
         .bind(jti)
