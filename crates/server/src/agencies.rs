@@ -904,16 +904,21 @@ async fn accept(
         }
     };
     // Fetched in parallel, the others may have settled during this call: looked at again.
+    let reread;
     let others = match &ctx.others {
-        Some(o) => Some(o.clone()),
-        None => ctx
-            .state
-            .store()
-            .transfer_work(&ctx.t.id)
-            .await?
-            .and_then(|w| others_if_last(&w, ctx.t, ctx.dataset)),
+        _ if !crate::packages::packaged_by_last_fetch(ctx.t) => None,
+        Some(o) => Some(o),
+        None => {
+            reread = ctx
+                .state
+                .store()
+                .transfer_work(&ctx.t.id)
+                .await?
+                .and_then(|w| others_if_last(&w, ctx.t, ctx.dataset));
+            reread.as_ref()
+        }
     };
-    if let Some(others) = &others {
+    if let Some(others) = others {
         let settled = agency_event(
             "agency.outcome",
             ctx.t,
@@ -938,7 +943,7 @@ async fn accept(
             ctx.state,
             ctx.t,
             others,
-            verified.dataset.clone(),
+            &verified.dataset,
             &verified.digest,
             &settled,
             &also,

@@ -295,6 +295,12 @@ async fn build(
     Ok((record, created))
 }
 
+/// Whether the fetch that settles the last dataset of `t` may package it itself: not for a
+/// self-download, whose notice rides on the packaging job.
+pub(crate) fn packaged_by_last_fetch(t: &Transfer) -> bool {
+    t.kind != mydata_core::transfer::TransferKind::SelfDownload
+}
+
 /// Packages a transfer right from the fetch that settles its last open dataset, in the same write
 /// as the settlement ([`mydata_store::Store::settle_and_package`]): the fetched dataset `last` is
 /// never stored, read back and deleted. `others` are the transfer's other fetches, all settled
@@ -306,12 +312,12 @@ pub(crate) async fn package_with_last_fetch(
     state: &AppState,
     t: &Transfer,
     others: &[mydata_store::FetchRecord],
-    last: SignedDataset,
+    last: &SignedDataset,
     digest: &str,
     settled: &NewAuditEvent,
     also: &mydata_store::SettleAlso<'_>,
 ) -> Result<Option<bool>, StoreError> {
-    if t.kind == mydata_core::transfer::TransferKind::SelfDownload {
+    if !packaged_by_last_fetch(t) {
         return Ok(None);
     }
     let now = state.clock().now();
@@ -328,7 +334,7 @@ pub(crate) async fn package_with_last_fetch(
     }
     // Checked against the fetch's dataset by the connector.
     let dataset_id = last.dataset_id.clone();
-    datasets.push(last);
+    datasets.push(last.clone());
     let (record, created) = match build(state, t, datasets, others.len() + 1, now).await {
         Ok(built) => built,
         Err(e) => {
