@@ -85,7 +85,7 @@ pub struct Report {
 /// The phases of one transfer, in order.
 pub const PHASES: [&str; 7] = [
     "PAR (client assertion, pushed request)",
-    "authorize + consent page + agree",
+    "authorize (consent page) + agree",
     "agency fetch + package + seal (until confirm page)",
     "second confirmation (code issued)",
     "token exchange (client assertion, PKCE)",
@@ -342,19 +342,16 @@ async fn transfer(
         .map_err(|e| fail("par", e))?;
     phases[0] = lap(&mut mark);
 
-    // The person's browser: authorize → consent page → agree.
-    let r = p
-        .http
-        .get(&pending.authorize_url)
-        .send()
+    // The person's browser: authorize (the consent question itself) → agree.
+    let page = p
+        .page(&pending.authorize_url)
         .await
         .map_err(|e| fail("authorize", e))?;
-    let consent = location(&r, 303).map_err(|e| fail("authorize", e))?;
-    let url = format!("{}{consent}", s.base);
-    let page = p.page(&url).await.map_err(|e| fail("consent", e))?;
     if !page.contains("data-step=\"consent\"") {
         return Err(fail("consent", "the consent page did not ask for consent"));
     }
+    let consent = form_action(&page).ok_or_else(|| fail("consent", "no form"))?;
+    let url = format!("{}{consent}", s.base);
     let csrf = csrf_in(&page).ok_or_else(|| fail("consent", "no csrf field"))?;
     let r = p
         .http
@@ -449,6 +446,12 @@ fn location(r: &reqwest::Response, want: u16) -> anyhow::Result<String> {
 }
 
 /// The `csrf` field of a page's form.
+/// Where the page's decision form posts.
+fn form_action(html: &str) -> Option<String> {
+    let i = html.find("<form method=\"post\" action=\"")? + 28;
+    html.get(i..)?.split('"').next().map(str::to_owned)
+}
+
 fn csrf_in(html: &str) -> Option<String> {
     let i = html.find("name=\"csrf\" value=\"")? + 19;
     html.get(i..)?.split('"').next().map(str::to_owned)

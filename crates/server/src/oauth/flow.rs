@@ -524,9 +524,24 @@ pub async fn authorize(
             .await
             .map_err(|e| PageError(e.into(), lang))?;
     }
-    let mut res = Redirect::to(&format!("/oauth/consent/{id}")).into_response();
+    // The consent question is answered here, one redirect fewer; a request already answered
+    // resumes at its own page (the wait or the confirmation).
+    let mut res = if opened || req.status == "opened" {
+        let view = ConsentView {
+            id,
+            status: "opened",
+            session: &s,
+            person: &v,
+            pushed: &pushed,
+            client: &client,
+            transfer: None,
+        };
+        render_consent(&state, lang, &uri, &view)?
+    } else {
+        Redirect::to(&format!("/oauth/consent/{id}")).into_response()
+    };
     if let Some(c) = new_cookie {
-        res.headers_mut().insert(header::SET_COOKIE, c);
+        res.headers_mut().append(header::SET_COOKIE, c);
     }
     Ok(res)
 }
@@ -774,6 +789,52 @@ pub async fn consent_page(
 ) -> Result<Response, PageError> {
     let lang = lang_of(&uri, &headers);
     let (s, v, r, p, c) = consent_session(&state, &headers, None, lang, &id).await?;
+    let t = match r.transfer_id.as_deref() {
+        Some(tid) => hold_until_settled(&state, tid)
+            .await
+            .map_err(|e| PageError(e.into(), lang))?,
+        None => None,
+    };
+    let view = ConsentView {
+        id: &id,
+        status: &r.status,
+        session: &s,
+        person: &v,
+        pushed: &p,
+        client: &c,
+        transfer: t.as_ref(),
+    };
+    render_consent(&state, lang, &uri, &view)
+}
+
+/// What a consent page shows: the request, its person and service, its transfer once there is one.
+struct ConsentView<'a> {
+    id: &'a str,
+    status: &'a str,
+    session: &'a session::Session,
+    person: &'a session::Verified,
+    pushed: &'a Pushed,
+    client: &'a ClientRow,
+    transfer: Option<&'a mydata_store::Transfer>,
+}
+
+/// The consent question, the wait or the confirmation, whichever the request's status and its
+/// transfer's state call for, with the headers every consent page needs.
+fn render_consent(
+    state: &AppState,
+    lang: Lang,
+    uri: &axum::http::Uri,
+    view: &ConsentView<'_>,
+) -> Result<Response, PageError> {
+    let ConsentView {
+        id,
+        status,
+        session: s,
+        person: v,
+        pushed: p,
+        client: c,
+        transfer: t,
+    } = *view;
     let asserted = if v.method == mydata_core::IdentityMethod::Asserted {
         match lang {
             Lang::ZhTw => format!(
@@ -788,13 +849,7 @@ pub async fn consent_page(
     } else {
         String::new()
     };
-    let t = match r.transfer_id.as_deref() {
-        Some(tid) => hold_until_settled(&state, tid)
-            .await
-            .map_err(|e| PageError(e.into(), lang))?,
-        None => None,
-    };
-    let (step, action, refresh) = match (r.status.as_str(), t.as_ref().map(|t| t.state)) {
+    let (step, action, refresh) = match (status, t.map(|t| t.state)) {
         ("opened", _) => ("consent", format!("/oauth/consent/{id}"), false),
         ("consented", Some(TransferState::Created | TransferState::Fetching)) => {
             ("wait", format!("/oauth/consent/{id}/confirm"), true)
@@ -809,13 +864,18 @@ pub async fn consent_page(
             ));
         }
     };
-    let any_fetched = t.as_ref().is_some_and(|t| {
+    let any_fetched = t.is_some_and(|t| {
         t.datasets
             .iter()
             .any(|d| d.status == mydata_store::fetch_status::SUCCEEDED)
     });
+    // Shown at /oauth/authorize too: the language switch keeps the request's parameters.
+    let chrome = match uri.query() {
+        Some(q) => crate::pages::Chrome::new(lang).keep_query(q),
+        None => crate::pages::Chrome::new(lang),
+    };
     let page = ConsentPage {
-        chrome: crate::pages::Chrome::new(lang),
+        chrome,
         t: Texts::new(lang),
         step,
         service: c.name.clone(),
@@ -824,7 +884,7 @@ pub async fn consent_page(
         purpose: p.purpose.clone(),
         registered_purpose: c.purpose.clone(),
         terms: c.terms.clone(),
-        datasets: dataset_lines(&state, lang, &p.datasets, t.as_ref()),
+        datasets: dataset_lines(state, lang, &p.datasets, t),
         action,
         csrf: s.csrf().to_owned(),
         refresh,
@@ -852,7 +912,7 @@ pub async fn consent_page(
         // An explicit choice holds for the next steps (the forms post without `?lang=`).
         let cookie = format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", l.tag());
         if let Ok(v) = header::HeaderValue::from_str(&cookie) {
-            res.headers_mut().insert(header::SET_COOKIE, v);
+            res.headers_mut().append(header::SET_COOKIE, v);
         }
     }
     Ok(res)

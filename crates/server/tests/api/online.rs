@@ -4,7 +4,7 @@
 //! standard error and nothing changed.
 
 use crate::helpers::Backend;
-use crate::world::{Browser, FlowWorld, csrf_in};
+use crate::world::{Browser, FlowWorld, csrf_in, form_action};
 use mydata_core::Clock;
 use mydata_core::transfer::TransferState;
 use mydata_sdk::{AuthorizationRequest, Keys, Pending, Service, ServiceConfig, Token};
@@ -67,14 +67,25 @@ pub(crate) fn location(r: &reqwest::Response) -> String {
     r.headers()["location"].to_str().unwrap().to_owned()
 }
 
+/// The authorize URL in the person's browser: the consent question itself, no redirect. Returns
+/// the request's own page (where the question is answered) and the page shown.
+pub(crate) async fn open_consent(
+    w: &FlowWorld,
+    b: &Browser,
+    pending: &Pending,
+) -> (String, String) {
+    let r = b.get(&path_of(&pending.authorize_url, &w.app.base)).await;
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("data-step=\"consent\""), "{page}");
+    let consent = form_action(&page);
+    assert!(consent.starts_with("/oauth/consent/"), "{consent}");
+    (consent, page)
+}
+
 /// Runs the person's side from the authorize URL to the redirect back; returns its query string.
 pub(crate) async fn consent_and_confirm(w: &FlowWorld, b: &Browser, pending: &Pending) -> String {
-    let r = b.get(&path_of(&pending.authorize_url, &w.app.base)).await;
-    assert_eq!(r.status(), 303);
-    let consent = location(&r);
-    assert!(consent.starts_with("/oauth/consent/"), "{consent}");
-    let page = b.get(&consent).await.text().await.unwrap();
-    assert!(page.contains("data-step=\"consent\""), "{page}");
+    let (consent, page) = open_consent(w, b, pending).await;
     assert!(page.contains("學雜費減免資格審核") && page.contains("低收及中低收列冊資料"));
     let catalog = w.app.state.catalog();
     let agency = catalog
@@ -209,8 +220,7 @@ async fn agree(
     let mut req = AuthorizationRequest::new(&[dataset], "學雜費減免資格審核");
     req.login_hint = Some(person.to_owned());
     let pending = service.push(&req).await.unwrap();
-    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
-    let page = b.get(&consent).await.text().await.unwrap();
+    let (consent, page) = open_consent(w, b, &pending).await;
     let r = b
         .post(
             &consent,
@@ -648,8 +658,7 @@ async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data(
         .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
         .await
         .unwrap();
-    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
-    let page = b.get(&consent).await.text().await.unwrap();
+    let (consent, page) = open_consent(w, &b, &pending).await;
     let r = b
         .post(
             &consent,
@@ -675,8 +684,7 @@ async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data(
         .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
         .await
         .unwrap();
-    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
-    let page = b.get(&consent).await.text().await.unwrap();
+    let (consent, page) = open_consent(w, &b, &pending).await;
     b.post(
         &consent,
         &[("csrf", &csrf_in(&page)), ("decision", "agree")],
@@ -863,8 +871,7 @@ async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once
         ))
         .await
         .unwrap();
-    let consent = location(&b.get(&path_of(&pending.authorize_url, &w.app.base)).await);
-    let page = b.get(&consent).await.text().await.unwrap();
+    let (consent, page) = open_consent(&w, &b, &pending).await;
     let r = b
         .post(
             &consent,

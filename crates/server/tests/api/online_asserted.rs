@@ -105,12 +105,7 @@ fn refused_with(e: mydata_sdk::Error, code: &str) -> String {
 
 /// From the authorize URL to the consent question, in a browser that never signed in.
 async fn open_consent(w: &FlowWorld, b: &Browser, pending: &Pending) -> String {
-    let r = b.get(&path_of(&pending.authorize_url, &w.app.base)).await;
-    assert_eq!(r.status(), 303);
-    let consent = location(&r);
-    assert!(consent.starts_with("/oauth/consent/"), "{consent}");
-    let page = b.get(&consent).await.text().await.unwrap();
-    assert!(page.contains("data-step=\"consent\""), "{page}");
+    let (consent, page) = super::online::open_consent(w, b, pending).await;
     assert!(
         page.contains("data-field=\"asserted\""),
         "who verified the person: {page}"

@@ -98,8 +98,8 @@ async fn to_consent(s: &ServiceWorld, page: &Page, p: &Person, shots: bool) {
     page.fill("#pin", "123456").await.unwrap();
     page.click("button[type=submit]").await.unwrap();
     page.wait_until(
-        "location.pathname.startsWith('/oauth/consent/') && document.readyState === 'complete'",
-        "the consent page",
+        "location.pathname === '/oauth/authorize' && document.querySelector('h1[data-step=consent]') !== null && document.readyState === 'complete'",
+        "the consent question, at the authorize URL itself",
     )
     .await
     .unwrap();

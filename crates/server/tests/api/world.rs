@@ -325,6 +325,15 @@ pub fn csrf_in(html: &str) -> String {
     html[i..].split('"').next().unwrap().to_owned()
 }
 
+/// Where a page's (first) form posts.
+pub fn form_action(html: &str) -> String {
+    let i = html
+        .find("<form method=\"post\" action=\"")
+        .expect("a form")
+        + 28;
+    html[i..].split('"').next().unwrap().to_owned()
+}
+
 /// One browser: its own cookies and client address; redirects are returned, not followed.
 pub struct Browser {
     pub client: reqwest::Client,
