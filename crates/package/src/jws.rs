@@ -71,3 +71,62 @@ impl<'a> Compact<'a> {
         key.verify_fixed(self.signing_input, &self.signature)
     }
 }
+
+/// An ES256 signer of compact JWS for callers that sign many tokens with one key (an online
+/// service's client assertions and DPoP proofs): the key is prepared for AWS-LC once, and a
+/// protected header that does not change is encoded once.
+pub struct Es256Signer {
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Es256Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Es256Signer")
+    }
+}
+
+impl Es256Signer {
+    pub fn new(key: p256::ecdsa::SigningKey) -> Result<Self, String> {
+        Ok(Self {
+            key: KeyPair::new(key)?,
+        })
+    }
+
+    /// The base64url encoding of a protected header (`header` as given: set `alg` to `ES256`).
+    pub fn header(header: &serde_json::Value) -> String {
+        b64url(header.to_string().as_bytes())
+    }
+
+    /// The compact JWS of `payload` under the protected header `header_b64` (from
+    /// [`Es256Signer::header`]).
+    pub fn sign(&self, header_b64: &str, payload: &[u8]) -> String {
+        sign_compact(&self.key, header_b64, payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use p256::ecdsa::signature::Verifier as _;
+
+    #[test]
+    fn an_es256_signer_makes_compact_jws_that_standard_es256_verifies() {
+        let key = <p256::ecdsa::SigningKey as p256::elliptic_curve::Generate>::generate();
+        let public = *key.verifying_key();
+        let signer = Es256Signer::new(key).unwrap();
+        let header = Es256Signer::header(&serde_json::json!({"typ": "JWT", "alg": "ES256"}));
+        let token = signer.sign(&header, br#"{"sub":"a"}"#);
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], header);
+        assert_eq!(URL_SAFE_NO_PAD.decode(parts[1]).unwrap(), br#"{"sub":"a"}"#);
+        let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+        let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        assert!(public.verify(signed.as_bytes(), &sig).is_ok());
+        assert!(public.verify(b"other", &sig).is_err());
+        let parsed = Compact::parse(token.as_bytes()).unwrap();
+        assert_eq!(parsed.header["alg"], "ES256");
+    }
+}

@@ -23,6 +23,7 @@ pub use dataset::{
     SignedDataset, Verdict, verify_dataset,
 };
 pub use ecdsa::PublicKey as P256PublicKey;
+pub use jws::Es256Signer;
 pub use package::{
     ArchiveError, PackageBuilder, PackageError, PackageReport, PlatformJwsError, PlatformSigner,
     ReadLimits, Receipt, ReceiptError, jwk_thumbprint, read_package, verify_package,

@@ -37,11 +37,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mydata_core::{Clock, SystemClock, Timestamp};
+use mydata_package::Es256Signer;
 use mydata_package::e2e::{Envelope, HpkeKeyPair};
 use p256::ecdsa::SigningKey;
-use p256::pkcs8::EncodePrivateKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -81,6 +80,35 @@ pub struct Keys {
     signing: SigningKey,
     encryption: HpkeKeyPair,
     dpop: SigningKey,
+    /// Both P-256 keys prepared for signing, with their fixed headers: made on first use.
+    prepared: std::sync::OnceLock<Prepared>,
+}
+
+/// What every client assertion and DPoP proof reuses: the keys ready for AWS-LC and the encoded
+/// protected headers (the assertion's names its `kid`, the proof's carries the DPoP key).
+struct Prepared {
+    signing: Es256Signer,
+    signing_header: String,
+    dpop: Es256Signer,
+    dpop_header: String,
+}
+
+impl Prepared {
+    fn new(keys: &Keys) -> Result<Self, Error> {
+        let signer = |k: &SigningKey| {
+            Es256Signer::new(k.clone()).map_err(|e| Error::Invalid(format!("signing key: {e}")))
+        };
+        Ok(Self {
+            signing: signer(&keys.signing)?,
+            signing_header: Es256Signer::header(&serde_json::json!({
+                "typ": "JWT", "alg": "ES256", "kid": keys.signing_kid(),
+            })),
+            dpop: signer(&keys.dpop)?,
+            dpop_header: Es256Signer::header(&serde_json::json!({
+                "typ": "dpop+jwt", "alg": "ES256", "jwk": ec_public_jwk(&keys.dpop),
+            })),
+        })
+    }
 }
 
 impl std::fmt::Debug for Keys {
@@ -109,13 +137,23 @@ impl Keys {
             signing,
             encryption,
             dpop: <SigningKey as p256::elliptic_curve::Generate>::generate(),
+            prepared: std::sync::OnceLock::new(),
         }
     }
 
     /// Uses `key` as the DPoP key (say one shared by the service's processes).
     pub fn with_dpop_key(mut self, key: SigningKey) -> Self {
         self.dpop = key;
+        self.prepared = std::sync::OnceLock::new();
         self
+    }
+
+    fn prepared(&self) -> Result<&Prepared, Error> {
+        if let Some(p) = self.prepared.get() {
+            return Ok(p);
+        }
+        let p = Prepared::new(self)?;
+        Ok(self.prepared.get_or_init(|| p))
     }
 
     /// The DPoP key's RFC 7638 thumbprint (`dpop_jkt`; what tokens are bound to).
@@ -149,13 +187,6 @@ fn ec_public_jwk(key: &SigningKey) -> serde_json::Value {
         "x": coord(point.x().map(|x| x.as_slice())),
         "y": coord(point.y().map(|y| y.as_slice())),
     })
-}
-
-fn es256_key(key: &SigningKey) -> Result<EncodingKey, Error> {
-    let der = key
-        .to_pkcs8_der()
-        .map_err(|e| Error::Invalid(format!("signing key: {e}")))?;
-    Ok(EncodingKey::from_ec_der(der.as_bytes()))
 }
 
 /// How a service reaches the platform.
@@ -386,10 +417,10 @@ impl Service {
 
     /// Signs `claims` with the service's ES256 key (also for identity assertions).
     pub fn sign(&self, claims: &serde_json::Value) -> Result<String, Error> {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.config.keys.signing_kid());
-        jsonwebtoken::encode(&header, claims, &es256_key(&self.config.keys.signing)?)
-            .map_err(|e| Error::Invalid(format!("signing: {e}")))
+        let keys = self.config.keys.prepared()?;
+        Ok(keys
+            .signing
+            .sign(&keys.signing_header, claims.to_string().as_bytes()))
     }
 
     /// A fresh DPoP proof (RFC 9449 §4) for one request: `htm` its method, `htu` its URI (without
@@ -401,12 +432,7 @@ impl Service {
         htu: &str,
         access_token: Option<&str>,
     ) -> Result<String, Error> {
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = Some("dpop+jwt".into());
-        header.jwk = Some(
-            serde_json::from_value(ec_public_jwk(&self.config.keys.dpop))
-                .map_err(|e| Error::Invalid(format!("DPoP key: {e}")))?,
-        );
+        let keys = self.config.keys.prepared()?;
         let mut claims = serde_json::json!({
             "jti": uuid::Uuid::new_v4().to_string(), "htm": htm, "htu": htu,
             "iat": self.config.clock.now().millis() / 1000,
@@ -414,8 +440,9 @@ impl Service {
         if let Some(t) = access_token {
             claims["ath"] = URL_SAFE_NO_PAD.encode(Sha256::digest(t.as_bytes())).into();
         }
-        jsonwebtoken::encode(&header, &claims, &es256_key(&self.config.keys.dpop)?)
-            .map_err(|e| Error::Invalid(format!("signing a DPoP proof: {e}")))
+        Ok(keys
+            .dpop
+            .sign(&keys.dpop_header, claims.to_string().as_bytes()))
     }
 
     /// Where `token`'s package is fetched.
