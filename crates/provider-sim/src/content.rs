@@ -14,6 +14,7 @@ use mydata_core::identity::IdentityMethod;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Who the data is about.
@@ -193,8 +194,8 @@ fn subject_role(key: &str, suffix: &str) -> bool {
 #[derive(Debug)]
 pub struct Generator<'p> {
     pop: &'p Population,
-    fields: FieldTable,
-    agency_names: HashMap<String, String>,
+    fields: Cow<'p, FieldTable>,
+    agency_names: Cow<'p, HashMap<String, String>>,
 }
 
 /// The 薪資 bracket cap of 勞保 (月投保薪資 top bracket).
@@ -215,16 +216,34 @@ impl<'p> Generator<'p> {
     }
 
     pub fn with_fields(pop: &'p Population, catalog: &Catalog, fields: FieldTable) -> Self {
-        let agency_names = catalog
+        Self {
+            pop,
+            fields: Cow::Owned(fields),
+            agency_names: Cow::Owned(Self::agency_names(catalog)),
+        }
+    }
+
+    /// A generator over tables its caller keeps (a server answering many requests builds them
+    /// once; `agency_names` from [`Generator::agency_names`]).
+    pub fn borrowing(
+        pop: &'p Population,
+        fields: &'p FieldTable,
+        agency_names: &'p HashMap<String, String>,
+    ) -> Self {
+        Self {
+            pop,
+            fields: Cow::Borrowed(fields),
+            agency_names: Cow::Borrowed(agency_names),
+        }
+    }
+
+    /// The zh-TW name of every agency of `catalog`, by ID.
+    pub fn agency_names(catalog: &Catalog) -> HashMap<String, String> {
+        catalog
             .agencies()
             .iter()
             .map(|a| (a.id.clone(), a.name_zh.clone()))
-            .collect();
-        Self {
-            pop,
-            fields,
-            agency_names,
-        }
+            .collect()
     }
 
     fn rng(&self, subject: Subject<'_>, no: u32) -> ChaCha20Rng {

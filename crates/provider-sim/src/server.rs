@@ -194,6 +194,8 @@ pub struct Simulator {
     catalog: Catalog,
     population: Population,
     fields: FieldTable,
+    /// Agency names by ID, for the generated content (built once, not per request).
+    agency_names: HashMap<String, String>,
     fonts: PdfFonts,
     render_pdf: bool,
     ca: SimulatedCa,
@@ -253,6 +255,7 @@ impl Simulator {
         }
         Ok(Self {
             population: Population::generate(config.seed, config.reference_date),
+            agency_names: Generator::agency_names(&catalog),
             catalog,
             fields,
             fonts,
@@ -477,8 +480,7 @@ impl Simulator {
         let Some(found) = found else {
             return Ok(self.unknown_subject(dataset, subject));
         };
-        let generator =
-            Generator::with_fields(&self.population, &self.catalog, self.fields.clone());
+        let generator = Generator::borrowing(&self.population, &self.fields, &self.agency_names);
         let content = generator.render(found, dataset).map_err(|e| internal(&e))?;
         let json = serde_json::to_vec(&content.json).map_err(|e| internal(&e))?;
         let subject = match found {
