@@ -256,17 +256,6 @@ macro_rules! insert_audit_columns {
     };
 }
 
-/// A fetch attempt counted with its event, inside PostgreSQL's admission transaction (see
-/// `admit_agency_call`); returns the attempt number when the fetch was still open.
-const ATTEMPT_POSTGRES: &str = concat!(
-    "WITH u AS (UPDATE transfer_datasets SET attempts = attempts + 1, started_at = COALESCE(started_at, $1), updated_at = $1
-    WHERE transfer_id = $2 AND dataset_id = $3 AND status NOT IN ",
-    settled_sql!(),
-    " RETURNING attempts),
-a AS (", insert_audit_columns!(), " SELECT $4, $5, $6, $7, $8, $9 FROM u)
-SELECT attempts FROM u"
-);
-
 /// A package stored with its event, as one step (see `step`); the event's `seq` comes back only
 /// when this was the transfer's first package. Audit parameters are `$9`–`$14`.
 const PACKAGE_SQLITE: &str = concat!(
@@ -1077,11 +1066,11 @@ impl Store {
         let n = now.millis();
         let lease = n.saturating_add(ms(limits.slot_lease));
         let limit = i64::from(limits.concurrency.max(1));
-        let pool = match &self.db {
+        let e = attempt.map(|a| a.audit);
+        let rows: Vec<(i64, Option<i64>, i64)> = match &self.db {
             crate::Db::Sqlite { writer, .. } => {
                 // One step: SQLite runs the whole text under its write lock, so the count of
                 // slots sees every other admission.
-                let e = attempt.map(|a| a.audit);
                 let q = crate::step::Binder::new(ADMIT_SQLITE)
                     .bind(agency_id)
                     .bind(n)
@@ -1096,105 +1085,56 @@ impl Store {
                     .bind(e.and_then(|e| e.transfer_id.as_deref()))
                     .bind(e.map(|e| e.actor.as_str()))
                     .bind(e.map(|e| e.detail.to_string()));
-                let rows: Vec<(i64, Option<i64>, i64)> =
-                    crate::step::sqlite_sync(writer, q).await?;
-                let circuit = rows.iter().find(|r| r.0 == 0);
-                let open_until = circuit.and_then(|r| r.1);
-                let failures = circuit.map_or(0, |r| r.2);
-                if let Some(until) = open_until.filter(|u| *u > n) {
-                    return Ok(Admission::Open {
-                        until: Timestamp::from_millis(until),
-                    });
-                }
-                if rows.iter().any(|r| r.0 == 4) {
-                    return Ok(Admission::Settled);
-                }
-                if !rows.iter().any(|r| r.0 == 1) {
-                    return Ok(Admission::Busy);
-                }
-                let probe = rows.iter().any(|r| r.0 == 2);
-                let attempt = rows
-                    .iter()
-                    .find(|r| r.0 == 3)
-                    .map(|r| u32::try_from(r.2).unwrap_or(u32::MAX));
-                return Ok(Admission::Go {
-                    probe,
-                    clean: !probe && failures == 0,
-                    attempt,
-                });
+                crate::step::sqlite_sync(writer, q).await?
             }
-            crate::Db::Postgres(pool) => pool,
-        };
-        // PostgreSQL: a transaction that locks the circuit row first (one statement's snapshot
-        // would miss a slot taken meanwhile by another process).
-        let mut tx = pool.begin().await?;
-        let (open_until, failures): (Option<i64>, i64) = sqlx::query_as(
-            "INSERT INTO agency_circuits (agency_id, consecutive_failures, open_until, updated_at) VALUES ($1, 0, NULL, $2)
-             ON CONFLICT (agency_id) DO UPDATE SET updated_at = excluded.updated_at RETURNING open_until, consecutive_failures",
-        )
-        .bind(agency_id)
-        .bind(n)
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut probe = false;
-        if let Some(until) = open_until {
-            if until > n {
-                tx.rollback().await?;
-                return Ok(Admission::Open {
-                    until: Timestamp::from_millis(until),
-                });
-            }
-            // Half-open: this call is the probe; others wait while it runs.
-            sqlx::query("UPDATE agency_circuits SET open_until = $1 WHERE agency_id = $2")
-                .bind(lease)
+            // PostgreSQL: one call of the function migration 0014 defines, which locks the
+            // circuit row first and then counts the slots with a fresh snapshot (one statement's
+            // would miss a slot taken while it waited for the lock); one round trip, so the lock
+            // is held only while it runs.
+            crate::Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT step, until_ms, num FROM mydata_admit_agency_call($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
                 .bind(agency_id)
-                .execute(&mut *tx)
-                .await?;
-            probe = true;
+                .bind(n)
+                .bind(holder)
+                .bind(lease)
+                .bind(limit)
+                .bind(attempt.map(|a| a.transfer_id))
+                .bind(attempt.map(|a| a.dataset_id))
+                .bind(e.map(|e| e.at.millis()))
+                .bind(e.map(|e| e.kind.as_str()))
+                .bind(e.and_then(|e| e.subject.as_deref()))
+                .bind(e.and_then(|e| e.transfer_id.as_deref()))
+                .bind(e.map(|e| e.actor.as_str()))
+                .bind(e.map(|e| e.detail.to_string()))
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        let circuit = rows.iter().find(|r| r.0 == 0);
+        let open_until = circuit.and_then(|r| r.1);
+        let failures = circuit.map_or(0, |r| r.2);
+        if let Some(until) = open_until.filter(|u| *u > n) {
+            return Ok(Admission::Open {
+                until: Timestamp::from_millis(until),
+            });
         }
-        let (busy,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM agency_slots WHERE agency_id = $1 AND lease_until > $2 AND holder <> $3",
-        )
-        .bind(agency_id)
-        .bind(n)
-        .bind(holder)
-        .fetch_one(&mut *tx)
-        .await?;
-        if busy >= limit {
-            tx.rollback().await?;
+        if rows.iter().any(|r| r.0 == 4) {
+            return Ok(Admission::Settled);
+        }
+        if !rows.iter().any(|r| r.0 == 1) {
             return Ok(Admission::Busy);
         }
-        let mut counted = None;
-        if let Some(a) = attempt {
-            let row: Option<(i64,)> = bind_audit!(
-                sqlx::query_as(ATTEMPT_POSTGRES)
-                    .bind(n)
-                    .bind(a.transfer_id)
-                    .bind(a.dataset_id),
-                a.audit
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((attempts,)) = row else {
-                tx.rollback().await?;
-                return Ok(Admission::Settled);
-            };
-            counted = Some(u32::try_from(attempts).unwrap_or(u32::MAX));
-        }
-        sqlx::query(
-            "INSERT INTO agency_slots (holder, agency_id, lease_until) VALUES ($1, $2, $3)
-             ON CONFLICT (holder) DO UPDATE SET agency_id = excluded.agency_id, lease_until = excluded.lease_until",
-        )
-        .bind(holder)
-        .bind(agency_id)
-        .bind(lease)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let probe = rows.iter().any(|r| r.0 == 2);
+        let attempt = rows
+            .iter()
+            .find(|r| r.0 == 3)
+            .map(|r| u32::try_from(r.2).unwrap_or(u32::MAX));
         Ok(Admission::Go {
             probe,
             clean: !probe && failures == 0,
-            attempt: counted,
+            attempt,
         })
     }
 

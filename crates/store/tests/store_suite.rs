@@ -56,6 +56,7 @@ on_both_backends!(
     a_proof_for_another_tree_size_does_not_verify,
     fetch_settles_once_and_reports_when_all_are_settled,
     agency_slots_limit_calls_in_flight_and_expire,
+    concurrent_admissions_never_exceed_the_agency_limit,
     circuit_opens_after_threshold_and_lets_one_probe_through,
     a_half_open_circuit_whose_slots_are_all_held_stays_as_it_was,
     package_key_is_taken_once_and_destroyed_at_expiry,
@@ -1348,6 +1349,45 @@ fn limits() -> AgencyLimits {
         slot_lease: Duration::from_secs(30),
         failure_threshold: 3,
         open_for: Duration::from_secs(60),
+    }
+}
+
+/// Admissions racing for one agency's slots (each on its own connection on PostgreSQL) take
+/// exactly the limit: each one counts the slots the others took before it.
+async fn concurrent_admissions_never_exceed_the_agency_limit(s: &Store) {
+    let l = AgencyLimits {
+        concurrency: 3,
+        ..limits()
+    };
+    for round in 0..4 {
+        let agency = format!("agency-{round}");
+        let mut tasks = Vec::new();
+        for h in 0..12 {
+            let (s, agency) = (s.clone(), agency.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..20 {
+                    match s
+                        .admit_agency_call(&agency, &format!("r{round}h{h}"), &l, None, T0)
+                        .await
+                    {
+                        Ok(a) => return a,
+                        // SQLite may report a busy database under contention; asked again.
+                        Err(StoreError::Database(_)) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                panic!("no answer in 20 tries")
+            }));
+        }
+        let mut went = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Admission::Go { .. } => went += 1,
+                Admission::Busy => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(went, 3, "round {round}: {went} calls admitted for 3 slots");
     }
 }
 
