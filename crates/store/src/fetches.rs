@@ -1067,12 +1067,10 @@ impl Store {
         let lease = n.saturating_add(ms(limits.slot_lease));
         let limit = i64::from(limits.concurrency.max(1));
         let e = attempt.map(|a| a.audit);
-        let rows: Vec<(i64, Option<i64>, i64)> = match &self.db {
-            crate::Db::Sqlite { writer, .. } => {
-                // One step: SQLite runs the whole text under its write lock, so the count of
-                // slots sees every other admission.
-                let q = crate::step::Binder::new(ADMIT_SQLITE)
-                    .bind(agency_id)
+        // The same thirteen parameters for both backends' texts.
+        macro_rules! bind_admission {
+            ($q:expr) => {
+                $q.bind(agency_id)
                     .bind(n)
                     .bind(holder)
                     .bind(lease)
@@ -1084,7 +1082,14 @@ impl Store {
                     .bind(e.and_then(|e| e.subject.as_deref()))
                     .bind(e.and_then(|e| e.transfer_id.as_deref()))
                     .bind(e.map(|e| e.actor.as_str()))
-                    .bind(e.map(|e| e.detail.to_string()));
+                    .bind(e.map(|e| e.detail.to_string()))
+            };
+        }
+        let rows: Vec<(i64, Option<i64>, i64)> = match &self.db {
+            crate::Db::Sqlite { writer, .. } => {
+                // One step: SQLite runs the whole text under its write lock, so the count of
+                // slots sees every other admission.
+                let q = bind_admission!(crate::step::Binder::new(ADMIT_SQLITE));
                 crate::step::sqlite_sync(writer, q).await?
             }
             // PostgreSQL: one call of the function migration 0014 defines, which locks the
@@ -1092,22 +1097,9 @@ impl Store {
             // would miss a slot taken while it waited for the lock); one round trip, so the lock
             // is held only while it runs.
             crate::Db::Postgres(pool) => {
-                sqlx::query_as(
+                bind_admission!(sqlx::query_as(
                     "SELECT step, until_ms, num FROM mydata_admit_agency_call($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
-                .bind(agency_id)
-                .bind(n)
-                .bind(holder)
-                .bind(lease)
-                .bind(limit)
-                .bind(attempt.map(|a| a.transfer_id))
-                .bind(attempt.map(|a| a.dataset_id))
-                .bind(e.map(|e| e.at.millis()))
-                .bind(e.map(|e| e.kind.as_str()))
-                .bind(e.and_then(|e| e.subject.as_deref()))
-                .bind(e.and_then(|e| e.transfer_id.as_deref()))
-                .bind(e.map(|e| e.actor.as_str()))
-                .bind(e.map(|e| e.detail.to_string()))
+                ))
                 .fetch_all(pool)
                 .await?
             }
