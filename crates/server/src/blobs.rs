@@ -10,6 +10,7 @@
 use crate::config::{Settings, StorageBackend};
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
+use mydata_store::PackageRecord;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::sync::Arc;
@@ -25,11 +26,17 @@ pub struct Blobs {
     store: Arc<dyn ObjectStore>,
     /// The directory of the local store, for the calling-thread fast path.
     local: Option<Arc<std::path::PathBuf>>,
+    /// Sealed packages up to this size live in their database row (`storage.inline_max_bytes`).
+    inline_max: usize,
 }
 
 impl Blobs {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store, local: None }
+        Self {
+            store,
+            local: None,
+            inline_max: 0,
+        }
     }
 
     /// Opens the store the settings name (creating the local directory if needed).
@@ -72,7 +79,34 @@ impl Blobs {
                 Arc::new(b.build().context("cannot configure the S3 object store")?)
             }
         };
-        Ok(Self { store, local })
+        Ok(Self {
+            store,
+            local,
+            inline_max: usize::try_from(settings.storage.inline_max_bytes).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// Whether a sealed package of `len` bytes is kept in its database row rather than here:
+    /// one write with its record, no file or object to create and delete, no round trip.
+    pub fn keeps_inline(&self, len: usize) -> bool {
+        len <= self.inline_max
+    }
+
+    /// A sealed package's bytes: its row's body when it lives there, else its object.
+    pub async fn package(&self, rec: &PackageRecord) -> Result<Vec<u8>, BlobError> {
+        match &rec.body {
+            Some(body) => Ok(body.clone()),
+            None => self.get(&rec.object_key).await,
+        }
+    }
+
+    /// Deletes a package's object; one that lived in its row has none (its body is cleared with
+    /// its key, in the same write).
+    pub async fn delete_package(&self, rec: &PackageRecord) -> Result<(), BlobError> {
+        if rec.body.is_some() {
+            return Ok(());
+        }
+        self.delete(&rec.object_key).await
     }
 
     /// Where `key` lives in the local directory (the key checked as `object_store` checks it: no

@@ -130,6 +130,14 @@ pub struct StorageSettings {
     /// Directory of the `local` backend; empty: `<data_dir>/objects`.
     pub local_dir: String,
     pub s3: S3Settings,
+    /// A sealed package of at most this many bytes is kept in its database row instead (written
+    /// with its record, read with it, cleared with its key); 0: every package in the store.
+    #[serde(default = "default_inline_max_bytes")]
+    pub inline_max_bytes: u64,
+}
+
+fn default_inline_max_bytes() -> u64 {
+    256 * 1024
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +167,7 @@ impl Default for StorageSettings {
             backend: StorageBackend::Local,
             local_dir: String::new(),
             s3: S3Settings::default(),
+            inline_max_bytes: default_inline_max_bytes(),
         }
     }
 }

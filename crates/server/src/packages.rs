@@ -229,7 +229,8 @@ async fn load_fetched(
 
 /// Builds and signs the package of `t` from its fetched `datasets` (of `asked` datasets in all),
 /// seals it (end to end to an online service, else under a fresh key wrapped by the data key) and
-/// stores the blob; returns its record and `package.created` event, for the caller's write.
+/// keeps it (in its record when small enough, else as a blob); returns its record and
+/// `package.created` event, for the caller's write.
 async fn build(
     state: &AppState,
     t: &Transfer,
@@ -268,10 +269,15 @@ async fn build(
         }
     };
     let object = package_object(&t.id);
-    data.blobs
-        .put(&object, sealed)
-        .await
-        .map_err(|e| AssembleError::Blob(e.to_string()))?;
+    let body = if data.blobs.keeps_inline(sealed.len()) {
+        Some(sealed)
+    } else {
+        data.blobs
+            .put(&object, sealed)
+            .await
+            .map_err(|e| AssembleError::Blob(e.to_string()))?;
+        None
+    };
     let record = PackageRecord {
         transfer_id: t.id.clone(),
         object_key: object,
@@ -284,6 +290,7 @@ async fn build(
         expires_at: t.expires_at,
         taken_at: None,
         deleted_at: None,
+        body,
     };
     let created = event(
         "package.created",
@@ -355,7 +362,7 @@ pub(crate) async fn package_with_last_fetch(
         )
         .await;
     let moved = matches!(&done, Ok(d) if d.moved);
-    if !moved && let Err(e) = state.data().blobs.delete(&record.object_key).await {
+    if !moved && let Err(e) = state.data().blobs.delete_package(&record).await {
         tracing::warn!(error = %e, "deleting an unused package blob failed");
     }
     let done = done?;
@@ -426,7 +433,7 @@ pub async fn take_package(
     }
     let blob = data
         .blobs
-        .get(&rec.object_key)
+        .package(&rec)
         .await
         .map_err(|e| TakeError::Internal(e.to_string()))?;
     let audit = NewAuditEvent {
@@ -451,7 +458,7 @@ pub async fn take_package(
         .and_then(|key| {
             mydata_package::open(&key, &blob).map_err(|e| TakeError::Internal(e.to_string()))
         });
-    if let Err(e) = data.blobs.delete(&rec.object_key).await {
+    if let Err(e) = data.blobs.delete_package(&rec).await {
         tracing::warn!(error = %e, "deleting a taken package blob failed; its key is destroyed");
     }
     // Deleted at retrieval: the key went with `package.taken`, the blob just now.
@@ -528,7 +535,7 @@ pub async fn read_package(
     };
     let blob = data
         .blobs
-        .get(&rec.object_key)
+        .package(&rec)
         .await
         .map_err(|e| TakeError::Internal(e.to_string()))?;
     let key = data
@@ -576,7 +583,7 @@ pub async fn delete_saved_package(
     {
         return Ok(false);
     }
-    if let Err(e) = state.data().blobs.delete(&rec.object_key).await {
+    if let Err(e) = state.data().blobs.delete_package(&rec).await {
         tracing::warn!(error = %e, "deleting a saved package blob failed; its key is destroyed");
     }
     for event in [TransferEvent::Release, TransferEvent::Purge] {

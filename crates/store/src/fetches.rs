@@ -180,6 +180,10 @@ pub struct PackageRecord {
     pub expires_at: Timestamp,
     pub taken_at: Option<Timestamp>,
     pub deleted_at: Option<Timestamp>,
+    /// The sealed package itself when it is small enough to live in its row (ciphertext, like the
+    /// blob it replaces; `object_key` then names no stored object). Cleared with the key.
+    #[serde(skip)]
+    pub body: Option<Vec<u8>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -194,6 +198,7 @@ struct PackageRow {
     expires_at: i64,
     taken_at: Option<i64>,
     deleted_at: Option<i64>,
+    body: Option<Vec<u8>>,
 }
 
 impl From<PackageRow> for PackageRecord {
@@ -209,11 +214,12 @@ impl From<PackageRow> for PackageRecord {
             expires_at: Timestamp::from_millis(r.expires_at),
             taken_at: r.taken_at.map(Timestamp::from_millis),
             deleted_at: r.deleted_at.map(Timestamp::from_millis),
+            body: r.body,
         }
     }
 }
 
-const SELECT_PACKAGE: &str = "SELECT transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, taken_at, deleted_at FROM packages";
+const SELECT_PACKAGE: &str = "SELECT transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, taken_at, deleted_at, body FROM packages";
 
 /// An object in blob storage whose key the store no longer holds: delete it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,17 +263,17 @@ macro_rules! insert_audit_columns {
 }
 
 /// A package stored with its event, as one step (see `step`); the event's `seq` comes back only
-/// when this was the transfer's first package. Audit parameters are `$9`–`$14`.
+/// when this was the transfer's first package. Audit parameters are `$9`–`$14`, the inline body `$15`.
 const PACKAGE_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
-INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transfer_id) DO NOTHING;
+INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, body)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $15) ON CONFLICT (transfer_id) DO NOTHING;
 ", insert_audit_columns!(), " SELECT $9, $10, $11, $12, $13, $14 WHERE changes() = 1 RETURNING seq;
 COMMIT"
 );
 const PACKAGE_POSTGRES: &str = concat!(
-    "WITH p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (transfer_id) DO NOTHING RETURNING transfer_id)
+    "WITH p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, body)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $15) ON CONFLICT (transfer_id) DO NOTHING RETURNING transfer_id)
 ", insert_audit_columns!(), " SELECT $9, $10, $11, $12, $13, $14 FROM p RETURNING seq"
 );
 
@@ -277,14 +283,14 @@ const TAKE_KEY_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
 UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
     RETURNING sealed_key;
-UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2 AND changes() = 1;
+UPDATE packages SET sealed_key = NULL, body = NULL, deleted_at = $1 WHERE transfer_id = $2 AND changes() = 1;
 ", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 WHERE changes() = 1;
 COMMIT"
 );
 const TAKE_KEY_POSTGRES: &str = concat!(
     "WITH k AS (SELECT transfer_id, sealed_key FROM packages
     WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1 FOR UPDATE),
-u AS (UPDATE packages p SET taken_at = $1, sealed_key = NULL, deleted_at = $1 FROM k WHERE p.transfer_id = k.transfer_id
+u AS (UPDATE packages p SET taken_at = $1, sealed_key = NULL, body = NULL, deleted_at = $1 FROM k WHERE p.transfer_id = k.transfer_id
     RETURNING k.sealed_key),
 a AS (", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 FROM u)
 SELECT sealed_key FROM u"
@@ -302,7 +308,7 @@ INSERT INTO oauth_jtis (client_id, jti, expires_at) SELECT $9, $10, $11 WHERE $1
     ON CONFLICT (expires_at, client_id, jti) DO NOTHING RETURNING 2, NULL;
 UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
     AND (changes() = 1 OR $10 IS NULL) RETURNING 0, sealed_key;
-UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2 AND changes() = 1;
+UPDATE packages SET sealed_key = NULL, body = NULL, deleted_at = $1 WHERE transfer_id = $2 AND changes() = 1;
 ", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 WHERE changes() = 1;
 UPDATE transfers SET state = $12, updated_at = $1, version = version + 2 WHERE id = $2 AND version = $13 AND changes() = 1;
 ", insert_audit_columns!(), " SELECT $1, $14, $18, $2, $19, $15 WHERE changes() = 1
@@ -315,7 +321,7 @@ const RETRIEVE_POSTGRES: &str = concat!(
 k AS (SELECT transfer_id, sealed_key FROM packages
     WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
     AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM j)) FOR UPDATE),
-u AS (UPDATE packages p SET taken_at = $1, sealed_key = NULL, deleted_at = $1 FROM k WHERE p.transfer_id = k.transfer_id
+u AS (UPDATE packages p SET taken_at = $1, sealed_key = NULL, body = NULL, deleted_at = $1 FROM k WHERE p.transfer_id = k.transfer_id
     RETURNING k.sealed_key),
 t AS (UPDATE transfers SET state = $12, updated_at = $1, version = version + 2
     WHERE id = $2 AND version = $13 AND EXISTS (SELECT 1 FROM u) RETURNING id),
@@ -413,11 +419,12 @@ SELECT transfer_id, data_object FROM old";
 /// if it is the first, its event (`$9`–`$14`); the fetched data of transfer `$15` forgotten as in
 /// `CLEAR_FETCHED_*` (returned as `(0, object)`); the transfer moved from version `$18` to state
 /// `$16` at `$17` with its event (`$19`–`$21`), returning `(1, NULL)` if it moved; then, only if it
-/// moved, job `$22` (leased by `$23`; NULL for none) marked done, returning `(3, NULL)`.
+/// moved, job `$22` (leased by `$23`; NULL for none) marked done, returning `(3, NULL)`. The
+/// package's inline body is `$24`.
 const FINISH_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
-INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE $1 IS NOT NULL ON CONFLICT (transfer_id) DO NOTHING;
+INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, body)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $24 WHERE $1 IS NOT NULL ON CONFLICT (transfer_id) DO NOTHING;
 ", insert_audit_columns!(), " SELECT $9, $10, $11, $12, $13, $14 WHERE changes() = 1;
 SELECT 0, data_object FROM transfer_datasets WHERE transfer_id = $15 AND data_object IS NOT NULL;
 UPDATE transfer_datasets SET data_key = NULL, data_object = NULL WHERE transfer_id = $15;
@@ -429,8 +436,8 @@ UPDATE jobs SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_
 COMMIT"
 );
 const FINISH_POSTGRES: &str = concat!(
-    "WITH p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
-    SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint, $6::bigint, $7::bigint, $8::bigint WHERE $1::text IS NOT NULL
+    "WITH p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, body)
+    SELECT $1::text, $2::text, $3::text, $4::text, $5::bigint, $6::bigint, $7::bigint, $8::bigint, $24::bytea WHERE $1::text IS NOT NULL
     ON CONFLICT (transfer_id) DO NOTHING RETURNING transfer_id),
 old AS (SELECT transfer_id, dataset_id, data_object FROM transfer_datasets
     WHERE transfer_id = $15 AND data_object IS NOT NULL FOR UPDATE),
@@ -454,7 +461,7 @@ UNION ALL SELECT 3::bigint, NULL::text FROM k"
 /// `$9` witnesses that the step moved the transfer: the other datasets' fetched data is then
 /// forgotten (returned as `(0, object)`), the sealed identity deleted and job `$31` (leased by
 /// `$32`) marked done (`(3, NULL)`). The agency slot of holder `$29` at agency `$30` is freed
-/// whatever happened.
+/// whatever happened. The package's inline body is `$33`.
 const DIRECT_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
 UPDATE transfer_datasets SET status = $1, error_code = NULL, error_message = NULL, digest = $2, data_object = NULL, data_key = NULL,
@@ -464,8 +471,8 @@ UPDATE transfer_datasets SET status = $1, error_code = NULL, error_message = NUL
     AND NOT EXISTS (SELECT 1 FROM transfer_datasets WHERE transfer_id = $4 AND dataset_id <> $5 AND status NOT IN ", settled_sql!(), ");
 UPDATE transfers SET state = $7, updated_at = $3, version = version + 1 WHERE id = $4 AND version = $6 AND changes() = 1
     RETURNING 1, NULL;
-INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
-    SELECT $4, $8, $9, $10, $11, $12, $3, $13 WHERE changes() = 1;
+INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, body)
+    SELECT $4, $8, $9, $10, $11, $12, $3, $13, $33 WHERE changes() = 1;
 ", insert_audit_columns!(), " SELECT $14, $15, $16, $17, $18, $19 WHERE changes() = 1
     UNION ALL SELECT $20, $21, $22, $23, $24, $25 WHERE changes() = 1
     UNION ALL SELECT $3, $26, $27, $4, 'system', $28 WHERE changes() = 1;
@@ -491,8 +498,8 @@ s AS (UPDATE transfer_datasets SET status = $1, error_code = NULL, error_message
     RETURNING transfer_id),
 t AS (UPDATE transfers SET state = $7, updated_at = $3, version = version + 1 WHERE id = $4 AND version = $6
     AND EXISTS (SELECT 1 FROM s) RETURNING id),
-p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at)
-    SELECT t.id, $8::text, $9::text, $10::text, $11::bigint, $12::bigint, $3::bigint, $13::bigint FROM t),
+p AS (INSERT INTO packages (transfer_id, object_key, sealed_key, digest, size_bytes, datasets, created_at, expires_at, body)
+    SELECT t.id, $8::text, $9::text, $10::text, $11::bigint, $12::bigint, $3::bigint, $13::bigint, $33::bytea FROM t),
 a AS (", insert_audit_columns!(), " SELECT $14::bigint, $15::text, $16::text, $17::text, $18::text, $19::text FROM t
     UNION ALL SELECT $20::bigint, $21::text, $22::text, $23::text, $24::text, $25::text FROM t
     UNION ALL SELECT $3::bigint, $26::text, $27::text, t.id, 'system', $28::text FROM t),
@@ -982,7 +989,8 @@ impl Store {
                 .bind(&read.subject)
                 .bind(detail.to_string())
                 .bind(job.map(|j| j.0))
-                .bind(job.map(|j| j.1)));
+                .bind(job.map(|j| j.1))
+                .bind(p.and_then(|p| p.body.as_deref())));
         Ok(Packaged::from_rows(&read.id, rows))
     }
 
@@ -1034,6 +1042,7 @@ impl Store {
                     .bind(also.slot.map(|s| s.0))
                     .bind(also.job.map(|j| j.0))
                     .bind(also.job.map(|j| j.1))
+                    .bind(p.body.as_deref())
             });
         Ok(Packaged::from_rows(&read.id, rows))
     }
@@ -1227,7 +1236,8 @@ impl Store {
                     .bind(p.created_at.millis())
                     .bind(p.expires_at.millis()),
                 audit
-            ));
+            )
+            .bind(p.body.as_deref()));
         let inserted = !rows.is_empty();
         Ok(inserted)
     }
@@ -1322,7 +1332,7 @@ impl Store {
         let row: Option<(String,)> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let row: Option<(String,)> = sqlx::query_as(
-                "UPDATE packages SET sealed_key = NULL, deleted_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL RETURNING object_key",
+                "UPDATE packages SET sealed_key = NULL, body = NULL, deleted_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL RETURNING object_key",
             )
             .bind(now.millis())
             .bind(transfer_id)

@@ -214,6 +214,11 @@ impl From<&String> for Value {
         Self(SqlValue::Text(v.clone()))
     }
 }
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Self {
+        Self(SqlValue::Blob(v.to_vec()))
+    }
+}
 impl From<&Option<String>> for Value {
     fn from(v: &Option<String>) -> Self {
         v.as_deref().into()

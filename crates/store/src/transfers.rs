@@ -106,6 +106,7 @@ crate::step::step_row!(JoinedPackageRow {
     p_expires_at,
     p_taken_at,
     p_deleted_at,
+    p_body,
 });
 crate::step::step_row!(TransferWithDatasetRow {} flatten { t, d });
 crate::step::step_row!(JoinedDatasetRow {
@@ -166,7 +167,7 @@ const SELECT_TRANSFER_WORK: &str = concat!(
     (SELECT sealed FROM transfer_secrets s WHERE s.transfer_id = t.id) AS sealed,
     p.object_key AS p_object_key, p.sealed_key AS p_sealed_key, p.digest AS p_digest, p.size_bytes AS p_size_bytes,
     p.datasets AS p_datasets, p.created_at AS p_created_at, p.expires_at AS p_expires_at, p.taken_at AS p_taken_at,
-    p.deleted_at AS p_deleted_at
+    p.deleted_at AS p_deleted_at, p.body AS p_body
     FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id LEFT JOIN packages p ON p.transfer_id = t.id
     WHERE t.id = $1 ORDER BY d.position"
 );
@@ -195,6 +196,7 @@ struct JoinedPackageRow {
     p_expires_at: Option<i64>,
     p_taken_at: Option<i64>,
     p_deleted_at: Option<i64>,
+    p_body: Option<Vec<u8>>,
 }
 
 impl JoinedPackageRow {
@@ -210,6 +212,7 @@ impl JoinedPackageRow {
             expires_at: Timestamp::from_millis(self.p_expires_at?),
             taken_at: self.p_taken_at.map(Timestamp::from_millis),
             deleted_at: self.p_deleted_at.map(Timestamp::from_millis),
+            body: self.p_body,
         })
     }
 }

@@ -1607,6 +1607,8 @@ fn package(id: &str) -> PackageRecord {
         expires_at: T0.plus(limits::PACKAGE_TTL),
         taken_at: None,
         deleted_at: None,
+        // Bytes that are no text: the column is binary on both backends.
+        body: Some((0..=255u8).rev().collect()),
     }
 }
 
@@ -1620,6 +1622,7 @@ async fn package_key_is_taken_once_and_destroyed_at_expiry(s: &Store) {
                 .await
                 .unwrap()
         );
+        assert_eq!(s.package(id).await.unwrap().unwrap().body, package(id).body);
     }
     assert!(
         !s.insert_package(&package("p1"), &ev("package.created", "p1"))
@@ -1634,7 +1637,8 @@ async fn package_key_is_taken_once_and_destroyed_at_expiry(s: &Store) {
     let keys: Vec<String> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
     assert_eq!(keys, ["wrapped-key"], "exactly one caller gets the key");
     let p = s.package("p1").await.unwrap().unwrap();
-    assert!(p.sealed_key.is_none() && p.taken_at == Some(T0));
+    // The inline body goes with the key.
+    assert!(p.sealed_key.is_none() && p.taken_at == Some(T0) && p.body.is_none());
     assert_eq!(
         s.audit_for_transfer("p1")
             .await
@@ -1669,10 +1673,9 @@ async fn package_key_is_taken_once_and_destroyed_at_expiry(s: &Store) {
             .is_none()
     );
     assert!(s.packages_to_destroy(end, 10).await.unwrap().is_empty());
-    assert_eq!(
-        s.package("p2").await.unwrap().unwrap().deleted_at,
-        Some(end)
-    );
+    let p2 = s.package("p2").await.unwrap().unwrap();
+    assert_eq!(p2.deleted_at, Some(end));
+    assert!(p2.body.is_none(), "a destroyed package keeps no body");
 }
 
 async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
@@ -1752,7 +1755,8 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
             "transfer.deleted"
         ]
     );
-    assert!(s.package("r1").await.unwrap().unwrap().sealed_key.is_none());
+    let r1 = s.package("r1").await.unwrap().unwrap();
+    assert!(r1.sealed_key.is_none() && r1.body.is_none());
     // Once only, with or without a proof.
     assert_eq!(
         s.retrieve_package(&ready[0], &taken, proof("dpop:3"), "service:sp", T0)
@@ -1854,6 +1858,8 @@ async fn packaging_ends_in_one_step_and_only_once(s: &Store) {
     let work = s.transfer_work("k1").await.unwrap().unwrap();
     assert_eq!(work.package, s.package("k1").await.unwrap());
     assert!(work.package.is_some() && work.sealed_subject.is_none());
+    // The end of packaging stored the inline body, and the transfer's work read carries it.
+    assert_eq!(work.package.unwrap().body, package("k1").body);
     assert_eq!(s.transfer_secret("k1").await.unwrap(), None);
     assert!(
         s.fetch_records("k1")

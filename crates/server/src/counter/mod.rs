@@ -780,7 +780,7 @@ pub async fn peek_package(state: &AppState, transfer_id: &str) -> Result<Vec<u8>
         return Err(gone());
     }
     let data = state.data();
-    let blob = data.blobs.get(&rec.object_key).await.map_err(internal)?;
+    let blob = data.blobs.package(&rec).await.map_err(internal)?;
     let key = data
         .vault
         .open(&crate::packages::package_key_context(transfer_id), wrapped)

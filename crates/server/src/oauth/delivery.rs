@@ -201,7 +201,7 @@ async fn take_sealed(
     if rec.sealed_key.as_deref() != Some(E2E_MARKER) || rec.expires_at <= now {
         return Err(gone());
     }
-    let blob = state.data().blobs.get(&rec.object_key).await.map_err(|e| {
+    let blob = state.data().blobs.package(&rec).await.map_err(|e| {
         internal(AppError::Internal(anyhow::anyhow!(
             "reading a sealed package: {e}"
         )))
@@ -233,7 +233,7 @@ async fn take_sealed(
             return Err(OAuthError::from(dpop::ProofError::Replay).at_resource());
         }
     };
-    if let Err(e) = state.data().blobs.delete(&rec.object_key).await {
+    if let Err(e) = state.data().blobs.delete_package(&rec).await {
         tracing::warn!(error = %e, "deleting a retrieved package blob failed");
     }
     // The transfer changed since it was read: each change from a fresh read.

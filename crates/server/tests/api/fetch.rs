@@ -968,7 +968,12 @@ async fn the_circuit_opens_after_repeated_outages_and_recovers_with_a_probe() {
 #[tokio::test]
 async fn a_package_not_retrieved_is_destroyed_at_eight_hours_and_a_copy_is_unreadable() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let app = DataApp::spawn(backend, 1.0, |s| s.jobs.sweep_interval_secs = 3600).await;
+        // The package in the object store, where a copy could be kept apart from the database.
+        let app = DataApp::spawn(backend, 1.0, |s| {
+            s.jobs.sweep_interval_secs = 3600;
+            s.storage.inline_max_bytes = 0;
+        })
+        .await;
         let sim = app.agencies.sim.clone();
         let ds = instant(&sim);
         let id = app
@@ -1359,11 +1364,41 @@ async fn a_fetch_that_finds_the_agency_busy_goes_ahead_once_this_process_frees_t
 /// write: no packaging job, the dataset it holds never stored; the data stored by the fetch that
 /// settled first is read into the package and deleted. A self-download still goes through the
 /// packaging job (its notice follows the packaging).
+/// Above `storage.inline_max_bytes` a package rests in the object store, not in its row, and
+/// its blob goes when it is taken; at or below, nothing is written there at all.
+#[tokio::test]
+async fn a_package_above_the_inline_limit_rests_in_the_object_store_until_taken() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = DataApp::spawn(backend, 1.0, |s| s.storage.inline_max_bytes = 1).await;
+        let sim = app.agencies.sim.clone();
+        let ds = instant(&sim);
+        let id = app
+            .fetch_for(
+                TransferKind::Counter,
+                &person(&sim),
+                IdentityMethod::MoicaCert,
+                &[&ds.id],
+            )
+            .await;
+        app.until_state(&id, TransferState::Ready).await;
+        let pkg = app.store().package(&id).await.unwrap().unwrap();
+        assert!(
+            pkg.body.is_none(),
+            "{backend:?}: above the limit, not in the row"
+        );
+        let file = app.dir.path().join("objects").join(&pkg.object_key);
+        assert!(std::fs::metadata(&file).unwrap().len() > 0);
+        assert_eq!(app.take_and_check(&id).await.datasets.len(), 1);
+        assert!(!file.exists(), "{backend:?}: the blob goes with the take");
+    }
+}
+
 #[tokio::test]
 async fn the_last_fetch_packages_the_transfer_in_its_own_write() {
     use mydata_server::packages::PACKAGE_QUEUE;
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let app = DataApp::spawn(backend, 1.0, |_| {}).await;
+        // Room in the row for this two-dataset package with its PDFs.
+        let app = DataApp::spawn(backend, 1.0, |s| s.storage.inline_max_bytes = 16 << 20).await;
         let sim = app.agencies.sim.clone();
         let first = instant(&sim);
         let last = dataset_where(&sim, |d| {
@@ -1406,18 +1441,10 @@ async fn the_last_fetch_packages_the_transfer_in_its_own_write() {
         assert_eq!(app.store().transfer_secret(&id).await.unwrap(), None);
         let pkg = app.store().package(&id).await.unwrap().unwrap();
         assert_eq!(pkg.datasets, 2);
-        // Only the package's blob is left: the first dataset's is deleted, the last's never was.
-        let package_file = app
-            .dir
-            .path()
-            .join("objects")
-            .join(&pkg.object_key)
-            .display()
-            .to_string();
-        eventually("only the package blob left", || async {
-            app.objects() == [package_file.clone()]
-        })
-        .await;
+        // No blob is left: the first dataset's is deleted, the last's never was, and the package,
+        // small, rests in its row.
+        assert!(pkg.body.is_some());
+        eventually("no blob left", || async { app.objects().is_empty() }).await;
         assert_eq!(app.take_and_check(&id).await.datasets.len(), 2);
 
         let own = app

@@ -27,7 +27,12 @@ async fn exists(app: &DataApp, key: &str) -> bool {
 async fn orphaned_blobs_are_swept_after_the_grace_period_and_every_blob_at_8_hours() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         // The schedulers run once at start only; this test enqueues the sweeps it wants.
-        let app = DataApp::spawn(backend, 1.0, |s| s.jobs.sweep_interval_secs = 3600).await;
+        // Packages in the object store, as large ones are.
+        let app = DataApp::spawn(backend, 1.0, |s| {
+            s.jobs.sweep_interval_secs = 3600;
+            s.storage.inline_max_bytes = 0;
+        })
+        .await;
         let sim = app.agencies.sim.clone();
         let ds = instant(&sim);
         let id = app

@@ -479,7 +479,9 @@ async fn after_eight_hours_the_page_says_when_it_was_deleted_and_nothing_is_left
     let (csrf, token) = consent_form(&b, &[&d.id]).await;
     let id = transfer_of(&location(&submit(&b, &csrf, &token, &[&d.id]).await));
     w.app.until_state(&id, TransferState::Ready).await;
-    assert!(w.app.objects().iter().any(|o| o.contains(&id)));
+    // Small, the sealed package rests in its row.
+    let before = w.app.store().package(&id).await.unwrap().unwrap();
+    assert!(before.body.is_some());
 
     w.app.clock.advance(Duration::from_secs(8 * 3600 + 60));
     // Before the sweep has run, the platform already refuses to open it.
@@ -487,7 +489,7 @@ async fn after_eight_hours_the_page_says_when_it_was_deleted_and_nothing_is_left
         .await
         .unwrap();
     let pkg = w.app.store().package(&id).await.unwrap().unwrap();
-    assert!(pkg.sealed_key.is_none() && pkg.deleted_at.is_some());
+    assert!(pkg.sealed_key.is_none() && pkg.body.is_none() && pkg.deleted_at.is_some());
     assert!(
         !w.app.objects().iter().any(|o| o.contains(&id)),
         "{:?}",
