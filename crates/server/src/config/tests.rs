@@ -173,3 +173,22 @@ fn retention_jobs_and_keys_sections_are_read_from_the_environment() {
         .0;
     assert!(err.contains("at least two years"), "{err}");
 }
+
+#[test]
+fn the_inline_package_limit_has_a_default_and_is_read_from_file_and_environment() {
+    assert_eq!(Settings::default().storage.inline_max_bytes, 256 * 1024);
+    let f = toml_file("[storage]\ninline_max_bytes = 0\n");
+    assert_eq!(
+        Settings::load(Some(f.path()), &[])
+            .unwrap()
+            .storage
+            .inline_max_bytes,
+        0
+    );
+    let s = Settings::load(None, &env(&[("MYDATA_STORAGE__INLINE_MAX_BYTES", "4096")])).unwrap();
+    assert_eq!(s.storage.inline_max_bytes, 4096);
+    let err = Settings::load(None, &env(&[("MYDATA_STORAGE__INLINE_MAX_BYTES", "-1")]))
+        .unwrap_err()
+        .0;
+    assert!(err.contains("inline_max_bytes"), "{err}");
+}
