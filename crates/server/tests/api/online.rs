@@ -153,13 +153,11 @@ async fn end_to_end(backend: Backend) {
     assert_eq!(token.datasets, vec![DATASET]);
 
     // What the platform holds before retrieval is ciphertext it cannot open.
-    let rec = w
-        .app
-        .store()
-        .package(&token.transfer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let package_row = || async {
+        let found = w.app.store().package(&token.transfer_id).await.unwrap();
+        found.expect("the transfer's package row")
+    };
+    let rec = package_row().await;
     assert_eq!(
         rec.sealed_key.as_deref(),
         Some(mydata_server::oauth::delivery::E2E_MARKER)
@@ -192,13 +190,7 @@ async fn end_to_end(backend: Backend) {
     ));
     let t = w.app.transfer(&token.transfer_id).await;
     assert_eq!(t.state, TransferState::Deleted);
-    let after = w
-        .app
-        .store()
-        .package(&token.transfer_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = package_row().await;
     assert!(after.body.is_none() && after.sealed_key.is_none());
     let kinds = audit_kinds(w, &token.transfer_id).await;
     for k in ["service.consent", "service.release", "service.retrieval"] {
