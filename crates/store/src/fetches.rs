@@ -165,7 +165,7 @@ pub struct AgencyLimits {
 }
 
 /// A stored package.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct PackageRecord {
     pub transfer_id: String,
     pub object_key: String,
@@ -184,6 +184,26 @@ pub struct PackageRecord {
     /// blob it replaces; `object_key` then names no stored object). Cleared with the key.
     #[serde(skip)]
     pub body: Option<Vec<u8>>,
+}
+
+/// Names the key and body only by whether they are there (and the body's size): a printed record
+/// carries neither secret nor ciphertext.
+impl std::fmt::Debug for PackageRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackageRecord")
+            .field("transfer_id", &self.transfer_id)
+            .field("object_key", &self.object_key)
+            .field("sealed_key", &self.sealed_key.as_ref().map(|_| "<wrapped>"))
+            .field("digest", &self.digest)
+            .field("size_bytes", &self.size_bytes)
+            .field("datasets", &self.datasets)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("taken_at", &self.taken_at)
+            .field("deleted_at", &self.deleted_at)
+            .field("body", &self.body.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 #[derive(sqlx::FromRow)]

@@ -2485,3 +2485,11 @@ async fn transfer_records_by_agency_and_service_page_through_a_time_range(s: &St
         .unwrap();
     assert!(none.is_empty());
 }
+
+#[test]
+fn a_printed_package_record_shows_neither_its_key_nor_its_body() {
+    let shown = format!("{:?}", package("d1"));
+    assert!(!shown.contains("wrapped-key"), "{shown}");
+    assert!(shown.contains("body: Some(256)"), "{shown}");
+    assert!(shown.contains("packages/d1"), "{shown}");
+}
