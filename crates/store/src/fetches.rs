@@ -42,6 +42,8 @@ pub mod status {
 }
 
 /// The settled statuses as an SQL list, a literal so `concat!` can build statements with it.
+/// PostgreSQL's admission function (migration 0014) spells the same list out: a new settled
+/// status needs a migration that replaces that function too.
 macro_rules! settled_sql {
     () => {
         "('succeeded', 'refused', 'rejected', 'failed')"

@@ -336,8 +336,8 @@ impl<O: StepRow + Send + 'static> Pending for StepOf<O> {
 /// dropped); several run in one transaction and commit once: one commit and one write of each
 /// page they share (the tail of the audit log, the job and transfer indexes) instead of one per
 /// step. If one of them fails, the group is rolled back and its steps run again alone, so that a
-/// failed step undoes itself only. Each caller gets its result after the commit. A caller that gives up while its step is still queued takes it
-/// out; once taken by a writer, the step runs.
+/// failed step undoes itself only. Each caller gets its result after the commit. A caller that
+/// gives up while its step is still queued takes it out; once taken by a writer, the step runs.
 pub(crate) async fn sqlite_sync<O: StepRow + Send + 'static>(
     writer: &Writer,
     step: Binder<'static>,
