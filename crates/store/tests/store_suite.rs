@@ -693,6 +693,78 @@ async fn unsupported_url_is_refused() {
     );
 }
 
+/// Migration 0016 rebuilds SQLite's audit table (no AUTOINCREMENT, one index fewer): a log written
+/// before it keeps every event, its tree still verifies, and new events continue after the last.
+#[tokio::test]
+async fn sqlite_audit_log_written_before_the_rebuild_survives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/mydata.db", dir.path().display());
+    {
+        let opts: sqlx::sqlite::SqliteConnectOptions = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        let mut before = sqlx::migrate!("./migrations/sqlite");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 16)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&pool).await.unwrap();
+        pool.close().await;
+    }
+    let s = Store::connect(&url, &Default::default()).await.unwrap();
+    append_events(&s, 5).await;
+    s.integrate_audit(3, T0).await.unwrap();
+    let old: Vec<i64> = s
+        .audit_leaves()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.seq)
+        .collect();
+    assert_eq!(old.len(), 3);
+
+    s.migrate().await.unwrap();
+    append_events(&s, 2).await;
+    s.integrate_audit(1000, T0).await.unwrap();
+    let report = s.verify_audit_log().await.unwrap();
+    assert_eq!(
+        (report.entries, report.problems.len()),
+        (7, 0),
+        "{:?}",
+        report.problems
+    );
+    let seqs: Vec<i64> = s
+        .audit_leaves()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.seq)
+        .collect();
+    assert_eq!(seqs[..3], old[..]);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let details: Vec<i64> = s
+        .audit_leaves()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.detail["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(details, [0, 1, 2, 3, 4, 0, 1]);
+    // What the rebuild is for: an append no longer rewrites sqlite_sequence.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let sequences: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sqlite_sequence WHERE name = 'audit_events'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(sequences, 0);
+}
+
 #[tokio::test]
 async fn sqlite_ping_fails_when_the_file_is_gone() {
     let db = fresh_sqlite().await.unwrap();
