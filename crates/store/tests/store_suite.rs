@@ -719,13 +719,10 @@ async fn sqlite_audit_log_written_before_the_rebuild_survives_it() {
     let s = Store::connect(&url, &Default::default()).await.unwrap();
     append_events(&s, 5).await;
     s.integrate_audit(3, T0).await.unwrap();
-    let old: Vec<i64> = s
-        .audit_leaves()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.event.seq)
-        .collect();
+    let seqs_of = |leaves: &[mydata_store::LeafRow]| -> Vec<i64> {
+        leaves.iter().map(|r| r.event.seq).collect()
+    };
+    let old = seqs_of(&s.audit_leaves().await.unwrap());
     assert_eq!(old.len(), 3);
 
     s.migrate().await.unwrap();
@@ -738,19 +735,11 @@ async fn sqlite_audit_log_written_before_the_rebuild_survives_it() {
         "{:?}",
         report.problems
     );
-    let seqs: Vec<i64> = s
-        .audit_leaves()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.event.seq)
-        .collect();
+    let leaves = s.audit_leaves().await.unwrap();
+    let seqs = seqs_of(&leaves);
     assert_eq!(seqs[..3], old[..]);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    let details: Vec<i64> = s
-        .audit_leaves()
-        .await
-        .unwrap()
+    let details: Vec<i64> = leaves
         .iter()
         .map(|r| r.event.detail["i"].as_i64().unwrap())
         .collect();
