@@ -44,6 +44,7 @@ on_both_backends!(
     audit_log_is_append_only_in_order,
     migrations_are_idempotent,
     audit_tree_integrates_in_batches_and_proves_inclusion_and_consistency,
+    audit_backlog_is_integrated_batch_after_batch_within_the_round_limit,
     audit_verify_names_a_modified_entry,
     audit_verify_names_a_deleted_entry,
     audit_verify_detects_reordered_entries,
@@ -785,6 +786,33 @@ async fn logged(s: &Store, n: i64) -> mydata_store::AuditReport {
     let report = s.verify_audit_log().await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     report
+}
+
+async fn audit_backlog_is_integrated_batch_after_batch_within_the_round_limit(s: &Store) {
+    append_events(s, 12).await;
+    // Two batches of 5 at most: the backlog shrinks by ten, and each batch has its head.
+    let head = s.integrate_audit_backlog(5, 2, T0).await.unwrap().unwrap();
+    assert_eq!(head.tree_size, 10);
+    // No limit reached: everything left goes in, and a short batch ends the round.
+    let head = s
+        .integrate_audit_backlog(5, 100, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.tree_size, 12);
+    let sizes: Vec<u64> = s
+        .tree_heads()
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.tree_size)
+        .collect();
+    assert_eq!(sizes, [5, 10, 12]);
+    let report = s.verify_audit_log().await.unwrap();
+    assert_eq!((report.entries, report.problems.len()), (12, 0));
+    // Nothing pending: no new head.
+    s.integrate_audit_backlog(5, 100, T0).await.unwrap();
+    assert_eq!(s.tree_heads().await.unwrap().len(), 3);
 }
 
 async fn audit_tree_integrates_in_batches_and_proves_inclusion_and_consistency(s: &Store) {
