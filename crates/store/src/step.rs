@@ -334,11 +334,11 @@ impl<O: StepRow + Send + 'static> Pending for StepOf<O> {
 /// Group commit: the step is queued, and whoever next holds the writer lets the tasks ready on its
 /// thread run first, then runs every step queued by then. One alone runs as written (a failure
 /// midway is rolled back at once, or the handle is dropped); several run in one transaction and
-/// commit once: one commit and one write of each
-/// page they share (the tail of the audit log, the job and transfer indexes) instead of one per
-/// step. If one of them fails, the group is rolled back and its steps run again alone, so that a
-/// failed step undoes itself only. Each caller gets its result after the commit. A caller that
-/// gives up while its step is still queued takes it out; once taken by a writer, the step runs.
+/// commit once: one commit and one write of each page they share (the tail of the audit log, the
+/// job and transfer indexes) instead of one per step. If one of them fails, the group is rolled
+/// back and its steps run again alone, so that a failed step undoes itself only. Each caller gets
+/// its result after the commit. A caller that gives up while its step is still queued takes it
+/// out; once taken by a writer, the step runs.
 pub(crate) async fn sqlite_sync<O: StepRow + Send + 'static>(
     writer: &Writer,
     step: Binder<'static>,
