@@ -631,11 +631,11 @@ async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Most audit events integrated in one transaction (and one tree head).
-const AUDIT_BATCH: u32 = 10_000;
-/// Most batches integrated in one round: 200,000 events per round, 20,000/s at the default 10 s
-/// interval, well above what a process produces (≈ 11 events per transfer).
-const AUDIT_ROUNDS: u32 = 20;
+/// Most audit events integrated in one transaction: the writer waits for one batch at most.
+const AUDIT_BATCH: u32 = 1_000;
+/// Most batches integrated in one round (one tree head per round): 200,000 events, 20,000/s at
+/// the default 10 s interval, well above what a process produces (≈ 11 events per transfer).
+const AUDIT_ROUNDS: u32 = 200;
 
 /// How often SQLite's write-ahead log is checkpointed beside the writer.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);

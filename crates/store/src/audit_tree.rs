@@ -189,6 +189,37 @@ impl Store {
     /// when the tree grew, and returns the latest head. One transaction; safe from several
     /// processes, which take turns on the log state row.
     pub async fn integrate_audit(&self, max: u32, now: Timestamp) -> Result<Option<TreeHead>> {
+        self.integrate_batch(max, now, true).await?;
+        self.latest_tree_head().await
+    }
+
+    /// Integrates the backlog `batch` events at a time, each batch its own transaction (so
+    /// writers wait for one batch at most), until a batch comes out short or `rounds` batches have
+    /// run, then records one tree head for all of them; returns the latest head. Events can arrive
+    /// faster than one batch per round (≈ 11 per transfer), so one batch per round would let the
+    /// backlog grow.
+    pub async fn integrate_audit_backlog(
+        &self,
+        batch: u32,
+        rounds: u32,
+        now: Timestamp,
+    ) -> Result<Option<TreeHead>> {
+        let batch = batch.max(1);
+        let full = usize::try_from(batch).unwrap_or(usize::MAX);
+        for _ in 1..rounds.max(1) {
+            if self.integrate_batch(batch, now, false).await? < full {
+                break;
+            }
+        }
+        // The last batch (what arrived meanwhile, perhaps nothing) records the head.
+        self.integrate_batch(batch, now, true).await?;
+        self.latest_tree_head().await
+    }
+
+    /// One batch of [`Store::integrate_audit`]; records a head (when the tree is larger than the
+    /// latest head) only if `record_head`. Returns how many events it integrated.
+    async fn integrate_batch(&self, max: u32, now: Timestamp, record_head: bool) -> Result<usize> {
+        let integrated;
         let lock_state = match self.db {
             // SQLite: a write first takes the database's write lock for the whole transaction.
             Db::Sqlite { .. } => {
@@ -209,6 +240,7 @@ impl Store {
             let size = u64::try_from(state.tree_size).map_err(|_| StoreError::Corrupt("negative tree size".into()))?;
             let mut range = CompactRange::from_parts(size, peaks).map_err(|e| StoreError::Corrupt(format!("log state: {e}")))?;
             let rows: Vec<crate::audit::AuditRow> = sqlx::query_as(select_new).bind(i64::from(max)).fetch_all(&mut *tx).await?;
+            integrated = rows.len();
             let mut updates: Vec<(i64, i64, String)> = Vec::with_capacity(rows.len());
             let mut nodes: Vec<(i64, i64, String)> = Vec::new();
             for row in rows {
@@ -246,50 +278,30 @@ impl Store {
                 q.push(") UPDATE audit_events SET leaf_index = v.li, leaf_hash = v.lh FROM v WHERE audit_events.seq = v.seq");
                 q.build().execute(&mut *tx).await?;
             }
+            let size_i = i64::try_from(range.size()).unwrap_or(i64::MAX);
             if range.size() > size {
                 let peaks: Vec<String> = range.peaks().iter().map(to_hex).collect();
-                let size_i = i64::try_from(range.size()).unwrap_or(i64::MAX);
                 sqlx::query("UPDATE audit_log_state SET tree_size = $1, peaks = $2 WHERE id = 1")
                     .bind(size_i)
                     .bind(serde_json::to_string(&peaks).unwrap_or_default())
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("INSERT INTO tree_heads (tree_size, root_hash, created_at) VALUES ($1, $2, $3)")
-                    .bind(size_i)
-                    .bind(to_hex(&range.root()))
-                    .bind(now.millis())
-                    .execute(&mut *tx)
-                    .await?;
+            }
+            if record_head {
+                // Also after batches that recorded none (see `integrate_audit_backlog`).
+                let last: Option<i64> = sqlx::query_scalar("SELECT MAX(tree_size) FROM tree_heads").fetch_one(&mut *tx).await?;
+                if size_i > last.unwrap_or(0) {
+                    sqlx::query("INSERT INTO tree_heads (tree_size, root_hash, created_at) VALUES ($1, $2, $3)")
+                        .bind(size_i)
+                        .bind(to_hex(&range.root()))
+                        .bind(now.millis())
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
         });
-        self.latest_tree_head().await
-    }
-
-    /// Integrates the backlog `batch` events at a time, each batch in its own transaction with its
-    /// own head (so writers wait for one batch at most), until a batch comes out short or `rounds`
-    /// batches have run; returns the latest head. Events can arrive faster than one batch per round
-    /// (≈ 11 per transfer): integrating a single batch per round would let the backlog grow.
-    pub async fn integrate_audit_backlog(
-        &self,
-        batch: u32,
-        rounds: u32,
-        now: Timestamp,
-    ) -> Result<Option<TreeHead>> {
-        let batch = batch.max(1);
-        let mut size = self.latest_tree_head().await?.map_or(0, |h| h.tree_size);
-        let mut head = None;
-        for _ in 0..rounds.max(1) {
-            head = self.integrate_audit(batch, now).await?;
-            let after = head.as_ref().map_or(0, |h| h.tree_size);
-            // Another process's batch may count here too: it only ends the loop sooner or later.
-            let full = after.saturating_sub(size) >= u64::from(batch);
-            size = after;
-            if !full {
-                break;
-            }
-        }
-        Ok(head)
+        Ok(integrated)
     }
 
     /// The most recent tree head, if any.
