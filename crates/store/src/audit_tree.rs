@@ -205,20 +205,21 @@ impl Store {
         now: Timestamp,
     ) -> Result<Option<TreeHead>> {
         let batch = batch.max(1);
+        let rounds = rounds.max(1);
         let full = usize::try_from(batch).unwrap_or(usize::MAX);
-        for _ in 1..rounds.max(1) {
-            if self.integrate_batch(batch, now, false).await? < full {
+        for round in 1..=rounds {
+            // A short batch records the round's head itself; so does the last one allowed.
+            if self.integrate_batch(batch, now, round == rounds).await? < full {
                 break;
             }
         }
-        // The last batch (what arrived meanwhile, perhaps nothing) records the head.
-        self.integrate_batch(batch, now, true).await?;
         self.latest_tree_head().await
     }
 
     /// One batch of [`Store::integrate_audit`]; records a head (when the tree is larger than the
-    /// latest head) only if `record_head`. Returns how many events it integrated.
-    async fn integrate_batch(&self, max: u32, now: Timestamp, record_head: bool) -> Result<usize> {
+    /// latest head) if the batch came out short of `max` (the backlog is done) or `always_head`.
+    /// Returns how many events it integrated.
+    async fn integrate_batch(&self, max: u32, now: Timestamp, always_head: bool) -> Result<usize> {
         let integrated;
         let lock_state = match self.db {
             // SQLite: a write first takes the database's write lock for the whole transaction.
@@ -287,7 +288,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            if record_head {
+            if always_head || integrated < usize::try_from(max).unwrap_or(usize::MAX) {
                 // Also after batches that recorded none (see `integrate_audit_backlog`).
                 let last: Option<i64> = sqlx::query_scalar("SELECT MAX(tree_size) FROM tree_heads").fetch_one(&mut *tx).await?;
                 if size_i > last.unwrap_or(0) {
