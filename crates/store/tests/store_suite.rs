@@ -755,6 +755,21 @@ async fn sqlite_audit_log_written_before_the_rebuild_survives_it() {
     assert_eq!(sequences, 0);
 }
 
+/// Migration 0017: PostgreSQL stores package bodies (ciphertext) out of line without running its
+/// compressor over them first.
+#[tokio::test]
+async fn postgres_stores_package_bodies_without_compressing_them() {
+    let pg = fresh_postgres().await.unwrap();
+    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    let storage: i8 = sqlx::query_scalar(
+        "SELECT attstorage FROM pg_attribute WHERE attrelid = 'packages'::regclass AND attname = 'body'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(storage as u8, b'e', "STORAGE EXTERNAL");
+}
+
 #[tokio::test]
 async fn sqlite_ping_fails_when_the_file_is_gone() {
     let db = fresh_sqlite().await.unwrap();
