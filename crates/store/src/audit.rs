@@ -44,6 +44,15 @@ pub(crate) struct AuditRow {
     actor: String,
     detail: String,
 }
+crate::step::step_row!(AuditRow {
+    seq,
+    at,
+    kind,
+    subject,
+    transfer_id,
+    actor,
+    detail
+});
 
 impl TryFrom<AuditRow> for AuditEvent {
     type Error = StoreError;

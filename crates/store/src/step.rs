@@ -139,6 +139,21 @@ impl SyncConn {
         Ok(out)
     }
 
+    /// Runs `f` in a transaction of its own (`BEGIN IMMEDIATE` .. `COMMIT`), for writes whose
+    /// statements depend on what earlier ones returned (the audit sequencer). If `f` or the commit
+    /// fails, the caller checks [`SyncConn::rolled_back`] as after a failed step.
+    pub(crate) fn transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let out = f(self)?;
+        self.conn.execute_batch("COMMIT")?;
+        Ok(out)
+    }
+
+    /// Runs the statements of `step` inside the transaction [`SyncConn::transaction`] holds open.
+    pub(crate) fn query<O: StepRow>(&mut self, step: &Binder<'_>) -> Result<Vec<O>> {
+        self.run_grouped(step)
+    }
+
     /// Rolls back a transaction a failed step left open; false if the handle is in doubt.
     pub(crate) fn rolled_back(&mut self) -> bool {
         if self.conn.is_autocommit() {

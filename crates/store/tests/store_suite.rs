@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     transfer_round_trip_keeps_datasets_in_order,
     a_write_step_that_fails_midway_changes_nothing_and_the_next_one_works,
+    an_integration_that_fails_midway_changes_nothing_and_the_next_one_works,
     consent_stores_the_identity_and_every_job_as_given,
     the_last_two_datasets_settled_at_once_enqueue_the_packaging_once,
     a_change_from_an_earlier_read_applies_to_the_transfer_as_it_is_now,
@@ -824,6 +825,44 @@ async fn audit_backlog_is_integrated_batch_after_batch_within_the_round_limit(s:
     // Nothing pending: no new head.
     s.integrate_audit_backlog(5, 100, T0).await.unwrap();
     assert_eq!(s.tree_heads().await.unwrap().len(), 3);
+}
+
+/// An integration batch that fails at its last statement (here: the tree head is refused) leaves
+/// no leaf, node or state behind, and the writer is usable at once: on SQLite the batch runs on
+/// the writer's calling-thread handle, which must not be left inside its transaction.
+async fn an_integration_that_fails_midway_changes_nothing_and_the_next_one_works(s: &Store) {
+    append_events(s, 40).await;
+    let refuse = match s.backend() {
+        mydata_store::Backend::Sqlite => {
+            "CREATE TRIGGER refuse_head BEFORE INSERT ON tree_heads
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
+        }
+        mydata_store::Backend::Postgres => {
+            "CREATE FUNCTION refuse_head() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused for the test'; END $$;
+             CREATE TRIGGER refuse_head BEFORE INSERT ON tree_heads FOR EACH ROW EXECUTE FUNCTION refuse_head()"
+        }
+    };
+    s.execute_raw(refuse).await.unwrap();
+    let before = s.row_counts().await.unwrap();
+    assert!(s.integrate_audit(100, T0).await.is_err());
+    assert_eq!(s.row_counts().await.unwrap(), before);
+    assert!(s.audit_leaves().await.unwrap().is_empty());
+    // The writer takes the next step at once, and the next integration starts from the same state.
+    append_events(s, 1).await;
+    let drop = match s.backend() {
+        mydata_store::Backend::Sqlite => "DROP TRIGGER refuse_head",
+        mydata_store::Backend::Postgres => "DROP TRIGGER refuse_head ON tree_heads",
+    };
+    s.execute_raw(drop).await.unwrap();
+    let head = s.integrate_audit(100, T0).await.unwrap().unwrap();
+    assert_eq!(head.tree_size, 41);
+    let report = s.verify_audit_log().await.unwrap();
+    assert_eq!(
+        (report.entries, report.problems.len()),
+        (41, 0),
+        "{:?}",
+        report.problems
+    );
 }
 
 async fn audit_tree_integrates_in_batches_and_proves_inclusion_and_consistency(s: &Store) {
