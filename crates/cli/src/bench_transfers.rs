@@ -66,6 +66,11 @@ pub struct TransferArgs {
     /// refresh rate). Each look is a full page request the server serves while it works.
     #[arg(long, default_value_t = 5, value_name = "MS")]
     pub ready_poll_ms: u64,
+    /// Also report the CPU time per transfer of this process and its descendants, as NAME=PID
+    /// (repeatable; Linux): e.g. `platform=<the server's pid>`, `postgres=<the postmaster's pid>`.
+    /// The bench client's own is always reported.
+    #[arg(long = "cpu-of", value_name = "NAME=PID", value_parser = crate::proc_cpu::parse_watched)]
+    pub cpu_of: Vec<crate::proc_cpu::Watched>,
 }
 
 /// What a run measured.
@@ -80,6 +85,8 @@ pub struct Report {
     pub phases_us: [u64; PHASES.len()],
     /// Consent-page views while waiting for the agencies, over successful transfers.
     pub ready_polls: u64,
+    /// CPU seconds over the measured run, by the name of the process (tree) watched.
+    pub cpu_secs: Vec<(String, f64)>,
 }
 
 /// The phases of one transfer, in order.
@@ -196,6 +203,21 @@ fn print(args: &TransferArgs, r: &Report) {
             "  consent-page views while waiting: {:.1} per transfer",
             r.ready_polls as f64 / r.ok as f64
         );
+        let secs = r.elapsed.as_secs_f64().max(1e-9);
+        let cpu: Vec<String> = r
+            .cpu_secs
+            .iter()
+            .map(|(name, used)| {
+                format!(
+                    "{name} {:.2} ms ({:.2} cores)",
+                    used * 1000.0 / r.ok as f64,
+                    used / secs
+                )
+            })
+            .collect();
+        if !cpu.is_empty() {
+            println!("cpu per transfer  {}", cpu.join(", "));
+        }
     }
 }
 
@@ -261,6 +283,12 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
         phase(&shared, concurrency, Duration::from_secs(1), u64::MAX).await;
         shared.started.store(0, Ordering::SeqCst);
     }
+    let mut watched = vec![("bench client".to_owned(), std::process::id())];
+    watched.extend(args.cpu_of.iter().map(|w| (w.name.clone(), w.pid)));
+    let cpu_before: Vec<_> = watched
+        .iter()
+        .map(|(_, pid)| crate::proc_cpu::snapshot(*pid))
+        .collect();
     let started = Instant::now();
     let mut report = phase(
         &shared,
@@ -270,6 +298,15 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
     )
     .await;
     report.elapsed = started.elapsed();
+    for ((name, pid), before) in watched.into_iter().zip(cpu_before) {
+        // A process /proc does not show (not Linux, or gone) is left out of the report.
+        if !before.is_empty() {
+            let after = crate::proc_cpu::snapshot(pid);
+            report
+                .cpu_secs
+                .push((name, crate::proc_cpu::used_secs(&before, &after)));
+        }
+    }
     report.latencies_us.sort_unstable();
     Ok(report)
 }

@@ -10,6 +10,7 @@ mod bench_transfers;
 mod card_agent;
 mod catalog_check;
 mod counter_admin;
+mod proc_cpu;
 mod provider_sim;
 mod verify;
 mod verify_receipt;

@@ -48,6 +48,7 @@ async fn the_transfer_benchmark_runs_complete_transfers_against_the_demo() {
         .unwrap();
 
     let cards = dir.path().join("demo/cards");
+    let platform = format!("platform={}", demo.id().unwrap());
     let run = tokio::process::Command::new(BIN)
         .args([
             "bench",
@@ -65,6 +66,8 @@ async fn the_transfer_benchmark_runs_complete_transfers_against_the_demo() {
             "--no-warmup",
             "--verify-with",
             &agencies,
+            "--cpu-of",
+            &platform,
         ])
         .env("MYDATA_OAUTH__ADMIN_TOKEN", ADMIN)
         .output();
@@ -84,6 +87,18 @@ async fn the_transfer_benchmark_runs_complete_transfers_against_the_demo() {
         "{stdout}"
     );
     assert!(stdout.contains("package verification"), "{stdout}");
+    // What each process spent per transfer: the bench client itself and the platform it was
+    // pointed at (this is Linux; elsewhere the line is left out).
+    if cfg!(target_os = "linux") {
+        let cpu = stdout
+            .lines()
+            .find(|l| l.starts_with("cpu per transfer"))
+            .unwrap_or_else(|| panic!("no CPU line in {stdout}"));
+        assert!(
+            cpu.contains("bench client ") && cpu.contains(", platform "),
+            "{cpu}"
+        );
+    }
 
     // A wrong admin token is refused with a one-line reason, before anything is measured.
     let out = tokio::process::Command::new(BIN)
