@@ -77,10 +77,10 @@ pub(crate) fn from_hex(s: &str) -> Result<Hash> {
         .map_err(|_| StoreError::Corrupt(format!("hash `{s}` is not 32 bytes")))
 }
 
-/// The sequencer's statements (see `Store::integrate_batch`). On SQLite a write first takes the
-/// database's write lock for the whole transaction; PostgreSQL locks the log state row.
-const LOCK_STATE_SQLITE: &str =
-    "UPDATE audit_log_state SET tree_size = tree_size WHERE id = 1 RETURNING tree_size, peaks";
+/// The sequencer's statements (see `Store::integrate_batch`). On SQLite the transaction holds the
+/// database's write lock from its `BEGIN IMMEDIATE`, so the log state is read plainly;
+/// PostgreSQL locks the log state row.
+const LOCK_STATE_SQLITE: &str = "SELECT tree_size, peaks FROM audit_log_state WHERE id = 1";
 const LOCK_STATE_POSTGRES: &str =
     "SELECT tree_size, peaks FROM audit_log_state WHERE id = 1 FOR UPDATE";
 const SELECT_NEW: &str =
