@@ -283,11 +283,14 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
         phase(&shared, concurrency, Duration::from_secs(1), u64::MAX).await;
         shared.started.store(0, Ordering::SeqCst);
     }
-    let mut watched = vec![("bench client".to_owned(), std::process::id())];
-    watched.extend(args.cpu_of.iter().map(|w| (w.name.clone(), w.pid)));
+    let mut watched = vec![crate::proc_cpu::Watched {
+        name: "bench client".to_owned(),
+        pid: std::process::id(),
+    }];
+    watched.extend(args.cpu_of.iter().cloned());
     let cpu_before: Vec<_> = watched
         .iter()
-        .map(|(_, pid)| crate::proc_cpu::snapshot(*pid))
+        .map(|w| crate::proc_cpu::snapshot(w.pid))
         .collect();
     let started = Instant::now();
     let mut report = phase(
@@ -298,13 +301,13 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
     )
     .await;
     report.elapsed = started.elapsed();
-    for ((name, pid), before) in watched.into_iter().zip(cpu_before) {
+    for (w, before) in watched.into_iter().zip(cpu_before) {
         // A process /proc does not show (not Linux, or gone) is left out of the report.
         if !before.is_empty() {
-            let after = crate::proc_cpu::snapshot(pid);
+            let after = crate::proc_cpu::snapshot(w.pid);
             report
                 .cpu_secs
-                .push((name, crate::proc_cpu::used_secs(&before, &after)));
+                .push((w.name, crate::proc_cpu::used_secs(&before, &after)));
         }
     }
     report.latencies_us.sort_unstable();

@@ -80,7 +80,7 @@ pub(crate) fn from_hex(s: &str) -> Result<Hash> {
 /// The sequencer's statements (see `Store::integrate_batch`). On SQLite the transaction holds the
 /// database's write lock from its `BEGIN IMMEDIATE`, so the log state is read plainly;
 /// PostgreSQL locks the log state row.
-const LOCK_STATE_SQLITE: &str = "SELECT tree_size, peaks FROM audit_log_state WHERE id = 1";
+const READ_STATE_SQLITE: &str = "SELECT tree_size, peaks FROM audit_log_state WHERE id = 1";
 const LOCK_STATE_POSTGRES: &str =
     "SELECT tree_size, peaks FROM audit_log_state WHERE id = 1 FOR UPDATE";
 const SELECT_NEW: &str =
@@ -152,6 +152,13 @@ impl Batch {
 
     fn size_after(&self) -> i64 {
         i64::try_from(self.range.size()).unwrap_or(i64::MAX)
+    }
+
+    /// The head to record (size and root, hex) when the tree is now larger than the latest head
+    /// recorded, of size `latest`.
+    fn new_head(&self, latest: Option<i64>) -> Option<(i64, String)> {
+        (self.size_after() > latest.unwrap_or(0))
+            .then(|| (self.size_after(), to_hex(&self.range.root())))
     }
 
     /// The log state's new right edge (JSON), if the tree grew.
@@ -317,7 +324,7 @@ impl Store {
                 let mut lease = writer.lease().await?;
                 let conn = lease.sync()?;
                 let out = conn.transaction(|c| {
-                    let state: Vec<(i64, String)> = c.query(&Binder::new(LOCK_STATE_SQLITE))?;
+                    let state: Vec<(i64, String)> = c.query(&Binder::new(READ_STATE_SQLITE))?;
                     let (size, peaks) = state
                         .into_iter()
                         .next()
@@ -340,11 +347,11 @@ impl Store {
                     }
                     if head_if_short(batch.integrated) {
                         let last: Vec<(Option<i64>,)> = c.query(&Binder::new(LATEST_HEAD_SIZE))?;
-                        if batch.size_after() > last.first().and_then(|l| l.0).unwrap_or(0) {
+                        if let Some((size, root)) = batch.new_head(last.first().and_then(|l| l.0)) {
                             c.query::<(i64,)>(
                                 &Binder::new(INSERT_HEAD)
-                                    .bind(batch.size_after())
-                                    .bind(to_hex(&batch.range.root()))
+                                    .bind(size)
+                                    .bind(root)
                                     .bind(now.millis()),
                             )?;
                         }
@@ -403,10 +410,10 @@ impl Store {
                     let last: Option<i64> = sqlx::query_scalar(LATEST_HEAD_SIZE)
                         .fetch_one(&mut *tx)
                         .await?;
-                    if batch.size_after() > last.unwrap_or(0) {
+                    if let Some((size, root)) = batch.new_head(last) {
                         sqlx::query(INSERT_HEAD)
-                            .bind(batch.size_after())
-                            .bind(to_hex(&batch.range.root()))
+                            .bind(size)
+                            .bind(root)
                             .bind(now.millis())
                             .execute(&mut *tx)
                             .await?;

@@ -687,13 +687,7 @@ async fn integration_beside_concurrent_writes_takes_every_event_once(s: &Store) 
     seqs.dedup();
     // Each transfer's creation and its notice: 4 writers of 15 each.
     assert_eq!((leaves.len(), seqs.len()), (120, 120));
-    let report = s.verify_audit_log().await.unwrap();
-    assert_eq!(
-        (report.entries, report.problems.len()),
-        (120, 0),
-        "{:?}",
-        report.problems
-    );
+    assert_log_verifies(s, 120).await;
 }
 
 async fn concurrent_claims_never_share_a_job(s: &Store) {
@@ -815,13 +809,7 @@ async fn sqlite_audit_log_written_before_the_rebuild_survives_it() {
     s.migrate().await.unwrap();
     append_events(&s, 2).await;
     s.integrate_audit(1000, T0).await.unwrap();
-    let report = s.verify_audit_log().await.unwrap();
-    assert_eq!(
-        (report.entries, report.problems.len()),
-        (7, 0),
-        "{:?}",
-        report.problems
-    );
+    assert_log_verifies(&s, 7).await;
     let leaves = s.audit_leaves().await.unwrap();
     let seqs = seqs_of(&leaves);
     assert_eq!(seqs[..3], old[..]);
@@ -866,6 +854,17 @@ async fn sqlite_ping_fails_when_the_file_is_gone() {
     assert!(matches!(err, StoreError::FileMissing(_)), "{err}");
 }
 
+/// The whole log verifies: `entries` entries, no problem.
+async fn assert_log_verifies(s: &Store, entries: u64) {
+    let report = s.verify_audit_log().await.unwrap();
+    assert_eq!(
+        (report.entries, report.problems.len()),
+        (entries, 0),
+        "{:?}",
+        report.problems
+    );
+}
+
 async fn append_events(s: &Store, n: i64) {
     for i in 0..n {
         let e = NewAuditEvent {
@@ -905,8 +904,7 @@ async fn audit_backlog_is_integrated_batch_after_batch_within_the_round_limit(s:
     append_events(s, 11).await;
     s.integrate_audit_backlog(5, 100, T0).await.unwrap();
     assert_eq!(head_sizes(s.tree_heads().await.unwrap()), [10, 12, 23]);
-    let report = s.verify_audit_log().await.unwrap();
-    assert_eq!((report.entries, report.problems.len()), (23, 0));
+    assert_log_verifies(s, 23).await;
     // Nothing pending: no new head.
     s.integrate_audit_backlog(5, 100, T0).await.unwrap();
     assert_eq!(s.tree_heads().await.unwrap().len(), 3);
@@ -941,13 +939,7 @@ async fn an_integration_that_fails_midway_changes_nothing_and_the_next_one_works
     s.execute_raw(drop).await.unwrap();
     let head = s.integrate_audit(100, T0).await.unwrap().unwrap();
     assert_eq!(head.tree_size, 41);
-    let report = s.verify_audit_log().await.unwrap();
-    assert_eq!(
-        (report.entries, report.problems.len()),
-        (41, 0),
-        "{:?}",
-        report.problems
-    );
+    assert_log_verifies(s, 41).await;
 }
 
 async fn audit_tree_integrates_in_batches_and_proves_inclusion_and_consistency(s: &Store) {
