@@ -224,7 +224,7 @@ pub async fn start_fetch(
         .datasets
         .iter()
         .map(|d| NewJob {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: mydata_store::new_job_id(),
             queue: FETCH_QUEUE.into(),
             payload: serde_json::json!(FetchJob {
                 transfer_id: id.clone(),

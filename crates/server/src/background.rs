@@ -799,7 +799,7 @@ pub async fn schedule_retention(state: &AppState) -> Result<bool, StoreError> {
         .saturating_mul(1000);
     let bucket = now.millis().div_euclid(period);
     let job = mydata_store::NewJob {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: mydata_store::new_job_id(),
         queue: RETENTION_QUEUE.into(),
         payload: serde_json::json!({}),
         run_at: now,

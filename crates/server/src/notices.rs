@@ -221,7 +221,7 @@ pub async fn notify(
             }),
         };
         let job = NewJob {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: mydata_store::new_job_id(),
             queue: QUEUE.into(),
             payload: serde_json::to_value(&msg).unwrap_or_default(),
             run_at: now,

@@ -100,7 +100,7 @@ pub async fn schedule_object_sweep(state: &AppState) -> Result<bool, StoreError>
     let period = i64::try_from(SWEEP_PERIOD.as_millis()).unwrap_or(i64::MAX);
     let bucket = now.millis().div_euclid(period);
     let job = NewJob {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: mydata_store::new_job_id(),
         queue: OBJECT_SWEEP_QUEUE.into(),
         payload: serde_json::json!({}),
         run_at: now,

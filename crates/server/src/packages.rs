@@ -45,7 +45,7 @@ pub fn package_object(transfer_id: &str) -> String {
 /// The packaging job of a transfer (one per transfer: a second is not enqueued).
 pub(crate) fn assembly_job(transfer_id: &str, now: Timestamp) -> NewJob {
     NewJob {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: mydata_store::new_job_id(),
         queue: PACKAGE_QUEUE.into(),
         payload: serde_json::json!(PackageJob {
             transfer_id: transfer_id.to_owned(),

@@ -44,7 +44,7 @@ pub use fetches::{
 pub use identity::{
     ChallengeUse, CodeRow, ContactRow, LockoutRule, OutboxRow, SessionRow, SubjectRow,
 };
-pub use jobs::{Job, JobState, NewJob, StartJobs};
+pub use jobs::{Job, JobState, NewJob, StartJobs, new_job_id};
 pub use oauth::{
     ClientRow, CodeGrant, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem, RequestRow, TokenRow,
 };

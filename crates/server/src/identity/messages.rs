@@ -147,7 +147,7 @@ pub async fn enqueue(
 ) -> Result<(), mydata_store::StoreError> {
     let now = state.clock().now();
     let job = NewJob {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: mydata_store::new_job_id(),
         queue: QUEUE.into(),
         payload: serde_json::to_value(m).unwrap_or_default(),
         run_at: now,
