@@ -263,7 +263,19 @@ async fn send_email(s: &SmtpSettings, m: &OutgoingMessage) -> Result<(), String>
         .send(email)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| smtp_failure(&e))
+}
+
+/// What went wrong with the mail server, without the server's own words: a refusal's text often
+/// repeats the recipient's address, and this goes to the log and the job's record.
+fn smtp_failure(e: &lettre::transport::smtp::Error) -> String {
+    match e.status() {
+        Some(code) if e.is_permanent() => format!("the mail server refused the message ({code})"),
+        Some(code) => format!("the mail server deferred the message ({code})"),
+        None if e.is_timeout() => "the mail server did not answer in time".into(),
+        None if e.is_tls() => "TLS with the mail server failed".into(),
+        None => "the mail server could not be reached or broke off".into(),
+    }
 }
 
 async fn send_sms(state: &AppState, s: &SmsSettings, m: &OutgoingMessage) -> Result<(), String> {

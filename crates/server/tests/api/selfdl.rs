@@ -572,8 +572,9 @@ async fn an_agency_that_is_down_fails_its_dataset_only_with_what_to_do() {
     assert_eq!(report.datasets.len(), 1);
 }
 
-/// An SMTP receiver that answers the first `reject` messages with a temporary failure (451) and
-/// accepts the rest; counts the rejections.
+/// An SMTP receiver that answers the first `reject` messages with a temporary failure (451) whose
+/// text repeats the recipient's address, as mail servers often do, and accepts the rest; counts
+/// the rejections.
 async fn flaky_smtp(
     reject: usize,
 ) -> (
@@ -596,6 +597,7 @@ async fn flaky_smtp(
                 let mut lines = BufReader::new(r).lines();
                 w.write_all(b"220 flaky ESMTP\r\n").await.unwrap();
                 let mut data: Option<String> = None;
+                let mut rcpt = String::new();
                 for _ in 0..10_000 {
                     let Ok(Some(line)) = lines.next_line().await else {
                         break;
@@ -605,7 +607,8 @@ async fn flaky_smtp(
                             let msg = data.take().unwrap();
                             if count.load(Ordering::SeqCst) < reject {
                                 count.fetch_add(1, Ordering::SeqCst);
-                                w.write_all(b"451 4.3.0 try again later\r\n").await.unwrap();
+                                let refusal = format!("451 4.2.1 {rcpt}: mailbox busy\r\n");
+                                w.write_all(refusal.as_bytes()).await.unwrap();
                             } else {
                                 tx.send(msg).unwrap();
                                 w.write_all(b"250 OK\r\n").await.unwrap();
@@ -622,6 +625,10 @@ async fn flaky_smtp(
                             "DATA" => {
                                 data = Some(String::new());
                                 b"354 go ahead\r\n"
+                            }
+                            "RCPT" => {
+                                rcpt = line.get(8..).unwrap_or("").to_owned();
+                                b"250 OK\r\n"
                             }
                             "QUIT" => {
                                 let _ = w.write_all(b"221 bye\r\n").await;
@@ -661,6 +668,26 @@ async fn the_notice_is_retried_until_the_mail_server_takes_it() {
     }
     let body = mail_body(&got.expect("the notice after retries"));
     assert_eq!(rejected.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The job's record of the refusal keeps its code, not the server's text with the address.
+    let file = w.app.db_url.trim_start_matches("sqlite://").to_owned();
+    let errors: Vec<String> = tokio::task::spawn_blocking(move || {
+        let db = rusqlite::Connection::open(file).unwrap();
+        let mut q = db
+            .prepare(
+                "SELECT last_error FROM jobs WHERE queue = 'messages' AND last_error IS NOT NULL",
+            )
+            .unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        errors,
+        vec!["the mail server deferred the message (451)".to_owned()]
+    );
     assert!(body.contains(&id), "{body}");
     // Exactly one notice: no duplicate after the retries.
     assert!(
