@@ -25,8 +25,8 @@ pub struct LoadArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// How long to measure, in seconds (after a 1-second warm-up).
-    #[arg(long, default_value_t = 10)]
+    /// How long to measure, in seconds (after a 1-second warm-up); at most a day.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     seconds: u64,
     /// Stop after this many requests even if time remains.
     #[arg(long, default_value_t = 5_000_000)]

@@ -48,8 +48,8 @@ pub struct TransferArgs {
     /// Transfers in flight at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// How long to measure, in seconds (after a 1-second warm-up).
-    #[arg(long, default_value_t = 10)]
+    /// How long to measure, in seconds (after a 1-second warm-up); at most a day.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub seconds: u64,
     /// Stop after this many measured transfers even if time remains.
     #[arg(long, default_value_t = 1_000_000)]

@@ -174,6 +174,27 @@ fn a_broken_catalogue_folder_stops_start_up() {
 }
 
 #[test]
+fn bench_refuses_a_measuring_time_it_cannot_keep() {
+    // A deadline beyond what the clock can represent used to panic mid-run.
+    for cmd in ["catalog", "transfers"] {
+        for seconds in ["0", "86401", "18446744073709551615"] {
+            let o = mydata(&[
+                "bench",
+                cmd,
+                "--seconds",
+                seconds,
+                "--url",
+                "http://127.0.0.1:9",
+            ]);
+            assert!(!o.status.success());
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("not in 1..=86400"), "{cmd} {seconds}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
 fn demo_refuses_to_listen_beyond_loopback() {
     let o = mydata(&["demo", "--listen", "0.0.0.0:0"]);
     assert!(!o.status.success());
