@@ -316,9 +316,15 @@ impl AppError {
 
     /// Headers some errors carry (Retry-After of a lockout).
     fn decorate(&self, res: &mut Response) {
-        if let AppError::LockedOut { retry_after_secs } = self {
+        let retry_after = match self {
+            AppError::LockedOut { retry_after_secs } => Some(*retry_after_secs),
+            // As the detail says: in a minute.
+            AppError::DatabaseUnavailable => Some(60),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
     }
 
@@ -444,6 +450,12 @@ impl From<PathRejection> for AppError {
 
 impl From<mydata_store::StoreError> for AppError {
     fn from(e: mydata_store::StoreError) -> Self {
+        if e.is_unavailable() {
+            // 503 and "try again in a minute" rather than 500: an outage, not a fault. The cause is
+            // the driver's (no personal data: values are bound, never in the text).
+            tracing::warn!(error = %e, "database unavailable");
+            return AppError::DatabaseUnavailable;
+        }
         AppError::Internal(e.into())
     }
 }
@@ -532,4 +544,27 @@ pub fn render<T: askama::Template>(t: &T) -> Result<Html<String>, AppError> {
     t.render()
         .map(Html)
         .map_err(|e| AppError::Internal(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use mydata_store::StoreError;
+
+    #[test]
+    fn a_database_outage_answers_503_with_retry_after_and_a_fault_500() {
+        // SQLITE_BUSY: another process holds the database file.
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None);
+        let down: AppError = StoreError::Sqlite(busy).into();
+        assert_eq!(down.code(), "database_unavailable");
+        let res = down.into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "60");
+        let fault: AppError = StoreError::Corrupt("bad row".into()).into();
+        assert_eq!(fault.code(), "internal_error");
+        let res = fault.into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(res.headers().get(header::RETRY_AFTER).is_none());
+    }
 }

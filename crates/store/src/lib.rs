@@ -86,6 +86,38 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The database cannot be reached or is too busy right now (no connection in time, the
+    /// connection lost, the file locked by another process, the server refusing connections):
+    /// nothing is wrong with the request or the data, and the same request may work in a minute.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| unavailable_code(&c)),
+                _ => false,
+            },
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::CannotOpen
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// SQLite's busy and locked (primary codes 5 and 6, also as extended codes); PostgreSQL's
+/// connection exceptions (class 08), too many connections (53300) and a server shutting down or
+/// starting (57P01–57P03).
+fn unavailable_code(code: &str) -> bool {
+    if let Ok(n) = code.parse::<i32>() {
+        return matches!(n & 0xff, 5 | 6);
+    }
+    code.starts_with("08") || matches!(code, "53300" | "57P01" | "57P02" | "57P03")
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Which database a store runs on.
@@ -372,5 +404,33 @@ mod tests {
             );
         }
         assert!(!sqlite_in_memory("sqlite:data/mydata.db?mode=rwc"));
+    }
+
+    #[tokio::test]
+    async fn a_locked_or_unreachable_database_is_unavailable_and_a_bad_write_is_not() {
+        use sqlx::{Connection, Executor};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.db");
+        let holder = rusqlite::Connection::open(&file).unwrap();
+        holder
+            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t VALUES (1); BEGIN EXCLUSIVE;")
+            .unwrap();
+        // Another process holds the file: both drivers' errors say "try later".
+        let other = rusqlite::Connection::open(&file).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let busy = other.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
+        assert!(StoreError::from(busy).is_unavailable());
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&file)
+            .busy_timeout(Duration::ZERO);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let busy = conn.execute("INSERT INTO t VALUES (2)").await.unwrap_err();
+        assert!(StoreError::from(busy).is_unavailable());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        holder.execute_batch("COMMIT").unwrap();
+        // A write the data refuses is no outage.
+        let dup = conn.execute("INSERT INTO t VALUES (1)").await.unwrap_err();
+        assert!(!StoreError::from(dup).is_unavailable());
+        assert!(!StoreError::Conflict("t".into()).is_unavailable());
     }
 }
