@@ -109,13 +109,15 @@ impl StoreError {
 }
 
 /// SQLite's busy and locked (primary codes 5 and 6, also as extended codes); PostgreSQL's
-/// connection exceptions (class 08), too many connections (53300) and a server shutting down or
-/// starting (57P01–57P03).
+/// connection exceptions (class 08), a login refused (class 28) or to a database that is not there
+/// (3D000), too many connections (53300) and a server shutting down or starting (57P01–57P03).
 fn unavailable_code(code: &str) -> bool {
     if let Ok(n) = code.parse::<i32>() {
         return matches!(n & 0xff, 5 | 6);
     }
-    code.starts_with("08") || matches!(code, "53300" | "57P01" | "57P02" | "57P03")
+    code.starts_with("08")
+        || code.starts_with("28")
+        || matches!(code, "3D000" | "53300" | "57P01" | "57P02" | "57P03")
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -24,6 +24,16 @@ async fn ready_then_unready_when_database_is_gone(backend: Backend) {
             .unwrap(),
     }
     assert_problem(app.get("/readyz").await, 503, "database_unavailable").await;
+    if backend == Backend::Postgres {
+        // Any request that needs the database says the same, and when to try again (an open
+        // SQLite file still reads after its name is removed, so only PostgreSQL shows it here).
+        let res = app.get("/api/v1/audit/tree-heads/1").await;
+        assert_eq!(
+            res.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"60"[..])
+        );
+        assert_problem(res, 503, "database_unavailable").await;
+    }
     // Liveness does not depend on the database: the process itself is fine.
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
