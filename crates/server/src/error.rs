@@ -231,6 +231,7 @@ impl AppError {
             AppError::IdentityRefused(crate::identity::Refusal::MalformedInput) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            AppError::CodeRefused(CodeProblem::TooSoon) => StatusCode::TOO_MANY_REQUESTS,
             AppError::IdentityRefused(_) | AppError::CodeRefused(_) => StatusCode::UNAUTHORIZED,
             AppError::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::InvalidContact(_) | AppError::PasswordRejected(_) => {
@@ -315,7 +316,7 @@ impl AppError {
     }
 
     /// Headers some errors carry (Retry-After of a lockout).
-    fn decorate(&self, res: &mut Response) {
+    pub(crate) fn decorate(&self, res: &mut Response) {
         let retry_after = match self {
             AppError::LockedOut { retry_after_secs } => Some(*retry_after_secs),
             // As the detail says: in a minute.
@@ -566,5 +567,16 @@ mod tests {
         let res = fault.into_response();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(res.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_code_asked_again_too_soon_is_429_wherever_it_is_answered() {
+        let e = AppError::CodeRefused(CodeProblem::TooSoon);
+        assert_eq!(e.code(), "code_recently_sent");
+        assert_eq!(e.into_response().status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            AppError::CodeRefused(CodeProblem::Wrong).status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 }

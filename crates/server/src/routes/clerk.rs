@@ -115,20 +115,14 @@ pub async fn login_submit(
                         )
                         .to_owned(),
                     ),
-                    SignInRefusal::Locked { retry_after_secs } => (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "locked_out",
-                        match lang {
-                            Lang::ZhTw => format!(
-                                "登入失敗次數過多，請於 {} 分鐘後再試。",
-                                retry_after_secs.div_ceil(60)
-                            ),
-                            Lang::En => format!(
-                                "Too many failed sign-ins; try again in {} minute(s).",
-                                retry_after_secs.div_ceil(60)
-                            ),
-                        },
-                    ),
+                    SignInRefusal::Locked { retry_after_secs } => {
+                        // The citizen sign-in's lockout: its code, words and Retry-After.
+                        let e = AppError::LockedOut { retry_after_secs };
+                        let form = login_page(lang, Some((e.code(), e.detail_in(lang))));
+                        let mut res = page(e.status(), &form, None);
+                        e.decorate(&mut res);
+                        return Ok(res);
+                    }
                 };
                 return Ok(page(status, &login_page(lang, Some((code, msg))), None));
             }

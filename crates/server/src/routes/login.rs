@@ -1016,7 +1016,7 @@ pub async fn first_use_submit(
         {
             let e = AppError::CodeRefused(CodeProblem::TooSoon);
             return Ok(page(
-                StatusCode::TOO_MANY_REQUESTS,
+                e.status(),
                 &code_page(
                     lang,
                     s.csrf(),

@@ -1396,3 +1396,39 @@ async fn signed_in_person_and_clerk_by_email_sqlite() {
 async fn signed_in_person_and_clerk_by_email_postgres() {
     signed_in_person_applies_and_the_clerk_verifies_by_email(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
+    let d = Desk::start(Backend::Sqlite).await;
+    let anon = client(Arc::new(reqwest::cookie::Jar::default()));
+    let wrong = [
+        ("username", "lin"),
+        ("password", CLERK_PASSWORD),
+        ("totp", "000000"),
+    ];
+    let mut locked = None;
+    for _ in 0..=limits::LOCKOUT_THRESHOLD {
+        let res = anon
+            .post(d.url("/clerk/login"))
+            .form(&wrong)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            locked = Some(res);
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = locked.expect("locked after the threshold's failures");
+    // As the citizen sign-in's lockout: the same code, and the seconds left in Retry-After.
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 14 * 60 && retry <= 15 * 60, "{retry}");
+    let html = res.text().await.unwrap();
+    assert_eq!(code_of(&html), "locked_out");
+    assert!(html.contains("15 分鐘"), "{html}");
+}
