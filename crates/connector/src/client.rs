@@ -66,6 +66,24 @@ pub enum CallError {
     Token(String),
 }
 
+/// A JSON answer that does not parse, said without its content: serde's message quotes the value
+/// it stumbled on, which in a dataset body is the person's data, and this message is recorded
+/// with the fetch.
+fn unreadable(what: &str, e: &serde_json::Error) -> CallError {
+    use serde_json::error::Category;
+    let why = match e.classify() {
+        Category::Syntax => "not JSON",
+        Category::Data => "not the expected fields and types",
+        Category::Eof => "cut short",
+        Category::Io => "unreadable",
+    };
+    CallError::Malformed(format!(
+        "{what}: {why} (line {}, column {})",
+        e.line(),
+        e.column()
+    ))
+}
+
 impl CallError {
     /// A stable code for records and audit events.
     pub fn code(&self) -> &'static str {
@@ -243,13 +261,13 @@ impl AgencyClient {
         let body = self.read_limited(res).await?;
         match status {
             StatusCode::OK => {
-                let body: SignedDatasetBody = serde_json::from_slice(&body)
-                    .map_err(|e| CallError::Malformed(format!("dataset body: {e}")))?;
+                let body: SignedDatasetBody =
+                    serde_json::from_slice(&body).map_err(|e| unreadable("dataset body", &e))?;
                 Ok(Answer::Dataset(Box::new(body)))
             }
             StatusCode::ACCEPTED => {
-                let a: Accepted = serde_json::from_slice(&body)
-                    .map_err(|e| CallError::Malformed(format!("202 body: {e}")))?;
+                let a: Accepted =
+                    serde_json::from_slice(&body).map_err(|e| unreadable("202 body", &e))?;
                 Ok(Answer::NotReady {
                     request_id: a.request_id,
                     retry_after,
@@ -368,6 +386,27 @@ mod tests {
         assert_eq!(
             c.url("mof-tax", "/r1").map(|u| u.to_string()),
             Ok("https://tax.example/api/agencies/mof-tax/v1/requests/r1".into())
+        );
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_described_without_its_content() {
+        // A field of the wrong type: serde's own message would quote the ID number.
+        let body = r#"{"dataset_id": "d", "manifest": "m", "manifest_jws": "j", "manifest_sig": "s",
+            "chain_pem": "c", "files": "A123456789"}"#;
+        let e = serde_json::from_slice::<SignedDatasetBody>(body.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("A123456789"));
+        let said = unreadable("dataset body", &e).to_string();
+        assert!(!said.contains("A123456789"), "{said}");
+        assert!(
+            said.contains("not the expected fields and types (line 2"),
+            "{said}"
+        );
+        let e = serde_json::from_slice::<SignedDatasetBody>(b"{\"dataset_id\": \"A12").unwrap_err();
+        assert!(
+            unreadable("dataset body", &e)
+                .to_string()
+                .contains("cut short")
         );
     }
 }
