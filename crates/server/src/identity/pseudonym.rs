@@ -17,6 +17,17 @@ use zeroize::Zeroizing;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// HMAC-SHA256 under a 32-byte key, through the constructor that cannot fail: the key zero-padded
+/// to SHA-256's 64-byte block is what HMAC itself makes of a shorter key (RFC 2104), so every
+/// pseudonym and hash stays as it was, and none can come out empty on an error path.
+fn keyed(key: &[u8; 32]) -> HmacSha256 {
+    let mut block = Zeroizing::new([0u8; 64]);
+    for (b, k) in block.iter_mut().zip(key) {
+        *b = *k;
+    }
+    <HmacSha256 as hmac::digest::KeyInit>::new(&(*block).into())
+}
+
 /// The long-lived key of subject pseudonyms (`keys.pseudonym_key`). `Debug` never shows it.
 pub struct SubjectKey {
     key: Zeroizing<[u8; 32]>,
@@ -70,10 +81,7 @@ impl SubjectKey {
 
     /// The pseudonym (HMAC-SHA256, hex) of an ID number or 統一編號.
     pub fn pseudonym(&self, raw: &str) -> String {
-        let mut mac = match <HmacSha256 as Mac>::new_from_slice(self.key.as_ref()) {
-            Ok(m) => m,
-            Err(_) => return String::new(),
-        };
+        let mut mac = keyed(&self.key);
         mac.update(raw.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
@@ -152,11 +160,7 @@ impl Pseudonyms {
     }
 
     fn mac(&self, label: &str, value: &str) -> String {
-        // new_from_slice accepts any key length; 32 bytes cannot fail.
-        let mut m = match HmacSha256::new_from_slice(&self.key) {
-            Ok(m) => m,
-            Err(_) => return String::new(),
-        };
+        let mut m = keyed(&self.key);
         m.update(label.as_bytes());
         m.update(&[0]);
         m.update(value.as_bytes());
@@ -177,6 +181,27 @@ impl Pseudonyms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fixed_size_key_gives_the_same_hmac_as_the_key_itself() {
+        // Existing pseudonyms were made with the 32-byte key as given: they must not change.
+        for (key, msg) in [
+            ([0u8; 32], ""),
+            ([7; 32], "A123456789"),
+            ([0xff; 32], "12345678"),
+        ] {
+            let mut padded = keyed(&key);
+            padded.update(msg.as_bytes());
+            let mut plain = <HmacSha256 as Mac>::new_from_slice(&key).unwrap();
+            plain.update(msg.as_bytes());
+            assert_eq!(
+                padded.finalize().into_bytes(),
+                plain.finalize().into_bytes()
+            );
+        }
+        let p = SubjectKey::from_key([7; 32]).pseudonym("A123456789");
+        assert_eq!(p.len(), 64);
+    }
 
     #[test]
     fn hashes_are_keyed_and_separate_by_use() {
