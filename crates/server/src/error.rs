@@ -97,6 +97,8 @@ pub enum AppError {
     AuthorizationRefused(String),
     #[error("{0}")]
     Passkey(crate::identity::passkey::PasskeyProblem),
+    #[error("{0}")]
+    ClerkRefused(crate::counter::clerk::ClerkProblem),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -202,6 +204,7 @@ impl AppError {
             AppError::AdminUnauthorized => "admin_unauthorized",
             AppError::AuthorizationRefused(_) => "authorization_refused",
             AppError::Passkey(p) => p.code(),
+            AppError::ClerkRefused(p) => p.code(),
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -242,6 +245,7 @@ impl AppError {
             AppError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             AppError::AuthorizationRefused(_) => StatusCode::BAD_REQUEST,
             AppError::Passkey(p) => p.status(),
+            AppError::ClerkRefused(p) => p.status(),
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -286,6 +290,7 @@ impl AppError {
             AppError::AdminUnauthorized => ("需要管理權杖", "Admin token needed"),
             AppError::AuthorizationRefused(_) => ("無法繼續授權", "Authorization cannot go on"),
             AppError::Passkey(_) => ("通行密鑰未完成", "Passkey not accepted"),
+            AppError::ClerkRefused(_) => ("無法登入", "Sign-in not accepted"),
             AppError::Internal(_) => ("系統發生錯誤", "Internal error"),
         };
         lang.pick(zh, en)
@@ -311,6 +316,7 @@ impl AppError {
             }
             AppError::IdentityUnavailable => "目前無法向機關查驗，請幾分鐘後再試。".into(),
             AppError::Passkey(p) => p.message_zh().into(),
+            AppError::ClerkRefused(p) => p.message_zh().into(),
             _ => self.detail(),
         }
     }

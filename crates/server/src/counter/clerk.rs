@@ -286,6 +286,54 @@ pub enum SignInRefusal {
     Malformed,
 }
 
+/// A clerk sign-in the form refuses, as [`AppError::ClerkRefused`] answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClerkProblem {
+    #[error("the username, password or code is not right")]
+    Wrong,
+    #[error("fill in the username, the password and the 6-digit code")]
+    Incomplete,
+    #[error("no counter staff account belongs to this citizen certificate")]
+    CertificateUnknown,
+}
+
+impl ClerkProblem {
+    pub fn code(self) -> &'static str {
+        match self {
+            ClerkProblem::Wrong => "clerk_sign_in_failed",
+            ClerkProblem::Incomplete => "clerk_sign_in_incomplete",
+            ClerkProblem::CertificateUnknown => "clerk_certificate_unknown",
+        }
+    }
+
+    pub fn status(self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            ClerkProblem::Wrong => StatusCode::UNAUTHORIZED,
+            ClerkProblem::Incomplete => StatusCode::UNPROCESSABLE_ENTITY,
+            ClerkProblem::CertificateUnknown => StatusCode::FORBIDDEN,
+        }
+    }
+
+    pub fn message_zh(self) -> &'static str {
+        match self {
+            ClerkProblem::Wrong => "帳號、密碼或動態密碼不正確。",
+            ClerkProblem::Incomplete => "請填寫帳號、密碼與 6 位數動態密碼。",
+            ClerkProblem::CertificateUnknown => "此自然人憑證沒有對應的臨櫃人員帳號。",
+        }
+    }
+}
+
+impl From<SignInRefusal> for AppError {
+    fn from(r: SignInRefusal) -> Self {
+        match r {
+            SignInRefusal::Wrong => AppError::ClerkRefused(ClerkProblem::Wrong),
+            SignInRefusal::Malformed => AppError::ClerkRefused(ClerkProblem::Incomplete),
+            SignInRefusal::Locked { retry_after_secs } => AppError::LockedOut { retry_after_secs },
+        }
+    }
+}
+
 fn lock_key(state: &AppState, username: &str) -> String {
     format!(
         "clerk-{}",

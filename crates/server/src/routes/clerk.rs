@@ -3,7 +3,7 @@
 //! verified data for reading and printing with the package download, and the supervisor's view
 //! of the office's counters and their lockouts.
 
-use crate::counter::clerk::{self, ClerkSession, Role, SignInRefusal};
+use crate::counter::clerk::{self, ClerkProblem, ClerkSession, Role};
 use crate::counter::{self, Desk, Refusal, Refused};
 use crate::error::AppError;
 use crate::i18n::Lang;
@@ -80,6 +80,15 @@ pub struct LoginForm {
     pub totp: Option<String>,
 }
 
+/// The sign-in form again, saying why it was refused: status, code, words and headers (a
+/// lockout's Retry-After) from [`AppError`], as every other refusal.
+fn refused_sign_in(lang: Lang, e: &AppError, cookie: Option<HeaderValue>) -> Response {
+    let form = login_page(lang, Some((e.code(), e.detail_in(lang))));
+    let mut res = page(e.status(), &form, cookie);
+    e.decorate(&mut res);
+    res
+}
+
 /// `POST /clerk/login`
 pub async fn login_submit(
     State(state): State<AppState>,
@@ -95,37 +104,7 @@ pub async fn login_submit(
         .await?;
         let c = match result {
             Ok(c) => c,
-            Err(r) => {
-                let (status, code, msg) = match r {
-                    SignInRefusal::Wrong => (
-                        StatusCode::UNAUTHORIZED,
-                        "clerk_sign_in_failed",
-                        lang.pick(
-                            "帳號、密碼或動態密碼不正確。",
-                            "The username, password or code is not right.",
-                        )
-                        .to_owned(),
-                    ),
-                    SignInRefusal::Malformed => (
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "clerk_sign_in_incomplete",
-                        lang.pick(
-                            "請填寫帳號、密碼與 6 位數動態密碼。",
-                            "Fill in the username, the password and the 6-digit code.",
-                        )
-                        .to_owned(),
-                    ),
-                    SignInRefusal::Locked { retry_after_secs } => {
-                        // The citizen sign-in's lockout: its code, words and Retry-After.
-                        let e = AppError::LockedOut { retry_after_secs };
-                        let form = login_page(lang, Some((e.code(), e.detail_in(lang))));
-                        let mut res = page(e.status(), &form, None);
-                        e.decorate(&mut res);
-                        return Ok(res);
-                    }
-                };
-                return Ok(page(status, &login_page(lang, Some((code, msg))), None));
-            }
+            Err(r) => return Ok(refused_sign_in(lang, &r.into(), None)),
         };
         let cookie = clerk::start(&state, &c).await?;
         counter::audit(
@@ -167,17 +146,8 @@ pub async fn certificate(State(state): State<AppState>, uri: Uri, headers: Heade
             .filter(|c| c.disabled_at.is_none());
         let clear = session::end(&state, &s).await?;
         let Some(c) = clerk_row else {
-            let msg = lang
-                .pick(
-                    "此自然人憑證沒有對應的臨櫃人員帳號。",
-                    "No counter staff account belongs to this citizen certificate.",
-                )
-                .to_owned();
-            return Ok(page(
-                StatusCode::FORBIDDEN,
-                &login_page(lang, Some(("clerk_certificate_unknown", msg))),
-                Some(clear),
-            ));
+            let e = AppError::ClerkRefused(ClerkProblem::CertificateUnknown);
+            return Ok(refused_sign_in(lang, &e, Some(clear)));
         };
         let cookie = clerk::start(&state, &c).await?;
         counter::audit(

@@ -1406,7 +1406,24 @@ async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
         ("password", CLERK_PASSWORD),
         ("totp", "000000"),
     ];
+    // An incomplete form is refused as such and counts for nothing.
+    let res = anon
+        .post(d.url("/clerk/login"))
+        .form(&[
+            ("username", "lin"),
+            ("password", CLERK_PASSWORD),
+            ("totp", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        code_of(&res.text().await.unwrap()),
+        "clerk_sign_in_incomplete"
+    );
     let mut locked = None;
+    let mut wrong_answers = 0;
     for _ in 0..=limits::LOCKOUT_THRESHOLD {
         let res = anon
             .post(d.url("/clerk/login"))
@@ -1419,8 +1436,11 @@ async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
             break;
         }
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        wrong_answers += 1;
     }
     let res = locked.expect("locked after the threshold's failures");
+    // The failure that reaches the threshold is the one that locks.
+    assert_eq!(wrong_answers, limits::LOCKOUT_THRESHOLD - 1);
     // As the citizen sign-in's lockout: the same code, and the seconds left in Retry-After.
     let retry: u64 = res.headers()["retry-after"]
         .to_str()
