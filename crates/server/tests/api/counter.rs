@@ -115,6 +115,20 @@ impl Desk {
         clerk_login(&self.app.base, &self.app.clock, user, secret).await
     }
 
+    /// Posts the clerk sign-in form with `client`.
+    async fn clerk_sign_in(
+        &self,
+        client: &reqwest::Client,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
+        client
+            .post(self.url("/clerk/login"))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The counter page's CSRF token, choosing `counter` first if the clerk has not yet.
     async fn sit(&self, c: &reqwest::Client, counter: &str) -> String {
         let page = c
@@ -914,16 +928,16 @@ async fn clerks_of_another_office_and_bad_requests_are_refused() {
         .unwrap();
     assert_eq!(location(&res), "/clerk/login");
     // A wrong TOTP code or password is one message; the page says nothing about which.
-    let res = anon
-        .post(d.url("/clerk/login"))
-        .form(&[
-            ("username", "lin"),
-            ("password", CLERK_PASSWORD),
-            ("totp", "000000"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = d
+        .clerk_sign_in(
+            &anon,
+            &[
+                ("username", "lin"),
+                ("password", CLERK_PASSWORD),
+                ("totp", "000000"),
+            ],
+        )
+        .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(code_of(&res.text().await.unwrap()), "clerk_sign_in_failed");
     // The person's barcode pages are the person's only.
@@ -1006,19 +1020,9 @@ async fn clerk_totp_codes_are_single_use() {
         ("password", CLERK_PASSWORD),
         ("totp", code.as_str()),
     ];
-    let res = c
-        .post(d.url("/clerk/login"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let res = d.clerk_sign_in(&c, &form).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let res = c
-        .post(d.url("/clerk/login"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let res = d.clerk_sign_in(&c, &form).await;
     assert_eq!(
         res.status(),
         StatusCode::UNAUTHORIZED,
@@ -1407,16 +1411,16 @@ async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
         ("totp", "000000"),
     ];
     // An incomplete form is refused as such and counts for nothing.
-    let res = anon
-        .post(d.url("/clerk/login"))
-        .form(&[
-            ("username", "lin"),
-            ("password", CLERK_PASSWORD),
-            ("totp", ""),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = d
+        .clerk_sign_in(
+            &anon,
+            &[
+                ("username", "lin"),
+                ("password", CLERK_PASSWORD),
+                ("totp", ""),
+            ],
+        )
+        .await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         code_of(&res.text().await.unwrap()),
@@ -1425,12 +1429,7 @@ async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
     let mut locked = None;
     let mut wrong_answers = 0;
     for _ in 0..=limits::LOCKOUT_THRESHOLD {
-        let res = anon
-            .post(d.url("/clerk/login"))
-            .form(&wrong)
-            .send()
-            .await
-            .unwrap();
+        let res = d.clerk_sign_in(&anon, &wrong).await;
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             locked = Some(res);
             break;
