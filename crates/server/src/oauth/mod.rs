@@ -168,6 +168,9 @@ pub enum ErrorCode {
     InvalidToken,
     InvalidDpopProof,
     ServerError,
+    /// The database cannot be reached right now (RFC 6749 §4.1.2.1's code, used at every
+    /// endpoint): 503 with Retry-After, so that a service tries again instead of giving up.
+    TemporarilyUnavailable,
 }
 
 impl ErrorCode {
@@ -185,6 +188,7 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::ServerError => "server_error",
+            ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
         }
     }
 
@@ -195,6 +199,7 @@ impl ErrorCode {
             ErrorCode::InvalidClient | ErrorCode::InvalidToken => StatusCode::UNAUTHORIZED,
             ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
             ErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -220,6 +225,13 @@ impl OAuthError {
 
 impl From<mydata_store::StoreError> for OAuthError {
     fn from(e: mydata_store::StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            return OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                "the platform cannot reach its database; try again in a minute",
+            );
+        }
         tracing::error!(error = %e, "oauth request failed in the store");
         OAuthError::new(
             ErrorCode::ServerError,
@@ -275,7 +287,12 @@ impl IntoResponse for OAuthError {
             return self.at_resource();
         }
         let code = self.code.code();
+        let unavailable = self.code == ErrorCode::TemporarilyUnavailable;
         let mut res = self.respond(status);
+        if unavailable {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
         if client {
             let v = format!("private_key_jwt error=\"{code}\"");
             if let Ok(v) = HeaderValue::from_str(&v) {
@@ -325,5 +342,24 @@ impl UnspentJti {
             jti: &self.jti,
             keep_until: self.keep_until,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_database_outage_is_temporarily_unavailable_with_retry_after() {
+        // SQLITE_BUSY: another process holds the database file.
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None);
+        let res = OAuthError::from(mydata_store::StoreError::Sqlite(busy)).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "60");
+        let fault = mydata_store::StoreError::Corrupt("bad row".into());
+        let res = OAuthError::from(fault).into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(res.headers().get(header::RETRY_AFTER).is_none());
     }
 }
