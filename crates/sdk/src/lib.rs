@@ -647,8 +647,9 @@ impl Service {
         })
     }
 
-    /// Retrieves the sealed package once and opens it: polls while the platform answers 202,
-    /// waiting what `Retry-After` says (at most `max_wait` in all).
+    /// Retrieves the sealed package once and opens it: polls while the platform answers 202 (not
+    /// ready) or 503 (its database out of reach: nothing changed), waiting what `Retry-After`
+    /// says (at most `max_wait` in all).
     pub async fn package(&self, token: &Token, max_wait: Duration) -> Result<Vec<u8>, Error> {
         let envelope = self.fetch_envelope(token, max_wait).await?;
         self.open(token, &envelope)
@@ -671,7 +672,7 @@ impl Service {
                     return serde_json::from_slice(&bytes)
                         .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
                 }
-                202 => {
+                status @ (202 | 503) => {
                     let wait = res
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
@@ -681,7 +682,11 @@ impl Service {
                         .clamp(1, 300);
                     let next = tokio::time::Instant::now() + Duration::from_secs(wait);
                     if next > deadline {
-                        return Err(Error::NotReady);
+                        return Err(if status == 202 {
+                            Error::NotReady
+                        } else {
+                            refused(res).await
+                        });
                     }
                     tokio::time::sleep_until(next).await;
                 }
@@ -742,5 +747,93 @@ pub fn verify(
         Ok(report)
     } else {
         Err(Box::new(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A platform that answers the package endpoint with 503 (Retry-After 1) `outages` times, then
+    /// with an envelope; counts the calls.
+    async fn platform(outages: usize) -> (String, Arc<AtomicUsize>) {
+        use axum::response::IntoResponse as _;
+        use axum::routing::get;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let kem = HpkeKeyPair::generate().public_jwk();
+        let sig = ec_public_jwk(&<SigningKey as p256::elliptic_curve::Generate>::generate());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (b, seen) = (base.clone(), calls.clone());
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/oauth-authorization-server",
+                get(move || async move {
+                    axum::Json(serde_json::json!({
+                        "issuer": b, "authorization_endpoint": format!("{b}/oauth/authorize"),
+                        "pushed_authorization_request_endpoint": format!("{b}/oauth/par"),
+                        "token_endpoint": format!("{b}/oauth/token"), "jwks_uri": format!("{b}/jwks"),
+                    }))
+                }),
+            )
+            .route(
+                "/jwks",
+                get(move || async move { axum::Json(serde_json::json!({ "keys": [kem, sig] })) }),
+            )
+            .route(
+                "/api/v1/transfers/t1/package",
+                get(move || async move {
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    if n < outages {
+                        let body = r#"{"error":"temporarily_unavailable","error_description":"no database"}"#;
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], body).into_response();
+                    }
+                    let envelope = serde_json::json!({
+                        "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
+                        "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c",
+                    });
+                    axum::Json(envelope).into_response()
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, calls)
+    }
+
+    fn token() -> Token {
+        Token {
+            access_token: "at".into(),
+            token_type: "Bearer".into(),
+            transfer_id: "t1".into(),
+            datasets: vec![],
+            expires_in: 60,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_package_is_fetched_again_after_the_platform_was_unavailable() {
+        let (base, calls) = platform(1).await;
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
+        let service = Service::discover(config).await.unwrap();
+        let envelope = service
+            .fetch_envelope(&token(), Duration::from_secs(10))
+            .await
+            .expect("the envelope once the platform is back");
+        assert_eq!(envelope.transfer_id, "t1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Longer than it may wait: the platform's refusal, not a hang.
+        let (base, calls) = platform(usize::MAX).await;
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
+        let service = Service::discover(config).await.unwrap();
+        let err = service
+            .fetch_envelope(&token(), Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, error, .. } if error == "temporarily_unavailable"),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }
