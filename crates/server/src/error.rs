@@ -325,8 +325,7 @@ impl AppError {
     pub(crate) fn decorate(&self, res: &mut Response) {
         let retry_after = match self {
             AppError::LockedOut { retry_after_secs } => Some(*retry_after_secs),
-            // As the detail says: in a minute.
-            AppError::DatabaseUnavailable => Some(60),
+            AppError::DatabaseUnavailable => Some(DATABASE_RETRY_AFTER_SECS),
             _ => None,
         };
         if let Some(secs) = retry_after {
@@ -454,6 +453,10 @@ impl From<PathRejection> for AppError {
         }
     }
 }
+
+/// Seconds a client is told to wait when the database is out of reach ("in a minute"), on pages,
+/// the API and the OAuth endpoints alike.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 60;
 
 impl From<mydata_store::StoreError> for AppError {
     fn from(e: mydata_store::StoreError) -> Self {

@@ -290,8 +290,10 @@ impl IntoResponse for OAuthError {
         let unavailable = self.code == ErrorCode::TemporarilyUnavailable;
         let mut res = self.respond(status);
         if unavailable {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::error::DATABASE_RETRY_AFTER_SECS),
+            );
         }
         if client {
             let v = format!("private_key_jwt error=\"{code}\"");
