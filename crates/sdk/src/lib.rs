@@ -801,6 +801,12 @@ mod tests {
         (base, calls)
     }
 
+    /// The service discovered at a stub platform, with the platform's call count.
+    async fn service_of((base, calls): (String, Arc<AtomicUsize>)) -> (Service, Arc<AtomicUsize>) {
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
+        (Service::discover(config).await.unwrap(), calls)
+    }
+
     fn token() -> Token {
         Token {
             access_token: "at".into(),
@@ -813,9 +819,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_package_is_fetched_again_after_the_platform_was_unavailable() {
-        let (base, calls) = platform(1).await;
-        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
-        let service = Service::discover(config).await.unwrap();
+        let (service, calls) = service_of(platform(1).await).await;
         let envelope = service
             .fetch_envelope(&token(), Duration::from_secs(10))
             .await
@@ -823,9 +827,7 @@ mod tests {
         assert_eq!(envelope.transfer_id, "t1");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // Longer than it may wait: the platform's refusal, not a hang.
-        let (base, calls) = platform(usize::MAX).await;
-        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
-        let service = Service::discover(config).await.unwrap();
+        let (service, calls) = service_of(platform(usize::MAX).await).await;
         let err = service
             .fetch_envelope(&token(), Duration::from_millis(500))
             .await
