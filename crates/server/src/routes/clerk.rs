@@ -231,6 +231,25 @@ pub(crate) fn evidence_text(lang: Lang) -> &'static str {
     )
 }
 
+/// The counter page with a refused entry on it; a locked counter's answer (429) says in
+/// `Retry-After` when the counter takes entries again, as every other lockout does.
+async fn refused_at_desk(
+    state: &AppState,
+    s: &ClerkSession,
+    lang: Lang,
+    r: Refused,
+) -> Result<Response, AppError> {
+    let (status, p) = desk_page(state, s, lang, Some(r)).await?;
+    let mut res = page(status, &p, None);
+    if let Refusal::Locked { retry_after_secs } = r.refusal {
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs.max(1)),
+        );
+    }
+    Ok(res)
+}
+
 async fn desk_page(
     state: &AppState,
     s: &ClerkSession,
@@ -392,17 +411,13 @@ pub async fn scan(
                 refusal: Refusal::SerialMalformed,
                 recent_failures: 0,
             };
-            let (status, p) = desk_page(&state, &s, lang, Some(r)).await?;
-            return Ok(page(status, &p, None));
+            return refused_at_desk(&state, &s, lang, r).await;
         }
         match counter::scan(&state, &desk, &input).await? {
             Ok(sc) => {
                 Ok(Redirect::to(&format!("/clerk/passwords/{}", sc.password_id)).into_response())
             }
-            Err(r) => {
-                let (status, p) = desk_page(&state, &s, lang, Some(r)).await?;
-                Ok::<_, AppError>(page(status, &p, None))
-            }
+            Err(r) => refused_at_desk(&state, &s, lang, r).await,
         }
     })
     .await
@@ -529,8 +544,7 @@ pub async fn password_submit(
                     r.refusal,
                     Refusal::Locked { .. } | Refusal::PasswordExpired | Refusal::PasswordUsed
                 ) {
-                    let (status, p) = desk_page(&state, &s, lang, Some(r)).await?;
-                    return Ok(page(status, &p, None));
+                    return refused_at_desk(&state, &s, lang, r).await;
                 }
                 let status = r.refusal.status();
                 Ok::<_, AppError>(page(status, &password_page(lang, &s, &pw, Some(r)), None))

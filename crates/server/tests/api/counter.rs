@@ -771,12 +771,14 @@ async fn five_wrong_entries_lock_that_counter_for_fifteen_minutes() {
     assert_eq!(code_of(&res.text().await.unwrap()), "counter_serial_empty");
     let res = d.scan(&lin, &csrf, "ABCDEFGJ").await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "900", "locked for 15 minutes");
     assert_eq!(code_of(&res.text().await.unwrap()), "counter_locked");
     // Locked: even the right serial is refused and no password goes out.
     let before = d.passwords_sent().await;
     d.app.clock.advance(MIN);
     let res = d.scan(&lin, &csrf, &serial).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "840");
     let html = res.text().await.unwrap();
     assert!(
         html.contains("data-remaining=\"840\""),
@@ -850,9 +852,11 @@ async fn wrong_passwords_count_and_lock_too() {
     }
     let res = d.enter(&lin, &csrf, &at, wrong).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "900");
     // Locked: the right password does not open the data either.
     let res = d.enter(&lin, &csrf, &at, &right).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "900");
     assert_eq!(
         lin.get(d.url(&format!("/clerk/transfers/{id}")))
             .send()
