@@ -470,19 +470,28 @@ impl From<mydata_store::StoreError> for AppError {
     }
 }
 
-/// Whether a request is for the machine API (problem+json) rather than a web page.
+/// Whether a request is for the machine API (problem+json) rather than a web page: the API, and
+/// the JSON endpoints the sign-in and passkey pages call from script.
 fn wants_problem_json(path: &str) -> bool {
     path.starts_with("/api/")
         || path == "/api"
         || path.starts_with("/healthz")
         || path.starts_with("/readyz")
         || path.starts_with("/.well-known/")
+        || path.ends_with("/options")
+        || (path.starts_with("/login/") && path.ends_with("/challenge"))
+}
+
+/// The OAuth endpoints a service calls, which answer every error as RFC 6749 JSON.
+fn oauth_endpoint(path: &str) -> bool {
+    matches!(path, "/oauth/par" | "/oauth/token")
 }
 
 /// Rewrites error responses made outside handlers (layers, router fallbacks) into problem+json for
 /// the API or an error page for the web, so that every error has the same shape and a code.
 pub async fn problem_fallback(req: Request, next: Next) -> Response {
     let api = wants_problem_json(req.uri().path());
+    let oauth = oauth_endpoint(req.uri().path());
     let lang = Lang::from_request(&req);
     let method = req.method().to_string();
     let limit = req.extensions().get::<BodyLimit>().map(|b| b.0);
@@ -519,7 +528,9 @@ pub async fn problem_fallback(req: Request, next: Next) -> Response {
         )),
     };
     let allow = res.headers().get(header::ALLOW).cloned();
-    let mut out = if api {
+    let mut out = if oauth {
+        crate::oauth::OAuthError::outside_handler(&err).into_response()
+    } else if api {
         err.into_response()
     } else {
         err.into_page(lang)

@@ -196,8 +196,7 @@ pub async fn par(
     headers: HeaderMap,
     form: Result<Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let Form(form) =
-        form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
+    let Form(form) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
     let iss = issuer(&state, &headers);
     // The assertion's jti is recorded with the request stored, in one write (see `push_request`).
     let (client, assertion_jti) = assertion::verify_client(
@@ -1172,8 +1171,7 @@ pub async fn token(
     headers: HeaderMap,
     form: Result<Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let Form(form) =
-        form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
+    let Form(form) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
     let iss = issuer(&state, &headers);
     // The assertion's jti is recorded with the code spent, in one write (see `issue_token`).
     let (client, assertion_jti) = assertion::verify_client(

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod dpop;
 pub mod flow;
 
+use crate::i18n::Lang;
 use crate::state::AppState;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -212,6 +213,9 @@ impl ErrorCode {
 pub struct OAuthError {
     pub code: ErrorCode,
     pub description: String,
+    /// A status other than the code's own, for refusals HTTP has a status for and RFC 6749 has
+    /// no code for (a body over the limit: 413 `invalid_request`; a wrong method: 405).
+    status: Option<StatusCode>,
 }
 
 impl OAuthError {
@@ -219,6 +223,31 @@ impl OAuthError {
         Self {
             code,
             description: description.into(),
+            status: None,
+        }
+    }
+
+    /// A refusal made before the endpoint's handler (the body limit, the method, the media
+    /// type), as `invalid_request` with that status and the platform's own description of it.
+    pub fn outside_handler(err: &crate::error::AppError) -> Self {
+        Self {
+            status: Some(err.status()),
+            ..Self::new(ErrorCode::InvalidRequest, err.detail_in(Lang::En))
+        }
+    }
+
+    /// The endpoint's form body could not be read: too large (413, restated by the error layer
+    /// with the configured limit) or not a form.
+    pub fn unreadable_form(e: &axum::extract::rejection::FormRejection) -> Self {
+        use axum::extract::rejection::FormRejection;
+        match e {
+            FormRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::outside_handler(&crate::error::AppError::PayloadTooLarge { limit: None })
+            }
+            _ => Self::new(
+                ErrorCode::InvalidRequest,
+                "the body must be application/x-www-form-urlencoded",
+            ),
         }
     }
 }
@@ -281,7 +310,7 @@ impl OAuthError {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let status = self.code.status();
+        let status = self.status.unwrap_or_else(|| self.code.status());
         let client = self.code == ErrorCode::InvalidClient;
         if self.code == ErrorCode::InvalidToken {
             return self.at_resource();

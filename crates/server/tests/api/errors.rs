@@ -50,6 +50,68 @@ async fn too_large_body_is_413_with_or_without_content_length() {
     assert_eq!(ok.status(), 200);
 }
 
+/// A refusal made before an OAuth endpoint's handler (body limit, method) is RFC 6749 JSON as the
+/// endpoint's own errors are, and the sign-in pages' script endpoints answer problem+json, not a
+/// page: a service's client and the page's script can read what went wrong.
+#[tokio::test]
+async fn oauth_and_script_endpoints_answer_layer_refusals_in_their_own_shape() {
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.http.body_limit_bytes = 1024).await;
+    let big = format!("client_id=x&client_assertion={}", "a".repeat(4096));
+    let oauth_error = |res: reqwest::Response, status: u16| async move {
+        assert_eq!(res.status().as_u16(), status);
+        assert_eq!(res.headers()["content-type"], "application/json");
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        let b: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(b["error"], "invalid_request", "{b}");
+        b["error_description"].as_str().unwrap().to_owned()
+    };
+    for path in ["/oauth/par", "/oauth/token"] {
+        let res = app
+            .client
+            .post(app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        let d = oauth_error(res, 413).await;
+        assert!(d.contains("1024"), "names the limit: {d}");
+        // Streamed without a length: refused while reading, the same way.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            big.as_bytes().chunks(256).map(|c| Ok(c.to_vec())).collect();
+        let res = app
+            .client
+            .post(app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap();
+        let d = oauth_error(res, 413).await;
+        assert!(d.contains("1024"), "names the limit: {d}");
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.headers()["allow"], "POST");
+        oauth_error(res, 405).await;
+    }
+    for path in [
+        "/login/tw_fido/options",
+        "/account/passkeys/options",
+        "/login/moica_cert/challenge",
+    ] {
+        let res = app
+            .client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(format!("{{\"x\": \"{}\"}}", "a".repeat(4096)))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(res, 413, "payload_too_large").await;
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_problem(res, 405, "method_not_allowed").await;
+    }
+}
+
 #[tokio::test]
 async fn wrong_content_type_malformed_and_unexpected_json_are_refused() {
     let app = TestApp::spawn(Backend::Sqlite).await;
