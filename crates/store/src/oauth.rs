@@ -196,6 +196,8 @@ pub enum Push {
     AssertionReplay,
     /// The DPoP proof's `jti` was used before: nothing stored (the assertion's `jti` is spent).
     ProofReplay,
+    /// The identity assertion's `jti` was used before: nothing stored (the others are spent).
+    IdentityReplay,
 }
 
 /// What issuing a token at the token endpoint found.
@@ -270,23 +272,26 @@ SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM t"
 );
 
 /// A pushed request stored with its client's `jti`s recorded, as one step (see `step`): the
-/// `jti`s as in `ISSUE_*` (`$1`–`$5`), then the request (`$6`–`$13`) only if every one was new
-/// (returning 1).
-const PUSH_SQLITE: &str = concat!(
-    "BEGIN IMMEDIATE;
-",
-    insert_jtis_sqlite!(),
-    "INSERT INTO oauth_requests (id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at)
-    SELECT $6, $1, $7, $8, $9, $10, $11, $12, $13 WHERE changes() = 1 + ($4 IS NOT NULL) RETURNING 1;
-COMMIT"
-);
-const PUSH_POSTGRES: &str = concat!(
-    insert_jtis_postgres!(),
-    "r AS (INSERT INTO oauth_requests (id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at)
+/// assertion's and the proof's `jti` as in `ISSUE_*` (`$1`–`$5`) and an identity assertion's
+/// (`$14`, `$15`; NULL for none), then the request (`$6`–`$13`) only if every one was new
+/// (returning 0, 2 and 3 for the `jti`s recorded, 1 for the request).
+const PUSH_SQLITE: &str = "BEGIN IMMEDIATE;
+INSERT INTO oauth_jtis (client_id, jti, expires_at)
+    SELECT $1, $2, $3 UNION ALL SELECT $1, $4, $5 WHERE $4 IS NOT NULL UNION ALL SELECT $1, $14, $15 WHERE $14 IS NOT NULL
+    ON CONFLICT (expires_at, client_id, jti) DO NOTHING RETURNING CASE WHEN jti = $2 THEN 0 WHEN jti = $4 THEN 2 ELSE 3 END;
+INSERT INTO oauth_requests (id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at)
+    SELECT $6, $1, $7, $8, $9, $10, $11, $12, $13 WHERE changes() = 1 + ($4 IS NOT NULL) + ($14 IS NOT NULL) RETURNING 1;
+COMMIT";
+const PUSH_POSTGRES: &str = "WITH j AS (INSERT INTO oauth_jtis (client_id, jti, expires_at)
+    SELECT $1::text, $2::text, $3::bigint UNION ALL SELECT $1::text, $4::text, $5::bigint WHERE $4::text IS NOT NULL
+    UNION ALL SELECT $1::text, $14::text, $15::bigint WHERE $14::text IS NOT NULL
+    ON CONFLICT (expires_at, client_id, jti) DO NOTHING
+    RETURNING CASE WHEN jti = $2::text THEN 0 WHEN jti = $4::text THEN 2 ELSE 3 END AS k),
+r AS (INSERT INTO oauth_requests (id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at)
     SELECT $6, $1::text, $7, $8, $9, $10, $11, $12, $13
-    WHERE (SELECT count(*) FROM j) = CASE WHEN $4::text IS NULL THEN 1 ELSE 2 END RETURNING 1 AS k)
-SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM r"
-);
+    WHERE (SELECT count(*) FROM j) = 1 + CASE WHEN $4::text IS NULL THEN 0 ELSE 1 END + CASE WHEN $14::text IS NULL THEN 0 ELSE 1 END
+    RETURNING 1 AS k)
+SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM r";
 
 const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, dpop_bound_access_tokens, created_at, updated_at FROM oauth_clients";
 const SELECT_REQUEST: &str = "SELECT id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at FROM oauth_requests";
@@ -526,13 +531,14 @@ impl Store {
         Ok(true)
     }
 
-    /// Stores a pushed request with its client assertion's `jti` and its DPoP proof's recorded, in
-    /// one step; nothing is stored if either was used before.
+    /// Stores a pushed request with its client assertion's `jti`, its DPoP proof's and its
+    /// identity assertion's recorded, in one step; nothing is stored if any was used before.
     pub async fn push_request(
         &self,
         r: &RequestRow,
         assertion: Jti<'_>,
         proof: Option<Jti<'_>>,
+        identity: Option<Jti<'_>>,
     ) -> Result<Push> {
         let rows: Vec<(i64,)> = write_step!(self, PUSH_SQLITE, PUSH_POSTGRES, |q| bind_jtis!(
             q, assertion, proof
@@ -544,12 +550,16 @@ impl Store {
         .bind(&r.transfer_id)
         .bind(r.created_at)
         .bind(r.expires_at)
-        .bind(r.updated_at));
+        .bind(r.updated_at)
+        .bind(identity.map(|i| i.jti))
+        .bind(identity.map(|i| i.keep_until.millis())));
         let has = |k: i64| rows.iter().any(|r| r.0 == k);
         Ok(if !has(0) {
             Push::AssertionReplay
         } else if proof.is_some() && !has(2) {
             Push::ProofReplay
+        } else if identity.is_some() && !has(3) {
+            Push::IdentityReplay
         } else {
             Push::Stored
         })

@@ -455,7 +455,7 @@ async fn a_request_is_pushed_only_with_fresh_jtis(s: &Store) {
         keep_until: at(300),
     };
     let push = |id: &'static str, a: &'static str, p: Option<&'static str>| async move {
-        s.push_request(&request(id, at(90)), jti(a), p.map(jti))
+        s.push_request(&request(id, at(90)), jti(a), p.map(jti), None)
             .await
             .unwrap()
     };
@@ -476,4 +476,30 @@ async fn a_request_is_pushed_only_with_fresh_jtis(s: &Store) {
             "{used} spent"
         );
     }
+    // An identity assertion's jti is recorded in the same step: a used one stores nothing, and a
+    // fresh one is spent only with the request stored.
+    s.use_jti("sp", "identity:i-old", at(300)).await.unwrap();
+    let with_identity = |id: &'static str, a: &'static str, i: &'static str| async move {
+        s.push_request(&request(id, at(90)), jti(a), Some(jti("p-9")), Some(jti(i)))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        with_identity("r3", "a-4", "identity:i-old").await,
+        Push::IdentityReplay
+    );
+    assert!(s.request("r3").await.unwrap().is_none(), "nothing stored");
+    assert_eq!(
+        s.push_request(
+            &request("r4", at(90)),
+            jti("a-5"),
+            None,
+            Some(jti("identity:i-1"))
+        )
+        .await
+        .unwrap(),
+        Push::Stored
+    );
+    assert!(s.request("r4").await.unwrap().is_some());
+    assert!(!s.use_jti("sp", "identity:i-1", at(300)).await.unwrap());
 }

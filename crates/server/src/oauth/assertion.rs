@@ -365,11 +365,14 @@ pub async fn verify_client(
 pub struct AssertedIdentity {
     pub id_number: zeroize::Zeroizing<String>,
     pub level: mydata_core::AssuranceLevel,
+    /// The assertion's `jti` (prefixed `identity:`), recorded with the pushed request in one
+    /// write, so that a request refused for anything else leaves the assertion usable.
+    pub jti: UnspentJti,
 }
 
 /// Checks a trusted verifier's identity assertion (sent in the pushed request): signed by the
 /// service, `aud` the issuer, `sub` the ID number, `level` 1-4 and at least every requested
-/// dataset's required level, short-lived, `jti` used once (recorded only when all else holds).
+/// dataset's required level, short-lived, with a `jti` (used once: see [`AssertedIdentity::jti`]).
 pub async fn identity_assertion(
     state: &AppState,
     client: &ClientRow,
@@ -426,15 +429,20 @@ pub async fn identity_assertion(
         .ok_or_else(|| bad("jti is required"))?;
     let keep =
         mydata_core::Timestamp::from_millis(exp.saturating_add(SKEW_SECS).saturating_mul(1000));
-    if !state
-        .store()
-        .use_jti(&client.client_id, &format!("identity:{jti}"), keep)
-        .await?
-    {
-        return Err(bad("this jti was already used (replay)"));
-    }
     Ok(AssertedIdentity {
         id_number: zeroize::Zeroizing::new(id.as_str().to_owned()),
         level,
+        jti: UnspentJti {
+            jti: format!("identity:{jti}"),
+            keep_until: keep,
+        },
     })
+}
+
+/// The refusal of an identity assertion whose `jti` was used before.
+pub fn identity_replayed() -> OAuthError {
+    OAuthError::new(
+        ErrorCode::InvalidRequest,
+        "identity_assertion: this jti was already used (replay)",
+    )
 }

@@ -263,10 +263,12 @@ pub async fn par(
             Some(state.identity().subjects.pseudonym(&id))
         }
     };
+    let mut identity_jti = None;
     let asserted = match form.get("identity_assertion") {
         None => None,
         Some(token) => {
             let a = assertion::identity_assertion(&state, &client, &iss, token, &datasets).await?;
+            identity_jti = Some(a.jti.clone());
             let id = crate::identity::SubjectId::Person(
                 mydata_core::IdNumber::parse(&a.id_number)
                     .map_err(|_| invalid("identity_assertion: sub is not a valid ID number"))?,
@@ -320,12 +322,16 @@ pub async fn par(
             &row,
             assertion_jti.for_client(&client.client_id),
             proof_jti.as_ref().map(|j| j.for_client(&client.client_id)),
+            identity_jti
+                .as_ref()
+                .map(|j| j.for_client(&client.client_id)),
         )
         .await?;
     match stored {
         Push::Stored => {}
         Push::AssertionReplay => return Err(assertion::replayed()),
         Push::ProofReplay => return Err(dpop::ProofError::Replay.into()),
+        Push::IdentityReplay => return Err(assertion::identity_replayed()),
     }
     let body = serde_json::json!({ "request_uri": format!("{REQUEST_URI_PREFIX}{id}"), "expires_in": ttl });
     Ok((

@@ -367,6 +367,54 @@ async fn bad_assertions_are_refused_and_change_nothing() {
     .await
     .unwrap();
 
+    // Refused after the assertion was checked (here a malformed dpop_jkt): its jti is recorded
+    // only with a stored request, so the corrected request with the same assertion goes through.
+    let retry = o
+        .trusted
+        .sign(&claims(&w.app.base, now + 60, 1, "jti-retry"))
+        .unwrap();
+    let raw_push = |dpop_jkt: Option<&'static str>| {
+        let mut form = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", TRUSTED.to_owned()),
+            ("redirect_uri", REDIRECT.to_owned()),
+            ("state", "s".to_owned()),
+            (
+                "code_challenge",
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned(),
+            ),
+            ("code_challenge_method", "S256".to_owned()),
+            (
+                "authorization_details",
+                serde_json::json!([{ "type": "mydata_transfer", "datasets": [DATASET], "purpose": PURPOSE }])
+                    .to_string(),
+            ),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+            ),
+            ("client_assertion", trusted.client_assertion(&w.app.base).unwrap()),
+            ("identity_assertion", retry.clone()),
+        ];
+        if let Some(j) = dpop_jkt {
+            form.push(("dpop_jkt", j.to_owned()));
+        }
+        reqwest::Client::new()
+            .post(format!("{}/oauth/par", w.app.base))
+            .form(&form)
+            .send()
+    };
+    let res = raw_push(Some("bad")).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let res = raw_push(None).await.unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let res = raw_push(None).await.unwrap();
+    let e: serde_json::Value = res.json().await.unwrap();
+    assert!(
+        e["error_description"].as_str().unwrap().contains("replay"),
+        "{e}"
+    );
+
     // Nothing changed for the person: no transfer, no identity.asserted (no request was opened).
     assert!(transfers_of(&o, &p.id).await.is_empty());
     assert!(asserted_events(&o, &p.id).await.is_empty());
