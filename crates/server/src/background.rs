@@ -275,10 +275,6 @@ impl Background {
                 }
             }
             tasks.push((
-                "sweep:expiry".into(),
-                tokio::spawn(sweep_loop(state.clone(), rx.clone())),
-            ));
-            tasks.push((
                 "audit:integrate".into(),
                 tokio::spawn(audit_loop(state.clone(), rx.clone())),
             ));
@@ -287,8 +283,19 @@ impl Background {
                 tokio::spawn(checkpoint_loop(state.clone(), rx.clone())),
             ));
             tasks.push((
-                "schedule:retention".into(),
-                tokio::spawn(retention_schedule_loop(state.clone(), rx.clone())),
+                "schedule:periodic".into(),
+                tokio::spawn(schedule_loop(state.clone(), rx.clone())),
+            ));
+            let expiry: Arc<dyn JobHandler> = Arc::new(ExpiryHandler);
+            tasks.push((
+                format!("worker:{EXPIRY_QUEUE}"),
+                tokio::spawn(worker_loop(
+                    state.clone(),
+                    expiry,
+                    0,
+                    format!("{worker_id}-expiry"),
+                    rx.clone(),
+                )),
             ));
             let retention: Arc<dyn JobHandler> = Arc::new(RetentionHandler);
             tasks.push((
@@ -597,37 +604,84 @@ async fn record(
     Ok(next)
 }
 
-async fn sweep_loop(state: AppState, mut stop: watch::Receiver<bool>) {
-    let every = Duration::from_secs(state.settings().jobs.sweep_interval_secs.max(1));
-    loop {
-        match sweep_expired(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(transfers = n, "expired transfers ended"),
-            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
-        }
-        match crate::packages::purge_expired_data(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(packages = n, "expired packages destroyed"),
-            Err(e) => tracing::warn!(error = %e, "package purge failed"),
-        }
-        if let Err(e) = state.store().sweep_oauth(state.clock().now()).await {
-            tracing::warn!(error = %e, "oauth sweep failed");
-        }
-        match crate::identity::session::sweep(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(sessions = n, "ended sessions removed"),
-            Err(e) => tracing::warn!(error = %e, "session sweep failed"),
-        }
-        if let Err(e) = state
-            .store()
-            .sweep_clerk_sessions(state.clock().now())
-            .await
-        {
-            tracing::warn!(error = %e, "clerk session sweep failed");
-        }
-        if pause(every, &mut stop).await {
+/// Queue of the expiry sweep: one job per `jobs.sweep_interval_secs` of the clock, whichever
+/// process enqueues it first, so that the sweep runs once per period however many processes run.
+pub const EXPIRY_QUEUE: &str = "expiry";
+/// Most batches of expired transfers ended per sweep (the next period's sweep continues).
+const SWEEP_ROUNDS: usize = 20;
+
+/// What one expiry sweep ended and removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub transfers_expired: usize,
+    pub packages_destroyed: usize,
+    pub sessions_removed: u64,
+}
+
+/// Ends transfers past their 8 hours and destroys their packages, and removes ended OAuth
+/// requests, sessions and clerk sessions. Bounded; safe in several processes at once.
+pub async fn sweep(state: &AppState) -> Result<SweepReport, StoreError> {
+    let mut report = SweepReport::default();
+    for _ in 0..SWEEP_ROUNDS {
+        let n = sweep_expired(state).await?;
+        report.transfers_expired += n;
+        if u32::try_from(n).is_ok_and(|n| n < SWEEP_BATCH) {
             break;
         }
+    }
+    report.packages_destroyed = crate::packages::purge_expired_data(state).await?;
+    let now = state.clock().now();
+    state.store().sweep_oauth(now).await?;
+    report.sessions_removed = crate::identity::session::sweep(state).await?;
+    state.store().sweep_clerk_sessions(now).await?;
+    Ok(report)
+}
+
+/// Enqueues the expiry sweep of the current period (see [`EXPIRY_QUEUE`]); returns whether this
+/// call enqueued it.
+pub async fn schedule_sweep(state: &AppState) -> Result<bool, StoreError> {
+    let now = state.clock().now();
+    let period = i64::try_from(state.settings().jobs.sweep_interval_secs.max(1))
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let bucket = now.millis().div_euclid(period);
+    let job = mydata_store::NewJob {
+        id: mydata_store::new_job_id(),
+        queue: EXPIRY_QUEUE.into(),
+        payload: serde_json::json!({}),
+        run_at: now,
+        max_attempts: 3,
+        dedup_key: Some(format!("expiry:{bucket}")),
+    };
+    enqueue(state, &job, now).await
+}
+
+/// Runs the expiry sweep's jobs.
+#[derive(Debug, Default)]
+pub struct ExpiryHandler;
+
+impl JobHandler for ExpiryHandler {
+    fn queue(&self) -> &'static str {
+        EXPIRY_QUEUE
+    }
+
+    fn run(&self, state: AppState, _job: Job) -> BoxFuture<JobOutcome> {
+        Box::pin(async move {
+            match sweep(&state).await {
+                Ok(r) => {
+                    if r.transfers_expired + r.packages_destroyed > 0 {
+                        tracing::info!(
+                            transfers = r.transfers_expired,
+                            packages = r.packages_destroyed,
+                            "expired transfers ended"
+                        );
+                    }
+                    JobOutcome::Done
+                }
+                // The next period's sweep does the same work; no retry of this one.
+                Err(e) => JobOutcome::Failed(e.to_string()),
+            }
+        })
     }
 }
 
@@ -823,11 +877,15 @@ pub async fn enqueue(
     Ok(added)
 }
 
-/// Also schedules the orphaned-blob sweep ([`crate::orphans`]), on the same pattern.
-async fn retention_schedule_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+/// Enqueues the periodic jobs when their period comes: the expiry sweep, retention and the
+/// orphaned-blob sweep ([`crate::orphans`]).
+async fn schedule_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     // Checked often, enqueued once per period (the dedup key names the period).
     let every = Duration::from_secs(state.settings().jobs.sweep_interval_secs.max(1));
     loop {
+        if let Err(e) = schedule_sweep(&state).await {
+            tracing::warn!(error = %e, "expiry sweep could not be scheduled");
+        }
         if let Err(e) = schedule_retention(&state).await {
             tracing::warn!(error = %e, "retention job could not be scheduled");
         }

@@ -3,7 +3,9 @@
 use crate::helpers::{Backend, TestApp, eventually};
 use mydata_core::transfer::{TransferKind, TransferState};
 use mydata_core::{Clock, limits};
-use mydata_server::background::{BoxFuture, JobHandler, JobOutcome, sweep_expired};
+use mydata_server::background::{
+    BoxFuture, ExpiryHandler, JobHandler, JobOutcome, run_due_job, schedule_sweep, sweep_expired,
+};
 use mydata_server::state::AppState;
 use mydata_store::{Job, JobState, NewJob, NewTransfer};
 use std::sync::Arc;
@@ -249,6 +251,54 @@ async fn transfers_are_ended_once_their_eight_hours_pass() {
         assert_eq!(
             app.db.store.audit_for_transfer("a").await.unwrap().len(),
             events.len()
+        );
+        app.stop().await.unwrap();
+    }
+}
+
+/// The expiry sweep is a durable job, one per period of the injected clock whichever process
+/// enqueues it first: moving the clock past 8 hours makes a sweep due, and a second process in
+/// the same period adds none.
+#[tokio::test]
+async fn the_expiry_sweep_is_one_durable_job_per_period() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let app = TestApp::spawn_with(backend, |s| {
+            s.jobs.enabled = false;
+            s.jobs.sweep_interval_secs = 3600;
+        })
+        .await;
+        let t = NewTransfer {
+            id: "x".into(),
+            kind: TransferKind::SelfDownload,
+            subject: "p".into(),
+            recipient: None,
+            purpose: "test".into(),
+            datasets: vec!["low-income-household".into()],
+        };
+        let state = &app.state;
+        app.db
+            .store
+            .create_transfer(&t, "p", app.clock.now())
+            .await
+            .unwrap();
+        let run = || run_due_job(state, &ExpiryHandler, "w");
+        // Nothing due yet: the period's sweep runs and leaves the transfer alone.
+        assert!(schedule_sweep(state).await.unwrap());
+        assert!(run().await.unwrap());
+        assert!(!run().await.unwrap(), "one job per period");
+        app.clock.advance(limits::PACKAGE_TTL);
+        assert_eq!(
+            app.db.store.transfer("x").await.unwrap().unwrap().state,
+            TransferState::Created
+        );
+        // Eight hours later: a new period, one sweep whoever schedules it, the transfer ended.
+        assert!(schedule_sweep(state).await.unwrap());
+        assert!(!schedule_sweep(state).await.unwrap(), "another process");
+        assert!(run().await.unwrap());
+        assert!(!run().await.unwrap());
+        assert_eq!(
+            app.db.store.transfer("x").await.unwrap().unwrap().state,
+            TransferState::Expired
         );
         app.stop().await.unwrap();
     }
