@@ -1,12 +1,13 @@
 //! Sweeps blobs nothing owns any more: a process that crashed between writing a blob and recording
 //! its key leaves ciphertext without a key (unreadable, but it must not pile up or outlive the
 //! 8-hour rule). A durable job (queue [`OBJECT_SWEEP_QUEUE`], one per period whoever enqueues it
-//! first) lists the object store and deletes each blob older than 8 hours, and each blob older than
-//! a short grace period that no live record references.
+//! first) lists the object store and deletes, once a blob is past a short grace period, each blob
+//! no record references and each whose transfer's 8 hours are over. Whether a referenced blob may
+//! live is decided by its transfer's expiry in the database, on the platform's clock: the object
+//! store's own clock (a blob's time) only measures the grace period.
 
 use crate::background::{BoxFuture, JobHandler, JobOutcome};
 use crate::state::AppState;
-use mydata_core::limits::PACKAGE_TTL;
 use mydata_store::{Job, NewJob, StoreError};
 use serde::Serialize;
 use std::time::Duration;
@@ -27,7 +28,7 @@ const LIST_LIMIT: usize = 10_000;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
     pub examined: u64,
-    /// Deleted because they were older than 8 hours.
+    /// Deleted because their transfer's 8 hours were over.
     pub deleted_expired: u64,
     /// Deleted because no record references them.
     pub deleted_unreferenced: u64,
@@ -71,22 +72,32 @@ pub async fn sweep_orphaned_blobs(state: &AppState) -> Result<SweepReport, Sweep
     for prefix in PREFIXES {
         for (key, written) in blobs.list_with_times(prefix, LIST_LIMIT).await? {
             report.examined += 1;
-            let age = written.until(now);
-            if age >= PACKAGE_TTL {
-                blobs.delete(&key).await?;
-                report.deleted_expired += 1;
+            if written.until(now) < ORPHAN_GRACE {
                 continue;
             }
-            if age < ORPHAN_GRACE {
-                continue;
-            }
-            let referenced = match owner(&key) {
+            let owner = owner(&key);
+            let referenced = match owner {
                 Some(transfer) => state.store().object_referenced(transfer, &key).await?,
                 None => false,
             };
             if !referenced {
                 blobs.delete(&key).await?;
                 report.deleted_unreferenced += 1;
+                continue;
+            }
+            // Referenced: kept for as long as its transfer is within its 8 hours (the expiry
+            // sweep destroys it then; this is the backstop if that did not happen).
+            let expired = match owner {
+                Some(transfer) => state
+                    .store()
+                    .transfer(transfer)
+                    .await?
+                    .is_none_or(|t| t.expires_at <= now),
+                None => true,
+            };
+            if expired {
+                blobs.delete(&key).await?;
+                report.deleted_expired += 1;
             }
         }
     }
