@@ -435,6 +435,14 @@ pub async fn authorize(
         (Some(asserted), found) => {
             let s = match found {
                 Some(s) => s,
+                // Only a request not opened yet can be opened by a browser without a session: the
+                // refusal below is given before a session is made for it.
+                None if req.status != "pushed" => {
+                    return Err(stop(
+                        lang,
+                        "this request has expired or was already used; go back to the service and start again",
+                    ));
+                }
                 None => {
                     let (s, cookie) = session::ensure(&state, &headers)
                         .await

@@ -441,10 +441,17 @@ async fn bad_assertions_are_refused_and_change_nothing() {
         "access_denied",
     );
     let fresh = w.browser("10.9.0.4");
+    let sessions = || async { w.app.store().row_counts().await.unwrap()["sessions"] };
+    let before = sessions().await;
     let r = fresh
         .get(&path_of(&pending.authorize_url, &w.app.base))
         .await;
     assert_eq!(r.status(), 400, "a refused request does not reopen");
+    assert_eq!(
+        sessions().await,
+        before,
+        "and makes no session for the browser"
+    );
     assert!(transfers_of(&o, &p.id).await.is_empty());
     assert!(transfers_of(&o, &other.id).await.is_empty());
     assert!(asserted_events(&o, &p.id).await.is_empty());

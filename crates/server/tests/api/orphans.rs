@@ -25,7 +25,7 @@ async fn exists(app: &DataApp, key: &str) -> bool {
 }
 
 #[tokio::test]
-async fn orphaned_blobs_are_swept_after_the_grace_period_and_referenced_ones_when_their_transfer_expires() {
+async fn unreferenced_blobs_go_after_the_grace_referenced_ones_with_their_transfer() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         // The schedulers run once at start only; this test enqueues the sweeps it wants.
         // Packages in the object store, as large ones are.
