@@ -300,9 +300,11 @@ impl From<mydata_store::StoreError> for Denied {
 }
 
 /// Lets the request through only if its session is signed in as the subject of `transfer_id`
-/// (its pseudonym equals the transfer's). Every refusal is an audit event (`access.refused`,
-/// with the requester's pseudonym if any, the transfer if it exists, and why), so the person can
-/// see attempts on their receipts and an operator can see someone trying IDs.
+/// (its pseudonym equals the transfer's). A signed-in person's refusal is an audit event
+/// (`access.refused`, with their pseudonym, the transfer if it exists, and why), so the person can
+/// see attempts on their receipts and an operator can see someone trying IDs. A request signed in
+/// to nothing is refused without one: it names nobody, and the permanent log would otherwise grow
+/// with every anonymous request anyone cares to send (event numbers are sequential).
 async fn require_subject(
     state: &AppState,
     headers: &HeaderMap,
@@ -323,23 +325,24 @@ async fn require_subject(
         (Some(_), None) => "unknown_transfer",
         (Some(_), Some(_)) => "not_the_subject",
     };
+    let Some(v) = &verified else {
+        tracing::debug!(reason, "receipt refused to a request signed in to nothing");
+        return Err(Denied::NotSignedIn);
+    };
     asked["reason"] = reason.into();
-    let subject = verified.as_ref().map(|v| v.subject.clone());
+    let subject = Some(v.subject.clone());
     state
         .store()
         .append_audit(&mydata_store::NewAuditEvent {
             at: state.clock().now(),
             kind: "access.refused".into(),
-            actor: subject.clone().unwrap_or_else(|| "anonymous".into()),
+            actor: v.subject.clone(),
             subject,
             transfer_id: transfer.map(|t| t.id),
             detail: asked,
         })
         .await?;
-    Err(match verified {
-        None => Denied::NotSignedIn,
-        Some(_) => Denied::NotTheirs,
-    })
+    Err(Denied::NotTheirs)
 }
 
 fn check_id(id: &str) -> Result<(), AppError> {
