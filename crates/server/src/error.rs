@@ -92,6 +92,12 @@ pub enum AppError {
     Forbidden(String),
     #[error("the admin API needs the configured admin token (Authorization: Bearer)")]
     AdminUnauthorized,
+    /// A registration the configuration holds (`oauth.clients`): changed there, not through the
+    /// admin API, which the next process to start would silently undo.
+    #[error(
+        "service `{0}` is registered in the platform's configuration (oauth.clients); change or remove it there and restart the platform's processes"
+    )]
+    ServiceManagedByConfig(String),
     /// An online-service authorization that cannot go on (shown as a page, never redirected).
     #[error("{0}")]
     AuthorizationRefused(String),
@@ -202,6 +208,7 @@ impl AppError {
             AppError::PasswordRejected(_) => "password_rejected",
             AppError::Forbidden(_) => "forbidden",
             AppError::AdminUnauthorized => "admin_unauthorized",
+            AppError::ServiceManagedByConfig(_) => "service_managed_by_config",
             AppError::AuthorizationRefused(_) => "authorization_refused",
             AppError::Passkey(p) => p.code(),
             AppError::ClerkRefused(p) => p.code(),
@@ -243,6 +250,7 @@ impl AppError {
             AppError::MethodNotOffered(_) => StatusCode::NOT_FOUND,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            AppError::ServiceManagedByConfig(_) => StatusCode::CONFLICT,
             AppError::AuthorizationRefused(_) => StatusCode::BAD_REQUEST,
             AppError::Passkey(p) => p.status(),
             AppError::ClerkRefused(p) => p.status(),
@@ -288,6 +296,9 @@ impl AppError {
             AppError::PasswordRejected(_) => ("密碼不符合規定", "Password not accepted"),
             AppError::Forbidden(_) => ("沒有權限", "Not allowed"),
             AppError::AdminUnauthorized => ("需要管理權杖", "Admin token needed"),
+            AppError::ServiceManagedByConfig(_) => {
+                ("此服務由設定檔管理", "Service managed by the configuration")
+            }
             AppError::AuthorizationRefused(_) => ("無法繼續授權", "Authorization cannot go on"),
             AppError::Passkey(_) => ("通行密鑰未完成", "Passkey not accepted"),
             AppError::ClerkRefused(_) => ("無法登入", "Sign-in not accepted"),

@@ -189,6 +189,9 @@ pub fn requires_dpop(client: &ClientRow) -> bool {
 }
 
 /// Stores the registrations of the configuration (validated at start; a bad one stops start-up).
+/// A registration is written, with a `service.registered` event (actor `config`), only when the
+/// stored one differs: every process starts with this, and one that finds its registrations in
+/// place changes nothing. The admin API refuses to change these ([`configured`]).
 pub async fn load_configured(
     store: &Store,
     catalog: &Catalog,
@@ -198,9 +201,41 @@ pub async fn load_configured(
     for r in &settings.clients {
         r.validate(catalog)
             .map_err(|e| anyhow::anyhow!("config key `oauth.clients` ({}): {e}", r.client_id))?;
+        let stored = store.client(&r.client_id).await?;
+        if stored.as_ref().map(Registration::from_row).as_ref() == Some(r) {
+            continue;
+        }
         store.put_client(&r.to_row(now)).await?;
+        store
+            .append_audit(&registered_event(r, "config", now))
+            .await?;
     }
     Ok(())
+}
+
+/// Whether the configuration holds `client_id`'s registration (see [`load_configured`]).
+fn configured(state: &AppState, client_id: &str) -> bool {
+    state
+        .settings()
+        .oauth
+        .clients
+        .iter()
+        .any(|c| c.client_id == client_id)
+}
+
+fn registered_event(
+    reg: &Registration,
+    actor: &str,
+    now: Timestamp,
+) -> mydata_store::NewAuditEvent {
+    mydata_store::NewAuditEvent {
+        at: now,
+        kind: "service.registered".into(),
+        subject: None,
+        transfer_id: None,
+        actor: actor.into(),
+        detail: serde_json::json!({ "client_id": reg.client_id, "datasets": reg.datasets, "environment": reg.environment, "trusted_verifier": reg.trusted_verifier, "dpop_bound_access_tokens": reg.dpop_bound_access_tokens }),
+    }
 }
 
 fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
@@ -256,20 +291,16 @@ pub async fn put(
     }
     reg.validate(state.catalog())
         .map_err(AppError::InvalidBody)?;
+    if configured(&state, &id) {
+        return Err(AppError::ServiceManagedByConfig(id));
+    }
     let existed = state.store().client(&id).await?.is_some();
     let now = state.clock().now();
     state.store().put_client(&reg.to_row(now)).await?;
     state.client_cache().forget(&id);
     state
         .store()
-        .append_audit(&mydata_store::NewAuditEvent {
-            at: now,
-            kind: "service.registered".into(),
-            subject: None,
-            transfer_id: None,
-            actor: "admin".into(),
-            detail: serde_json::json!({ "client_id": id, "datasets": reg.datasets, "environment": reg.environment, "trusted_verifier": reg.trusted_verifier, "dpop_bound_access_tokens": reg.dpop_bound_access_tokens }),
-        })
+        .append_audit(&registered_event(&reg, "admin", now))
         .await?;
     let status = if existed {
         StatusCode::OK
@@ -286,6 +317,9 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     check_admin(&state, &headers)?;
+    if configured(&state, &id) {
+        return Err(AppError::ServiceManagedByConfig(id));
+    }
     let removed = state.store().delete_client(&id).await?;
     state.client_cache().forget(&id);
     if !removed {

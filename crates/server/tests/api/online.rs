@@ -3,7 +3,7 @@
 //! package once, opens and verifies it. Then every bad input of the issue, each refused with the
 //! standard error and nothing changed.
 
-use crate::helpers::Backend;
+use crate::helpers::{Backend, assert_problem};
 use crate::world::{Browser, FlowWorld, csrf_in, form_action};
 use mydata_core::Clock;
 use mydata_core::transfer::TransferState;
@@ -815,6 +815,7 @@ async fn metadata_keys_openapi_and_the_admin_api() {
         .unwrap();
     assert_eq!(one.status(), 200);
     let mut reg: Registration = one.json().await.unwrap();
+    let configured = reg.clone();
     reg.jwks = Some(
         serde_json::json!({ "keys": [{ "kty": "EC", "crv": "P-256", "x": "a", "y": "b", "d": "secret" }] }),
     );
@@ -826,28 +827,91 @@ async fn metadata_keys_openapi_and_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422, "a private key is refused");
-    let r = http
-        .delete(format!("{base}/api/v1/admin/services/{CLIENT}"))
-        .bearer_auth(ADMIN)
+    // A service the configuration registers is changed there: through the API the next process
+    // to start would undo the change.
+    let admin = |m: reqwest::Method, id: &str| {
+        http.request(m, format!("{base}/api/v1/admin/services/{id}"))
+            .bearer_auth(ADMIN)
+    };
+    let r = admin(reqwest::Method::PUT, CLIENT)
+        .json(&configured)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 409, "service_managed_by_config").await;
+    let r = admin(reqwest::Method::DELETE, CLIENT).send().await.unwrap();
+    assert_problem(r, 409, "service_managed_by_config").await;
+    o.service
+        .push(&AuthorizationRequest::new(&[DATASET], "x"))
+        .await
+        .unwrap();
+    // One registered through the API is removed through it.
+    let keys = Keys::generate();
+    let made = registration("admin-made", &keys, &[DATASET]);
+    let r = admin(reqwest::Method::PUT, "admin-made")
+        .json(&made)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let service = sdk(&o.w, "admin-made", keys).await;
+    service
+        .push(&AuthorizationRequest::new(&[DATASET], "x"))
+        .await
+        .unwrap();
+    let r = admin(reqwest::Method::DELETE, "admin-made")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = http
-        .delete(format!("{base}/api/v1/admin/services/{CLIENT}"))
-        .bearer_auth(ADMIN)
+    let r = admin(reqwest::Method::DELETE, "admin-made")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
     // A removed service can no longer start anything.
     refused_with(
-        o.service
+        service
             .push(&AuthorizationRequest::new(&[DATASET], "x"))
             .await
             .unwrap_err(),
         "invalid_client",
     );
+}
+
+/// Every process stores the configuration's registrations when it starts, but writes one (with
+/// its `service.registered` event, actor `config`) only when the stored one differs: a second
+/// process, or a restart with the same configuration, changes nothing.
+#[tokio::test]
+async fn configured_services_are_written_only_when_they_change() {
+    let keys = Keys::generate();
+    let mut reg = registration(CLIENT, &keys, &[DATASET]);
+    let r1 = reg.clone();
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| s.oauth.clients = vec![r1]).await;
+    let registered = |app: &crate::fetch::DataApp| {
+        let store = app.store().clone();
+        async move {
+            store
+                .audit_events_after(0, 10_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == "service.registered")
+                .map(|e| (e.actor, e.detail["client_id"].as_str().unwrap().to_owned()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let once = vec![("config".to_owned(), CLIENT.to_owned())];
+    assert_eq!(registered(&w.app).await, once);
+    let r2 = reg.clone();
+    let app = w.app.restart(|s| s.oauth.clients = vec![r2]).await;
+    assert_eq!(registered(&app).await, once, "the same configuration again");
+    reg.name = "學雜費減免（新版）".into();
+    let r3 = reg.clone();
+    let app = app.restart(|s| s.oauth.clients = vec![r3]).await;
+    assert_eq!(registered(&app).await.len(), 2, "a changed one is written");
+    let stored = app.store().client(CLIENT).await.unwrap().unwrap();
+    assert_eq!(stored.name, reg.name);
 }
 
 /// A slow agency (a 60-minute dataset): the person answers the second question early ("send when
