@@ -372,10 +372,7 @@ pub async fn choose_counter(
             .counter(&wanted)
             .await?
             .filter(|c| c.office_id == s.office.id)
-            .ok_or(AppError::NotFound {
-                what: "counter",
-                id: wanted.clone(),
-            })?;
+            .ok_or_else(|| super::not_found("counter", &wanted))?;
         state
             .store()
             .set_clerk_counter(&s.row.id_hash, &c.id)
@@ -487,10 +484,7 @@ async fn desk_and_password(
     };
     let pw = counter::pending_password(state, &desk, id)
         .await?
-        .ok_or_else(|| AppError::NotFound {
-            what: "verification password",
-            id: id.to_owned(),
-        })?;
+        .ok_or_else(|| super::not_found("verification password", id))?;
     Ok(Ok((s, desk, pw)))
 }
 
@@ -603,10 +597,7 @@ async fn granted(
         return Ok(Err(Redirect::to("/clerk").into_response()));
     };
     let now = state.clock().now();
-    let not_found = || AppError::NotFound {
-        what: "transfer",
-        id: tid.to_owned(),
-    };
+    let not_found = || super::not_found("transfer", tid);
     state
         .store()
         .counter_grant(tid, &s.row.id_hash, now)
@@ -887,7 +878,7 @@ pub async fn file(
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
         let not_found = || AppError::NotFound {
             what: "file",
-            id: format!("{dataset}/{name}"),
+            id: format!("{}/{}", super::clip(&dataset), super::clip(&name)),
         };
         let bytes = raw
             .datasets

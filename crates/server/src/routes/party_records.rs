@@ -4,6 +4,7 @@
 //! gets the fetches from it. One page per request (keyset cursor), a bounded time range, CSV or
 //! JSON; rows carry transfer IDs and a per-party pseudonym, never personal data (see `records`).
 
+use super::clip;
 use crate::oauth::assertion;
 use crate::oauth::{ErrorCode, OAuthError};
 use crate::records::{self, ExportFormat, ExportParty};
@@ -40,10 +41,6 @@ fn invalid(m: impl Into<String>) -> OAuthError {
 
 fn one<'a>(form: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
     form.get(name).map(String::as_str).filter(|v| !v.is_empty())
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 /// The query part of a request, checked before anything is read.
