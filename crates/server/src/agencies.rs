@@ -304,10 +304,7 @@ pub async fn start_for_session(
         let d = state
             .catalog()
             .dataset(id)
-            .ok_or_else(|| AppError::NotFound {
-                what: "dataset",
-                id: id.clone(),
-            })?;
+            .ok_or_else(|| crate::routes::not_found("dataset", id))?;
         if !v.level.satisfies(d.min_level()) {
             return Err(AppError::InsufficientLevel {
                 required: d.min_level(),

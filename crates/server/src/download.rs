@@ -74,7 +74,7 @@ pub async fn owned_transfer(
 ) -> Result<Transfer, AppError> {
     let not_found = || AppError::NotFound {
         what: "transfer",
-        id: id.chars().take(40).collect(),
+        id: crate::routes::clip(id),
     };
     let t = if uuid::Uuid::parse_str(id).is_ok() {
         state.store().transfer(id).await?
@@ -118,7 +118,7 @@ pub async fn owned_transfer_of(
     } else {
         Err(AppError::NotFound {
             what: "transfer",
-            id: id.chars().take(40).collect(),
+            id: crate::routes::clip(id),
         })
     }
 }

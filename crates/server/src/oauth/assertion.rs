@@ -267,33 +267,18 @@ async fn verify_signed(
     Ok((data.claims, claims.exp))
 }
 
-/// Authenticates a client by `private_key_jwt` and records the assertion's `jti` (a second use is
-/// refused). `endpoint` is the URL the assertion was sent to, also accepted as `aud`.
-pub async fn authenticate(
-    state: &AppState,
-    issuer: &str,
-    endpoint: &str,
-    client_id: Option<&str>,
-    assertion_type: Option<&str>,
-    assertion: Option<&str>,
-) -> Result<ClientRow, OAuthError> {
-    let (client, jti) = verify_client(
-        state,
-        issuer,
-        endpoint,
-        client_id,
-        assertion_type,
-        assertion,
-    )
-    .await?;
-    if !state
+/// Records a verified client assertion's `jti` (from [`verify_client`]); a second use is
+/// [`replayed`]. Called once the request is known to be answerable, so a refused one spends nothing.
+pub async fn spend(state: &AppState, client_id: &str, jti: &UnspentJti) -> Result<(), OAuthError> {
+    if state
         .store()
-        .use_jti(&client.client_id, &jti.jti, jti.keep_until)
+        .use_jti(client_id, &jti.jti, jti.keep_until)
         .await?
     {
-        return Err(replayed());
+        Ok(())
+    } else {
+        Err(replayed())
     }
-    Ok(client)
 }
 
 /// The error for a client assertion whose `jti` was used before.
@@ -304,8 +289,9 @@ pub fn replayed() -> OAuthError {
     )
 }
 
-/// [`authenticate`] but for the replay guard: the caller records the returned `jti` in its own
-/// write (the token endpoint spends it with the code) and answers [`replayed`] if it was used.
+/// Authenticates a client by `private_key_jwt` (`endpoint` is the URL the assertion was sent to,
+/// also accepted as `aud`) without recording the `jti`: the caller spends it with [`spend`] or in
+/// its own write (the token endpoint spends it with the code) and answers [`replayed`] if it was used.
 pub async fn verify_client(
     state: &AppState,
     issuer: &str,

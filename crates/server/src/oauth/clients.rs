@@ -268,10 +268,11 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     check_admin(&state, &headers)?;
-    let row = state.store().client(&id).await?.ok_or(AppError::NotFound {
-        what: "service",
-        id,
-    })?;
+    let row = state
+        .store()
+        .client(&id)
+        .await?
+        .ok_or_else(|| crate::routes::not_found("service", &id))?;
     Ok(Json(Registration::from_row(&row)).into_response())
 }
 
@@ -323,10 +324,7 @@ pub async fn delete(
     let removed = state.store().delete_client(&id).await?;
     state.client_cache().forget(&id);
     if !removed {
-        return Err(AppError::NotFound {
-            what: "service",
-            id,
-        });
+        return Err(crate::routes::not_found("service", &id));
     }
     state
         .store()

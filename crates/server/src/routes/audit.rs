@@ -2,6 +2,7 @@
 //! consistency proofs, and receipt files. Everything here is public except receipts, which only
 //! the person the transfer is about gets, in their signed-in session (see [`require_subject`]).
 
+use super::clip;
 use crate::error::AppError;
 use crate::receipts::{self, ReceiptError, ReceiptFile, ReceiptKind, SignedHead};
 use crate::state::AppState;
@@ -43,11 +44,6 @@ fn only_known(params: &HashMap<String, String>, known: &[&str]) -> Result<(), Ap
             known.join(", ")
         ))),
     }
-}
-
-/// Echoed input is cut short so an error never repeats a huge value.
-fn clip(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 fn hexes(hashes: &[mydata_core::merkle::Hash]) -> Vec<String> {
@@ -287,7 +283,7 @@ impl Denied {
     fn into_error(self, what: &'static str, id: &str) -> AppError {
         match self {
             Denied::NotSignedIn => AppError::NotSignedIn,
-            Denied::NotTheirs => AppError::NotFound { what, id: clip(id) },
+            Denied::NotTheirs => super::not_found(what, id),
             Denied::Failed(e) => e,
         }
     }
@@ -363,10 +359,7 @@ fn check_id(id: &str) -> Result<(), AppError> {
 
 fn receipt_error(e: ReceiptError) -> AppError {
     match e {
-        ReceiptError::TransferNotFound(id) => AppError::NotFound {
-            what: "transfer",
-            id,
-        },
+        ReceiptError::TransferNotFound(id) => super::not_found("transfer", &id),
         e @ ReceiptError::NotAvailable { .. } => AppError::ReceiptNotAvailable(e.to_string()),
         ReceiptError::Store(e) => e.into(),
     }

@@ -153,6 +153,12 @@ fn invalid(name: &str, message: String) -> AppError {
     }
 }
 
+/// Parses a filter value; its error repeats the value clipped (the catalogue's words echo it whole).
+fn parsed<T: std::str::FromStr<Err = String>>(name: &str, raw: &str) -> Result<T, AppError> {
+    raw.parse::<T>()
+        .map_err(|e| invalid(name, e.replace(raw, &super::clip(raw))))
+}
+
 impl DatasetQuery {
     /// Checks every value against the catalogue and builds the core filter.
     pub fn to_filter(&self, c: &Catalog) -> Result<DatasetFilter, AppError> {
@@ -168,7 +174,10 @@ impl DatasetQuery {
         {
             return Err(invalid(
                 "agency",
-                format!("unknown agency `{a}`; the list is at /api/v1/agencies"),
+                format!(
+                    "unknown agency `{}`; the list is at /api/v1/agencies",
+                    super::clip(a)
+                ),
             ));
         }
         let category = nonempty(&self.category);
@@ -178,17 +187,18 @@ impl DatasetQuery {
             let ids: Vec<&str> = c.categories().iter().map(|c| c.id.as_str()).collect();
             return Err(invalid(
                 "category",
-                format!("unknown category `{x}` (allowed: {})", ids.join(", ")),
+                format!(
+                    "unknown category `{}` (allowed: {})",
+                    super::clip(x),
+                    ids.join(", ")
+                ),
             ));
         }
         let identity_method = nonempty(&self.identity_method)
-            .map(|m| {
-                m.parse::<IdentityMethod>()
-                    .map_err(|e| invalid("identity_method", e))
-            })
+            .map(|m| parsed::<IdentityMethod>("identity_method", &m))
             .transpose()?;
         let format = nonempty(&self.format)
-            .map(|f| f.parse::<DataFormat>().map_err(|e| invalid("format", e)))
+            .map(|f| parsed::<DataFormat>("format", &f))
             .transpose()?;
         let query = nonempty(&self.q);
         if query
@@ -249,10 +259,9 @@ pub async fn get_dataset(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let c = state.catalog();
-    let d = c.dataset(&id).ok_or_else(|| AppError::NotFound {
-        what: "dataset",
-        id: id.clone(),
-    })?;
+    let d = c
+        .dataset(&id)
+        .ok_or_else(|| super::not_found("dataset", &id))?;
     let used_by_services: Vec<NamedRef<'_>> = c
         .services()
         .iter()
@@ -295,7 +304,7 @@ pub async fn list_services(
         .mode
         .as_deref()
         .filter(|s| !s.is_empty())
-        .map(|m| m.parse::<ServiceMode>().map_err(|e| invalid("mode", e)))
+        .map(|m| parsed::<ServiceMode>("mode", m))
         .transpose()?;
     let sector = q.sector.filter(|s| !s.is_empty());
     if let Some(s) = &sector
@@ -304,7 +313,11 @@ pub async fn list_services(
         let ids: Vec<&str> = c.sectors().iter().map(|s| s.id.as_str()).collect();
         return Err(invalid(
             "sector",
-            format!("unknown sector `{s}` (allowed: {})", ids.join(", ")),
+            format!(
+                "unknown sector `{}` (allowed: {})",
+                super::clip(s),
+                ids.join(", ")
+            ),
         ));
     }
     let services: Vec<ServiceView<'_>> = c
@@ -324,10 +337,9 @@ pub async fn get_service(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let c = state.catalog();
-    let s = c.service(&id).ok_or_else(|| AppError::NotFound {
-        what: "service",
-        id: id.clone(),
-    })?;
+    let s = c
+        .service(&id)
+        .ok_or_else(|| super::not_found("service", &id))?;
     json_response(&service_view(c, s))
 }
 
@@ -400,10 +412,7 @@ pub async fn selection(
         .selection(&req.datasets)
         .map_err(|e| match e {
             SelectionError::Empty => AppError::EmptySelection,
-            SelectionError::UnknownDataset(id) => AppError::NotFound {
-                what: "dataset",
-                id,
-            },
+            SelectionError::UnknownDataset(id) => super::not_found("dataset", &id),
         })?;
     let excluded: Vec<ExclusionView> = s
         .excluded_methods

@@ -82,9 +82,9 @@ pub struct LoginForm {
 
 /// The sign-in form again, saying why it was refused: status, code, words and headers (a
 /// lockout's Retry-After) from [`AppError`], as every other refusal.
-fn refused_sign_in(lang: Lang, e: &AppError, cookie: Option<HeaderValue>) -> Response {
+fn refused_sign_in(lang: Lang, e: &AppError) -> Response {
     let form = login_page(lang, Some((e.code(), e.detail_in(lang))));
-    let mut res = page(e.status(), &form, cookie);
+    let mut res = page(e.status(), &form, None);
     e.decorate(&mut res);
     res
 }
@@ -104,7 +104,7 @@ pub async fn login_submit(
         .await?;
         let c = match result {
             Ok(c) => c,
-            Err(r) => return Ok(refused_sign_in(lang, &r.into(), None)),
+            Err(r) => return Ok(refused_sign_in(lang, &r.into())),
         };
         let cookie = clerk::start(&state, &c).await?;
         counter::audit(
@@ -124,7 +124,8 @@ pub async fn login_submit(
 
 /// `GET /clerk/certificate`: a clerk who signed in on the platform with their citizen
 /// certificate (level 1) becomes that clerk; the person session is ended at once, so the counter
-/// computer does not stay signed in as a citizen.
+/// computer does not stay signed in as a citizen. A certificate without a clerk account is refused
+/// and its person stays signed in.
 pub async fn certificate(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     use crate::identity::session;
     let lang = lang_of(&uri, &headers);
@@ -144,12 +145,13 @@ pub async fn certificate(State(state): State<AppState>, uri: Uri, headers: Heade
             .clerk_by_subject(&v.subject)
             .await?
             .filter(|c| c.disabled_at.is_none());
-        let clear = session::end(&state, &s).await?;
+        // Refused: the person stays signed in (a consent in progress on this browser goes on).
         let Some(c) = clerk_row else {
             let e = AppError::ClerkRefused(ClerkProblem::CertificateUnknown);
-            return Ok(refused_sign_in(lang, &e, Some(clear)));
+            return Ok(refused_sign_in(lang, &e));
         };
         let cookie = clerk::start(&state, &c).await?;
+        let clear = session::end(&state, &s).await?;
         counter::audit(
             &state,
             "clerk.signed_in",
@@ -370,10 +372,7 @@ pub async fn choose_counter(
             .counter(&wanted)
             .await?
             .filter(|c| c.office_id == s.office.id)
-            .ok_or(AppError::NotFound {
-                what: "counter",
-                id: wanted.clone(),
-            })?;
+            .ok_or_else(|| super::not_found("counter", &wanted))?;
         state
             .store()
             .set_clerk_counter(&s.row.id_hash, &c.id)
@@ -485,10 +484,7 @@ async fn desk_and_password(
     };
     let pw = counter::pending_password(state, &desk, id)
         .await?
-        .ok_or_else(|| AppError::NotFound {
-            what: "verification password",
-            id: id.to_owned(),
-        })?;
+        .ok_or_else(|| super::not_found("verification password", id))?;
     Ok(Ok((s, desk, pw)))
 }
 
@@ -601,10 +597,7 @@ async fn granted(
         return Ok(Err(Redirect::to("/clerk").into_response()));
     };
     let now = state.clock().now();
-    let not_found = || AppError::NotFound {
-        what: "transfer",
-        id: tid.to_owned(),
-    };
+    let not_found = || super::not_found("transfer", tid);
     state
         .store()
         .counter_grant(tid, &s.row.id_hash, now)
@@ -885,7 +878,7 @@ pub async fn file(
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
         let not_found = || AppError::NotFound {
             what: "file",
-            id: format!("{dataset}/{name}"),
+            id: format!("{}/{}", super::clip(&dataset), super::clip(&name)),
         };
         let bytes = raw
             .datasets

@@ -63,10 +63,7 @@ fn counter_service<'a>(state: &'a AppState, id: &str) -> Result<&'a Service, App
         .catalog()
         .service(id)
         .filter(|s| s.mode.offers(ServiceMode::Counter))
-        .ok_or_else(|| AppError::NotFound {
-            what: "service",
-            id: id.to_owned(),
-        })
+        .ok_or_else(|| super::not_found("service", id))
 }
 
 fn dataset_name(state: &AppState, id: &str, lang: Lang) -> String {

@@ -57,10 +57,11 @@ pub async fn create_fetch(
     let catalog = state.catalog();
     let mut datasets = Vec::new();
     for id in &req.datasets {
-        datasets.push(catalog.dataset(id).ok_or_else(|| AppError::NotFound {
-            what: "dataset",
-            id: id.clone(),
-        })?);
+        datasets.push(
+            catalog
+                .dataset(id)
+                .ok_or_else(|| super::not_found("dataset", id))?,
+        );
     }
     let method = match &req.method {
         Some(code) => IdentityMethod::ALL
@@ -136,10 +137,7 @@ pub async fn get_transfer(
     let t = store
         .transfer(&id)
         .await?
-        .ok_or_else(|| AppError::NotFound {
-            what: "transfer",
-            id: id.clone(),
-        })?;
+        .ok_or_else(|| super::not_found("transfer", &id))?;
     let package = store.package(&id).await?;
     Ok(Json(serde_json::json!({
         "id": t.id,
@@ -160,10 +158,7 @@ pub async fn take(
         .store()
         .transfer(&id)
         .await?
-        .ok_or_else(|| AppError::NotFound {
-            what: "transfer",
-            id: id.clone(),
-        })?;
+        .ok_or_else(|| super::not_found("transfer", &id))?;
     match take_package(&state, &id, &t.subject).await {
         Ok(zip) => Ok((
             [

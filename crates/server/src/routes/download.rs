@@ -128,10 +128,9 @@ fn summary(state: &AppState, sel: &Selection, lang: Lang) -> BasketSummary {
 
 fn selection(state: &AppState, basket: &[String]) -> Result<Selection, AppError> {
     state.catalog().selection(basket).map_err(|e| match e {
-        mydata_core::catalog::SelectionError::UnknownDataset(id) => AppError::NotFound {
-            what: "dataset",
-            id,
-        },
+        mydata_core::catalog::SelectionError::UnknownDataset(id) => {
+            super::not_found("dataset", &id)
+        }
         mydata_core::catalog::SelectionError::Empty => AppError::EmptySelection,
     })
 }

@@ -70,7 +70,7 @@ fn build(
     if let Some(l) = q.lang.as_deref().filter(|l| Lang::parse(l).is_none()) {
         return Err(AppError::InvalidParameter {
             name: "lang".into(),
-            message: format!("unknown language `{l}` (allowed: zh-TW, en)"),
+            message: format!("unknown language `{}` (allowed: zh-TW, en)", super::clip(l)),
         });
     }
     let grouping = match q.group.as_deref().unwrap_or("agency") {
@@ -79,7 +79,10 @@ fn build(
         other => {
             return Err(AppError::InvalidParameter {
                 name: "group".into(),
-                message: format!("unknown grouping `{other}` (allowed: agency, category)"),
+                message: format!(
+                    "unknown grouping `{}` (allowed: agency, category)",
+                    super::clip(other)
+                ),
             });
         }
     };

@@ -196,10 +196,9 @@ async fn choose_inner(
         None
     } else {
         Some(c.selection(&ids).map_err(|e| match e {
-            mydata_core::catalog::SelectionError::UnknownDataset(id) => AppError::NotFound {
-                what: "dataset",
-                id,
-            },
+            mydata_core::catalog::SelectionError::UnknownDataset(id) => {
+                super::not_found("dataset", &id)
+            }
             mydata_core::catalog::SelectionError::Empty => AppError::EmptySelection,
         })?)
     };
@@ -534,7 +533,7 @@ fn parse_method(state: &AppState, code: &str) -> Result<IdentityMethod, AppError
     code.parse::<IdentityMethod>()
         .ok()
         .filter(|m| state.identity().offers(*m))
-        .ok_or_else(|| AppError::MethodNotOffered(code.chars().take(40).collect()))
+        .ok_or_else(|| AppError::MethodNotOffered(super::clip(code)))
 }
 
 /// Content Security Policy of the certificate page: it may also call the card agent.

@@ -13,3 +13,19 @@ pub mod login;
 pub mod party_records;
 pub mod passkeys;
 pub mod usage;
+
+use crate::error::AppError;
+
+/// Most characters of a caller's input that an error repeats.
+pub const ECHO_CHARS: usize = 40;
+
+/// A caller's input as an error may repeat it: cut to [`ECHO_CHARS`] characters, so an error
+/// never repeats a huge value.
+pub fn clip(s: &str) -> String {
+    s.chars().take(ECHO_CHARS).collect()
+}
+
+/// `what` named `id` (the caller's input, clipped) does not exist.
+pub fn not_found(what: &'static str, id: &str) -> AppError {
+    AppError::NotFound { what, id: clip(id) }
+}

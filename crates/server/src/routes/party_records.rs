@@ -4,6 +4,7 @@
 //! gets the fetches from it. One page per request (keyset cursor), a bounded time range, CSV or
 //! JSON; rows carry transfer IDs and a per-party pseudonym, never personal data (see `records`).
 
+use super::clip;
 use crate::oauth::assertion;
 use crate::oauth::{ErrorCode, OAuthError};
 use crate::records::{self, ExportFormat, ExportParty};
@@ -40,10 +41,6 @@ fn invalid(m: impl Into<String>) -> OAuthError {
 
 fn one<'a>(form: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
     form.get(name).map(String::as_str).filter(|v| !v.is_empty())
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 /// The query part of a request, checked before anything is read.
@@ -148,7 +145,7 @@ pub async fn service(
     let Form(form) =
         form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
     let iss = crate::oauth::issuer(&state, &headers);
-    let client = assertion::authenticate(
+    let (client, jti) = assertion::verify_client(
         &state,
         &iss,
         &format!("{iss}{SERVICE_PATH}"),
@@ -160,6 +157,8 @@ pub async fn service(
     let mut known = vec!["client_id", "client_assertion_type", "client_assertion"];
     known.extend(QUERY_PARAMS);
     let q = parse_query(&form, &known, state.clock().now())?;
+    // Spent only now: a request refused for its query leaves the assertion usable for the retry.
+    assertion::spend(&state, &client.client_id, &jti).await?;
     let party = ExportParty::Service(client.client_id.clone());
     let query = RecordParty::Recipient(client.client_id.clone());
     answer(
@@ -182,7 +181,7 @@ pub async fn agency(
     let Form(form) =
         form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
     let iss = crate::oauth::issuer(&state, &headers);
-    let agency_id = authenticate_agency(
+    let token = verify_agency(
         &state,
         &[iss.clone(), format!("{iss}{AGENCY_PATH}")],
         one(&form, "agency_assertion"),
@@ -191,6 +190,7 @@ pub async fn agency(
     let mut known = vec!["agency_assertion"];
     known.extend(QUERY_PARAMS);
     let q = parse_query(&form, &known, state.clock().now())?;
+    let agency_id = token.agency_id.clone();
     let party = ExportParty::Agency(agency_id.clone());
     let query = records::records_query(state.catalog(), &party).map_err(|_| {
         OAuthError::new(
@@ -198,17 +198,48 @@ pub async fn agency(
             "the agency is not in the catalogue",
         )
     })?;
+    // Spent only now: a request refused for its query leaves the token usable for the retry.
+    token.spend(&state).await?;
     answer(&state, &party, &query, q, format!("agency:{agency_id}")).await
 }
 
+fn bad_agency(m: &str) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidClient, format!("agency_assertion: {m}"))
+}
+
+/// A verified agency token whose `jti` is not recorded yet.
+struct AgencyToken {
+    agency_id: String,
+    jti: String,
+    keep_until: Timestamp,
+}
+
+impl AgencyToken {
+    /// Records the `jti`; a second use is refused as a replay.
+    async fn spend(&self, state: &AppState) -> Result<(), OAuthError> {
+        // Agencies share the replay table with services under their own prefix.
+        let party = format!("agency:{}", self.agency_id);
+        if state
+            .store()
+            .use_jti(&party, &self.jti, self.keep_until)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(bad_agency("this jti was already used (replay)"))
+        }
+    }
+}
+
 /// Checks an agency token: signed by a key whose certificate chains to the agency roots, `iss` the
-/// certificate's agency, `aud` this platform, short-lived, `jti` used once. Returns the agency ID.
-async fn authenticate_agency(
+/// certificate's agency, `aud` this platform, short-lived, with a `jti` (used once: see
+/// [`AgencyToken::spend`]).
+async fn verify_agency(
     state: &AppState,
     audiences: &[String],
     token: Option<&str>,
-) -> Result<String, OAuthError> {
-    let bad = |m: &str| OAuthError::new(ErrorCode::InvalidClient, format!("agency_assertion: {m}"));
+) -> Result<AgencyToken, OAuthError> {
+    let bad = bad_agency;
     let token = token.ok_or_else(|| bad("is missing"))?;
     let now = state.clock().now();
     let trust = state.data().trust.get(now).await.map_err(|e| {
@@ -258,16 +289,11 @@ async fn authenticate_agency(
         .as_str()
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or_else(|| bad("jti is required"))?;
-    let keep = Timestamp::from_millis(exp.saturating_add(SKEW_SECS).saturating_mul(1000));
-    // Agencies share the replay table with services under their own prefix.
-    if !state
-        .store()
-        .use_jti(&format!("agency:{}", verified.agency_id), jti, keep)
-        .await?
-    {
-        return Err(bad("this jti was already used (replay)"));
-    }
-    Ok(verified.agency_id)
+    Ok(AgencyToken {
+        jti: jti.to_owned(),
+        keep_until: Timestamp::from_millis(exp.saturating_add(SKEW_SECS).saturating_mul(1000)),
+        agency_id: verified.agency_id,
+    })
 }
 
 async fn answer(

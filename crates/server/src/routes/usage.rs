@@ -408,17 +408,21 @@ pub async fn export_csv(State(state): State<AppState>, uri: Uri, headers: Header
                 .map(|e| format!("{} {}", e.at_text, e.kind))
                 .collect::<Vec<_>>()
                 .join("; ");
-            w.write_record([
-                r.request_number.as_str(),
-                r.kind.as_str(),
-                r.recipient.as_str(),
-                r.purpose.as_str(),
-                r.created_text.as_str(),
-                r.state.as_str(),
-                r.deleted_text.as_str(),
-                datasets.as_str(),
-                events.as_str(),
-            ])
+            // Purposes and names come from services and the catalogue: no cell may run as a formula.
+            w.write_record(
+                [
+                    r.request_number.as_str(),
+                    r.kind.as_str(),
+                    r.recipient.as_str(),
+                    r.purpose.as_str(),
+                    r.created_text.as_str(),
+                    r.state.as_str(),
+                    r.deleted_text.as_str(),
+                    datasets.as_str(),
+                    events.as_str(),
+                ]
+                .map(|c| crate::records::csv_safe(c).into_owned()),
+            )
             .map_err(csv_err)?;
         }
         let mut body = "\u{feff}".as_bytes().to_vec(); // BOM: spreadsheet programs read UTF-8 right.

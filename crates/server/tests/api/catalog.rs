@@ -151,6 +151,51 @@ async fn unknown_ids_and_filter_values_are_clear_errors() {
         "service_not_found",
     )
     .await;
+    // A huge ID is named in the error only by its start.
+    let long = "a".repeat(20_000);
+    for (res, code) in [
+        (
+            app.get(&format!("/api/v1/datasets/{long}")).await,
+            "dataset_not_found",
+        ),
+        (
+            app.get(&format!("/api/v1/services/{long}")).await,
+            "service_not_found",
+        ),
+        (
+            app.post_json(
+                "/api/v1/selection",
+                &serde_json::json!({ "datasets": [long] }),
+            )
+            .await,
+            "dataset_not_found",
+        ),
+    ] {
+        let b = assert_problem(res, 404, code).await;
+        let detail = b["detail"].as_str().unwrap();
+        assert!(detail.len() <= 200, "{} characters", detail.len());
+        assert!(detail.contains(&long[..40]), "{detail}");
+        assert!(
+            b.to_string().len() < 1000,
+            "{} characters",
+            b.to_string().len()
+        );
+    }
+    // Likewise a huge filter value.
+    for path in [
+        "/api/v1/datasets?agency=",
+        "/api/v1/datasets?category=",
+        "/api/v1/datasets?identity_method=",
+        "/api/v1/datasets?format=",
+        "/api/v1/services?mode=",
+        "/api/v1/services?sector=",
+    ] {
+        let res = app.get(&format!("{path}{long}")).await;
+        let b = assert_problem(res, 400, "invalid_parameter").await;
+        let detail = b["detail"].as_str().unwrap();
+        assert!(detail.contains(&long[..40]), "{path}: {detail}");
+        assert!(!detail.contains(&long[..41]), "{path}: {detail}");
+    }
 
     for (q, param) in [
         ("format=xml", "format"),

@@ -1378,13 +1378,18 @@ async fn signed_in_person_applies_and_the_clerk_verifies_by_email(backend: Backe
         false,
         "the citizen session ended"
     );
-    // A citizen who is not a clerk is refused; a weaker sign-in is sent to the certificate.
+    // A citizen who is not a clerk is refused and stays signed in (a consent in progress goes on);
+    // a weaker sign-in is sent to the certificate.
     let res = other.get("/clerk/certificate").await;
     assert_eq!(res.status(), 403);
+    assert!(res.headers().get("set-cookie").is_none());
     assert_eq!(
         code_of(&res.text().await.unwrap()),
         "clerk_certificate_unknown"
     );
+    let still = other.session().await;
+    assert_eq!(still["signed_in"], true, "{still}");
+    assert_eq!(still["level"].as_u64(), Some(1), "{still}");
     let weak = w.browser("10.9.0.10");
     w.known(&w.people[3].clone()).await;
     assert_eq!(weak.dual_id(&w.people[3].clone(), "/").await.status(), 303);

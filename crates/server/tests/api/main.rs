@@ -25,4 +25,5 @@ mod receipt_access;
 mod selfdl;
 mod selfdl_browser;
 mod transport;
+mod usage_records;
 mod world;

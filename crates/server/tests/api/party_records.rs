@@ -169,8 +169,8 @@ fn ids(body: &serde_json::Value) -> HashSet<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn services_and_agencies_export_only_their_own_records() {
+/// A platform on SQLite with services A and B registered.
+async fn world() -> World {
     let (keys_a, keys_b) = (Keys::generate(), Keys::generate());
     let regs = vec![registration(A, &keys_a), registration(B, &keys_b)];
     let app = DataApp::spawn(Backend::Sqlite, 1.0, move |s| s.oauth.clients = regs).await;
@@ -181,12 +181,17 @@ async fn services_and_agencies_export_only_their_own_records() {
     };
     let keys_a = sdk(A, keys_a).await.unwrap();
     let keys_b = sdk(B, keys_b).await.unwrap();
-    let w = World {
+    World {
         app,
         keys_a,
         keys_b,
         http: reqwest::Client::new(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn services_and_agencies_export_only_their_own_records() {
+    let w = world().await;
     let a1 = w.transfer(TransferKind::Online, Some(A), &[PERSONAL]).await;
     let a2 = w
         .transfer(TransferKind::Online, Some(A), &[PERSONAL, LOW_INCOME])
@@ -421,4 +426,69 @@ async fn services_and_agencies_export_only_their_own_records() {
             .any(|e| e.actor == format!("agency:{low_agency}"))
     );
     assert!(exports.iter().all(|e| e.subject.is_none()));
+}
+
+#[tokio::test]
+async fn a_request_refused_for_its_query_leaves_the_credential_unspent() {
+    let w = world().await;
+    let a1 = w.transfer(TransferKind::Online, Some(A), &[PERSONAL]).await;
+    // Service: the same assertion, first with a bad query, then with a good one.
+    let once = w.assertion(&w.keys_a, A, serde_json::json!({}));
+    for (k, v) in [
+        ("format", "xml"),
+        ("limit", "0"),
+        ("cursor", "garbage!"),
+        ("scope", "all"),
+    ] {
+        let res = w
+            .post("/api/v1/records/service", &w.service_form(&once, &[(k, v)]))
+            .await;
+        refused(res, 400, "invalid_request").await;
+    }
+    let res = w
+        .post("/api/v1/records/service", &w.service_form(&once, &[]))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(ids(&body), HashSet::from([a1]));
+    // A bad credential is still refused as one, whatever the query.
+    let expired = w.assertion(&w.keys_a, A, serde_json::json!({"exp": w.now_secs() - 1}));
+    let res = w
+        .post(
+            "/api/v1/records/service",
+            &w.service_form(&expired, &[("format", "xml")]),
+        )
+        .await;
+    refused(res, 401, "invalid_client").await;
+
+    // Agency: likewise.
+    let catalog = w.app.state.catalog();
+    let agency = catalog.dataset(PERSONAL).unwrap().agency.clone();
+    let signer = w.app.agencies.sim.agency_signer(&agency).unwrap();
+    let token = w.agency_token(signer, serde_json::json!({}));
+    for (k, v) in [
+        ("format", "xml"),
+        ("limit", "0"),
+        ("cursor", "garbage!"),
+        ("scope", "all"),
+    ] {
+        refused(w.agency(&token, &[(k, v)]).await, 400, "invalid_request").await;
+    }
+    let res = w.agency(&token, &[]).await;
+    assert_eq!(res.status(), 200);
+    let expired = w.agency_token(signer, serde_json::json!({"exp": w.now_secs() - 1}));
+    let res = w.agency(&expired, &[("format", "xml")]).await;
+    refused(res, 401, "invalid_client").await;
+
+    // Only the two answered requests are on the record.
+    let exports = w
+        .app
+        .store()
+        .audit_events_after(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "records.exported")
+        .count();
+    assert_eq!(exports, 2);
 }
