@@ -540,7 +540,20 @@ async fn bad_proofs_are_refused_with_invalid_dpop_proof_and_change_nothing() {
 async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     let keys = Keys::generate();
     let mut reg = registration(CLIENT, &keys, &[DATASET]);
-    let w = world(reg.clone()).await;
+    // Registered through the admin API, which changes it below (a configured one is changed in
+    // the configuration).
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.admin_token = ADMIN.into();
+    })
+    .await;
+    let put = |reg: &Registration| {
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/admin/services/{CLIENT}", w.app.base))
+            .bearer_auth(ADMIN)
+            .json(reg)
+            .send()
+    };
+    assert_eq!(put(&reg).await.unwrap().status(), 201);
     let config = mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, REDIRECT, keys)
         .with_clock(std::sync::Arc::new(w.app.clock.clone()))
         .without_dpop();
@@ -570,14 +583,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
 
     // Registered for DPoP: a token request without a proof is refused, with one it is bound.
     reg.dpop_bound_access_tokens = true;
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/admin/services/{CLIENT}", w.app.base))
-        .bearer_auth(ADMIN)
-        .json(&reg)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(put(&reg).await.unwrap().status(), 200);
     let pending = service
         .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
         .await
