@@ -26,7 +26,7 @@ pub enum AppError {
     RouteNotFound,
     #[error("this address does not accept the {0} method")]
     MethodNotAllowed(String),
-    #[error("query parameter `{name}`: {message}")]
+    #[error("parameter `{name}`: {message}")]
     InvalidParameter { name: String, message: String },
     #[error("the query string is not valid: {0}")]
     InvalidQuery(String),
@@ -458,9 +458,16 @@ impl From<QueryRejection> for AppError {
 
 impl From<PathRejection> for AppError {
     fn from(r: PathRejection) -> Self {
+        // axum's text repeats the whole segment; the caller knows what they sent.
+        let message = match r {
+            PathRejection::FailedToDeserializePathParams(_) => {
+                "not valid here (percent-encoded bytes that are not UTF-8, or a value of the wrong kind)"
+            }
+            _ => "the path could not be read",
+        };
         AppError::InvalidParameter {
-            name: "path".into(),
-            message: r.body_text(),
+            name: "path segment".into(),
+            message: message.into(),
         }
     }
 }
@@ -483,7 +490,7 @@ impl From<mydata_store::StoreError> for AppError {
 
 /// Whether a request is for the machine API (problem+json) rather than a web page: the API, and
 /// the JSON endpoints the sign-in and passkey pages call from script.
-fn wants_problem_json(path: &str) -> bool {
+pub(crate) fn wants_problem_json(path: &str) -> bool {
     path.starts_with("/api/")
         || path == "/api"
         || path.starts_with("/healthz")

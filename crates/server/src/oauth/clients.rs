@@ -4,9 +4,10 @@
 
 use super::{MAX_DATASETS, OAuthSettings};
 use crate::error::AppError;
+use crate::routes::path::Path;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mydata_core::{Catalog, Timestamp};

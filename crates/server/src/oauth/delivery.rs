@@ -7,8 +7,9 @@
 
 use super::{ErrorCode, OAuthError, dpop, hash_secret, issuer, service_event};
 use crate::error::AppError;
+use crate::routes::path::Path;
 use crate::state::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};

@@ -5,9 +5,10 @@
 use super::clip;
 use crate::error::AppError;
 use crate::receipts::{self, ReceiptError, ReceiptFile, ReceiptKind, SignedHead};
+use crate::routes::path::Path;
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;

@@ -3,10 +3,11 @@
 //! parameter name or value is an error instead of a silently unfiltered list.
 
 use crate::error::AppError;
+use crate::routes::path::Path;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use mydata_core::catalog::{

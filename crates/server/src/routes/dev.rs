@@ -5,10 +5,11 @@
 use crate::agencies::{StartError, StartFetch, start_fetch};
 use crate::error::AppError;
 use crate::packages::{TakeError, take_package};
+use crate::routes::path::Path;
 use crate::state::AppState;
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mydata_core::transfer::TransferKind;

@@ -12,6 +12,7 @@ pub mod home;
 pub mod login;
 pub mod party_records;
 pub mod passkeys;
+pub mod path;
 pub mod usage;
 
 use crate::error::AppError;

@@ -14,11 +14,12 @@ use crate::routes::login::{
     FormError, audit, check_lock, client_address, count_failure, lang_of, page, platform_origin,
     time_text, with_cookie,
 };
+use crate::routes::path::Path;
 use crate::state::AppState;
 use askama::Template;
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::header::HeaderMap;
 use axum::http::{Extensions, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};

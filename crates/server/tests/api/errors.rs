@@ -112,6 +112,44 @@ async fn oauth_and_script_endpoints_answer_layer_refusals_in_their_own_shape() {
     }
 }
 
+/// A path segment that does not decode (bytes that are not UTF-8) is 400 `invalid_parameter` in
+/// the platform's shape: problem+json for the API, the error page for the web, a long segment not
+/// repeated. axum's plain-text refusal had come out as 422 `invalid_body` for a request without one.
+#[tokio::test]
+async fn a_path_segment_that_does_not_decode_is_an_invalid_parameter() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let long = format!("%FF{}", "a".repeat(5000));
+    for path in [
+        "/api/v1/datasets/%FF".to_owned(),
+        "/api/v1/services/%C3%28".to_owned(),
+        format!("/api/v1/datasets/{long}"),
+        "/api/v1/admin/services/%FF".to_owned(),
+    ] {
+        let b = assert_problem(app.get(&path).await, 400, "invalid_parameter").await;
+        assert!(b["detail"].as_str().unwrap().len() < 300, "{b}");
+    }
+    for path in [
+        "/download/t/%FF",
+        "/oauth/consent/%FF",
+        "/clerk/passwords/%FF",
+    ] {
+        let res = app.get(path).await;
+        assert_eq!(res.status(), 400, "{path}");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let html = res.text().await.unwrap();
+        assert!(
+            html.contains("<code>invalid_parameter</code> (400)"),
+            "{path}: {html}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn wrong_content_type_malformed_and_unexpected_json_are_refused() {
     let app = TestApp::spawn(Backend::Sqlite).await;
