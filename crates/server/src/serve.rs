@@ -79,6 +79,7 @@ impl Server {
             .migrate()
             .await
             .context("cannot bring the database schema up to date")?;
+        identity.check_keys(&store, clock.now()).await?;
         crate::oauth::clients::load_configured(&store, &catalog, &settings.oauth, clock.now())
             .await?;
         let listener = std::net::TcpListener::bind(settings.listen)

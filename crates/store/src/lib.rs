@@ -15,6 +15,7 @@ mod downloads;
 mod fetches;
 mod identity;
 mod jobs;
+mod keys;
 mod oauth;
 mod passkeys;
 mod readers;

@@ -26,6 +26,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_key_check_keeps_the_first_value,
     transfer_round_trip_keeps_datasets_in_order,
     a_write_step_that_fails_midway_changes_nothing_and_the_next_one_works,
     an_integration_that_fails_midway_changes_nothing_and_the_next_one_works,
@@ -2708,4 +2709,15 @@ fn a_printed_package_record_shows_neither_its_key_nor_its_body() {
     assert!(!shown.contains("wrapped-key"), "{shown}");
     assert!(shown.contains("body: Some(256)"), "{shown}");
     assert!(shown.contains("packages/d1"), "{shown}");
+}
+
+async fn a_key_check_keeps_the_first_value(s: &Store) {
+    assert_eq!(s.key_check("pseudonym_key", "aa", T0).await.unwrap(), "aa");
+    // Another process with the same key, then one with another: the first value stands.
+    assert_eq!(s.key_check("pseudonym_key", "aa", T0).await.unwrap(), "aa");
+    assert_eq!(s.key_check("pseudonym_key", "bb", T0).await.unwrap(), "aa");
+    assert_eq!(
+        s.key_check("identity_hash_key", "cc", T0).await.unwrap(),
+        "cc"
+    );
 }

@@ -85,6 +85,11 @@ impl SubjectKey {
         mac.update(raw.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
+
+    /// Equal for equal keys and nothing else (the pseudonym of a label no ID number can be).
+    pub fn check_value(&self) -> String {
+        self.pseudonym("mydata:v1:key-check")
+    }
 }
 
 /// 32 bytes written as 64 hexadecimal characters.
@@ -175,6 +180,11 @@ impl Pseudonyms {
     /// The stored form of a one-time code, bound to its record.
     pub fn code(&self, code_id: &str, code: &str) -> String {
         self.mac("code", &format!("{code_id}:{code}"))
+    }
+
+    /// Equal for equal keys and nothing else.
+    pub fn check_value(&self) -> String {
+        self.mac("key-check", "v1")
     }
 }
 

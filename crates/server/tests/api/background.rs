@@ -459,6 +459,38 @@ async fn the_platform_key_is_created_once_private_and_reused() {
     );
 }
 
+/// Two processes on one database whose data folders hold different pseudonym or identity-hash
+/// keys (each created its own): the second refuses to start, naming the key, instead of recording
+/// the same person under a second pseudonym. With the first's key files it starts.
+#[tokio::test]
+async fn a_process_with_other_keys_than_the_database_refuses_to_start() {
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let settings = |dir: &std::path::Path| {
+        let mut s = mydata_server::Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        s.database.url = format!("sqlite://{}/x.db", first.path().display());
+        s
+    };
+    let clock = std::sync::Arc::new(mydata_core::SystemClock);
+    let bind = |s| mydata_server::Server::bind(s, clock.clone());
+    let a = settings(first.path());
+    bind(a.clone()).await.unwrap();
+    let b = settings(second.path());
+    let err = bind(b.clone()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("keys.pseudonym_key"), "{err:#}");
+    std::fs::copy(a.pseudonym_key_path(), b.pseudonym_key_path()).unwrap();
+    let err = bind(b.clone()).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("keys.identity_hash_key"),
+        "{err:#}"
+    );
+    std::fs::copy(a.identity_hash_key_path(), b.identity_hash_key_path()).unwrap();
+    bind(b).await.unwrap();
+}
+
 #[tokio::test]
 async fn no_signed_head_yet_is_a_clear_404() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.jobs.enabled = false).await;
