@@ -448,12 +448,41 @@ fn strip_prefix(text: String) -> String {
 
 impl From<QueryRejection> for AppError {
     fn from(r: QueryRejection) -> Self {
-        AppError::InvalidQuery(
-            r.body_text()
-                .trim_start_matches("Failed to deserialize query string: ")
-                .to_owned(),
-        )
+        let text = r.body_text();
+        AppError::InvalidQuery(clip_quoted(
+            text.trim_start_matches("Failed to deserialize query string: "),
+        ))
     }
+}
+
+/// serde's message with what it repeats of the caller's input (a value between backticks, the
+/// parameter's name in front) cut to [`crate::routes::ECHO_CHARS`] characters, so a huge query is
+/// not sent back; the names it expects are short and stay whole.
+fn clip_quoted(message: &str) -> String {
+    let long = |s: &str| s.chars().count() > crate::routes::ECHO_CHARS;
+    let quoted = message
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 && long(part) {
+                format!("{}…", crate::routes::clip(part))
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`");
+    quoted
+        .split(' ')
+        .map(|word| {
+            if long(word) && !word.contains('`') {
+                format!("{}…", crate::routes::clip(word))
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl From<PathRejection> for AppError {

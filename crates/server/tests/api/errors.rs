@@ -150,6 +150,25 @@ async fn a_path_segment_that_does_not_decode_is_an_invalid_parameter() {
     }
 }
 
+/// An unknown query parameter is named back cut short, with the parameters the endpoint takes.
+#[tokio::test]
+async fn an_unknown_query_parameter_is_not_repeated_whole() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let long = "q".repeat(5000);
+    let b = assert_problem(
+        app.get(&format!("/api/v1/datasets?{long}=1")).await,
+        400,
+        "invalid_query",
+    )
+    .await;
+    let detail = b["detail"].as_str().unwrap();
+    assert!(detail.len() < 400, "{detail}");
+    assert!(
+        detail.contains(&"q".repeat(40)) && detail.contains("expected"),
+        "{detail}"
+    );
+}
+
 #[tokio::test]
 async fn wrong_content_type_malformed_and_unexpected_json_are_refused() {
     let app = TestApp::spawn(Backend::Sqlite).await;
