@@ -47,6 +47,15 @@ struct Slot {
 }
 
 impl JwksCache {
+    /// Drops the set fetched from `uri`: the next use fetches it again (a registration changed in
+    /// this process, perhaps because the service withdrew a key).
+    pub fn forget(&self, uri: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uri);
+    }
+
     fn slot(&self, uri: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.len() >= JWKS_MAX_URIS && !slots.contains_key(uri) {

@@ -214,6 +214,16 @@ pub async fn load_configured(
     Ok(())
 }
 
+/// Drops what this process cached of a registration it just changed: the registration and the
+/// key sets fetched from its `jwks_uri`s (the old one's and the new one's). Other processes
+/// follow within `oauth.client_cache_ms` and `oauth.jwks_cache_secs`.
+fn forget<'a>(state: &AppState, client_id: &str, jwks_uris: impl IntoIterator<Item = &'a str>) {
+    state.client_cache().forget(client_id);
+    for uri in jwks_uris {
+        state.jwks_cache().forget(uri);
+    }
+}
+
 /// Whether the configuration holds `client_id`'s registration (see [`load_configured`]).
 fn configured(state: &AppState, client_id: &str) -> bool {
     state
@@ -296,10 +306,16 @@ pub async fn put(
     if configured(&state, &id) {
         return Err(AppError::ServiceManagedByConfig(id));
     }
-    let existed = state.store().client(&id).await?.is_some();
+    let old = state.store().client(&id).await?;
+    let existed = old.is_some();
     let now = state.clock().now();
     state.store().put_client(&reg.to_row(now)).await?;
-    state.client_cache().forget(&id);
+    forget(
+        &state,
+        &id,
+        old.iter().filter_map(|o| o.jwks_uri.as_deref()),
+    );
+    forget(&state, &id, reg.jwks_uri.as_deref());
     state
         .store()
         .append_audit(&registered_event(&reg, "admin", now))
@@ -322,8 +338,13 @@ pub async fn delete(
     if configured(&state, &id) {
         return Err(AppError::ServiceManagedByConfig(id));
     }
+    let old = state.store().client(&id).await?;
     let removed = state.store().delete_client(&id).await?;
-    state.client_cache().forget(&id);
+    forget(
+        &state,
+        &id,
+        old.iter().filter_map(|o| o.jwks_uri.as_deref()),
+    );
     if !removed {
         return Err(crate::routes::not_found("service", &id));
     }

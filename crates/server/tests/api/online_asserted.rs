@@ -517,6 +517,42 @@ impl JwksServer {
     }
 }
 
+/// A service that withdrew a key from its `jwks_uri` and has its registration put again (the
+/// operator's way to say "now"): the process that took the change stops accepting the withdrawn
+/// key at once instead of after `oauth.jwks_cache_secs`.
+#[tokio::test]
+async fn a_registration_put_again_drops_the_cached_key_set() {
+    const ADMIN: &str = "admin-token-for-tests";
+    let keys = Keys::generate();
+    let jwks = JwksServer::spawn(keys.public_jwks()).await;
+    let mut reg = registration(TRUSTED, &keys, true);
+    reg.jwks = None;
+    reg.jwks_uri = Some(jwks.url.clone());
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.admin_token = ADMIN.into();
+        s.oauth.jwks_cache_secs = 300;
+    })
+    .await;
+    let put = || {
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/admin/services/{TRUSTED}", w.app.base))
+            .bearer_auth(ADMIN)
+            .json(&reg)
+            .send()
+    };
+    assert_eq!(put().await.unwrap().status(), 201);
+    let service = sdk(&w, TRUSTED, keys).await;
+    let req = AuthorizationRequest::new(&[DATASET], PURPOSE);
+    service.push(&req).await.unwrap();
+    assert_eq!(jwks.hits(), 1);
+    // The service withdraws that key; until the registration is put again the cached set stands.
+    *jwks.set.lock().unwrap() = Keys::generate().public_jwks();
+    service.push(&req).await.unwrap();
+    assert_eq!(put().await.unwrap().status(), 200);
+    refused_with(service.push(&req).await.unwrap_err(), "invalid_client");
+    assert_eq!(jwks.hits(), 2, "fetched again");
+}
+
 #[tokio::test]
 async fn jwks_uri_sets_are_cached_refetched_on_rotation_and_bounded() {
     let keys = Keys::generate();
