@@ -370,6 +370,9 @@ pub async fn delete(
 #[derive(Debug, Default)]
 pub struct ClientCache {
     rows: std::sync::Mutex<std::collections::HashMap<String, (ClientRow, Timestamp)>>,
+    /// Counts [`ClientCache::forget`]s, changed under the `rows` lock: a registration read from
+    /// the database before a change committed in this process must not be remembered after it.
+    forgotten: std::sync::atomic::AtomicU64,
 }
 
 /// Registrations remembered at most (far more than any deployment registers).
@@ -383,8 +386,18 @@ impl ClientCache {
             .map(|(row, _)| row.clone())
     }
 
-    fn put(&self, row: &ClientRow, now: Timestamp) {
+    /// Where the cache is before a read from the database (see [`ClientCache::put`]).
+    fn mark(&self) -> u64 {
+        self.forgotten.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Remembers `row`, read from the database after [`ClientCache::mark`] returned `mark`,
+    /// unless something was forgotten since (the read may predate that change).
+    fn put(&self, row: &ClientRow, now: Timestamp, mark: u64) {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if self.mark() != mark {
+            return;
+        }
         if rows.len() >= CLIENT_CACHE_MAX && !rows.contains_key(&row.client_id) {
             rows.clear();
         }
@@ -395,6 +408,8 @@ impl ClientCache {
     pub fn forget(&self, id: &str) {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         rows.remove(id);
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -410,11 +425,12 @@ pub async fn registered(
     {
         return Ok(Some(row));
     }
+    let mark = state.client_cache().mark();
     let row = state.store().client(client_id).await?;
     if ttl_ms > 0
         && let Some(r) = &row
     {
-        state.client_cache().put(r, now);
+        state.client_cache().put(r, now, mark);
     }
     Ok(row)
 }
@@ -446,7 +462,7 @@ mod cache_tests {
     fn a_registration_is_reused_only_within_its_time_and_until_forgotten() {
         let c = ClientCache::default();
         let t0 = Timestamp::from_millis(1_000_000);
-        c.put(&row("sp", "A"), t0);
+        c.put(&row("sp", "A"), t0, c.mark());
         let at = |ms: i64| Timestamp::from_millis(1_000_000 + ms);
         assert_eq!(
             c.get("sp", at(1_999), 2_000).map(|r| r.name),
@@ -457,9 +473,24 @@ mod cache_tests {
             "stale after the TTL"
         );
         assert!(c.get("other", at(0), 2_000).is_none());
-        c.put(&row("sp", "B"), at(10));
+        c.put(&row("sp", "B"), at(10), c.mark());
         assert_eq!(c.get("sp", at(20), 2_000).map(|r| r.name), Some("B".into()));
         c.forget("sp");
         assert!(c.get("sp", at(20), 2_000).is_none(), "forgotten at once");
+    }
+
+    /// A lookup that read the old registration before an admin change committed, and comes to
+    /// remember it after the change forgot it, does not bring the old one back.
+    #[test]
+    fn a_read_from_before_a_change_is_not_remembered_after_it() {
+        let c = ClientCache::default();
+        let t0 = Timestamp::from_millis(1_000_000);
+        let mark = c.mark();
+        // (the lookup reads "A" from the database here; the admin puts "B" and forgets)
+        c.forget("sp");
+        c.put(&row("sp", "A"), t0, mark);
+        assert!(c.get("sp", t0, 2_000).is_none());
+        c.put(&row("sp", "B"), t0, c.mark());
+        assert_eq!(c.get("sp", t0, 2_000).map(|r| r.name), Some("B".into()));
     }
 }
