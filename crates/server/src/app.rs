@@ -175,7 +175,7 @@ pub fn router(state: AppState) -> Router {
         .route("/clerk/certificate", get(clerk::certificate))
         .route("/clerk/logout", post(clerk::logout))
         .route("/clerk/counter", post(clerk::choose_counter))
-        .route("/clerk/scan", post(clerk::scan))
+        .route("/clerk/scan", get(back_to_desk).post(clerk::scan))
         .route(
             "/clerk/passwords/{id}",
             get(clerk::password_form).post(clerk::password_submit),
@@ -232,6 +232,7 @@ pub fn router(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(settings.http.request_timeout_secs)))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(problem_fallback))
+        .layer(middleware::from_fn(crate::i18n::page_language))
         .layer(Extension(BodyLimit(limit)))
         .layer(hsts)
         .layer(headers)
@@ -242,6 +243,15 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// `GET /clerk/scan`: the address a refused scan's page is shown at (a form post's answer), so
+/// its language switch or a reload lands here; the counter page is where a scan starts.
+async fn back_to_desk(uri: axum::http::Uri) -> axum::response::Redirect {
+    match uri.query() {
+        Some(q) => axum::response::Redirect::to(&format!("/clerk?{q}")),
+        None => axum::response::Redirect::to("/clerk"),
+    }
 }
 
 async fn login_script() -> impl IntoResponse {

@@ -4,7 +4,37 @@
 //! from the browser, so that a counter clerk and a citizen see the same page by default.
 
 use axum::extract::Request;
-use axum::http::header;
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+tokio::task_local! {
+    /// The query string of the page being answered to a GET, kept on its language switch.
+    static PAGE_QUERY: Option<String>;
+}
+
+/// The query string of the GET request whose page is being rendered (`None` for a form post,
+/// whose page has no address of its own to switch, or outside a request).
+pub fn page_query() -> Option<String> {
+    PAGE_QUERY.try_with(Clone::clone).ok().flatten()
+}
+
+/// Around every request: an explicit `?lang=` is remembered in the `lang` cookie for the pages
+/// that follow (links and forms do not carry it), and a page answering a GET knows its own query,
+/// so that its language switch keeps the request in progress (`next`, an OAuth request, a search).
+pub async fn page_language(req: Request, next: Next) -> Response {
+    let chosen = Lang::from_query(req.uri().query());
+    let query = matches!(*req.method(), Method::GET | Method::HEAD)
+        .then(|| req.uri().query().unwrap_or_default().to_owned());
+    let mut res = PAGE_QUERY.scope(query, next.run(req)).await;
+    if let Some(l) = chosen {
+        let cookie = format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", l.tag());
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    res
+}
 
 /// A supported page language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

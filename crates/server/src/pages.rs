@@ -22,7 +22,17 @@ pub struct Chrome {
 }
 
 impl Chrome {
+    /// The page's frame; its language switch keeps the query of the GET being answered (see
+    /// [`crate::i18n::page_language`]).
     pub fn new(lang: Lang) -> Self {
+        let chrome = Self::bare(lang);
+        match crate::i18n::page_query() {
+            Some(q) => chrome.keep_query(&q),
+            None => chrome,
+        }
+    }
+
+    fn bare(lang: Lang) -> Self {
         Self {
             lang_tag: lang.tag(),
             site_name: lang.pick("MyData 個人化資料自主運用平臺", "MyData personal data platform"),

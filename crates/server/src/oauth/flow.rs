@@ -922,13 +922,6 @@ fn render_consent(
     {
         res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
     }
-    if let Some(l) = Lang::from_query(uri.query()) {
-        // An explicit choice holds for the next steps (the forms post without `?lang=`).
-        let cookie = format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", l.tag());
-        if let Ok(v) = header::HeaderValue::from_str(&cookie) {
-            res.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
     Ok(res)
 }
 

@@ -7,7 +7,7 @@ use crate::routes::catalog_api::DatasetQuery;
 use crate::state::AppState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::header::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use mydata_core::catalog::Dataset;
 use serde::Deserialize;
@@ -46,17 +46,7 @@ pub async fn home(
         .or_else(|| Lang::from_cookie(&headers))
         .unwrap_or_default();
     match build(&state, query, lang) {
-        Ok(page) => {
-            let mut res = page.into_response();
-            if let Some(l) = from_query {
-                // Remember an explicit choice for the next pages.
-                let cookie = format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", l.tag());
-                if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    res.headers_mut().insert(header::SET_COOKIE, v);
-                }
-            }
-            res
-        }
+        Ok(page) => page.into_response(),
         Err(e) => PageError(e, lang).into_response(),
     }
 }

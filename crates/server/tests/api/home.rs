@@ -60,6 +60,47 @@ async fn english_switch_is_remembered_in_a_cookie() {
     assert!(res.text().await.unwrap().contains("<html lang=\"en\">"));
 }
 
+/// The switch's choice is remembered on whatever page it was made (links and forms do not carry
+/// `lang`), and every page's switch keeps the request in progress: the sign-in page's `next` (an
+/// OAuth request, a download) and its datasets, a search on the home page.
+#[tokio::test]
+async fn every_page_remembers_the_language_and_its_switch_keeps_the_request() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let switch = |html: &str| {
+        let at = html.find("class=\"lang\" href=\"").unwrap() + 19;
+        html[at..].split('"').next().unwrap().replace("&amp;", "&").replace("&#38;", "&")
+    };
+    for path in ["/login?lang=en", "/download?lang=en", "/counter?lang=en"] {
+        let (s, html, h) = page(&app, path).await;
+        assert_eq!(s, 200, "{path}");
+        assert!(html.contains("<html lang=\"en\">"), "{path}");
+        let cookie = h.get("set-cookie").map(|c| c.to_str().unwrap().to_owned());
+        assert!(
+            cookie.as_deref().is_some_and(|c| c.starts_with("lang=en")),
+            "{path}: {cookie:?}"
+        );
+    }
+    let next = "%2Foauth%2Fauthorize%3Fclient_id%3Dk12%26request_uri%3Durn%253Ax";
+    let (_, html, _) = page(
+        &app,
+        &format!("/login?next={next}&datasets=low-income-household"),
+    )
+    .await;
+    let href = switch(&html);
+    assert!(
+        href.contains("next=%2Foauth%2Fauthorize")
+            && href.contains("datasets=low-income-household")
+            && href.ends_with("lang=en"),
+        "{href}"
+    );
+    let (_, html, _) = page(&app, "/?q=%E6%88%B6%E7%B1%8D&lang=en").await;
+    assert_eq!(switch(&html), "?q=%E6%88%B6%E7%B1%8D&lang=zh-TW");
+    // A refused scan's page is a form post's answer: its address, asked for again, is the desk.
+    let res = app.get("/clerk/scan?lang=en").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/clerk?lang=en");
+}
+
 #[tokio::test]
 async fn search_and_grouping_work_without_javascript() {
     let app = TestApp::spawn(Backend::Sqlite).await;
