@@ -340,7 +340,7 @@ impl StartError {
             StartError::Store(e) => e.into(),
             StartError::Seal => AppError::Internal(anyhow::anyhow!("sealing the subject failed")),
             StartError::AlreadyAnswered => {
-                AppError::AuthorizationRefused("this request was already answered".into())
+                AppError::AuthorizationRefused(crate::oauth::Halt::Answered)
             }
         }
     }

@@ -100,7 +100,7 @@ pub enum AppError {
     ServiceManagedByConfig(String),
     /// An online-service authorization that cannot go on (shown as a page, never redirected).
     #[error("{0}")]
-    AuthorizationRefused(String),
+    AuthorizationRefused(crate::oauth::Halt),
     #[error("{0}")]
     Passkey(crate::identity::passkey::PasskeyProblem),
     #[error("{0}")]
@@ -328,6 +328,43 @@ impl AppError {
             AppError::IdentityUnavailable => "目前無法向機關查驗，請幾分鐘後再試。".into(),
             AppError::Passkey(p) => p.message_zh().into(),
             AppError::ClerkRefused(p) => p.message_zh().into(),
+            AppError::AuthorizationRefused(h) => h.message(lang).into(),
+            AppError::NotFound { what, id } => {
+                let what = match *what {
+                    "transfer" => "傳送",
+                    "dataset" => "資料集",
+                    "service" => "服務",
+                    "file" => "檔案",
+                    "package" => "資料包",
+                    "counter" => "櫃檯",
+                    "barcode" => "條碼",
+                    "verification password" => "驗證密碼",
+                    "audit event" => "紀錄事件",
+                    other => other,
+                };
+                format!("找不到{what}「{id}」。")
+            }
+            AppError::RouteNotFound => "這個網址沒有網頁；請檢查網址，或回到首頁。".into(),
+            AppError::MethodNotAllowed(_) => {
+                "這個網址不接受這種操作；請回到上一頁重新操作。".into()
+            }
+            // The technical part (a parameter's name, what was wrong) stays as the parser said it.
+            AppError::InvalidParameter { name, message } => {
+                format!("網址中的參數 `{name}` 不正確（{message}）。")
+            }
+            AppError::InvalidQuery(m) => format!("網址中的查詢參數不正確（{m}）。"),
+            AppError::MalformedJson(_) | AppError::InvalidBody(_) => {
+                "送出的內容不完整或格式不正確；請回到上一頁重新填寫。".into()
+            }
+            AppError::UnsupportedMediaType => "送出的內容格式不正確；請回到上一頁重新填寫。".into(),
+            AppError::PayloadTooLarge { .. } => "送出的內容太大。".into(),
+            AppError::Timeout => "系統未能及時回應，請再試一次。".into(),
+            AppError::EmptySelection => "您還沒有選擇任何資料。".into(),
+            AppError::DatabaseUnavailable => "平臺暫時無法連線到資料庫，請一分鐘後再試。".into(),
+            AppError::PackageNotReady(_) => "資料還在向機關取得中，尚未準備好。".into(),
+            AppError::PackageGone(_) => "這份資料已經下載過或已超過保存時限，已經刪除。".into(),
+            AppError::MethodNotOffered(m) => format!("這裡不提供「{m}」這種身分驗證方式。"),
+            AppError::Internal(_) => "系統發生錯誤，請再試一次；若一直發生，請與客服聯絡。".into(),
             _ => self.detail(),
         }
     }
@@ -619,6 +656,53 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use mydata_store::StoreError;
+
+    /// Every error a page can show has its explanation in Chinese on a zh-TW page (not the English
+    /// sentence under a Chinese title), and in English on an English one.
+    #[test]
+    fn page_errors_explain_themselves_in_the_pages_language() {
+        use crate::oauth::Halt;
+        let errors = [
+            AppError::NotFound {
+                what: "transfer",
+                id: "x".into(),
+            },
+            AppError::RouteNotFound,
+            AppError::MethodNotAllowed("GET".into()),
+            AppError::InvalidParameter {
+                name: "path segment".into(),
+                message: "not valid".into(),
+            },
+            AppError::InvalidQuery("unknown field `fbclid`".into()),
+            AppError::MalformedJson("x".into()),
+            AppError::InvalidBody("x".into()),
+            AppError::UnsupportedMediaType,
+            AppError::PayloadTooLarge { limit: Some(1024) },
+            AppError::Timeout,
+            AppError::EmptySelection,
+            AppError::DatabaseUnavailable,
+            AppError::PackageNotReady("t".into()),
+            AppError::PackageGone("t".into()),
+            AppError::CsrfRejected,
+            AppError::SessionExpired,
+            AppError::NotSignedIn,
+            AppError::LockedOut {
+                retry_after_secs: 60,
+            },
+            AppError::IdentityUnavailable,
+            AppError::MethodNotOffered("moica_cert".into()),
+            AppError::AuthorizationRefused(Halt::Finished),
+            AppError::AuthorizationRefused(Halt::ExpiredOrUsed),
+            AppError::Internal(anyhow::anyhow!("boom")),
+        ];
+        let chinese = |s: &str| s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+        for e in &errors {
+            let zh = e.detail_in(Lang::ZhTw);
+            assert!(chinese(&zh), "{:?}: {zh}", e.code());
+            assert_ne!(zh, e.detail_in(Lang::En), "{:?}", e.code());
+            assert!(!chinese(&e.detail_in(Lang::En)), "{:?}", e.code());
+        }
+    }
 
     #[test]
     fn a_database_outage_answers_503_with_retry_after_and_a_fault_500() {

@@ -9,7 +9,7 @@
 
 use super::assertion::{self, JWT_BEARER};
 use super::{
-    DETAILS_TYPE, ErrorCode, MAX_DATASETS, OAuthError, clients, dpop, hash_secret, issuer,
+    DETAILS_TYPE, ErrorCode, Halt, MAX_DATASETS, OAuthError, clients, dpop, hash_secret, issuer,
     random_secret, service_event,
 };
 use crate::error::{AppError, PageError, render};
@@ -344,8 +344,8 @@ pub async fn par(
 }
 
 /// A page-level refusal before the service's redirect URI can be trusted (shown, never redirected).
-fn stop(lang: Lang, message: &str) -> PageError {
-    PageError(AppError::AuthorizationRefused(message.to_owned()), lang)
+fn stop(lang: Lang, why: Halt) -> PageError {
+    PageError(AppError::AuthorizationRefused(why), lang)
 }
 
 /// The redirect back to the service (RFC 6749 §4.1.2, RFC 9207 `iss`).
@@ -398,36 +398,27 @@ pub async fn authorize(
 ) -> Result<Response, PageError> {
     let lang = lang_of(&uri, &headers);
     let Ok(Query(q)) = q else {
-        return Err(stop(lang, "the authorization request is malformed"));
+        return Err(stop(lang, Halt::Malformed));
     };
     let (Some(client_id), Some(request_uri)) = (q.client_id, q.request_uri) else {
-        return Err(stop(
-            lang,
-            "client_id and request_uri are required: only pushed requests are accepted",
-        ));
+        return Err(stop(lang, Halt::NotPushed));
     };
     let Some(id) = request_uri.strip_prefix(REQUEST_URI_PREFIX) else {
-        return Err(stop(lang, "request_uri was not issued by this platform"));
+        return Err(stop(lang, Halt::NotIssued));
     };
     let now = state.clock().now();
     let found = load_request(&state, id)
         .await
         .map_err(|e| PageError(e, lang))?;
     let Some((req, pushed, client)) = found.filter(|(r, _, _)| r.client_id == client_id) else {
-        return Err(stop(
-            lang,
-            "this request is unknown or belongs to another service; go back to the service and start again",
-        ));
+        return Err(stop(lang, Halt::UnknownOrOther));
     };
     let iss = issuer(&state, &headers);
     let found = session::load(&state, &headers)
         .await
         .map_err(|e| PageError(e, lang))?;
     if found.is_none() && req.expires_at <= now.millis() {
-        return Err(stop(
-            lang,
-            "this request has expired; go back to the service and start again",
-        ));
+        return Err(stop(lang, Halt::Expired));
     }
     // A trusted verifier's assertion stands for the sign-in: the browser needs only a session to
     // hold the request and its CSRF token (an anonymous one, signed in to nothing else).
@@ -439,10 +430,7 @@ pub async fn authorize(
                 // Only a request not opened yet can be opened by a browser without a session: the
                 // refusal below is given before a session is made for it.
                 None if req.status != "pushed" => {
-                    return Err(stop(
-                        lang,
-                        "this request has expired or was already used; go back to the service and start again",
-                    ));
+                    return Err(stop(lang, Halt::ExpiredOrUsed));
                 }
                 None => {
                     let (s, cookie) = session::ensure(&state, &headers)
@@ -516,10 +504,7 @@ pub async fn authorize(
     let resumable = req.session_hash.as_deref() == Some(s.id_hash())
         && matches!(req.status.as_str(), "opened" | "consented");
     if !opened && !resumable {
-        return Err(stop(
-            lang,
-            "this request has expired or was already used; go back to the service and start again",
-        ));
+        return Err(stop(lang, Halt::ExpiredOrUsed));
     }
     if opened && v.method == mydata_core::IdentityMethod::Asserted {
         state
@@ -764,32 +749,18 @@ async fn consent_session(
     let signed_in = s.verified();
     let v = match (asserted, &signed_in) {
         (Some(a), Some(si)) if si.subject != a.subject => {
-            return Err(stop(
-                lang,
-                "this request was made for another person; go back to the service and start again",
-            ));
+            return Err(stop(lang, Halt::OtherPerson));
         }
         (Some(a), _) => a,
         (None, Some(si)) => si.clone(),
         (None, None) => return Err(PageError(AppError::NotSignedIn, lang)),
     };
-    let (r, p, c) = found.ok_or_else(|| {
-        stop(
-            lang,
-            "this request is unknown; go back to the service and start again",
-        )
-    })?;
+    let (r, p, c) = found.ok_or_else(|| stop(lang, Halt::Unknown))?;
     if r.session_hash.as_deref() != Some(s.id_hash()) {
-        return Err(stop(
-            lang,
-            "this request belongs to another sign-in; go back to the service and start again",
-        ));
+        return Err(stop(lang, Halt::OtherSignIn));
     }
     if r.expires_at <= state.clock().now().millis() {
-        return Err(stop(
-            lang,
-            "this request has expired; go back to the service and start again",
-        ));
+        return Err(stop(lang, Halt::Expired));
     }
     Ok((s, v, r, p, c))
 }
@@ -872,10 +843,7 @@ fn render_consent(
             ("confirm", format!("/oauth/consent/{id}/confirm"), false)
         }
         _ => {
-            return Err(stop(
-                lang,
-                "this request is finished; go back to the service",
-            ));
+            return Err(stop(lang, Halt::Finished));
         }
     };
     let any_fetched = t.is_some_and(|t| {
@@ -983,7 +951,7 @@ pub async fn consent_submit(
 ) -> Result<Response, PageError> {
     let (_s, v, r, p, c) = consent_session(&state, &headers, Some(session), lang, &id).await?;
     if r.status != "opened" {
-        return Err(stop(lang, "this request was already answered"));
+        return Err(stop(lang, Halt::Answered));
     }
     let iss = issuer(&state, &headers);
     let now = state.clock().now();
@@ -1073,7 +1041,7 @@ pub async fn confirm_submit(
                     TransferState::Created | TransferState::Fetching | TransferState::Ready
                 )
         })
-        .ok_or_else(|| stop(lang, "this transfer is not waiting for your confirmation"))?;
+        .ok_or_else(|| stop(lang, Halt::NotWaiting))?;
     // While an agency is slow the person may answer now ("send when ready") instead of keeping the
     // page open: the service then polls and gets 202 + Retry-After until the package is sealed.
     let early = t.state != TransferState::Ready;
@@ -1083,10 +1051,7 @@ pub async fn confirm_submit(
         Some("send") => {
             let has_package = early || package.is_some_and(|p| p.sealed_key.is_some());
             if !has_package {
-                return Err(stop(
-                    lang,
-                    "no dataset could be fetched, so nothing can be sent",
-                ));
+                return Err(stop(lang, Halt::NothingFetched));
             }
             let code = random_secret();
             let row = OAuthCodeRow {
@@ -1122,7 +1087,7 @@ pub async fn confirm_submit(
                 .await
                 .map_err(|e| PageError(e.into(), lang))?
             {
-                return Err(stop(lang, "this request was already answered"));
+                return Err(stop(lang, Halt::Answered));
             }
             Ok(back_to_service(&p, &iss, &[("code", &code)]))
         }

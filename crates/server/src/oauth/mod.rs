@@ -206,6 +206,92 @@ impl ErrorCode {
     }
 }
 
+/// Why an authorization cannot go on, as the person's browser is told on a page (never redirected:
+/// the service's redirect URI cannot be trusted yet, or the request is over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Halt {
+    Malformed,
+    NotPushed,
+    NotIssued,
+    UnknownOrOther,
+    Unknown,
+    Expired,
+    ExpiredOrUsed,
+    OtherPerson,
+    OtherSignIn,
+    Finished,
+    Answered,
+    NotWaiting,
+    NothingFetched,
+}
+
+impl Halt {
+    /// The message in the page's language.
+    pub fn message(self, lang: Lang) -> &'static str {
+        let (zh, en) = match self {
+            Halt::Malformed => (
+                "授權請求的格式不正確。",
+                "the authorization request is malformed",
+            ),
+            Halt::NotPushed => (
+                "缺少 client_id 或 request_uri：本平臺只接受服務事先送來的授權請求。",
+                "client_id and request_uri are required: only pushed requests are accepted",
+            ),
+            Halt::NotIssued => (
+                "這個 request_uri 不是本平臺核發的。",
+                "request_uri was not issued by this platform",
+            ),
+            Halt::UnknownOrOther => (
+                "找不到這個授權請求，或它屬於其他服務；請回到服務網站重新開始。",
+                "this request is unknown or belongs to another service; go back to the service and start again",
+            ),
+            Halt::Unknown => (
+                "找不到這個授權請求；請回到服務網站重新開始。",
+                "this request is unknown; go back to the service and start again",
+            ),
+            Halt::Expired => (
+                "這個授權請求已逾時；請回到服務網站重新開始。",
+                "this request has expired; go back to the service and start again",
+            ),
+            Halt::ExpiredOrUsed => (
+                "這個授權請求已逾時或已使用過；請回到服務網站重新開始。",
+                "this request has expired or was already used; go back to the service and start again",
+            ),
+            Halt::OtherPerson => (
+                "這個授權請求是為另一個人建立的；請回到服務網站重新開始。",
+                "this request was made for another person; go back to the service and start again",
+            ),
+            Halt::OtherSignIn => (
+                "這個授權請求屬於另一次登入；請回到服務網站重新開始。",
+                "this request belongs to another sign-in; go back to the service and start again",
+            ),
+            Halt::Finished => (
+                "這個授權請求已經完成；請回到服務網站。",
+                "this request is finished; go back to the service",
+            ),
+            Halt::Answered => (
+                "這個請求已經回覆過了。",
+                "this request was already answered",
+            ),
+            Halt::NotWaiting => (
+                "這次傳送目前不是在等待您確認。",
+                "this transfer is not waiting for your confirmation",
+            ),
+            Halt::NothingFetched => (
+                "沒有任何一項資料取得成功，因此沒有可以傳送的資料。",
+                "no dataset could be fetched, so nothing can be sent",
+            ),
+        };
+        lang.pick(zh, en)
+    }
+}
+
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message(Lang::En))
+    }
+}
+
 /// An error of the OAuth endpoints, answered as RFC 6749 §5.2 JSON (`error`,
 /// `error_description`), never cached; 401s carry `WWW-Authenticate`.
 #[derive(Debug, Clone, thiserror::Error)]

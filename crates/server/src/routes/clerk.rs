@@ -953,7 +953,11 @@ pub async fn supervisor(State(state): State<AppState>, uri: Uri, headers: Header
         };
         if s.role() != Role::Supervisor {
             return Err(AppError::Forbidden(
-                "only a supervisor sees the office's counters".into(),
+                lang.pick(
+                    "只有主管可以查看本辦公室的各櫃檯。",
+                    "only a supervisor sees the office's counters",
+                )
+                .into(),
             ));
         }
         let store = state.store();

@@ -404,6 +404,12 @@ async fn whole_flow(backend: Backend) {
         .await
         .unwrap();
     assert!(en.contains("Show this barcode at the counter") && en.contains("at most 8 hours"));
+    // The choice is remembered; the person switches back.
+    d.person
+        .get(d.url("/counter?lang=zh-TW"))
+        .send()
+        .await
+        .unwrap();
     // The person finds it again from the counter services page.
     let list = d
         .person
@@ -483,6 +489,7 @@ async fn whole_flow(backend: Backend) {
         .await
         .unwrap();
     assert!(en.contains("Only data fetched here"), "{en}");
+    lin.get(d.url("/clerk?lang=zh-TW")).send().await.unwrap();
     // The package: once.
     // Taking it needs the form's token: a GET (a prefetch) or a forged form takes nothing.
     assert_eq!(

@@ -68,7 +68,12 @@ async fn every_page_remembers_the_language_and_its_switch_keeps_the_request() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let switch = |html: &str| {
         let at = html.find("class=\"lang\" href=\"").unwrap() + 19;
-        html[at..].split('"').next().unwrap().replace("&amp;", "&").replace("&#38;", "&")
+        html[at..]
+            .split('"')
+            .next()
+            .unwrap()
+            .replace("&amp;", "&")
+            .replace("&#38;", "&")
     };
     for path in ["/login?lang=en", "/download?lang=en", "/counter?lang=en"] {
         let (s, html, h) = page(&app, path).await;

@@ -1268,8 +1268,11 @@ async fn sign_in_pages_in_chromium_card_by_script_dual_id_by_keyboard_accessible
             .unwrap();
     }
 
-    // Certificate: a wrong PIN is reported by the page; the right one signs the person in.
-    page.goto(&w.url("/login/moica_cert?next=/")).await.unwrap();
+    // Certificate: a wrong PIN is reported by the page; the right one signs the person in. (The
+    // English chosen above is remembered: back to Chinese.)
+    page.goto(&w.url("/login/moica_cert?next=/&lang=zh-TW"))
+        .await
+        .unwrap();
     page.fill("#pin", "000000").await.unwrap();
     page.click("button[type=submit]").await.unwrap();
     page.wait_for_text("PIN 碼錯誤").await.unwrap();

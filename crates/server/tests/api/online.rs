@@ -887,7 +887,8 @@ async fn configured_services_are_written_only_when_they_change() {
     let keys = Keys::generate();
     let mut reg = registration(CLIENT, &keys, &[DATASET]);
     let r1 = reg.clone();
-    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| s.oauth.clients = vec![r1]).await;
+    let app =
+        crate::fetch::DataApp::spawn(Backend::Sqlite, 1.0, |s| s.oauth.clients = vec![r1]).await;
     let registered = |app: &crate::fetch::DataApp| {
         let store = app.store().clone();
         async move {
@@ -902,9 +903,9 @@ async fn configured_services_are_written_only_when_they_change() {
         }
     };
     let once = vec![("config".to_owned(), CLIENT.to_owned())];
-    assert_eq!(registered(&w.app).await, once);
+    assert_eq!(registered(&app).await, once);
     let r2 = reg.clone();
-    let app = w.app.restart(|s| s.oauth.clients = vec![r2]).await;
+    let app = app.restart(|s| s.oauth.clients = vec![r2]).await;
     assert_eq!(registered(&app).await, once, "the same configuration again");
     reg.name = "學雜費減免（新版）".into();
     let r3 = reg.clone();
