@@ -44,6 +44,8 @@ pub struct LoginPage {
     pub title: &'static str,
     pub intro: &'static str,
     pub error: Option<(&'static str, String)>,
+    /// The refusal is about what was typed (`aria-invalid` on every field: which one is not told).
+    pub entry_refused: bool,
     pub username_label: &'static str,
     pub password_label: &'static str,
     pub totp_label: &'static str,
@@ -51,7 +53,7 @@ pub struct LoginPage {
     pub certificate: &'static str,
 }
 
-fn login_page(lang: Lang, error: Option<(&'static str, String)>) -> LoginPage {
+fn login_page(lang: Lang, error: Option<&AppError>) -> LoginPage {
     LoginPage {
         chrome: Chrome::new(lang),
         title: lang.pick("臨櫃人員登入", "Counter staff sign-in"),
@@ -59,7 +61,13 @@ fn login_page(lang: Lang, error: Option<(&'static str, String)>) -> LoginPage {
             "請輸入帳號、密碼與驗證器 App 顯示的 6 位數動態密碼。",
             "Enter your username, password and the 6-digit code your authenticator app shows.",
         ),
-        error,
+        error: error.map(|e| (e.code(), e.detail_in(lang))),
+        entry_refused: matches!(
+            error,
+            Some(AppError::ClerkRefused(
+                ClerkProblem::Wrong | ClerkProblem::Incomplete
+            ))
+        ),
         username_label: lang.pick("帳號", "Username"),
         password_label: lang.pick("密碼", "Password"),
         totp_label: lang.pick("動態密碼（6 位數）", "Authenticator code (6 digits)"),
@@ -84,7 +92,7 @@ pub struct LoginForm {
 /// The sign-in form again, saying why it was refused: status, code, words and headers (a
 /// lockout's Retry-After) from [`AppError`], as every other refusal.
 fn refused_sign_in(lang: Lang, e: &AppError) -> Response {
-    let form = login_page(lang, Some((e.code(), e.detail_in(lang))));
+    let form = login_page(lang, Some(e));
     let mut res = page(e.status(), &form, None);
     e.decorate(&mut res);
     res
@@ -213,6 +221,8 @@ pub struct DeskPage {
     pub who: String,
     pub evidence: &'static str,
     pub error: Option<(&'static str, String)>,
+    /// The refusal is about the serial entered (`aria-invalid` on its input).
+    pub serial_refused: bool,
     pub locked: Option<(u64, String)>,
     pub csrf: String,
     pub counters: Vec<(String, String)>,
@@ -309,6 +319,7 @@ async fn desk_page(
         };
     }
     let status = error.map_or(StatusCode::OK, |r| r.refusal.status());
+    let serial_refused = error.is_some_and(|r| refuses_serial(r.refusal));
     let error = error.map(|r| (r.refusal.code(), r.refusal.message(lang)));
     let office = lang.pick(&s.office.name_zh, &s.office.name_en).to_owned();
     Ok((
@@ -322,6 +333,7 @@ async fn desk_page(
             },
             evidence: evidence_text(lang),
             error,
+            serial_refused,
             locked,
             csrf: s.row.csrf_token.clone(),
             counters,
@@ -342,6 +354,21 @@ async fn desk_page(
             logout: lang.pick("登出", "Sign out"),
         },
     ))
+}
+
+/// Whether `r` is about the serial scanned or typed, not the counter or a password.
+fn refuses_serial(r: Refusal) -> bool {
+    matches!(
+        r,
+        Refusal::SerialEmpty
+            | Refusal::SerialMalformed
+            | Refusal::SerialUnknown
+            | Refusal::SerialExpired
+            | Refusal::SerialReplaced
+            | Refusal::SerialUsed
+            | Refusal::DataGone
+            | Refusal::OtherOffice
+    )
 }
 
 /// `GET /clerk`
@@ -433,6 +460,8 @@ pub struct PasswordPage {
     pub title: &'static str,
     pub sent: String,
     pub error: Option<(&'static str, String)>,
+    /// The refusal is about the password typed (`aria-invalid` on its input).
+    pub password_refused: bool,
     pub action: String,
     pub csrf: String,
     pub password_label: &'static str,
@@ -462,6 +491,12 @@ fn password_page(
             ),
         },
         error: error.map(|r| (r.refusal.code(), r.refusal.message(lang))),
+        password_refused: error.is_some_and(|r| {
+            matches!(
+                r.refusal,
+                Refusal::PasswordEmpty | Refusal::PasswordMalformed | Refusal::PasswordWrong
+            )
+        }),
         action: format!("/clerk/passwords/{}", pw.id),
         csrf: s.row.csrf_token.clone(),
         password_label: lang.pick("驗證密碼", "Verification password"),

@@ -845,10 +845,9 @@ async fn wrong_passwords_count_and_lock_too() {
     for _ in 0..3 {
         let res = d.enter(&lin, &csrf, &at, wrong).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            code_of(&res.text().await.unwrap()),
-            "counter_password_wrong"
-        );
+        let html = res.text().await.unwrap();
+        assert_eq!(code_of(&html), "counter_password_wrong");
+        crate::helpers::assert_refused_input(&html, "f-password");
     }
     let res = d.enter(&lin, &csrf, &at, wrong).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -914,10 +913,11 @@ async fn clerks_of_another_office_and_bad_requests_are_refused() {
     // Malformed and unknown serials.
     let res = d.scan(&lin, &lcsrf, "O0I1L").await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        code_of(&res.text().await.unwrap()),
-        "counter_serial_malformed"
-    );
+    let html = res.text().await.unwrap();
+    assert_eq!(code_of(&html), "counter_serial_malformed");
+    // The refused serial's input says so and points at the reason (and still at its hint).
+    crate::helpers::assert_refused_input(&html, "f-serial");
+    assert!(crate::helpers::tag_of(&html, "f-serial").contains("h-serial"));
     let res = d.scan(&lin, &lcsrf, &"A".repeat(10_000)).await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // Without a session: to the sign-in page.
@@ -963,7 +963,9 @@ async fn clerks_of_another_office_and_bad_requests_are_refused() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(code_of(&res.text().await.unwrap()), "consent_missing");
+    let html = res.text().await.unwrap();
+    assert_eq!(code_of(&html), "consent_missing");
+    crate::helpers::assert_refused_input(&html, "consent");
     let res = d
         .person
         .post(d.url(&format!("/counter/services/{SERVICE}")))
@@ -1431,10 +1433,9 @@ async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        code_of(&res.text().await.unwrap()),
-        "clerk_sign_in_incomplete"
-    );
+    let html = res.text().await.unwrap();
+    assert_eq!(code_of(&html), "clerk_sign_in_incomplete");
+    crate::helpers::assert_refused_input(&html, "f-totp");
     let mut locked = None;
     let mut wrong_answers = 0;
     for _ in 0..=limits::LOCKOUT_THRESHOLD {
