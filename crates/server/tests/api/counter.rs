@@ -1461,3 +1461,50 @@ async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
     assert_eq!(code_of(&html), "locked_out");
     assert!(html.contains("15 分鐘"), "{html}");
 }
+
+/// The `<dd>` after the `<dt>` labelled `label` on a records page.
+fn record_field(html: &str, label: &str) -> String {
+    let marker = format!("<dt>{label}</dt><dd>");
+    let i = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{marker} not in {html}"))
+        + marker.len();
+    html[i..].split("</dd>").next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_usage_records_name_the_counter_service_as_the_purpose() {
+    let d = Desk::start(Backend::Sqlite).await;
+    d.apply("chiayi-social").await;
+    for (lang, label, name) in [
+        ("zh-TW", "用途", "敬老卡或愛心卡"),
+        (
+            "en",
+            "Purpose",
+            "Senior citizen card or disability concession card",
+        ),
+    ] {
+        let html = d
+            .person
+            .get(d.url(&format!("/records?lang={lang}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // The service's name, never its catalogue ID (which is still what is stored).
+        assert_eq!(record_field(&html, label), name, "{lang}");
+        assert!(!html.contains(SERVICE), "{html}");
+    }
+    let json: serde_json::Value = d
+        .person
+        .get(d.url("/records.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["records"][0]["purpose"], "敬老卡或愛心卡");
+}
