@@ -19,6 +19,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use mydata_core::limits;
 use mydata_package::Verdict;
+use mydata_store::fetch_status;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -645,6 +646,22 @@ async fn granted(
 
 const MAX_ROWS: usize = 500;
 
+/// Why a dataset is not in the package, in words: the clerk is not told a status code.
+fn missing_reason(status: &str, lang: Lang) -> &'static str {
+    match status {
+        fetch_status::REFUSED => lang.pick("機關未提供此項資料", "the agency did not provide it"),
+        fetch_status::REJECTED => lang.pick(
+            "機關回覆的資料未通過驗證",
+            "the agency's answer failed verification",
+        ),
+        fetch_status::FAILED => lang.pick("機關暫時無法提供", "the agency was unavailable"),
+        fetch_status::PENDING | fetch_status::NOT_READY => {
+            lang.pick("機關尚未提供", "the agency has not answered yet")
+        }
+        _ => lang.pick("原因不明", "reason unknown"),
+    }
+}
+
 fn render_dataset(
     state: &AppState,
     lang: Lang,
@@ -780,14 +797,10 @@ pub async fn data(
                     .dataset(&d.dataset_id)
                     .map(|x| lang.pick(&x.name_zh, &x.name_en).to_owned())
                     .unwrap_or_else(|| d.dataset_id.clone());
+                let why = missing_reason(&d.status, lang);
                 match lang {
-                    Lang::ZhTw => {
-                        format!("「{name}」未能取得（{}），此項請依原程序查驗。", d.status)
-                    }
-                    Lang::En => format!(
-                        "{name} could not be fetched ({}); check it the usual way.",
-                        d.status
-                    ),
+                    Lang::ZhTw => format!("「{name}」未能取得（{why}），此項請依原程序查驗。"),
+                    Lang::En => format!("{name} could not be fetched ({why}); check it the usual way."),
                 }
             })
             .collect();

@@ -45,8 +45,16 @@ fn client(jar: Arc<reqwest::cookie::Jar>) -> reqwest::Client {
 
 impl Desk {
     async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut mydata_server::Settings),
+    ) -> Self {
         let app = DataApp::spawn(backend, 1.0, |s| {
             s.messages.dev_outbox = true;
+            tweak(s);
         })
         .await;
         let st = &app.state;
@@ -1507,4 +1515,89 @@ async fn the_usage_records_name_the_counter_service_as_the_purpose() {
         .await
         .unwrap();
     assert_eq!(json["records"][0]["purpose"], "敬老卡或愛心卡");
+}
+
+#[tokio::test]
+async fn a_dataset_that_could_not_be_fetched_is_explained_in_words_to_the_clerk() {
+    const PARKING: &str = "hualien-disability-parking";
+    let d = Desk::start_with(Backend::Sqlite, |s| s.agencies.fetch_deadline_secs = 30).await;
+    // The office also does a service whose data comes from two agencies; one of them is down.
+    clerk::register_office(
+        &d.app.state,
+        "chiayi-social",
+        "chiayi-county",
+        "嘉義縣政府社會處",
+        "Chiayi County Social Affairs",
+        &[SERVICE.to_owned(), PARKING.to_owned()],
+    )
+    .await
+    .unwrap();
+    d.app.agencies.fault(
+        "motc-highways",
+        mydata_provider_sim::server::FaultConfig {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    );
+    let res = d
+        .person
+        .post(d.url(&format!("/counter/services/{PARKING}")))
+        .form(&[
+            ("csrf", d.person_csrf.as_str()),
+            ("office", "chiayi-social"),
+            ("consent", "yes"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let id = location(&res)
+        .strip_prefix("/counter/transfers/")
+        .unwrap()
+        .to_owned();
+    // Time passes (in steps, so each retry runs) until the fetch deadline gives up.
+    crate::helpers::eventually_within("the outage settles", Duration::from_secs(60), || async {
+        d.app.clock.advance(Duration::from_secs(5));
+        d.app.transfer(&id).await.state == TransferState::Ready
+    })
+    .await;
+    let failed: Vec<String> = d
+        .app
+        .transfer(&id)
+        .await
+        .datasets
+        .into_iter()
+        .filter(|x| x.status == mydata_store::fetch_status::FAILED)
+        .map(|x| x.dataset_id)
+        .collect();
+    assert_eq!(failed, ["vehicle-registration", "driver-licence"]);
+
+    let serial = d.serial(&id).await;
+    let lin = d.clerk("lin").await;
+    let csrf = d.sit(&lin, "c1").await;
+    let at = location(&d.scan(&lin, &csrf, &serial).await);
+    let password = d.sent_password().await;
+    assert_eq!(
+        d.enter(&lin, &csrf, &at, &password).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let page = |lang: &'static str| {
+        let lin = &lin;
+        let url = d.url(&format!("/clerk/transfers/{id}?lang={lang}"));
+        async move { lin.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let zh = page("zh-TW").await;
+    assert!(!zh.contains("（failed）"), "{zh}");
+    assert!(
+        zh.contains("「車籍資料」未能取得（機關暫時無法提供），此項請依原程序查驗。"),
+        "{zh}"
+    );
+    let en = page("en").await;
+    assert!(!en.contains("(failed)"), "{en}");
+    assert!(
+        en.contains(
+            "Vehicle registration record could not be fetched (the agency was unavailable); check it the usual way."
+        ),
+        "{en}"
+    );
 }
