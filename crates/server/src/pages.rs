@@ -91,7 +91,7 @@ impl DatasetCard {
             other_name: lang.other().pick(&d.name_zh, &d.name_en).to_owned(),
             agency,
             formats: formats.join(" · "),
-            methods: methods.join("、"),
+            methods: methods.join(lang.pick("、", ", ")),
             ready,
             slow: d.ready_minutes > 0,
         }

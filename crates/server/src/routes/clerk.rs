@@ -696,7 +696,8 @@ fn render_dataset(
                     Verdict::Failed(_) => lang.pick("未通過", "FAILED"),
                     Verdict::NotRun => lang.pick("未檢查", "not run"),
                 };
-                (format!("{label}：{mark}"), v.is_passed())
+                let sep = lang.pick("：", ": ");
+                (format!("{label}{sep}{mark}"), v.is_passed())
             })
             .collect(),
         None => vec![(lang.pick("未能驗證", "not verified").to_owned(), false)],

@@ -504,6 +504,8 @@ pub struct TransferPage {
     pub status: String,
     pub datasets_title: &'static str,
     pub datasets: Vec<(String, String, String)>,
+    /// Between a dataset's name and its status: "：" or ": ".
+    pub label_sep: &'static str,
 }
 
 /// The person's own counter transfer, or not found (never another person's).
@@ -647,6 +649,7 @@ pub async fn transfer(
             status,
             datasets_title: lang.pick("資料", "Data"),
             datasets,
+            label_sep: lang.pick("：", ": "),
         };
         Ok::<_, AppError>(page(StatusCode::OK, &p, None))
     })

@@ -163,7 +163,10 @@ pub fn event_label(kind: &str, lang: Lang) -> String {
         None
     };
     match family {
-        Some((zh, en)) => format!("{}（{kind}）", lang.pick(zh, en)),
+        Some((zh, en)) => match lang {
+            Lang::ZhTw => format!("{zh}（{kind}）"),
+            Lang::En => format!("{en} ({kind})"),
+        },
         None => kind.to_owned(),
     }
 }

@@ -1601,3 +1601,59 @@ async fn a_dataset_that_could_not_be_fetched_is_explained_in_words_to_the_clerk(
         "{en}"
     );
 }
+
+#[tokio::test]
+async fn english_counter_pages_use_english_punctuation() {
+    let d = Desk::start(Backend::Sqlite).await;
+    let id = d.apply("chiayi-social").await;
+    let serial = d.serial(&id).await;
+    let lin = d.clerk("lin").await;
+    let csrf = d.sit(&lin, "c1").await;
+    let at = location(&d.scan(&lin, &csrf, &serial).await);
+    let password = d.sent_password().await;
+    let password_page = get_text(&lin, &d.url(&format!("{at}?lang=en"))).await;
+    assert_eq!(
+        d.enter(&lin, &csrf, &at, &password).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let pages = [
+        (
+            "service",
+            get_text(
+                &d.person,
+                &d.url(&format!("/counter/services/{SERVICE}?lang=en")),
+            )
+            .await,
+        ),
+        (
+            "barcode",
+            get_text(
+                &d.person,
+                &d.url(&format!("/counter/transfers/{id}?lang=en")),
+            )
+            .await,
+        ),
+        ("desk", get_text(&lin, &d.url("/clerk?lang=en")).await),
+        ("password", password_page),
+        (
+            "data",
+            get_text(&lin, &d.url(&format!("/clerk/transfers/{id}?lang=en"))).await,
+        ),
+        (
+            "records",
+            get_text(&d.person, &d.url("/records?lang=en")).await,
+        ),
+    ];
+    for (name, html) in &pages {
+        assert!(html.contains("<html lang=\"en\">"), "{name}");
+        for c in ['：', '（', '）', '、'] {
+            assert!(!html.contains(c), "{name} has {c}: {html}");
+        }
+    }
+}
+
+async fn get_text(c: &reqwest::Client, url: &str) -> String {
+    let res = c.get(url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{url}");
+    res.text().await.unwrap()
+}

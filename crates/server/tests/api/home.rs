@@ -119,3 +119,34 @@ async fn stylesheet_is_served() {
     );
     assert!(res.text().await.unwrap().contains("@media"));
 }
+
+/// `html` without the other-language dataset names (`<p class="alt">`), which are Chinese text.
+fn without_alt_names(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(i) = rest.find("<p class=\"alt\"") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find("</p>").unwrap() + i + "</p>".len();
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[tokio::test]
+async fn english_dataset_cards_list_identity_methods_with_commas() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    for path in ["/?lang=en", "/download?lang=en"] {
+        let (s, html, _) = page(&app, path).await;
+        assert_eq!(s, 200, "{path}");
+        let own = without_alt_names(&html);
+        assert!(!own.contains('、'), "{path}: {own}");
+        assert!(
+            own.contains("Citizen digital certificate, TW FidO mobile certificate (passkey)"),
+            "{path}: {own}"
+        );
+    }
+    // Chinese pages keep the Chinese enumeration comma.
+    let (_, zh, _) = page(&app, "/").await;
+    assert!(zh.contains("自然人憑證、"), "{zh}");
+}
