@@ -150,3 +150,35 @@ async fn english_dataset_cards_list_identity_methods_with_commas() {
     let (_, zh, _) = page(&app, "/").await;
     assert!(zh.contains("自然人憑證、"), "{zh}");
 }
+
+/// The `lang` of each `<p class="alt"` (the dataset's name in the other language).
+fn alt_langs(html: &str) -> Vec<String> {
+    html.split("<p class=\"alt\"")
+        .skip(1)
+        .map(|rest| {
+            let tag = rest.split('>').next().unwrap();
+            tag.split("lang=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_other_language_names_say_their_language() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    for (path, other) in [
+        ("/", "en"),
+        ("/download", "en"),
+        ("/?lang=en", "zh-TW"),
+        ("/download?lang=en", "zh-TW"),
+    ] {
+        let (s, html, _) = page(&app, path).await;
+        assert_eq!(s, 200, "{path}");
+        let langs = alt_langs(&html);
+        assert!(!langs.is_empty(), "{path}: {html}");
+        assert!(langs.iter().all(|l| l == other), "{path}: {langs:?}");
+    }
+}
