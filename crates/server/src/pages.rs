@@ -70,6 +70,8 @@ pub struct DatasetCard {
     pub id: String,
     pub name: String,
     pub other_name: String,
+    /// The language tag of `other_name` (the other one than the page's).
+    pub other_lang: &'static str,
     pub agency: String,
     pub formats: String,
     pub methods: String,
@@ -99,9 +101,10 @@ impl DatasetCard {
             id: d.id.clone(),
             name: lang.pick(&d.name_zh, &d.name_en).to_owned(),
             other_name: lang.other().pick(&d.name_zh, &d.name_en).to_owned(),
+            other_lang: lang.other().tag(),
             agency,
             formats: formats.join(" · "),
-            methods: methods.join("、"),
+            methods: methods.join(lang.pick("、", ", ")),
             ready,
             slow: d.ready_minutes > 0,
         }

@@ -740,7 +740,10 @@ pub async fn event_text(
     Ok(Some(if place.is_empty() {
         what.to_owned()
     } else {
-        format!("{what}（{}）", place.join(" "))
+        match lang {
+            Lang::ZhTw => format!("{what}（{}）", place.join(" ")),
+            Lang::En => format!("{what} ({})", place.join(" ")),
+        }
     }))
 }
 
@@ -764,7 +767,10 @@ pub async fn recipient_text(
         .service(&ct.service_id)
         .map(|s| lang.pick(&s.name_zh, &s.name_en).to_owned())
         .unwrap_or(ct.service_id);
-    Ok(Some(format!("{office}（{service}）")))
+    Ok(Some(match lang {
+        Lang::ZhTw => format!("{office}（{service}）"),
+        Lang::En => format!("{office} ({service})"),
+    }))
 }
 
 /// The package of a transfer, opened without taking it (the clerk reads it; the download takes it).

@@ -19,6 +19,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use mydata_core::limits;
 use mydata_package::Verdict;
+use mydata_store::fetch_status;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub struct LoginPage {
     pub title: &'static str,
     pub intro: &'static str,
     pub error: Option<(&'static str, String)>,
+    /// The refusal is about what was typed (`aria-invalid` on every field: which one is not told).
+    pub entry_refused: bool,
     pub username_label: &'static str,
     pub password_label: &'static str,
     pub totp_label: &'static str,
@@ -51,7 +54,7 @@ pub struct LoginPage {
     pub certificate: &'static str,
 }
 
-fn login_page(lang: Lang, error: Option<(&'static str, String)>) -> LoginPage {
+fn login_page(lang: Lang, error: Option<&AppError>) -> LoginPage {
     LoginPage {
         chrome: Chrome::new(lang),
         title: lang.pick("臨櫃人員登入", "Counter staff sign-in"),
@@ -59,7 +62,13 @@ fn login_page(lang: Lang, error: Option<(&'static str, String)>) -> LoginPage {
             "請輸入帳號、密碼與驗證器 App 顯示的 6 位數動態密碼。",
             "Enter your username, password and the 6-digit code your authenticator app shows.",
         ),
-        error,
+        error: error.map(|e| (e.code(), e.detail_in(lang))),
+        entry_refused: matches!(
+            error,
+            Some(AppError::ClerkRefused(
+                ClerkProblem::Wrong | ClerkProblem::Incomplete
+            ))
+        ),
         username_label: lang.pick("帳號", "Username"),
         password_label: lang.pick("密碼", "Password"),
         totp_label: lang.pick("動態密碼（6 位數）", "Authenticator code (6 digits)"),
@@ -84,7 +93,7 @@ pub struct LoginForm {
 /// The sign-in form again, saying why it was refused: status, code, words and headers (a
 /// lockout's Retry-After) from [`AppError`], as every other refusal.
 fn refused_sign_in(lang: Lang, e: &AppError) -> Response {
-    let form = login_page(lang, Some((e.code(), e.detail_in(lang))));
+    let form = login_page(lang, Some(e));
     let mut res = page(e.status(), &form, None);
     e.decorate(&mut res);
     res
@@ -213,6 +222,8 @@ pub struct DeskPage {
     pub who: String,
     pub evidence: &'static str,
     pub error: Option<(&'static str, String)>,
+    /// The refusal is about the serial entered (`aria-invalid` on its input).
+    pub serial_refused: bool,
     pub locked: Option<(u64, String)>,
     pub csrf: String,
     pub counters: Vec<(String, String)>,
@@ -309,6 +320,7 @@ async fn desk_page(
         };
     }
     let status = error.map_or(StatusCode::OK, |r| r.refusal.status());
+    let serial_refused = error.is_some_and(|r| refuses_serial(r.refusal));
     let error = error.map(|r| (r.refusal.code(), r.refusal.message(lang)));
     let office = lang.pick(&s.office.name_zh, &s.office.name_en).to_owned();
     Ok((
@@ -322,6 +334,7 @@ async fn desk_page(
             },
             evidence: evidence_text(lang),
             error,
+            serial_refused,
             locked,
             csrf: s.row.csrf_token.clone(),
             counters,
@@ -342,6 +355,21 @@ async fn desk_page(
             logout: lang.pick("登出", "Sign out"),
         },
     ))
+}
+
+/// Whether `r` is about the serial scanned or typed, not the counter or a password.
+fn refuses_serial(r: Refusal) -> bool {
+    matches!(
+        r,
+        Refusal::SerialEmpty
+            | Refusal::SerialMalformed
+            | Refusal::SerialUnknown
+            | Refusal::SerialExpired
+            | Refusal::SerialReplaced
+            | Refusal::SerialUsed
+            | Refusal::DataGone
+            | Refusal::OtherOffice
+    )
 }
 
 /// `GET /clerk`
@@ -433,6 +461,8 @@ pub struct PasswordPage {
     pub title: &'static str,
     pub sent: String,
     pub error: Option<(&'static str, String)>,
+    /// The refusal is about the password typed (`aria-invalid` on its input).
+    pub password_refused: bool,
     pub action: String,
     pub csrf: String,
     pub password_label: &'static str,
@@ -462,6 +492,12 @@ fn password_page(
             ),
         },
         error: error.map(|r| (r.refusal.code(), r.refusal.message(lang))),
+        password_refused: error.is_some_and(|r| {
+            matches!(
+                r.refusal,
+                Refusal::PasswordEmpty | Refusal::PasswordMalformed | Refusal::PasswordWrong
+            )
+        }),
         action: format!("/clerk/passwords/{}", pw.id),
         csrf: s.row.csrf_token.clone(),
         password_label: lang.pick("驗證密碼", "Verification password"),
@@ -610,6 +646,22 @@ async fn granted(
 
 const MAX_ROWS: usize = 500;
 
+/// Why a dataset is not in the package, in words: the clerk is not told a status code.
+fn missing_reason(status: &str, lang: Lang) -> &'static str {
+    match status {
+        fetch_status::REFUSED => lang.pick("機關未提供此項資料", "the agency did not provide it"),
+        fetch_status::REJECTED => lang.pick(
+            "機關回覆的資料未通過驗證",
+            "the agency's answer failed verification",
+        ),
+        fetch_status::FAILED => lang.pick("機關暫時無法提供", "the agency was unavailable"),
+        fetch_status::PENDING | fetch_status::NOT_READY => {
+            lang.pick("機關尚未提供", "the agency has not answered yet")
+        }
+        _ => lang.pick("原因不明", "reason unknown"),
+    }
+}
+
 fn render_dataset(
     state: &AppState,
     lang: Lang,
@@ -644,7 +696,8 @@ fn render_dataset(
                     Verdict::Failed(_) => lang.pick("未通過", "FAILED"),
                     Verdict::NotRun => lang.pick("未檢查", "not run"),
                 };
-                (format!("{label}：{mark}"), v.is_passed())
+                let sep = lang.pick("：", ": ");
+                (format!("{label}{sep}{mark}"), v.is_passed())
             })
             .collect(),
         None => vec![(lang.pick("未能驗證", "not verified").to_owned(), false)],
@@ -745,14 +798,10 @@ pub async fn data(
                     .dataset(&d.dataset_id)
                     .map(|x| lang.pick(&x.name_zh, &x.name_en).to_owned())
                     .unwrap_or_else(|| d.dataset_id.clone());
+                let why = missing_reason(&d.status, lang);
                 match lang {
-                    Lang::ZhTw => {
-                        format!("「{name}」未能取得（{}），此項請依原程序查驗。", d.status)
-                    }
-                    Lang::En => format!(
-                        "{name} could not be fetched ({}); check it the usual way.",
-                        d.status
-                    ),
+                    Lang::ZhTw => format!("「{name}」未能取得（{why}），此項請依原程序查驗。"),
+                    Lang::En => format!("{name} could not be fetched ({why}); check it the usual way."),
                 }
             })
             .collect();

@@ -192,6 +192,9 @@ pub struct ServicePage {
     pub title: String,
     pub provider: String,
     pub error: Option<(&'static str, String)>,
+    /// Which entry the refusal is about (`aria-invalid`): the consent box or the office.
+    pub consent_refused: bool,
+    pub office_refused: bool,
     pub datasets_title: &'static str,
     pub bundled_note: &'static str,
     pub datasets: Vec<String>,
@@ -229,6 +232,9 @@ impl CsrfField for ConsentForm {
         self.csrf.as_deref()
     }
 }
+
+const CONSENT_MISSING: &str = "consent_missing";
+const OFFICE_MISSING: &str = "office_missing";
 
 #[allow(clippy::too_many_arguments)]
 async fn service_page(
@@ -268,11 +274,15 @@ async fn service_page(
             .to_owned(),
     };
     let service_name = lang.pick(&svc.name_zh, &svc.name_en).to_owned();
+    let refused = |code: &str| error.as_ref().is_some_and(|e| e.0 == code);
+    let (consent_refused, office_refused) = (refused(CONSENT_MISSING), refused(OFFICE_MISSING));
     Ok(ServicePage {
         chrome: Chrome::new(lang),
         title: service_name.clone(),
         provider: lang.pick(&svc.provider_zh, &svc.provider_en).to_owned(),
         error,
+        consent_refused,
+        office_refused,
         datasets_title: lang.pick("這項服務需要的資料", "Data this service needs"),
         bundled_note: lang.pick(
             "以下資料會一次取得，您不必逐項選擇：",
@@ -394,13 +404,13 @@ pub async fn consent(
         };
         let error = if f.consent.as_deref() != Some("yes") {
             Some(refuse(
-                "consent_missing",
+                CONSENT_MISSING,
                 "請勾選同意事項後再繼續。",
                 "Tick the consent box to continue.",
             ))
         } else if office.is_none() {
             Some(refuse(
-                "office_missing",
+                OFFICE_MISSING,
                 "請選擇您要前往的櫃檯單位。",
                 "Choose the office you will go to.",
             ))
@@ -494,6 +504,8 @@ pub struct TransferPage {
     pub status: String,
     pub datasets_title: &'static str,
     pub datasets: Vec<(String, String, String)>,
+    /// Between a dataset's name and its status: "：" or ": ".
+    pub label_sep: &'static str,
 }
 
 /// The person's own counter transfer, or not found (never another person's).
@@ -637,6 +649,7 @@ pub async fn transfer(
             status,
             datasets_title: lang.pick("資料", "Data"),
             datasets,
+            label_sep: lang.pick("：", ": "),
         };
         Ok::<_, AppError>(page(StatusCode::OK, &p, None))
     })

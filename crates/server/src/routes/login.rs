@@ -354,12 +354,18 @@ pub struct FieldView {
     pub inputmode: &'static str,
     pub hint: &'static str,
     pub required: bool,
+    /// `aria-invalid`: the refusal on the page is about what was typed here.
+    pub invalid: bool,
+    /// `aria-describedby`: the refusal (`form-error`) and the hint, as there are.
+    pub described_by: String,
 }
 
 #[derive(Debug)]
 pub struct FormError {
     pub code: &'static str,
     pub message: String,
+    /// The value typed was refused (not only the attempt): its input is marked `aria-invalid`.
+    pub invalid: bool,
 }
 
 #[derive(Debug, Template)]
@@ -390,7 +396,7 @@ pub struct MethodPage {
     pub links: Vec<(String, &'static str)>,
 }
 
-fn field_view(name: &'static str, lang: Lang) -> FieldView {
+fn field_view(name: &'static str, lang: Lang, refusal: Option<Refusal>) -> FieldView {
     let (label, kind, autocomplete, inputmode, hint, required) = match name {
         "id_number" => (
             lang.pick(
@@ -449,6 +455,13 @@ fn field_view(name: &'static str, lang: Lang) -> FieldView {
         ),
         _ => ("", "hidden", "off", "text", "", false),
     };
+    let mut described_by = Vec::new();
+    if refusal.is_some() {
+        described_by.push("form-error".to_owned());
+    }
+    if !hint.is_empty() {
+        described_by.push(format!("h-{name}"));
+    }
     FieldView {
         name,
         label,
@@ -457,6 +470,18 @@ fn field_view(name: &'static str, lang: Lang) -> FieldView {
         inputmode,
         hint,
         required,
+        invalid: refusal.is_some_and(|r| refuses_field(r, name)),
+        described_by: described_by.join(" "),
+    }
+}
+
+/// Whether `r` is about what was typed into the field `name`. A mismatch marks every field
+/// alike, as its message does: it must not tell which one was wrong.
+fn refuses_field(r: Refusal, name: &str) -> bool {
+    match r {
+        Refusal::InvalidIdNumber | Refusal::InvalidBusinessId => name == "id_number",
+        Refusal::MalformedInput | Refusal::Mismatch | Refusal::WrongPassword => true,
+        _ => false,
     }
 }
 
@@ -466,18 +491,31 @@ fn method_page(
     lang: Lang,
     csrf: &str,
     next: &str,
-    error: Option<FormError>,
+    refusal: Option<Refusal>,
 ) -> MethodPage {
     let cert = matches!(m, IdentityMethod::MoicaCert | IdentityMethod::MoeaCert);
-    let fields = if cert {
+    let fields: Vec<FieldView> = if cert {
         Vec::new()
     } else {
         state
             .identity()
             .method(m)
-            .map(|x| x.fields().iter().map(|f| field_view(f, lang)).collect())
+            .map(|x| {
+                x.fields()
+                    .iter()
+                    .map(|f| field_view(f, lang, refusal))
+                    .collect()
+            })
             .unwrap_or_default()
     };
+    let error = refusal.map(|r| FormError {
+        code: r.code(),
+        message: match lang {
+            Lang::ZhTw => r.message_zh().to_owned(),
+            Lang::En => format!("{r}."),
+        },
+        invalid: fields.iter().any(|f| f.invalid),
+    });
     let mut links = Vec::new();
     if m == IdentityMethod::TwFido {
         links.push((
@@ -696,20 +734,7 @@ async fn submit_inner(
     check_lock(state, &[&addr_key]).await?;
 
     let refuse = |r: Refusal| {
-        let p = method_page(
-            state,
-            m,
-            lang,
-            s.csrf(),
-            &next,
-            Some(FormError {
-                code: r.code(),
-                message: match lang {
-                    Lang::ZhTw => r.message_zh().to_owned(),
-                    Lang::En => format!("{r}."),
-                },
-            }),
-        );
+        let p = method_page(state, m, lang, s.csrf(), &next, Some(r));
         page(AppError::IdentityRefused(r).status(), &p)
     };
     let audit_failure = |subject: Option<String>, r: Refusal| async move {
@@ -898,6 +923,11 @@ fn form_error(e: &AppError, lang: Lang) -> FormError {
     FormError {
         code: e.code(),
         message: e.detail_in(lang),
+        // No code sent, or one asked for too soon: nothing typed was wrong.
+        invalid: !matches!(
+            e,
+            AppError::CodeRefused(CodeProblem::NoneSent | CodeProblem::TooSoon)
+        ),
     }
 }
 
@@ -1006,6 +1036,7 @@ pub async fn first_use_submit(
             let fe = FormError {
                 code: e.code(),
                 message: e.to_string(),
+                invalid: true,
             };
             return Ok(page(e.status(), &contact_page(lang, s.csrf(), Some(fe))));
         };
@@ -1303,6 +1334,7 @@ pub async fn password_submit(
                     Some(FormError {
                         code: e.code(),
                         message: msg.into(),
+                        invalid: true,
                     }),
                 ),
             ));

@@ -347,9 +347,11 @@ pub async fn register(
                     )
                     .await?;
                 }
+                // The device's answer was refused, not the name typed.
                 let fe = FormError {
                     code: e.code(),
                     message: e.detail_in(lang),
+                    invalid: false,
                 };
                 let p = passkeys_page(&state, &s, lang, Some(fe), None).await?;
                 Ok(with_cookie(page(e.status(), &p), None))

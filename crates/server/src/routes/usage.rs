@@ -130,6 +130,24 @@ pub fn event_label(kind: &str, lang: Lang) -> String {
             "有人嘗試開啟此申請的頁面，已拒絕",
             "Someone tried to open this request's pages and was refused",
         )),
+        "service.consent" => Some((
+            "您同意將資料提供給線上服務",
+            "You consented to give the data to the online service",
+        )),
+        "service.release" => Some((
+            "您確認將資料傳送給線上服務",
+            "You confirmed sending the data to the online service",
+        )),
+        "service.refused" => Some((
+            "資料未傳送給線上服務",
+            "The data was not sent to the online service",
+        )),
+        "service.retrieval" => Some((
+            "線上服務已取得資料",
+            "The online service retrieved the data",
+        )),
+        "receipt.consent" => Some(("平臺簽發同意收據", "Consent receipt issued")),
+        "receipt.deletion" => Some(("平臺簽發刪除收據", "Deletion receipt issued")),
         _ => None,
     };
     if let Some((zh, en)) = known {
@@ -145,20 +163,29 @@ pub fn event_label(kind: &str, lang: Lang) -> String {
         None
     };
     match family {
-        Some((zh, en)) => format!("{}（{kind}）", lang.pick(zh, en)),
+        Some((zh, en)) => match lang {
+            Lang::ZhTw => format!("{zh}（{kind}）"),
+            Lang::En => format!("{en} ({kind})"),
+        },
         None => kind.to_owned(),
     }
 }
 
-fn purpose_text(purpose: &str, lang: Lang) -> String {
-    match purpose {
-        crate::routes::download::PURPOSE => lang
+fn purpose_text(state: &AppState, t: &Transfer, lang: Lang) -> String {
+    match (t.kind, t.purpose.as_str()) {
+        (_, crate::routes::download::PURPOSE) => lang
             .pick(
                 "自行下載，供本人保存與運用",
                 "Self-download, for your own use",
             )
             .to_owned(),
-        other => other.to_owned(),
+        // A counter consent stores the service's ID as its purpose: show the service's name.
+        (TransferKind::Counter, id) => state
+            .catalog()
+            .service(id)
+            .map(|s| lang.pick(&s.name_zh, &s.name_en).to_owned())
+            .unwrap_or_else(|| id.to_owned()),
+        (_, other) => other.to_owned(),
     }
 }
 
@@ -238,7 +265,7 @@ pub async fn records_for(
                 Some(r) => r,
                 None => recipient_text(state, &t, lang),
             },
-            purpose: purpose_text(&t.purpose, lang),
+            purpose: purpose_text(state, &t, lang),
             created_text: taipei_time(t.created_at),
             created_at: t.created_at,
             state: t.state.code().to_owned(),

@@ -45,8 +45,16 @@ fn client(jar: Arc<reqwest::cookie::Jar>) -> reqwest::Client {
 
 impl Desk {
     async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut mydata_server::Settings),
+    ) -> Self {
         let app = DataApp::spawn(backend, 1.0, |s| {
             s.messages.dev_outbox = true;
+            tweak(s);
         })
         .await;
         let st = &app.state;
@@ -852,10 +860,9 @@ async fn wrong_passwords_count_and_lock_too() {
     for _ in 0..3 {
         let res = d.enter(&lin, &csrf, &at, wrong).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            code_of(&res.text().await.unwrap()),
-            "counter_password_wrong"
-        );
+        let html = res.text().await.unwrap();
+        assert_eq!(code_of(&html), "counter_password_wrong");
+        crate::helpers::assert_refused_input(&html, "f-password");
     }
     let res = d.enter(&lin, &csrf, &at, wrong).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -921,10 +928,11 @@ async fn clerks_of_another_office_and_bad_requests_are_refused() {
     // Malformed and unknown serials.
     let res = d.scan(&lin, &lcsrf, "O0I1L").await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        code_of(&res.text().await.unwrap()),
-        "counter_serial_malformed"
-    );
+    let html = res.text().await.unwrap();
+    assert_eq!(code_of(&html), "counter_serial_malformed");
+    // The refused serial's input says so and points at the reason (and still at its hint).
+    crate::helpers::assert_refused_input(&html, "f-serial");
+    assert!(crate::helpers::tag_of(&html, "f-serial").contains("h-serial"));
     let res = d.scan(&lin, &lcsrf, &"A".repeat(10_000)).await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // Without a session: to the sign-in page.
@@ -970,7 +978,9 @@ async fn clerks_of_another_office_and_bad_requests_are_refused() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(code_of(&res.text().await.unwrap()), "consent_missing");
+    let html = res.text().await.unwrap();
+    assert_eq!(code_of(&html), "consent_missing");
+    crate::helpers::assert_refused_input(&html, "consent");
     let res = d
         .person
         .post(d.url(&format!("/counter/services/{SERVICE}")))
@@ -1438,10 +1448,9 @@ async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        code_of(&res.text().await.unwrap()),
-        "clerk_sign_in_incomplete"
-    );
+    let html = res.text().await.unwrap();
+    assert_eq!(code_of(&html), "clerk_sign_in_incomplete");
+    crate::helpers::assert_refused_input(&html, "f-totp");
     let mut locked = None;
     let mut wrong_answers = 0;
     for _ in 0..=limits::LOCKOUT_THRESHOLD {
@@ -1466,4 +1475,192 @@ async fn a_clerk_sign_in_locked_by_failures_says_when_to_try_again() {
     let html = res.text().await.unwrap();
     assert_eq!(code_of(&html), "locked_out");
     assert!(html.contains("15 分鐘"), "{html}");
+}
+
+/// The `<dd>` after the `<dt>` labelled `label` on a records page.
+fn record_field(html: &str, label: &str) -> String {
+    let marker = format!("<dt>{label}</dt><dd>");
+    let i = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{marker} not in {html}"))
+        + marker.len();
+    html[i..].split("</dd>").next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_usage_records_name_the_counter_service_as_the_purpose() {
+    let d = Desk::start(Backend::Sqlite).await;
+    d.apply("chiayi-social").await;
+    for (lang, label, name) in [
+        ("zh-TW", "用途", "敬老卡或愛心卡"),
+        (
+            "en",
+            "Purpose",
+            "Senior citizen card or disability concession card",
+        ),
+    ] {
+        let html = d
+            .person
+            .get(d.url(&format!("/records?lang={lang}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // The service's name, never its catalogue ID (which is still what is stored).
+        assert_eq!(record_field(&html, label), name, "{lang}");
+        assert!(!html.contains(SERVICE), "{html}");
+    }
+    let json: serde_json::Value = d
+        .person
+        .get(d.url("/records.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["records"][0]["purpose"], "敬老卡或愛心卡");
+}
+
+#[tokio::test]
+async fn a_dataset_that_could_not_be_fetched_is_explained_in_words_to_the_clerk() {
+    const PARKING: &str = "hualien-disability-parking";
+    let d = Desk::start_with(Backend::Sqlite, |s| s.agencies.fetch_deadline_secs = 30).await;
+    // The office also does a service whose data comes from two agencies; one of them is down.
+    clerk::register_office(
+        &d.app.state,
+        "chiayi-social",
+        "chiayi-county",
+        "嘉義縣政府社會處",
+        "Chiayi County Social Affairs",
+        &[SERVICE.to_owned(), PARKING.to_owned()],
+    )
+    .await
+    .unwrap();
+    d.app.agencies.fault(
+        "motc-highways",
+        mydata_provider_sim::server::FaultConfig {
+            error_rate: 1.0,
+            ..Default::default()
+        },
+    );
+    let res = d
+        .person
+        .post(d.url(&format!("/counter/services/{PARKING}")))
+        .form(&[
+            ("csrf", d.person_csrf.as_str()),
+            ("office", "chiayi-social"),
+            ("consent", "yes"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let id = location(&res)
+        .strip_prefix("/counter/transfers/")
+        .unwrap()
+        .to_owned();
+    // Time passes (in steps, so each retry runs) until the fetch deadline gives up.
+    crate::helpers::eventually_within("the outage settles", Duration::from_secs(60), || async {
+        d.app.clock.advance(Duration::from_secs(5));
+        d.app.transfer(&id).await.state == TransferState::Ready
+    })
+    .await;
+    let failed: Vec<String> = d
+        .app
+        .transfer(&id)
+        .await
+        .datasets
+        .into_iter()
+        .filter(|x| x.status == mydata_store::fetch_status::FAILED)
+        .map(|x| x.dataset_id)
+        .collect();
+    assert_eq!(failed, ["vehicle-registration", "driver-licence"]);
+
+    let serial = d.serial(&id).await;
+    let lin = d.clerk("lin").await;
+    let csrf = d.sit(&lin, "c1").await;
+    let at = location(&d.scan(&lin, &csrf, &serial).await);
+    let password = d.sent_password().await;
+    assert_eq!(
+        d.enter(&lin, &csrf, &at, &password).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let page = |lang: &'static str| {
+        let lin = &lin;
+        let url = d.url(&format!("/clerk/transfers/{id}?lang={lang}"));
+        async move { lin.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let zh = page("zh-TW").await;
+    assert!(!zh.contains("（failed）"), "{zh}");
+    assert!(
+        zh.contains("「車籍資料」未能取得（機關暫時無法提供），此項請依原程序查驗。"),
+        "{zh}"
+    );
+    let en = page("en").await;
+    assert!(!en.contains("(failed)"), "{en}");
+    assert!(
+        en.contains(
+            "Vehicle registration record could not be fetched (the agency was unavailable); check it the usual way."
+        ),
+        "{en}"
+    );
+}
+
+#[tokio::test]
+async fn english_counter_pages_use_english_punctuation() {
+    let d = Desk::start(Backend::Sqlite).await;
+    let id = d.apply("chiayi-social").await;
+    let serial = d.serial(&id).await;
+    let lin = d.clerk("lin").await;
+    let csrf = d.sit(&lin, "c1").await;
+    let at = location(&d.scan(&lin, &csrf, &serial).await);
+    let password = d.sent_password().await;
+    let password_page = get_text(&lin, &d.url(&format!("{at}?lang=en"))).await;
+    assert_eq!(
+        d.enter(&lin, &csrf, &at, &password).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let pages = [
+        (
+            "service",
+            get_text(
+                &d.person,
+                &d.url(&format!("/counter/services/{SERVICE}?lang=en")),
+            )
+            .await,
+        ),
+        (
+            "barcode",
+            get_text(
+                &d.person,
+                &d.url(&format!("/counter/transfers/{id}?lang=en")),
+            )
+            .await,
+        ),
+        ("desk", get_text(&lin, &d.url("/clerk?lang=en")).await),
+        ("password", password_page),
+        (
+            "data",
+            get_text(&lin, &d.url(&format!("/clerk/transfers/{id}?lang=en"))).await,
+        ),
+        (
+            "records",
+            get_text(&d.person, &d.url("/records?lang=en")).await,
+        ),
+    ];
+    for (name, html) in &pages {
+        assert!(html.contains("<html lang=\"en\">"), "{name}");
+        for c in ['：', '（', '）', '、'] {
+            assert!(!html.contains(c), "{name} has {c}: {html}");
+        }
+    }
+}
+
+async fn get_text(c: &reqwest::Client, url: &str) -> String {
+    let res = c.get(url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{url}");
+    res.text().await.unwrap()
 }

@@ -176,3 +176,27 @@ pub async fn assert_problem(res: reqwest::Response, status: u16, code: &str) -> 
     assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
     body
 }
+
+/// The start tag of the element with `id` in `html`.
+pub fn tag_of<'a>(html: &'a str, id: &str) -> &'a str {
+    let marker = format!(" id=\"{id}\"");
+    let at = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no element {id} in {html}"));
+    let start = html[..at].rfind('<').unwrap();
+    let end = at + html[at..].find('>').unwrap();
+    &html[start..=end]
+}
+
+/// Asserts that the input `id` is marked refused and described by the form's error paragraph.
+pub fn assert_refused_input(html: &str, id: &str) {
+    let tag = tag_of(html, id);
+    assert!(tag.contains("aria-invalid=\"true\""), "{tag}");
+    let described = tag
+        .split("aria-describedby=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no aria-describedby in {tag}"));
+    assert!(described.split(' ').any(|i| i == "form-error"), "{tag}");
+    assert!(html.contains("id=\"form-error\""), "{html}");
+}

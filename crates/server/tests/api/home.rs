@@ -165,3 +165,66 @@ async fn stylesheet_is_served() {
     );
     assert!(res.text().await.unwrap().contains("@media"));
 }
+
+/// `html` without the other-language dataset names (`<p class="alt">`), which are Chinese text.
+fn without_alt_names(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(i) = rest.find("<p class=\"alt\"") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find("</p>").unwrap() + i + "</p>".len();
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[tokio::test]
+async fn english_dataset_cards_list_identity_methods_with_commas() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    for path in ["/?lang=en", "/download?lang=en"] {
+        let (s, html, _) = page(&app, path).await;
+        assert_eq!(s, 200, "{path}");
+        let own = without_alt_names(&html);
+        assert!(!own.contains('、'), "{path}: {own}");
+        assert!(
+            own.contains("Citizen digital certificate, TW FidO mobile certificate (passkey)"),
+            "{path}: {own}"
+        );
+    }
+    // Chinese pages keep the Chinese enumeration comma.
+    let (_, zh, _) = page(&app, "/").await;
+    assert!(zh.contains("自然人憑證、"), "{zh}");
+}
+
+/// The `lang` of each `<p class="alt"` (the dataset's name in the other language).
+fn alt_langs(html: &str) -> Vec<String> {
+    html.split("<p class=\"alt\"")
+        .skip(1)
+        .map(|rest| {
+            let tag = rest.split('>').next().unwrap();
+            tag.split("lang=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_other_language_names_say_their_language() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    for (path, other) in [
+        ("/", "en"),
+        ("/download", "en"),
+        ("/?lang=en", "zh-TW"),
+        ("/download?lang=en", "zh-TW"),
+    ] {
+        let (s, html, _) = page(&app, path).await;
+        assert_eq!(s, 200, "{path}");
+        let langs = alt_langs(&html);
+        assert!(!langs.is_empty(), "{path}: {html}");
+        assert!(langs.iter().all(|l| l == other), "{path}: {langs:?}");
+    }
+}

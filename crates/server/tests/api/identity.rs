@@ -245,6 +245,15 @@ async fn dual_id_refusals_never_say_which_field_was_wrong() {
         .await;
         let i = html.find("id=\"form-error\"").unwrap();
         messages.push(html[i..].split("</p>").next().unwrap().to_owned());
+        // Every entry is marked refused alike: none is singled out.
+        for f in [
+            "f-id_number",
+            "f-nhi_card_no",
+            "f-household_no",
+            "f-id_card_issue_date",
+        ] {
+            crate::helpers::assert_refused_input(&html, f);
+        }
     }
     assert!(messages.windows(2).all(|m| m[0] == m[1]), "{messages:?}");
     // Another valid ID number the agencies do not know: the same answer.
@@ -264,12 +273,19 @@ async fn dual_id_refusals_never_say_which_field_was_wrong() {
         id: "A123456788".into(),
         ..p.clone()
     };
-    refused(
+    let html = refused(
         b.dual(&bad, Some(&p.household), None).await,
         401,
         "invalid_id_number",
     )
     .await;
+    // Only the ID number is marked refused; the other inputs still point at the reason.
+    crate::helpers::assert_refused_input(&html, "f-id_number");
+    let card = crate::helpers::tag_of(&html, "f-nhi_card_no");
+    assert!(
+        !card.contains("aria-invalid") && card.contains("form-error"),
+        "{card}"
+    );
     // Neither household number nor date: a form problem, not counted.
     refused(
         b.dual(&p, None, None).await,
@@ -411,13 +427,15 @@ async fn codes_expire_allow_few_attempts_and_are_counted_toward_lockout() {
     let b = w.browser("10.4.0.1");
     let (csrf, code) = to_code_page(&mut w, &b).await;
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    refused(
+    let html = refused(
         b.post("/login/first-use/code", &[("csrf", &csrf), ("code", wrong)])
             .await,
         401,
         "code_wrong",
     )
     .await;
+    // The refused code's input says so and points at the reason.
+    crate::helpers::assert_refused_input(&html, "f-code");
     refused(
         b.post("/login/first-use/code", &[("csrf", &csrf), ("code", wrong)])
             .await,
@@ -902,7 +920,7 @@ async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
         303
     );
     let csrf = b.csrf("/account/password").await;
-    refused(
+    let html = refused(
         b.post(
             "/account/password",
             &[("csrf", &csrf), ("password", "short"), ("confirm", "short")],
@@ -912,6 +930,7 @@ async fn nhi_card_password_is_registered_in_a_level_1_session_only() {
         "password_rejected",
     )
     .await;
+    crate::helpers::assert_refused_input(&html, "f-password");
     let r = b
         .post(
             "/account/password",

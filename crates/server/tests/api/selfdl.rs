@@ -774,3 +774,43 @@ async fn the_data_ready_notice_goes_by_sms_to_a_registered_mobile_number() {
         "one SMS per notice"
     );
 }
+
+/// A dataset's verification problem is the package library's English text: on the Chinese
+/// preview it says it is English.
+#[test]
+fn the_preview_marks_the_english_problem_text_as_english() {
+    use askama::Template;
+    use mydata_server::i18n::Lang;
+    use mydata_server::pages::Chrome;
+    use mydata_server::routes::download::{PreviewDatasetView, PreviewPage};
+    for lang in [Lang::ZhTw, Lang::En] {
+        let p = PreviewPage {
+            chrome: Chrome::new(lang),
+            title: "t",
+            id: "tr-1".into(),
+            caution: "c",
+            receipt: "r".into(),
+            receipt_ok: false,
+            datasets: vec![PreviewDatasetView {
+                id: "household-register-personal".into(),
+                name: "n".into(),
+                agency: "a".into(),
+                verified: false,
+                verdict: "v".into(),
+                problem: Some("the certificate has expired".into()),
+                issued: String::new(),
+                files: Vec::new(),
+            }],
+            issued_label: "i",
+            pdf_title: "p",
+            pdf_open: "o",
+            back: "b",
+            remaining: String::new(),
+        };
+        let html = p.render().unwrap();
+        assert!(
+            html.contains("<code lang=\"en\">the certificate has expired</code>"),
+            "{html}"
+        );
+    }
+}

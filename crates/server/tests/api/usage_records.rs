@@ -1,5 +1,6 @@
-//! The person's own usage records as a file: /records.csv opens straight in a spreadsheet (it has
-//! a BOM), so text that services or the catalogue wrote must not be read as a formula there.
+//! The person's own usage records. As a file: /records.csv opens straight in a spreadsheet (it has
+//! a BOM), so text that services or the catalogue wrote must not be read as a formula there. As a
+//! page: each event is told in words, not by its code.
 
 use crate::helpers::Backend;
 use crate::world::FlowWorld;
@@ -7,7 +8,7 @@ use mydata_core::Clock;
 use mydata_core::transfer::TransferKind;
 use mydata_server::identity::session;
 use mydata_server::records::csv_safe;
-use mydata_store::NewTransfer;
+use mydata_store::{NewAuditEvent, NewTransfer};
 
 #[tokio::test]
 async fn records_csv_neutralises_formulas_in_free_text() {
@@ -65,4 +66,73 @@ async fn records_csv_neutralises_formulas_in_free_text() {
             assert!(csv_safe(cell) == cell, "{cell:?} in {text}");
         }
     }
+}
+
+#[tokio::test]
+async fn online_service_and_receipt_events_are_named_in_words() {
+    let world = FlowWorld::spawn(Backend::Sqlite, 1.0).await;
+    let alice = world.people[0].clone();
+    let pseudonym = session::pseudonym(&world.app.state, &alice.subject());
+    let store = world.app.store();
+    let now = world.app.clock.now();
+    let id = uuid::Uuid::now_v7().to_string();
+    store
+        .create_transfer(
+            &NewTransfer {
+                id: id.clone(),
+                kind: TransferKind::Online,
+                subject: pseudonym.clone(),
+                recipient: Some("svc".into()),
+                purpose: "學雜費減免資格審核".into(),
+                datasets: vec!["household-register-personal".into()],
+            },
+            &pseudonym,
+            now,
+        )
+        .await
+        .unwrap();
+    let kinds = [
+        "service.consent",
+        "service.release",
+        "service.refused",
+        "service.retrieval",
+        "receipt.consent",
+        "receipt.deletion",
+    ];
+    for kind in kinds {
+        store
+            .append_audit(&NewAuditEvent {
+                at: now,
+                kind: kind.into(),
+                subject: Some(pseudonym.clone()),
+                transfer_id: Some(id.clone()),
+                actor: "service:svc".into(),
+                detail: serde_json::json!({}),
+            })
+            .await
+            .unwrap();
+    }
+    let b = world.signed_in(&alice, "198.51.100.1").await;
+    for lang in ["zh-TW", "en"] {
+        let html = b
+            .get(&format!("/records?lang={lang}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        for kind in kinds {
+            let marker = format!("<li data-kind=\"{kind}\">");
+            let i = html
+                .find(&marker)
+                .unwrap_or_else(|| panic!("{kind} not in {html}"));
+            let item = html[i + marker.len()..].split("</li>").next().unwrap();
+            // The words say what happened; the event's code stays in data-kind only.
+            assert!(!item.contains(kind), "{lang}: {item}");
+        }
+    }
+    // The page says who did what in each language.
+    let zh = b.get("/records").await.text().await.unwrap();
+    assert!(zh.contains("線上服務已取得資料"), "{zh}");
+    let en = b.get("/records?lang=en").await.text().await.unwrap();
+    assert!(en.contains("The online service retrieved the data"), "{en}");
 }

@@ -229,7 +229,14 @@ async fn a_passkey_registered_after_a_certificate_sign_in_signs_in_at_level_2() 
         assert_eq!(stored[0].sign_count, 0);
         // The same authenticator again is excluded by the options and refused if it insists.
         let r = b.register_passkey(&mut key, "again").await;
-        refused(r, 409, "passkey_already_registered").await;
+        let html = refused(r, 409, "passkey_already_registered").await;
+        // The device was refused, not the name typed: the button points at the reason.
+        let button = crate::helpers::tag_of(&html, "passkey-register");
+        assert!(
+            button.contains("aria-describedby=\"form-error\""),
+            "{button}"
+        );
+        assert!(!crate::helpers::tag_of(&html, "f-name").contains("aria-invalid"));
 
         b.logout().await;
         let (csrf, ceremony, options) = b.passkey_options(&person.id).await;
