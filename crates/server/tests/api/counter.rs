@@ -1514,7 +1514,7 @@ async fn the_usage_records_name_the_counter_service_as_the_purpose() {
     }
     let json: serde_json::Value = d
         .person
-        .get(d.url("/records.json"))
+        .get(d.url("/records.json?lang=zh-TW"))
         .send()
         .await
         .unwrap()

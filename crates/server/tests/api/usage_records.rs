@@ -131,7 +131,7 @@ async fn online_service_and_receipt_events_are_named_in_words() {
         }
     }
     // The page says who did what in each language.
-    let zh = b.get("/records").await.text().await.unwrap();
+    let zh = b.get("/records?lang=zh-TW").await.text().await.unwrap();
     assert!(zh.contains("線上服務已取得資料"), "{zh}");
     let en = b.get("/records?lang=en").await.text().await.unwrap();
     assert!(en.contains("The online service retrieved the data"), "{en}");
