@@ -200,7 +200,8 @@ async fn jobs_enqueued_while_every_worker_is_busy_all_run_without_waiting_for_th
 #[tokio::test]
 async fn transfers_are_ended_once_their_eight_hours_pass() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        let app = TestApp::spawn(backend).await;
+        // The sweep is called here; the server's own periodic sweep would race it.
+        let app = TestApp::spawn_with(backend, |s| s.jobs.enabled = false).await;
         let t0 = app.clock.now();
         let new = |id: &str| NewTransfer {
             id: id.into(),
