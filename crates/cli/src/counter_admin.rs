@@ -97,7 +97,7 @@ pub struct ListArgs {
 
 async fn server(config: &ConfigArgs) -> anyhow::Result<Server> {
     // The platform's state without serving: an unused loopback port.
-    let settings = config.settings(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    let settings = config.existing(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))))?;
     Server::bind(settings, Arc::new(SystemClock)).await
 }
 

@@ -163,6 +163,31 @@ impl ConfigArgs {
         }
         Ok(s)
     }
+
+    /// Settings for an operator command that works on an existing platform: refused when the
+    /// embedded database is not there, so a mistyped `--data-dir` does not quietly set up a new,
+    /// empty platform (keys, database) and report on or change that one instead.
+    pub(crate) fn existing(&self, listen: Option<SocketAddr>) -> anyhow::Result<Settings> {
+        let s = self.settings(listen)?;
+        if let Some(file) = sqlite_file(&s.database_url())
+            && !file.is_file()
+        {
+            anyhow::bail!(
+                "no mydata database at {}: check --data-dir (`mydata migrate` creates one)",
+                file.display()
+            );
+        }
+        Ok(s)
+    }
+}
+
+/// The file of an SQLite database URL (`sqlite://PATH` or `sqlite:PATH`, options after `?`).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
 fn main() -> ExitCode {
@@ -334,9 +359,14 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
     anyhow::bail!("the server did not answer {base}/healthz within 10 seconds")
 }
 
-/// Opens the configured database (without migrating it), for the operator commands.
+/// Opens the configured database (without migrating it), for the operator commands; it must
+/// exist already (see [`ConfigArgs::existing`]).
 pub(crate) async fn open_store(args: &ConfigArgs) -> anyhow::Result<(mydata_store::Store, String)> {
-    let settings = args.settings(None)?;
+    let settings = args.existing(None)?;
+    connect(&settings).await
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<(mydata_store::Store, String)> {
     let url = mydata_server::serve::redact_url(&settings.database_url());
     let store = mydata_store::Store::connect(&settings.database_url(), &Default::default())
         .await
@@ -345,7 +375,8 @@ pub(crate) async fn open_store(args: &ConfigArgs) -> anyhow::Result<(mydata_stor
 }
 
 async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
-    let (store, url) = open_store(&args).await?;
+    // The one operator command that creates the database.
+    let (store, url) = connect(&args.settings(None)?).await?;
     store.migrate().await.context("migration failed")?;
     store.close().await;
     println!("database schema is up to date ({url})");
