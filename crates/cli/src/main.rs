@@ -264,6 +264,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     mydata_server::telemetry::init(settings.log.format, &settings.log.level);
+    // A demo started twice on one port must fail before it writes the demo's cards, agency root
+    // and example-service registration over the running one's. (The platform binds it again below.)
+    if settings.listen.port() != 0 {
+        drop(
+            std::net::TcpListener::bind(settings.listen)
+                .with_context(|| format!("cannot listen on {}", settings.listen))?,
+        );
+    }
     card_agent::write_demo_cards(&settings.data_dir).await?;
     card_agent::configure_identity(&mut settings)?;
     let agencies =

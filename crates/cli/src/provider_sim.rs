@@ -52,6 +52,10 @@ pub struct ProviderSimArgs {
 
 /// Bind, print the URL on the first line of stdout once ready, serve until SIGTERM or Ctrl-C.
 pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
+    // The port first: a simulator started twice fails before it replaces the first one's key.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let (platform_key, generated) = match &args.platform_key {
         Some(path) => (read_key(path)?, None),
         None => {
@@ -71,9 +75,6 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
     config.render_pdf = !args.no_pdf;
     let sim = Simulator::new(config, Arc::new(mydata_core::SystemClock))?;
     let app = router(Arc::new(sim)).await;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("http://{addr}");
     if let Some(path) = generated {

@@ -306,6 +306,61 @@ async fn demo_prints_its_url_once_healthy_serves_the_catalogue_and_stops_on_sigt
     assert!(status.success(), "{status}");
 }
 
+/// A demo started again on the running one's port and folder (a common slip) fails in one line
+/// and leaves the running one alone: its example service's registration, demo cards and database.
+#[tokio::test]
+async fn a_second_demo_on_a_taken_port_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, url) = start("demo", dir.path(), &[]).await;
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let store = mydata_store::Store::connect(
+        &format!("sqlite://{}/mydata.db", dir.path().display()),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let client = || async {
+        store
+            .client("k12-tuition-reduction")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let before = client().await;
+    let cards = std::fs::read_dir(dir.path().join("demo"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let o = tokio::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .env_remove("MYDATA_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.trim().lines().last().unwrap_or_default().to_owned();
+    assert!(last.contains("cannot listen"), "{err}");
+    let after = client().await;
+    assert_eq!(
+        (after.jwks, after.redirect_uris, after.updated_at),
+        (before.jwks, before.redirect_uris, before.updated_at)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("demo"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        cards
+    );
+    store.close().await;
+    drop(child);
+}
+
 #[tokio::test]
 async fn serve_runs_on_postgres_selected_by_url() {
     let db = mydata_store::testing::fresh_postgres().await.unwrap();

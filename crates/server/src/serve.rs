@@ -55,6 +55,11 @@ pub struct Server {
 impl Server {
     /// Loads the catalogue, connects to and migrates the database, and binds the listening socket.
     pub async fn bind(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // The port first: a second process started on a taken port fails before it creates keys,
+        // migrates or rewrites the configured registrations of the platform it shares a folder with.
+        let listener = std::net::TcpListener::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        listener.set_nonblocking(true)?;
         let catalog = load_catalog(settings.catalog_dir().as_deref())?;
         let platform = crate::keys::load_or_create_platform_signer(&settings)?;
         let identity = crate::identity::Identity::load(&settings)?;
@@ -82,9 +87,6 @@ impl Server {
         identity.check_keys(&store, clock.now()).await?;
         crate::oauth::clients::load_configured(&store, &catalog, &settings.oauth, clock.now())
             .await?;
-        let listener = std::net::TcpListener::bind(settings.listen)
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        listener.set_nonblocking(true)?;
         tracing::info!(
             datasets = catalog.datasets().len(),
             services = catalog.services().len(),
