@@ -15,7 +15,7 @@ pub struct CardAgentArgs {
     #[arg(long, value_name = "FILE.p12")]
     card: PathBuf,
     /// Loopback address and port to listen on.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:61161")]
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:61161", value_parser = crate::listen_addr)]
     listen: SocketAddr,
     /// Web origin allowed to call the agent from a browser (repeat for several). The default
     /// allows `mydata demo` on its default port by address and by name (passkeys need the name).

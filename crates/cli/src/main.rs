@@ -132,9 +132,22 @@ pub(crate) struct ConfigArgs {
 struct ServerArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Address and port to listen on [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Address and port to listen on; a host name is resolved [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "HOST:PORT", value_parser = listen_addr)]
     listen: Option<SocketAddr>,
+}
+
+/// `HOST:PORT` as an address to listen on: an IP address, or a name resolved now
+/// (`localhost:8080`), its first address taken.
+pub(crate) fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("not an address and port (HOST:PORT): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s} does not resolve to an address"))
 }
 
 #[derive(Debug, Args)]
@@ -191,7 +204,10 @@ fn sqlite_file(url: &str) -> Option<PathBuf> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(worker_threads());
@@ -216,6 +232,36 @@ fn worker_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .clamp(1, 64)
+}
+
+/// Help and version as clap prints them; a wrong argument on one line (clap's own message, first
+/// line, plus where to look), exit status 2 as clap's.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return match e.kind() {
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(2),
+            _ => ExitCode::SUCCESS,
+        };
+    }
+    // clap's first paragraph (a missing argument lists them on the lines after the first).
+    let text = e.render().to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let first = first.join(" ");
+    let first = first.strip_prefix("error: ").unwrap_or(&first);
+    eprintln!("mydata: error: {first} (see --help)");
+    ExitCode::from(2)
 }
 
 /// Prints the error and its causes on one line.

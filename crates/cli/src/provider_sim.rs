@@ -17,7 +17,7 @@ const GENERATED_KEY: &str = "provider-sim-platform-key.pem";
 pub struct ProviderSimArgs {
     /// Address and port to listen on. The simulator holds synthetic data only, but it has no TLS:
     /// keep it on loopback.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8090")]
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8090", value_parser = crate::listen_addr)]
     listen: SocketAddr,
     /// Speed-up of dataset preparation: 60 makes a 60-minute dataset ready in one minute.
     #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]

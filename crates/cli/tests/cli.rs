@@ -899,6 +899,54 @@ async fn audit_export_writes_an_agencys_and_a_services_records_as_csv_and_json()
     }
 }
 
+/// A wrong argument is one line on stderr with exit status 2, as a script expects; `--listen`
+/// takes a host name as its `HOST:PORT` says.
+#[tokio::test]
+async fn a_wrong_argument_is_one_line_and_listen_takes_a_host_name() {
+    for args in [
+        vec!["serve", "--bogus"],
+        vec!["serve", "--listen", "nohost:x"],
+        vec!["counter", "add-office", "--id", "o1"],
+    ] {
+        let o = mydata(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr_line(&o);
+        assert!(
+            err.starts_with("mydata: error: ") && err.ends_with("(see --help)"),
+            "{err}"
+        );
+    }
+    let missing = stderr_line(&mydata(&["counter", "add-office", "--id", "o1"]));
+    assert!(
+        missing.contains("--agency"),
+        "names what is missing: {missing}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["demo", "--listen", "localhost:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("MYDATA_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(url.starts_with("http://"), "{url}");
+    assert_eq!(
+        reqwest::get(format!("{url}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
 /// An operator command pointed at a folder with no platform in it (a mistyped `--data-dir`) says
 /// so in one line and creates nothing there: no keys, no empty database to report on or change.
 #[test]
