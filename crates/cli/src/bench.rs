@@ -71,6 +71,7 @@ async fn load(args: &LoadArgs, paths: &[&str]) -> anyhow::Result<()> {
     let base = base.as_str().trim_end_matches('/').to_owned();
     let concurrency = args.concurrency.clamp(1, 1024);
     let client = reqwest::Client::builder()
+        .no_proxy()
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(10))
         .build()?;

@@ -233,6 +233,7 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
     let base = base.as_str().trim_end_matches('/').to_owned();
     let concurrency = args.concurrency.clamp(1, 1024);
     let admin = reqwest::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;
     let health = admin
@@ -250,6 +251,7 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
     register(&admin, &base, &args.admin_token, &keys).await?;
     let mut config = ServiceConfig::new(&base, CLIENT_ID, REDIRECT, keys);
     config.http = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(10))
@@ -591,6 +593,7 @@ fn demo_cards(dir: &std::path::Path, n: usize) -> anyhow::Result<Vec<mydata_card
 /// platform also registers a contact address with the code from `/dev/outbox`.
 async fn sign_in(base: &str, card: &mydata_card::OpenedCard, i: usize) -> anyhow::Result<Person> {
     let http = reqwest::Client::builder()
+        .no_proxy()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

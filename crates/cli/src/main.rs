@@ -359,8 +359,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         agencies.sample_person
     );
     counter_admin::demo_desk(server.state()).await?;
-    let running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
-    wait_healthy(&base).await?;
+    let mut running = tokio::spawn(server.run_until(mydata_server::shutdown_signal()));
+    // A server that stops while starting (a TLS file it cannot read, say) says why at once.
+    tokio::select! {
+        ready = wait_healthy(&base) => ready?,
+        ended = &mut running => {
+            ended.context("server task failed")??;
+            anyhow::bail!("the server stopped before it answered {base}/healthz");
+        }
+    }
     // WebAuthn refuses IP addresses: the same server reached as `localhost` is where passkeys work.
     let by_name = base.replace("127.0.0.1", "localhost");
     eprintln!(
@@ -397,10 +404,12 @@ fn example_registration(
     }
 }
 
-/// Polls `/healthz` until it answers 200, for at most 10 seconds.
+/// Polls `/healthz` until it answers 200, for at most 10 seconds (directly: an `http_proxy` in the
+/// environment is not asked for a loopback address).
 async fn wait_healthy(base: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
+        .no_proxy()
         .build()?;
     for _ in 0..100 {
         if let Ok(r) = client.get(format!("{base}/healthz")).send().await

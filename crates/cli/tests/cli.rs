@@ -947,6 +947,45 @@ async fn a_wrong_argument_is_one_line_and_listen_takes_a_host_name() {
     );
 }
 
+/// A demo whose server stops while starting (a TLS certificate it cannot read) names that cause,
+/// not a health check that timed out; and an `http_proxy` in the environment does not stand
+/// between the demo and its own loopback health check.
+#[tokio::test]
+async fn a_demo_that_cannot_start_says_why_and_a_proxy_is_not_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tokio::process::Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("MYDATA_CONFIG")
+        .env("MYDATA_TLS__CERT", "/nonexistent/cert.pem")
+        .env("MYDATA_TLS__KEY", "/nonexistent/key.pem")
+        .output()
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("/nonexistent/") && !last.contains("healthz"),
+        "{err}"
+    );
+    // A proxy nobody answers at: the demo still finds itself ready.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (_child, url) = start(
+        "demo",
+        dir.path(),
+        &[
+            ("http_proxy", &proxy),
+            ("HTTP_PROXY", &proxy),
+            ("NO_PROXY", ""),
+        ],
+    )
+    .await;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+}
+
 /// An operator command pointed at a folder with no platform in it (a mistyped `--data-dir`) says
 /// so in one line and creates nothing there: no keys, no empty database to report on or change.
 #[test]
