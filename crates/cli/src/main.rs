@@ -182,7 +182,12 @@ impl ConfigArgs {
     /// empty platform (keys, database) and report on or change that one instead.
     pub(crate) fn existing(&self, listen: Option<SocketAddr>) -> anyhow::Result<Settings> {
         let s = self.settings(listen)?;
-        if let Some(file) = sqlite_file(&s.database_url())
+        let file = if s.database.url.is_empty() {
+            Some(s.data_dir.join("mydata.db"))
+        } else {
+            sqlite_file(&s.database.url)
+        };
+        if let Some(file) = file
             && !file.is_file()
         {
             anyhow::bail!(

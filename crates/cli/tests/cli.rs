@@ -215,6 +215,27 @@ fn migrate_creates_the_sqlite_database() {
     );
 }
 
+/// The embedded database lives in the folder given, whatever characters its name holds (a `%`,
+/// a `?`); an empty folder setting is refused rather than put at `/mydata.db`.
+#[test]
+fn the_database_is_where_the_data_dir_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("a%62c?x#y");
+    let o = mydata(&["migrate", "--data-dir", odd.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(odd.join("mydata.db").is_file());
+    assert!(!dir.path().join("abc").exists());
+    let o = Command::new(BIN)
+        .arg("migrate")
+        .env_remove("MYDATA_CONFIG")
+        .env("MYDATA_DATA_DIR", "")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr_line(&o).contains("data_dir"));
+}
+
 #[tokio::test]
 async fn migrate_works_on_postgres() {
     let db = mydata_store::testing::fresh_postgres().await.unwrap();

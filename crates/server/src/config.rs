@@ -356,6 +356,12 @@ impl Settings {
     /// Checks rules that types alone do not express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, msg: &str| Err(ConfigError(format!("config key `{key}`: {msg}")));
+        if self.data_dir.as_os_str().is_empty() {
+            return bad(
+                "data_dir",
+                "must not be empty (the default is ./mydata-data)",
+            );
+        }
         if self.http.body_limit_bytes == 0 {
             return bad("http.body_limit_bytes", "must be at least 1");
         }
@@ -447,7 +453,19 @@ impl Settings {
     /// The database URL to use: the configured one, or SQLite inside the data folder.
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
-            format!("sqlite://{}/mydata.db", self.data_dir.display())
+            // The URL's path is percent-decoded and cut at `?` and `#`: a folder name holding
+            // those characters is written so that it reads back as itself.
+            let dir = self.data_dir.display().to_string();
+            let mut escaped = String::with_capacity(dir.len());
+            for c in dir.chars() {
+                match c {
+                    '%' => escaped.push_str("%25"),
+                    '?' => escaped.push_str("%3F"),
+                    '#' => escaped.push_str("%23"),
+                    c => escaped.push(c),
+                }
+            }
+            format!("sqlite://{escaped}/mydata.db")
         } else {
             self.database.url.clone()
         }
