@@ -33,6 +33,7 @@ pub struct ExportArgs {
     /// before which to stop.
     #[arg(long, value_name = "DATE")]
     to: String,
+    /// csv (a spreadsheet, formulas neutralised) or json (one object with the records).
     #[arg(long, value_enum, default_value = "csv")]
     format: Format,
     /// Write to this file instead of standard output.

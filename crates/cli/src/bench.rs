@@ -137,6 +137,13 @@ async fn load(args: &LoadArgs, paths: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Worker `w`'s part of `max` requests shared by `workers`: together exactly `max` (workers past
+/// it get none), not at least one each.
+fn share_of(max: u64, workers: usize, w: usize) -> u64 {
+    let n = workers.max(1) as u64;
+    max / n + u64::from((w as u64) < max % n)
+}
+
 #[derive(Debug, Default)]
 struct WorkerResult {
     latencies_us: Vec<u64>,
@@ -151,14 +158,14 @@ async fn run_phase(
     max: u64,
 ) -> Vec<WorkerResult> {
     let deadline = Instant::now() + duration;
-    let per_worker = (max / concurrency as u64).max(1);
     let mut tasks = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
         let client = client.clone();
         let urls = Arc::clone(urls);
+        let share = share_of(max, concurrency, w);
         tasks.push(tokio::spawn(async move {
             let mut r = WorkerResult::default();
-            for n in 0..per_worker {
+            for n in 0..share {
                 if Instant::now() >= deadline {
                     break;
                 }
@@ -188,6 +195,16 @@ async fn run_phase(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_cap_is_shared_exactly() {
+        for (max, workers) in [(5, 32), (100, 32), (0, 4), (7, 1), (u64::MAX, 16)] {
+            let total: u128 = (0..workers)
+                .map(|w| u128::from(share_of(max, workers, w)))
+                .sum();
+            assert_eq!(total, u128::from(max), "{max} over {workers}");
+        }
+    }
 
     #[test]
     fn only_loopback_targets_are_accepted() {
