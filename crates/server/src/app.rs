@@ -188,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/clerk/supervisor", get(clerk::supervisor))
         .route("/static/download.js", get(download_script))
+        .route("/static/consent.js", get(consent_script))
         .route("/download", get(download::choose).post(download::start))
         .route("/download/terms", get(download::terms))
         .route("/download/consent", get(download::consent_form))
@@ -255,32 +256,29 @@ async fn back_to_desk(uri: axum::http::Uri) -> axum::response::Redirect {
 }
 
 async fn login_script() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        crate::pages::LOGIN_JS,
-    )
+    script(crate::pages::LOGIN_JS)
 }
 
 async fn passkey_script() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        crate::pages::PASSKEY_JS,
-    )
+    script(crate::pages::PASSKEY_JS)
 }
 
 async fn download_script() -> impl IntoResponse {
+    script(crate::pages::DOWNLOAD_JS)
+}
+
+async fn consent_script() -> impl IntoResponse {
+    script(crate::pages::CONSENT_JS)
+}
+
+/// A page script, cached an hour.
+fn script(body: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
-        crate::pages::DOWNLOAD_JS,
+        body,
     )
 }
 

@@ -293,4 +293,6 @@ pub const LOGIN_JS: &str = include_str!("../static/login.js");
 
 /// The self-download pages' script (live progress, one consent per click): `/static/download.js`.
 pub const DOWNLOAD_JS: &str = include_str!("../static/download.js");
+/// The OAuth wait step's script (see the file).
+pub const CONSENT_JS: &str = include_str!("../static/consent.js");
 pub const PASSKEY_JS: &str = include_str!("../static/passkey.js");

@@ -262,6 +262,24 @@ async fn instant_agencies_lead_straight_to_the_confirmation(backend: Backend) {
         .expect("a later look is not held");
     let page = look.text().await.unwrap();
     assert!(page.contains("data-step=\"wait\""), "{page}");
+    // It looks again by script, not by reloading itself (which moves a screen reader back to the
+    // top every few seconds); only without script does the page refresh.
+    assert!(
+        page.contains("<script src=\"/static/consent.js\""),
+        "{page}"
+    );
+    let outside = page.replace(
+        "<noscript><meta http-equiv=\"refresh\" content=\"3\"></noscript>",
+        "",
+    );
+    assert!(!outside.contains("http-equiv=\"refresh\""), "{page}");
+    let js = b.get("/static/consent.js").await;
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
 }
 
 #[tokio::test]
