@@ -64,6 +64,20 @@ impl Chrome {
     }
 }
 
+/// A dataset's fetch status in a few words, for the person's pages (the consent confirmation, the
+/// counter barcode page). Only a status not settled yet reads as "being fetched".
+pub fn fetch_status_label(status: &str, lang: Lang) -> &'static str {
+    use mydata_store::fetch_status as st;
+    match status {
+        st::SUCCEEDED => lang.pick("已取得並驗證", "fetched and verified"),
+        st::REFUSED => lang.pick("機關未提供", "not provided by the agency"),
+        st::REJECTED => lang.pick("未通過驗證，已丟棄", "failed verification, discarded"),
+        st::FAILED => lang.pick("機關暫時無法提供", "the agency was unavailable"),
+        st::PENDING | st::NOT_READY => lang.pick("取得中", "being fetched"),
+        _ => lang.pick("狀態不明", "status unknown"),
+    }
+}
+
 /// A dataset as a card on the home page.
 #[derive(Debug)]
 pub struct DatasetCard {
@@ -296,3 +310,26 @@ pub const DOWNLOAD_JS: &str = include_str!("../static/download.js");
 /// The OAuth wait step's script (see the file).
 pub const CONSENT_JS: &str = include_str!("../static/consent.js");
 pub const PASSKEY_JS: &str = include_str!("../static/passkey.js");
+
+#[cfg(test)]
+mod tests {
+    use super::fetch_status_label;
+    use crate::i18n::Lang;
+    use mydata_store::fetch_status as st;
+
+    #[test]
+    fn a_settled_dataset_never_reads_as_being_fetched() {
+        let pending = fetch_status_label(st::PENDING, Lang::En);
+        for s in [st::SUCCEEDED, st::REFUSED, st::REJECTED, st::FAILED] {
+            assert!(st::is_settled(s));
+            for lang in [Lang::ZhTw, Lang::En] {
+                assert_ne!(
+                    fetch_status_label(s, lang),
+                    fetch_status_label(st::PENDING, lang),
+                    "{s}"
+                );
+            }
+        }
+        assert_eq!(fetch_status_label(st::NOT_READY, Lang::En), pending);
+    }
+}

@@ -698,12 +698,7 @@ fn dataset_lines(
                 None => (String::new(), true),
                 Some(s) => {
                     let ok = s == mydata_store::fetch_status::SUCCEEDED;
-                    let text = match s {
-                        mydata_store::fetch_status::SUCCEEDED => lang.pick("已取得", "fetched"),
-                        "failed" | "refused" => lang.pick("無法取得", "could not be fetched"),
-                        _ => lang.pick("取得中", "being fetched"),
-                    };
-                    (text.to_owned(), ok)
+                    (crate::pages::fetch_status_label(s, lang).to_owned(), ok)
                 }
             };
             DatasetLine {

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use mydata_core::Timestamp;
 use mydata_core::catalog::{Service, ServiceMode};
 use mydata_core::transfer::{TransferKind, TransferState};
-use mydata_store::{CounterTransferRow, OfficeRow, Transfer, fetch_status};
+use mydata_store::{CounterTransferRow, OfficeRow, Transfer};
 use serde::Deserialize;
 
 pub(crate) fn page<T: Template>(
@@ -525,12 +525,7 @@ async fn own_transfer(
 }
 
 fn status_text(status: &str, lang: Lang) -> &'static str {
-    match status {
-        fetch_status::SUCCEEDED => lang.pick("已取得並驗證", "fetched and verified"),
-        fetch_status::FAILED => lang.pick("取得失敗", "could not be fetched"),
-        fetch_status::REFUSED => lang.pick("機關拒絕提供", "refused by the agency"),
-        _ => lang.pick("取得中", "being fetched"),
-    }
+    crate::pages::fetch_status_label(status, lang)
 }
 
 /// `GET /counter/transfers/{id}`
