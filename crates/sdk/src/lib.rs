@@ -445,12 +445,14 @@ impl Service {
             .sign(&keys.dpop_header, claims.to_string().as_bytes()))
     }
 
-    /// Where `token`'s package is fetched.
-    pub fn package_url(&self, token: &Token) -> String {
-        format!(
+    /// Where `token`'s package is fetched; refuses a transfer id that is not one plain path
+    /// segment (the token would be sent to another path).
+    pub fn package_url(&self, token: &Token) -> Result<String, Error> {
+        check_transfer_id(&token.transfer_id)?;
+        Ok(format!(
             "{}/api/v1/transfers/{}/package",
             self.metadata.issuer, token.transfer_id
-        )
+        ))
     }
 
     /// A GET of `url` (a resource of the platform) with `token`: `Authorization: DPoP` and a fresh
@@ -610,17 +612,25 @@ impl Service {
             return Err(refused(res).await);
         }
         let body: serde_json::Value = res.json().await?;
-        let details = body
-            .get("authorization_details")
-            .and_then(|d| d.get(0))
-            .cloned()
-            .unwrap_or_default();
         let s = |v: &serde_json::Value, k: &str| {
             v.get(k)
                 .and_then(|x| x.as_str())
                 .unwrap_or_default()
                 .to_owned()
         };
+        // Without these the next call would be to `/transfers//package` with an empty token.
+        let missing = |what: &str| Error::Invalid(format!("the token response has no {what}"));
+        let access_token = Some(s(&body, "access_token"))
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| missing("access_token"))?;
+        let details = body
+            .get("authorization_details")
+            .and_then(|d| d.get(0))
+            .ok_or_else(|| missing("authorization_details"))?;
+        let transfer_id = Some(s(details, "transfer_id"))
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| missing("transfer_id in authorization_details"))?;
+        check_transfer_id(&transfer_id)?;
         let token_type = s(&body, "token_type");
         if self.config.dpop && !token_type.eq_ignore_ascii_case("DPoP") {
             return Err(Error::Invalid(format!(
@@ -628,9 +638,9 @@ impl Service {
             )));
         }
         Ok(Token {
-            access_token: s(&body, "access_token"),
+            access_token,
             token_type,
-            transfer_id: s(&details, "transfer_id"),
+            transfer_id,
             datasets: details
                 .get("datasets")
                 .and_then(|d| d.as_array())
@@ -661,7 +671,7 @@ impl Service {
         token: &Token,
         max_wait: Duration,
     ) -> Result<Envelope, Error> {
-        let url = self.package_url(token);
+        let url = self.package_url(token)?;
         let deadline = tokio::time::Instant::now() + max_wait;
         // Bounded: every round either returns or waits at least one second.
         for _ in 0..10_000 {
@@ -712,6 +722,19 @@ impl Service {
     }
 }
 
+/// A transfer id goes into the package URL's path: refuse one that is empty, a dot segment, or
+/// could end, escape or split the segment there.
+fn check_transfer_id(id: &str) -> Result<(), Error> {
+    let bad =
+        |c: char| matches!(c, '/' | '\\' | '?' | '#' | '%') || c.is_whitespace() || c.is_control();
+    if id.is_empty() || id == "." || id == ".." || id.chars().any(bad) {
+        return Err(Error::Invalid(format!(
+            "the transfer id {id:?} is not one plain URL path segment"
+        )));
+    }
+    Ok(())
+}
+
 fn ec_key(k: &serde_json::Value) -> Option<p256::ecdsa::VerifyingKey> {
     if k.get("kty")?.as_str()? != "EC" || k.get("crv")?.as_str()? != "P-256" {
         return None;
@@ -756,17 +779,13 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A platform that answers the package endpoint with 503 (Retry-After 1) `outages` times, then
-    /// with an envelope; counts the calls.
-    async fn platform(outages: usize) -> (String, Arc<AtomicUsize>) {
-        use axum::response::IntoResponse as _;
+    /// A stub platform on a loopback port: its metadata (every endpoint under its base) and
+    /// `routes`.
+    async fn serve(routes: axum::Router) -> String {
         use axum::routing::get;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let kem = HpkeKeyPair::generate().public_jwk();
-        let sig = ec_public_jwk(&<SigningKey as p256::elliptic_curve::Generate>::generate());
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (b, seen) = (base.clone(), calls.clone());
+        let b = base.clone();
         let app = axum::Router::new()
             .route(
                 "/.well-known/oauth-authorization-server",
@@ -778,27 +797,57 @@ mod tests {
                     }))
                 }),
             )
-            .route(
-                "/jwks",
-                get(move || async move { axum::Json(serde_json::json!({ "keys": [kem, sig] })) }),
-            )
-            .route(
-                "/api/v1/transfers/t1/package",
-                get(move || async move {
-                    let n = seen.fetch_add(1, Ordering::SeqCst);
-                    if n < outages {
-                        let body = r#"{"error":"temporarily_unavailable","error_description":"no database"}"#;
-                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], body).into_response();
-                    }
-                    let envelope = serde_json::json!({
-                        "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
-                        "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c",
-                    });
-                    axum::Json(envelope).into_response()
-                }),
-            );
+            .merge(routes);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (base, calls)
+        base
+    }
+
+    /// `/jwks` with a fresh X25519 and ES256 key.
+    fn jwks() -> axum::Router {
+        let kem = HpkeKeyPair::generate().public_jwk();
+        let sig = ec_public_jwk(&<SigningKey as p256::elliptic_curve::Generate>::generate());
+        axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || async move {
+                axum::Json(serde_json::json!({ "keys": [kem, sig] }))
+            }),
+        )
+    }
+
+    /// A stub platform with keys and `routes`.
+    async fn stub(routes: axum::Router) -> String {
+        serve(jwks().merge(routes)).await
+    }
+
+    /// A platform that answers the package endpoint with 503 (Retry-After 1) `outages` times, then
+    /// with an envelope; counts the calls.
+    async fn platform(outages: usize) -> (String, Arc<AtomicUsize>) {
+        use axum::response::IntoResponse as _;
+        use axum::routing::get;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/transfers/t1/package",
+            get(move || async move {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                if n < outages {
+                    let body =
+                        r#"{"error":"temporarily_unavailable","error_description":"no database"}"#;
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "1")],
+                        body,
+                    )
+                        .into_response();
+                }
+                let envelope = serde_json::json!({
+                    "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
+                    "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c",
+                });
+                axum::Json(envelope).into_response()
+            }),
+        );
+        (stub(app).await, calls)
     }
 
     /// The service discovered at a stub platform, with the platform's call count.
@@ -837,5 +886,109 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A platform whose token endpoint answers 200 with `body` (the service without DPoP).
+    async fn token_endpoint(body: serde_json::Value) -> Service {
+        let app = axum::Router::new().route(
+            "/oauth/token",
+            axum::routing::post(move || async move { axum::Json(body) }),
+        );
+        let config =
+            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
+                .without_dpop();
+        Service::discover(config).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_response_without_token_or_transfer_is_refused_by_name() {
+        let details = serde_json::json!([{ "type": "mydata_transfer", "transfer_id": "t1", "datasets": ["d"] }]);
+        let full = serde_json::json!({
+            "access_token": "at", "token_type": "Bearer", "expires_in": 60,
+            "authorization_details": details,
+        });
+        let service = token_endpoint(full.clone()).await;
+        let token = service.exchange("code", "verifier").await.unwrap();
+        assert_eq!(
+            (token.access_token.as_str(), token.transfer_id.as_str()),
+            ("at", "t1")
+        );
+        for (drop, named) in [
+            ("access_token", "access_token"),
+            ("authorization_details", "authorization_details"),
+            ("transfer_id", "transfer_id"),
+        ] {
+            let mut body = full.clone();
+            if drop == "transfer_id" {
+                body["authorization_details"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove(drop);
+            } else {
+                body.as_object_mut().unwrap().remove(drop);
+            }
+            let err = token_endpoint(body)
+                .await
+                .exchange("code", "verifier")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::Invalid(m) if m.contains(named)),
+                "without {drop}: {err:?}"
+            );
+        }
+        let mut empty = full.clone();
+        empty["access_token"] = "".into();
+        let err = token_endpoint(empty)
+            .await
+            .exchange("code", "verifier")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid(m) if m.contains("access_token")),
+            "{err:?}"
+        );
+        let mut odd = full;
+        odd["authorization_details"][0]["transfer_id"] = "../t1".into();
+        let err = token_endpoint(odd)
+            .await
+            .exchange("code", "verifier")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid(m) if m.contains("transfer")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transfer_id_that_is_not_one_path_segment_is_not_put_in_the_url() {
+        let (service, calls) = service_of(platform(0).await).await;
+        assert!(
+            service
+                .package_url(&token())
+                .unwrap()
+                .ends_with("/api/v1/transfers/t1/package")
+        );
+        for id in [
+            "", "a/b", "a?b", "a#b", "a%2Fb", "a b", "a\tb", "a\\b", ".", "..",
+        ] {
+            let t = Token {
+                transfer_id: id.into(),
+                ..token()
+            };
+            assert!(
+                matches!(service.package_url(&t), Err(Error::Invalid(_))),
+                "{id:?}"
+            );
+            assert!(
+                matches!(
+                    service.fetch_envelope(&t, Duration::from_secs(1)).await,
+                    Err(Error::Invalid(_))
+                ),
+                "{id:?}"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
     }
 }
