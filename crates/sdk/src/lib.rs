@@ -658,46 +658,54 @@ impl Service {
     }
 
     /// Retrieves the sealed package once and opens it: polls while the platform answers 202 (not
-    /// ready) or 503 (its database out of reach: nothing changed), waiting what `Retry-After`
-    /// says (at most `max_wait` in all).
+    /// ready), 429 (too many requests) or 503 (its database out of reach: nothing changed),
+    /// waiting what `Retry-After` says (seconds or an HTTP-date; at least 1 s), at most `max_wait`
+    /// in all. When the platform asks for a wait past `max_wait`, or longer than 300 s (more than
+    /// it ever asks), it stops at once: [`Error::NotReady`] for 202, the platform's
+    /// [`Error::Refused`] otherwise. `Duration::MAX` means no limit of the caller's.
     pub async fn package(&self, token: &Token, max_wait: Duration) -> Result<Vec<u8>, Error> {
         let envelope = self.fetch_envelope(token, max_wait).await?;
         self.open(token, &envelope)
     }
 
-    /// The raw envelope (for services that store it before opening).
+    /// The raw envelope (for services that store it before opening); polls as
+    /// [`Service::package`] does.
     pub async fn fetch_envelope(
         &self,
         token: &Token,
         max_wait: Duration,
     ) -> Result<Envelope, Error> {
         let url = self.package_url(token)?;
-        let deadline = tokio::time::Instant::now() + max_wait;
+        let deadline = deadline_after(tokio::time::Instant::now(), max_wait);
         // Bounded: every round either returns or waits at least one second.
         for _ in 0..10_000 {
-            let res = self.resource_get(token, &url)?.send().await?;
+            // Each request only within what is left of max_wait (a platform that does not answer
+            // would otherwise hold the caller for the client's own timeout).
+            let sent = self.resource_get(token, &url)?.send();
+            let res = tokio::time::timeout_at(deadline, sent)
+                .await
+                .map_err(|_| Error::NotReady)??;
             match res.status().as_u16() {
                 200 => {
+                    // Not cut at the deadline: the platform hands the package over only once.
                     let bytes = res.bytes().await?;
                     return serde_json::from_slice(&bytes)
                         .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
                 }
-                status @ (202 | 503) => {
-                    let wait = res
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(1)
-                        .clamp(1, 300);
-                    let next = tokio::time::Instant::now() + Duration::from_secs(wait);
-                    if next > deadline {
+                status @ (202 | 429 | 503) => {
+                    let wait = retry_after(res.headers(), self.wall_clock())
+                        .unwrap_or(MIN_RETRY_AFTER)
+                        .max(MIN_RETRY_AFTER);
+                    // Polling before the time the platform gave would only be refused again.
+                    let next = tokio::time::Instant::now().checked_add(wait);
+                    let fits = next.filter(|n| *n <= deadline && wait <= MAX_RETRY_AFTER);
+                    let Some(next) = fits else {
                         return Err(if status == 202 {
                             Error::NotReady
                         } else {
                             refused(res).await
                         });
-                    }
+                    };
                     tokio::time::sleep_until(next).await;
                 }
                 410 => return Err(Error::Gone),
@@ -705,6 +713,14 @@ impl Service {
             }
         }
         Err(Error::NotReady)
+    }
+
+    /// The configured clock's time, for HTTP-dates.
+    fn wall_clock(&self) -> std::time::SystemTime {
+        let millis = u64::try_from(self.config.clock.now().millis()).unwrap_or(0);
+        std::time::SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_millis(millis))
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
     }
 
     /// Opens an envelope for `token`'s transfer with the service's key, checking the platform
@@ -720,6 +736,41 @@ impl Service {
         .map(|z| z.to_vec())
         .map_err(|e| Error::Envelope(e.to_string()))
     }
+}
+
+/// The shortest wait between polls, whatever `Retry-After` says (0, a date past, or none).
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The longest `Retry-After` a poll sleeps through. The platform asks for 1 to 300 s (202 while
+/// agencies answer) or 60 s (503); a longer ask ends the poll with the platform's answer rather
+/// than holding the caller for it.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// `now + wait`; a century on if that does not fit (`Duration::MAX` means no limit).
+fn deadline_after(now: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
+/// A response's `Retry-After` (RFC 9110 §10.2.3), delay-seconds or an HTTP-date, as the wait
+/// from `now` (zero for a date past). None when absent or unreadable.
+fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64 is a very long wait, not none.
+        return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// A transfer id goes into the package URL's path: refuse one that is empty, a dot segment, or
@@ -822,23 +873,31 @@ mod tests {
     /// A platform that answers the package endpoint with 503 (Retry-After 1) `outages` times, then
     /// with an envelope; counts the calls.
     async fn platform(outages: usize) -> (String, Arc<AtomicUsize>) {
+        polled(503, "1", outages).await
+    }
+
+    /// A platform that answers the package endpoint `times` times with `status` and
+    /// `Retry-After: retry_after` (none if empty), then with an envelope; counts the calls.
+    async fn polled(status: u16, retry_after: &str, times: usize) -> (String, Arc<AtomicUsize>) {
         use axum::response::IntoResponse as _;
         use axum::routing::get;
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();
+        let retry_after = retry_after.to_owned();
         let app = axum::Router::new().route(
             "/api/v1/transfers/t1/package",
             get(move || async move {
                 let n = seen.fetch_add(1, Ordering::SeqCst);
-                if n < outages {
+                if n < times {
+                    let status = axum::http::StatusCode::from_u16(status).unwrap();
                     let body =
                         r#"{"error":"temporarily_unavailable","error_description":"no database"}"#;
-                    return (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        [("retry-after", "1")],
-                        body,
-                    )
-                        .into_response();
+                    let mut res = (status, body).into_response();
+                    if !retry_after.is_empty() {
+                        res.headers_mut()
+                            .insert("retry-after", retry_after.parse().unwrap());
+                    }
+                    return res;
                 }
                 let envelope = serde_json::json!({
                     "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
@@ -990,5 +1049,114 @@ mod tests {
             );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+    }
+
+    /// `fetch_envelope` of the stub's package, failing the test if it takes more than 5 s.
+    async fn poll(service: &Service, max_wait: Duration) -> Result<Envelope, Error> {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            service.fetch_envelope(&token(), max_wait),
+        )
+        .await
+        .expect("an answer within 5 s")
+    }
+
+    #[tokio::test]
+    async fn polling_without_a_limit_does_not_overflow() {
+        let (service, calls) = service_of(platform(1).await).await;
+        let envelope = poll(&service, Duration::MAX).await.unwrap();
+        assert_eq!(envelope.transfer_id, "t1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_with_retry_after_is_waited_out_like_unavailable() {
+        let (service, calls) = service_of(polled(429, "1", 1).await).await;
+        let envelope = poll(&service, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(envelope.transfer_id, "t1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Longer than it may wait: the platform's refusal.
+        let (service, calls) = service_of(polled(429, "30", usize::MAX).await).await;
+        let err = poll(&service, Duration::from_secs(10)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 429, .. }),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_date_is_the_time_to_wait_for() {
+        let at = |secs| {
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(secs))
+        };
+        // Two minutes off: past what it may wait, so it stops at once (not after 1 s, again and again).
+        let (service, calls) = service_of(polled(503, &at(120), usize::MAX).await).await;
+        let started = std::time::Instant::now();
+        let err = poll(&service, Duration::from_secs(4)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, .. }),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Three seconds off (two to three, at whole seconds): it waits that long, not one second.
+        let (service, calls) = service_of(polled(202, &at(3), 1).await).await;
+        let started = std::time::Instant::now();
+        poll(&service, Duration::from_secs(4)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(
+            started.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            started.elapsed()
+        );
+        // A date past: the one-second floor.
+        let (service, calls) =
+            service_of(polled(503, "Sun, 06 Nov 1994 08:49:37 GMT", 1).await).await;
+        poll(&service, Duration::from_secs(4)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_wait_longer_than_what_is_left_ends_the_poll_instead_of_polling_early() {
+        // 600 s asked, 400 s allowed: it does not come back at 300 s (the old ceiling).
+        let (service, calls) = service_of(polled(503, "600", usize::MAX).await).await;
+        let err = poll(&service, Duration::from_secs(400)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, .. }),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let (service, _) = service_of(polled(202, "600", usize::MAX).await).await;
+        assert!(matches!(
+            poll(&service, Duration::from_secs(400)).await,
+            Err(Error::NotReady)
+        ));
+        // An absurd wait (more than the platform's 300 s) ends it too, however long it may wait.
+        let (service, calls) = service_of(polled(202, "100000", usize::MAX).await).await;
+        let err = poll(&service, Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotReady), "{err:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_platform_that_does_not_answer_is_given_up_on_at_the_deadline() {
+        let app = axum::Router::new().route(
+            "/api/v1/transfers/t1/package",
+            axum::routing::get(std::future::pending::<&'static str>),
+        );
+        let config =
+            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate());
+        let service = Service::discover(config).await.unwrap();
+        let started = std::time::Instant::now();
+        let err = poll(&service, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, Error::NotReady), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
