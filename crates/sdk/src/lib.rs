@@ -55,11 +55,17 @@ pub enum Error {
     #[error("HTTP: {0}")]
     Http(#[from] reqwest::Error),
     /// The platform answered with an OAuth error (RFC 6749 §5.2) or a problem document.
-    #[error("the platform refused ({status}): {error}: {description}")]
+    #[error(
+        "the platform refused ({status}): {error}: {description}{}",
+        retry_note(retry_after)
+    )]
     Refused {
         status: u16,
         error: String,
         description: String,
+        /// The response's `Retry-After` (seconds or an HTTP-date, as a wait from now): when the
+        /// platform says asking again can succeed (503 `temporarily_unavailable`, 429).
+        retry_after: Option<Duration>,
     },
     #[error("the authorization response is not valid: {0}")]
     Callback(String),
@@ -71,6 +77,12 @@ pub enum Error {
     Envelope(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+fn retry_note(retry_after: &Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!("; retry after {} s", d.as_secs()))
+        .unwrap_or_default()
 }
 
 /// The service's keys: an ES256 key for client assertions, an X25519 key packages are sealed to,
@@ -327,8 +339,10 @@ fn random_b64(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-async fn refused(res: reqwest::Response) -> Error {
+/// The refusal in `res`, read at `now` (the configured clock, for a `Retry-After` date).
+async fn refused(res: reqwest::Response, now: std::time::SystemTime) -> Error {
     let status = res.status().as_u16();
+    let retry_after = retry_after(res.headers(), now);
     let body: serde_json::Value = res.json().await.unwrap_or_default();
     let text = |k: &str| {
         body.get(k)
@@ -350,6 +364,7 @@ async fn refused(res: reqwest::Response) -> Error {
         status,
         error,
         description,
+        retry_after,
     }
 }
 
@@ -359,7 +374,7 @@ impl Service {
         let url = format!("{}/.well-known/oauth-authorization-server", config.issuer);
         let res = config.http.get(&url).send().await?;
         if !res.status().is_success() {
-            return Err(refused(res).await);
+            return Err(refused(res, wall_clock(&*config.clock)).await);
         }
         let metadata: Metadata = res.json().await?;
         if metadata.issuer != config.issuer {
@@ -535,7 +550,7 @@ impl Service {
             .send()
             .await?;
         if res.status().as_u16() != 201 {
-            return Err(refused(res).await);
+            return Err(refused(res, wall_clock(&*self.config.clock)).await);
         }
         #[derive(Deserialize)]
         struct ParResponse {
@@ -576,6 +591,7 @@ impl Service {
                 status: 0,
                 error: error.clone(),
                 description: params.get("error_description").cloned().unwrap_or_default(),
+                retry_after: None,
             });
         }
         let code = params
@@ -609,7 +625,7 @@ impl Service {
         }
         let res = req.form(&form).send().await?;
         if !res.status().is_success() {
-            return Err(refused(res).await);
+            return Err(refused(res, wall_clock(&*self.config.clock)).await);
         }
         let body: serde_json::Value = res.json().await?;
         let s = |v: &serde_json::Value, k: &str| {
@@ -693,7 +709,7 @@ impl Service {
                         .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
                 }
                 status @ (202 | 429 | 503) => {
-                    let wait = retry_after(res.headers(), self.wall_clock())
+                    let wait = retry_after(res.headers(), wall_clock(&*self.config.clock))
                         .unwrap_or(MIN_RETRY_AFTER)
                         .max(MIN_RETRY_AFTER);
                     // Polling before the time the platform gave would only be refused again.
@@ -703,24 +719,16 @@ impl Service {
                         return Err(if status == 202 {
                             Error::NotReady
                         } else {
-                            refused(res).await
+                            refused(res, wall_clock(&*self.config.clock)).await
                         });
                     };
                     tokio::time::sleep_until(next).await;
                 }
                 410 => return Err(Error::Gone),
-                _ => return Err(refused(res).await),
+                _ => return Err(refused(res, wall_clock(&*self.config.clock)).await),
             }
         }
         Err(Error::NotReady)
-    }
-
-    /// The configured clock's time, for HTTP-dates.
-    fn wall_clock(&self) -> std::time::SystemTime {
-        let millis = u64::try_from(self.config.clock.now().millis()).unwrap_or(0);
-        std::time::SystemTime::UNIX_EPOCH
-            .checked_add(Duration::from_millis(millis))
-            .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
     }
 
     /// Opens an envelope for `token`'s transfer with the service's key, checking the platform
@@ -736,6 +744,14 @@ impl Service {
         .map(|z| z.to_vec())
         .map_err(|e| Error::Envelope(e.to_string()))
     }
+}
+
+/// `clock`'s time, to read HTTP-dates against.
+fn wall_clock(clock: &dyn Clock) -> std::time::SystemTime {
+    let millis = u64::try_from(clock.now().millis()).unwrap_or(0);
+    std::time::SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(millis))
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
 }
 
 /// The shortest wait between polls, whatever `Retry-After` says (0, a date past, or none).
@@ -1157,6 +1173,84 @@ mod tests {
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_says_when_to_retry() {
+        use axum::response::IntoResponse as _;
+        let in_two_minutes =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        let body = r#"{"error":"temporarily_unavailable","error_description":"no database"}"#;
+        let app = axum::Router::new()
+            .route(
+                "/oauth/par",
+                axum::routing::post(move || async move {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "60")],
+                        body,
+                    )
+                        .into_response()
+                }),
+            )
+            .route(
+                "/oauth/token",
+                axum::routing::post(move || async move {
+                    let date = in_two_minutes.clone();
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", date)],
+                        body,
+                    )
+                        .into_response()
+                }),
+            )
+            .route(
+                "/api/v1/transfers/t1/package",
+                axum::routing::get(move || async move {
+                    (axum::http::StatusCode::BAD_REQUEST, body).into_response()
+                }),
+            );
+        let config =
+            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate());
+        let service = Service::discover(config).await.unwrap();
+        let err = service
+            .push(&AuthorizationRequest::new(&["d"], "p"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, retry_after: Some(d), .. } if *d == Duration::from_secs(60)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("retry after 60 s"), "{err}");
+        let err = service.exchange("code", "verifier").await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, retry_after: Some(d), .. }
+                if (Duration::from_secs(115)..=Duration::from_secs(120)).contains(d)),
+            "{err:?}"
+        );
+        let err = service
+            .fetch_envelope(&token(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Refused {
+                    status: 400,
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // And the poll's own refusal when the wait asked is past its limit.
+        let (service, _) = service_of(polled(503, "600", usize::MAX).await).await;
+        let err = poll(&service, Duration::from_secs(10)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, retry_after: Some(d), .. } if *d == Duration::from_secs(600)),
+            "{err:?}"
         );
     }
 }
