@@ -456,7 +456,7 @@ async fn transfer(
             s.service.platform_signing_key(),
             now,
         )
-        .map_err(|r| fail("verify", format!("{r:?}")))?;
+        .map_err(|e| fail("verify", e))?;
         phases[6] = lap(&mut mark);
     }
     Ok(())

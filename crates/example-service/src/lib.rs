@@ -252,8 +252,7 @@ async fn callback(
             &trust,
             service.platform_signing_key(),
             now,
-        )
-        .map_err(|r| anyhow::anyhow!("the package did not verify: {r:?}"))?;
+        )?;
         let raw = mydata_package::read_package(&zip, &Default::default())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut found = Vec::new();

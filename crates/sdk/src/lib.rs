@@ -818,6 +818,51 @@ fn ec_key(k: &serde_json::Value) -> Option<p256::ecdsa::VerifyingKey> {
     p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()
 }
 
+/// Why [`verify`] did not accept a package.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Every check passed, but the receipt is for another transfer (a package swapped in).
+    #[error("the package is for transfer {found}, not {expected}")]
+    WrongTransfer { expected: String, found: String },
+    /// A check failed; the report has every verdict.
+    #[error("the package did not verify: {}", first_failure(.0))]
+    Failed(Box<PackageReport>),
+}
+
+/// The first check of `report` that did not pass, with its reason.
+fn first_failure(report: &PackageReport) -> String {
+    let receipt = [
+        ("archive", report.archive.error().map(ToString::to_string)),
+        (
+            "receipt signature",
+            report.receipt_signature.error().map(ToString::to_string),
+        ),
+        (
+            "receipt contents",
+            report.receipt_contents.error().map(ToString::to_string),
+        ),
+    ];
+    if let Some((step, Some(e))) = receipt.into_iter().find(|(_, e)| e.is_some()) {
+        return format!("{step}: {e}");
+    }
+    if !report.receipt_signature.is_passed() && report.platform_key_given {
+        return "receipt signature: not checked".into();
+    }
+    if report.datasets.is_empty() {
+        return "the package holds no dataset".into();
+    }
+    for d in &report.datasets {
+        if let Some((step, e)) = d
+            .steps()
+            .into_iter()
+            .find_map(|(n, v)| Some((n, v.error()?)))
+        {
+            return format!("dataset {}: {step}: {e}", d.dataset_id);
+        }
+    }
+    "a check did not run".into()
+}
+
 /// Verifies an opened package: the archive, the platform receipt (signature and contents, and that
 /// it is for `transfer_id`), then the four ordered checks on every dataset. `trust` holds the
 /// government CA roots and CRLs.
@@ -827,16 +872,16 @@ pub fn verify(
     trust: &TrustStore,
     platform_key: &p256::ecdsa::VerifyingKey,
     now: Timestamp,
-) -> Result<PackageReport, Box<PackageReport>> {
+) -> Result<PackageReport, VerifyError> {
     let report = mydata_package::verify_package(zip, trust, Some(platform_key), now);
-    let for_this = report
-        .receipt
-        .as_ref()
-        .is_some_and(|r| r.transfer_id == transfer_id);
-    if report.is_ok() && for_this {
-        Ok(report)
-    } else {
-        Err(Box::new(report))
+    let found = report.receipt.as_ref().map(|r| r.transfer_id.clone());
+    match found {
+        Some(found) if report.is_ok() && found != transfer_id => Err(VerifyError::WrongTransfer {
+            expected: transfer_id.to_owned(),
+            found,
+        }),
+        Some(_) if report.is_ok() => Ok(report),
+        _ => Err(VerifyError::Failed(Box::new(report))),
     }
 }
 
