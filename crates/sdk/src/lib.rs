@@ -339,33 +339,57 @@ fn random_b64(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-/// The refusal in `res`, read at `now` (the configured clock, for a `Retry-After` date).
+/// The refusal in `res`, read at `now` (the configured clock, for a `Retry-After` date). An OAuth
+/// error or problem document says what it says; any other body (a proxy's page, plain text) gives
+/// the status's reason and the start of the body.
 async fn refused(res: reqwest::Response, now: std::time::SystemTime) -> Error {
-    let status = res.status().as_u16();
+    let status = res.status();
     let retry_after = retry_after(res.headers(), now);
-    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    let bytes = res.bytes().await.unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let text = |k: &str| {
         body.get(k)
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_owned()
     };
-    let error = if body.get("error").is_some() {
-        text("error")
+    let (error, description) = if body.get("error").is_some() {
+        (text("error"), text("error_description"))
     } else {
-        text("code")
+        (text("code"), text("detail"))
     };
-    let description = if body.get("error").is_some() {
-        text("error_description")
+    let (error, description) = if error.is_empty() {
+        let reason = status.canonical_reason().unwrap_or("no reason given");
+        (reason.to_owned(), excerpt(&bytes))
     } else {
-        text("detail")
+        (error, description)
     };
     Error::Refused {
-        status,
+        status: status.as_u16(),
         error,
         description,
         retry_after,
     }
+}
+
+/// At most 200 characters of `body` on one line, for an error message.
+fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(body);
+    let line = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        return "(no body)".into();
+    }
+    if line.chars().count() <= MAX {
+        return line;
+    }
+    let mut cut: String = line.chars().take(MAX - 1).collect();
+    cut.push('…');
+    cut
 }
 
 impl Service {
@@ -383,13 +407,11 @@ impl Service {
                 metadata.issuer, config.issuer
             )));
         }
-        let jwks: serde_json::Value = config
-            .http
-            .get(&metadata.jwks_uri)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let res = config.http.get(&metadata.jwks_uri).send().await?;
+        if !res.status().is_success() {
+            return Err(refused(res, wall_clock(&*config.clock)).await);
+        }
+        let jwks: serde_json::Value = res.json().await?;
         let keys = jwks
             .get("keys")
             .and_then(|k| k.as_array())
@@ -1297,5 +1319,101 @@ mod tests {
             matches!(&err, Error::Refused { status: 503, retry_after: Some(d), .. } if *d == Duration::from_secs(600)),
             "{err:?}"
         );
+    }
+
+    /// `app` alone (not even metadata) at a loopback port.
+    async fn raw(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    async fn discover_at(base: &str) -> Result<Service, Error> {
+        Service::discover(ServiceConfig::new(
+            base,
+            "svc",
+            "https://svc/cb",
+            Keys::generate(),
+        ))
+        .await
+    }
+
+    #[tokio::test]
+    async fn discovery_says_what_the_platform_answered() {
+        use axum::response::IntoResponse as _;
+        // The JWKS endpoint failing with an OAuth error: that error, not "no X25519 key".
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(|| async {
+                let body =
+                    r#"{"error":"server_error","error_description":"the key store is down"}"#;
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+            }),
+        );
+        let err = discover_at(&serve(app).await).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 500, error, description, .. }
+                if error == "server_error" && description == "the key store is down"),
+            "{err:?}"
+        );
+        // A proxy's HTML page: its status's reason and the start of what it said.
+        let page = format!(
+            "<html><body>\n  <h1>502 Bad Gateway</h1>\n  nginx {}</body></html>",
+            "x".repeat(1000)
+        );
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(move || async move {
+                (axum::http::StatusCode::BAD_GATEWAY, page).into_response()
+            }),
+        );
+        let err = discover_at(&raw(app).await).await.unwrap_err();
+        let Error::Refused {
+            status: 502,
+            error,
+            description,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(error, "Bad Gateway");
+        assert!(
+            description.starts_with("<html><body> <h1>502 Bad Gateway</h1> nginx"),
+            "{description}"
+        );
+        assert!(
+            description.chars().count() <= 200,
+            "{}",
+            description.chars().count()
+        );
+        // JSON without an error field, and an empty body.
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"message":"later"}"#,
+                )
+                    .into_response()
+            }),
+        );
+        let err = discover_at(&serve(app).await).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, error, description, .. }
+                if error == "Service Unavailable" && description.contains("later")),
+            "{err:?}"
+        );
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(|| async { axum::http::StatusCode::NOT_FOUND }),
+        );
+        let err = discover_at(&serve(app).await).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 404, error, .. } if error == "Not Found"),
+            "{err:?}"
+        );
+        assert!(!err.to_string().ends_with(": "), "{err}");
     }
 }
