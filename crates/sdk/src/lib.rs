@@ -75,6 +75,10 @@ pub enum Error {
     NotReady,
     #[error("the package envelope does not open: {0}")]
     Envelope(String),
+    /// An answer longer than the SDK reads (for an envelope, [`ServiceConfig::max_package_bytes`]):
+    /// refused without reading it all.
+    #[error("the platform's {what} is longer than {limit} bytes")]
+    TooLarge { what: &'static str, limit: usize },
     #[error("{0}")]
     Invalid(String),
 }
@@ -216,7 +220,18 @@ pub struct ServiceConfig {
     /// the platform requires it of production services and of those registered with
     /// `dpop_bound_access_tokens`).
     pub dpop: bool,
+    /// The largest package envelope read ([`DEFAULT_MAX_PACKAGE_BYTES`] unless set). A larger one
+    /// is refused ([`Error::TooLarge`]) and, as the platform hands a package over once, lost.
+    pub max_package_bytes: usize,
 }
+
+/// The default [`ServiceConfig::max_package_bytes`], 96 MiB: a package holds at most 64 MiB
+/// (what [`verify`] reads, `mydata_package::ReadLimits`), and its envelope is the sealed zip in
+/// base64url inside JSON, a third larger.
+pub const DEFAULT_MAX_PACKAGE_BYTES: usize = 96 * 1024 * 1024;
+
+/// The largest metadata, JWKS, PAR, token or error body read: they are a few hundred bytes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl std::fmt::Debug for ServiceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,6 +256,7 @@ impl ServiceConfig {
                 .build()
                 .unwrap_or_default(),
             dpop: true,
+            max_package_bytes: DEFAULT_MAX_PACKAGE_BYTES,
         }
     }
 
@@ -345,7 +361,11 @@ fn random_b64(n: usize) -> String {
 async fn refused(res: reqwest::Response, now: std::time::SystemTime) -> Error {
     let status = res.status();
     let retry_after = retry_after(res.headers(), now);
-    let bytes = res.bytes().await.unwrap_or_default();
+    // Only its start matters: a longer body is cut, not refused.
+    let bytes = read_up_to(res, MAX_BODY_BYTES)
+        .await
+        .map(|(start, _)| start)
+        .unwrap_or_default();
     let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let text = |k: &str| {
         body.get(k)
@@ -370,6 +390,45 @@ async fn refused(res: reqwest::Response, now: std::time::SystemTime) -> Error {
         description,
         retry_after,
     }
+}
+
+/// `body` read as JSON: `what` from the platform, else Error::Invalid naming it.
+fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>, what: &str) -> Result<T, Error> {
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Invalid(format!("the platform's {what} is not valid: {e}")))
+}
+
+/// `res`'s body if it holds at most `limit` bytes; refused as soon as it is known to be longer
+/// (by its Content-Length or while reading), so an endless body costs no more than `limit`.
+async fn read_body(
+    res: reqwest::Response,
+    limit: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, Error> {
+    match read_up_to(res, limit).await? {
+        (body, true) => Ok(body),
+        (_, false) => Err(Error::TooLarge { what, limit }),
+    }
+}
+
+/// Up to `limit` bytes of `res`'s body, and whether that is all of it.
+async fn read_up_to(
+    mut res: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if res.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok((Vec::new(), false));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, true))
 }
 
 /// At most 200 characters of `body` on one line, for an error message.
@@ -400,7 +459,10 @@ impl Service {
         if !res.status().is_success() {
             return Err(refused(res, wall_clock(&*config.clock)).await);
         }
-        let metadata: Metadata = res.json().await?;
+        let metadata: Metadata = json(
+            read_body(res, MAX_BODY_BYTES, "metadata").await?,
+            "metadata",
+        )?;
         if metadata.issuer != config.issuer {
             return Err(Error::Invalid(format!(
                 "the metadata names issuer {} instead of {}",
@@ -411,7 +473,7 @@ impl Service {
         if !res.status().is_success() {
             return Err(refused(res, wall_clock(&*config.clock)).await);
         }
-        let jwks: serde_json::Value = res.json().await?;
+        let jwks: serde_json::Value = json(read_body(res, MAX_BODY_BYTES, "JWKS").await?, "JWKS")?;
         let keys = jwks
             .get("keys")
             .and_then(|k| k.as_array())
@@ -579,7 +641,8 @@ impl Service {
             request_uri: String,
             expires_in: u64,
         }
-        let p: ParResponse = res.json().await?;
+        let body = read_body(res, MAX_BODY_BYTES, "PAR response").await?;
+        let p: ParResponse = json(body, "PAR response")?;
         let mut url = url::Url::parse(&self.metadata.authorization_endpoint)
             .map_err(|e| Error::Invalid(format!("authorization_endpoint: {e}")))?;
         url.query_pairs_mut()
@@ -649,7 +712,8 @@ impl Service {
         if !res.status().is_success() {
             return Err(refused(res, wall_clock(&*self.config.clock)).await);
         }
-        let body: serde_json::Value = res.json().await?;
+        let body = read_body(res, MAX_BODY_BYTES, "token response").await?;
+        let body: serde_json::Value = json(body, "token response")?;
         let s = |v: &serde_json::Value, k: &str| {
             v.get(k)
                 .and_then(|x| x.as_str())
@@ -726,7 +790,8 @@ impl Service {
             match res.status().as_u16() {
                 200 => {
                     // Not cut at the deadline: the platform hands the package over only once.
-                    let bytes = res.bytes().await?;
+                    let limit = self.config.max_package_bytes;
+                    let bytes = read_body(res, limit, "package envelope").await?;
                     return serde_json::from_slice(&bytes)
                         .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
                 }
@@ -1415,5 +1480,110 @@ mod tests {
             "{err:?}"
         );
         assert!(!err.to_string().ends_with(": "), "{err}");
+    }
+
+    /// A body that does not end: 1 KiB chunks for as long as the client reads.
+    fn endless() -> axum::body::Body {
+        let chunk = axum::body::Bytes::from(vec![b'x'; 1024]);
+        axum::body::Body::from_stream(futures::stream::repeat(Ok::<_, std::convert::Infallible>(
+            chunk,
+        )))
+    }
+
+    /// `f`, failing the test if it takes more than 5 s.
+    async fn quickly<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("an answer within 5 s")
+    }
+
+    #[tokio::test]
+    async fn a_body_past_its_limit_is_refused_without_reading_it_all() {
+        use axum::response::IntoResponse as _;
+        use axum::routing::{get, post};
+        let too_large = |err: &Error, limit: usize| {
+            assert!(
+                matches!(err, Error::TooLarge { limit: l, .. } if *l == limit),
+                "{err:?}"
+            );
+        };
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            get(|| async { endless() }),
+        );
+        let err = quickly(discover_at(&raw(app).await)).await.unwrap_err();
+        too_large(&err, 64 * 1024);
+        assert!(err.to_string().contains("metadata"), "{err}");
+        let app = axum::Router::new().route("/jwks", get(|| async { endless() }));
+        too_large(
+            &quickly(discover_at(&serve(app).await)).await.unwrap_err(),
+            64 * 1024,
+        );
+
+        // PAR and token answers, and a refusal's body (read only as far as the limit).
+        let app = axum::Router::new()
+            .route(
+                "/oauth/par",
+                post(|| async { (axum::http::StatusCode::CREATED, endless()).into_response() }),
+            )
+            .route("/oauth/token", post(|| async { endless() }));
+        let service = discover_at(&stub(app).await).await.unwrap();
+        let request = AuthorizationRequest::new(&["d"], "p");
+        too_large(
+            &quickly(service.push(&request)).await.unwrap_err(),
+            64 * 1024,
+        );
+        let exchange = service.exchange("code", "verifier");
+        too_large(&quickly(exchange).await.unwrap_err(), 64 * 1024);
+        let app = axum::Router::new().route(
+            "/oauth/par",
+            post(|| async { (axum::http::StatusCode::BAD_GATEWAY, endless()).into_response() }),
+        );
+        let service = discover_at(&stub(app).await).await.unwrap();
+        let err = quickly(service.push(&AuthorizationRequest::new(&["d"], "p")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 502, description, .. } if description.starts_with("xxx")),
+            "{err:?}"
+        );
+
+        // The envelope: the service's limit, 96 MiB unless it sets one.
+        let envelope = serde_json::json!({
+            "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
+            "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c".repeat(100 * 1024),
+        });
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/transfers/t1/package",
+                get(move || async move { axum::Json(envelope) }),
+            )
+            .route("/api/v1/transfers/t2/package", get(|| async { endless() }));
+        let base = stub(app).await;
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
+        assert_eq!(config.max_package_bytes, 96 * 1024 * 1024);
+        let service = Service::discover(config.clone()).await.unwrap();
+        let big = quickly(service.fetch_envelope(&token(), Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            big.ct.len(),
+            100 * 1024,
+            "larger than 64 KiB is fine for a package"
+        );
+        let service = Service::discover(ServiceConfig {
+            max_package_bytes: 4096,
+            ..config
+        })
+        .await
+        .unwrap();
+        let t2 = Token {
+            transfer_id: "t2".into(),
+            ..token()
+        };
+        let err = quickly(service.fetch_envelope(&t2, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        too_large(&err, 4096);
     }
 }
