@@ -248,7 +248,7 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
 
     let keys = Keys::generate();
     register(&admin, &base, &args.admin_token, &keys).await?;
-    let mut config = ServiceConfig::new(&base, CLIENT_ID, REDIRECT, keys);
+    let mut config = ServiceConfig::new(&base, CLIENT_ID, REDIRECT, keys)?;
     config.http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(concurrency)

@@ -25,7 +25,7 @@
 //! # async fn demo() -> Result<(), mydata_sdk::Error> {
 //! use mydata_sdk::{Service, ServiceConfig, Keys, AuthorizationRequest};
 //! let keys = Keys::generate();
-//! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys);
+//! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys)?;
 //! let service = Service::discover(config).await?;
 //! let pending = service.push(&AuthorizationRequest::new(&["low-income-household"], "tuition reduction")).await?;
 //! // redirect the browser to pending.authorize_url ... then, on the callback:
@@ -54,6 +54,9 @@ pub use mydata_package::{PackageReport, TrustStore};
 pub enum Error {
     #[error("HTTP: {0}")]
     Http(#[from] reqwest::Error),
+    /// The HTTP client could not be built (reqwest's TLS backend or the system's proxy settings).
+    #[error("the HTTP client cannot be built: {0}")]
+    Client(String),
     /// The platform answered with an OAuth error (RFC 6749 §5.2) or a problem document.
     #[error(
         "the platform refused ({status}): {error}: {description}{}",
@@ -225,6 +228,20 @@ pub struct ServiceConfig {
     pub max_package_bytes: usize,
 }
 
+/// `builder`'s client, or why not (with reqwest's reasons: its own message is "builder error").
+/// A default client instead would drop the redirect policy and timeout, and can panic itself.
+fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, Error> {
+    builder.build().map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
+        Error::Client(why)
+    })
+}
+
 /// The default [`ServiceConfig::max_package_bytes`], 96 MiB: a package holds at most 64 MiB
 /// (what [`verify`] reads, `mydata_package::ReadLimits`), and its envelope is the sealed zip in
 /// base64url inside JSON, a third larger.
@@ -243,21 +260,28 @@ impl std::fmt::Debug for ServiceConfig {
 }
 
 impl ServiceConfig {
-    pub fn new(issuer: &str, client_id: &str, redirect_uri: &str, keys: Keys) -> Self {
-        Self {
+    /// The platform at `issuer` with an HTTP client that follows no redirect (an answer is the
+    /// platform's own) and gives up after 30 s; fails only if that client cannot be built.
+    pub fn new(
+        issuer: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        keys: Keys,
+    ) -> Result<Self, Error> {
+        Ok(Self {
             issuer: issuer.trim_end_matches('/').to_owned(),
             client_id: client_id.to_owned(),
             redirect_uri: redirect_uri.to_owned(),
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
+            http: http_client(
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .timeout(Duration::from_secs(30)),
+            )?,
             dpop: true,
             max_package_bytes: DEFAULT_MAX_PACKAGE_BYTES,
-        }
+        })
     }
 
     /// Plain bearer tokens (a test or trial service not registered for DPoP).
@@ -1059,7 +1083,7 @@ mod tests {
 
     /// The service discovered at a stub platform, with the platform's call count.
     async fn service_of((base, calls): (String, Arc<AtomicUsize>)) -> (Service, Arc<AtomicUsize>) {
-        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate()).unwrap();
         (Service::discover(config).await.unwrap(), calls)
     }
 
@@ -1103,6 +1127,7 @@ mod tests {
         );
         let config =
             ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
+                .unwrap()
                 .without_dpop();
         Service::discover(config).await.unwrap()
     }
@@ -1296,7 +1321,8 @@ mod tests {
             axum::routing::get(std::future::pending::<&'static str>),
         );
         let config =
-            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate());
+            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
+                .unwrap();
         let service = Service::discover(config).await.unwrap();
         let started = std::time::Instant::now();
         let err = poll(&service, Duration::from_secs(1)).await.unwrap_err();
@@ -1345,7 +1371,8 @@ mod tests {
                 }),
             );
         let config =
-            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate());
+            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
+                .unwrap();
         let service = Service::discover(config).await.unwrap();
         let err = service
             .push(&AuthorizationRequest::new(&["d"], "p"))
@@ -1400,7 +1427,7 @@ mod tests {
             "svc",
             "https://svc/cb",
             Keys::generate(),
-        ))
+        )?)
         .await
     }
 
@@ -1560,7 +1587,7 @@ mod tests {
             )
             .route("/api/v1/transfers/t2/package", get(|| async { endless() }));
         let base = stub(app).await;
-        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate()).unwrap();
         assert_eq!(config.max_package_bytes, 96 * 1024 * 1024);
         let service = Service::discover(config.clone()).await.unwrap();
         let big = quickly(service.fetch_envelope(&token(), Duration::from_secs(5)))
@@ -1585,5 +1612,27 @@ mod tests {
             .await
             .unwrap_err();
         too_large(&err, 4096);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_cannot_be_built_is_an_error_not_a_default_client() {
+        // TLS 1.3 at least and 1.2 at most: reqwest cannot build it.
+        let impossible = reqwest::Client::builder()
+            .min_tls_version(reqwest::tls::Version::TLS_1_3)
+            .max_tls_version(reqwest::tls::Version::TLS_1_2);
+        let err = http_client(impossible).unwrap_err();
+        assert!(matches!(err, Error::Client(_)), "{err:?}");
+        assert!(err.to_string().contains("tls versions"), "{err}");
+        // The one `new` builds keeps its policy: a redirect is the platform's answer, not followed.
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(|| async {
+                axum::response::Redirect::temporary("https://example.invalid/")
+            }),
+        );
+        let config = ServiceConfig::new(&raw(app).await, "svc", "https://svc/cb", Keys::generate())
+            .expect("a client");
+        let err = Service::discover(config).await.unwrap_err();
+        assert!(matches!(err, Error::Refused { status: 307, .. }), "{err:?}");
     }
 }

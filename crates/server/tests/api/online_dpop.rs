@@ -555,6 +555,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     };
     assert_eq!(put(&reg).await.unwrap().status(), 201);
     let config = mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, REDIRECT, keys)
+        .unwrap()
         .with_clock(std::sync::Arc::new(w.app.clock.clone()))
         .without_dpop();
     let service = Service::discover(config).await.unwrap();
