@@ -249,7 +249,7 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
 
     let keys = Keys::generate();
     register(&admin, &base, &args.admin_token, &keys).await?;
-    let mut config = ServiceConfig::new(&base, CLIENT_ID, REDIRECT, keys);
+    let mut config = ServiceConfig::new(&base, CLIENT_ID, REDIRECT, keys)?;
     config.http = reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -458,7 +458,7 @@ async fn transfer(
             s.service.platform_signing_key(),
             now,
         )
-        .map_err(|r| fail("verify", format!("{r:?}")))?;
+        .map_err(|e| fail("verify", e))?;
         phases[6] = lap(&mut mark);
     }
     Ok(())

@@ -349,7 +349,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         &agencies.base,
         sp_keys,
         Arc::new(mydata_core::SystemClock),
-    );
+    )?;
     eprintln!(
         "example online service (senior-high-school tuition reduction, dataset 59) at {sp_base}/"
     );

@@ -51,7 +51,7 @@ pub async fn bind() -> anyhow::Result<(tokio::net::TcpListener, String)> {
 
 /// Serves the example service at `base` for the platform at `platform` (discovered on first
 /// use), trusting the agency CA published at `agencies`; `clock` is the time packages are checked
-/// at (the system clock in the demo).
+/// at (the system clock in the demo). Fails only if its HTTP client cannot be built.
 pub fn serve(
     listener: tokio::net::TcpListener,
     base: &str,
@@ -59,8 +59,8 @@ pub fn serve(
     agencies: &str,
     keys: Keys,
     clock: Arc<dyn Clock>,
-) {
-    let config = ServiceConfig::new(platform, CLIENT_ID, &format!("{base}/callback"), keys)
+) -> anyhow::Result<()> {
+    let config = ServiceConfig::new(platform, CLIENT_ID, &format!("{base}/callback"), keys)?
         .with_clock(clock.clone());
     let inner = Arc::new(Inner {
         service: tokio::sync::OnceCell::new(),
@@ -79,6 +79,7 @@ pub fn serve(
             tracing::error!(error = %e, "example service stopped");
         }
     });
+    Ok(())
 }
 
 impl Inner {
@@ -252,8 +253,7 @@ async fn callback(
             &trust,
             service.platform_signing_key(),
             now,
-        )
-        .map_err(|r| anyhow::anyhow!("the package did not verify: {r:?}"))?;
+        )?;
         let raw = mydata_package::read_package(&zip, &Default::default())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut found = Vec::new();

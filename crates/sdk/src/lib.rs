@@ -25,7 +25,7 @@
 //! # async fn demo() -> Result<(), mydata_sdk::Error> {
 //! use mydata_sdk::{Service, ServiceConfig, Keys, AuthorizationRequest};
 //! let keys = Keys::generate();
-//! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys);
+//! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys)?;
 //! let service = Service::discover(config).await?;
 //! let pending = service.push(&AuthorizationRequest::new(&["low-income-household"], "tuition reduction")).await?;
 //! // redirect the browser to pending.authorize_url ... then, on the callback:
@@ -54,12 +54,21 @@ pub use mydata_package::{PackageReport, TrustStore};
 pub enum Error {
     #[error("HTTP: {0}")]
     Http(#[from] reqwest::Error),
+    /// The HTTP client could not be built (reqwest's TLS backend or the system's proxy settings).
+    #[error("the HTTP client cannot be built: {0}")]
+    Client(String),
     /// The platform answered with an OAuth error (RFC 6749 §5.2) or a problem document.
-    #[error("the platform refused ({status}): {error}: {description}")]
+    #[error(
+        "the platform refused ({status}): {error}: {description}{}",
+        retry_note(retry_after)
+    )]
     Refused {
         status: u16,
         error: String,
         description: String,
+        /// The response's `Retry-After` (seconds or an HTTP-date, as a wait from now): when the
+        /// platform says asking again can succeed (503 `temporarily_unavailable`, 429).
+        retry_after: Option<Duration>,
     },
     #[error("the authorization response is not valid: {0}")]
     Callback(String),
@@ -69,8 +78,18 @@ pub enum Error {
     NotReady,
     #[error("the package envelope does not open: {0}")]
     Envelope(String),
+    /// An answer longer than the SDK reads (for an envelope, [`ServiceConfig::max_package_bytes`]):
+    /// refused without reading it all.
+    #[error("the platform's {what} is longer than {limit} bytes")]
+    TooLarge { what: &'static str, limit: usize },
     #[error("{0}")]
     Invalid(String),
+}
+
+fn retry_note(retry_after: &Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!("; retry after {} s", d.as_secs()))
+        .unwrap_or_default()
 }
 
 /// The service's keys: an ES256 key for client assertions, an X25519 key packages are sealed to,
@@ -204,7 +223,32 @@ pub struct ServiceConfig {
     /// the platform requires it of production services and of those registered with
     /// `dpop_bound_access_tokens`).
     pub dpop: bool,
+    /// The largest package envelope read ([`DEFAULT_MAX_PACKAGE_BYTES`] unless set). A larger one
+    /// is refused ([`Error::TooLarge`]) and, as the platform hands a package over once, lost.
+    pub max_package_bytes: usize,
 }
+
+/// `builder`'s client, or why not (with reqwest's reasons: its own message is "builder error").
+/// A default client instead would drop the redirect policy and timeout, and can panic itself.
+fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, Error> {
+    builder.build().map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
+        Error::Client(why)
+    })
+}
+
+/// The default [`ServiceConfig::max_package_bytes`], 96 MiB: a package holds at most 64 MiB
+/// (what [`verify`] reads, `mydata_package::ReadLimits`), and its envelope is the sealed zip in
+/// base64url inside JSON, a third larger.
+pub const DEFAULT_MAX_PACKAGE_BYTES: usize = 96 * 1024 * 1024;
+
+/// The largest metadata, JWKS, PAR, token or error body read: they are a few hundred bytes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 impl std::fmt::Debug for ServiceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -216,20 +260,28 @@ impl std::fmt::Debug for ServiceConfig {
 }
 
 impl ServiceConfig {
-    pub fn new(issuer: &str, client_id: &str, redirect_uri: &str, keys: Keys) -> Self {
-        Self {
+    /// The platform at `issuer` with an HTTP client that follows no redirect (an answer is the
+    /// platform's own) and gives up after 30 s; fails only if that client cannot be built.
+    pub fn new(
+        issuer: &str,
+        client_id: &str,
+        redirect_uri: &str,
+        keys: Keys,
+    ) -> Result<Self, Error> {
+        Ok(Self {
             issuer: issuer.trim_end_matches('/').to_owned(),
             client_id: client_id.to_owned(),
             redirect_uri: redirect_uri.to_owned(),
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
+            http: http_client(
+                reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .timeout(Duration::from_secs(30)),
+            )?,
             dpop: true,
-        }
+            max_package_bytes: DEFAULT_MAX_PACKAGE_BYTES,
+        })
     }
 
     /// Plain bearer tokens (a test or trial service not registered for DPoP).
@@ -327,30 +379,100 @@ fn random_b64(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-async fn refused(res: reqwest::Response) -> Error {
-    let status = res.status().as_u16();
-    let body: serde_json::Value = res.json().await.unwrap_or_default();
+/// The refusal in `res`, read at `now` (the configured clock, for a `Retry-After` date). An OAuth
+/// error or problem document says what it says; any other body (a proxy's page, plain text) gives
+/// the status's reason and the start of the body.
+async fn refused(res: reqwest::Response, now: std::time::SystemTime) -> Error {
+    let status = res.status();
+    let retry_after = retry_after(res.headers(), now);
+    // Only its start matters: a longer body is cut, not refused.
+    let bytes = read_up_to(res, MAX_BODY_BYTES)
+        .await
+        .map(|(start, _)| start)
+        .unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let text = |k: &str| {
         body.get(k)
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_owned()
     };
-    let error = if body.get("error").is_some() {
-        text("error")
+    let (error, description) = if body.get("error").is_some() {
+        (text("error"), text("error_description"))
     } else {
-        text("code")
+        (text("code"), text("detail"))
     };
-    let description = if body.get("error").is_some() {
-        text("error_description")
+    let (error, description) = if error.is_empty() {
+        let reason = status.canonical_reason().unwrap_or("no reason given");
+        (reason.to_owned(), excerpt(&bytes))
     } else {
-        text("detail")
+        (error, description)
     };
     Error::Refused {
-        status,
+        status: status.as_u16(),
         error,
         description,
+        retry_after,
     }
+}
+
+/// `body` read as JSON: `what` from the platform, else Error::Invalid naming it.
+fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>, what: &str) -> Result<T, Error> {
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Invalid(format!("the platform's {what} is not valid: {e}")))
+}
+
+/// `res`'s body if it holds at most `limit` bytes; refused as soon as it is known to be longer
+/// (by its Content-Length or while reading), so an endless body costs no more than `limit`.
+async fn read_body(
+    res: reqwest::Response,
+    limit: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, Error> {
+    match read_up_to(res, limit).await? {
+        (body, true) => Ok(body),
+        (_, false) => Err(Error::TooLarge { what, limit }),
+    }
+}
+
+/// Up to `limit` bytes of `res`'s body, and whether that is all of it.
+async fn read_up_to(
+    mut res: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    if res.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok((Vec::new(), false));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, true))
+}
+
+/// At most 200 characters of `body` on one line, for an error message.
+fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(body);
+    let line = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if line.is_empty() {
+        return "(no body)".into();
+    }
+    if line.chars().count() <= MAX {
+        return line;
+    }
+    let mut cut: String = line.chars().take(MAX - 1).collect();
+    cut.push('…');
+    cut
 }
 
 impl Service {
@@ -359,22 +481,23 @@ impl Service {
         let url = format!("{}/.well-known/oauth-authorization-server", config.issuer);
         let res = config.http.get(&url).send().await?;
         if !res.status().is_success() {
-            return Err(refused(res).await);
+            return Err(refused(res, wall_clock(&*config.clock)).await);
         }
-        let metadata: Metadata = res.json().await?;
+        let metadata: Metadata = json(
+            read_body(res, MAX_BODY_BYTES, "metadata").await?,
+            "metadata",
+        )?;
         if metadata.issuer != config.issuer {
             return Err(Error::Invalid(format!(
                 "the metadata names issuer {} instead of {}",
                 metadata.issuer, config.issuer
             )));
         }
-        let jwks: serde_json::Value = config
-            .http
-            .get(&metadata.jwks_uri)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let res = config.http.get(&metadata.jwks_uri).send().await?;
+        if !res.status().is_success() {
+            return Err(refused(res, wall_clock(&*config.clock)).await);
+        }
+        let jwks: serde_json::Value = json(read_body(res, MAX_BODY_BYTES, "JWKS").await?, "JWKS")?;
         let keys = jwks
             .get("keys")
             .and_then(|k| k.as_array())
@@ -445,12 +568,14 @@ impl Service {
             .sign(&keys.dpop_header, claims.to_string().as_bytes()))
     }
 
-    /// Where `token`'s package is fetched.
-    pub fn package_url(&self, token: &Token) -> String {
-        format!(
+    /// Where `token`'s package is fetched; refuses a transfer id that is not one plain path
+    /// segment (the token would be sent to another path).
+    pub fn package_url(&self, token: &Token) -> Result<String, Error> {
+        check_transfer_id(&token.transfer_id)?;
+        Ok(format!(
             "{}/api/v1/transfers/{}/package",
             self.metadata.issuer, token.transfer_id
-        )
+        ))
     }
 
     /// A GET of `url` (a resource of the platform) with `token`: `Authorization: DPoP` and a fresh
@@ -533,14 +658,15 @@ impl Service {
             .send()
             .await?;
         if res.status().as_u16() != 201 {
-            return Err(refused(res).await);
+            return Err(refused(res, wall_clock(&*self.config.clock)).await);
         }
         #[derive(Deserialize)]
         struct ParResponse {
             request_uri: String,
             expires_in: u64,
         }
-        let p: ParResponse = res.json().await?;
+        let body = read_body(res, MAX_BODY_BYTES, "PAR response").await?;
+        let p: ParResponse = json(body, "PAR response")?;
         let mut url = url::Url::parse(&self.metadata.authorization_endpoint)
             .map_err(|e| Error::Invalid(format!("authorization_endpoint: {e}")))?;
         url.query_pairs_mut()
@@ -574,6 +700,7 @@ impl Service {
                 status: 0,
                 error: error.clone(),
                 description: params.get("error_description").cloned().unwrap_or_default(),
+                retry_after: None,
             });
         }
         let code = params
@@ -607,20 +734,29 @@ impl Service {
         }
         let res = req.form(&form).send().await?;
         if !res.status().is_success() {
-            return Err(refused(res).await);
+            return Err(refused(res, wall_clock(&*self.config.clock)).await);
         }
-        let body: serde_json::Value = res.json().await?;
-        let details = body
-            .get("authorization_details")
-            .and_then(|d| d.get(0))
-            .cloned()
-            .unwrap_or_default();
+        let body = read_body(res, MAX_BODY_BYTES, "token response").await?;
+        let body: serde_json::Value = json(body, "token response")?;
         let s = |v: &serde_json::Value, k: &str| {
             v.get(k)
                 .and_then(|x| x.as_str())
                 .unwrap_or_default()
                 .to_owned()
         };
+        // Without these the next call would be to `/transfers//package` with an empty token.
+        let missing = |what: &str| Error::Invalid(format!("the token response has no {what}"));
+        let access_token = Some(s(&body, "access_token"))
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| missing("access_token"))?;
+        let details = body
+            .get("authorization_details")
+            .and_then(|d| d.get(0))
+            .ok_or_else(|| missing("authorization_details"))?;
+        let transfer_id = Some(s(details, "transfer_id"))
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| missing("transfer_id in authorization_details"))?;
+        check_transfer_id(&transfer_id)?;
         let token_type = s(&body, "token_type");
         if self.config.dpop && !token_type.eq_ignore_ascii_case("DPoP") {
             return Err(Error::Invalid(format!(
@@ -628,9 +764,9 @@ impl Service {
             )));
         }
         Ok(Token {
-            access_token: s(&body, "access_token"),
+            access_token,
             token_type,
-            transfer_id: s(&details, "transfer_id"),
+            transfer_id,
             datasets: details
                 .get("datasets")
                 .and_then(|d| d.as_array())
@@ -648,50 +784,59 @@ impl Service {
     }
 
     /// Retrieves the sealed package once and opens it: polls while the platform answers 202 (not
-    /// ready) or 503 (its database out of reach: nothing changed), waiting what `Retry-After`
-    /// says (at most `max_wait` in all).
+    /// ready), 429 (too many requests) or 503 (its database out of reach: nothing changed),
+    /// waiting what `Retry-After` says (seconds or an HTTP-date; at least 1 s), at most `max_wait`
+    /// in all. When the platform asks for a wait past `max_wait`, or longer than 300 s (more than
+    /// it ever asks), it stops at once: [`Error::NotReady`] for 202, the platform's
+    /// [`Error::Refused`] otherwise. `Duration::MAX` means no limit of the caller's.
     pub async fn package(&self, token: &Token, max_wait: Duration) -> Result<Vec<u8>, Error> {
         let envelope = self.fetch_envelope(token, max_wait).await?;
         self.open(token, &envelope)
     }
 
-    /// The raw envelope (for services that store it before opening).
+    /// The raw envelope (for services that store it before opening); polls as
+    /// [`Service::package`] does.
     pub async fn fetch_envelope(
         &self,
         token: &Token,
         max_wait: Duration,
     ) -> Result<Envelope, Error> {
-        let url = self.package_url(token);
-        let deadline = tokio::time::Instant::now() + max_wait;
+        let url = self.package_url(token)?;
+        let deadline = deadline_after(tokio::time::Instant::now(), max_wait);
         // Bounded: every round either returns or waits at least one second.
         for _ in 0..10_000 {
-            let res = self.resource_get(token, &url)?.send().await?;
+            // Each request only within what is left of max_wait (a platform that does not answer
+            // would otherwise hold the caller for the client's own timeout).
+            let sent = self.resource_get(token, &url)?.send();
+            let res = tokio::time::timeout_at(deadline, sent)
+                .await
+                .map_err(|_| Error::NotReady)??;
             match res.status().as_u16() {
                 200 => {
-                    let bytes = res.bytes().await?;
+                    // Not cut at the deadline: the platform hands the package over only once.
+                    let limit = self.config.max_package_bytes;
+                    let bytes = read_body(res, limit, "package envelope").await?;
                     return serde_json::from_slice(&bytes)
                         .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
                 }
-                status @ (202 | 503) => {
-                    let wait = res
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(1)
-                        .clamp(1, 300);
-                    let next = tokio::time::Instant::now() + Duration::from_secs(wait);
-                    if next > deadline {
+                status @ (202 | 429 | 503) => {
+                    let wait = retry_after(res.headers(), wall_clock(&*self.config.clock))
+                        .unwrap_or(MIN_RETRY_AFTER)
+                        .max(MIN_RETRY_AFTER);
+                    // Polling before the time the platform gave would only be refused again.
+                    let next = tokio::time::Instant::now().checked_add(wait);
+                    let fits = next.filter(|n| *n <= deadline && wait <= MAX_RETRY_AFTER);
+                    let Some(next) = fits else {
                         return Err(if status == 202 {
                             Error::NotReady
                         } else {
-                            refused(res).await
+                            refused(res, wall_clock(&*self.config.clock)).await
                         });
-                    }
+                    };
                     tokio::time::sleep_until(next).await;
                 }
                 410 => return Err(Error::Gone),
-                _ => return Err(refused(res).await),
+                _ => return Err(refused(res, wall_clock(&*self.config.clock)).await),
             }
         }
         Err(Error::NotReady)
@@ -712,6 +857,62 @@ impl Service {
     }
 }
 
+/// `clock`'s time, to read HTTP-dates against.
+fn wall_clock(clock: &dyn Clock) -> std::time::SystemTime {
+    let millis = u64::try_from(clock.now().millis()).unwrap_or(0);
+    std::time::SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(millis))
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+}
+
+/// The shortest wait between polls, whatever `Retry-After` says (0, a date past, or none).
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The longest `Retry-After` a poll sleeps through. The platform asks for 1 to 300 s (202 while
+/// agencies answer) or 60 s (503); a longer ask ends the poll with the platform's answer rather
+/// than holding the caller for it.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// `now + wait`; a century on if that does not fit (`Duration::MAX` means no limit).
+fn deadline_after(now: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
+/// A response's `Retry-After` (RFC 9110 §10.2.3), delay-seconds or an HTTP-date, as the wait
+/// from `now` (zero for a date past). None when absent or unreadable.
+fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64 is a very long wait, not none.
+        return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A transfer id goes into the package URL's path: refuse one that is empty, a dot segment, or
+/// could end, escape or split the segment there.
+fn check_transfer_id(id: &str) -> Result<(), Error> {
+    let bad =
+        |c: char| matches!(c, '/' | '\\' | '?' | '#' | '%') || c.is_whitespace() || c.is_control();
+    if id.is_empty() || id == "." || id == ".." || id.chars().any(bad) {
+        return Err(Error::Invalid(format!(
+            "the transfer id {id:?} is not one plain URL path segment"
+        )));
+    }
+    Ok(())
+}
+
 fn ec_key(k: &serde_json::Value) -> Option<p256::ecdsa::VerifyingKey> {
     if k.get("kty")?.as_str()? != "EC" || k.get("crv")?.as_str()? != "P-256" {
         return None;
@@ -728,6 +929,51 @@ fn ec_key(k: &serde_json::Value) -> Option<p256::ecdsa::VerifyingKey> {
     p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()
 }
 
+/// Why [`verify`] did not accept a package.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Every check passed, but the receipt is for another transfer (a package swapped in).
+    #[error("the package is for transfer {found}, not {expected}")]
+    WrongTransfer { expected: String, found: String },
+    /// A check failed; the report has every verdict.
+    #[error("the package did not verify: {}", first_failure(.0))]
+    Failed(Box<PackageReport>),
+}
+
+/// The first check of `report` that did not pass, with its reason.
+fn first_failure(report: &PackageReport) -> String {
+    let receipt = [
+        ("archive", report.archive.error().map(ToString::to_string)),
+        (
+            "receipt signature",
+            report.receipt_signature.error().map(ToString::to_string),
+        ),
+        (
+            "receipt contents",
+            report.receipt_contents.error().map(ToString::to_string),
+        ),
+    ];
+    if let Some((step, Some(e))) = receipt.into_iter().find(|(_, e)| e.is_some()) {
+        return format!("{step}: {e}");
+    }
+    if !report.receipt_signature.is_passed() && report.platform_key_given {
+        return "receipt signature: not checked".into();
+    }
+    if report.datasets.is_empty() {
+        return "the package holds no dataset".into();
+    }
+    for d in &report.datasets {
+        if let Some((step, e)) = d
+            .steps()
+            .into_iter()
+            .find_map(|(n, v)| Some((n, v.error()?)))
+        {
+            return format!("dataset {}: {step}: {e}", d.dataset_id);
+        }
+    }
+    "a check did not run".into()
+}
+
 /// Verifies an opened package: the archive, the platform receipt (signature and contents, and that
 /// it is for `transfer_id`), then the four ordered checks on every dataset. `trust` holds the
 /// government CA roots and CRLs.
@@ -737,16 +983,16 @@ pub fn verify(
     trust: &TrustStore,
     platform_key: &p256::ecdsa::VerifyingKey,
     now: Timestamp,
-) -> Result<PackageReport, Box<PackageReport>> {
+) -> Result<PackageReport, VerifyError> {
     let report = mydata_package::verify_package(zip, trust, Some(platform_key), now);
-    let for_this = report
-        .receipt
-        .as_ref()
-        .is_some_and(|r| r.transfer_id == transfer_id);
-    if report.is_ok() && for_this {
-        Ok(report)
-    } else {
-        Err(Box::new(report))
+    let found = report.receipt.as_ref().map(|r| r.transfer_id.clone());
+    match found {
+        Some(found) if report.is_ok() && found != transfer_id => Err(VerifyError::WrongTransfer {
+            expected: transfer_id.to_owned(),
+            found,
+        }),
+        Some(_) if report.is_ok() => Ok(report),
+        _ => Err(VerifyError::Failed(Box::new(report))),
     }
 }
 
@@ -756,17 +1002,13 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A platform that answers the package endpoint with 503 (Retry-After 1) `outages` times, then
-    /// with an envelope; counts the calls.
-    async fn platform(outages: usize) -> (String, Arc<AtomicUsize>) {
-        use axum::response::IntoResponse as _;
+    /// A stub platform on a loopback port: its metadata (every endpoint under its base) and
+    /// `routes`.
+    async fn serve(routes: axum::Router) -> String {
         use axum::routing::get;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let kem = HpkeKeyPair::generate().public_jwk();
-        let sig = ec_public_jwk(&<SigningKey as p256::elliptic_curve::Generate>::generate());
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (b, seen) = (base.clone(), calls.clone());
+        let b = base.clone();
         let app = axum::Router::new()
             .route(
                 "/.well-known/oauth-authorization-server",
@@ -778,32 +1020,70 @@ mod tests {
                     }))
                 }),
             )
-            .route(
-                "/jwks",
-                get(move || async move { axum::Json(serde_json::json!({ "keys": [kem, sig] })) }),
-            )
-            .route(
-                "/api/v1/transfers/t1/package",
-                get(move || async move {
-                    let n = seen.fetch_add(1, Ordering::SeqCst);
-                    if n < outages {
-                        let body = r#"{"error":"temporarily_unavailable","error_description":"no database"}"#;
-                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], body).into_response();
-                    }
-                    let envelope = serde_json::json!({
-                        "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
-                        "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c",
-                    });
-                    axum::Json(envelope).into_response()
-                }),
-            );
+            .merge(routes);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (base, calls)
+        base
+    }
+
+    /// `/jwks` with a fresh X25519 and ES256 key.
+    fn jwks() -> axum::Router {
+        let kem = HpkeKeyPair::generate().public_jwk();
+        let sig = ec_public_jwk(&<SigningKey as p256::elliptic_curve::Generate>::generate());
+        axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || async move {
+                axum::Json(serde_json::json!({ "keys": [kem, sig] }))
+            }),
+        )
+    }
+
+    /// A stub platform with keys and `routes`.
+    async fn stub(routes: axum::Router) -> String {
+        serve(jwks().merge(routes)).await
+    }
+
+    /// A platform that answers the package endpoint with 503 (Retry-After 1) `outages` times, then
+    /// with an envelope; counts the calls.
+    async fn platform(outages: usize) -> (String, Arc<AtomicUsize>) {
+        polled(503, "1", outages).await
+    }
+
+    /// A platform that answers the package endpoint `times` times with `status` and
+    /// `Retry-After: retry_after` (none if empty), then with an envelope; counts the calls.
+    async fn polled(status: u16, retry_after: &str, times: usize) -> (String, Arc<AtomicUsize>) {
+        use axum::response::IntoResponse as _;
+        use axum::routing::get;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let retry_after = retry_after.to_owned();
+        let app = axum::Router::new().route(
+            "/api/v1/transfers/t1/package",
+            get(move || async move {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                if n < times {
+                    let status = axum::http::StatusCode::from_u16(status).unwrap();
+                    let body =
+                        r#"{"error":"temporarily_unavailable","error_description":"no database"}"#;
+                    let mut res = (status, body).into_response();
+                    if !retry_after.is_empty() {
+                        res.headers_mut()
+                            .insert("retry-after", retry_after.parse().unwrap());
+                    }
+                    return res;
+                }
+                let envelope = serde_json::json!({
+                    "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
+                    "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c",
+                });
+                axum::Json(envelope).into_response()
+            }),
+        );
+        (stub(app).await, calls)
     }
 
     /// The service discovered at a stub platform, with the platform's call count.
     async fn service_of((base, calls): (String, Arc<AtomicUsize>)) -> (Service, Arc<AtomicUsize>) {
-        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate());
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate()).unwrap();
         (Service::discover(config).await.unwrap(), calls)
     }
 
@@ -837,5 +1117,522 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A platform whose token endpoint answers 200 with `body` (the service without DPoP).
+    async fn token_endpoint(body: serde_json::Value) -> Service {
+        let app = axum::Router::new().route(
+            "/oauth/token",
+            axum::routing::post(move || async move { axum::Json(body) }),
+        );
+        let config =
+            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
+                .unwrap()
+                .without_dpop();
+        Service::discover(config).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_token_response_without_token_or_transfer_is_refused_by_name() {
+        let details = serde_json::json!([{ "type": "mydata_transfer", "transfer_id": "t1", "datasets": ["d"] }]);
+        let full = serde_json::json!({
+            "access_token": "at", "token_type": "Bearer", "expires_in": 60,
+            "authorization_details": details,
+        });
+        let service = token_endpoint(full.clone()).await;
+        let token = service.exchange("code", "verifier").await.unwrap();
+        assert_eq!(
+            (token.access_token.as_str(), token.transfer_id.as_str()),
+            ("at", "t1")
+        );
+        for (drop, named) in [
+            ("access_token", "access_token"),
+            ("authorization_details", "authorization_details"),
+            ("transfer_id", "transfer_id"),
+        ] {
+            let mut body = full.clone();
+            if drop == "transfer_id" {
+                body["authorization_details"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove(drop);
+            } else {
+                body.as_object_mut().unwrap().remove(drop);
+            }
+            let err = token_endpoint(body)
+                .await
+                .exchange("code", "verifier")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::Invalid(m) if m.contains(named)),
+                "without {drop}: {err:?}"
+            );
+        }
+        let mut empty = full.clone();
+        empty["access_token"] = "".into();
+        let err = token_endpoint(empty)
+            .await
+            .exchange("code", "verifier")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid(m) if m.contains("access_token")),
+            "{err:?}"
+        );
+        let mut odd = full;
+        odd["authorization_details"][0]["transfer_id"] = "../t1".into();
+        let err = token_endpoint(odd)
+            .await
+            .exchange("code", "verifier")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid(m) if m.contains("transfer")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transfer_id_that_is_not_one_path_segment_is_not_put_in_the_url() {
+        let (service, calls) = service_of(platform(0).await).await;
+        assert!(
+            service
+                .package_url(&token())
+                .unwrap()
+                .ends_with("/api/v1/transfers/t1/package")
+        );
+        for id in [
+            "", "a/b", "a?b", "a#b", "a%2Fb", "a b", "a\tb", "a\\b", ".", "..",
+        ] {
+            let t = Token {
+                transfer_id: id.into(),
+                ..token()
+            };
+            assert!(
+                matches!(service.package_url(&t), Err(Error::Invalid(_))),
+                "{id:?}"
+            );
+            assert!(
+                matches!(
+                    service.fetch_envelope(&t, Duration::from_secs(1)).await,
+                    Err(Error::Invalid(_))
+                ),
+                "{id:?}"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
+    }
+
+    /// `fetch_envelope` of the stub's package, failing the test if it takes more than 5 s.
+    async fn poll(service: &Service, max_wait: Duration) -> Result<Envelope, Error> {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            service.fetch_envelope(&token(), max_wait),
+        )
+        .await
+        .expect("an answer within 5 s")
+    }
+
+    #[tokio::test]
+    async fn polling_without_a_limit_does_not_overflow() {
+        let (service, calls) = service_of(platform(1).await).await;
+        let envelope = poll(&service, Duration::MAX).await.unwrap();
+        assert_eq!(envelope.transfer_id, "t1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_with_retry_after_is_waited_out_like_unavailable() {
+        let (service, calls) = service_of(polled(429, "1", 1).await).await;
+        let envelope = poll(&service, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(envelope.transfer_id, "t1");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Longer than it may wait: the platform's refusal.
+        let (service, calls) = service_of(polled(429, "30", usize::MAX).await).await;
+        let err = poll(&service, Duration::from_secs(10)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 429, .. }),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_date_is_the_time_to_wait_for() {
+        let at = |secs| {
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(secs))
+        };
+        // Two minutes off: past what it may wait, so it stops at once (not after 1 s, again and again).
+        let (service, calls) = service_of(polled(503, &at(120), usize::MAX).await).await;
+        let started = std::time::Instant::now();
+        let err = poll(&service, Duration::from_secs(4)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, .. }),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Three seconds off (two to three, at whole seconds): it waits that long, not one second.
+        let (service, calls) = service_of(polled(202, &at(3), 1).await).await;
+        let started = std::time::Instant::now();
+        poll(&service, Duration::from_secs(4)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(
+            started.elapsed() >= Duration::from_millis(1900),
+            "{:?}",
+            started.elapsed()
+        );
+        // A date past: the one-second floor.
+        let (service, calls) =
+            service_of(polled(503, "Sun, 06 Nov 1994 08:49:37 GMT", 1).await).await;
+        poll(&service, Duration::from_secs(4)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_wait_longer_than_what_is_left_ends_the_poll_instead_of_polling_early() {
+        // 600 s asked, 400 s allowed: it does not come back at 300 s (the old ceiling).
+        let (service, calls) = service_of(polled(503, "600", usize::MAX).await).await;
+        let err = poll(&service, Duration::from_secs(400)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, .. }),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let (service, _) = service_of(polled(202, "600", usize::MAX).await).await;
+        assert!(matches!(
+            poll(&service, Duration::from_secs(400)).await,
+            Err(Error::NotReady)
+        ));
+        // An absurd wait (more than the platform's 300 s) ends it too, however long it may wait.
+        let (service, calls) = service_of(polled(202, "100000", usize::MAX).await).await;
+        let err = poll(&service, Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotReady), "{err:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_platform_that_does_not_answer_is_given_up_on_at_the_deadline() {
+        let app = axum::Router::new().route(
+            "/api/v1/transfers/t1/package",
+            axum::routing::get(std::future::pending::<&'static str>),
+        );
+        let config =
+            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
+                .unwrap();
+        let service = Service::discover(config).await.unwrap();
+        let started = std::time::Instant::now();
+        let err = poll(&service, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, Error::NotReady), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_says_when_to_retry() {
+        use axum::response::IntoResponse as _;
+        let in_two_minutes =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        let body = r#"{"error":"temporarily_unavailable","error_description":"no database"}"#;
+        let app = axum::Router::new()
+            .route(
+                "/oauth/par",
+                axum::routing::post(move || async move {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "60")],
+                        body,
+                    )
+                        .into_response()
+                }),
+            )
+            .route(
+                "/oauth/token",
+                axum::routing::post(move || async move {
+                    let date = in_two_minutes.clone();
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", date)],
+                        body,
+                    )
+                        .into_response()
+                }),
+            )
+            .route(
+                "/api/v1/transfers/t1/package",
+                axum::routing::get(move || async move {
+                    (axum::http::StatusCode::BAD_REQUEST, body).into_response()
+                }),
+            );
+        let config =
+            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
+                .unwrap();
+        let service = Service::discover(config).await.unwrap();
+        let err = service
+            .push(&AuthorizationRequest::new(&["d"], "p"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, retry_after: Some(d), .. } if *d == Duration::from_secs(60)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("retry after 60 s"), "{err}");
+        let err = service.exchange("code", "verifier").await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, retry_after: Some(d), .. }
+                if (Duration::from_secs(115)..=Duration::from_secs(120)).contains(d)),
+            "{err:?}"
+        );
+        let err = service
+            .fetch_envelope(&token(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Refused {
+                    status: 400,
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // And the poll's own refusal when the wait asked is past its limit.
+        let (service, _) = service_of(polled(503, "600", usize::MAX).await).await;
+        let err = poll(&service, Duration::from_secs(10)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, retry_after: Some(d), .. } if *d == Duration::from_secs(600)),
+            "{err:?}"
+        );
+    }
+
+    /// `app` alone (not even metadata) at a loopback port.
+    async fn raw(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    async fn discover_at(base: &str) -> Result<Service, Error> {
+        Service::discover(ServiceConfig::new(
+            base,
+            "svc",
+            "https://svc/cb",
+            Keys::generate(),
+        )?)
+        .await
+    }
+
+    #[tokio::test]
+    async fn discovery_says_what_the_platform_answered() {
+        use axum::response::IntoResponse as _;
+        // The JWKS endpoint failing with an OAuth error: that error, not "no X25519 key".
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(|| async {
+                let body =
+                    r#"{"error":"server_error","error_description":"the key store is down"}"#;
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+            }),
+        );
+        let err = discover_at(&serve(app).await).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 500, error, description, .. }
+                if error == "server_error" && description == "the key store is down"),
+            "{err:?}"
+        );
+        // A proxy's HTML page: its status's reason and the start of what it said.
+        let page = format!(
+            "<html><body>\n  <h1>502 Bad Gateway</h1>\n  nginx {}</body></html>",
+            "x".repeat(1000)
+        );
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(move || async move {
+                (axum::http::StatusCode::BAD_GATEWAY, page).into_response()
+            }),
+        );
+        let err = discover_at(&raw(app).await).await.unwrap_err();
+        let Error::Refused {
+            status: 502,
+            error,
+            description,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(error, "Bad Gateway");
+        assert!(
+            description.starts_with("<html><body> <h1>502 Bad Gateway</h1> nginx"),
+            "{description}"
+        );
+        assert!(
+            description.chars().count() <= 200,
+            "{}",
+            description.chars().count()
+        );
+        // JSON without an error field, and an empty body.
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"message":"later"}"#,
+                )
+                    .into_response()
+            }),
+        );
+        let err = discover_at(&serve(app).await).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 503, error, description, .. }
+                if error == "Service Unavailable" && description.contains("later")),
+            "{err:?}"
+        );
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(|| async { axum::http::StatusCode::NOT_FOUND }),
+        );
+        let err = discover_at(&serve(app).await).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 404, error, .. } if error == "Not Found"),
+            "{err:?}"
+        );
+        assert!(!err.to_string().ends_with(": "), "{err}");
+    }
+
+    /// A body that does not end: 1 KiB chunks for as long as the client reads.
+    fn endless() -> axum::body::Body {
+        let chunk = axum::body::Bytes::from(vec![b'x'; 1024]);
+        axum::body::Body::from_stream(futures::stream::repeat(Ok::<_, std::convert::Infallible>(
+            chunk,
+        )))
+    }
+
+    /// `f`, failing the test if it takes more than 5 s.
+    async fn quickly<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("an answer within 5 s")
+    }
+
+    #[tokio::test]
+    async fn a_body_past_its_limit_is_refused_without_reading_it_all() {
+        use axum::response::IntoResponse as _;
+        use axum::routing::{get, post};
+        let too_large = |err: &Error, limit: usize| {
+            assert!(
+                matches!(err, Error::TooLarge { limit: l, .. } if *l == limit),
+                "{err:?}"
+            );
+        };
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            get(|| async { endless() }),
+        );
+        let err = quickly(discover_at(&raw(app).await)).await.unwrap_err();
+        too_large(&err, 64 * 1024);
+        assert!(err.to_string().contains("metadata"), "{err}");
+        let app = axum::Router::new().route("/jwks", get(|| async { endless() }));
+        too_large(
+            &quickly(discover_at(&serve(app).await)).await.unwrap_err(),
+            64 * 1024,
+        );
+
+        // PAR and token answers, and a refusal's body (read only as far as the limit).
+        let app = axum::Router::new()
+            .route(
+                "/oauth/par",
+                post(|| async { (axum::http::StatusCode::CREATED, endless()).into_response() }),
+            )
+            .route("/oauth/token", post(|| async { endless() }));
+        let service = discover_at(&stub(app).await).await.unwrap();
+        let request = AuthorizationRequest::new(&["d"], "p");
+        too_large(
+            &quickly(service.push(&request)).await.unwrap_err(),
+            64 * 1024,
+        );
+        let exchange = service.exchange("code", "verifier");
+        too_large(&quickly(exchange).await.unwrap_err(), 64 * 1024);
+        let app = axum::Router::new().route(
+            "/oauth/par",
+            post(|| async { (axum::http::StatusCode::BAD_GATEWAY, endless()).into_response() }),
+        );
+        let service = discover_at(&stub(app).await).await.unwrap();
+        let err = quickly(service.push(&AuthorizationRequest::new(&["d"], "p")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { status: 502, description, .. } if description.starts_with("xxx")),
+            "{err:?}"
+        );
+
+        // The envelope: the service's limit, 96 MiB unless it sets one.
+        let envelope = serde_json::json!({
+            "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
+            "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c".repeat(100 * 1024),
+        });
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/transfers/t1/package",
+                get(move || async move { axum::Json(envelope) }),
+            )
+            .route("/api/v1/transfers/t2/package", get(|| async { endless() }));
+        let base = stub(app).await;
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate()).unwrap();
+        assert_eq!(config.max_package_bytes, 96 * 1024 * 1024);
+        let service = Service::discover(config.clone()).await.unwrap();
+        let big = quickly(service.fetch_envelope(&token(), Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            big.ct.len(),
+            100 * 1024,
+            "larger than 64 KiB is fine for a package"
+        );
+        let service = Service::discover(ServiceConfig {
+            max_package_bytes: 4096,
+            ..config
+        })
+        .await
+        .unwrap();
+        let t2 = Token {
+            transfer_id: "t2".into(),
+            ..token()
+        };
+        let err = quickly(service.fetch_envelope(&t2, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        too_large(&err, 4096);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_cannot_be_built_is_an_error_not_a_default_client() {
+        // TLS 1.3 at least and 1.2 at most: reqwest cannot build it.
+        let impossible = reqwest::Client::builder()
+            .min_tls_version(reqwest::tls::Version::TLS_1_3)
+            .max_tls_version(reqwest::tls::Version::TLS_1_2);
+        let err = http_client(impossible).unwrap_err();
+        assert!(matches!(err, Error::Client(_)), "{err:?}");
+        assert!(err.to_string().contains("tls versions"), "{err}");
+        // The one `new` builds keeps its policy: a redirect is the platform's answer, not followed.
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(|| async {
+                axum::response::Redirect::temporary("https://example.invalid/")
+            }),
+        );
+        let config = ServiceConfig::new(&raw(app).await, "svc", "https://svc/cb", Keys::generate())
+            .expect("a client");
+        let err = Service::discover(config).await.unwrap_err();
+        assert!(matches!(err, Error::Refused { status: 307, .. }), "{err:?}");
     }
 }

@@ -43,6 +43,7 @@ fn registration(client_id: &str, keys: &Keys, trusted: bool) -> Registration {
 
 async fn sdk(w: &FlowWorld, client_id: &str, keys: Keys) -> Service {
     let config = ServiceConfig::new(&w.app.base, client_id, REDIRECT, keys)
+        .unwrap()
         .with_clock(Arc::new(w.app.clock.clone()));
     Service::discover(config).await.unwrap()
 }

@@ -54,7 +54,8 @@ async fn spawn() -> ServiceWorld {
         &w.agencies().base,
         keys,
         Arc::new(w.app.clock.clone()),
-    );
+    )
+    .unwrap();
     ServiceWorld { w, sp, card }
 }
 

@@ -555,6 +555,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     };
     assert_eq!(put(&reg).await.unwrap().status(), 201);
     let config = mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, REDIRECT, keys)
+        .unwrap()
         .with_clock(std::sync::Arc::new(w.app.clock.clone()))
         .without_dpop();
     let service = Service::discover(config).await.unwrap();
@@ -567,7 +568,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     let query = consent_and_confirm(&w, &b, &pending).await;
     let token = service.callback(&pending, &query).await.unwrap();
     assert_eq!(token.token_type, "Bearer");
-    let url = service.package_url(&token);
+    let url = service.package_url(&token).unwrap();
     let prover = Prover::new();
     let (s, _, body) = package_call(
         &url,
@@ -636,7 +637,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
             .unwrap_err(),
         "invalid_dpop_proof",
     );
-    let url = dpop_service.package_url(&token);
+    let url = dpop_service.package_url(&token).unwrap();
     let proof = prover.proof(&claims(&w, "GET", &url, Some(&token.access_token)));
     let (s, _, body) =
         package_call(&url, &format!("DPoP {}", token.access_token), Some(&proof)).await;

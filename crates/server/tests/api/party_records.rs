@@ -176,6 +176,7 @@ async fn world() -> World {
     let app = DataApp::spawn(Backend::Sqlite, 1.0, move |s| s.oauth.clients = regs).await;
     let sdk = |client: &str, keys: Keys| {
         let config = ServiceConfig::new(&app.base, client, "http://127.0.0.1:9/cb", keys)
+            .unwrap()
             .with_clock(Arc::new(app.clock.clone()));
         Service::discover(config)
     };
