@@ -186,7 +186,7 @@ async fn end_to_end(backend: Backend) {
 
     // Once only: then 410, and nothing of it is left on the platform.
     assert!(matches!(
-        o.service.package(&token, Duration::from_secs(1)).await,
+        o.service.package(&token, Duration::from_secs(10)).await,
         Err(mydata_sdk::Error::Gone)
     ));
     let t = w.app.transfer(&token.transfer_id).await;
@@ -572,7 +572,7 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
     assert_eq!((s, body["error"].as_str().unwrap()), (400, "invalid_grant"));
     refused_with(
         o.service
-            .package(&token, Duration::from_secs(1))
+            .package(&token, Duration::from_secs(10))
             .await
             .unwrap_err(),
         "invalid_token",
@@ -616,7 +616,7 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
     };
     refused_with(
         o.service
-            .package(&crossed, Duration::from_secs(1))
+            .package(&crossed, Duration::from_secs(10))
             .await
             .unwrap_err(),
         "invalid_token",

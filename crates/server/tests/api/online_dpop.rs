@@ -229,7 +229,7 @@ async fn end_to_end(backend: Backend) {
     )
     .unwrap_or_else(|r| panic!("package verifies: {r:?}"));
     assert!(matches!(
-        service.package(&token, Duration::from_secs(1)).await,
+        service.package(&token, Duration::from_secs(10)).await,
         Err(mydata_sdk::Error::Gone)
     ));
     assert_eq!(
@@ -632,7 +632,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     let dpop_service = sdk(&w, CLIENT, Keys::generate()).await;
     refused_with(
         dpop_service
-            .fetch_envelope(&token, Duration::from_secs(1))
+            .fetch_envelope(&token, Duration::from_secs(10))
             .await
             .unwrap_err(),
         "invalid_dpop_proof",
