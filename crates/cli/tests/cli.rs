@@ -254,11 +254,21 @@ async fn start(
     data_dir: &Path,
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, String) {
+    start_on(sub, "127.0.0.1:0", data_dir, env).await
+}
+
+/// [`start`] on the `--listen` address given.
+async fn start_on(
+    sub: &str,
+    listen: &str,
+    data_dir: &Path,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args([
         sub,
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--data-dir",
         data_dir.to_str().unwrap(),
     ])
@@ -943,21 +953,7 @@ async fn a_wrong_argument_is_one_line_and_listen_takes_a_host_name() {
         "names what is missing: {missing}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["demo", "--listen", "localhost:0", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("MYDATA_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (_child, url) = start_on("demo", "localhost:0", dir.path(), &[]).await;
     assert!(url.starts_with("http://"), "{url}");
     assert_eq!(
         reqwest::get(format!("{url}/healthz"))

@@ -163,9 +163,16 @@ impl Desk {
     /// The person consents to the counter service at `office`; returns the transfer ID once its
     /// data is ready.
     async fn apply(&self, office: &str) -> String {
+        let id = self.apply_for(SERVICE, office).await;
+        self.app.until_state(&id, TransferState::Ready).await;
+        id
+    }
+
+    /// The person applies for `service` at `office`; the new transfer's ID (not waited for).
+    async fn apply_for(&self, service: &str, office: &str) -> String {
         let res = self
             .person
-            .post(self.url(&format!("/counter/services/{SERVICE}")))
+            .post(self.url(&format!("/counter/services/{service}")))
             .form(&[
                 ("csrf", self.person_csrf.as_str()),
                 ("office", office),
@@ -176,9 +183,7 @@ impl Desk {
             .unwrap();
         assert_eq!(res.status(), StatusCode::SEE_OTHER);
         let loc = res.headers()["location"].to_str().unwrap().to_owned();
-        let id = loc.strip_prefix("/counter/transfers/").unwrap().to_owned();
-        self.app.until_state(&id, TransferState::Ready).await;
-        id
+        loc.strip_prefix("/counter/transfers/").unwrap().to_owned()
     }
 
     async fn barcode_page(&self, id: &str) -> String {
@@ -1546,22 +1551,7 @@ async fn a_dataset_that_could_not_be_fetched_is_explained_in_words_to_the_clerk(
             ..Default::default()
         },
     );
-    let res = d
-        .person
-        .post(d.url(&format!("/counter/services/{PARKING}")))
-        .form(&[
-            ("csrf", d.person_csrf.as_str()),
-            ("office", "chiayi-social"),
-            ("consent", "yes"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let id = location(&res)
-        .strip_prefix("/counter/transfers/")
-        .unwrap()
-        .to_owned();
+    let id = d.apply_for(PARKING, "chiayi-social").await;
     // Time passes (in steps, so each retry runs) until the fetch deadline gives up.
     crate::helpers::eventually_within("the outage settles", Duration::from_secs(60), || async {
         d.app.clock.advance(Duration::from_secs(5));

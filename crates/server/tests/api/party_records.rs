@@ -44,6 +44,18 @@ struct World {
 }
 
 impl World {
+    /// The `records.exported` events: every export is on the record.
+    async fn exports(&self) -> Vec<mydata_store::AuditEvent> {
+        self.app
+            .store()
+            .audit_events_after(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "records.exported")
+            .collect()
+    }
+
     fn now_secs(&self) -> i64 {
         self.app.clock.now().millis() / 1000
     }
@@ -411,15 +423,7 @@ async fn services_and_agencies_export_only_their_own_records() {
     refused(w.agency(&service_jwt, &[]).await, 401, "invalid_client").await;
 
     // Every export is itself on the record, naming the party, never a person.
-    let exports: Vec<_> = w
-        .app
-        .store()
-        .audit_events_after(0, 10_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == "records.exported")
-        .collect();
+    let exports = w.exports().await;
     assert!(exports.iter().any(|e| e.actor == format!("service:{A}")));
     assert!(
         exports
@@ -482,14 +486,5 @@ async fn a_request_refused_for_its_query_leaves_the_credential_unspent() {
     refused(res, 401, "invalid_client").await;
 
     // Only the two answered requests are on the record.
-    let exports = w
-        .app
-        .store()
-        .audit_events_after(0, 10_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == "records.exported")
-        .count();
-    assert_eq!(exports, 2);
+    assert_eq!(w.exports().await.len(), 2);
 }
