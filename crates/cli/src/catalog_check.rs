@@ -11,7 +11,12 @@ pub fn run(paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut sources = CatalogSources::embedded();
     let mut given = Vec::new();
     for path in paths {
+        // Said plainly rather than as a bad file name or an empty folder.
+        if let Err(e) = std::fs::metadata(path) {
+            anyhow::bail!("{}: {e}", path.display());
+        }
         if path.is_dir() {
+            std::fs::read_dir(path).with_context(|| format!("{}", path.display()))?;
             for kind in CatalogFile::ALL {
                 let file = path.join(kind.file_name());
                 if file.is_file() {

@@ -79,6 +79,17 @@ fn catalog_check_accepts_the_shipped_catalogue() {
     );
 }
 
+/// A folder that is not there is named as such (it was "not a catalogue file name").
+#[test]
+fn catalog_check_says_when_a_path_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("catalgoue");
+    let o = mydata(&["catalog", "check", gone.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr_line(&o);
+    assert!(err.contains("No such file or directory"), "{err}");
+}
+
 #[test]
 fn catalog_check_lists_every_problem_with_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
