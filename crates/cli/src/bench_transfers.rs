@@ -42,7 +42,8 @@ pub struct TransferArgs {
     /// The demo's test cards (`<data-dir>/demo/cards`): the synthetic persons who consent.
     #[arg(long, value_name = "DIR")]
     pub cards: PathBuf,
-    /// Synthetic persons signed in before the run [default: the concurrency].
+    /// Synthetic persons signed in before the run, at most the concurrency (each worker runs its
+    /// transfers as one of them) [default: the concurrency].
     #[arg(long)]
     pub persons: Option<usize>,
     /// Transfers in flight at once.
@@ -232,6 +233,13 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
     let base = check_loopback(&args.url)?;
     let base = base.as_str().trim_end_matches('/').to_owned();
     let concurrency = args.concurrency.clamp(1, 1024);
+    if let Some(p) = args.persons
+        && !(1..=concurrency).contains(&p)
+    {
+        anyhow::bail!(
+            "--persons must be from 1 to the concurrency ({concurrency}): each worker runs its transfers as one person"
+        );
+    }
     let admin = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

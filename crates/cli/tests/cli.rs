@@ -184,6 +184,29 @@ fn a_broken_catalogue_folder_stops_start_up() {
     );
 }
 
+/// More signed-in persons than transfers in flight cannot be used: said, not cut silently.
+#[test]
+fn bench_transfers_refuses_more_persons_than_workers() {
+    for persons in ["0", "17"] {
+        let o = mydata(&[
+            "bench",
+            "transfers",
+            "--url",
+            "http://127.0.0.1:9",
+            "--cards",
+            "/nonexistent",
+            "--admin-token",
+            "t",
+            "--concurrency",
+            "16",
+            "--persons",
+            persons,
+        ]);
+        assert!(!o.status.success());
+        assert!(stderr_line(&o).contains("--persons"), "{persons}");
+    }
+}
+
 #[test]
 fn bench_refuses_a_measuring_time_it_cannot_keep() {
     // A deadline beyond what the clock can represent used to panic mid-run.
