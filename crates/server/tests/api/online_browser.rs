@@ -274,3 +274,116 @@ async fn refusing_on_the_consent_page_returns_access_denied_to_the_example_servi
     assert!(kinds.iter().any(|k| k == "service.refused"), "{kinds:?}");
     assert!(!kinds.iter().any(|k| k == "service.consent"), "{kinds:?}");
 }
+
+/// A slow agency: the person agrees and waits; the wait step (accessible: it does not reload
+/// itself) turns into the confirmation by itself once the agency has answered, its script looking
+/// again in the background.
+#[tokio::test]
+async fn the_wait_step_turns_into_the_confirmation_once_the_agency_answers() {
+    // Ready 60 minutes after the request at the agency.
+    const SLOW: &str = "income-tax-income";
+    const CLIENT: &str = "slow-service";
+    let card: Arc<Mutex<Option<Card>>> = Arc::default();
+    let agent = card_agent(card.clone()).await;
+    let keys = mydata_sdk::Keys::generate();
+    let reg = Registration {
+        client_id: CLIENT.into(),
+        name: "所得稅試算".into(),
+        jwks: Some(keys.public_jwks()),
+        jwks_uri: None,
+        redirect_uris: vec!["http://127.0.0.1:9/callback".into()],
+        terms: "僅用於試算。".into(),
+        purpose: "所得稅試算".into(),
+        datasets: vec![SLOW.into()],
+        legal_basis: None,
+        environment: "test".into(),
+        trusted_verifier: false,
+        dpop_bound_access_tokens: false,
+    };
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.identity.card_agent_url = agent;
+        s.oauth.clients = vec![reg];
+        // The test moves the clock an hour in a few seconds, between the page's looks: the
+        // session must outlast that (a person's looks every few seconds keep it alive).
+        s.identity.session_idle_minutes = 240;
+        s.identity.session_absolute_minutes = 240;
+        s.oauth.authorization_ttl_secs = 4 * 3600;
+    })
+    .await;
+    let config =
+        mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, "http://127.0.0.1:9/callback", keys)
+            .unwrap()
+            .with_clock(Arc::new(w.app.clock.clone()));
+    let service = mydata_sdk::Service::discover(config).await.unwrap();
+    let pending = service
+        .push(&mydata_sdk::AuthorizationRequest::new(
+            &[SLOW],
+            "所得稅試算",
+        ))
+        .await
+        .unwrap();
+    let p = w.people[0].clone();
+    w.known(&p).await;
+    *card.lock().unwrap() = Some(w.card(&p));
+    let ctx = Chromium::shared()
+        .unwrap()
+        .new_context("online_wait")
+        .await
+        .unwrap();
+    let page = ctx.new_page(Viewport::MOBILE).await.unwrap();
+    page.goto(&pending.authorize_url).await.unwrap();
+    at_path(&page, "/login", "the platform's sign-in").await;
+    navigate(&page, "a[data-method=moica_cert]", false).await;
+    at_path(&page, "/login/moica_cert", "the certificate page").await;
+    page.fill("#pin", "123456").await.unwrap();
+    page.click("button[type=submit]").await.unwrap();
+    page.wait_until(
+        "document.querySelector('h1[data-step=consent]') !== null && document.readyState === 'complete'",
+        "the consent question",
+    )
+    .await
+    .unwrap();
+    navigate(&page, "button[value=agree]", false).await;
+    page.wait_until(
+        "document.querySelector('h1[data-step=wait]') !== null && document.readyState === 'complete'",
+        "the wait step",
+    )
+    .await
+    .unwrap();
+    step(&page, "wait").await;
+    // Once the agency has said "not yet", its hour passes; nobody touches the page.
+    let pseudonym = mydata_server::identity::subject_pseudonym(&w.app.state, &p.subject());
+    let id = w
+        .app
+        .store()
+        .transfers_for_subject(&pseudonym, 1)
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    w.app
+        .until_dataset(&id, SLOW, "not ready", |d| {
+            d.status == mydata_store::fetch_status::NOT_READY
+        })
+        .await;
+    // Five minutes at a time (the agency's retry interval; at most two hours), leaving the workers
+    // real time to act.
+    for _ in 0..24 {
+        w.app.clock.advance(std::time::Duration::from_secs(300));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if w.app.transfer(&id).await.state != mydata_core::transfer::TransferState::Fetching {
+            break;
+        }
+    }
+    assert_eq!(
+        w.app.transfer(&id).await.state,
+        mydata_core::transfer::TransferState::Ready
+    );
+    until_confirm(&page).await;
+    assert!(
+        page.text("table.datasets")
+            .await
+            .unwrap()
+            .contains("已取得並驗證")
+    );
+}
