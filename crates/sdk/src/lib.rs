@@ -1002,7 +1002,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A stub platform on a loopback port: its metadata (every endpoint under its base) and
+    /// A stand-in platform on a loopback port: its metadata (every endpoint under its base) and
     /// `routes`.
     async fn serve(routes: axum::Router) -> String {
         use axum::routing::get;
@@ -1037,8 +1037,8 @@ mod tests {
         )
     }
 
-    /// A stub platform with keys and `routes`.
-    async fn stub(routes: axum::Router) -> String {
+    /// A stand-in platform with keys and `routes`.
+    async fn stand_in(routes: axum::Router) -> String {
         serve(jwks().merge(routes)).await
     }
 
@@ -1078,10 +1078,10 @@ mod tests {
                 axum::Json(envelope).into_response()
             }),
         );
-        (stub(app).await, calls)
+        (stand_in(app).await, calls)
     }
 
-    /// The service discovered at a stub platform, with the platform's call count.
+    /// The service discovered at a stand-in platform, with the platform's call count.
     async fn service_of((base, calls): (String, Arc<AtomicUsize>)) -> (Service, Arc<AtomicUsize>) {
         let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate()).unwrap();
         (Service::discover(config).await.unwrap(), calls)
@@ -1125,10 +1125,14 @@ mod tests {
             "/oauth/token",
             axum::routing::post(move || async move { axum::Json(body) }),
         );
-        let config =
-            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
-                .unwrap()
-                .without_dpop();
+        let config = ServiceConfig::new(
+            &stand_in(app).await,
+            "svc",
+            "https://svc/cb",
+            Keys::generate(),
+        )
+        .unwrap()
+        .without_dpop();
         Service::discover(config).await.unwrap()
     }
 
@@ -1224,7 +1228,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was sent");
     }
 
-    /// `fetch_envelope` of the stub's package, failing the test if it takes more than 5 s.
+    /// `fetch_envelope` of the stand-in platform's package, failing the test if it takes more than 5 s.
     async fn poll(service: &Service, max_wait: Duration) -> Result<Envelope, Error> {
         tokio::time::timeout(
             Duration::from_secs(5),
@@ -1320,9 +1324,13 @@ mod tests {
             "/api/v1/transfers/t1/package",
             axum::routing::get(std::future::pending::<&'static str>),
         );
-        let config =
-            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
-                .unwrap();
+        let config = ServiceConfig::new(
+            &stand_in(app).await,
+            "svc",
+            "https://svc/cb",
+            Keys::generate(),
+        )
+        .unwrap();
         let service = Service::discover(config).await.unwrap();
         let started = std::time::Instant::now();
         let err = poll(&service, Duration::from_secs(1)).await.unwrap_err();
@@ -1370,9 +1378,13 @@ mod tests {
                     (axum::http::StatusCode::BAD_REQUEST, body).into_response()
                 }),
             );
-        let config =
-            ServiceConfig::new(&stub(app).await, "svc", "https://svc/cb", Keys::generate())
-                .unwrap();
+        let config = ServiceConfig::new(
+            &stand_in(app).await,
+            "svc",
+            "https://svc/cb",
+            Keys::generate(),
+        )
+        .unwrap();
         let service = Service::discover(config).await.unwrap();
         let err = service
             .push(&AuthorizationRequest::new(&["d"], "p"))
@@ -1554,7 +1566,7 @@ mod tests {
                 post(|| async { (axum::http::StatusCode::CREATED, endless()).into_response() }),
             )
             .route("/oauth/token", post(|| async { endless() }));
-        let service = discover_at(&stub(app).await).await.unwrap();
+        let service = discover_at(&stand_in(app).await).await.unwrap();
         let request = AuthorizationRequest::new(&["d"], "p");
         too_large(
             &quickly(service.push(&request)).await.unwrap_err(),
@@ -1566,7 +1578,7 @@ mod tests {
             "/oauth/par",
             post(|| async { (axum::http::StatusCode::BAD_GATEWAY, endless()).into_response() }),
         );
-        let service = discover_at(&stub(app).await).await.unwrap();
+        let service = discover_at(&stand_in(app).await).await.unwrap();
         let err = quickly(service.push(&AuthorizationRequest::new(&["d"], "p")))
             .await
             .unwrap_err();
@@ -1586,7 +1598,7 @@ mod tests {
                 get(move || async move { axum::Json(envelope) }),
             )
             .route("/api/v1/transfers/t2/package", get(|| async { endless() }));
-        let base = stub(app).await;
+        let base = stand_in(app).await;
         let config = ServiceConfig::new(&base, "svc", "https://svc/cb", Keys::generate()).unwrap();
         assert_eq!(config.max_package_bytes, 96 * 1024 * 1024);
         let service = Service::discover(config.clone()).await.unwrap();
