@@ -310,12 +310,8 @@ pub async fn put(
     let existed = old.is_some();
     let now = state.clock().now();
     state.store().put_client(&reg.to_row(now)).await?;
-    forget(
-        &state,
-        &id,
-        old.iter().filter_map(|o| o.jwks_uri.as_deref()),
-    );
-    forget(&state, &id, reg.jwks_uri.as_deref());
+    let uris = old.iter().filter_map(|o| o.jwks_uri.as_deref());
+    forget(&state, &id, uris.chain(reg.jwks_uri.as_deref()));
     state
         .store()
         .append_audit(&registered_event(&reg, "admin", now))

@@ -535,7 +535,7 @@ pub async fn authorize(
             client: &client,
             transfer: None,
         };
-        render_consent(&state, lang, &uri, &view)?
+        render_consent(&state, lang, &view)?
     } else {
         Redirect::to(&format!("/oauth/consent/{id}")).into_response()
     };
@@ -784,7 +784,7 @@ pub async fn consent_page(
         client: &c,
         transfer: t.as_ref(),
     };
-    render_consent(&state, lang, &uri, &view)
+    render_consent(&state, lang, &view)
 }
 
 /// What a consent page shows: the request, its person and service, its transfer once there is one.
@@ -803,7 +803,6 @@ struct ConsentView<'a> {
 fn render_consent(
     state: &AppState,
     lang: Lang,
-    uri: &axum::http::Uri,
     view: &ConsentView<'_>,
 ) -> Result<Response, PageError> {
     let ConsentView {
@@ -846,13 +845,10 @@ fn render_consent(
             .iter()
             .any(|d| d.status == mydata_store::fetch_status::SUCCEEDED)
     });
-    // Shown at /oauth/authorize too: the language switch keeps the request's parameters.
-    let chrome = match uri.query() {
-        Some(q) => crate::pages::Chrome::new(lang).keep_query(q),
-        None => crate::pages::Chrome::new(lang),
-    };
     let page = ConsentPage {
-        chrome,
+        // Shown at /oauth/authorize too: the switch keeps the request's parameters (as every
+        // page's does, see `Chrome::new`).
+        chrome: crate::pages::Chrome::new(lang),
         t: Texts::new(lang),
         step,
         service: c.name.clone(),
