@@ -640,18 +640,28 @@ pub async fn sweep(state: &AppState) -> Result<SweepReport, StoreError> {
 /// Enqueues the expiry sweep of the current period (see [`EXPIRY_QUEUE`]); returns whether this
 /// call enqueued it.
 pub async fn schedule_sweep(state: &AppState) -> Result<bool, StoreError> {
+    let every = Duration::from_secs(state.settings().jobs.sweep_interval_secs.max(1));
+    enqueue_periodic(state, EXPIRY_QUEUE, every).await
+}
+
+/// Enqueues `queue`'s job of the current period of the injected clock (`every` long), unless a
+/// process did already: its `dedup_key` (`queue:period`) names the period. Returns whether this
+/// call enqueued it.
+pub(crate) async fn enqueue_periodic(
+    state: &AppState,
+    queue: &str,
+    every: Duration,
+) -> Result<bool, StoreError> {
     let now = state.clock().now();
-    let period = i64::try_from(state.settings().jobs.sweep_interval_secs.max(1))
-        .unwrap_or(i64::MAX)
-        .saturating_mul(1000);
+    let period = i64::try_from(every.as_millis()).unwrap_or(i64::MAX).max(1);
     let bucket = now.millis().div_euclid(period);
     let job = mydata_store::NewJob {
         id: mydata_store::new_job_id(),
-        queue: EXPIRY_QUEUE.into(),
+        queue: queue.into(),
         payload: serde_json::json!({}),
         run_at: now,
         max_attempts: 3,
-        dedup_key: Some(format!("expiry:{bucket}")),
+        dedup_key: Some(format!("{queue}:{bucket}")),
     };
     enqueue(state, &job, now).await
 }
@@ -847,20 +857,8 @@ pub async fn run_retention(state: &AppState) -> Result<RetentionReport, StoreErr
 /// Enqueues the retention job of the current period (one per `retention.interval_secs`, whoever
 /// enqueues it first); returns whether this call enqueued it.
 pub async fn schedule_retention(state: &AppState) -> Result<bool, StoreError> {
-    let now = state.clock().now();
-    let period = i64::try_from(state.settings().retention.interval_secs.max(1))
-        .unwrap_or(i64::MAX)
-        .saturating_mul(1000);
-    let bucket = now.millis().div_euclid(period);
-    let job = mydata_store::NewJob {
-        id: mydata_store::new_job_id(),
-        queue: RETENTION_QUEUE.into(),
-        payload: serde_json::json!({}),
-        run_at: now,
-        max_attempts: 3,
-        dedup_key: Some(format!("retention:{bucket}")),
-    };
-    enqueue(state, &job, now).await
+    let every = Duration::from_secs(state.settings().retention.interval_secs.max(1));
+    enqueue_periodic(state, RETENTION_QUEUE, every).await
 }
 
 /// Enqueues a job and wakes an idle worker of its queue in this process. Returns false when a job

@@ -8,7 +8,7 @@
 
 use crate::background::{BoxFuture, JobHandler, JobOutcome};
 use crate::state::AppState;
-use mydata_store::{Job, NewJob, StoreError};
+use mydata_store::{Job, StoreError};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -107,18 +107,7 @@ pub async fn sweep_orphaned_blobs(state: &AppState) -> Result<SweepReport, Sweep
 /// Enqueues the sweep of the current period (one per [`SWEEP_PERIOD`], whoever enqueues it
 /// first); returns whether this call enqueued it.
 pub async fn schedule_object_sweep(state: &AppState) -> Result<bool, StoreError> {
-    let now = state.clock().now();
-    let period = i64::try_from(SWEEP_PERIOD.as_millis()).unwrap_or(i64::MAX);
-    let bucket = now.millis().div_euclid(period);
-    let job = NewJob {
-        id: mydata_store::new_job_id(),
-        queue: OBJECT_SWEEP_QUEUE.into(),
-        payload: serde_json::json!({}),
-        run_at: now,
-        max_attempts: 3,
-        dedup_key: Some(format!("object-sweep:{bucket}")),
-    };
-    crate::background::enqueue(state, &job, now).await
+    crate::background::enqueue_periodic(state, OBJECT_SWEEP_QUEUE, SWEEP_PERIOD).await
 }
 
 /// Runs the jobs of [`OBJECT_SWEEP_QUEUE`].
