@@ -239,8 +239,8 @@ fn worker_threads() -> usize {
         .clamp(1, 64)
 }
 
-/// Help and version as clap prints them; a wrong argument on one line (clap's own message, first
-/// line, plus where to look), exit status 2 as clap's.
+/// Help and version as clap prints them; a wrong argument on one line (clap's own message, its
+/// first paragraph joined, plus where to look), exit status 2 as clap's.
 fn usage_error(e: &clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(
