@@ -129,9 +129,20 @@ pub struct StartFetch {
     pub subject_id: String,
     pub method: IdentityMethod,
     pub level: AssuranceLevel,
-    /// The online service's authorization request this consent answers, with its event: moved
+    /// The online service's authorization request this consent answers: moved
     /// `opened → consented` in the transfer's own write step.
-    pub answers: Option<(String, NewAuditEvent)>,
+    pub answers: Option<ServiceAnswer>,
+}
+
+/// The online service's authorization request a consent answers.
+#[derive(Debug, Clone)]
+pub struct ServiceAnswer {
+    pub request_id: String,
+    /// The consent's event, logged on the new transfer.
+    pub event: NewAuditEvent,
+    /// The request then lives at least this long: the person's last confirmation waits for the
+    /// agencies.
+    pub keep_until: Timestamp,
 }
 
 /// Why a fetch could not start.
@@ -237,10 +248,11 @@ pub async fn start_fetch(
         .collect();
     // Created and fetching in one write: the person consented when asking (and answered the
     // service's request, if there is one).
-    let answers = req
-        .answers
-        .as_ref()
-        .map(|(request_id, audit)| RequestAnswer { request_id, audit });
+    let answers = req.answers.as_ref().map(|a| RequestAnswer {
+        request_id: &a.request_id,
+        audit: &a.event,
+        keep_until: a.keep_until,
+    });
     // As many fetches as this process has room for run right here, leased to it by the same
     // write; the rest go to the workers.
     let starter = state.starter();
@@ -286,7 +298,7 @@ pub struct PersonRequest {
     pub purpose: String,
     pub datasets: Vec<String>,
     /// The online service's authorization request this consent answers (see [`StartFetch`]).
-    pub answers: Option<(String, NewAuditEvent)>,
+    pub answers: Option<ServiceAnswer>,
 }
 
 /// Starts a transfer for the person of a verified session: the one place every flow turns a

@@ -294,7 +294,8 @@ INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT 
 /// A new transfer that starts fetching at once, as one step (see `step`): `CREATE_*` with the row
 /// already `fetching` at version 1 (what creation and consent make of it), its two events
 /// (`$10`–`$12`, `$13`/`$14`), the sealed secret `$15` and the fetch jobs `$16` (a JSON array;
-/// one with a `lease_owner` goes in `running`, at its first attempt).
+/// one with a `lease_owner` goes in `running`, at its first attempt). An answered request
+/// (`$17`, its event `$18`–`$22`) lives at least until `$23`.
 const START_SQLITE: &str = "BEGIN IMMEDIATE;
 INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 1);
@@ -310,7 +311,7 @@ INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, ded
            json_extract(value, '$.lease_owner'), json_extract(value, '$.lease_until'), $7, $7
     FROM json_each($16) WHERE true
     ON CONFLICT (dedup_key) DO NOTHING;
-UPDATE oauth_requests SET status = 'consented', transfer_id = $1, updated_at = $7
+UPDATE oauth_requests SET status = 'consented', transfer_id = $1, updated_at = $7, expires_at = MAX(expires_at, $23)
     WHERE id = $17 AND status = 'opened' AND expires_at > $7 RETURNING 1;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $18, $19, $20, $1, $21, $22 WHERE changes() = 1;
 COMMIT";
@@ -327,7 +328,8 @@ j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_a
            x->>'lease_owner', (x->>'lease_until')::bigint, $7, $7
     FROM t, jsonb_array_elements($16::jsonb) AS x
     ON CONFLICT (dedup_key) DO NOTHING),
-r AS (UPDATE oauth_requests SET status = 'consented', transfer_id = t.id, updated_at = $7 FROM t
+r AS (UPDATE oauth_requests SET status = 'consented', transfer_id = t.id, updated_at = $7,
+        expires_at = GREATEST(oauth_requests.expires_at, $23::bigint) FROM t
     WHERE oauth_requests.id = $17::text AND oauth_requests.status = 'opened' AND oauth_requests.expires_at > $7
     RETURNING oauth_requests.id)
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail)
@@ -405,6 +407,9 @@ fn fresh_transfer(t: &NewTransfer, now: Timestamp) -> Transfer {
 pub struct RequestAnswer<'a> {
     pub request_id: &'a str,
     pub audit: &'a NewAuditEvent,
+    /// The request lives at least until then (its last confirmation can wait for slow agencies);
+    /// a later expiry it already has is kept.
+    pub keep_until: Timestamp,
 }
 
 impl Store {
@@ -455,7 +460,8 @@ impl Store {
             .bind(answers.map(|a| a.audit.kind.as_str()))
             .bind(answers.and_then(|a| a.audit.subject.as_deref()))
             .bind(answers.map(|a| a.audit.actor.as_str()))
-            .bind(answers.map(|a| a.audit.detail.to_string())));
+            .bind(answers.map(|a| a.audit.detail.to_string()))
+            .bind(answers.map_or(0, |a| a.keep_until.millis())));
         Ok((created.changed_to(next, now), rows.iter().any(|r| r.0 == 1)))
     }
 

@@ -228,6 +228,7 @@ async fn a_consent_answers_its_request_in_the_transfer_step(s: &Store) {
     let answer = RequestAnswer {
         request_id: "r1",
         audit: &consent,
+        keep_until: at(7200),
     };
     let (t, answered) = s
         .start_transfer(
@@ -247,6 +248,8 @@ async fn a_consent_answers_its_request_in_the_transfer_step(s: &Store) {
         (r.status.as_str(), r.transfer_id.as_deref()),
         ("consented", Some("t1"))
     );
+    // The consent gives the person until keep_until to confirm, past the hour from opening.
+    assert_eq!(r.expires_at, at(7200).millis());
     // The consent is logged after the transfer's own events, on the new transfer.
     let kinds: Vec<String> = s
         .audit_for_transfer("t1")
@@ -276,6 +279,28 @@ async fn a_consent_answers_its_request_in_the_transfer_step(s: &Store) {
     let r = s.request("r1").await.unwrap().unwrap();
     assert_eq!(r.transfer_id.as_deref(), Some("t1"));
     assert_eq!(s.audit_for_transfer("t2").await.unwrap().len(), 2);
+    // A keep_until before the request's own expiry shortens nothing.
+    s.put_request(&request("r2", at(90))).await.unwrap();
+    s.open_request("r2", "sa", at(3600), T0).await.unwrap();
+    let early = RequestAnswer {
+        request_id: "r2",
+        audit: &consent,
+        keep_until: at(10),
+    };
+    let (_, answered) = s
+        .start_transfer(
+            &transfer("t3"),
+            "sealed",
+            StartJobs::queued(&[]),
+            Some(&early),
+            "pseudonym",
+            at(3),
+        )
+        .await
+        .unwrap();
+    assert!(answered);
+    let r = s.request("r2").await.unwrap().unwrap();
+    assert_eq!(r.expires_at, at(3600).millis());
 }
 
 async fn codes_are_single_use_and_reuse_revokes_tokens(s: &Store) {

@@ -966,7 +966,11 @@ pub async fn consent_submit(
                     recipient: Some(c.client_id.clone()),
                     purpose: p.purpose.clone(),
                     datasets: p.datasets.clone(),
-                    answers: Some((id.clone(), event)),
+                    answers: Some(crate::agencies::ServiceAnswer {
+                        request_id: id.clone(),
+                        event,
+                        keep_until: confirm_by(&state, &p.datasets, now),
+                    }),
                 },
             )
             .await
@@ -1001,6 +1005,24 @@ pub async fn consent_submit(
             lang,
         )),
     }
+}
+
+/// Until when a person who consents now may give the last confirmation: the slowest dataset's
+/// expected wait plus `oauth.authorization_ttl_secs`, so the hour a request has from opening does
+/// not run out while an agency prepares a 60-minute dataset; never past the transfer's own life.
+fn confirm_by(
+    state: &AppState,
+    datasets: &[String],
+    now: mydata_core::Timestamp,
+) -> mydata_core::Timestamp {
+    let slowest = datasets
+        .iter()
+        .filter_map(|d| state.catalog().dataset(d))
+        .map(|d| u64::from(d.ready_minutes) * 60)
+        .max()
+        .unwrap_or(0);
+    let wait = slowest.saturating_add(state.settings().oauth.authorization_ttl_secs);
+    now.plus(Duration::from_secs(wait).min(mydata_core::limits::PACKAGE_TTL))
 }
 
 /// `POST /oauth/consent/{id}/confirm`: the second answer, once the data is ready.

@@ -40,7 +40,9 @@ pub struct OAuthSettings {
     pub code_ttl_secs: u64,
     /// Life of an access token.
     pub token_ttl_secs: u64,
-    /// How long a person has from opening the request to the last confirmation.
+    /// How long a person has from opening the request to the last confirmation; consenting
+    /// extends it to the slowest dataset's expected wait plus this long (within the transfer's
+    /// 8 hours).
     pub authorization_ttl_secs: u64,
     /// Longest lifetime of a client assertion (`exp` - now).
     pub assertion_max_secs: u64,

@@ -1068,6 +1068,67 @@ async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once
     assert_eq!(release.detail["when_ready"], true);
 }
 
+/// A person who keeps the wait page open while an agency prepares a 60-minute dataset can still
+/// send once it is ready: consenting gives the request the dataset's wait on top of the hour it
+/// had from opening (oauth.authorization_ttl_secs), which would otherwise run out first.
+#[tokio::test]
+async fn a_person_waiting_for_a_60_minute_dataset_can_still_send_once_it_is_ready() {
+    const SLOW: &str = "income-tax-income";
+    let keys = Keys::generate();
+    let reg = registration(CLIENT, &keys, &[SLOW]);
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.clients = vec![reg];
+    })
+    .await;
+    let service = sdk(&w, CLIENT, keys).await;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.10").await;
+    let consent = agree(&w, &service, &b, &p.id, SLOW).await;
+    let id = w
+        .app
+        .store()
+        .transfers_for_subject(
+            &mydata_server::identity::subject_pseudonym(&w.app.state, &p.subject()),
+            1,
+        )
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    w.app
+        .until_dataset(&id, SLOW, "not ready", |d| {
+            d.status == mydata_store::fetch_status::NOT_READY
+        })
+        .await;
+    // Five minutes at a time, the page looking after each as its script does (which keeps the
+    // session alive); bounded at two hours.
+    let mut page = String::new();
+    for _ in 0..24 {
+        w.app.clock.advance(Duration::from_secs(300));
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if w.app.transfer(&id).await.state != TransferState::Fetching {
+                break;
+            }
+        }
+        page = b.get(&consent).await.text().await.unwrap();
+        if !page.contains("data-step=\"wait\"") {
+            break;
+        }
+    }
+    assert!(page.contains("data-step=\"confirm\""), "{page}");
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&page)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let back = location(&r);
+    assert!(back.starts_with(REDIRECT), "{back}");
+    assert!(back.contains("code="), "{back}");
+}
+
 /// A consent that loses the race to answer the request (two "agree" posts at once: both passed
 /// the page's check, the other's write moved the request first) creates nothing that lasts: its
 /// transfer is cancelled before any fetch runs, the request keeps the winner's transfer, and the
@@ -1118,7 +1179,11 @@ async fn a_consent_that_loses_the_race_to_answer_is_cancelled_and_refused() {
                 subject_id: p.id.clone(),
                 method,
                 level: method.level(),
-                answers: Some((request_id.clone(), event)),
+                answers: Some(mydata_server::agencies::ServiceAnswer {
+                    request_id: request_id.clone(),
+                    event,
+                    keep_until: o.w.app.clock.now(),
+                }),
             },
             &pseudonym,
         )

@@ -307,7 +307,6 @@ async fn the_wait_step_turns_into_the_confirmation_once_the_agency_answers() {
         // session must outlast that (a person's looks every few seconds keep it alive).
         s.identity.session_idle_minutes = 240;
         s.identity.session_absolute_minutes = 240;
-        s.oauth.authorization_ttl_secs = 4 * 3600;
     })
     .await;
     let config =
