@@ -31,6 +31,28 @@ pub fn load_or_create_platform_signer(settings: &Settings) -> anyhow::Result<Pla
     Ok(signer)
 }
 
+/// Refuses to go on with a key other than the one the database was first used with (`keys.NAME`
+/// for each `(NAME, check value)`): every process sharing a database must hold the same keys, and
+/// one that created its own (no file copied to its machine) would otherwise sign, seal or name
+/// people differently from the rest. The first process records each key's check value.
+pub async fn check_shared(
+    store: &mydata_store::Store,
+    now: mydata_core::Timestamp,
+    keys: &[(&str, String)],
+) -> anyhow::Result<()> {
+    for (name, value) in keys {
+        let stored = store.key_check(name, value, now).await?;
+        if stored != *value {
+            anyhow::bail!(
+                "keys.{name} is not the key this database was first used with (check value {}… recorded, {}… here): every process sharing a database must use the same key file; see docs/CONFIGURATION.md",
+                stored.get(..8).unwrap_or_default(),
+                value.get(..8).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
     warn_if_readable_by_others(path);
     let pem = std::fs::read_to_string(path)

@@ -84,7 +84,10 @@ impl Server {
             .migrate()
             .await
             .context("cannot bring the database schema up to date")?;
-        identity.check_keys(&store, clock.now()).await?;
+        let mut keys = identity.key_checks().to_vec();
+        keys.push(("data_key", data.vault.check_value().to_owned()));
+        keys.push(("platform_signing_key", platform.kid().to_owned()));
+        crate::keys::check_shared(&store, clock.now(), &keys).await?;
         crate::oauth::clients::load_configured(&store, &catalog, &settings.oauth, clock.now())
             .await?;
         tracing::info!(

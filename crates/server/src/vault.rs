@@ -38,6 +38,9 @@ pub struct Vault {
     /// The platform's HPKE key (derived, so every process sharing the data key has it): opens
     /// `login_hint`s and authenticates packages sealed to online services.
     kem: mydata_package::e2e::HpkeKeyPair,
+    /// Equal for equal keys and nothing else (an HMAC of a fixed label), for the database's
+    /// `key_checks`.
+    check: String,
 }
 
 impl std::fmt::Debug for Vault {
@@ -52,9 +55,13 @@ impl Vault {
             .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
         mac.update(b"mydata platform hpke key v1");
         let kem = mydata_package::e2e::HpkeKeyPair::derive(&mac.finalize().into_bytes());
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
+        mac.update(b"mydata:v1:key-check");
         Self {
             cipher: Aes256Gcm::new(key.into()),
             kem,
+            check: hex::encode(mac.finalize().into_bytes()),
         }
     }
 
@@ -117,6 +124,11 @@ impl Vault {
     }
 
     /// The platform's HPKE (X25519) key pair.
+    /// The data key's check value (see `crate::keys::check_shared`).
+    pub fn check_value(&self) -> &str {
+        &self.check
+    }
+
     pub fn platform_kem(&self) -> &mydata_package::e2e::HpkeKeyPair {
         &self.kem
     }
@@ -157,6 +169,11 @@ mod tests {
         assert_eq!(v.open("secret:t1", &s).unwrap().as_slice(), b"A123456789");
         assert!(v.open("secret:t2", &s).is_err());
         assert!(Vault::from_key(&[8; 32]).open("secret:t1", &s).is_err());
+        // The check value tells keys apart without being either.
+        let check = Vault::from_key(&[7; 32]).check_value().to_owned();
+        assert_eq!(check, v.check_value());
+        assert_ne!(check, Vault::from_key(&[8; 32]).check_value());
+        assert!(!check.contains(&hex::encode([7u8; 32])));
         assert!(v.open("secret:t1", "not base64!").is_err());
         assert_ne!(v.seal("c", b"x").unwrap(), v.seal("c", b"x").unwrap());
     }

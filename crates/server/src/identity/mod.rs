@@ -261,29 +261,14 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Refuses to go on with a pseudonym or identity-hash key other than the one the database was
-    /// first used with. Processes on different machines each create their own key files when
-    /// none are configured: records would split under two pseudonyms per person, and lockouts
-    /// would count per process. The first process records each key's check value.
-    pub async fn check_keys(
-        &self,
-        store: &mydata_store::Store,
-        now: mydata_core::Timestamp,
-    ) -> anyhow::Result<()> {
-        for (name, value) in [
+    /// The check values of the pseudonym and identity-hash keys, for [`crate::keys::check_shared`]:
+    /// processes on different machines each create their own key files when none are configured,
+    /// and records would split under two pseudonyms per person, lockouts count per process.
+    pub fn key_checks(&self) -> [(&'static str, String); 2] {
+        [
             ("pseudonym_key", self.subjects.check_value()),
             ("identity_hash_key", self.pseudonyms.check_value()),
-        ] {
-            let stored = store.key_check(name, &value, now).await?;
-            if stored != value {
-                anyhow::bail!(
-                    "keys.{name} is not the key this database was first used with (check value {}… recorded, {}… here): every process sharing a database must use the same key file; see docs/CONFIGURATION.md",
-                    stored.get(..8).unwrap_or_default(),
-                    value.get(..8).unwrap_or_default()
-                );
-            }
-        }
-        Ok(())
+        ]
     }
 
     /// Loads (or creates) the pseudonym key and sets up the methods the settings allow.

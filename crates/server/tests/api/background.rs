@@ -460,9 +460,10 @@ async fn the_platform_key_is_created_once_private_and_reused() {
     );
 }
 
-/// Two processes on one database whose data folders hold different pseudonym or identity-hash
-/// keys (each created its own): the second refuses to start, naming the key, instead of recording
-/// the same person under a second pseudonym. With the first's key files it starts.
+/// Two processes on one database whose data folders hold different keys (each created its own):
+/// the second refuses to start, naming the key, instead of recording the same person under a
+/// second pseudonym, sealing fetches and `login_hint`s the first cannot open, or signing receipts
+/// with a key the first does not publish. With the first's key files it starts.
 #[tokio::test]
 async fn a_process_with_other_keys_than_the_database_refuses_to_start() {
     let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -489,6 +490,15 @@ async fn a_process_with_other_keys_than_the_database_refuses_to_start() {
         "{err:#}"
     );
     std::fs::copy(a.identity_hash_key_path(), b.identity_hash_key_path()).unwrap();
+    let err = bind(b.clone()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("keys.data_key"), "{err:#}");
+    std::fs::copy(a.data_key_path(), b.data_key_path()).unwrap();
+    let err = bind(b.clone()).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("keys.platform_signing_key"),
+        "{err:#}"
+    );
+    std::fs::copy(a.platform_key_path(), b.platform_key_path()).unwrap();
     bind(b).await.unwrap();
 }
 
