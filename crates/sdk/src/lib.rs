@@ -218,7 +218,8 @@ pub struct ServiceConfig {
     pub keys: Arc<Keys>,
     /// Time for assertions (the system clock unless a test injects one).
     pub clock: Arc<dyn Clock>,
-    pub http: reqwest::Client,
+    /// Private so that every client follows no redirect ([`ServiceConfig::with_http`]).
+    http: reqwest::Client,
     /// Whether to bind codes and tokens to the DPoP key (on unless [`ServiceConfig::without_dpop`];
     /// the platform requires it of production services and of those registered with
     /// `dpop_bound_access_tokens`).
@@ -228,9 +229,12 @@ pub struct ServiceConfig {
     pub max_package_bytes: usize,
 }
 
-/// `builder`'s client, or why not (with reqwest's reasons: its own message is "builder error").
-/// A default client instead would drop the redirect policy and timeout, and can panic itself.
+/// `builder`'s client following no redirect, or why not (with reqwest's reasons: its own message
+/// is "builder error"). A redirect would take the request, with its client assertion or token, to
+/// an address that is not the platform's; a default client instead would drop the redirect policy
+/// and timeout, and can panic itself.
 fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, Error> {
+    let builder = builder.redirect(reqwest::redirect::Policy::none());
     builder.build().map_err(|e| {
         let mut why = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -274,11 +278,7 @@ impl ServiceConfig {
             redirect_uri: redirect_uri.to_owned(),
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
-            http: http_client(
-                reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .timeout(Duration::from_secs(30)),
-            )?,
+            http: http_client(reqwest::Client::builder().timeout(Duration::from_secs(30)))?,
             dpop: true,
             max_package_bytes: DEFAULT_MAX_PACKAGE_BYTES,
         })
@@ -293,6 +293,15 @@ impl ServiceConfig {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The HTTP client built from `builder` instead of the default one (a load test's pool or
+    /// timeout, a proxy), still following no redirect: the SDK sets that policy on `builder`.
+    /// `builder` brings its own timeout (the default client's is 30 s). Fails only if the
+    /// client cannot be built.
+    pub fn with_http(mut self, builder: reqwest::ClientBuilder) -> Result<Self, Error> {
+        self.http = http_client(builder)?;
+        Ok(self)
     }
 }
 
@@ -1672,5 +1681,45 @@ mod tests {
             .expect("a client");
         let err = Service::discover(config).await.unwrap_err();
         assert!(matches!(err, Error::Refused { status: 307, .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_the_service_brings_is_used_and_follows_no_redirect_either() {
+        // The platform redirects only the service's own client (known by its header).
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(|headers: axum::http::HeaderMap| async move {
+                use axum::response::IntoResponse as _;
+                if headers.get("x-service-client").is_some() {
+                    axum::response::Redirect::temporary("https://example.invalid/").into_response()
+                } else {
+                    axum::http::StatusCode::IM_A_TEAPOT.into_response()
+                }
+            }),
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-service-client", "1".parse().unwrap());
+        // A builder left with reqwest's default policy, which follows up to 10 redirects.
+        let builder = reqwest::Client::builder().default_headers(headers);
+        let config = ServiceConfig::new(&raw(app).await, "svc", "https://svc/cb", Keys::generate())
+            .unwrap()
+            .with_http(builder)
+            .expect("a client");
+        let err = Service::discover(config).await.unwrap_err();
+        assert!(matches!(err, Error::Refused { status: 307, .. }), "{err:?}");
+        // A builder that cannot build: the error, not the client kept from `new`.
+        let impossible = reqwest::Client::builder()
+            .min_tls_version(reqwest::tls::Version::TLS_1_3)
+            .max_tls_version(reqwest::tls::Version::TLS_1_2);
+        let err = ServiceConfig::new(
+            "https://p.example",
+            "svc",
+            "https://svc/cb",
+            Keys::generate(),
+        )
+        .unwrap()
+        .with_http(impossible)
+        .unwrap_err();
+        assert!(matches!(err, Error::Client(_)), "{err:?}");
     }
 }
