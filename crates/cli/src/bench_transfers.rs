@@ -257,13 +257,12 @@ pub async fn measure(args: &TransferArgs) -> anyhow::Result<Report> {
 
     let keys = Keys::generate();
     register(&admin, &base, &args.admin_token, &keys).await?;
-    let mut config = ServiceConfig::new(&base, CLIENT_ID, REDIRECT, keys)?;
-    config.http = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(concurrency)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let config = ServiceConfig::new(&base, CLIENT_ID, REDIRECT, keys)?.with_http(
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(concurrency)
+            .timeout(Duration::from_secs(10)),
+    )?;
     let service = Service::discover(config)
         .await
         .context("the platform's OAuth metadata (is --url its issuer?)")?;

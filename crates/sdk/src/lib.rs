@@ -218,7 +218,8 @@ pub struct ServiceConfig {
     pub keys: Arc<Keys>,
     /// Time for assertions (the system clock unless a test injects one).
     pub clock: Arc<dyn Clock>,
-    pub http: reqwest::Client,
+    /// Private so that every client follows no redirect ([`ServiceConfig::with_http`]).
+    http: reqwest::Client,
     /// Whether to bind codes and tokens to the DPoP key (on unless [`ServiceConfig::without_dpop`];
     /// the platform requires it of production services and of those registered with
     /// `dpop_bound_access_tokens`).
@@ -228,9 +229,12 @@ pub struct ServiceConfig {
     pub max_package_bytes: usize,
 }
 
-/// `builder`'s client, or why not (with reqwest's reasons: its own message is "builder error").
-/// A default client instead would drop the redirect policy and timeout, and can panic itself.
+/// `builder`'s client following no redirect, or why not (with reqwest's reasons: its own message
+/// is "builder error"). A redirect would take the request, with its client assertion or token, to
+/// an address that is not the platform's; a default client instead would drop the redirect policy
+/// and timeout, and can panic itself.
 fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, Error> {
+    let builder = builder.redirect(reqwest::redirect::Policy::none());
     builder.build().map_err(|e| {
         let mut why = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -274,11 +278,7 @@ impl ServiceConfig {
             redirect_uri: redirect_uri.to_owned(),
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
-            http: http_client(
-                reqwest::Client::builder()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .timeout(Duration::from_secs(30)),
-            )?,
+            http: http_client(reqwest::Client::builder().timeout(Duration::from_secs(30)))?,
             dpop: true,
             max_package_bytes: DEFAULT_MAX_PACKAGE_BYTES,
         })
@@ -293,6 +293,15 @@ impl ServiceConfig {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The HTTP client built from `builder` instead of the default one (a load test's pool or
+    /// timeout, a proxy), still following no redirect: the SDK sets that policy on `builder`.
+    /// `builder` brings its own timeout (the default client's is 30 s). Fails only if the
+    /// client cannot be built.
+    pub fn with_http(mut self, builder: reqwest::ClientBuilder) -> Result<Self, Error> {
+        self.http = http_client(builder)?;
+        Ok(self)
     }
 }
 
@@ -757,10 +766,15 @@ impl Service {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| missing("transfer_id in authorization_details"))?;
         check_transfer_id(&transfer_id)?;
-        let token_type = s(&body, "token_type");
-        if self.config.dpop && !token_type.eq_ignore_ascii_case("DPoP") {
+        // The type decides how the token is sent (`resource_get`): it must be the one asked for,
+        // compared without case (RFC 6749 §7.1), or a token would go out the wrong way.
+        let token_type = Some(s(&body, "token_type"))
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| missing("token_type"))?;
+        let asked = if self.config.dpop { "DPoP" } else { "Bearer" };
+        if !token_type.eq_ignore_ascii_case(asked) {
             return Err(Error::Invalid(format!(
-                "the platform issued a {token_type} token instead of a DPoP-bound one"
+                "the token response's token_type is {token_type}, not the {asked} the service asked for"
             )));
         }
         Ok(Token {
@@ -1119,8 +1133,9 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    /// A platform whose token endpoint answers 200 with `body` (the service without DPoP).
-    async fn token_endpoint(body: serde_json::Value) -> Service {
+    /// A platform whose token endpoint answers 200 with `body`, for a service asking for
+    /// DPoP-bound tokens if `dpop`, bearer tokens otherwise.
+    async fn token_endpoint(body: serde_json::Value, dpop: bool) -> Service {
         let app = axum::Router::new().route(
             "/oauth/token",
             axum::routing::post(move || async move { axum::Json(body) }),
@@ -1131,19 +1146,19 @@ mod tests {
             "https://svc/cb",
             Keys::generate(),
         )
-        .unwrap()
-        .without_dpop();
+        .unwrap();
+        let config = if dpop { config } else { config.without_dpop() };
         Service::discover(config).await.unwrap()
     }
 
     #[tokio::test]
-    async fn a_token_response_without_token_or_transfer_is_refused_by_name() {
+    async fn a_token_response_without_token_transfer_or_the_type_asked_for_is_refused_by_name() {
         let details = serde_json::json!([{ "type": "mydata_transfer", "transfer_id": "t1", "datasets": ["d"] }]);
         let full = serde_json::json!({
             "access_token": "at", "token_type": "Bearer", "expires_in": 60,
             "authorization_details": details,
         });
-        let service = token_endpoint(full.clone()).await;
+        let service = token_endpoint(full.clone(), false).await;
         let token = service.exchange("code", "verifier").await.unwrap();
         assert_eq!(
             (token.access_token.as_str(), token.transfer_id.as_str()),
@@ -1155,6 +1170,25 @@ mod tests {
             b.as_object_mut().unwrap().remove(f);
             b
         };
+        let typed = |t: &str| {
+            let mut b = full.clone();
+            b["token_type"] = t.into();
+            b
+        };
+        // The type asked for, in any case (RFC 6749 §7.1), is taken as the platform wrote it.
+        for (dpop, t) in [
+            (false, "bearer"),
+            (false, "BEARER"),
+            (true, "DPoP"),
+            (true, "dpop"),
+        ] {
+            let token = token_endpoint(typed(t), dpop)
+                .await
+                .exchange("code", "verifier")
+                .await
+                .unwrap_or_else(|e| panic!("{t} (dpop {dpop}): {e:?}"));
+            assert_eq!((token.token_type.as_str(), token.is_dpop()), (t, dpop));
+        }
         let mut no_transfer = full.clone();
         no_transfer["authorization_details"][0]
             .as_object_mut()
@@ -1164,21 +1198,36 @@ mod tests {
         empty["access_token"] = "".into();
         let mut odd = full.clone();
         odd["authorization_details"][0]["transfer_id"] = "../t1".into();
-        for (body, named) in [
-            (without("access_token"), "access_token"),
-            (without("authorization_details"), "authorization_details"),
-            (no_transfer, "transfer_id"),
-            (empty, "access_token"),
-            (odd, "transfer"),
+        // Whether the service asks for DPoP, the body, the field the refusal names.
+        for (dpop, body, named) in [
+            (false, without("access_token"), "access_token"),
+            (
+                false,
+                without("authorization_details"),
+                "authorization_details",
+            ),
+            (false, no_transfer, "transfer_id"),
+            (false, empty, "access_token"),
+            (false, odd, "transfer"),
+            // No type, or not the one asked for: the token would be sent the wrong way.
+            (false, without("token_type"), "token_type"),
+            (false, typed(""), "token_type"),
+            (false, typed("DPoP"), "token_type"),
+            (false, typed("Bearer-ish"), "token_type"),
+            (false, typed("mac"), "token_type"),
+            (true, without("token_type"), "token_type"),
+            (true, typed("Bearer"), "token_type"),
+            (true, typed("bearer"), "token_type"),
+            (true, typed("DPoP "), "token_type"),
         ] {
-            let err = token_endpoint(body.clone())
+            let err = token_endpoint(body.clone(), dpop)
                 .await
                 .exchange("code", "verifier")
                 .await
                 .unwrap_err();
             assert!(
                 matches!(&err, Error::Invalid(m) if m.contains(named)),
-                "{body}: {err:?}"
+                "{body} (dpop {dpop}): {err:?}"
             );
         }
     }
@@ -1632,5 +1681,45 @@ mod tests {
             .expect("a client");
         let err = Service::discover(config).await.unwrap_err();
         assert!(matches!(err, Error::Refused { status: 307, .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_the_service_brings_is_used_and_follows_no_redirect_either() {
+        // The platform redirects only the service's own client (known by its header).
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(|headers: axum::http::HeaderMap| async move {
+                use axum::response::IntoResponse as _;
+                if headers.get("x-service-client").is_some() {
+                    axum::response::Redirect::temporary("https://example.invalid/").into_response()
+                } else {
+                    axum::http::StatusCode::IM_A_TEAPOT.into_response()
+                }
+            }),
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-service-client", "1".parse().unwrap());
+        // A builder left with reqwest's default policy, which follows up to 10 redirects.
+        let builder = reqwest::Client::builder().default_headers(headers);
+        let config = ServiceConfig::new(&raw(app).await, "svc", "https://svc/cb", Keys::generate())
+            .unwrap()
+            .with_http(builder)
+            .expect("a client");
+        let err = Service::discover(config).await.unwrap_err();
+        assert!(matches!(err, Error::Refused { status: 307, .. }), "{err:?}");
+        // A builder that cannot build: the error, not the client kept from `new`.
+        let impossible = reqwest::Client::builder()
+            .min_tls_version(reqwest::tls::Version::TLS_1_3)
+            .max_tls_version(reqwest::tls::Version::TLS_1_2);
+        let err = ServiceConfig::new(
+            "https://p.example",
+            "svc",
+            "https://svc/cb",
+            Keys::generate(),
+        )
+        .unwrap()
+        .with_http(impossible)
+        .unwrap_err();
+        assert!(matches!(err, Error::Client(_)), "{err:?}");
     }
 }

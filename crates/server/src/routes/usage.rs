@@ -400,7 +400,9 @@ pub async fn export_json(State(state): State<AppState>, uri: Uri, headers: Heade
         .unwrap_or_else(|e: AppError| no_store(e.into_page(lang)))
 }
 
-/// `GET /records.csv`: one row per transfer; datasets and events joined in one cell each.
+/// `GET /records.csv`: one row per transfer; datasets and events joined in one cell each. Events
+/// twice: `events` by code (for programs; codes never change) and `event_labels` in the page's
+/// words and language (for the person reading it in a spreadsheet).
 pub async fn export_csv(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     let lang = lang_of(&uri, &headers);
     let run = async {
@@ -420,6 +422,7 @@ pub async fn export_csv(State(state): State<AppState>, uri: Uri, headers: Header
             "deleted_at",
             "datasets",
             "events",
+            "event_labels",
         ])
         .map_err(csv_err)?;
         for r in &records {
@@ -435,7 +438,14 @@ pub async fn export_csv(State(state): State<AppState>, uri: Uri, headers: Header
                 .map(|e| format!("{} {}", e.at_text, e.kind))
                 .collect::<Vec<_>>()
                 .join("; ");
-            // Purposes and names come from services and the catalogue: no cell may run as a formula.
+            let event_labels = r
+                .events
+                .iter()
+                .map(|e| format!("{} {}", e.at_text, e.label))
+                .collect::<Vec<_>>()
+                .join("; ");
+            // Purposes and names come from services, the catalogue and operators (office and
+            // counter names in counter events): no cell may run as a formula.
             w.write_record(
                 [
                     r.request_number.as_str(),
@@ -447,6 +457,7 @@ pub async fn export_csv(State(state): State<AppState>, uri: Uri, headers: Header
                     r.deleted_text.as_str(),
                     datasets.as_str(),
                     events.as_str(),
+                    event_labels.as_str(),
                 ]
                 .map(|c| crate::records::csv_safe(c).into_owned()),
             )
