@@ -121,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(home::home))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::routes::metrics::metrics))
         .route("/.well-known/mydata/jwks.json", get(health::jwks))
         .route("/static/app.css", get(stylesheet))
         .route("/static/login.js", get(login_script))

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Top-level keys; environment variables naming anything else (such as `MYDATA_CONFIG`) are ignored.
-const TOP_LEVEL_KEYS: [&str; 16] = [
+const TOP_LEVEL_KEYS: [&str; 17] = [
     "listen",
     "data_dir",
     "database",
@@ -29,6 +29,7 @@ const TOP_LEVEL_KEYS: [&str; 16] = [
     "identity",
     "messages",
     "oauth",
+    "ops",
 ];
 
 /// Every setting of the platform.
@@ -57,6 +58,16 @@ pub struct Settings {
     /// Online services: the authorization server and registered services.
     #[serde(default)]
     pub oauth: crate::oauth::OAuthSettings,
+    #[serde(default)]
+    pub ops: OpsSettings,
+}
+
+/// What the operators' monitoring reads.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsSettings {
+    /// Bearer token of `GET /metrics` (Prometheus text format); empty: `/metrics` is off.
+    pub metrics_token: String,
 }
 
 /// How the platform reaches data-provider agencies and which agency certificates it trusts.
@@ -311,6 +322,7 @@ impl Default for Settings {
             agencies: AgencySettings::default(),
             storage: StorageSettings::default(),
             dev: DevSettings::default(),
+            ops: OpsSettings::default(),
             retention: RetentionSettings::default(),
             oauth: crate::oauth::OAuthSettings::default(),
         }
@@ -441,6 +453,9 @@ impl Settings {
         self.identity.validate().map_err(ConfigError)?;
         self.messages.validate().map_err(ConfigError)?;
         self.oauth.validate().map_err(ConfigError)?;
+        if !self.ops.metrics_token.is_empty() && self.ops.metrics_token.len() < 16 {
+            return bad("ops.metrics_token", "must be at least 16 characters");
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad(
                 "log.level",

@@ -92,6 +92,10 @@ pub enum AppError {
     Forbidden(String),
     #[error("the admin API needs the configured admin token (Authorization: Bearer)")]
     AdminUnauthorized,
+    #[error(
+        "/metrics needs the configured metrics token (ops.metrics_token, Authorization: Bearer)"
+    )]
+    MetricsUnauthorized,
     /// A registration the configuration holds (`oauth.clients`): changed there, not through the
     /// admin API, which the next process to start would silently undo.
     #[error(
@@ -208,6 +212,7 @@ impl AppError {
             AppError::PasswordRejected(_) => "password_rejected",
             AppError::Forbidden(_) => "forbidden",
             AppError::AdminUnauthorized => "admin_unauthorized",
+            AppError::MetricsUnauthorized => "metrics_unauthorized",
             AppError::ServiceManagedByConfig(_) => "service_managed_by_config",
             AppError::AuthorizationRefused(_) => "authorization_refused",
             AppError::Passkey(p) => p.code(),
@@ -249,7 +254,7 @@ impl AppError {
             }
             AppError::MethodNotOffered(_) => StatusCode::NOT_FOUND,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AppError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            AppError::AdminUnauthorized | AppError::MetricsUnauthorized => StatusCode::UNAUTHORIZED,
             AppError::ServiceManagedByConfig(_) => StatusCode::CONFLICT,
             AppError::AuthorizationRefused(_) => StatusCode::BAD_REQUEST,
             AppError::Passkey(p) => p.status(),
@@ -296,6 +301,7 @@ impl AppError {
             AppError::PasswordRejected(_) => ("密碼不符合規定", "Password not accepted"),
             AppError::Forbidden(_) => ("沒有權限", "Not allowed"),
             AppError::AdminUnauthorized => ("需要管理權杖", "Admin token needed"),
+            AppError::MetricsUnauthorized => ("需要監控權杖", "Metrics token needed"),
             AppError::ServiceManagedByConfig(_) => {
                 ("此服務由設定檔管理", "Service managed by the configuration")
             }
@@ -561,6 +567,7 @@ pub(crate) fn wants_problem_json(path: &str) -> bool {
         || path == "/api"
         || path.starts_with("/healthz")
         || path.starts_with("/readyz")
+        || path == "/metrics"
         || path.starts_with("/.well-known/")
         || path.ends_with("/options")
         || (path.starts_with("/login/") && path.ends_with("/challenge"))

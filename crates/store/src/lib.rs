@@ -17,6 +17,7 @@ mod identity;
 mod jobs;
 mod keys;
 mod oauth;
+mod ops;
 mod passkeys;
 mod readers;
 mod records;
@@ -49,6 +50,7 @@ pub use jobs::{Job, JobState, NewJob, StartJobs, new_job_id};
 pub use oauth::{
     ClientRow, CodeGrant, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem, RequestRow, TokenRow,
 };
+pub use ops::{OpsSnapshot, QueueCounts};
 pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
 pub use records::{RecordCursor, RecordParty, TransferRecord};
 pub use transfers::{NewTransfer, RequestAnswer, Transfer, TransferDataset, TransferWork};

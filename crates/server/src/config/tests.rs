@@ -192,3 +192,17 @@ fn the_inline_package_limit_has_a_default_and_is_read_from_file_and_environment(
         .0;
     assert!(err.contains("inline_max_bytes"), "{err}");
 }
+
+#[test]
+fn the_metrics_token_comes_from_its_variable_and_is_not_a_short_one() {
+    let s = Settings::load(
+        None,
+        &env(&[("MYDATA_OPS__METRICS_TOKEN", "a-long-enough-metrics-token")]),
+    )
+    .unwrap();
+    assert_eq!(s.ops.metrics_token, "a-long-enough-metrics-token");
+    let err = Settings::load(None, &env(&[("MYDATA_OPS__METRICS_TOKEN", "short")]))
+        .unwrap_err()
+        .0;
+    assert!(err.contains("config key `ops.metrics_token`"), "{err}");
+}

@@ -8,7 +8,7 @@ use crate::routes::path::Path;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mydata_core::{Catalog, Timestamp};
 use mydata_store::{ClientRow, Store};
@@ -250,15 +250,7 @@ fn registered_event(
 }
 
 fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
-    let expected = &state.settings().oauth.admin_token;
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    use subtle::ConstantTimeEq;
-    let ok: bool = given.as_bytes().ct_eq(expected.as_bytes()).into();
-    if expected.is_empty() || !ok {
+    if !crate::routes::bearer_is(headers, &state.settings().oauth.admin_token) {
         return Err(AppError::AdminUnauthorized);
     }
     Ok(())

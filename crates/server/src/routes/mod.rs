@@ -10,6 +10,7 @@ pub mod form;
 pub mod health;
 pub mod home;
 pub mod login;
+pub mod metrics;
 pub mod party_records;
 pub mod passkeys;
 pub mod path;
@@ -27,6 +28,18 @@ pub fn clip(s: &str) -> String {
 }
 
 /// `what` named `id` (the caller's input, clipped) does not exist.
+/// Whether the request carries `Authorization: Bearer {expected}` (compared in constant time);
+/// never for an empty `expected`.
+pub fn bearer_is(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
 pub fn not_found(what: &'static str, id: &str) -> AppError {
     AppError::NotFound { what, id: clip(id) }
 }

@@ -59,3 +59,101 @@ async fn server_stops_cleanly_and_releases_its_port() {
         "still listening after stop"
     );
 }
+
+const METRICS_TOKEN: &str = "metrics-token-0123456789";
+
+/// The operator's monitoring scrapes `/metrics` with its own token: a transfer whose agency fetch
+/// waits in the queue shows as a live transfer and as queue lag that grows with the clock. No
+/// token, or another, is refused; without `ops.metrics_token` there is no `/metrics`.
+async fn metrics_show_the_queues_and_live_transfers(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.jobs.enabled = false;
+        s.ops.metrics_token = METRICS_TOKEN.into();
+    })
+    .await;
+    let scrape = |token: &str| {
+        app.client
+            .get(app.url("/metrics"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_problem(app.get("/metrics").await, 401, "metrics_unauthorized").await;
+    assert_problem(
+        scrape("metrics-token-0123456780").await.unwrap(),
+        401,
+        "metrics_unauthorized",
+    )
+    .await;
+
+    let now = mydata_core::Clock::now(&app.clock);
+    let job = mydata_store::NewJob {
+        id: mydata_store::new_job_id(),
+        queue: mydata_server::agencies::FETCH_QUEUE.into(),
+        payload: serde_json::json!({}),
+        run_at: now,
+        max_attempts: 3,
+        dedup_key: None,
+    };
+    app.state
+        .store()
+        .start_transfer(
+            &mydata_store::NewTransfer {
+                id: "t-metrics".into(),
+                kind: mydata_core::transfer::TransferKind::SelfDownload,
+                subject: "pseudonym".into(),
+                recipient: None,
+                purpose: "self".into(),
+                datasets: vec!["low-income-household".into()],
+            },
+            "sealed",
+            mydata_store::StartJobs::queued(std::slice::from_ref(&job)),
+            None,
+            "pseudonym",
+            now,
+        )
+        .await
+        .unwrap();
+    app.clock.advance(std::time::Duration::from_secs(90));
+    let res = scrape(METRICS_TOKEN).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        res.headers()
+    );
+    let text = res.text().await.unwrap();
+    for sample in [
+        "mydata_jobs{queue=\"agency-fetch\",state=\"queued\"} 1\n",
+        "mydata_jobs{queue=\"agency-fetch\",state=\"running\"} 0\n",
+        "mydata_job_queue_lag_seconds{queue=\"agency-fetch\"} 90\n",
+        "mydata_job_queue_lag_seconds{queue=\"package-assemble\"} 0\n",
+        "mydata_transfers_live{kind=\"self_download\",state=\"fetching\"} 1\n",
+        "mydata_audit_backlog_events 2\n",
+    ] {
+        assert!(text.contains(sample), "{sample} in:\n{text}");
+    }
+    // Nothing of the person's: no subject, no transfer ID.
+    assert!(
+        !text.contains("pseudonym") && !text.contains("t-metrics"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_the_queues_and_live_transfers_sqlite() {
+    metrics_show_the_queues_and_live_transfers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn metrics_show_the_queues_and_live_transfers_postgres() {
+    metrics_show_the_queues_and_live_transfers(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn there_is_no_metrics_without_a_metrics_token() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    assert_problem(app.get("/metrics").await, 404, "not_found").await;
+}
