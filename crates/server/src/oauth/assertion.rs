@@ -195,15 +195,28 @@ pub fn encryption_key(jwks: &serde_json::Value) -> Option<[u8; 32]> {
         .find_map(|k| mydata_package::e2e::x25519_from_jwk(k).ok())
 }
 
+/// The keys of a registered set that may verify an assertion's signature: ES256 (EC P-256) or
+/// EdDSA (OKP Ed25519), not declared for encryption, readable by the JWT library.
+pub fn signing_keys(set: &serde_json::Value) -> impl Iterator<Item = Jwk> + '_ {
+    set.get("keys")
+        .and_then(|k| k.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|k| k.get("use").and_then(|u| u.as_str()) != Some("enc"))
+        .filter(|k| {
+            let field = |n: &str| k.get(n).and_then(|v| v.as_str());
+            matches!(
+                (field("kty"), field("crv")),
+                (Some("EC"), Some("P-256")) | (Some("OKP"), Some("Ed25519"))
+            )
+        })
+        .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+}
+
 /// The signing key named by `kid` (or the only one). Encryption keys (declared, or X25519, which
 /// cannot sign) never verify a signature; keys the JWT library cannot read are skipped.
 fn signing_key(set: &serde_json::Value, kid: Option<&str>) -> Option<Jwk> {
-    let keys = set.get("keys")?.as_array()?;
-    let mut candidates = keys
-        .iter()
-        .filter(|k| k.get("use").and_then(|u| u.as_str()) != Some("enc"))
-        .filter(|k| k.get("crv").and_then(|c| c.as_str()) != Some("X25519"))
-        .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok());
+    let mut candidates = signing_keys(set);
     match kid {
         Some(kid) => candidates.find(|k| k.common.key_id.as_deref() == Some(kid)),
         None => {

@@ -65,7 +65,8 @@ impl Registration {
         for (field, v, max) in [
             ("name", &self.name, 200),
             ("terms", &self.terms, 20_000),
-            ("purpose", &self.purpose, 2_000),
+            // As long as a pushed request's own purpose may be: it stands in for one left out.
+            ("purpose", &self.purpose, super::flow::MAX_PURPOSE_CHARS),
         ] {
             if v.trim().is_empty() || v.chars().count() > max {
                 return Err(format!("{field}: required, at most {max} characters"));
@@ -170,10 +171,20 @@ fn check_jwks(jwks: &serde_json::Value) -> Result<(), String> {
     if keys.is_empty() || keys.len() > 10 {
         return Err("jwks: 1 to 10 keys".into());
     }
+    // The private members of EC, OKP and RSA keys, and a symmetric key's secret.
+    const SECRET_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];
     for k in keys {
-        if k.get("d").is_some() {
-            return Err("jwks: contains a private key (`d`); register public keys only".into());
+        if let Some(m) = SECRET_MEMBERS.iter().find(|m| k.get(**m).is_some()) {
+            return Err(format!(
+                "jwks: a key has the private or secret member `{m}`; register public keys only"
+            ));
         }
+    }
+    if super::assertion::signing_keys(jwks).next().is_none() {
+        return Err(
+            "jwks: needs a key to verify client assertions with (kty EC crv P-256 for ES256, or kty OKP crv Ed25519 for EdDSA; not use enc)"
+                .into(),
+        );
     }
     if super::assertion::encryption_key(jwks).is_none() {
         return Err(
@@ -480,5 +491,80 @@ mod cache_tests {
         assert!(c.get("sp", t0, 2_000).is_none());
         c.put(&row("sp", "B"), t0, c.mark());
         assert_eq!(c.get("sp", t0, 2_000).map(|r| r.name), Some("B".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(jwks: serde_json::Value) -> Registration {
+        Registration {
+            client_id: "sp".into(),
+            name: "服務".into(),
+            jwks: Some(jwks),
+            jwks_uri: None,
+            redirect_uris: vec!["https://sp.example/cb".into()],
+            terms: "條款".into(),
+            purpose: "用途".into(),
+            datasets: vec!["low-income-household".into()],
+            legal_basis: None,
+            environment: "test".into(),
+            trusted_verifier: false,
+            dpop_bound_access_tokens: false,
+        }
+    }
+
+    #[test]
+    fn a_key_set_must_verify_assertions_and_hold_no_secret() {
+        let catalog = crate::serve::load_catalog(None).unwrap();
+        let keys = mydata_sdk::Keys::generate().public_jwks();
+        registration(keys.clone()).validate(&catalog).unwrap();
+        let [sig, enc] = [keys["keys"][0].clone(), keys["keys"][1].clone()];
+
+        // Only the encryption key: every pushed request would fail at its assertion.
+        let err = registration(serde_json::json!({ "keys": [enc] }))
+            .validate(&catalog)
+            .unwrap_err();
+        assert!(err.contains("verify client assertions"), "{err}");
+        // A signing key declared for encryption, or an RSA key, signs nothing the platform takes.
+        let mut as_enc = sig.clone();
+        as_enc["use"] = "enc".into();
+        let rsa = serde_json::json!({ "kty": "RSA", "n": "sXch", "e": "AQAB" });
+        for other in [as_enc, rsa] {
+            let err = registration(serde_json::json!({ "keys": [other, enc] }))
+                .validate(&catalog)
+                .unwrap_err();
+            assert!(err.contains("verify client assertions"), "{err}");
+        }
+        // Private or secret members, whichever key type.
+        for (member, key) in [
+            ("d", {
+                let mut k = sig.clone();
+                k["d"] = "x".into();
+                k
+            }),
+            ("k", serde_json::json!({ "kty": "oct", "k": "c2VjcmV0" })),
+            (
+                "qi",
+                serde_json::json!({ "kty": "RSA", "n": "sXch", "e": "AQAB", "qi": "x" }),
+            ),
+        ] {
+            let err = registration(serde_json::json!({ "keys": [sig, enc, key] }))
+                .validate(&catalog)
+                .unwrap_err();
+            assert!(err.contains(&format!("`{member}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_registered_purpose_fits_where_it_stands_in_for_a_pushed_one() {
+        let catalog = crate::serve::load_catalog(None).unwrap();
+        let mut r = registration(mydata_sdk::Keys::generate().public_jwks());
+        r.purpose = "用".repeat(super::super::flow::MAX_PURPOSE_CHARS);
+        r.validate(&catalog).unwrap();
+        r.purpose.push('用');
+        let err = r.validate(&catalog).unwrap_err();
+        assert!(err.starts_with("purpose:"), "{err}");
     }
 }

@@ -185,11 +185,16 @@ fn check_details(
         )));
     }
     let purpose = d.purpose.clone().unwrap_or_else(|| client.purpose.clone());
-    if purpose.trim().is_empty() || purpose.chars().count() > 500 {
-        return Err(bad("purpose must be 1 to 500 characters".into()));
+    if purpose.trim().is_empty() || purpose.chars().count() > MAX_PURPOSE_CHARS {
+        return Err(bad(format!(
+            "purpose must be 1 to {MAX_PURPOSE_CHARS} characters"
+        )));
     }
     Ok((d.datasets.clone(), purpose))
 }
+
+/// The longest purpose a person is shown (a pushed request's, or the registration's in its place).
+pub const MAX_PURPOSE_CHARS: usize = 500;
 
 /// `POST /oauth/par` (RFC 9126).
 pub async fn par(
