@@ -158,7 +158,7 @@ pub async fn package(
     {
         dpop::spend(&state, &row.client_id, p)
             .await
-            .map_err(OAuthError::at_resource)?;
+            .map_err(refused_proof)?;
     }
     let t = t.ok_or_else(|| AppError::PackageGone(id.clone()).into_response())?;
     match t.state {
@@ -257,4 +257,48 @@ async fn take_sealed(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
+}
+
+/// A poll's DPoP proof refused at its spend: a replay is the proof's fault (401 with the DPoP
+/// challenge); a database that cannot record it answers as every other outage of this endpoint
+/// does (problem+json `database_unavailable`, `Retry-After`), not as an OAuth endpoint.
+fn refused_proof(e: OAuthError) -> Response {
+    if e.code == super::ErrorCode::TemporarilyUnavailable {
+        return AppError::DatabaseUnavailable.into_response();
+    }
+    e.at_resource()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proof_refused_for_an_outage_answers_as_the_endpoints_other_outages() {
+        let res = refused_proof(OAuthError::new(
+            super::super::ErrorCode::TemporarilyUnavailable,
+            "database",
+        ));
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            res.headers()[axum::http::header::CONTENT_TYPE],
+            crate::error::PROBLEM_JSON
+        );
+        let like = AppError::DatabaseUnavailable.into_response();
+        for h in [
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::RETRY_AFTER,
+        ] {
+            assert_eq!(res.headers().get(&h), like.headers().get(&h), "{h}");
+        }
+        let res = refused_proof(OAuthError::new(
+            super::super::ErrorCode::InvalidDpopProof,
+            "replayed",
+        ));
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            res.headers()
+                .contains_key(axum::http::header::WWW_AUTHENTICATE)
+        );
+    }
 }
