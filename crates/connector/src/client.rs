@@ -232,11 +232,7 @@ impl AgencyClient {
                 transfer_id,
                 request_id,
             } => {
-                if request_id.is_empty()
-                    || !request_id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
+                if !request_id_ok(request_id) {
                     return Err(CallError::RequestGone);
                 }
                 claims.transfer_id = Some(transfer_id.to_owned());
@@ -265,14 +261,10 @@ impl AgencyClient {
                     serde_json::from_slice(&body).map_err(|e| unreadable("dataset body", &e))?;
                 Ok(Answer::Dataset(Box::new(body)))
             }
-            StatusCode::ACCEPTED => {
-                let a: Accepted =
-                    serde_json::from_slice(&body).map_err(|e| unreadable("202 body", &e))?;
-                Ok(Answer::NotReady {
-                    request_id: a.request_id,
-                    retry_after,
-                })
-            }
+            StatusCode::ACCEPTED => Ok(Answer::NotReady {
+                request_id: accepted(&body)?,
+                retry_after,
+            }),
             StatusCode::TOO_MANY_REQUESTS => Err(CallError::RateLimited { retry_after }),
             StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => {
                 Err(CallError::Timeout(self.settings.request_timeout))
@@ -349,9 +341,47 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
         .map(|s| Duration::from_secs(s.min(86_400)))
 }
 
+/// The longest `request_id` an agency may give (docs/agency-api.yaml).
+const MAX_REQUEST_ID: usize = 128;
+
+/// Whether a `request_id` can go in the poll's path as it is: 1 to 128 letters, digits, `-`, `_`.
+fn request_id_ok(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The `request_id` of a 202 body; one the poll could not use is malformed now, not a request
+/// asked again at every retry.
+fn accepted(body: &[u8]) -> Result<String, CallError> {
+    let a: Accepted = serde_json::from_slice(body).map_err(|e| unreadable("202 body", &e))?;
+    if !request_id_ok(&a.request_id) {
+        return Err(CallError::Malformed(format!(
+            "the 202 body's request_id must be 1 to {MAX_REQUEST_ID} letters, digits, '-' or '_'"
+        )));
+    }
+    Ok(a.request_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_id_the_poll_cannot_use_is_malformed_at_once() {
+        let body = |id: &str| serde_json::json!({ "request_id": id, "ready_at": 0 }).to_string();
+        assert_eq!(
+            accepted(body("r-1_A").as_bytes()).ok(),
+            Some("r-1_A".into())
+        );
+        for id in ["", "a.b", "a/b", "a b", "%2e", &"r".repeat(129)] {
+            assert!(
+                matches!(accepted(body(id).as_bytes()), Err(CallError::Malformed(_))),
+                "{id:?}"
+            );
+        }
+    }
 
     #[test]
     fn retry_after_takes_seconds_only_and_caps_them() {
