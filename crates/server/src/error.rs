@@ -575,7 +575,10 @@ pub(crate) fn wants_problem_json(path: &str) -> bool {
 
 /// The OAuth endpoints a service calls, which answer every error as RFC 6749 JSON.
 fn oauth_endpoint(path: &str) -> bool {
-    matches!(path, "/oauth/par" | "/oauth/token")
+    matches!(
+        path,
+        "/oauth/par" | "/oauth/token" | "/api/v1/records/service" | "/api/v1/records/agency"
+    )
 }
 
 /// Rewrites error responses made outside handlers (layers, router fallbacks) into problem+json for

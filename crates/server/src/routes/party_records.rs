@@ -142,8 +142,7 @@ pub async fn service(
     headers: HeaderMap,
     form: FormResult,
 ) -> Result<Response, OAuthError> {
-    let Form(form) =
-        form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
+    let Form(form) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
     let iss = crate::oauth::issuer(&state, &headers);
     let (client, jti) = assertion::verify_client(
         &state,
@@ -178,8 +177,7 @@ pub async fn agency(
     headers: HeaderMap,
     form: FormResult,
 ) -> Result<Response, OAuthError> {
-    let Form(form) =
-        form.map_err(|_| invalid("the body must be application/x-www-form-urlencoded"))?;
+    let Form(form) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
     let iss = crate::oauth::issuer(&state, &headers);
     let token = verify_agency(
         &state,
@@ -316,6 +314,8 @@ async fn answer(
     .await
     .map_err(|e| match e {
         records::ExportError::EmptyRange => invalid(e.to_string()),
+        // An outage answers 503 temporarily_unavailable with Retry-After, as the OAuth endpoints.
+        records::ExportError::Store(e) => OAuthError::from(e),
         e => {
             tracing::error!(error = %e, "record export failed");
             OAuthError::new(

@@ -51,7 +51,7 @@ async fn too_large_body_is_413_with_or_without_content_length() {
 }
 
 /// A refusal made before an OAuth endpoint's handler (body limit, method) is RFC 6749 JSON as the
-/// endpoint's own errors are, and the sign-in pages' script endpoints answer problem+json, not a
+/// endpoint's own errors are (the records exports authenticate as the token endpoint does), and the sign-in pages' script endpoints answer problem+json, not a
 /// page: a service's client and the page's script can read what went wrong.
 #[tokio::test]
 async fn oauth_and_script_endpoints_answer_layer_refusals_in_their_own_shape() {
@@ -65,7 +65,12 @@ async fn oauth_and_script_endpoints_answer_layer_refusals_in_their_own_shape() {
         assert_eq!(b["error"], "invalid_request", "{b}");
         b["error_description"].as_str().unwrap().to_owned()
     };
-    for path in ["/oauth/par", "/oauth/token"] {
+    for path in [
+        "/oauth/par",
+        "/oauth/token",
+        "/api/v1/records/service",
+        "/api/v1/records/agency",
+    ] {
         let res = app
             .client
             .post(app.url(path))
