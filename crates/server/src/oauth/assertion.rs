@@ -311,13 +311,14 @@ pub fn replayed() -> OAuthError {
     )
 }
 
-/// Authenticates a client by `private_key_jwt` (`endpoint` is the URL the assertion was sent to,
-/// also accepted as `aud`) without recording the `jti`: the caller spends it with [`spend`] or in
-/// its own write (the token endpoint spends it with the code) and answers [`replayed`] if it was used.
+/// Authenticates a client by `private_key_jwt` without recording the `jti`: the caller spends it
+/// with [`spend`] or in its own write (the token endpoint spends it with the code) and answers
+/// [`replayed`] if it was used. `aud` must be the issuer identifier as a single string (FAPI 2.0
+/// Security Profile §5.3.2.1): neither an endpoint's URL nor an array, so an assertion a service
+/// made for another server (or another endpoint) is never taken here.
 pub async fn verify_client(
     state: &AppState,
     issuer: &str,
-    endpoint: &str,
     client_id: Option<&str>,
     assertion_type: Option<&str>,
     assertion: Option<&str>,
@@ -339,15 +340,19 @@ pub async fn verify_client(
     if client_id.is_some_and(|c| c != sub) {
         return Err(invalid("client_id differs from the assertion's sub"));
     }
+    if claims.get("aud").and_then(|a| a.as_str()) != Some(issuer) {
+        return Err(invalid(&format!(
+            "client_assertion: aud must be the issuer identifier `{issuer}`, as one string"
+        )));
+    }
     let client = super::clients::registered(state, sub)
         .await?
         .ok_or_else(|| invalid("unknown client"))?;
-    let audiences = vec![issuer.to_owned(), endpoint.to_owned()];
     let (claims, exp) = verify_signed(
         state,
         &client,
         assertion,
-        &audiences,
+        &[issuer.to_owned()],
         ErrorCode::InvalidClient,
         "client_assertion",
     )

@@ -208,7 +208,6 @@ pub async fn par(
     let (client, assertion_jti) = assertion::verify_client(
         &state,
         &iss,
-        &format!("{iss}/oauth/par"),
         one(&form, "client_id"),
         one(&form, "client_assertion_type"),
         one(&form, "client_assertion"),
@@ -1168,17 +1167,21 @@ pub async fn token(
     let (client, assertion_jti) = assertion::verify_client(
         &state,
         &iss,
-        &format!("{iss}/oauth/token"),
         one(&form, "client_id"),
         one(&form, "client_assertion_type"),
         one(&form, "client_assertion"),
     )
     .await?;
-    if one(&form, "grant_type") != Some("authorization_code") {
-        return Err(OAuthError::new(
-            ErrorCode::UnsupportedGrantType,
-            "grant_type must be authorization_code",
-        ));
+    match one(&form, "grant_type") {
+        Some("authorization_code") => {}
+        // RFC 6749 §5.2: a missing parameter is invalid_request; another grant, unsupported.
+        None => return Err(invalid("grant_type is missing")),
+        Some(_) => {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                "grant_type must be authorization_code",
+            ));
+        }
     }
     // DPoP (RFC 9449 §5): a proof binds the token to its key; required when registered so or in
     // production. Checked now, its jti spent only once the code is about to be.

@@ -147,7 +147,6 @@ pub async fn service(
     let (client, jti) = assertion::verify_client(
         &state,
         &iss,
-        &format!("{iss}{SERVICE_PATH}"),
         one(&form, "client_id"),
         one(&form, "client_assertion_type"),
         one(&form, "client_assertion"),

@@ -440,6 +440,31 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
         (401, "invalid_client"),
         "{body}"
     );
+    // FAPI 2.0: aud is the issuer identifier, one string; not the endpoint's URL, not an array
+    // that holds it beside another server's.
+    let now = mydata_core::Clock::now(&w.app.clock).millis() / 1000;
+    for aud in [
+        serde_json::json!(format!("{}/oauth/par", w.app.base)),
+        serde_json::json!(["https://other-as.example", w.app.base]),
+    ] {
+        let assertion = o
+            .service
+            .sign(&serde_json::json!({
+                "iss": CLIENT, "sub": CLIENT, "aud": aud,
+                "iat": now, "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string(),
+            }))
+            .unwrap();
+        let (s, body) = par(vec![("client_assertion", assertion)]).await;
+        assert_eq!(
+            (s, body["error"].as_str().unwrap()),
+            (401, "invalid_client"),
+            "{aud}: {body}"
+        );
+        assert!(
+            body["error_description"].as_str().unwrap().contains("aud"),
+            "{body}"
+        );
+    }
 
     // Too many datasets: a registration of six without a legal basis is refused by the admin API.
     let admin = reqwest::Client::new();
@@ -538,6 +563,19 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
             (400, "invalid_grant"),
             "{what}: {body}"
         );
+    }
+    // RFC 6749 §5.2: no grant_type is a malformed request; another one is not supported.
+    for (grant_type, error) in [
+        (None, "invalid_request"),
+        (Some("client_credentials"), "unsupported_grant_type"),
+    ] {
+        let mut form = grant(&o, &code, &v, REDIRECT);
+        form.retain(|(k, _)| *k != "grant_type");
+        if let Some(g) = grant_type {
+            form.push(("grant_type", g.into()));
+        }
+        let (s, body) = token_call(&o, &form).await;
+        assert_eq!((s, body["error"].as_str().unwrap()), (400, error), "{body}");
     }
     // Nothing changed: the code still works once.
     let form = grant(&o, &code, &v, REDIRECT);
