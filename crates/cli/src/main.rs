@@ -329,6 +329,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         provider_sim::start_in_process(&settings, args.time_scale, !args.no_agency_pdf).await?;
     agencies.configure(&mut settings);
     settings.dev.endpoints = true;
+    // Every agency is simulated here, so test-environment services get simulated data only.
+    settings.oauth.serve_test_services = true;
     // The example online service beside the platform, registered with fresh keys at each start.
     let (sp_listener, sp_base) = mydata_example_service::bind().await?;
     let sp_keys = mydata_sdk::Keys::generate();

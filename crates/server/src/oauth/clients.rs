@@ -195,9 +195,11 @@ fn check_jwks(jwks: &serde_json::Value) -> Result<(), String> {
 }
 
 /// Whether `client` must prove possession of a DPoP key at the token endpoint: registered so
-/// (RFC 9449 §5.2), or a production service (FAPI 2.0 requires sender-constrained tokens).
+/// (RFC 9449 §5.2), or any service that receives people's real data, trial as well as production
+/// (FAPI 2.0 requires sender-constrained tokens). A test service's data is simulated (see
+/// `OAuthSettings::serve_test_services`).
 pub fn requires_dpop(client: &ClientRow) -> bool {
-    client.dpop_bound_access_tokens || client.environment == "production"
+    client.dpop_bound_access_tokens || client.environment != "test"
 }
 
 /// Stores the registrations of the configuration (validated at start; a bad one stops start-up).

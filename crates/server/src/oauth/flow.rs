@@ -213,6 +213,12 @@ pub async fn par(
         one(&form, "client_assertion"),
     )
     .await?;
+    if client.environment == "test" && !state.settings().oauth.serve_test_services {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            "this platform does not serve test-environment services (they receive simulated data only, and its agencies hold real data); use the test platform, or register the service for trial",
+        ));
+    }
     if form.contains_key("request_uri") {
         return Err(invalid("request_uri must not be sent to the PAR endpoint"));
     }
@@ -644,6 +650,7 @@ pub struct Texts {
     pub dont_send: &'static str,
     pub nothing: &'static str,
     pub environment: &'static str,
+    pub trial_environment: &'static str,
     pub once: &'static str,
     pub reload: &'static str,
     pub early_intro: &'static str,
@@ -672,6 +679,7 @@ impl Texts {
             dont_send: l.pick("不要傳送", "Do not send"),
             nothing: l.pick("沒有任何資料可以取得，無法傳送。", "No dataset could be fetched, so nothing can be sent."),
             environment: l.pick("測試環境：資料為模擬資料", "Test environment: the data is simulated"),
+            trial_environment: l.pick("試營運環境：此服務尚在試辦，傳送的是您的真實資料", "Trial: this service is on trial; it receives your real data"),
             once: l.pick("此同意僅用於這一次傳送。", "This consent covers this one transfer only."),
             reload: l.pick("重新整理", "Refresh"),
             early_intro: l.pick("不想等候？您可以現在確認：資料取得後即加密傳送給此服務，無法取得的項目不會傳送。", "Rather not wait? Confirm now: your data is sent encrypted to this service as soon as it is fetched; anything that cannot be fetched is not sent."),

@@ -57,6 +57,10 @@ pub struct OAuthSettings {
     pub ready_hold_ms: u64,
     /// Services registered at start (replacing stored registrations with the same client ID).
     pub clients: Vec<clients::Registration>,
+    /// Serve services registered in the `test` environment. Their consent page says the data is
+    /// simulated, as the platform's test zone gives test services simulated data only: turn it on
+    /// only where the agencies are simulated (`demo` does). Off, their pushed requests are refused.
+    pub serve_test_services: bool,
 }
 
 impl Default for OAuthSettings {
@@ -73,6 +77,7 @@ impl Default for OAuthSettings {
             client_cache_ms: 2_000,
             ready_hold_ms: 3_000,
             clients: Vec::new(),
+            serve_test_services: false,
         }
     }
 }

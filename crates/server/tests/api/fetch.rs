@@ -93,6 +93,8 @@ pub fn settings(db_url: &str, dir: &Path, agencies: &Agencies) -> Settings {
     s.agencies.trust_roots = vec![dir.join("agency-root.pem")];
     s.agencies.crl_urls = vec![format!("{}/ca/crl.pem", agencies.base)];
     s.agencies.request_timeout_ms = 5_000;
+    // The agencies are simulated: test-environment services are served.
+    s.oauth.serve_test_services = true;
     s
 }
 

@@ -66,6 +66,8 @@ impl TestApp {
         // such a step would have another worker redo the job (a late duplicate fetch leaves a
         // blob behind for a moment). Taking over a dead worker's job is tested in the store suite.
         settings.jobs.lease_secs = 30 * 86_400;
+        // The agencies of tests are simulated: test-environment services are served.
+        settings.oauth.serve_test_services = true;
         tweak(&mut settings);
         let tls = settings.tls.is_some();
         let mut server = Server::bind(settings, Arc::new(clock.clone()))

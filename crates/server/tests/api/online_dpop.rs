@@ -643,3 +643,53 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
         package_call(&url, &format!("DPoP {}", token.access_token), Some(&proof)).await;
     assert_eq!(s, 200, "{body}");
 }
+
+/// A trial service receives people's real data: like a production one, it gets a token only with
+/// a DPoP proof, and its consent page says the data is real (not "simulated", the test banner).
+/// A platform whose agencies hold real data serves no test-environment service: test services
+/// get simulated data only.
+#[tokio::test]
+async fn trial_services_need_dpop_and_test_services_a_platform_of_simulated_agencies() {
+    let keys = Keys::generate();
+    let mut reg = registration(CLIENT, &keys, &[DATASET]);
+    reg.environment = "trial".into();
+    let w = world(reg).await;
+    let config = mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, REDIRECT, keys)
+        .unwrap()
+        .with_clock(std::sync::Arc::new(w.app.clock.clone()))
+        .without_dpop();
+    let service = Service::discover(config).await.unwrap();
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.9.0.7").await;
+    let pending = service
+        .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
+        .await
+        .unwrap();
+    let (_, page) = crate::online::open_consent(&w, &b, &pending).await;
+    assert!(page.contains("data-environment=\"trial\""), "{page}");
+    assert!(
+        page.contains("真實資料") && !page.contains("模擬資料"),
+        "{page}"
+    );
+    let query = consent_and_confirm(&w, &b, &pending).await;
+    refused_with(
+        service.callback(&pending, &query).await.unwrap_err(),
+        "invalid_dpop_proof",
+    );
+
+    let keys = Keys::generate();
+    let reg = registration(CLIENT, &keys, &[DATASET]);
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.clients = vec![reg];
+        s.oauth.serve_test_services = false;
+    })
+    .await;
+    let service = sdk(&w, CLIENT, keys).await;
+    refused_with(
+        service
+            .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
+            .await
+            .unwrap_err(),
+        "unauthorized_client",
+    );
+}
