@@ -296,8 +296,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `serve` runs for real services: the issuer they name in their assertions and proofs is set,
+/// not taken from each request's Host header (where an assertion made for another server could
+/// be replayed with that server's name), and is https (RFC 8414 §2) except on loopback.
+fn production_issuer(issuer: &str) -> anyhow::Result<()> {
+    if issuer.is_empty() {
+        anyhow::bail!(
+            "config key `oauth.issuer` must be set for `mydata serve`: the platform's public base URL (https://...) that services name in their assertions (`mydata demo` derives it from --listen)"
+        );
+    }
+    let url = url::Url::parse(issuer)
+        .map_err(|e| anyhow::anyhow!("config key `oauth.issuer`: `{issuer}` is not a URL: {e}"))?;
+    let loopback = matches!(url.host(), Some(url::Host::Domain("localhost")))
+        || matches!(url.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
+        || matches!(url.host(), Some(url::Host::Ipv6(a)) if a.is_loopback());
+    if url.scheme() != "https" && !loopback {
+        anyhow::bail!(
+            "config key `oauth.issuer`: `{issuer}` must be https (http only on loopback, for trying it out)"
+        );
+    }
+    Ok(())
+}
+
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let settings = args.config.settings(args.listen)?;
+    production_issuer(&settings.oauth.issuer)?;
     mydata_server::telemetry::init(settings.log.format, &settings.log.level);
     let server = Server::bind(settings, Arc::new(mydata_core::SystemClock)).await?;
     server.run_until(mydata_server::shutdown_signal()).await

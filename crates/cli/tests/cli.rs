@@ -146,6 +146,45 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     assert!(stderr_line(&o).contains("database.url"));
 }
 
+/// `serve` is for real services: it will not take its issuer from each request's Host header,
+/// nor publish a plain-http one beyond loopback, and refusing creates nothing.
+#[test]
+fn serve_needs_an_https_issuer() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |issuer: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ]);
+        if let Some(i) = issuer {
+            c.env("MYDATA_OAUTH__ISSUER", i);
+        }
+        c.output().unwrap()
+    };
+    for (issuer, says) in [
+        (None, "must be set"),
+        (Some("http://mydata.example"), "must be https"),
+        (Some("not a url"), "URL"),
+    ] {
+        let o = run(issuer);
+        assert!(!o.status.success());
+        let line = stderr_line(&o);
+        assert!(
+            line.contains("oauth.issuer") && line.contains(says),
+            "{issuer:?}: {line}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(data.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}
+
 #[test]
 fn a_broken_catalogue_folder_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +213,7 @@ fn a_broken_catalogue_folder_stops_start_up() {
             data.path().to_str().unwrap(),
         ])
         .env("MYDATA_CATALOG__DIR", dir.path())
+        .env("MYDATA_OAUTH__ISSUER", "http://127.0.0.1")
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -440,6 +480,7 @@ async fn serve_runs_on_postgres_selected_by_url() {
             dir.path().to_str().unwrap(),
         ])
         .env("MYDATA_DATABASE__URL", &db.url)
+        .env("MYDATA_OAUTH__ISSUER", "http://127.0.0.1")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)
