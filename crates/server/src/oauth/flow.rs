@@ -19,7 +19,6 @@ use crate::routes::form::{CsrfField, PostedForm, lang_of};
 use crate::routes::path::Path;
 use crate::state::AppState;
 use askama::Template;
-use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -133,7 +132,10 @@ fn one<'a>(form: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
     form.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
+/// One `mydata_transfer` object; a field it does not define is refused (RFC 9396 §5), so a
+/// misspelt `purpose` is not silently replaced by the registered one.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Details {
     #[serde(rename = "type")]
     kind: String,
@@ -200,9 +202,9 @@ pub const MAX_PURPOSE_CHARS: usize = 500;
 pub async fn par(
     State(state): State<AppState>,
     headers: HeaderMap,
-    form: Result<Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
+    form: super::FormBody,
 ) -> Result<Response, OAuthError> {
-    let Form(form) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
+    let form = super::parameters(form)?;
     let iss = issuer(&state, &headers);
     // The assertion's jti is recorded with the request stored, in one write (see `push_request`).
     let (client, assertion_jti) = assertion::verify_client(
@@ -1167,9 +1169,9 @@ pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
 pub async fn token(
     State(state): State<AppState>,
     headers: HeaderMap,
-    form: Result<Form<BTreeMap<String, String>>, axum::extract::rejection::FormRejection>,
+    form: super::FormBody,
 ) -> Result<Response, OAuthError> {
-    let Form(form) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
+    let form = super::parameters(form)?;
     let iss = issuer(&state, &headers);
     // The assertion's jti is recorded with the code spent, in one write (see `issue_token`).
     let (client, assertion_jti) = assertion::verify_client(

@@ -345,6 +345,32 @@ impl OAuthError {
     }
 }
 
+/// The form body of an endpoint services call with OAuth client authentication, as axum reads it.
+pub type FormBody =
+    Result<axum::Form<Vec<(String, String)>>, axum::extract::rejection::FormRejection>;
+
+/// The parameters of such a body, each at most once (RFC 6749 §3.1: a repeated parameter is
+/// `invalid_request`, not the last one winning).
+pub fn parameters(
+    form: FormBody,
+) -> Result<std::collections::BTreeMap<String, String>, OAuthError> {
+    let axum::Form(pairs) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
+    let mut map = std::collections::BTreeMap::new();
+    for (k, v) in pairs {
+        if map.contains_key(&k) {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "parameter `{}` is sent more than once",
+                    crate::routes::clip(&k)
+                ),
+            ));
+        }
+        map.insert(k, v);
+    }
+    Ok(map)
+}
+
 impl From<mydata_store::StoreError> for OAuthError {
     fn from(e: mydata_store::StoreError) -> Self {
         if e.is_unavailable() {

@@ -9,9 +9,7 @@ use crate::oauth::assertion;
 use crate::oauth::{ErrorCode, OAuthError};
 use crate::records::{self, ExportFormat, ExportParty};
 use crate::state::AppState;
-use axum::Form;
 use axum::extract::State;
-use axum::extract::rejection::FormRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -33,7 +31,7 @@ pub const NEXT_CURSOR: &str = "mydata-next-cursor";
 /// Clock skew tolerated on an agency token's `iat`/`nbf`.
 const SKEW_SECS: i64 = 30;
 
-type FormResult = Result<Form<BTreeMap<String, String>>, FormRejection>;
+type FormResult = crate::oauth::FormBody;
 
 fn invalid(m: impl Into<String>) -> OAuthError {
     OAuthError::new(ErrorCode::InvalidRequest, m)
@@ -142,7 +140,7 @@ pub async fn service(
     headers: HeaderMap,
     form: FormResult,
 ) -> Result<Response, OAuthError> {
-    let Form(form) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
+    let form = crate::oauth::parameters(form)?;
     let iss = crate::oauth::issuer(&state, &headers);
     let (client, jti) = assertion::verify_client(
         &state,
@@ -176,7 +174,7 @@ pub async fn agency(
     headers: HeaderMap,
     form: FormResult,
 ) -> Result<Response, OAuthError> {
-    let Form(form) = form.map_err(|e| OAuthError::unreadable_form(&e))?;
+    let form = crate::oauth::parameters(form)?;
     let iss = crate::oauth::issuer(&state, &headers);
     let token = verify_agency(
         &state,

@@ -373,6 +373,11 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
             ),
         ];
         for (k, v) in extra {
+            // `+name` sends the parameter a second time.
+            if let Some(again) = k.strip_prefix('+') {
+                form.push((again, v));
+                continue;
+            }
             form.retain(|(name, _)| *name != k);
             if !v.is_empty() {
                 form.push((k, v));
@@ -404,9 +409,16 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
             "invalid_authorization_details",
         ),
         (vec![("authorization_details", "not json".to_owned())], 400, "invalid_authorization_details"),
+        (
+            vec![("authorization_details", serde_json::json!([{ "type": "mydata_transfer", "datasets": [DATASET], "purpos": "typo" }]).to_string())],
+            400,
+            "invalid_authorization_details",
+        ),
         (vec![("client_assertion", "a.b.c".to_owned())], 401, "invalid_client"),
         (vec![("client_assertion_type", String::new())], 401, "invalid_client"),
         (vec![("login_hint", "garbage".to_owned())], 400, "invalid_request"),
+        // RFC 6749 §3.1: a parameter at most once, even the same value twice.
+        (vec![("+redirect_uri", REDIRECT.to_owned())], 400, "invalid_request"),
     ] {
         let (s, body) = par(extra.clone()).await;
         assert_eq!((s, body["error"].as_str().unwrap()), (status, error), "{extra:?}: {body}");
