@@ -309,14 +309,18 @@ a AS (INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) S
 SELECT id FROM u";
 
 /// The second confirmation as one step (see `step`): the request `consented → confirmed`, then its
-/// code and the audit event (`$10`–`$15`, its `seq` returned) only if it moved.
+/// code and the audit event (`$10`–`$15`, its `seq` returned) only if it moved. The request is
+/// kept as long as its spent code is (8 hours past the code's expiry, see `sweep_oauth`):
+/// deleting it would cascade to the code.
 const CONFIRM_SQLITE: &str = "BEGIN IMMEDIATE;
-UPDATE oauth_requests SET status = 'confirmed', updated_at = $9 WHERE id = $2 AND status = 'consented' AND expires_at > $9;
+UPDATE oauth_requests SET status = 'confirmed', updated_at = $9, expires_at = MAX(expires_at, $8 + 28800000)
+    WHERE id = $2 AND status = 'consented' AND expires_at > $9;
 INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, NULL WHERE changes() = 1;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 WHERE changes() = 1 RETURNING seq;
 COMMIT";
-const CONFIRM_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9
+const CONFIRM_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9,
+        expires_at = GREATEST(expires_at, $8 + 28800000)
     WHERE id = $2 AND status = 'consented' AND expires_at > $9 RETURNING id),
 c AS (INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
     SELECT $1, u.id, $3, $4, $5, $6, $7, $8, NULL FROM u)
@@ -650,7 +654,8 @@ impl Store {
         for sql in [
             "DELETE FROM oauth_jtis WHERE expires_at <= $1",
             "DELETE FROM oauth_tokens WHERE expires_at <= $1",
-            // Spent codes stay 8 hours so that a late replay still revokes its tokens.
+            // Spent codes stay 8 hours so that a late replay still revokes its tokens; their
+            // requests (whose deletion would cascade to them) are kept as long by the confirmation.
             "DELETE FROM oauth_codes WHERE expires_at <= $1 - 28800000",
             "DELETE FROM oauth_requests WHERE expires_at <= $1",
         ] {

@@ -335,6 +335,27 @@ async fn codes_are_single_use_and_reuse_revokes_tokens(s: &Store) {
         "a replayed code revokes what it issued"
     );
     assert_eq!(s.redeem_code("nope", T0).await.unwrap(), Redeem::Unknown);
+    // Hours later, after sweeps, with the request long past its own expiry: a replay still
+    // revokes (the request, whose deletion would take the code with it, is kept as long).
+    let token2 = TokenRow {
+        token_hash: "tok2".into(),
+        expires_at: at(8 * 3600).millis(),
+        ..token
+    };
+    s.put_token(&token2).await.unwrap();
+    s.sweep_oauth(at(4 * 3600)).await.unwrap();
+    assert_eq!(
+        s.redeem_code("h1", at(4 * 3600)).await.unwrap(),
+        Redeem::Reused
+    );
+    assert!(s.token("tok2").await.unwrap().unwrap().revoked_at.is_some());
+    // Past the 8 hours both go.
+    s.sweep_oauth(at(9 * 3600)).await.unwrap();
+    assert!(s.request("r1").await.unwrap().is_none());
+    assert_eq!(
+        s.redeem_code("h1", at(9 * 3600)).await.unwrap(),
+        Redeem::Unknown
+    );
 }
 
 async fn a_jti_is_accepted_once_per_client(s: &Store) {
