@@ -580,11 +580,16 @@ async fn refuse_person(
         actor: "platform".into(),
         detail: serde_json::json!({ "client_id": client.client_id, "reason": reason }),
     };
-    state
+    let refused = state
         .store()
         .advance_request(id, "pushed", "refused", None, Some(&event), now)
         .await
         .map_err(|e| PageError(e.into(), lang))?;
+    if !refused {
+        // Another browser opened the request first (or it expired): its answer stands, and this
+        // browser learns nothing of the service's request, its state included.
+        return Err(stop(lang, Halt::ExpiredOrUsed));
+    }
     Ok(back_to_service(
         pushed,
         iss,

@@ -542,6 +542,21 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
             .unwrap()
             .is_empty()
     );
+    // The same, once the named person has opened the request in their own browser: the other
+    // browser gets a page, not a redirect carrying the service's state, and the named person's
+    // authorization goes on.
+    let named = w.signed_in(&w.people[1], "10.8.0.12").await;
+    let pending = o.service.push(&req).await.unwrap();
+    let (consent, page) = open_consent(w, &named, &pending).await;
+    let r = b.get(&path_of(&pending.authorize_url, &w.app.base)).await;
+    assert_eq!(r.status(), 400, "{:?}", r.headers().get("location"));
+    let r = named
+        .post(
+            &consent,
+            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
 
     // One full authorization, then every bad use of its code.
     let pending = o
