@@ -206,3 +206,13 @@ fn the_metrics_token_comes_from_its_variable_and_is_not_a_short_one() {
         .0;
     assert!(err.contains("config key `ops.metrics_token`"), "{err}");
 }
+
+#[test]
+fn a_pushed_request_lives_less_than_600_seconds() {
+    let ok = Settings::load(None, &env(&[("MYDATA_OAUTH__PAR_TTL_SECS", "599")])).unwrap();
+    assert_eq!(ok.oauth.par_ttl_secs, 599);
+    let err = Settings::load(None, &env(&[("MYDATA_OAUTH__PAR_TTL_SECS", "600")]))
+        .unwrap_err()
+        .0;
+    assert!(err.contains("oauth.par_ttl_secs"), "{err}");
+}

@@ -88,7 +88,7 @@ pub async fn package(
 ) -> Result<Response, Response> {
     let token_err = |m: &str| OAuthError::new(ErrorCode::InvalidToken, m.to_owned()).at_resource();
     let (scheme, token) = credentials(&headers).ok_or_else(|| {
-        token_err(
+        OAuthError::credentials_missing(
             "an access token is required (Authorization: DPoP, or Bearer for an unbound token)",
         )
     })?;
@@ -107,6 +107,16 @@ pub async fn package(
     }
     if row.transfer_id != id {
         return Err(token_err("the access token is for another transfer"));
+    }
+    // A service removed since (say, its keys were compromised) retrieves nothing more.
+    if super::clients::registered(&state, &row.client_id)
+        .await
+        .map_err(|e| AppError::from(e).into_response())?
+        .is_none()
+    {
+        return Err(token_err(
+            "the service this access token was issued to is no longer registered",
+        ));
     }
     // A DPoP-bound token only with a fresh proof by its key (each poll its own); an unbound one
     // only as Bearer. The proof's jti is spent last, once the request is otherwise acceptable:

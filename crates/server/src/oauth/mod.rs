@@ -87,8 +87,9 @@ impl OAuthSettings {
         if !(1..=60).contains(&self.code_ttl_secs) {
             return Err("config key `oauth.code_ttl_secs`: must be from 1 to 60".into());
         }
-        if !(10..=600).contains(&self.par_ttl_secs) {
-            return Err("config key `oauth.par_ttl_secs`: must be from 10 to 600".into());
+        // FAPI 2.0 Security Profile §5.3.2.1: a request_uri lives less than 600 seconds.
+        if !(10..=599).contains(&self.par_ttl_secs) {
+            return Err("config key `oauth.par_ttl_secs`: must be from 10 to 599".into());
         }
         if self.token_ttl_secs == 0
             || self.authorization_ttl_secs == 0
@@ -420,6 +421,21 @@ impl OAuthError {
             (code == ErrorCode::InvalidToken.code()).then(|| format!("Bearer error=\"{code}\""));
         for v in std::iter::once(dpop).chain(bearer) {
             if let Ok(v) = HeaderValue::from_str(&v) {
+                res.headers_mut().append(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
+    }
+
+    /// The answer of a protected resource to a request without any credentials: 401 with both
+    /// challenges and no error code in them (RFC 6750 §3.1, RFC 9449 §7.1); the body says what to
+    /// send.
+    pub fn credentials_missing(description: &str) -> Response {
+        let mut res =
+            Self::new(ErrorCode::InvalidToken, description).respond(StatusCode::UNAUTHORIZED);
+        let dpop = format!("DPoP algs=\"{}\"", dpop::ALGS.join(" "));
+        for v in [dpop.as_str(), "Bearer"] {
+            if let Ok(v) = HeaderValue::from_str(v) {
                 res.headers_mut().append(header::WWW_AUTHENTICATE, v);
             }
         }

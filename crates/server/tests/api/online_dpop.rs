@@ -515,6 +515,16 @@ async fn bad_proofs_are_refused_with_invalid_dpop_proof_and_change_nothing() {
         let t = w.app.transfer(&tid).await;
         assert_eq!(t.state, TransferState::Ready, "{what}: nothing released");
     }
+    // No credentials at all: both challenges, neither with an error code (RFC 6750 §3.1).
+    let r = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenges: Vec<&str> = r
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(challenges, ["DPoP algs=\"ES256 EdDSA\"", "Bearer"]);
     // A good proof: the package, once; that proof again is a replay; a fresh one finds it gone.
     let proof = prover.proof(&good());
     let (s, _, body) = package_call(&url, &dpop_auth, Some(&proof)).await;
@@ -692,4 +702,51 @@ async fn trial_services_need_dpop_and_test_services_a_platform_of_simulated_agen
             .unwrap_err(),
         "unauthorized_client",
     );
+}
+
+/// A service removed through the admin API (its keys compromised, say) retrieves nothing more with
+/// a token it was issued before.
+#[tokio::test]
+async fn a_removed_service_cannot_use_its_tokens() {
+    let keys = Keys::generate();
+    let reg = registration(CLIENT, &keys, &[DATASET]);
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.admin_token = ADMIN.into();
+    })
+    .await;
+    let admin = |m: reqwest::Method| {
+        reqwest::Client::new()
+            .request(m, format!("{}/api/v1/admin/services/{CLIENT}", w.app.base))
+            .bearer_auth(ADMIN)
+    };
+    assert_eq!(
+        admin(reqwest::Method::PUT)
+            .json(&reg)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let service = sdk(&w, CLIENT, keys).await;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.9.0.8").await;
+    let pending = service
+        .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
+        .await
+        .unwrap();
+    let query = consent_and_confirm(&w, &b, &pending).await;
+    let token = service.callback(&pending, &query).await.unwrap();
+    let status = admin(reqwest::Method::DELETE)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    match service.package(&token, Duration::from_secs(10)).await {
+        Err(mydata_sdk::Error::Refused { status, error, .. }) => {
+            assert_eq!((status, error.as_str()), (401, "invalid_token"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
