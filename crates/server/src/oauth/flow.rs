@@ -398,6 +398,11 @@ async fn load_request(
     let Some(c) = super::clients::registered(state, &r.client_id).await? else {
         return Ok(None);
     };
+    // A return address withdrawn from the registration since the push (say, taken over) is sent
+    // nothing more: neither a code nor an error.
+    if !c.redirect_uris.contains(&p.redirect_uri) {
+        return Ok(None);
+    }
     Ok(Some((r, p, c)))
 }
 

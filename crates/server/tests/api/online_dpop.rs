@@ -750,3 +750,36 @@ async fn a_removed_service_cannot_use_its_tokens() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// A return address withdrawn from a service's registration after a request was pushed to it
+/// receives nothing more: the person's browser shows a page instead of going there.
+#[tokio::test]
+async fn a_withdrawn_return_address_is_sent_nothing() {
+    let keys = Keys::generate();
+    let mut reg = registration(CLIENT, &keys, &[DATASET]);
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.admin_token = ADMIN.into();
+    })
+    .await;
+    let put = |reg: &Registration| {
+        reqwest::Client::new()
+            .put(format!("{}/api/v1/admin/services/{CLIENT}", w.app.base))
+            .bearer_auth(ADMIN)
+            .json(reg)
+            .send()
+    };
+    assert_eq!(put(&reg).await.unwrap().status(), 201);
+    let service = sdk(&w, CLIENT, keys).await;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.9.0.9").await;
+    let pending = service
+        .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
+        .await
+        .unwrap();
+    reg.redirect_uris = vec!["https://sp.example/new-callback".into()];
+    assert_eq!(put(&reg).await.unwrap().status(), 200);
+    let r = b
+        .get(&crate::online::path_of(&pending.authorize_url, &w.app.base))
+        .await;
+    assert_eq!(r.status(), 400, "{:?}", r.headers().get("location"));
+}
