@@ -110,6 +110,29 @@ async fn fetch_jwks(state: &AppState, uri: &str) -> Result<serde_json::Value, OA
     Ok(set)
 }
 
+/// Fetches a `jwks_uri` being registered and checks the set as a set given by value is checked;
+/// the message says what is wrong, for the admin API's answer.
+pub async fn fetch_for_registration(
+    state: &AppState,
+    uri: &str,
+) -> Result<serde_json::Value, String> {
+    let set = fetch_jwks(state, uri)
+        .await
+        .map_err(|e| format!("jwks_uri: {}", e.description))?;
+    super::clients::check_jwks(&set).map_err(|e| format!("jwks_uri: {e}"))?;
+    Ok(set)
+}
+
+/// Puts a set just fetched for `uri` in the cache, as a fetch by an assertion would.
+pub async fn remember(state: &AppState, uri: &str, set: serde_json::Value) {
+    let slot = state.jwks_cache().slot(uri);
+    let mut slot = slot.lock().await;
+    let now = state.clock().now();
+    slot.set = Some(set);
+    slot.fetched_at = Some(now);
+    slot.attempted_at = Some(now);
+}
+
 /// Fetches into `slot`, recording the attempt whatever its outcome (a failure clears the set).
 async fn refresh(
     state: &AppState,

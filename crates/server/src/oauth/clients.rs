@@ -163,7 +163,7 @@ fn check_url(field: &str, u: &str) -> Result<(), String> {
     }
 }
 
-fn check_jwks(jwks: &serde_json::Value) -> Result<(), String> {
+pub(crate) fn check_jwks(jwks: &serde_json::Value) -> Result<(), String> {
     let keys = jwks
         .get("keys")
         .and_then(|k| k.as_array())
@@ -311,12 +311,25 @@ pub async fn put(
     if configured(&state, &id) {
         return Err(AppError::ServiceManagedByConfig(id));
     }
+    // A set by URL is checked now, as one by value is: otherwise a set without a signing key (or
+    // an address nobody answers at) registers fine and every request of the service then fails.
+    let fetched = match &reg.jwks_uri {
+        Some(u) => Some(
+            super::assertion::fetch_for_registration(&state, u)
+                .await
+                .map_err(AppError::InvalidBody)?,
+        ),
+        None => None,
+    };
     let old = state.store().client(&id).await?;
     let existed = old.is_some();
     let now = state.clock().now();
     state.store().put_client(&reg.to_row(now)).await?;
     let uris = old.iter().filter_map(|o| o.jwks_uri.as_deref());
     forget(&state, &id, uris.chain(reg.jwks_uri.as_deref()));
+    if let (Some(u), Some(set)) = (&reg.jwks_uri, fetched) {
+        super::assertion::remember(&state, u, set).await;
+    }
     state
         .store()
         .append_audit(&registered_event(&reg, "admin", now))

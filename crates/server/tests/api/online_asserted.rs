@@ -554,6 +554,45 @@ async fn a_registration_put_again_drops_the_cached_key_set() {
     assert_eq!(jwks.hits(), 2, "fetched again");
 }
 
+/// A set registered by URL is checked when registered, as one by value is: one without a key to
+/// verify assertions with, or an address nobody answers at, is refused (422) and nothing stored.
+#[tokio::test]
+async fn a_jwks_uri_is_checked_when_registered() {
+    const ADMIN: &str = "admin-token-for-tests";
+    let keys = Keys::generate();
+    let only_enc = serde_json::json!({ "keys": [keys.public_jwks()["keys"][1].clone()] });
+    let jwks = JwksServer::spawn(only_enc).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/jwks.json", l.local_addr().unwrap())
+    };
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.admin_token = ADMIN.into();
+    })
+    .await;
+    for (uri, says) in [
+        (jwks.url.clone(), "verify client assertions"),
+        (closed, "could not be read"),
+    ] {
+        let mut reg = registration(TRUSTED, &keys, true);
+        reg.jwks = None;
+        reg.jwks_uri = Some(uri);
+        let r = reqwest::Client::new()
+            .put(format!("{}/api/v1/admin/services/{TRUSTED}", w.app.base))
+            .bearer_auth(ADMIN)
+            .json(&reg)
+            .send()
+            .await
+            .unwrap();
+        let problem = crate::helpers::assert_problem(r, 422, "invalid_body").await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{problem}"
+        );
+    }
+    assert!(w.app.store().client(TRUSTED).await.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn jwks_uri_sets_are_cached_refetched_on_rotation_and_bounded() {
     let keys = Keys::generate();
