@@ -1088,14 +1088,7 @@ async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once
     // Five minutes at a time (bounded: at most two hours), leaving the workers real time to act.
     let mut state = TransferState::Fetching;
     for _ in 0..24 {
-        w.app.clock.advance(Duration::from_secs(300));
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            state = w.app.transfer(&token.transfer_id).await.state;
-            if state != TransferState::Fetching {
-                break;
-            }
-        }
+        state = w.five_minutes_later(&token.transfer_id).await;
         if state != TransferState::Fetching {
             break;
         }
@@ -1149,17 +1142,7 @@ async fn a_person_waiting_for_a_60_minute_dataset_can_still_send_once_it_is_read
     let p = w.people[0].clone();
     let b = w.signed_in(&p, "10.8.0.10").await;
     let consent = agree(&w, &service, &b, &p.id, SLOW).await;
-    let id = w
-        .app
-        .store()
-        .transfers_for_subject(
-            &mydata_server::identity::subject_pseudonym(&w.app.state, &p.subject()),
-            1,
-        )
-        .await
-        .unwrap()[0]
-        .id
-        .clone();
+    let id = w.newest_transfer_of(&p).await;
     w.app
         .until_dataset(&id, SLOW, "not ready", |d| {
             d.status == mydata_store::fetch_status::NOT_READY
@@ -1169,13 +1152,7 @@ async fn a_person_waiting_for_a_60_minute_dataset_can_still_send_once_it_is_read
     // session alive); bounded at two hours.
     let mut page = String::new();
     for _ in 0..24 {
-        w.app.clock.advance(Duration::from_secs(300));
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if w.app.transfer(&id).await.state != TransferState::Fetching {
-                break;
-            }
-        }
+        w.five_minutes_later(&id).await;
         page = b.get(&consent).await.text().await.unwrap();
         if !page.contains("data-step=\"wait\"") {
             break;

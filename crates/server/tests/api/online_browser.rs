@@ -351,15 +351,7 @@ async fn the_wait_step_turns_into_the_confirmation_once_the_agency_answers() {
     .unwrap();
     step(&page, "wait").await;
     // Once the agency has said "not yet", its hour passes; nobody touches the page.
-    let pseudonym = mydata_server::identity::subject_pseudonym(&w.app.state, &p.subject());
-    let id = w
-        .app
-        .store()
-        .transfers_for_subject(&pseudonym, 1)
-        .await
-        .unwrap()[0]
-        .id
-        .clone();
+    let id = w.newest_transfer_of(&p).await;
     w.app
         .until_dataset(&id, SLOW, "not ready", |d| {
             d.status == mydata_store::fetch_status::NOT_READY
@@ -368,9 +360,7 @@ async fn the_wait_step_turns_into_the_confirmation_once_the_agency_answers() {
     // Five minutes at a time (the agency's retry interval; at most two hours), leaving the workers
     // real time to act.
     for _ in 0..24 {
-        w.app.clock.advance(std::time::Duration::from_secs(300));
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        if w.app.transfer(&id).await.state != mydata_core::transfer::TransferState::Fetching {
+        if w.five_minutes_later(&id).await != mydata_core::transfer::TransferState::Fetching {
             break;
         }
     }

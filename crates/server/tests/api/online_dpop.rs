@@ -168,6 +168,21 @@ fn production(keys: &Keys) -> Registration {
     reg
 }
 
+/// A world whose services are registered through the admin API (which the tests then change).
+async fn admin_world() -> FlowWorld {
+    FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.admin_token = ADMIN.into();
+    })
+    .await
+}
+
+/// A request to the admin API about `CLIENT`.
+fn admin(w: &FlowWorld, m: reqwest::Method) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .request(m, format!("{}/api/v1/admin/services/{CLIENT}", w.app.base))
+        .bearer_auth(ADMIN)
+}
+
 async fn world(reg: Registration) -> FlowWorld {
     FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
         s.oauth.clients = vec![reg];
@@ -552,17 +567,8 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     let mut reg = registration(CLIENT, &keys, &[DATASET]);
     // Registered through the admin API, which changes it below (a configured one is changed in
     // the configuration).
-    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
-        s.oauth.admin_token = ADMIN.into();
-    })
-    .await;
-    let put = |reg: &Registration| {
-        reqwest::Client::new()
-            .put(format!("{}/api/v1/admin/services/{CLIENT}", w.app.base))
-            .bearer_auth(ADMIN)
-            .json(reg)
-            .send()
-    };
+    let w = admin_world().await;
+    let put = |reg: &Registration| admin(&w, reqwest::Method::PUT).json(reg).send();
     assert_eq!(put(&reg).await.unwrap().status(), 201);
     let config = mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, REDIRECT, keys)
         .unwrap()
@@ -710,17 +716,9 @@ async fn trial_services_need_dpop_and_test_services_a_platform_of_simulated_agen
 async fn a_removed_service_cannot_use_its_tokens() {
     let keys = Keys::generate();
     let reg = registration(CLIENT, &keys, &[DATASET]);
-    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
-        s.oauth.admin_token = ADMIN.into();
-    })
-    .await;
-    let admin = |m: reqwest::Method| {
-        reqwest::Client::new()
-            .request(m, format!("{}/api/v1/admin/services/{CLIENT}", w.app.base))
-            .bearer_auth(ADMIN)
-    };
+    let w = admin_world().await;
     assert_eq!(
-        admin(reqwest::Method::PUT)
+        admin(&w, reqwest::Method::PUT)
             .json(&reg)
             .send()
             .await
@@ -737,7 +735,7 @@ async fn a_removed_service_cannot_use_its_tokens() {
         .unwrap();
     let query = consent_and_confirm(&w, &b, &pending).await;
     let token = service.callback(&pending, &query).await.unwrap();
-    let status = admin(reqwest::Method::DELETE)
+    let status = admin(&w, reqwest::Method::DELETE)
         .send()
         .await
         .unwrap()
@@ -757,17 +755,8 @@ async fn a_removed_service_cannot_use_its_tokens() {
 async fn a_withdrawn_return_address_is_sent_nothing() {
     let keys = Keys::generate();
     let mut reg = registration(CLIENT, &keys, &[DATASET]);
-    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
-        s.oauth.admin_token = ADMIN.into();
-    })
-    .await;
-    let put = |reg: &Registration| {
-        reqwest::Client::new()
-            .put(format!("{}/api/v1/admin/services/{CLIENT}", w.app.base))
-            .bearer_auth(ADMIN)
-            .json(reg)
-            .send()
-    };
+    let w = admin_world().await;
+    let put = |reg: &Registration| admin(&w, reqwest::Method::PUT).json(reg).send();
     assert_eq!(put(&reg).await.unwrap().status(), 201);
     let service = sdk(&w, CLIENT, keys).await;
     let p = w.people[0].clone();

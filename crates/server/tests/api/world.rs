@@ -68,6 +68,35 @@ pub struct FlowWorld {
 }
 
 impl FlowWorld {
+    /// The ID of the person's newest transfer.
+    pub async fn newest_transfer_of(&self, p: &Person) -> String {
+        let pseudonym = mydata_server::identity::subject_pseudonym(&self.app.state, &p.subject());
+        self.app
+            .store()
+            .transfers_for_subject(&pseudonym, 1)
+            .await
+            .unwrap()[0]
+            .id
+            .clone()
+    }
+
+    /// Five minutes pass on the platform's clock (a slow agency's retry interval); returns the
+    /// transfer's state once it has left `fetching`, or after a second of real time for the
+    /// workers to act.
+    pub async fn five_minutes_later(&self, id: &str) -> mydata_core::transfer::TransferState {
+        use mydata_core::transfer::TransferState;
+        self.app.clock.advance(std::time::Duration::from_secs(300));
+        let mut state = TransferState::Fetching;
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            state = self.app.transfer(id).await.state;
+            if state != TransferState::Fetching {
+                break;
+            }
+        }
+        state
+    }
+
     /// Boots the world with agencies on `time_scale` (1.0: a dataset is ready its listed minutes
     /// later on the ManualClock; 60.0: sixty times sooner; see [`Agencies`]).
     pub async fn spawn(backend: Backend, time_scale: f64) -> Self {
