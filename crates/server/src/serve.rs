@@ -151,16 +151,14 @@ impl Server {
             Some(tls) => {
                 // Several crypto back-ends are linked (through dependencies); choose one explicitly.
                 let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-                let config =
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                        .await
-                        .with_context(|| {
-                            format!(
-                                "cannot load TLS certificate {} and key {}",
-                                tls.cert.display(),
-                                tls.key.display()
-                            )
-                        })?;
+                let config = tls_config(&tls.cert, &tls.key).with_context(|| {
+                    format!(
+                        "cannot load TLS certificate {} and key {}",
+                        tls.cert.display(),
+                        tls.key.display()
+                    )
+                })?;
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
                 let handle = axum_server::Handle::new();
                 let h = handle.clone();
                 tokio::spawn(async move {
@@ -211,5 +209,65 @@ pub fn redact_url(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_owned(),
+    }
+}
+
+/// The cryptography of the platform's TLS: AWS-LC, TLS 1.3 with its suites, TLS 1.2 only with the
+/// ECDHE AES-GCM suites BCP 195 recommends (RFC 9325 §4.2), as FAPI 2.0 Security Profile §5.2.2
+/// requires (rustls would also offer ChaCha20-Poly1305 under TLS 1.2).
+fn tls_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::CipherSuite as C;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.retain(|s| match s {
+        rustls::SupportedCipherSuite::Tls13(_) => true,
+        rustls::SupportedCipherSuite::Tls12(_) => matches!(
+            s.suite(),
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+        ),
+    });
+    provider
+}
+
+/// The server's TLS configuration from PEM files (HTTP/2 and HTTP/1.1 by ALPN).
+fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(tls_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn tls_1_2_offers_only_the_recommended_aead_suites() {
+        let suites: Vec<_> = tls_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| (s.version().version, s.suite()))
+            .collect();
+        let tls12: Vec<_> = suites
+            .iter()
+            .filter(|(v, _)| *v == rustls::ProtocolVersion::TLSv1_2)
+            .map(|(_, s)| format!("{s:?}"))
+            .collect();
+        assert_eq!(tls12.len(), 4, "{tls12:?}");
+        assert!(tls12.iter().all(|s| s.contains("_GCM_")), "{tls12:?}");
+        assert!(
+            suites
+                .iter()
+                .any(|(v, _)| *v == rustls::ProtocolVersion::TLSv1_3),
+            "TLS 1.3 stays"
+        );
     }
 }
