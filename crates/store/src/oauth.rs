@@ -309,18 +309,14 @@ a AS (INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) S
 SELECT id FROM u";
 
 /// The second confirmation as one step (see `step`): the request `consented → confirmed`, then its
-/// code and the audit event (`$10`–`$15`, its `seq` returned) only if it moved. The request is
-/// kept as long as its spent code is (8 hours past the code's expiry, see `sweep_oauth`):
-/// deleting it would cascade to the code.
+/// code and the audit event (`$10`–`$15`, its `seq` returned) only if it moved.
 const CONFIRM_SQLITE: &str = "BEGIN IMMEDIATE;
-UPDATE oauth_requests SET status = 'confirmed', updated_at = $9, expires_at = MAX(expires_at, $8 + 28800000)
-    WHERE id = $2 AND status = 'consented' AND expires_at > $9;
+UPDATE oauth_requests SET status = 'confirmed', updated_at = $9 WHERE id = $2 AND status = 'consented' AND expires_at > $9;
 INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, NULL WHERE changes() = 1;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 WHERE changes() = 1 RETURNING seq;
 COMMIT";
-const CONFIRM_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9,
-        expires_at = GREATEST(expires_at, $8 + 28800000)
+const CONFIRM_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9
     WHERE id = $2 AND status = 'consented' AND expires_at > $9 RETURNING id),
 c AS (INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
     SELECT $1, u.id, $3, $4, $5, $6, $7, $8, NULL FROM u)
@@ -524,9 +520,17 @@ impl Store {
     }
 
     /// A code that could not be spent: if it exists it was spent before, and every token issued
-    /// for it is revoked now. False if there is no such code.
+    /// for it is revoked now. A code swept with its request (hours after its own expiry) is known
+    /// by the tokens it issued, which outlive it until the transfer ends. False if neither is left.
     async fn revoke_reused(&self, code_hash: &str, now: Timestamp) -> Result<bool> {
-        let exists = on_pool!(self, pool => sqlx::query("SELECT 1 FROM oauth_codes WHERE code_hash = $1").bind(code_hash).fetch_optional(pool).await?.is_some());
+        let exists = on_pool!(self, pool => sqlx::query(
+            "SELECT 1 FROM oauth_codes WHERE code_hash = $1
+             UNION ALL SELECT 1 FROM oauth_tokens WHERE code_hash = $1 LIMIT 1",
+        )
+        .bind(code_hash)
+        .fetch_optional(pool)
+        .await?
+        .is_some());
         if !exists {
             return Ok(false);
         }
@@ -654,8 +658,8 @@ impl Store {
         for sql in [
             "DELETE FROM oauth_jtis WHERE expires_at <= $1",
             "DELETE FROM oauth_tokens WHERE expires_at <= $1",
-            // Spent codes stay 8 hours so that a late replay still revokes its tokens; their
-            // requests (whose deletion would cascade to them) are kept as long by the confirmation.
+            // Spent codes stay up to 8 hours (their request's deletion takes them sooner); a late
+            // replay is known by the tokens it issued all the same (`revoke_reused`).
             "DELETE FROM oauth_codes WHERE expires_at <= $1 - 28800000",
             "DELETE FROM oauth_requests WHERE expires_at <= $1",
         ] {

@@ -335,8 +335,8 @@ async fn codes_are_single_use_and_reuse_revokes_tokens(s: &Store) {
         "a replayed code revokes what it issued"
     );
     assert_eq!(s.redeem_code("nope", T0).await.unwrap(), Redeem::Unknown);
-    // Hours later, after sweeps, with the request long past its own expiry: a replay still
-    // revokes (the request, whose deletion would take the code with it, is kept as long).
+    // Hours later, the request and its code swept: a replay still revokes what the code issued
+    // (the tokens know their code).
     let token2 = TokenRow {
         token_hash: "tok2".into(),
         expires_at: at(8 * 3600).millis(),
