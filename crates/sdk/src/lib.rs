@@ -221,7 +221,7 @@ pub struct ServiceConfig {
     /// Private so that every client follows no redirect ([`ServiceConfig::with_http`]).
     http: reqwest::Client,
     /// Whether to bind codes and tokens to the DPoP key (on unless [`ServiceConfig::without_dpop`];
-    /// the platform requires it of production services and of those registered with
+    /// the platform requires it of trial and production services and of those registered with
     /// `dpop_bound_access_tokens`).
     pub dpop: bool,
     /// The largest package envelope read ([`DEFAULT_MAX_PACKAGE_BYTES`] unless set). A larger one
@@ -284,7 +284,7 @@ impl ServiceConfig {
         })
     }
 
-    /// Plain bearer tokens (a test or trial service not registered for DPoP).
+    /// Plain bearer tokens (a test service not registered for DPoP).
     pub fn without_dpop(mut self) -> Self {
         self.dpop = false;
         self

@@ -123,12 +123,12 @@ impl Vault {
             .map_err(|_| VaultError::Open)
     }
 
-    /// The platform's HPKE (X25519) key pair.
     /// The data key's check value (see `crate::keys::check_shared`).
     pub fn check_value(&self) -> &str {
         &self.check
     }
 
+    /// The platform's HPKE (X25519) key pair.
     pub fn platform_kem(&self) -> &mydata_package::e2e::HpkeKeyPair {
         &self.kem
     }

@@ -1,5 +1,6 @@
 //! Counts an operator on call watches: the job queues' backlog, transfers in flight, agencies
-//! whose circuit is open and the audit log's backlog. Read-only; every count is an index range.
+//! whose circuit is open and the audit log's backlog. Read-only; every query reads an index range
+//! (live rows only) or one row.
 
 use crate::{Result, Store, on_read_pool};
 use mydata_core::Timestamp;
@@ -85,17 +86,18 @@ impl Store {
         )
         .fetch_one(pool)
         .await?);
-        let (last_head,): (Option<i64>,) = on_read_pool!(self, pool => sqlx::query_as(
-            "SELECT MAX(created_at) FROM tree_heads",
+        // The newest head by its key (heads are never deleted; MAX(created_at) would read them all).
+        let last_head: Option<(i64,)> = on_read_pool!(self, pool => sqlx::query_as(
+            "SELECT created_at FROM tree_heads ORDER BY tree_size DESC LIMIT 1",
         )
-        .fetch_one(pool)
+        .fetch_optional(pool)
         .await?);
         Ok(OpsSnapshot {
             queues: out,
             transfers,
             open_circuits: open_circuits.into_iter().map(|r| r.0).collect(),
             audit_backlog,
-            last_tree_head_at: last_head.map(Timestamp::from_millis),
+            last_tree_head_at: last_head.map(|(at,)| Timestamp::from_millis(at)),
         })
     }
 }

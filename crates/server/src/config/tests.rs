@@ -216,3 +216,20 @@ fn a_pushed_request_lives_less_than_600_seconds() {
         .0;
     assert!(err.contains("oauth.par_ttl_secs"), "{err}");
 }
+
+/// The production example in docs/CONFIGURATION.md loads as it stands, with the https issuer
+/// `mydata serve` needs.
+#[test]
+fn the_documented_production_example_loads() {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/CONFIGURATION.md"),
+    )
+    .unwrap();
+    let start = doc.find("Example `mydata.toml` for production:").unwrap();
+    let block = &doc[start..];
+    let body = block.split("```toml\n").nth(1).unwrap();
+    let toml = &body[..body.find("```").unwrap()];
+    let f = toml_file(toml);
+    let s = Settings::load(Some(f.path()), &[]).unwrap();
+    assert!(s.oauth.issuer.starts_with("https://"), "{}", s.oauth.issuer);
+}

@@ -270,13 +270,17 @@ async fn take_sealed(
 }
 
 /// A poll's DPoP proof refused at its spend: a replay is the proof's fault (401 with the DPoP
-/// challenge); a database that cannot record it answers as every other outage of this endpoint
-/// does (problem+json `database_unavailable`, `Retry-After`), not as an OAuth endpoint.
+/// challenge); a database that cannot record it answers as every other failure of this endpoint
+/// does (problem+json `database_unavailable` with `Retry-After`, or `internal_error`), not as an
+/// OAuth endpoint.
 fn refused_proof(e: OAuthError) -> Response {
-    if e.code == super::ErrorCode::TemporarilyUnavailable {
-        return AppError::DatabaseUnavailable.into_response();
+    match e.code {
+        super::ErrorCode::TemporarilyUnavailable => AppError::DatabaseUnavailable.into_response(),
+        super::ErrorCode::ServerError => {
+            AppError::Internal(anyhow::anyhow!("recording a DPoP proof failed")).into_response()
+        }
+        _ => e.at_resource(),
     }
-    e.at_resource()
 }
 
 #[cfg(test)]
@@ -301,6 +305,12 @@ mod tests {
         ] {
             assert_eq!(res.headers().get(&h), like.headers().get(&h), "{h}");
         }
+        let res = refused_proof(OAuthError::new(super::super::ErrorCode::ServerError, "x"));
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            res.headers()[axum::http::header::CONTENT_TYPE],
+            crate::error::PROBLEM_JSON
+        );
         let res = refused_proof(OAuthError::new(
             super::super::ErrorCode::InvalidDpopProof,
             "replayed",

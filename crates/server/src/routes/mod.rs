@@ -27,7 +27,6 @@ pub fn clip(s: &str) -> String {
     s.chars().take(ECHO_CHARS).collect()
 }
 
-/// `what` named `id` (the caller's input, clipped) does not exist.
 /// Whether the request carries `Authorization: Bearer {expected}` (compared in constant time);
 /// never for an empty `expected`.
 pub fn bearer_is(headers: &axum::http::HeaderMap, expected: &str) -> bool {
@@ -40,6 +39,7 @@ pub fn bearer_is(headers: &axum::http::HeaderMap, expected: &str) -> bool {
     !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
+/// `what` named `id` (the caller's input, clipped) does not exist.
 pub fn not_found(what: &'static str, id: &str) -> AppError {
     AppError::NotFound { what, id: clip(id) }
 }
