@@ -113,6 +113,20 @@ pub(crate) async fn consent_and_confirm(w: &FlowWorld, b: &Browser, pending: &Pe
     back.split_once('?').unwrap().1.to_owned()
 }
 
+/// "Send" on the confirmation (or the wait page's early answer): the redirect back to the service.
+async fn send(b: &Browser, consent: &str, page: &str) -> String {
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(page)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let back = location(&r);
+    assert!(back.starts_with(REDIRECT), "{back}");
+    back
+}
+
 /// The confirmation page, once the agencies have answered (real time, bounded).
 pub(crate) async fn until_confirm(b: &Browser, consent: &str) -> String {
     for _ in 0..600 {
@@ -1035,15 +1049,7 @@ async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once
     assert!(page.contains("data-step=\"wait\""), "{page}");
     assert!(page.contains("id=\"send-when-ready\""), "{page}");
     // Too early to send without data is not a reason to refuse: the answer is recorded now.
-    let r = b
-        .post(
-            &format!("{consent}/confirm"),
-            &[("csrf", &csrf_in(&page)), ("decision", "send")],
-        )
-        .await;
-    assert_eq!(r.status(), 303);
-    let back = location(&r);
-    assert!(back.starts_with(REDIRECT), "{back}");
+    let back = send(&b, &consent, &page).await;
     let token = service
         .callback(&pending, back.split_once('?').unwrap().1)
         .await
@@ -1159,15 +1165,7 @@ async fn a_person_waiting_for_a_60_minute_dataset_can_still_send_once_it_is_read
         }
     }
     assert!(page.contains("data-step=\"confirm\""), "{page}");
-    let r = b
-        .post(
-            &format!("{consent}/confirm"),
-            &[("csrf", &csrf_in(&page)), ("decision", "send")],
-        )
-        .await;
-    assert_eq!(r.status(), 303);
-    let back = location(&r);
-    assert!(back.starts_with(REDIRECT), "{back}");
+    let back = send(&b, &consent, &page).await;
     assert!(back.contains("code="), "{back}");
 }
 

@@ -176,6 +176,15 @@ async fn admin_world() -> FlowWorld {
     .await
 }
 
+/// The SDK as a service that sends no DPoP proofs (plain bearer tokens).
+async fn unbound_sdk(w: &FlowWorld, keys: Keys) -> Service {
+    let config = mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, REDIRECT, keys)
+        .unwrap()
+        .with_clock(std::sync::Arc::new(w.app.clock.clone()))
+        .without_dpop();
+    Service::discover(config).await.unwrap()
+}
+
 /// A request to the admin API about `CLIENT`.
 fn admin(w: &FlowWorld, m: reqwest::Method) -> reqwest::RequestBuilder {
     reqwest::Client::new()
@@ -570,11 +579,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     let w = admin_world().await;
     let put = |reg: &Registration| admin(&w, reqwest::Method::PUT).json(reg).send();
     assert_eq!(put(&reg).await.unwrap().status(), 201);
-    let config = mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, REDIRECT, keys)
-        .unwrap()
-        .with_clock(std::sync::Arc::new(w.app.clock.clone()))
-        .without_dpop();
-    let service = Service::discover(config).await.unwrap();
+    let service = unbound_sdk(&w, keys).await;
     let p = w.people[0].clone();
     let b = w.signed_in(&p, "10.9.0.3").await;
     let pending = service
@@ -670,11 +675,7 @@ async fn trial_services_need_dpop_and_test_services_a_platform_of_simulated_agen
     let mut reg = registration(CLIENT, &keys, &[DATASET]);
     reg.environment = "trial".into();
     let w = world(reg).await;
-    let config = mydata_sdk::ServiceConfig::new(&w.app.base, CLIENT, REDIRECT, keys)
-        .unwrap()
-        .with_clock(std::sync::Arc::new(w.app.clock.clone()))
-        .without_dpop();
-    let service = Service::discover(config).await.unwrap();
+    let service = unbound_sdk(&w, keys).await;
     let p = w.people[0].clone();
     let b = w.signed_in(&p, "10.9.0.7").await;
     let pending = service
