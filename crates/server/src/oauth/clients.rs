@@ -85,6 +85,13 @@ impl Registration {
             if u.contains('#') {
                 return Err("redirect_uris: must not have a fragment".into());
             }
+            // FAPI 2.0 leaves plain-http loopback return addresses to native apps; a service that
+            // receives real data is a web service and gets its codes over https only.
+            if self.environment != "test" && !u.starts_with("https://") {
+                return Err(format!(
+                    "redirect_uris: `{u}` must be https for a trial or production service (http on loopback is for test services)"
+                ));
+            }
         }
         if self.datasets.is_empty() {
             return Err("datasets: at least one".into());
@@ -570,6 +577,21 @@ mod tests {
                 .unwrap_err();
             assert!(err.contains(&format!("`{member}`")), "{err}");
         }
+    }
+
+    #[test]
+    fn only_test_services_may_return_to_plain_http_on_loopback() {
+        let catalog = crate::serve::load_catalog(None).unwrap();
+        let mut r = registration(mydata_sdk::Keys::generate().public_jwks());
+        r.redirect_uris = vec!["http://127.0.0.1:8081/callback".into()];
+        r.validate(&catalog).unwrap();
+        for env in ["trial", "production"] {
+            r.environment = env.into();
+            let err = r.validate(&catalog).unwrap_err();
+            assert!(err.contains("must be https"), "{env}: {err}");
+        }
+        r.redirect_uris = vec!["https://sp.example/callback".into()];
+        r.validate(&catalog).unwrap();
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) const CLIENT: &str = "k12-tuition-reduction";
-pub(crate) const REDIRECT: &str = "http://127.0.0.1:9/callback";
+/// The service's return address: never followed by the tests (they read the redirect), https as
+/// trial and production services must have.
+pub(crate) const REDIRECT: &str = "https://sp.example/callback";
 pub(crate) const DATASET: &str = "low-income-household";
 pub(crate) const ADMIN: &str = "admin-token-for-tests-0123456789";
 
