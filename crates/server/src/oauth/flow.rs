@@ -1204,7 +1204,8 @@ pub async fn token(
         }
     }
     // DPoP (RFC 9449 §5): a proof binds the token to its key; required when registered so, and of
-    // trial and production services (`clients::requires_dpop`). Checked now, its jti spent only once the code is about to be.
+    // trial and production services (`clients::requires_dpop`). Checked now, its jti spent only
+    // once the code is about to be.
     let token_endpoint = format!("{iss}/oauth/token");
     let proof = dpop::from_request(
         &state,
