@@ -27,6 +27,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     a_key_check_keeps_the_first_value,
+    ops_counts_the_audit_backlog_and_finds_the_newest_tree_head,
     transfer_round_trip_keeps_datasets_in_order,
     a_write_step_that_fails_midway_changes_nothing_and_the_next_one_works,
     an_integration_that_fails_midway_changes_nothing_and_the_next_one_works,
@@ -864,6 +865,29 @@ async fn assert_log_verifies(s: &Store, entries: u64) {
         "{:?}",
         report.problems
     );
+}
+
+/// What `/metrics` reads of the audit log: events waiting for the sequencer, and the newest head
+/// (by its key; heads are never deleted).
+async fn ops_counts_the_audit_backlog_and_finds_the_newest_tree_head(s: &Store) {
+    let snap = s.ops_snapshot(&["agency-fetch"], T0).await.unwrap();
+    assert_eq!((snap.audit_backlog, snap.last_tree_head_at), (0, None));
+    assert_eq!(snap.queues[0].queued, 0);
+    append_events(s, 3).await;
+    assert_eq!(s.ops_snapshot(&[], T0).await.unwrap().audit_backlog, 3);
+    let first = T0.plus(Duration::from_secs(1));
+    s.integrate_audit(1000, first).await.unwrap();
+    append_events(s, 2).await;
+    let second = T0.plus(Duration::from_secs(5));
+    s.integrate_audit(1000, second).await.unwrap();
+    let snap = s
+        .ops_snapshot(&[], T0.plus(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(snap.audit_backlog, 0);
+    let newest = s.latest_tree_head().await.unwrap().unwrap();
+    assert_eq!(snap.last_tree_head_at, Some(newest.created_at));
+    assert_eq!(newest.created_at, second);
 }
 
 async fn append_events(s: &Store, n: i64) {
