@@ -1140,13 +1140,7 @@ mod tests {
             "/oauth/token",
             axum::routing::post(move || async move { axum::Json(body) }),
         );
-        let config = ServiceConfig::new(
-            &stand_in(app).await,
-            "svc",
-            "https://svc/cb",
-            Keys::generate(),
-        )
-        .unwrap();
+        let config = config_at(&stand_in(app).await).unwrap();
         let config = if dpop { config } else { config.without_dpop() };
         Service::discover(config).await.unwrap()
     }
@@ -1359,13 +1353,7 @@ mod tests {
             "/api/v1/transfers/t1/package",
             axum::routing::get(std::future::pending::<&'static str>),
         );
-        let config = ServiceConfig::new(
-            &stand_in(app).await,
-            "svc",
-            "https://svc/cb",
-            Keys::generate(),
-        )
-        .unwrap();
+        let config = config_at(&stand_in(app).await).unwrap();
         let service = Service::discover(config).await.unwrap();
         let started = std::time::Instant::now();
         let err = poll(&service, Duration::from_secs(1)).await.unwrap_err();
@@ -1413,13 +1401,7 @@ mod tests {
                     (axum::http::StatusCode::BAD_REQUEST, body).into_response()
                 }),
             );
-        let config = ServiceConfig::new(
-            &stand_in(app).await,
-            "svc",
-            "https://svc/cb",
-            Keys::generate(),
-        )
-        .unwrap();
+        let config = config_at(&stand_in(app).await).unwrap();
         let service = Service::discover(config).await.unwrap();
         let err = service
             .push(&AuthorizationRequest::new(&["d"], "p"))
@@ -1468,14 +1450,13 @@ mod tests {
         base
     }
 
+    /// The test service `svc`, with fresh keys, at the platform `base`.
+    fn config_at(base: &str) -> Result<ServiceConfig, Error> {
+        ServiceConfig::new(base, "svc", "https://svc/cb", Keys::generate())
+    }
+
     async fn discover_at(base: &str) -> Result<Service, Error> {
-        Service::discover(ServiceConfig::new(
-            base,
-            "svc",
-            "https://svc/cb",
-            Keys::generate(),
-        )?)
-        .await
+        Service::discover(config_at(base)?).await
     }
 
     #[tokio::test]

@@ -185,6 +185,19 @@ async fn unbound_sdk(w: &FlowWorld, keys: Keys) -> Service {
     Service::discover(config).await.unwrap()
 }
 
+/// The first person, signed in from `ip`, authorizes one request of `service` (push, consent,
+/// confirmation); their browser and the service's token.
+async fn authorized(w: &FlowWorld, service: &Service, ip: &str) -> (crate::world::Browser, Token) {
+    let b = w.signed_in(&w.people[0], ip).await;
+    let pending = service
+        .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
+        .await
+        .unwrap();
+    let query = consent_and_confirm(w, &b, &pending).await;
+    let token = service.callback(&pending, &query).await.unwrap();
+    (b, token)
+}
+
 /// A request to the admin API about `CLIENT`.
 fn admin(w: &FlowWorld, m: reqwest::Method) -> reqwest::RequestBuilder {
     reqwest::Client::new()
@@ -219,14 +232,7 @@ async fn end_to_end(backend: Backend) {
         json!(["ES256", "EdDSA"])
     );
     let service = sdk(&w, CLIENT, keys).await;
-    let p = w.people[0].clone();
-    let b = w.signed_in(&p, "10.9.0.1").await;
-    let pending = service
-        .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
-        .await
-        .unwrap();
-    let query = consent_and_confirm(&w, &b, &pending).await;
-    let token = service.callback(&pending, &query).await.unwrap();
+    let (_, token) = authorized(&w, &service, "10.9.0.1").await;
     assert_eq!(token.token_type, "DPoP");
     let row = w
         .app
@@ -580,14 +586,7 @@ async fn test_services_use_bearer_tokens_unless_registered_for_dpop() {
     let put = |reg: &Registration| admin(&w, reqwest::Method::PUT).json(reg).send();
     assert_eq!(put(&reg).await.unwrap().status(), 201);
     let service = unbound_sdk(&w, keys).await;
-    let p = w.people[0].clone();
-    let b = w.signed_in(&p, "10.9.0.3").await;
-    let pending = service
-        .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
-        .await
-        .unwrap();
-    let query = consent_and_confirm(&w, &b, &pending).await;
-    let token = service.callback(&pending, &query).await.unwrap();
+    let (b, token) = authorized(&w, &service, "10.9.0.3").await;
     assert_eq!(token.token_type, "Bearer");
     let url = service.package_url(&token).unwrap();
     let prover = Prover::new();
@@ -728,14 +727,7 @@ async fn a_removed_service_cannot_use_its_tokens() {
         201
     );
     let service = sdk(&w, CLIENT, keys).await;
-    let p = w.people[0].clone();
-    let b = w.signed_in(&p, "10.9.0.8").await;
-    let pending = service
-        .push(&AuthorizationRequest::new(&[DATASET], PURPOSE))
-        .await
-        .unwrap();
-    let query = consent_and_confirm(&w, &b, &pending).await;
-    let token = service.callback(&pending, &query).await.unwrap();
+    let (_, token) = authorized(&w, &service, "10.9.0.8").await;
     let status = admin(&w, reqwest::Method::DELETE)
         .send()
         .await
