@@ -307,10 +307,7 @@ fn production_issuer(issuer: &str) -> anyhow::Result<()> {
     }
     let url = url::Url::parse(issuer)
         .map_err(|e| anyhow::anyhow!("config key `oauth.issuer`: `{issuer}` is not a URL: {e}"))?;
-    let loopback = matches!(url.host(), Some(url::Host::Domain("localhost")))
-        || matches!(url.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
-        || matches!(url.host(), Some(url::Host::Ipv6(a)) if a.is_loopback());
-    if url.scheme() != "https" && !loopback {
+    if url.scheme() != "https" && !mydata_server::oauth::clients::is_loopback(&url) {
         anyhow::bail!(
             "config key `oauth.issuer`: `{issuer}` must be https (http only on loopback, for trying it out)"
         );

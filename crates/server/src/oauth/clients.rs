@@ -157,13 +157,23 @@ impl Registration {
     }
 }
 
+/// Whether `url` names this machine (localhost, 127.0.0.0/8 or ::1): the one place plain http is
+/// allowed, for trying the platform out. Registration and `mydata serve`'s issuer both ask here.
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    }
+}
+
 fn check_url(field: &str, u: &str) -> Result<(), String> {
     let parsed =
         url::Url::parse(u).map_err(|_| format!("{field}: `{u}` is not an absolute URI"))?;
-    let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
     match parsed.scheme() {
         "https" => Ok(()),
-        "http" if loopback => Ok(()),
+        "http" if is_loopback(&parsed) => Ok(()),
         _ => Err(format!(
             "{field}: `{u}` must be https (http only on loopback)"
         )),
@@ -592,6 +602,27 @@ mod tests {
         }
         r.redirect_uris = vec!["https://sp.example/callback".into()];
         r.validate(&catalog).unwrap();
+    }
+
+    #[test]
+    fn loopback_is_this_machine_by_address_not_by_name_prefix() {
+        for u in [
+            "http://127.0.0.1:8081/cb",
+            "http://127.0.0.2/",
+            "http://LOCALHOST:8080/",
+            "http://[::1]:8080/",
+        ] {
+            assert!(super::is_loopback(&url::Url::parse(u).unwrap()), "{u}");
+        }
+        for u in [
+            "http://localhost.attacker.example/",
+            "http://127.0.0.1.nip.io/",
+            "http://10.0.0.1/",
+            "http://[::2]/",
+            "file:///etc/passwd",
+        ] {
+            assert!(!super::is_loopback(&url::Url::parse(u).unwrap()), "{u}");
+        }
     }
 
     #[test]
