@@ -607,6 +607,9 @@ async fn record(
 /// Queue of the expiry sweep: one job per `jobs.sweep_interval_secs` of the clock, whichever
 /// process enqueues it first, so that the sweep runs once per period however many processes run.
 pub const EXPIRY_QUEUE: &str = "expiry";
+
+/// The queues of the periodic sweeps, whose workers [`Background::spawn`] starts itself.
+pub const PERIODIC_QUEUES: [&str; 2] = [EXPIRY_QUEUE, RETENTION_QUEUE];
 /// Most batches of expired transfers ended per sweep (the next period's sweep continues).
 const SWEEP_ROUNDS: usize = 20;
 

@@ -44,6 +44,19 @@ pub fn read_catalog_file(
     Ok(())
 }
 
+/// The handlers of the platform's job queues (the periodic sweeps' run in [`Background`] itself).
+/// `GET /metrics` reports the queues these serve: see `routes::metrics::QUEUES`.
+pub(crate) fn platform_handlers(settings: &Settings) -> Vec<Arc<dyn JobHandler>> {
+    // Several fetch workers, so one slow agency does not hold up the others.
+    let mut handlers: Vec<Arc<dyn JobHandler>> = (0..settings.agencies.workers.max(1))
+        .map(|_| Arc::new(crate::agencies::FetchHandler) as Arc<dyn JobHandler>)
+        .collect();
+    handlers.push(Arc::new(crate::packages::PackageHandler));
+    handlers.push(Arc::new(crate::orphans::ObjectSweepHandler));
+    handlers.push(Arc::new(crate::identity::messages::MessageSender));
+    handlers
+}
+
 /// A server bound to its address and ready to run.
 #[derive(Debug)]
 pub struct Server {
@@ -64,12 +77,7 @@ impl Server {
         let platform = crate::keys::load_or_create_platform_signer(&settings)?;
         let identity = crate::identity::Identity::load(&settings)?;
         let data = crate::agencies::DataPath::from_settings(&settings)?;
-        // Several fetch workers, so one slow agency does not hold up the others.
-        let mut handlers: Vec<Arc<dyn JobHandler>> = (0..settings.agencies.workers.max(1))
-            .map(|_| Arc::new(crate::agencies::FetchHandler) as Arc<dyn JobHandler>)
-            .collect();
-        handlers.push(Arc::new(crate::packages::PackageHandler));
-        handlers.push(Arc::new(crate::orphans::ObjectSweepHandler));
+        let handlers = platform_handlers(&settings);
         let url = settings.database_url();
         let store = Store::connect(
             &url,
@@ -133,9 +141,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let app = router(self.state.clone());
         let addr = self.local_addr()?;
-        let mut handlers = self.handlers;
-        handlers.push(Arc::new(crate::identity::messages::MessageSender));
-        let background = Background::spawn(self.state.clone(), handlers);
+        let background = Background::spawn(self.state.clone(), self.handlers);
         match self.state.settings().tls.clone() {
             None => {
                 let listener = tokio::net::TcpListener::from_std(self.listener)?;

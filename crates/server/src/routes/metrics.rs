@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write as _;
 
-/// The job queues this platform runs (their handlers' `queue()`).
+/// The job queues this platform runs (its handlers' `queue()`; a test keeps the two in step).
 const QUEUES: [&str; 6] = [
     crate::agencies::FETCH_QUEUE,
     crate::packages::PACKAGE_QUEUE,
@@ -219,5 +219,20 @@ mod tests {
             let name = l.split(['{', ' ']).next().unwrap_or_default();
             assert!(text.contains(&format!("# TYPE {name} gauge")), "{l}");
         }
+    }
+
+    #[test]
+    fn every_queue_the_platform_runs_is_reported() {
+        let settings = crate::config::Settings::default();
+        let mut run: Vec<&str> = crate::serve::platform_handlers(&settings)
+            .iter()
+            .map(|h| h.queue())
+            .chain(crate::background::PERIODIC_QUEUES)
+            .collect();
+        run.sort_unstable();
+        run.dedup();
+        let mut reported = super::QUEUES.to_vec();
+        reported.sort_unstable();
+        assert_eq!(run, reported);
     }
 }
