@@ -2,7 +2,7 @@
 
 use crate::audit::NewAuditEvent;
 use crate::step::write_step;
-use crate::{Result, Store, StoreError, on_pool, on_read_pool, parse_column};
+use crate::{Result, Store, StoreError, on_pool, parse_column};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_core::{Timestamp, limits};
 use serde::Serialize;
@@ -65,8 +65,6 @@ impl Transfer {
         }
     }
 }
-
-const SELECT_TRANSFER: &str = "SELECT id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version FROM transfers";
 
 /// A `transfers` row as the database returns it, before its text columns are parsed.
 #[derive(sqlx::FromRow)]
@@ -155,6 +153,14 @@ const SELECT_TRANSFER_WITH_DATASETS: &str = concat!(
     "SELECT ",
     transfer_with_datasets_columns!(),
     " FROM transfers t LEFT JOIN transfer_datasets d ON d.transfer_id = t.id WHERE t.id = $1 ORDER BY d.position"
+);
+
+/// A person's newest transfers with their datasets: the transfers limited first, then joined.
+const SELECT_TRANSFERS_OF_SUBJECT: &str = concat!(
+    "SELECT ",
+    transfer_with_datasets_columns!(),
+    " FROM (SELECT * FROM transfers WHERE subject = $1 ORDER BY created_at DESC, id LIMIT $2) t
+    LEFT JOIN transfer_datasets d ON d.transfer_id = t.id ORDER BY t.created_at DESC, t.id, d.position"
 );
 
 /// What the work on a transfer reads of it, in one statement: the transfer with its datasets, the
@@ -566,12 +572,23 @@ impl Store {
         }))
     }
 
-    /// The person's transfers, newest first (datasets not loaded).
+    /// The person's newest `limit` transfers, newest first, each with its datasets (one statement).
     pub async fn transfers_for_subject(&self, subject: &str, limit: u32) -> Result<Vec<Transfer>> {
-        let sql =
-            format!("{SELECT_TRANSFER} WHERE subject = $1 ORDER BY created_at DESC, id LIMIT $2");
-        let rows: Vec<TransferRow> = on_read_pool!(self, pool => sqlx::query_as(&sql).bind(subject).bind(i64::from(limit)).fetch_all(pool).await?);
-        rows.into_iter().map(Transfer::try_from).collect()
+        let rows: Vec<TransferWithDatasetRow> =
+            crate::step::read_rows!(self, SELECT_TRANSFERS_OF_SUBJECT, |q| q
+                .bind(subject)
+                .bind(i64::from(limit)));
+        let mut out: Vec<Transfer> = Vec::new();
+        for row in rows {
+            // Rows come grouped by transfer (ordered by it), datasets in their order.
+            if out.last().is_none_or(|t| t.id != row.t.id) {
+                out.push(Transfer::try_from(row.t)?);
+            }
+            if let (Some(t), Some(d)) = (out.last_mut(), row.d.into_dataset()) {
+                t.datasets.push(d);
+            }
+        }
+        Ok(out)
     }
 
     /// IDs of transfers whose 8 hours have passed while they may still hold data.

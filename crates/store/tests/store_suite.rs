@@ -459,6 +459,22 @@ async fn transfers_for_subject_are_newest_first(s: &Store) {
         .map(|t| t.id)
         .collect();
     assert_eq!(ids, ["c", "b", "a"]);
+    // The person's records list what each transfer carried, in the order asked for.
+    let mine = s.transfers_for_subject("me", 2).await.unwrap();
+    assert_eq!(
+        mine.len(),
+        2,
+        "the limit counts transfers, not dataset rows"
+    );
+    for t in &mine {
+        let datasets: Vec<&str> = t.datasets.iter().map(|d| d.dataset_id.as_str()).collect();
+        assert_eq!(
+            datasets,
+            ["low-income-household", "household-register-personal"],
+            "{}",
+            t.id
+        );
+    }
     let events = s.audit_for_subject("me").await.unwrap();
     assert_eq!(events.len(), 3);
     assert!(events.iter().all(|e| e.subject.as_deref() == Some("me")));

@@ -301,6 +301,11 @@ async fn a_person_downloads_previews_saves_and_deletes_and_finds_it_in_the_recor
         assert_eq!(r0["request_number"], id.as_str());
         assert_eq!(r0["kind"], "self_download");
         assert_eq!(r0["state"], "deleted");
+        // What was sent: the dataset by its ID and catalogue name, on every form of the records.
+        assert_eq!(r0["datasets"][0]["id"], a.id.as_str(), "{r0}");
+        assert_eq!(r0["datasets"][1]["id"], c.id.as_str(), "{r0}");
+        let name = r0["datasets"][1]["name"].as_str().unwrap().to_owned();
+        assert!(!name.is_empty() && html.contains(&name), "{name}");
         assert!(
             r0["events"]
                 .as_array()
@@ -317,6 +322,7 @@ async fn a_person_downloads_previews_saves_and_deletes_and_finds_it_in_the_recor
         );
         let csv = csv.text().await.unwrap();
         assert!(csv.contains(&id) && csv.contains("self_download"), "{csv}");
+        assert!(csv.contains(&name), "{csv}");
         crate::fetch::assert_no_id_in_audit(&w.app, &id, &p.id).await;
     }
 }
