@@ -102,9 +102,9 @@ pub async fn package(
     if row.revoked_at.is_some() {
         return Err(token_err("the access token was revoked"));
     }
-    if row.expires_at <= now.millis() {
-        return Err(token_err("the access token has expired"));
-    }
+    // An expired token is answered once the transfer is read: 410 if the transfer's 8 hours are
+    // over (the token ends with them), 401 if only the token's own hour is.
+    let expired = row.expires_at <= now.millis();
     if row.transfer_id != id {
         return Err(token_err("the access token is for another transfer"));
     }
@@ -163,6 +163,16 @@ pub async fn package(
         Some(w) => (Some(w.transfer), w.package),
         None => (None, None),
     };
+    if expired {
+        let live = t
+            .as_ref()
+            .is_some_and(|t| !t.state.is_terminal() && t.expires_at > now);
+        return Err(if live {
+            token_err("the access token has expired")
+        } else {
+            AppError::PackageGone(id).into_response()
+        });
+    }
     if let Some(p) = &proof
         && t.as_ref().map(|t| t.state) != Some(TransferState::Ready)
     {

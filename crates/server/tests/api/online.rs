@@ -216,6 +216,68 @@ async fn end_to_end(backend: Backend) {
     crate::fetch::assert_no_id_in_audit(&w.app, &token.transfer_id, &p.id).await;
 }
 
+/// A token outlived by its package's 8 hours answers as the package does (410, gone), not as an
+/// unknown credential; one whose own hour ran out while the package waits is refused (401).
+#[tokio::test]
+async fn after_the_transfers_8_hours_the_service_is_told_the_package_is_gone() {
+    let o = Online::spawn(Backend::Sqlite).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.2").await;
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let query = consent_and_confirm(w, &b, &pending).await;
+    let token = o.service.callback(&pending, &query).await.unwrap();
+    let url = format!(
+        "{}/api/v1/transfers/{}/package",
+        w.app.base, token.transfer_id
+    );
+    let get = || async {
+        o.service
+            .resource_get(&token, &url)
+            .unwrap()
+            .send()
+            .await
+            .unwrap()
+    };
+
+    w.app.clock.advance(Duration::from_secs(2 * 3600));
+    let r = get().await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the token's hour is over, the package is not"
+    );
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+
+    w.app.clock.advance(Duration::from_secs(6 * 3600));
+    let r = get().await;
+    assert_eq!(r.status(), 410);
+    let problem: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "package_gone", "{problem}");
+    // Another transfer's ID with this token is still a wrong credential, not news of it.
+    let other = format!(
+        "{}/api/v1/transfers/{}x/package",
+        w.app.base, token.transfer_id
+    );
+    let r = o
+        .service
+        .resource_get(&token, &other)
+        .unwrap()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
 #[tokio::test]
 async fn a_service_receives_verified_data_once_with_the_sdk_sqlite() {
     end_to_end(Backend::Sqlite).await;
