@@ -89,7 +89,8 @@ pub fn build(state: &AppState, t: &Transfer, event: &NoticeEvent, at: Timestamp)
     let fetched: Vec<(String, String)> = t
         .datasets
         .iter()
-        .filter(|d| event != &NoticeEvent::Ready || d.status == fetch_status::SUCCEEDED)
+        // Only what was fetched is sent or retrieved; a Ready notice lists the rest apart.
+        .filter(|d| d.status == fetch_status::SUCCEEDED)
         .map(|d| name(&d.dataset_id))
         .collect();
     let missed: Vec<(String, String)> = t

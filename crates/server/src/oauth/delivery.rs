@@ -109,15 +109,14 @@ pub async fn package(
         return Err(token_err("the access token is for another transfer"));
     }
     // A service removed since (say, its keys were compromised) retrieves nothing more.
-    if super::clients::registered(&state, &row.client_id)
+    let Some(client) = super::clients::registered(&state, &row.client_id)
         .await
         .map_err(|e| AppError::from(e).into_response())?
-        .is_none()
-    {
+    else {
         return Err(token_err(
             "the service this access token was issued to is no longer registered",
         ));
-    }
+    };
     // A DPoP-bound token only with a fresh proof by its key (each poll its own); an unbound one
     // only as Bearer. The proof's jti is spent last, once the request is otherwise acceptable:
     // with the package taken when it is ready (one write), on its own otherwise.
@@ -201,7 +200,15 @@ pub async fn package(
         TransferState::Ready => {}
         _ => return Err(AppError::PackageGone(id).into_response()),
     }
-    take_sealed(&state, &t, package, &row.client_id, proof.as_ref()).await
+    let res = take_sealed(&state, &t, package, &row.client_id, proof.as_ref()).await?;
+    // The person hears of each use (資料取用通知): the package is spent, the notice is queued.
+    let sent = crate::notices::NoticeEvent::SentToService {
+        service: client.name.clone(),
+    };
+    if let Err(e) = crate::notices::notify(&state, &t, &sent).await {
+        tracing::warn!(transfer = %t.id, error = %e, "the notice of a retrieval was not queued");
+    }
+    Ok(res)
 }
 
 /// Hands the envelope out once: the guarded update that spends the package (with the DPoP proof's

@@ -154,7 +154,7 @@ async fn audit_kinds(w: &FlowWorld, transfer: &str) -> Vec<String> {
 }
 
 async fn end_to_end(backend: Backend) {
-    let o = Online::spawn(backend).await;
+    let mut o = Online::spawn(backend).await;
     let w = &o.w;
     let p = w.people[0].clone();
     let b = w.signed_in(&p, "10.8.0.1").await;
@@ -214,6 +214,24 @@ async fn end_to_end(backend: Backend) {
         assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
     }
     crate::fetch::assert_no_id_in_audit(&w.app, &token.transfer_id, &p.id).await;
+
+    // The person is told which service received which data, and where the records are; never
+    // the data (資料取用通知). Earlier mail (the sign-in's) is passed over, boundedly.
+    let mut notice = None;
+    for _ in 0..5 {
+        let body = crate::selfdl::mail_body(&o.w.next_mail(Duration::from_secs(20)).await);
+        if body.contains(&token.transfer_id) {
+            notice = Some(body);
+            break;
+        }
+    }
+    let body = notice.expect("a notice naming the transfer");
+    assert!(body.contains("傳送給「高級中等學校學雜費減免」"), "{body}");
+    assert!(
+        body.contains("低收及中低收列冊資料") && body.contains("/records"),
+        "{body}"
+    );
+    assert!(!body.contains(&p.id) && !body.contains(&p.name), "{body}");
 }
 
 /// A token outlived by its package's 8 hours answers as the package does (410, gone), not as an
