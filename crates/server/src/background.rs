@@ -632,12 +632,38 @@ pub async fn sweep(state: &AppState) -> Result<SweepReport, StoreError> {
             break;
         }
     }
+    report.transfers_expired += cancel_refused(state).await?;
     report.packages_destroyed = crate::packages::purge_expired_data(state).await?;
     let now = state.clock().now();
     state.store().sweep_oauth(now).await?;
     report.sessions_removed = crate::identity::session::sweep(state).await?;
     state.store().sweep_clerk_sessions(now).await?;
     Ok(report)
+}
+
+/// Ends the transfers of online requests the person refused whose own cancel was lost (see
+/// `Store::refused_but_live`), before the requests themselves are swept.
+async fn cancel_refused(state: &AppState) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for id in state.store().refused_but_live(SWEEP_BATCH).await? {
+        let now = state.clock().now();
+        match state
+            .store()
+            .apply_transfer_event(
+                &id,
+                mydata_core::transfer::TransferEvent::Cancel,
+                "system",
+                now,
+            )
+            .await
+        {
+            Ok(_) => n += 1,
+            // Ended or moved meanwhile by another process: the next sweep looks again.
+            Err(StoreError::IllegalTransition(_) | StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Enqueues the expiry sweep of the current period (see [`EXPIRY_QUEUE`]); returns whether this

@@ -653,6 +653,15 @@ impl Store {
     }
 
     /// Forgets expired jtis, codes, tokens and authorizations. Returns rows removed.
+    /// Transfers still live although the person refused their request ("do not send"): the
+    /// refusal's own cancel was lost (a crash between its two writes). At most `limit`.
+    pub async fn refused_but_live(&self, limit: u32) -> Result<Vec<String>> {
+        let sql = "SELECT t.id FROM oauth_requests r JOIN transfers t ON t.id = r.transfer_id
+            WHERE r.status = 'refused' AND t.state IN ('created', 'fetching', 'ready') LIMIT $1";
+        let ids: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(sql).bind(i64::from(limit)).fetch_all(pool).await?);
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
     pub async fn sweep_oauth(&self, now: Timestamp) -> Result<u64> {
         let mut n = 0;
         for sql in [

@@ -1137,19 +1137,22 @@ pub async fn confirm_submit(
                 serde_json::json!({ "step": "release" }),
                 now,
             );
+            // The transfer ends first (its package goes at the next purge), from a fresh read if
+            // packaging moved it meanwhile; one that has ended already is left as it is. Should
+            // the request's answer below be lost, the expiry sweep ends what is still live.
+            match state
+                .store()
+                .apply_transfer_event_from(&t, TransferEvent::Cancel, &v.subject, now)
+                .await
+            {
+                Ok(_) | Err(mydata_store::StoreError::IllegalTransition(_)) => {}
+                Err(e) => return Err(PageError(e.into(), lang)),
+            }
             state
                 .store()
                 .advance_request(&id, "consented", "refused", None, Some(&event), now)
                 .await
                 .map_err(|e| PageError(e.into(), lang))?;
-            // The package goes at the next purge (its transfer has ended).
-            if let Err(e) = state
-                .store()
-                .apply_transfer_event(&t.id, TransferEvent::Cancel, &v.subject, now)
-                .await
-            {
-                tracing::warn!(error = %e, "cancelling a refused online transfer failed");
-            }
             Ok(back_to_service(
                 &p,
                 &iss,

@@ -891,6 +891,64 @@ async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data(
     assert!(rec.sealed_key.is_none(), "the package is destroyed");
 }
 
+/// "Do not send" is two writes (the transfer's end, the request's answer); should a process stop
+/// between them in either order, the expiry sweep ends a refused request's live transfer.
+async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(backend: Backend) {
+    let o = Online::spawn(backend).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.4").await;
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let (consent, page) = open_consent(w, &b, &pending).await;
+    b.post(
+        &consent,
+        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+    )
+    .await;
+    until_confirm(&b, &consent).await;
+    let t = w.app.transfer(&w.newest_transfer_of(&p).await).await;
+    assert_eq!(t.state, TransferState::Ready);
+    // The request's answer written, the transfer's end lost.
+    let request = consent.strip_prefix("/oauth/consent/").unwrap();
+    let now = w.app.clock.now();
+    assert!(
+        w.app
+            .store()
+            .advance_request(request, "consented", "refused", None, None, now)
+            .await
+            .unwrap()
+    );
+    let report = mydata_server::background::sweep(&w.app.state)
+        .await
+        .unwrap();
+    assert_eq!(report.transfers_expired, 1, "{report:?}");
+    assert_eq!(w.app.transfer(&t.id).await.state, TransferState::Expired);
+    let rec = w.app.store().package(&t.id).await.unwrap().unwrap();
+    assert!(
+        rec.sealed_key.is_none() && rec.body.is_none(),
+        "the package is destroyed"
+    );
+    // Nothing more to end on the next round.
+    let report = mydata_server::background::sweep(&w.app.state)
+        .await
+        .unwrap();
+    assert_eq!(report.transfers_expired, 0, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep_sqlite() {
+    a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep_postgres() {
+    a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(Backend::Postgres).await;
+}
+
 /// Metadata, keys and OpenAPI documents a service reads, and the admin API's other verbs.
 #[tokio::test]
 async fn metadata_keys_openapi_and_the_admin_api() {
