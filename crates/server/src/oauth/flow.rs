@@ -477,9 +477,9 @@ pub async fn authorize(
         }
         (None, Some(s)) => match s.verified() {
             Some(v) => (s, v),
-            None => return Ok(to_login(&uri)),
+            None => return Ok(to_login(&uri, &pushed.datasets)),
         },
-        (None, None) => return Ok(to_login(&uri)),
+        (None, None) => return Ok(to_login(&uri, &pushed.datasets)),
     };
     if let Some(hint) = &pushed.hint_subject
         && hint != &v.subject
@@ -497,6 +497,14 @@ pub async fn authorize(
             "the signed-in person is not the person the service named",
         )
         .await;
+    }
+    if v.method != mydata_core::IdentityMethod::Asserted
+        && let Ok(sel) = state.catalog().selection(&pushed.datasets)
+        && !crate::routes::login::satisfies(&v, &sel)
+    {
+        // Signed in at a lower level, or as a company for a person's data: the sign-in page
+        // offers only the ways these datasets take, and comes back here.
+        return Ok(to_login(&uri, &pushed.datasets));
     }
     for d in &pushed.datasets {
         if let Some(ds) = state.catalog().dataset(d)
@@ -605,10 +613,15 @@ async fn refuse_person(
     ))
 }
 
-fn to_login(uri: &axum::http::Uri) -> Response {
+/// The sign-in page, offering the ways `datasets` accept, then back to this request.
+fn to_login(uri: &axum::http::Uri, datasets: &[String]) -> Response {
+    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
     let next = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let encoded: String = url::form_urlencoded::byte_serialize(next.as_bytes()).collect();
-    Redirect::to(&format!("/login?next={encoded}")).into_response()
+    let mut href = format!("/login?next={}", enc(next));
+    if !datasets.is_empty() {
+        href.push_str(&format!("&datasets={}", enc(&datasets.join(","))));
+    }
+    Redirect::to(&href).into_response()
 }
 
 /// A dataset line of the consent pages.
@@ -686,7 +699,7 @@ impl Texts {
             agree: l.pick("同意並取得資料", "Agree and fetch the data"),
             decline: l.pick("不同意", "Decline"),
             waiting: l.pick("資料取得中，本頁會自動更新。", "Fetching; this page refreshes by itself."),
-            confirm_intro: l.pick("資料已取得。確認後，資料將加密傳送給此服務，平臺隨即刪除。", "Your data is ready. Once you confirm, it is sent encrypted to this service and the platform deletes its copy."),
+            confirm_intro: l.pick("資料已取得。確認後，資料以此服務的金鑰加密交付給它；服務取走後平臺即刪除，最遲於 8 小時期限屆滿時刪除。", "Your data is ready. Once you confirm, it is handed to this service encrypted to its key; the platform deletes it as soon as the service has taken it, and at the latest when the 8 hours end."),
             send: l.pick("確認傳送", "Send to the service"),
             dont_send: l.pick("不要傳送", "Do not send"),
             nothing: l.pick("沒有任何資料可以取得，無法傳送。", "No dataset could be fetched, so nothing can be sent."),

@@ -891,6 +891,42 @@ async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data(
     assert!(rec.sealed_key.is_none(), "the package is destroyed");
 }
 
+/// A person signed in a way the datasets do not take (dual ID, level 4, for the household
+/// register) is sent to sign in again with one they do, and comes back to the request.
+#[tokio::test]
+async fn a_sign_in_too_weak_for_the_datasets_leads_to_a_stronger_one() {
+    const STRICT: &str = "household-register-personal";
+    let o = Online::spawn(Backend::Sqlite).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    w.known(&p).await;
+    let b = w.browser("10.8.0.5");
+    assert_eq!(b.dual_id(&p, "/").await.status(), 303);
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[STRICT], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let authorize = path_of(&pending.authorize_url, &w.app.base);
+    let r = b.get(&authorize).await;
+    assert_eq!(r.status(), 303, "no consent page at level 4");
+    let login = location(&r);
+    assert!(
+        login.starts_with("/login?next=") && login.ends_with(&format!("&datasets={STRICT}")),
+        "{login}"
+    );
+    let page = b.get(&login).await.text().await.unwrap();
+    assert!(page.contains("/login/moica_cert?next="), "{page}");
+    assert!(
+        !page.contains("/login/dual_id?"),
+        "dual ID is not offered: {page}"
+    );
+    // Signed in by certificate in the same browser: the consent question.
+    let r = b.certificate(&w.card(&p), "/").await;
+    assert_eq!(r.status(), 303);
+    open_consent(w, &b, &pending).await;
+}
+
 /// "Do not send" is two writes (the transfer's end, the request's answer); should a process stop
 /// between them in either order, the expiry sweep ends a refused request's live transfer.
 async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(backend: Backend) {
