@@ -402,6 +402,19 @@ impl Store {
         Ok(rows.into_iter().next())
     }
 
+    /// Keeps a pushed request, not yet opened, until `until` while the person signs in (a first
+    /// sign-in with contact registration outlasts the request_uri's few minutes). False if it was
+    /// not pushed, has expired, or lives that long already.
+    pub async fn hold_request(&self, id: &str, until: Timestamp, now: Timestamp) -> Result<bool> {
+        const HOLD: &str = "UPDATE oauth_requests SET expires_at = $2, updated_at = $3
+             WHERE id = $1 AND status = 'pushed' AND expires_at > $3 AND expires_at < $2 RETURNING id";
+        let rows: Vec<(String,)> = write_step!(self, HOLD, HOLD, |q| q
+            .bind(id)
+            .bind(until.millis())
+            .bind(now.millis()));
+        Ok(rows.len() == 1)
+    }
+
     /// Binds a pushed request to the browser session that opened it (first use of the
     /// request_uri), extending its life to `until`. False if it is expired, already opened by
     /// another session, or past the `pushed`/`opened` steps.

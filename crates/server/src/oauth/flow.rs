@@ -477,9 +477,9 @@ pub async fn authorize(
         }
         (None, Some(s)) => match s.verified() {
             Some(v) => (s, v),
-            None => return Ok(to_login(&uri, &pushed.datasets)),
+            None => return sign_in_first(&state, &req, &uri, &pushed.datasets, lang).await,
         },
-        (None, None) => return Ok(to_login(&uri, &pushed.datasets)),
+        (None, None) => return sign_in_first(&state, &req, &uri, &pushed.datasets, lang).await,
     };
     if let Some(hint) = &pushed.hint_subject
         && hint != &v.subject
@@ -504,7 +504,7 @@ pub async fn authorize(
     {
         // Signed in at a lower level, or as a company for a person's data: the sign-in page
         // offers only the ways these datasets take, and comes back here.
-        return Ok(to_login(&uri, &pushed.datasets));
+        return sign_in_first(&state, &req, &uri, &pushed.datasets, lang).await;
     }
     for d in &pushed.datasets {
         if let Some(ds) = state.catalog().dataset(d)
@@ -611,6 +611,28 @@ async fn refuse_person(
             ("error_description", description),
         ],
     ))
+}
+
+/// To the sign-in page for request `req`, which is kept meanwhile: a first sign-in (a card, a
+/// one-time code, contacts to register) may take longer than the request_uri's own few minutes,
+/// so the request lives `oauth.authorization_ttl_secs` from its push, as it would once opened.
+async fn sign_in_first(
+    state: &AppState,
+    req: &mydata_store::RequestRow,
+    uri: &axum::http::Uri,
+    datasets: &[String],
+    lang: Lang,
+) -> Result<Response, PageError> {
+    if req.status == "pushed" {
+        let ttl = Duration::from_secs(state.settings().oauth.authorization_ttl_secs);
+        let until = mydata_core::Timestamp::from_millis(req.created_at).plus(ttl);
+        state
+            .store()
+            .hold_request(&req.id, until, state.clock().now())
+            .await
+            .map_err(|e| PageError(e.into(), lang))?;
+    }
+    Ok(to_login(uri, datasets))
 }
 
 /// The sign-in page, offering the ways `datasets` accept, then back to this request.

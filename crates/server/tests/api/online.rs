@@ -927,6 +927,47 @@ async fn a_sign_in_too_weak_for_the_datasets_leads_to_a_stronger_one() {
     open_consent(w, &b, &pending).await;
 }
 
+/// A request_uri lasts a few minutes until it is used; a person whose first sign-in (card, code,
+/// contacts) takes longer still finds the request once signed in. One never opened expires.
+async fn a_long_first_sign_in_keeps_the_request_it_started_from(backend: Backend) {
+    let o = Online::spawn(backend).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    w.known(&p).await;
+    let push = || async {
+        o.service
+            .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+            .await
+            .unwrap()
+    };
+    let (used, unused) = (push().await, push().await);
+    let b = w.browser("10.8.0.6");
+    let r = b.get(&path_of(&used.authorize_url, &w.app.base)).await;
+    assert_eq!(r.status(), 303);
+    assert!(location(&r).starts_with("/login?next="));
+    let par_ttl = w.app.state.settings().oauth.par_ttl_secs;
+    w.app.clock.advance(Duration::from_secs(par_ttl + 60));
+    let r = b.certificate(&w.card(&p), "/").await;
+    assert_eq!(r.status(), 303);
+    open_consent(w, &b, &used).await;
+    let r = b.get(&path_of(&unused.authorize_url, &w.app.base)).await;
+    assert_eq!(
+        r.status(),
+        400,
+        "a request_uri never used expires as pushed"
+    );
+}
+
+#[tokio::test]
+async fn a_long_first_sign_in_keeps_the_request_it_started_from_sqlite() {
+    a_long_first_sign_in_keeps_the_request_it_started_from(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_long_first_sign_in_keeps_the_request_it_started_from_postgres() {
+    a_long_first_sign_in_keeps_the_request_it_started_from(Backend::Postgres).await;
+}
+
 /// "Do not send" is two writes (the transfer's end, the request's answer); should a process stop
 /// between them in either order, the expiry sweep ends a refused request's live transfer.
 async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(backend: Backend) {
