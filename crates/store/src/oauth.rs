@@ -402,6 +402,27 @@ impl Store {
         Ok(rows.into_iter().next())
     }
 
+    /// Replaces the unspent code of request `request_id` by `code_hash` (a repeated "send": the
+    /// browser showed the second answer, so the first code never reached the service). False if
+    /// the request has no unspent code.
+    pub async fn reissue_code(
+        &self,
+        request_id: &str,
+        code_hash: &str,
+        created_at: i64,
+        expires_at: i64,
+    ) -> Result<bool> {
+        const REISSUE: &str =
+            "UPDATE oauth_codes SET code_hash = $2, created_at = $3, expires_at = $4
+             WHERE request_id = $1 AND used_at IS NULL RETURNING request_id";
+        let rows: Vec<(String,)> = write_step!(self, REISSUE, REISSUE, |q| q
+            .bind(request_id)
+            .bind(code_hash)
+            .bind(created_at)
+            .bind(expires_at));
+        Ok(rows.len() == 1)
+    }
+
     /// Keeps a pushed request, not yet opened, until `until` while the person signs in (a first
     /// sign-in with contact registration outlasts the request_uri's few minutes). False if it was
     /// not pushed, has expired, or lives that long already.

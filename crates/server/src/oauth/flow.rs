@@ -1000,6 +1000,10 @@ pub async fn consent_submit(
     }: PostedForm<Decision>,
 ) -> Result<Response, PageError> {
     let (_s, v, r, p, c) = consent_session(&state, &headers, Some(session), lang, &id).await?;
+    if r.status == "consented" && f.decision.as_deref() == Some("agree") {
+        // A repeated "agree" (a double tap): the page the first one leads to.
+        return Ok(Redirect::to(&format!("/oauth/consent/{id}")).into_response());
+    }
     if r.status != "opened" {
         return Err(stop(lang, Halt::Answered));
     }
@@ -1066,6 +1070,51 @@ pub async fn consent_submit(
     }
 }
 
+/// The same answer again from the request's own session (a double tap, or the back button):
+/// browsers show the last response, so the first one's redirect never reached the service. A
+/// repeated "send" gets a fresh code in place of the unspent one; a repeated "do not send" the
+/// same refusal. `None` when this is not a repeat.
+async fn repeated_answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    r: &mydata_store::RequestRow,
+    p: &Pushed,
+    decision: Option<&str>,
+) -> Option<Result<Response, AppError>> {
+    let iss = issuer(state, headers);
+    match (r.status.as_str(), decision) {
+        ("confirmed", Some("send")) => {
+            let code = random_secret();
+            let now = state.clock().now();
+            let ttl = Duration::from_secs(state.settings().oauth.code_ttl_secs);
+            let reissued = state
+                .store()
+                .reissue_code(
+                    &r.id,
+                    &hash_secret(&code),
+                    now.millis(),
+                    now.plus(ttl).millis(),
+                )
+                .await;
+            match reissued {
+                Ok(true) => Some(Ok(back_to_service(p, &iss, &[("code", &code)]))),
+                // The service has redeemed it: the answer is complete.
+                Ok(false) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        }
+        ("refused", Some("dont_send")) => Some(Ok(back_to_service(
+            p,
+            &iss,
+            &[
+                ("error", "access_denied"),
+                ("error_description", "the person chose not to send the data"),
+            ],
+        ))),
+        _ => None,
+    }
+}
+
 /// Until when a person who consents now may give the last confirmation: the slowest dataset's
 /// expected wait plus `oauth.authorization_ttl_secs`, so the hour a request has from opening does
 /// not run out while an agency prepares a 60-minute dataset; never past the transfer's own life.
@@ -1096,6 +1145,9 @@ pub async fn confirm_submit(
     }: PostedForm<Decision>,
 ) -> Result<Response, PageError> {
     let (_s, v, r, p, c) = consent_session(&state, &headers, Some(session), lang, &id).await?;
+    if let Some(res) = repeated_answer(&state, &headers, &r, &p, f.decision.as_deref()).await {
+        return res.map_err(|e| PageError(e, lang));
+    }
     let tid = r.transfer_id.clone().unwrap_or_default();
     // One read: the transfer with its package record.
     let work = state

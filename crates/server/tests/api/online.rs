@@ -968,6 +968,88 @@ async fn a_long_first_sign_in_keeps_the_request_it_started_from_postgres() {
     a_long_first_sign_in_keeps_the_request_it_started_from(Backend::Postgres).await;
 }
 
+/// A double tap on either answer: the browser shows the second response, so it must carry the
+/// outcome (the page after "agree", a code that works after "send", access_denied again).
+async fn a_repeated_answer_gives_the_same_outcome(backend: Backend) {
+    let o = Online::spawn(backend).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.7").await;
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let (consent, page) = open_consent(w, &b, &pending).await;
+    let agree = [("csrf", csrf_in(&page)), ("decision", "agree".to_owned())];
+    let agree: Vec<(&str, &str)> = agree.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for _ in 0..2 {
+        let r = b.post(&consent, &agree).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(location(&r), consent);
+    }
+    let confirm = until_confirm(&b, &consent).await;
+    let first = send(&b, &consent, &confirm).await;
+    let second = send(&b, &consent, &confirm).await;
+    let (q1, q2) = (
+        first.split_once('?').unwrap().1,
+        second.split_once('?').unwrap().1,
+    );
+    assert_ne!(code_of(q1), code_of(q2), "a fresh code");
+    // Only the last code works: it is the one the browser took to the service.
+    let token = o.service.callback(&pending, q2).await.unwrap();
+    assert!(
+        o.service
+            .package(&token, Duration::from_secs(10))
+            .await
+            .is_ok()
+    );
+    let stale = o.service.callback(&pending, q1).await.unwrap_err();
+    refused_with(stale, "invalid_grant");
+    // Once the code is spent, "send" again is over.
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&confirm)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+
+    // "Do not send" twice: access_denied both times.
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let (consent, page) = open_consent(w, &b, &pending).await;
+    b.post(
+        &consent,
+        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+    )
+    .await;
+    let confirm = until_confirm(&b, &consent).await;
+    for _ in 0..2 {
+        let r = b
+            .post(
+                &format!("{consent}/confirm"),
+                &[("csrf", &csrf_in(&confirm)), ("decision", "dont_send")],
+            )
+            .await;
+        assert_eq!(r.status(), 303);
+        assert!(location(&r).contains("error=access_denied"));
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_answer_gives_the_same_outcome_sqlite() {
+    a_repeated_answer_gives_the_same_outcome(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_repeated_answer_gives_the_same_outcome_postgres() {
+    a_repeated_answer_gives_the_same_outcome(Backend::Postgres).await;
+}
+
 /// "Do not send" is two writes (the transfer's end, the request's answer); should a process stop
 /// between them in either order, the expiry sweep ends a refused request's live transfer.
 async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(backend: Backend) {
