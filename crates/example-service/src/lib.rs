@@ -28,8 +28,8 @@ pub const DATASET: &str = "low-income-household";
 pub const PURPOSE: &str = "高級中等學校學雜費減免（低收入戶、中低收入戶學生）資格審核";
 /// The service's name as registered with the platform.
 pub const NAME: &str = "全國高級中等學校學雜費減免（示範服務）";
-/// The terms it registers.
-pub const TERMS: &str = "本示範服務僅將您的低收入戶／中低收入戶資料用於學雜費減免資格審核，審核後即刪除，不作其他用途。This demo uses your low-income household record only to check tuition-reduction eligibility and deletes it afterwards.";
+/// The terms it registers: numbered clauses, one per line, as terms usually are.
+pub const TERMS: &str = "一、本示範服務僅將您的低收入戶／中低收入戶資料用於學雜費減免資格審核。\n二、審核後即刪除，不作其他用途。\n1. This demo uses your low-income household record only to check tuition-reduction eligibility.\n2. It deletes the record afterwards and uses it for nothing else.";
 const MAX_PENDING: usize = 1000;
 
 struct Inner {
