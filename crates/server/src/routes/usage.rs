@@ -220,11 +220,18 @@ pub async fn records_for(
         let pkg = store.package(&t.id).await?;
         let mut events = Vec::new();
         let mut consented = false;
+        let mut cancelled = false;
         for e in store.audit_for_transfer(&t.id).await? {
             consented |= e.kind == "transfer.fetching";
+            // Ended by the person's "cancel" or "do not send", not by the time limit.
+            let cancel = e.kind == "transfer.expired" && e.detail["event"] == "cancel";
+            cancelled |= cancel;
             // Counter events name the office and counter (see `counter::event_text`).
             let label = match crate::counter::event_text(state, &e.kind, &e.detail, lang).await? {
                 Some(l) => l,
+                None if cancel => lang
+                    .pick("已取消，資料已刪除", "Cancelled; data deleted")
+                    .into(),
                 None => event_label(&e.kind, lang),
             };
             events.push(EventRecord {
@@ -269,7 +276,12 @@ pub async fn records_for(
             created_text: taipei_time(t.created_at),
             created_at: t.created_at,
             state: t.state.code().to_owned(),
-            state_label: state_label(t.state, lang).to_owned(),
+            state_label: if cancelled && t.state == TransferState::Expired {
+                lang.pick("已取消並刪除", "Cancelled and deleted")
+            } else {
+                state_label(t.state, lang)
+            }
+            .to_owned(),
             deleted_text: taipei_time(deleted_at),
             deleted_at,
             deleted_done,

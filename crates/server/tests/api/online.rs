@@ -884,6 +884,26 @@ async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data(
     let transfers = w.app.store().transfers_for_subject(&me, 10).await.unwrap();
     let t = transfers.first().expect("the refused transfer is recorded");
     assert_eq!(t.state, TransferState::Expired);
+    // The records say the person ended it, not the clock.
+    let json: serde_json::Value = b.get("/records.json?lang=en").await.json().await.unwrap();
+    let rec = json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["request_number"] == t.id.as_str())
+        .unwrap();
+    assert_eq!(rec["state_label"], "Cancelled and deleted", "{rec}");
+    let labels: Vec<&str> = rec["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["label"].as_str().unwrap())
+        .collect();
+    assert!(labels.contains(&"Cancelled; data deleted"), "{labels:?}");
+    assert!(
+        !labels.iter().any(|l| l.contains("Time limit")),
+        "{labels:?}"
+    );
     mydata_server::packages::purge_expired_data(&w.app.state)
         .await
         .unwrap();
