@@ -423,6 +423,26 @@ impl Store {
         Ok(rows.len() == 1)
     }
 
+    /// Moves an opened or consented request from session `from` to session `to` (the same person
+    /// signed in again after the first session ended). False if it is not held by `from`.
+    pub async fn rebind_request(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        const REBIND: &str = "UPDATE oauth_requests SET session_hash = $3, updated_at = $4
+             WHERE id = $1 AND session_hash = $2 AND status IN ('opened', 'consented') AND expires_at > $4
+             RETURNING id";
+        let rows: Vec<(String,)> = write_step!(self, REBIND, REBIND, |q| q
+            .bind(id)
+            .bind(from)
+            .bind(to)
+            .bind(now.millis()));
+        Ok(rows.len() == 1)
+    }
+
     /// Keeps a pushed request, not yet opened, until `until` while the person signs in (a first
     /// sign-in with contact registration outlasts the request_uri's few minutes). False if it was
     /// not pushed, has expired, or lives that long already.

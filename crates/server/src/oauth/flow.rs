@@ -801,6 +801,7 @@ async fn consent_session(
     // The person is the one the service asserted (for this request only), else the signed-in one.
     let asserted = found.as_ref().and_then(|(_, p, _)| p.asserted_person());
     let signed_in = s.verified();
+    let by_sign_in = asserted.is_none() && signed_in.is_some();
     let v = match (asserted, &signed_in) {
         (Some(a), Some(si)) if si.subject != a.subject => {
             return Err(stop(lang, Halt::OtherPerson));
@@ -811,7 +812,33 @@ async fn consent_session(
     };
     let (r, p, c) = found.ok_or_else(|| stop(lang, Halt::Unknown))?;
     if r.session_hash.as_deref() != Some(s.id_hash()) {
-        return Err(stop(lang, Halt::OtherSignIn));
+        // The same person signed in again (their session ended while an agency took its hour):
+        // the request follows them. Known only for a sign-in, and by the transfer the request
+        // started or the person the service named; never for an asserted person.
+        let owner = match (by_sign_in, r.status.as_str()) {
+            (true, "consented") => match r.transfer_id.as_deref() {
+                Some(tid) => state
+                    .store()
+                    .transfer(tid)
+                    .await
+                    .map_err(|e| PageError(e.into(), lang))?
+                    .map(|t| t.subject),
+                None => None,
+            },
+            (true, "opened") => p.hint_subject.clone(),
+            _ => None,
+        };
+        let moved = match (owner, r.session_hash.as_deref()) {
+            (Some(owner), Some(from)) if owner == v.subject => state
+                .store()
+                .rebind_request(&r.id, from, s.id_hash(), state.clock().now())
+                .await
+                .map_err(|e| PageError(e.into(), lang))?,
+            _ => false,
+        };
+        if !moved {
+            return Err(stop(lang, Halt::OtherSignIn));
+        }
     }
     if r.expires_at <= state.clock().now().millis() {
         return Err(stop(lang, Halt::Expired));
@@ -827,7 +854,21 @@ pub async fn consent_page(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let lang = lang_of(&uri, &headers);
-    let (s, v, r, p, c) = consent_session(&state, &headers, None, lang, &id).await?;
+    let (s, v, r, p, c) = match consent_session(&state, &headers, None, lang, &id).await {
+        Ok(found) => found,
+        // Signed out meanwhile (say, the session's idle limit while an agency took its time):
+        // sign in again and come back here. Not where a service asserted the person: signing
+        // in is not how that request is answered.
+        Err(PageError(AppError::NotSignedIn, _))
+            if load_request(&state, &id)
+                .await
+                .map_err(|e| PageError(e, lang))?
+                .is_some_and(|(_, p, _)| p.asserted_person().is_none()) =>
+        {
+            return Ok(to_login(&uri, &[]));
+        }
+        Err(e) => return Err(e),
+    };
     let t = match r.transfer_id.as_deref() {
         Some(tid) => hold_until_settled(&state, tid)
             .await

@@ -1070,6 +1070,78 @@ async fn a_repeated_answer_gives_the_same_outcome_postgres() {
     a_repeated_answer_gives_the_same_outcome(Backend::Postgres).await;
 }
 
+/// A person whose session ends while an agency takes its hour (a phone locked on the wait page)
+/// signs in again and finds the request; someone else signing in does not.
+#[tokio::test]
+async fn the_same_person_signing_in_again_finds_the_request_waiting() {
+    const SLOW: &str = "income-tax-income";
+    let keys = Keys::generate();
+    let reg = registration(CLIENT, &keys, &[DATASET, SLOW]);
+    let w = FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| {
+        s.oauth.clients = vec![reg];
+    })
+    .await;
+    let service = sdk(&w, CLIENT, keys).await;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.8").await;
+    let pending = service
+        .push(&AuthorizationRequest::new(
+            &[DATASET, SLOW],
+            "學雜費減免資格審核",
+        ))
+        .await
+        .unwrap();
+    let (consent, page) = open_consent(&w, &b, &pending).await;
+    b.post(
+        &consent,
+        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+    )
+    .await;
+    // The quick agency has answered and the slow one has said "not yet".
+    let tid = w.newest_transfer_of(&p).await;
+    w.app
+        .until_dataset(&tid, DATASET, "fetched", |d| {
+            d.status == mydata_store::fetch_status::SUCCEEDED
+        })
+        .await;
+    w.app
+        .until_dataset(&tid, SLOW, "not ready", |d| {
+            d.status == mydata_store::fetch_status::NOT_READY
+        })
+        .await;
+    // Past the session's idle limit.
+    let idle = w.app.state.settings().identity.session_idle_minutes;
+    w.app.clock.advance(Duration::from_secs(60 * (idle + 1)));
+    let r = b.get(&consent).await;
+    assert_eq!(r.status(), 303, "to sign in again");
+    assert!(
+        location(&r).starts_with("/login?next=%2Foauth%2Fconsent%2F"),
+        "{}",
+        location(&r)
+    );
+    // Someone else, in another browser, is not given the request.
+    let other = w.people[1].clone();
+    let stranger = w.signed_in(&other, "10.8.0.9").await;
+    assert_eq!(stranger.get(&consent).await.status(), 400);
+    // The person, signed in again: the request's page (waiting or confirming), and the answers
+    // work.
+    let r = b.certificate(&w.card(&p), "/").await;
+    assert_eq!(r.status(), 303);
+    let page = b.get(&consent).await.text().await.unwrap();
+    assert!(
+        page.contains("data-step=\"wait\"") || page.contains("data-step=\"confirm\""),
+        "{page}"
+    );
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&page)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    assert!(location(&r).contains("code="), "{}", location(&r));
+}
+
 /// "Do not send" is two writes (the transfer's end, the request's answer); should a process stop
 /// between them in either order, the expiry sweep ends a refused request's live transfer.
 async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(backend: Backend) {
@@ -1484,8 +1556,14 @@ async fn a_person_waiting_for_a_60_minute_dataset_can_still_send_once_it_is_read
         }
     }
     assert!(page.contains("data-step=\"confirm\""), "{page}");
-    let back = send(&b, &consent, &page).await;
-    assert!(back.contains("code="), "{back}");
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&page)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    assert!(location(&r).contains("code="), "{}", location(&r));
 }
 
 /// A consent that loses the race to answer the request (two "agree" posts at once: both passed
