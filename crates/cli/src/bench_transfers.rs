@@ -405,7 +405,14 @@ async fn transfer(
     let r = p
         .http
         .post(&url)
-        .form(&[("csrf", csrf.as_str()), ("decision", "agree")])
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("decision", "agree"),
+            (
+                "platform_terms",
+                mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+            ),
+        ])
         .send()
         .await
         .map_err(|e| fail("consent", e))?;

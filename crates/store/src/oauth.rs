@@ -443,6 +443,23 @@ impl Store {
         Ok(rows.len() == 1)
     }
 
+    /// Lets go of a request session `session_hash` opened but has not answered (the person signed
+    /// out: it was not them): pushed again, for the next sign-in to open. False if not held so.
+    pub async fn release_request(
+        &self,
+        id: &str,
+        session_hash: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        const RELEASE: &str = "UPDATE oauth_requests SET status = 'pushed', session_hash = NULL, updated_at = $3
+             WHERE id = $1 AND session_hash = $2 AND status = 'opened' AND expires_at > $3 RETURNING id";
+        let rows: Vec<(String,)> = write_step!(self, RELEASE, RELEASE, |q| q
+            .bind(id)
+            .bind(session_hash)
+            .bind(now.millis()));
+        Ok(rows.len() == 1)
+    }
+
     /// Keeps a pushed request, not yet opened, until `until` while the person signs in (a first
     /// sign-in with contact registration outlasts the request_uri's few minutes). False if it was
     /// not pushed, has expired, or lives that long already.

@@ -125,7 +125,7 @@ fn user_handle(subject: &str) -> Uuid {
 }
 
 /// An ID number shown on the person's own device without giving it all away (A1******89).
-fn masked(id: &str) -> String {
+pub(crate) fn masked(id: &str) -> String {
     let chars: Vec<char> = id.chars().collect();
     if chars.len() < 5 {
         return "*".repeat(chars.len());

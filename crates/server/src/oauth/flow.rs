@@ -559,6 +559,7 @@ pub async fn authorize(
             pushed: &pushed,
             client: &client,
             transfer: None,
+            error: None,
         };
         render_consent(&state, lang, &view)?
     } else {
@@ -674,7 +675,51 @@ pub struct ConsentPage {
     pub any_fetched: bool,
     /// Who verified the person when a trusted verifier's assertion stood for the sign-in.
     pub asserted: String,
+    /// Who is signed in (masked ID number and method), so that a person on a shared device sees
+    /// whose data this would be; empty for an asserted person.
+    pub signed_in_as: String,
+    /// Where signing out leads back to (this request, to sign in as someone else).
+    pub next: String,
+    /// The platform terms' version the consent's checkbox agrees to.
+    pub terms_version: &'static str,
+    pub error: Option<&'static str>,
 }
+
+/// The authorize URL of request `id` (local path), where a new sign-in opens it again.
+fn authorize_path(client_id: &str, id: &str) -> String {
+    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    format!(
+        "/oauth/authorize?client_id={}&request_uri={}",
+        enc(client_id),
+        enc(&format!("{REQUEST_URI_PREFIX}{id}"))
+    )
+}
+
+/// Signing out from a consent question (`next`, its authorize URL): the request this session
+/// opened is let go, so that whoever signs in next opens it as their own.
+pub async fn release_on_sign_out(
+    state: &AppState,
+    session: &session::Session,
+    next: &str,
+) -> Result<(), mydata_store::StoreError> {
+    let Some(query) = next.strip_prefix("/oauth/authorize?") else {
+        return Ok(());
+    };
+    let id = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "request_uri")
+        .and_then(|(_, v)| v.strip_prefix(REQUEST_URI_PREFIX).map(str::to_owned));
+    if let Some(id) = id {
+        state
+            .store()
+            .release_request(&id, session.id_hash(), state.clock().now())
+            .await?;
+    }
+    Ok(())
+}
+
+/// The version of the platform's terms for online services shown on the consent question; the
+/// consent's audit event records it.
+pub const PLATFORM_TERMS_VERSION: &str = "online-terms-2026-12";
 
 /// The fixed texts of the consent pages in one language.
 #[derive(Debug)]
@@ -703,6 +748,11 @@ pub struct Texts {
     pub early_intro: &'static str,
     pub send_when_ready: &'static str,
     pub identity: &'static str,
+    pub signed_in: &'static str,
+    pub not_you: &'static str,
+    pub platform_terms: &'static str,
+    pub platform_terms_agree: &'static str,
+    pub platform_terms_body: &'static [&'static str],
 }
 
 impl Texts {
@@ -732,6 +782,28 @@ impl Texts {
             early_intro: l.pick("不想等候？您可以現在確認：資料取得後即加密傳送給此服務，無法取得的項目不會傳送。", "Rather not wait? Confirm now: your data is sent encrypted to this service as soon as it is fetched; anything that cannot be fetched is not sent."),
             send_when_ready: l.pick("取得後自動傳送", "Send when ready"),
             identity: l.pick("身分驗證", "Identity"),
+            signed_in: l.pick("登入身分", "Signed in as"),
+            not_you: l.pick("不是您？登出", "Not you? Sign out"),
+            platform_terms: l.pick("MyData 平臺服務條款與隱私權保護政策", "MyData platform terms and privacy notice"),
+            platform_terms_agree: l.pick("我已閱讀並同意 MyData 平臺服務條款與隱私權保護政策", "I have read and agree to the MyData platform terms and privacy notice"),
+            platform_terms_body: match l {
+                Lang::ZhTw => &[
+                    "一、您同意後，本平臺單次即時向上列機關取得上列資料，經機關數位簽章，並在您再次確認後以此服務的金鑰加密交付此服務；本次同意僅適用於這一次傳送，並非長期授權。",
+                    "二、本平臺於處理期間使用您的身分證統一編號（或統一編號）向機關取得資料，只以無法還原的代號記錄是誰申請，不保存身分證號碼明文。",
+                    "三、平臺只保存加密後、平臺無法解開的資料，服務取走後即刪除，最遲於申請後 8 小時刪除；您選擇不傳送時亦即刪除。",
+                    "四、每一次申請、取得與交付都會記錄（不含資料內容）並通知您，您可隨時於「使用紀錄」查閱及匯出。",
+                    "五、資料由各機關提供並負責其正確性；服務取得資料後，依其上列服務條款與使用目的利用。",
+                    "六、本平臺蒐集、處理或利用個人資料，除其他法律另有規定外，依個人資料保護法辦理。",
+                ],
+                Lang::En => &[
+                    "1. Once you agree, the platform fetches the data listed above from the agencies listed, once; each agency signs it, and after you confirm again it is handed to this service encrypted to the service's key. This consent covers this one transfer only; it is never a standing permission.",
+                    "2. While the request is processed the platform uses your ID number (or business ID) to ask the agencies; it records who asked only by a pseudonym that cannot be turned back into your ID number.",
+                    "3. The platform keeps only the encrypted data, which it cannot open, and deletes it once the service has taken it, at the latest 8 hours after the request, or at once if you choose not to send it.",
+                    "4. Every request, fetch and delivery is recorded (never the data itself) and you are notified; you can see and export your usage records at any time.",
+                    "5. Each agency is responsible for the accuracy of its data; the service uses the data under its terms and for its purpose shown above.",
+                    "6. Personal data is collected, processed and used under Taiwan's Personal Data Protection Act unless another law says otherwise.",
+                ],
+            },
         }
     }
 }
@@ -883,6 +955,7 @@ pub async fn consent_page(
         pushed: &p,
         client: &c,
         transfer: t.as_ref(),
+        error: None,
     };
     render_consent(&state, lang, &view)
 }
@@ -896,6 +969,8 @@ struct ConsentView<'a> {
     pushed: &'a Pushed,
     client: &'a ClientRow,
     transfer: Option<&'a mydata_store::Transfer>,
+    /// Why the answer was not taken (shown above the buttons).
+    error: Option<&'static str>,
 }
 
 /// The consent question, the wait or the confirmation, whichever the request's status and its
@@ -913,6 +988,7 @@ fn render_consent(
         pushed: p,
         client: c,
         transfer: t,
+        error,
     } = *view;
     let asserted = if v.method == mydata_core::IdentityMethod::Asserted {
         match lang {
@@ -945,6 +1021,18 @@ fn render_consent(
             .iter()
             .any(|d| d.status == mydata_store::fetch_status::SUCCEEDED)
     });
+    let signed_in_as = if v.method == mydata_core::IdentityMethod::Asserted {
+        String::new()
+    } else {
+        // The masked ID number needs the sealed one; a session without it shows the method.
+        let shown = session::subject_id(state, v)
+            .map(|id| crate::identity::passkey::masked(&session::subject_text(&id)))
+            .unwrap_or_default();
+        format!(
+            "{shown}（{}）",
+            lang.pick(v.method.name_zh(), v.method.name_en())
+        )
+    };
     let page = ConsentPage {
         // Shown at /oauth/authorize too: the switch keeps the request's parameters (as every
         // page's does, see `Chrome::new`).
@@ -963,6 +1051,10 @@ fn render_consent(
         refresh,
         any_fetched,
         asserted,
+        signed_in_as,
+        next: authorize_path(&c.client_id, id),
+        terms_version: PLATFORM_TERMS_VERSION,
+        error,
     };
     let mut res = render(&page)
         .map_err(|e| PageError(e, lang))?
@@ -1021,6 +1113,8 @@ async fn hold_until_settled(
 pub struct Decision {
     csrf: Option<String>,
     decision: Option<String>,
+    /// The platform terms' version the person ticked (with "agree").
+    platform_terms: Option<String>,
 }
 
 impl CsrfField for Decision {
@@ -1040,7 +1134,7 @@ pub async fn consent_submit(
         lang,
     }: PostedForm<Decision>,
 ) -> Result<Response, PageError> {
-    let (_s, v, r, p, c) = consent_session(&state, &headers, Some(session), lang, &id).await?;
+    let (s, v, r, p, c) = consent_session(&state, &headers, Some(session), lang, &id).await?;
     if r.status == "consented" && f.decision.as_deref() == Some("agree") {
         // A repeated "agree" (a double tap): the page the first one leads to.
         return Ok(Redirect::to(&format!("/oauth/consent/{id}")).into_response());
@@ -1051,15 +1145,41 @@ pub async fn consent_submit(
     let iss = issuer(&state, &headers);
     let now = state.clock().now();
     match f.decision.as_deref() {
+        Some("agree") if f.platform_terms.as_deref() != Some(PLATFORM_TERMS_VERSION) => {
+            // Not ticked (or ticked on a page showing older terms): the question again.
+            let view = ConsentView {
+                id: &id,
+                status: "opened",
+                session: &s,
+                person: &v,
+                pushed: &p,
+                client: &c,
+                transfer: None,
+                error: Some(lang.pick(
+                    "請閱讀並勾選同意 MyData 平臺服務條款與隱私權保護政策。",
+                    "Read and tick your agreement to the MyData platform terms and privacy notice.",
+                )),
+            };
+            let mut res = render_consent(&state, lang, &view)?;
+            *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(res)
+        }
         Some("agree") => {
             // The request moves to consented in the transfer's own write step; the event's
-            // transfer is the new one.
+            // transfer is the new one. It records which terms the person was shown: the
+            // platform's by version, the service's by digest.
             let event = service_event(
                 "service.consent",
                 &v.subject,
                 "",
                 &c.client_id,
-                serde_json::json!({ "datasets": p.datasets, "purpose": p.purpose, "environment": c.environment }),
+                serde_json::json!({
+                    "datasets": p.datasets,
+                    "purpose": p.purpose,
+                    "environment": c.environment,
+                    "platform_terms": PLATFORM_TERMS_VERSION,
+                    "service_terms_sha256": hex::encode(Sha256::digest(c.terms.as_bytes())),
+                }),
                 now,
             );
             crate::agencies::start_for_session(

@@ -1373,13 +1373,19 @@ pub async fn logout(
     State(state): State<AppState>,
     PostedForm {
         session: s,
-        form: _,
+        form,
         lang,
     }: PostedForm,
 ) -> Response {
     on_page(lang, async {
+        // From a consent question ("not you?"): back to the request, for the right person.
+        let next = safe_next(form.get("next").map(String::as_str));
+        crate::oauth::flow::release_on_sign_out(&state, &s, &next).await?;
         let cookie = session::end(&state, &s).await?;
-        Ok::<_, AppError>(with_cookie(Redirect::to("/").into_response(), Some(cookie)))
+        Ok::<_, AppError>(with_cookie(
+            Redirect::to(&next).into_response(),
+            Some(cookie),
+        ))
     })
     .await
 }

@@ -98,7 +98,14 @@ pub(crate) async fn consent_and_confirm(w: &FlowWorld, b: &Browser, pending: &Pe
     let r = b
         .post(
             &consent,
-            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+            &[
+                ("csrf", &csrf_in(&page)),
+                ("decision", "agree"),
+                (
+                    "platform_terms",
+                    mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+                ),
+            ],
         )
         .await;
     assert_eq!(r.status(), 303);
@@ -322,7 +329,14 @@ async fn agree(
     let r = b
         .post(
             &consent,
-            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+            &[
+                ("csrf", &csrf_in(&page)),
+                ("decision", "agree"),
+                (
+                    "platform_terms",
+                    mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+                ),
+            ],
         )
         .await;
     assert_eq!(r.status(), 303);
@@ -649,7 +663,14 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
     let r = named
         .post(
             &consent,
-            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+            &[
+                ("csrf", &csrf_in(&page)),
+                ("decision", "agree"),
+                (
+                    "platform_terms",
+                    mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+                ),
+            ],
         )
         .await;
     assert_eq!(r.status(), 303);
@@ -868,7 +889,14 @@ async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data(
     let (consent, page) = open_consent(w, &b, &pending).await;
     b.post(
         &consent,
-        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        &[
+            ("csrf", &csrf_in(&page)),
+            ("decision", "agree"),
+            (
+                "platform_terms",
+                mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+            ),
+        ],
     )
     .await;
     let confirm = until_confirm(&b, &consent).await;
@@ -1001,7 +1029,14 @@ async fn a_repeated_answer_gives_the_same_outcome(backend: Backend) {
         .await
         .unwrap();
     let (consent, page) = open_consent(w, &b, &pending).await;
-    let agree = [("csrf", csrf_in(&page)), ("decision", "agree".to_owned())];
+    let agree = [
+        ("csrf", csrf_in(&page)),
+        ("decision", "agree".to_owned()),
+        (
+            "platform_terms",
+            mydata_server::oauth::flow::PLATFORM_TERMS_VERSION.to_owned(),
+        ),
+    ];
     let agree: Vec<(&str, &str)> = agree.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for _ in 0..2 {
         let r = b.post(&consent, &agree).await;
@@ -1044,7 +1079,14 @@ async fn a_repeated_answer_gives_the_same_outcome(backend: Backend) {
     let (consent, page) = open_consent(w, &b, &pending).await;
     b.post(
         &consent,
-        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        &[
+            ("csrf", &csrf_in(&page)),
+            ("decision", "agree"),
+            (
+                "platform_terms",
+                mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+            ),
+        ],
     )
     .await;
     let confirm = until_confirm(&b, &consent).await;
@@ -1094,7 +1136,14 @@ async fn the_same_person_signing_in_again_finds_the_request_waiting() {
     let (consent, page) = open_consent(&w, &b, &pending).await;
     b.post(
         &consent,
-        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        &[
+            ("csrf", &csrf_in(&page)),
+            ("decision", "agree"),
+            (
+                "platform_terms",
+                mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+            ),
+        ],
     )
     .await;
     // The quick agency has answered and the slow one has said "not yet".
@@ -1142,6 +1191,102 @@ async fn the_same_person_signing_in_again_finds_the_request_waiting() {
     assert!(location(&r).contains("code="), "{}", location(&r));
 }
 
+/// The consent question names who is signed in (masked) and takes the platform's terms with the
+/// agreement: untick them and nothing starts. "Not you?" signs out and lets the next person who
+/// signs in on the device open the request as their own.
+#[tokio::test]
+async fn consent_shows_whose_data_and_takes_the_platform_terms() {
+    let o = Online::spawn(Backend::Sqlite).await;
+    let w = &o.w;
+    let (owner, other) = (w.people[0].clone(), w.people[1].clone());
+    // Someone else is still signed in on the shared device.
+    let b = w.signed_in(&other, "10.8.1.1").await;
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(&[DATASET], "學雜費減免資格審核"))
+        .await
+        .unwrap();
+    let (_, page) = open_consent(w, &b, &pending).await;
+    let masked = format!("{}******{}", &other.id[..2], &other.id[8..]);
+    assert!(
+        page.contains(&masked) && !page.contains(&other.id),
+        "{page}"
+    );
+    assert!(page.contains(mydata_server::oauth::flow::PLATFORM_TERMS_VERSION));
+    let r = b
+        .post(
+            "/logout",
+            &[
+                ("csrf", csrf_in(&page).as_str()),
+                ("next", &path_of(&pending.authorize_url, &w.app.base)),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), path_of(&pending.authorize_url, &w.app.base));
+    // The owner signs in on the same device and gets the question as their own.
+    w.known(&owner).await;
+    let r = b.certificate(&w.card(&owner), "/").await;
+    assert_eq!(r.status(), 303);
+    let (consent, page) = open_consent(w, &b, &pending).await;
+    assert!(page.contains(&format!("{}******{}", &owner.id[..2], &owner.id[8..])));
+
+    // Agreeing without ticking the platform's terms: the question again, nothing started.
+    let r = b
+        .post(
+            &consent,
+            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let again = r.text().await.unwrap();
+    assert!(again.contains("data-step=\"consent\"") && again.contains("id=\"form-error\""));
+    let me = mydata_server::identity::subject_pseudonym(&w.app.state, &owner.subject());
+    assert!(
+        w.app
+            .store()
+            .transfers_for_subject(&me, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Ticked: the consent records which terms were shown.
+    let r = b
+        .post(
+            &consent,
+            &[
+                ("csrf", &csrf_in(&page)),
+                ("decision", "agree"),
+                (
+                    "platform_terms",
+                    mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let tid = w.newest_transfer_of(&owner).await;
+    let consent_event = w
+        .app
+        .store()
+        .audit_for_transfer(&tid)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == "service.consent")
+        .unwrap();
+    assert_eq!(
+        consent_event.detail["platform_terms"],
+        mydata_server::oauth::flow::PLATFORM_TERMS_VERSION
+    );
+    assert_eq!(
+        consent_event.detail["service_terms_sha256"]
+            .as_str()
+            .map(str::len),
+        Some(64)
+    );
+}
+
 /// "Do not send" is two writes (the transfer's end, the request's answer); should a process stop
 /// between them in either order, the expiry sweep ends a refused request's live transfer.
 async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(backend: Backend) {
@@ -1157,7 +1302,14 @@ async fn a_refusal_whose_transfer_stayed_live_is_ended_by_the_sweep(backend: Bac
     let (consent, page) = open_consent(w, &b, &pending).await;
     b.post(
         &consent,
-        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        &[
+            ("csrf", &csrf_in(&page)),
+            ("decision", "agree"),
+            (
+                "platform_terms",
+                mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+            ),
+        ],
     )
     .await;
     until_confirm(&b, &consent).await;
@@ -1430,7 +1582,14 @@ async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once
     let r = b
         .post(
             &consent,
-            &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+            &[
+                ("csrf", &csrf_in(&page)),
+                ("decision", "agree"),
+                (
+                    "platform_terms",
+                    mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+                ),
+            ],
         )
         .await;
     assert_eq!(r.status(), 303);

@@ -117,7 +117,17 @@ async fn open_consent(w: &FlowWorld, b: &Browser, pending: &Pending) -> String {
 async fn agree(b: &Browser, consent: &str) {
     let page = b.get(consent).await.text().await.unwrap();
     let r = b
-        .post(consent, &[("csrf", &csrf_in(&page)), ("decision", "agree")])
+        .post(
+            consent,
+            &[
+                ("csrf", &csrf_in(&page)),
+                ("decision", "agree"),
+                (
+                    "platform_terms",
+                    mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+                ),
+            ],
+        )
         .await;
     assert_eq!(r.status(), 303);
 }

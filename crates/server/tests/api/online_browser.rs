@@ -165,6 +165,14 @@ async fn a_person_brings_verified_data_to_the_example_service_in_chromium() {
     page.set_viewport(Viewport::MOBILE).await.unwrap();
     step(&page, "3-consent-en").await;
 
+    // Whose data this would be, masked: a person on a shared device sees it is not theirs.
+    let who = page.text("[data-field=signed-in]").await.unwrap();
+    assert!(
+        who.contains(&format!("{}******{}", &p.id[..2], &p.id[8..])) && !who.contains(&p.id),
+        "{who}"
+    );
+    // The platform's terms are agreed to with the consent, as the seeds' flow has it.
+    page.click("#platform-terms").await.unwrap();
     navigate(&page, "button[value=agree]", false).await;
     until_confirm(&page).await;
     page.wait_for_text("Confirm sending your data")
@@ -342,6 +350,7 @@ async fn the_wait_step_turns_into_the_confirmation_once_the_agency_answers() {
     )
     .await
     .unwrap();
+    page.click("#platform-terms").await.unwrap();
     navigate(&page, "button[value=agree]", false).await;
     page.wait_until(
         "document.querySelector('h1[data-step=wait]') !== null && document.readyState === 'complete'",
