@@ -1176,6 +1176,7 @@ pub async fn consent_submit(
                 serde_json::json!({
                     "datasets": p.datasets,
                     "purpose": p.purpose,
+                    "service_name": c.name,
                     "environment": c.environment,
                     "platform_terms": PLATFORM_TERMS_VERSION,
                     "service_terms_sha256": hex::encode(Sha256::digest(c.terms.as_bytes())),

@@ -221,7 +221,14 @@ pub async fn records_for(
         let mut events = Vec::new();
         let mut consented = false;
         let mut cancelled = false;
+        // The name the person consented to send to (the registration's, as shown then).
+        let mut consented_to = None;
         for e in store.audit_for_transfer(&t.id).await? {
+            if e.kind == "service.consent"
+                && let Some(name) = e.detail["service_name"].as_str()
+            {
+                consented_to = Some(name.to_owned());
+            }
             consented |= e.kind == "transfer.fetching";
             // Ended by the person's "cancel" or "do not send", not by the time limit.
             let cancel = e.kind == "transfer.expired" && e.detail["event"] == "cancel";
@@ -270,7 +277,7 @@ pub async fn records_for(
             kind_label: kind_label(t.kind, lang).to_owned(),
             recipient: match crate::counter::recipient_text(state, &t, lang).await? {
                 Some(r) => r,
-                None => recipient_text(state, &t, lang),
+                None => consented_to.unwrap_or_else(|| recipient_text(state, &t, lang)),
             },
             purpose: purpose_text(state, &t, lang),
             created_text: taipei_time(t.created_at),

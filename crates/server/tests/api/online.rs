@@ -921,6 +921,10 @@ async fn refusing_at_either_question_returns_access_denied_and_deletes_the_data(
         .find(|r| r["request_number"] == t.id.as_str())
         .unwrap();
     assert_eq!(rec["state_label"], "Cancelled and deleted", "{rec}");
+    assert_eq!(
+        rec["recipient"], "高級中等學校學雜費減免",
+        "the registered name: {rec}"
+    );
     let labels: Vec<&str> = rec["events"]
         .as_array()
         .unwrap()
