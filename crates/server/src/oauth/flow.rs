@@ -652,6 +652,8 @@ fn to_login(uri: &axum::http::Uri, datasets: &[String]) -> Response {
 pub struct DatasetLine {
     pub name: String,
     pub agency: String,
+    /// The agency's expected time to answer (the catalogue's), shown before consent.
+    pub wait: String,
     pub status: String,
     pub ok: bool,
 }
@@ -733,6 +735,7 @@ pub struct Texts {
     pub terms: &'static str,
     pub datasets: &'static str,
     pub agency: &'static str,
+    pub wait: &'static str,
     pub status: &'static str,
     pub agree: &'static str,
     pub decline: &'static str,
@@ -767,6 +770,7 @@ impl Texts {
             terms: l.pick("服務條款", "Terms of the service"),
             datasets: l.pick("資料項目", "Datasets"),
             agency: l.pick("提供機關", "Agency"),
+            wait: l.pick("預計取得時間", "Expected wait"),
             status: l.pick("狀態", "Status"),
             agree: l.pick("同意並取得資料", "Agree and fetch the data"),
             decline: l.pick("不同意", "Decline"),
@@ -832,9 +836,11 @@ fn dataset_lines(
                     (crate::pages::fetch_status_label(s, lang).to_owned(), ok)
                 }
             };
+            let wait = crate::routes::download::ready_text(ds.map_or(0, |d| d.ready_minutes), lang);
             DatasetLine {
                 name,
                 agency,
+                wait,
                 status,
                 ok,
             }

@@ -67,7 +67,8 @@ fn to_login(next: &str, basket: &[String]) -> Response {
     no_store(Redirect::to(&href).into_response())
 }
 
-fn ready_text(minutes: u32, lang: Lang) -> String {
+/// An agency's expected time to answer, in words.
+pub(crate) fn ready_text(minutes: u32, lang: Lang) -> String {
     match (minutes, lang) {
         (0, Lang::ZhTw) => "立即取得".into(),
         (0, Lang::En) => "Ready at once".into(),
