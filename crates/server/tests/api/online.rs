@@ -1138,6 +1138,12 @@ async fn the_same_person_signing_in_again_finds_the_request_waiting() {
         .await
         .unwrap();
     let (consent, page) = open_consent(&w, &b, &pending).await;
+    // Before agreeing the person sees how long each agency is expected to take.
+    let minutes = w.app.state.catalog().dataset(SLOW).unwrap().ready_minutes;
+    assert!(
+        minutes > 0 && page.contains(&format!("約 {minutes} 分鐘")),
+        "{page}"
+    );
     b.post(
         &consent,
         &[
