@@ -48,7 +48,8 @@ pub use identity::{
 };
 pub use jobs::{Job, JobState, NewJob, StartJobs, new_job_id};
 pub use oauth::{
-    ClientRow, CodeGrant, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem, RequestRow, TokenRow,
+    ClientRemoval, ClientRow, CodeGrant, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem,
+    RequestRow, TokenRow,
 };
 pub use ops::{OpsSnapshot, QueueCounts};
 pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
