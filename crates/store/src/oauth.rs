@@ -296,31 +296,69 @@ SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM r";
 const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, dpop_bound_access_tokens, created_at, updated_at FROM oauth_clients";
 const SELECT_REQUEST: &str = "SELECT id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at FROM oauth_requests";
 
+/// A request's `params` without the sealed ID number of a trusted verifier's assertion
+/// (`asserted.subject_sealed`, see the server's `Pushed`): only the consent needs it (the transfer
+/// then holds its own sealed secret for the fetches), so every write that moves a request past
+/// `opened`, its consent included, drops it. The key is looked for first: a request without it is
+/// left as it is (no JSON parsed and written back).
+macro_rules! params_without_sealed_sqlite {
+    () => {
+        "CASE WHEN instr(params, '\"subject_sealed\"') > 0 THEN json_remove(params, '$.asserted.subject_sealed') ELSE params END"
+    };
+}
+macro_rules! params_without_sealed_postgres {
+    () => {
+        "CASE WHEN strpos(oauth_requests.params, '\"subject_sealed\"') > 0
+             THEN (oauth_requests.params::jsonb #- '{asserted,subject_sealed}')::text ELSE oauth_requests.params END"
+    };
+}
+pub(crate) use {params_without_sealed_postgres, params_without_sealed_sqlite};
+
 /// A request moved from `$2` to `$3` with its audit event (`$6`–`$11`, all NULL for none), as one
-/// step (see `step`); returns the request's ID when it moved.
-const ADVANCE_SQLITE: &str = "BEGIN IMMEDIATE;
-UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5
+/// step (see `step`); returns the request's ID when it moved. Moved past `opened`, it keeps no
+/// sealed identity (see [`params_without_sealed_sqlite`]).
+const ADVANCE_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5,
+    params = CASE WHEN $3 IN ('pushed', 'opened') THEN params ELSE ",
+    params_without_sealed_sqlite!(),
+    " END
     WHERE id = $1 AND status = $2 AND expires_at > $5 RETURNING id;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $6, $7, $8, $9, $10, $11 WHERE changes() = 1 AND $7 IS NOT NULL;
-COMMIT";
-const ADVANCE_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5
+COMMIT"
+);
+const ADVANCE_POSTGRES: &str = concat!(
+    "WITH u AS (UPDATE oauth_requests SET status = $3::text, transfer_id = COALESCE($4, transfer_id), updated_at = $5,
+    params = CASE WHEN $3::text IN ('pushed', 'opened') THEN oauth_requests.params ELSE ",
+    params_without_sealed_postgres!(),
+    " END
     WHERE id = $1 AND status = $2 AND expires_at > $5 RETURNING id),
 a AS (INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $6, $7, $8, $9, $10, $11 FROM u WHERE $7 IS NOT NULL)
-SELECT id FROM u";
+SELECT id FROM u"
+);
 
-/// The second confirmation as one step (see `step`): the request `consented → confirmed`, then its
-/// code and the audit event (`$10`–`$15`, its `seq` returned) only if it moved.
-const CONFIRM_SQLITE: &str = "BEGIN IMMEDIATE;
-UPDATE oauth_requests SET status = 'confirmed', updated_at = $9 WHERE id = $2 AND status = 'consented' AND expires_at > $9;
+/// The second confirmation as one step (see `step`): the request `consented → confirmed` (keeping
+/// no sealed identity), then its code and the audit event (`$10`–`$15`, its `seq` returned) only
+/// if it moved.
+const CONFIRM_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE oauth_requests SET status = 'confirmed', updated_at = $9, params = ",
+    params_without_sealed_sqlite!(),
+    " WHERE id = $2 AND status = 'consented' AND expires_at > $9;
 INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, NULL WHERE changes() = 1;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 WHERE changes() = 1 RETURNING seq;
-COMMIT";
-const CONFIRM_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9
+COMMIT"
+);
+const CONFIRM_POSTGRES: &str = concat!(
+    "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9, params = ",
+    params_without_sealed_postgres!(),
+    "
     WHERE id = $2 AND status = 'consented' AND expires_at > $9 RETURNING id),
 c AS (INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
     SELECT $1, u.id, $3, $4, $5, $6, $7, $8, NULL FROM u)
-INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 FROM u RETURNING seq";
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 FROM u RETURNING seq"
+);
 
 /// The states of an online transfer that removing its service ends, in the order of the
 /// `DELETE_CLIENT_*` steps' details (`$5`, `$6`, `$7`).

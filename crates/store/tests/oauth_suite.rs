@@ -29,6 +29,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     clients_are_registered_replaced_and_removed,
     removing_a_service_ends_its_transfers_not_yet_released,
+    a_request_keeps_no_sealed_identity_once_answered,
     a_request_is_opened_by_one_session_only_and_expires,
     requests_advance_only_from_the_expected_step,
     a_consent_answers_its_request_in_the_transfer_step,
@@ -190,6 +191,103 @@ async fn removing_a_service_ends_its_transfers_not_yet_released(s: &Store) {
     // Removed again (or never registered): nothing left to end.
     let again = s.delete_client("sp", "admin", at(6)).await.unwrap();
     assert!(!again.existed && again.ended.is_empty());
+}
+
+/// A trusted verifier's sealed ID number (`asserted.subject_sealed`) is kept only until the
+/// request is answered: the consent's step, a refusal and the confirmation each drop it; the rest
+/// of the parameters stay, and parameters without it are left as written.
+async fn a_request_keeps_no_sealed_identity_once_answered(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    let asserted = |id: &str| {
+        RequestRow {
+        params: serde_json::json!({
+            "purpose": "x",
+            "asserted": { "subject": "pseudonym", "subject_sealed": "SEALED-ID", "level": 4, "at": 1 }
+        })
+        .to_string(),
+        ..request(id, at(90))
+    }
+    };
+    let params = |id: &'static str| async move {
+        let r = s.request(id).await.unwrap().unwrap();
+        serde_json::from_str::<serde_json::Value>(&r.params).unwrap()
+    };
+    let kept = serde_json::json!({
+        "purpose": "x",
+        "asserted": { "subject": "pseudonym", "level": 4, "at": 1 }
+    });
+    // Opening keeps it (the consent needs it); the consent drops it.
+    s.put_request(&asserted("r1")).await.unwrap();
+    s.open_request("r1", "sa", at(3600), T0).await.unwrap();
+    assert_eq!(
+        params("r1").await["asserted"]["subject_sealed"],
+        "SEALED-ID"
+    );
+    let consent = event("service.consent");
+    let answer = RequestAnswer {
+        request_id: "r1",
+        audit: &consent,
+        keep_until: at(7200),
+    };
+    let t = NewTransfer {
+        id: "t1".into(),
+        kind: TransferKind::Online,
+        subject: "pseudonym".into(),
+        recipient: Some("sp".into()),
+        purpose: "x".into(),
+        datasets: vec!["low-income-household".into()],
+    };
+    let (_, answered) = s
+        .start_transfer(
+            &t,
+            "sealed",
+            StartJobs::queued(&[]),
+            Some(&answer),
+            "pseudonym",
+            at(1),
+        )
+        .await
+        .unwrap();
+    assert!(answered);
+    assert_eq!(params("r1").await, kept);
+    assert!(
+        s.confirm_request(&code("c1", "r1"), &event("service.release"), at(2))
+            .await
+            .unwrap()
+    );
+    assert_eq!(params("r1").await, kept);
+    // Refused before or after opening: dropped with the refusal.
+    s.put_request(&asserted("r2")).await.unwrap();
+    assert!(
+        s.advance_request("r2", "pushed", "refused", None, None, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(params("r2").await, kept);
+    s.put_request(&asserted("r3")).await.unwrap();
+    s.open_request("r3", "sa", at(3600), T0).await.unwrap();
+    assert!(
+        s.advance_request("r3", "opened", "refused", None, None, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(params("r3").await, kept);
+    // A move that still leads to the consent keeps it; parameters without it stay as written.
+    s.put_request(&asserted("r4")).await.unwrap();
+    assert!(
+        s.advance_request("r4", "pushed", "opened", None, None, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        params("r4").await["asserted"]["subject_sealed"],
+        "SEALED-ID"
+    );
+    s.put_request(&request("r5", at(90))).await.unwrap();
+    s.advance_request("r5", "pushed", "refused", None, None, T0)
+        .await
+        .unwrap();
+    assert_eq!(s.request("r5").await.unwrap().unwrap().params, "{}");
 }
 
 async fn a_request_is_opened_by_one_session_only_and_expires(s: &Store) {
