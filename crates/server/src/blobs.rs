@@ -201,6 +201,26 @@ impl Blobs {
             .await
             .map_err(|e| BlobError(format!("listing `{prefix}`: {e}")))
     }
+
+    /// Local store only: deletes the staging files (`<key>#<digits>`, see [`put_file`]) under
+    /// `prefix` last written at or before `cutoff`, which a crash (or a failed rename) left behind and
+    /// which listings never show; returns how many went. At most `limit` files are looked at. Other
+    /// stores stage nothing: 0.
+    pub async fn remove_stale_staging(
+        &self,
+        prefix: &str,
+        cutoff: mydata_core::Timestamp,
+        limit: usize,
+    ) -> Result<u64, BlobError> {
+        let Some(dir) = self.local_file(prefix)? else {
+            return Ok(0);
+        };
+        // A directory walk and deletions: on the blocking pool, not a runtime worker.
+        tokio::task::spawn_blocking(move || remove_staging_under(&dir, cutoff, limit))
+            .await
+            .map_err(|e| BlobError(format!("sweeping staging files under `{prefix}`: {e}")))?
+            .map_err(|e| BlobError(format!("sweeping staging files under `{prefix}`: {e}")))
+    }
 }
 
 /// Writes `bytes` to `file` as `object_store`'s local store does: into a new staging file
@@ -236,6 +256,67 @@ fn put_file(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
         return written;
     }
     Err(std::io::Error::other("no staging file could be created"))
+}
+
+/// Whether a file name is a staging file's: `<name>#<digits>` (the name never holds a `#`: keys
+/// are parsed as `object_store` paths, whose local layout reserves it).
+fn is_staging(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(key, n)| {
+        !key.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Deletes the staging files under `dir` (its subdirectories too, a few levels deep) last modified
+/// at or before `cutoff`, looking at no more than `limit` entries; a missing `dir` has none.
+fn remove_staging_under(
+    dir: &std::path::Path,
+    cutoff: mydata_core::Timestamp,
+    limit: usize,
+) -> std::io::Result<u64> {
+    let mut removed = 0;
+    let mut seen = 0usize;
+    let mut dirs = vec![(dir.to_path_buf(), 0u8)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            seen += 1;
+            if seen > limit {
+                return Ok(removed);
+            }
+            let entry = entry?;
+            // Not followed: a link is neither walked nor deleted.
+            let kind = entry.file_type()?;
+            if kind.is_dir() && depth < 4 {
+                dirs.push((entry.path(), depth + 1));
+                continue;
+            }
+            if !kind.is_file() || !entry.file_name().to_str().is_some_and(is_staging) {
+                continue;
+            }
+            let modified = entry.metadata()?.modified()?;
+            let at = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| i64::try_from(d.as_millis()).ok())
+                .map_or(mydata_core::Timestamp::from_millis(0), |ms| {
+                    mydata_core::Timestamp::from_millis(ms)
+                });
+            if at > cutoff {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                // Renamed into place or deleted meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -280,6 +361,16 @@ mod tests {
         blobs.delete("packages/t1").await.unwrap();
         assert!(blobs.get("packages/t1").await.is_err());
         assert!(plain.get("packages/t1").await.is_err());
+    }
+
+    #[test]
+    fn staging_files_are_told_by_their_digits() {
+        for name in ["t1.d1#1", "t1.d1#18446744073709551615", "t-1#0"] {
+            assert!(is_staging(name), "{name}");
+        }
+        for name in ["t1.d1", "t1.d1#", "#12", "notes#draft", "t1#12a"] {
+            assert!(!is_staging(name), "{name}");
+        }
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //! first) lists the object store and deletes, once a blob is past a short grace period, each blob
 //! no record references and each whose transfer's 8 hours are over. Whether a referenced blob may
 //! live is decided by its transfer's expiry in the database, on the platform's clock: the object
-//! store's own clock (a blob's time) only measures the grace period.
+//! store's own clock (a blob's time) only measures the grace period. In the local store it also
+//! deletes, after the same grace period, the staging files (`<key>#<digits>`) of writes a crash
+//! cut short, which the store's listings skip.
 
 use crate::background::{BoxFuture, JobHandler, JobOutcome};
 use crate::state::AppState;
@@ -32,6 +34,9 @@ pub struct SweepReport {
     pub deleted_expired: u64,
     /// Deleted because no record references them.
     pub deleted_unreferenced: u64,
+    /// Staging files of the local store (`<key>#<digits>`) a crash left mid-write, which listings
+    /// do not show, deleted after the grace period.
+    pub deleted_staging: u64,
 }
 
 /// Why a sweep stopped early.
@@ -69,7 +74,16 @@ pub async fn sweep_orphaned_blobs(state: &AppState) -> Result<SweepReport, Sweep
     let now = state.clock().now();
     let blobs = &state.data().blobs;
     let mut report = SweepReport::default();
+    let cutoff = mydata_core::Timestamp::from_millis(
+        now.millis()
+            .saturating_sub(i64::try_from(ORPHAN_GRACE.as_millis()).unwrap_or(i64::MAX)),
+    );
     for prefix in PREFIXES {
+        // A blob written halfway when its process stopped: never listed below, and as
+        // unreadable and unwanted as an orphan.
+        report.deleted_staging += blobs
+            .remove_stale_staging(prefix, cutoff, LIST_LIMIT)
+            .await?;
         for (key, written) in blobs.list_with_times(prefix, LIST_LIMIT).await? {
             report.examined += 1;
             if written.until(now) < ORPHAN_GRACE {
@@ -123,11 +137,12 @@ impl JobHandler for ObjectSweepHandler {
         Box::pin(async move {
             match sweep_orphaned_blobs(&state).await {
                 Ok(r) => {
-                    if r.deleted_expired + r.deleted_unreferenced > 0 {
+                    if r.deleted_expired + r.deleted_unreferenced + r.deleted_staging > 0 {
                         tracing::info!(
                             examined = r.examined,
                             deleted_expired = r.deleted_expired,
                             deleted_unreferenced = r.deleted_unreferenced,
+                            deleted_staging = r.deleted_staging,
                             "orphaned blobs deleted"
                         );
                     }

@@ -8,6 +8,7 @@
 
 use crate::agencies::fetched_key_context;
 use crate::background::{BoxFuture, JobHandler, JobOutcome};
+use crate::oauth::delivery::SealError;
 use crate::state::AppState;
 use mydata_connector::SignedDatasetBody;
 use mydata_core::Timestamp;
@@ -82,6 +83,8 @@ impl JobHandler for PackageHandler {
                 Ok(false) => JobOutcome::Done,
                 Err(AssembleError::Store(e)) => retry(format!("store: {e}")),
                 Err(AssembleError::Blob(e)) => retry(e),
+                // Ended by `assemble` (its data dropped): nothing left to retry.
+                Err(AssembleError::NoRecipient(_)) => JobOutcome::Done,
                 Err(AssembleError::Broken(e)) => {
                     tracing::error!(transfer = %p.transfer_id, error = %e, "package assembly failed");
                     JobOutcome::Failed(e)
@@ -100,6 +103,9 @@ enum AssembleError {
     /// Cannot succeed on a retry.
     #[error("{0}")]
     Broken(String),
+    /// The transfer's service is gone (removed since the consent): no package can reach it.
+    #[error("{0}")]
+    NoRecipient(&'static str),
 }
 
 fn event(kind: &str, t: &Transfer, detail: serde_json::Value, now: Timestamp) -> NewAuditEvent {
@@ -159,7 +165,14 @@ async fn assemble(
             for r in fetched {
                 datasets.push(load_fetched(state, &t.id, r).await?);
             }
-            package = Some(build(state, &t, datasets, records.len(), now).await?);
+            match build(state, &t, datasets, records.len(), now).await {
+                Ok(built) => package = Some(built),
+                Err(AssembleError::NoRecipient(why)) => {
+                    end_undeliverable(state, &t, why, now).await?;
+                    return Err(AssembleError::NoRecipient(why));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     // One write: the package stored, the fetched datasets and the sealed identity forgotten (a
@@ -191,6 +204,29 @@ async fn assemble(
         crate::notices::notify(state, &settled, &crate::notices::NoticeEvent::Ready).await?;
     }
     Ok(done.job_done)
+}
+
+/// Ends a transfer whose package can reach nobody (its service was removed): cancelled, and what
+/// it fetched forgotten at once (the purge would otherwise wait for the next sweep).
+async fn end_undeliverable(
+    state: &AppState,
+    t: &Transfer,
+    why: &str,
+    now: Timestamp,
+) -> Result<(), AssembleError> {
+    tracing::warn!(transfer = %t.id, reason = why, "transfer ended: its package has no recipient");
+    match state
+        .store()
+        .apply_transfer_event_from(t, TransferEvent::Cancel, "system", now)
+        .await
+    {
+        // Ended meanwhile by someone else: its data goes all the same.
+        Ok(_) | Err(StoreError::IllegalTransition(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    drop_fetched(state, &t.id).await;
+    state.settled().settle(&t.id);
+    Ok(())
 }
 
 /// A fetched dataset of `transfer_id` as the fetch stored it: its key unwrapped, its blob read and
@@ -255,7 +291,10 @@ async fn build(
     // An online service's package is sealed end to end to the service right away.
     let e2e = crate::oauth::delivery::seal_for_recipient(state, t, &zip)
         .await
-        .map_err(AssembleError::Blob)?;
+        .map_err(|e| match e {
+            SealError::NoRecipient(why) => AssembleError::NoRecipient(why),
+            SealError::Failed(e) => AssembleError::Blob(e),
+        })?;
     let (sealed, wrapped) = match e2e {
         Some(done) => done,
         None => {

@@ -48,7 +48,8 @@ pub use identity::{
 };
 pub use jobs::{Job, JobState, NewJob, StartJobs, new_job_id};
 pub use oauth::{
-    ClientRow, CodeGrant, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem, RequestRow, TokenRow,
+    ClientRemoval, ClientRow, CodeGrant, CodeRow as OAuthCodeRow, Issue, Jti, Push, Redeem,
+    RequestRow, TokenRow,
 };
 pub use ops::{OpsSnapshot, QueueCounts};
 pub use passkeys::{CeremonyRow, CeremonyUse, PasskeyRow};
@@ -233,7 +234,10 @@ impl Store {
                     // After a burst that readers kept from being checkpointed (a long export),
                     // the log file shrinks back to this at its next restart instead of keeping
                     // its high-water mark on disk.
-                    .pragma("journal_size_limit", WAL_SIZE_LIMIT);
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT)
+                    // What is deleted (sealed secrets, wrapped keys, request parameters) is
+                    // overwritten with zeros, not left in the freed space of its page.
+                    .pragma("secure_delete", "ON");
                 let file = opts.get_filename().to_path_buf();
                 if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent)

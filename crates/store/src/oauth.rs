@@ -296,31 +296,110 @@ SELECT k::bigint FROM j UNION ALL SELECT k::bigint FROM r";
 const SELECT_CLIENT: &str = "SELECT client_id, name, jwks, jwks_uri, redirect_uris, terms, purpose, datasets, legal_basis, environment, trusted_verifier, dpop_bound_access_tokens, created_at, updated_at FROM oauth_clients";
 const SELECT_REQUEST: &str = "SELECT id, client_id, params, status, session_hash, transfer_id, created_at, expires_at, updated_at FROM oauth_requests";
 
+/// A request's `params` without the sealed ID number of a trusted verifier's assertion
+/// (`asserted.subject_sealed`, see the server's `Pushed`): only the consent needs it (the transfer
+/// then holds its own sealed secret for the fetches), so every write that moves a request past
+/// `opened`, its consent included, drops it. The key is looked for first: a request without it is
+/// left as it is (no JSON parsed and written back).
+macro_rules! params_without_sealed_sqlite {
+    () => {
+        "CASE WHEN instr(params, '\"subject_sealed\"') > 0 THEN json_remove(params, '$.asserted.subject_sealed') ELSE params END"
+    };
+}
+macro_rules! params_without_sealed_postgres {
+    () => {
+        "CASE WHEN strpos(oauth_requests.params, '\"subject_sealed\"') > 0
+             THEN (oauth_requests.params::jsonb #- '{asserted,subject_sealed}')::text ELSE oauth_requests.params END"
+    };
+}
+pub(crate) use {params_without_sealed_postgres, params_without_sealed_sqlite};
+
 /// A request moved from `$2` to `$3` with its audit event (`$6`–`$11`, all NULL for none), as one
-/// step (see `step`); returns the request's ID when it moved.
-const ADVANCE_SQLITE: &str = "BEGIN IMMEDIATE;
-UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5
+/// step (see `step`); returns the request's ID when it moved. Moved past `opened`, it keeps no
+/// sealed identity (see [`params_without_sealed_sqlite`]).
+const ADVANCE_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5,
+    params = CASE WHEN $3 IN ('pushed', 'opened') THEN params ELSE ",
+    params_without_sealed_sqlite!(),
+    " END
     WHERE id = $1 AND status = $2 AND expires_at > $5 RETURNING id;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $6, $7, $8, $9, $10, $11 WHERE changes() = 1 AND $7 IS NOT NULL;
-COMMIT";
-const ADVANCE_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = $3, transfer_id = COALESCE($4, transfer_id), updated_at = $5
+COMMIT"
+);
+const ADVANCE_POSTGRES: &str = concat!(
+    "WITH u AS (UPDATE oauth_requests SET status = $3::text, transfer_id = COALESCE($4, transfer_id), updated_at = $5,
+    params = CASE WHEN $3::text IN ('pushed', 'opened') THEN oauth_requests.params ELSE ",
+    params_without_sealed_postgres!(),
+    " END
     WHERE id = $1 AND status = $2 AND expires_at > $5 RETURNING id),
 a AS (INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $6, $7, $8, $9, $10, $11 FROM u WHERE $7 IS NOT NULL)
-SELECT id FROM u";
+SELECT id FROM u"
+);
 
-/// The second confirmation as one step (see `step`): the request `consented → confirmed`, then its
-/// code and the audit event (`$10`–`$15`, its `seq` returned) only if it moved.
-const CONFIRM_SQLITE: &str = "BEGIN IMMEDIATE;
-UPDATE oauth_requests SET status = 'confirmed', updated_at = $9 WHERE id = $2 AND status = 'consented' AND expires_at > $9;
+/// The second confirmation as one step (see `step`): the request `consented → confirmed` (keeping
+/// no sealed identity), then its code and the audit event (`$10`–`$15`, its `seq` returned) only
+/// if it moved.
+const CONFIRM_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+UPDATE oauth_requests SET status = 'confirmed', updated_at = $9, params = ",
+    params_without_sealed_sqlite!(),
+    " WHERE id = $2 AND status = 'consented' AND expires_at > $9;
 INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, NULL WHERE changes() = 1;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 WHERE changes() = 1 RETURNING seq;
-COMMIT";
-const CONFIRM_POSTGRES: &str = "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9
+COMMIT"
+);
+const CONFIRM_POSTGRES: &str = concat!(
+    "WITH u AS (UPDATE oauth_requests SET status = 'confirmed', updated_at = $9, params = ",
+    params_without_sealed_postgres!(),
+    "
     WHERE id = $2 AND status = 'consented' AND expires_at > $9 RETURNING id),
 c AS (INSERT INTO oauth_codes (code_hash, request_id, client_id, transfer_id, redirect_uri, code_challenge, created_at, expires_at, used_at)
     SELECT $1, u.id, $3, $4, $5, $6, $7, $8, NULL FROM u)
-INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 FROM u RETURNING seq";
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 FROM u RETURNING seq"
+);
+
+/// The states of an online transfer that removing its service ends, in the order of the
+/// `DELETE_CLIENT_*` steps' details (`$5`, `$6`, `$7`).
+const ENDED_BY_REMOVAL: [mydata_core::transfer::TransferState; 3] = [
+    mydata_core::transfer::TransferState::Created,
+    mydata_core::transfer::TransferState::Fetching,
+    mydata_core::transfer::TransferState::Ready,
+];
+
+/// Removing a registration (`$1`) as one step (see `step`): every online transfer to it still in
+/// `created`, `fetching` or `ready` moves to `$8` at `$2` with its audit event (kind `$3`, actor
+/// `$4`, detail `$5`/`$6`/`$7` by the state it left), then the registration goes (its requests and
+/// codes with it). Rows: `(0, transfer)` per transfer ended, `(1, client)` if it existed.
+const DELETE_CLIENT_SQLITE: &str = "BEGIN IMMEDIATE;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail)
+    SELECT $2, $3, subject, id, $4, CASE state WHEN 'created' THEN $5 WHEN 'fetching' THEN $6 ELSE $7 END
+    FROM transfers WHERE state IN ('created', 'fetching', 'ready') AND kind = 'online' AND recipient = $1
+    ORDER BY created_at, id;
+UPDATE transfers SET state = $8, updated_at = $2, version = version + 1
+    WHERE state IN ('created', 'fetching', 'ready') AND kind = 'online' AND recipient = $1 RETURNING 0, id;
+DELETE FROM oauth_clients WHERE client_id = $1 RETURNING 1, client_id;
+COMMIT";
+const DELETE_CLIENT_POSTGRES: &str = "WITH o AS (SELECT id, subject, state, created_at FROM transfers
+        WHERE state IN ('created', 'fetching', 'ready') AND kind = 'online' AND recipient = $1::text FOR UPDATE),
+u AS (UPDATE transfers t SET state = $8::text, updated_at = $2::bigint, version = t.version + 1 FROM o
+        WHERE t.id = o.id AND t.state = o.state RETURNING t.id, o.subject, o.state, o.created_at),
+a AS (INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail)
+    SELECT $2::bigint, $3::text, u.subject, u.id, $4::text,
+           CASE u.state WHEN 'created' THEN $5::text WHEN 'fetching' THEN $6::text ELSE $7::text END
+    FROM u ORDER BY u.created_at, u.id),
+d AS (DELETE FROM oauth_clients WHERE client_id = $1::text RETURNING client_id)
+SELECT 0::bigint, id FROM u UNION ALL SELECT 1::bigint, client_id FROM d";
+
+/// What removing a registration did (see [`Store::delete_client`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientRemoval {
+    /// The registration existed (and is gone now).
+    pub existed: bool,
+    /// The transfers to the service that were ended, by ID.
+    pub ended: Vec<String>,
+}
 
 impl Store {
     /// Registers a service or replaces its registration (keeping its creation time).
@@ -368,10 +447,46 @@ impl Store {
         rows.into_iter().map(ClientRow::try_from).collect()
     }
 
-    /// Removes a registration and its open authorizations. True if it existed.
-    pub async fn delete_client(&self, client_id: &str) -> Result<bool> {
-        let n = on_pool!(self, pool => sqlx::query("DELETE FROM oauth_clients WHERE client_id = $1").bind(client_id).execute(pool).await?.rows_affected());
-        Ok(n > 0)
+    /// Removes a registration and its open authorizations, and ends every online transfer to the
+    /// service that has not been released yet (`created`, `fetching`, `ready`: its package could
+    /// never be delivered) with the `Cancel` event and its audit event (actor `actor`), all in one
+    /// transaction. What the ended transfers hold is then destroyed as for any ended transfer (the
+    /// expiry sweep's purge); their fetches find them closed and call no agency.
+    pub async fn delete_client(
+        &self,
+        client_id: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<ClientRemoval> {
+        use mydata_core::transfer::TransferEvent;
+        // The same event from each state: one new state and kind, one detail per state left.
+        let mut details = Vec::with_capacity(ENDED_BY_REMOVAL.len());
+        for from in ENDED_BY_REMOVAL {
+            let (_, _, mut detail) = crate::transfers::change_record(from, TransferEvent::Cancel)?;
+            detail["reason"] = "service_removed".into();
+            details.push(detail.to_string());
+        }
+        let (to, kind, _) =
+            crate::transfers::change_record(ENDED_BY_REMOVAL[0], TransferEvent::Cancel)?;
+        let rows: Vec<(i64, String)> =
+            write_step!(self, DELETE_CLIENT_SQLITE, DELETE_CLIENT_POSTGRES, |q| q
+                .bind(client_id)
+                .bind(now.millis())
+                .bind(kind.as_str())
+                .bind(actor)
+                .bind(details[0].as_str())
+                .bind(details[1].as_str())
+                .bind(details[2].as_str())
+                .bind(to.code()));
+        let mut removal = ClientRemoval::default();
+        for (what, id) in rows {
+            match what {
+                0 => removal.ended.push(id),
+                _ => removal.existed = true,
+            }
+        }
+        removal.ended.sort();
+        Ok(removal)
     }
 
     /// Stores a pushed authorization request.

@@ -41,7 +41,7 @@ impl SyncConn {
         let pragmas = format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000; PRAGMA wal_autocheckpoint = 10000;
-             PRAGMA journal_size_limit = {};",
+             PRAGMA journal_size_limit = {}; PRAGMA secure_delete = ON;",
             crate::WAL_SIZE_LIMIT
         );
         Self::open_as(file, &pragmas)

@@ -301,8 +301,10 @@ INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT 
 /// already `fetching` at version 1 (what creation and consent make of it), its two events
 /// (`$10`–`$12`, `$13`/`$14`), the sealed secret `$15` and the fetch jobs `$16` (a JSON array;
 /// one with a `lease_owner` goes in `running`, at its first attempt). An answered request
-/// (`$17`, its event `$18`–`$22`) lives at least until `$23`.
-const START_SQLITE: &str = "BEGIN IMMEDIATE;
+/// (`$17`, its event `$18`–`$22`) lives at least until `$23`, and keeps no sealed identity (see
+/// `oauth::params_without_sealed_sqlite`).
+const START_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
 INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 1);
 INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at)
@@ -317,11 +319,16 @@ INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, ded
            json_extract(value, '$.lease_owner'), json_extract(value, '$.lease_until'), $7, $7
     FROM json_each($16) WHERE true
     ON CONFLICT (dedup_key) DO NOTHING;
-UPDATE oauth_requests SET status = 'consented', transfer_id = $1, updated_at = $7, expires_at = MAX(expires_at, $23)
+UPDATE oauth_requests SET status = 'consented', transfer_id = $1, updated_at = $7, expires_at = MAX(expires_at, $23),
+    params = ",
+    crate::oauth::params_without_sealed_sqlite!(),
+    "
     WHERE id = $17 AND status = 'opened' AND expires_at > $7 RETURNING 1;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $18, $19, $20, $1, $21, $22 WHERE changes() = 1;
-COMMIT";
-const START_POSTGRES: &str = "WITH t AS (INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
+COMMIT"
+);
+const START_POSTGRES: &str = concat!(
+    "WITH t AS (INSERT INTO transfers (id, kind, subject, recipient, purpose, state, created_at, expires_at, updated_at, version)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 1) RETURNING id),
 d AS (INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at)
     SELECT t.id, x.value, x.n - 1, 'pending', $7 FROM t, jsonb_array_elements_text($9::jsonb) WITH ORDINALITY AS x(value, n)),
@@ -335,13 +342,16 @@ j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_a
     FROM t, jsonb_array_elements($16::jsonb) AS x
     ON CONFLICT (dedup_key) DO NOTHING),
 r AS (UPDATE oauth_requests SET status = 'consented', transfer_id = t.id, updated_at = $7,
-        expires_at = GREATEST(oauth_requests.expires_at, $23::bigint) FROM t
+        expires_at = GREATEST(oauth_requests.expires_at, $23::bigint), params = ",
+    crate::oauth::params_without_sealed_postgres!(),
+    " FROM t
     WHERE oauth_requests.id = $17::text AND oauth_requests.status = 'opened' AND oauth_requests.expires_at > $7
     RETURNING oauth_requests.id)
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail)
     SELECT $7, $10, $3, t.id, $11, $12 FROM t UNION ALL SELECT $7, $13, $3, t.id, $11, $14 FROM t
     UNION ALL SELECT $18::bigint, $19::text, $20::text, t.id, $21::text, $22::text FROM t, r
-    RETURNING CASE WHEN kind = $19::text THEN 1::bigint ELSE 0::bigint END";
+    RETURNING CASE WHEN kind = $19::text THEN 1::bigint ELSE 0::bigint END"
+);
 
 /// A state change of a transfer with its audit event, as one step (see `step`): the UPDATE is a
 /// compare-and-set on `version`, and the event (at the change's time, `$2`) is inserted only when

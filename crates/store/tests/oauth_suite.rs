@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use mydata_core::Timestamp;
-use mydata_core::transfer::{TransferKind, TransferState};
+use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_store::{
     ClientRow, Issue, Jti, NewAuditEvent, NewTransfer, OAuthCodeRow, Push, Redeem, RequestAnswer,
     RequestRow, StartJobs, Store, TokenRow,
@@ -28,6 +28,8 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     clients_are_registered_replaced_and_removed,
+    removing_a_service_ends_its_transfers_not_yet_released,
+    a_request_keeps_no_sealed_identity_once_answered,
     a_request_is_opened_by_one_session_only_and_expires,
     requests_advance_only_from_the_expected_step,
     a_consent_answers_its_request_in_the_transfer_step,
@@ -115,9 +117,177 @@ async fn clients_are_registered_replaced_and_removed(s: &Store) {
     );
     assert_eq!(got.updated_at, at(10));
     assert_eq!(s.clients().await.unwrap().len(), 1);
-    assert!(s.delete_client("sp").await.unwrap());
-    assert!(!s.delete_client("sp").await.unwrap());
+    assert!(s.delete_client("sp", "admin", T0).await.unwrap().existed);
+    assert!(!s.delete_client("sp", "admin", T0).await.unwrap().existed);
     assert!(s.client("sp").await.unwrap().is_none());
+}
+
+/// A removed service can never receive a package: its transfers not yet released end with it
+/// (`Cancel`, one event each), in the same write; released ones, ended ones and other recipients'
+/// are left alone.
+async fn removing_a_service_ends_its_transfers_not_yet_released(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    s.put_client(&client("other")).await.unwrap();
+    let online = |id: &str, to: &str| NewTransfer {
+        id: id.into(),
+        kind: TransferKind::Online,
+        subject: "pseudonym".into(),
+        recipient: Some(to.into()),
+        purpose: "tuition reduction".into(),
+        datasets: vec!["low-income-household".into()],
+    };
+    let start = |t: NewTransfer| async move {
+        s.start_transfer(&t, "sealed", StartJobs::queued(&[]), None, "pseudonym", T0)
+            .await
+            .unwrap()
+            .0
+    };
+    start(online("fetching", "sp")).await;
+    let ready = start(online("ready", "sp")).await;
+    s.apply_transfer_event_from(&ready, TransferEvent::Settled, "system", T0)
+        .await
+        .unwrap();
+    s.create_transfer(&online("created", "sp"), "pseudonym", T0)
+        .await
+        .unwrap();
+    let delivered = start(online("delivered", "sp")).await;
+    let delivered = s
+        .apply_transfer_event_from(&delivered, TransferEvent::Settled, "system", T0)
+        .await
+        .unwrap();
+    s.apply_transfer_event_from(&delivered, TransferEvent::Release, "sp", T0)
+        .await
+        .unwrap();
+    start(online("elsewhere", "other")).await;
+    let removal = s.delete_client("sp", "admin", at(5)).await.unwrap();
+    assert!(removal.existed);
+    assert_eq!(removal.ended, ["created", "fetching", "ready"]);
+    for (id, state, left) in [
+        ("created", TransferState::Expired, Some("created")),
+        ("fetching", TransferState::Expired, Some("fetching")),
+        ("ready", TransferState::Expired, Some("ready")),
+        ("delivered", TransferState::Delivered, None),
+        ("elsewhere", TransferState::Fetching, None),
+    ] {
+        let t = s.transfer(id).await.unwrap().unwrap();
+        assert_eq!(t.state, state, "{id}");
+        let last = s.audit_for_transfer(id).await.unwrap().pop().unwrap();
+        match left {
+            Some(from) => {
+                assert_eq!(t.updated_at, at(5), "{id}");
+                assert_eq!(last.kind, "transfer.expired", "{id}");
+                assert_eq!(last.actor, "admin");
+                assert_eq!(last.subject.as_deref(), Some("pseudonym"));
+                assert_eq!(last.at, at(5));
+                assert_eq!(
+                    last.detail,
+                    serde_json::json!({ "from": from, "event": "cancel", "reason": "service_removed" }),
+                    "{id}"
+                );
+            }
+            None => assert_ne!(last.kind, "transfer.expired", "{id}"),
+        }
+    }
+    // Removed again (or never registered): nothing left to end.
+    let again = s.delete_client("sp", "admin", at(6)).await.unwrap();
+    assert!(!again.existed && again.ended.is_empty());
+}
+
+/// A trusted verifier's sealed ID number (`asserted.subject_sealed`) is kept only until the
+/// request is answered: the consent's step, a refusal and the confirmation each drop it; the rest
+/// of the parameters stay, and parameters without it are left as written.
+async fn a_request_keeps_no_sealed_identity_once_answered(s: &Store) {
+    s.put_client(&client("sp")).await.unwrap();
+    let asserted = |id: &str| {
+        RequestRow {
+        params: serde_json::json!({
+            "purpose": "x",
+            "asserted": { "subject": "pseudonym", "subject_sealed": "SEALED-ID", "level": 4, "at": 1 }
+        })
+        .to_string(),
+        ..request(id, at(90))
+    }
+    };
+    let params = |id: &'static str| async move {
+        let r = s.request(id).await.unwrap().unwrap();
+        serde_json::from_str::<serde_json::Value>(&r.params).unwrap()
+    };
+    let kept = serde_json::json!({
+        "purpose": "x",
+        "asserted": { "subject": "pseudonym", "level": 4, "at": 1 }
+    });
+    // Opening keeps it (the consent needs it); the consent drops it.
+    s.put_request(&asserted("r1")).await.unwrap();
+    s.open_request("r1", "sa", at(3600), T0).await.unwrap();
+    assert_eq!(
+        params("r1").await["asserted"]["subject_sealed"],
+        "SEALED-ID"
+    );
+    let consent = event("service.consent");
+    let answer = RequestAnswer {
+        request_id: "r1",
+        audit: &consent,
+        keep_until: at(7200),
+    };
+    let t = NewTransfer {
+        id: "t1".into(),
+        kind: TransferKind::Online,
+        subject: "pseudonym".into(),
+        recipient: Some("sp".into()),
+        purpose: "x".into(),
+        datasets: vec!["low-income-household".into()],
+    };
+    let (_, answered) = s
+        .start_transfer(
+            &t,
+            "sealed",
+            StartJobs::queued(&[]),
+            Some(&answer),
+            "pseudonym",
+            at(1),
+        )
+        .await
+        .unwrap();
+    assert!(answered);
+    assert_eq!(params("r1").await, kept);
+    assert!(
+        s.confirm_request(&code("c1", "r1"), &event("service.release"), at(2))
+            .await
+            .unwrap()
+    );
+    assert_eq!(params("r1").await, kept);
+    // Refused before or after opening: dropped with the refusal.
+    s.put_request(&asserted("r2")).await.unwrap();
+    assert!(
+        s.advance_request("r2", "pushed", "refused", None, None, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(params("r2").await, kept);
+    s.put_request(&asserted("r3")).await.unwrap();
+    s.open_request("r3", "sa", at(3600), T0).await.unwrap();
+    assert!(
+        s.advance_request("r3", "opened", "refused", None, None, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(params("r3").await, kept);
+    // A move that still leads to the consent keeps it; parameters without it stay as written.
+    s.put_request(&asserted("r4")).await.unwrap();
+    assert!(
+        s.advance_request("r4", "pushed", "opened", None, None, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        params("r4").await["asserted"]["subject_sealed"],
+        "SEALED-ID"
+    );
+    s.put_request(&request("r5", at(90))).await.unwrap();
+    s.advance_request("r5", "pushed", "refused", None, None, T0)
+        .await
+        .unwrap();
+    assert_eq!(s.request("r5").await.unwrap().unwrap().params, "{}");
 }
 
 async fn a_request_is_opened_by_one_session_only_and_expires(s: &Store) {

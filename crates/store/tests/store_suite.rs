@@ -112,6 +112,51 @@ async fn a_checkpoint_copies_the_whole_log_into_the_database_on_sqlite_only() {
     assert_eq!(pg.store.checkpoint().await.unwrap(), None);
 }
 
+/// SQLite overwrites what it deletes (`secure_delete`): a transfer's sealed secret, once its row
+/// is deleted and the log checkpointed, is no longer in the database file (a deleted row's bytes
+/// would otherwise stay in the freed space of its page until something overwrites them).
+#[tokio::test]
+async fn a_deleted_secret_leaves_the_sqlite_file() {
+    let db = fresh_sqlite().await.unwrap();
+    let s = &db.store;
+    let file = db.dir.as_ref().unwrap().path().join("mydata.db");
+    let sealed = format!("SEALED-SECRET-{}", "x7Q".repeat(40));
+    let in_file = || {
+        let bytes = std::fs::read(&file).unwrap();
+        bytes.windows(sealed.len()).any(|w| w == sealed.as_bytes())
+    };
+    // Rows on either side share its page, and stay.
+    for id in ["k0", "k1", "k2"] {
+        let secret = if id == "k1" {
+            sealed.clone()
+        } else {
+            format!("other-{id}")
+        };
+        s.start_transfer(
+            &new_transfer(id, "subj"),
+            &secret,
+            StartJobs::queued(&[]),
+            None,
+            "subj",
+            T0,
+        )
+        .await
+        .unwrap();
+    }
+    let (log, done) = s.checkpoint().await.unwrap().unwrap();
+    assert_eq!(done, log);
+    assert!(in_file(), "the secret reached the database file");
+    s.apply_transfer_event("k1", TransferEvent::Cancel, "subj", T0)
+        .await
+        .unwrap();
+    assert!(s.purge_transfer_secrets().await.unwrap() >= 1);
+    assert_eq!(s.transfer_secret("k1").await.unwrap(), None);
+    assert!(s.transfer_secret("k0").await.unwrap().is_some());
+    let (log, done) = s.checkpoint().await.unwrap().unwrap();
+    assert_eq!(done, log);
+    assert!(!in_file(), "the deleted secret's bytes are overwritten");
+}
+
 /// The audit sequencer runs every few seconds also on an idle platform: a round with nothing to
 /// integrate writes nothing to SQLite's log.
 #[tokio::test]

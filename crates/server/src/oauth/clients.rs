@@ -370,24 +370,30 @@ pub async fn delete(
         return Err(AppError::ServiceManagedByConfig(id));
     }
     let old = state.store().client(&id).await?;
-    let removed = state.store().delete_client(&id).await?;
+    let now = state.clock().now();
+    // Its transfers not yet released end in the same write: no package can reach it any more, so
+    // none is fetched or kept for it (the expiry sweep destroys what they hold).
+    let removal = state.store().delete_client(&id, "admin", now).await?;
     forget(
         &state,
         &id,
         old.iter().filter_map(|o| o.jwks_uri.as_deref()),
     );
-    if !removed {
+    for t in &removal.ended {
+        state.settled().settle(t);
+    }
+    if !removal.existed {
         return Err(crate::routes::not_found("service", &id));
     }
     state
         .store()
         .append_audit(&mydata_store::NewAuditEvent {
-            at: state.clock().now(),
+            at: now,
             kind: "service.removed".into(),
             subject: None,
             transfer_id: None,
             actor: "admin".into(),
-            detail: serde_json::json!({ "client_id": id }),
+            detail: serde_json::json!({ "client_id": id, "transfers_ended": removal.ended.len() }),
         })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -21,29 +21,43 @@ pub const E2E_MARKER: &str = "e2e:hpke";
 /// Media type of the envelope.
 pub const ENVELOPE_TYPE: &str = "application/vnd.mydata.package+hpke+json";
 
+/// Why a package could not be sealed to its service.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The transfer has no service, or its service is no longer registered: no package can ever
+    /// reach it (final).
+    #[error("{0}")]
+    NoRecipient(&'static str),
+    /// Anything else (reading the registration or its keys, sealing): may pass on a retry.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// For an online transfer, seals the assembled zip to its service: the envelope bytes to store
 /// and the marker for `sealed_key`. `None` for other kinds (they keep the at-rest seal).
 pub async fn seal_for_recipient(
     state: &AppState,
     t: &Transfer,
     zip: &[u8],
-) -> Result<Option<(Vec<u8>, String)>, String> {
+) -> Result<Option<(Vec<u8>, String)>, SealError> {
     if t.kind != TransferKind::Online {
         return Ok(None);
     }
-    let client_id = t
-        .recipient
-        .as_deref()
-        .ok_or("an online transfer without a service")?;
+    let client_id = t.recipient.as_deref().ok_or(SealError::NoRecipient(
+        "an online transfer without a service",
+    ))?;
     let client = super::clients::registered(state, client_id)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the transfer's service is no longer registered")?;
+        .map_err(|e| SealError::Failed(e.to_string()))?
+        .ok_or(SealError::NoRecipient(
+            "the transfer's service is no longer registered",
+        ))?;
+    let failed = |e: String| SealError::Failed(e);
     let jwks = super::assertion::client_jwks(state, &client)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.to_string()))?;
     let key = super::assertion::encryption_key(&jwks)
-        .ok_or("the service has no X25519 encryption key")?;
+        .ok_or_else(|| failed("the service has no X25519 encryption key".into()))?;
     let env = mydata_package::e2e::seal_package(
         state.data().vault.platform_kem(),
         &key,
@@ -51,8 +65,8 @@ pub async fn seal_for_recipient(
         client_id,
         zip,
     )
-    .map_err(|e| e.to_string())?;
-    let bytes = serde_json::to_vec(&env).map_err(|e| e.to_string())?;
+    .map_err(|e| failed(e.to_string()))?;
+    let bytes = serde_json::to_vec(&env).map_err(|e| failed(e.to_string()))?;
     Ok(Some((bytes, E2E_MARKER.to_owned())))
 }
 

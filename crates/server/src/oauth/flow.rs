@@ -56,10 +56,13 @@ pub struct Pushed {
 
 /// A trusted verifier's assertion as kept with the pushed request: the pseudonym, the ID number
 /// sealed as sessions seal it ([`session::seal_subject`]), the level, and when it was accepted.
+/// The sealed ID number is kept only until the consent (which seals it into the transfer's own
+/// secret for the fetches) or until the request is answered otherwise: the store drops it then.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Asserted {
     pub subject: String,
-    pub subject_sealed: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_sealed: Option<String>,
     pub level: u8,
     pub at: i64,
 }
@@ -75,7 +78,7 @@ impl Pushed {
             method: mydata_core::IdentityMethod::Asserted,
             level: mydata_core::AssuranceLevel::try_from(a.level).ok()?,
             verified_at: mydata_core::Timestamp::from_millis(a.at),
-            subject_sealed: Some(a.subject_sealed.clone()),
+            subject_sealed: a.subject_sealed.clone(),
         })
     }
 }
@@ -291,7 +294,7 @@ pub async fn par(
             })?;
             Some(Asserted {
                 subject: session::pseudonym(&state, &id),
-                subject_sealed: sealed,
+                subject_sealed: Some(sealed),
                 level: a.level.number(),
                 at: state.clock().now().millis(),
             })

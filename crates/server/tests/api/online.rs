@@ -1820,3 +1820,162 @@ async fn a_consent_that_loses_the_race_to_answer_is_cancelled_and_refused() {
         );
     }
 }
+
+/// Removing a service while its transfer is still fetching (a 60-minute dataset pending, another
+/// fetched and held under a key the platform can open) ends the transfer at once: no package can
+/// reach the service any more. No agency is called for it after that, and the expiry sweep
+/// destroys what it fetched (key and blob) and its sealed identity.
+#[tokio::test]
+async fn removing_a_service_ends_its_fetching_transfer_and_its_data_goes() {
+    const SLOW: &str = "income-tax-income";
+    let w =
+        FlowWorld::spawn_with(Backend::Sqlite, 1.0, |s| s.oauth.admin_token = ADMIN.into()).await;
+    let keys = Keys::generate();
+    let http = reqwest::Client::new();
+    let admin = |m: reqwest::Method| {
+        http.request(m, format!("{}/api/v1/admin/services/removable", w.app.base))
+            .bearer_auth(ADMIN)
+    };
+    let r = admin(reqwest::Method::PUT)
+        .json(&registration("removable", &keys, &[DATASET, SLOW]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let service = sdk(&w, "removable", keys).await;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.8.0.44").await;
+    let mut req = AuthorizationRequest::new(&[DATASET, SLOW], "學雜費減免資格審核");
+    req.login_hint = Some(p.id.clone());
+    let pending = service.push(&req).await.unwrap();
+    let (consent, page) = open_consent(&w, &b, &pending).await;
+    b.post(
+        &consent,
+        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+    )
+    .await;
+    let id = w.newest_transfer_of(&p).await;
+    let slow = w
+        .app
+        .until_dataset(&id, SLOW, "not ready", |d| {
+            d.status == mydata_store::fetch_status::NOT_READY
+        })
+        .await;
+    w.app
+        .until_dataset(&id, DATASET, "fetched", |d| {
+            d.status == mydata_store::fetch_status::SUCCEEDED
+        })
+        .await;
+    let store = w.app.store();
+    let fetched: Vec<String> = store
+        .fetch_records(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.data_object)
+        .collect();
+    assert_eq!(fetched.len(), 1, "the fetched dataset is held");
+    let blobs = &w.app.state.data().blobs;
+    assert!(blobs.get(&fetched[0]).await.is_ok());
+
+    let r = admin(reqwest::Method::DELETE).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let t = w.app.transfer(&id).await;
+    assert_eq!(t.state, TransferState::Expired, "ended with the service");
+    let kinds = audit_kinds(&w, &id).await;
+    assert_eq!(kinds.last().map(String::as_str), Some("transfer.expired"));
+    // The slow agency's retry time comes and goes: it is not called again.
+    for _ in 0..3 {
+        w.five_minutes_later(&id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = w
+        .app
+        .transfer(&id)
+        .await
+        .datasets
+        .into_iter()
+        .find(|d| d.dataset_id == SLOW)
+        .unwrap();
+    assert_eq!(
+        after.attempts, slow.attempts,
+        "no agency call after the removal"
+    );
+    mydata_server::background::sweep(&w.app.state)
+        .await
+        .unwrap();
+    let records = store.fetch_records(&id).await.unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| r.data_key.is_none() && r.data_object.is_none()),
+        "{records:?}"
+    );
+    assert!(blobs.get(&fetched[0]).await.is_err(), "the blob is deleted");
+    assert!(store.transfer_secret(&id).await.unwrap().is_none());
+}
+
+/// A transfer whose service is not registered when its package is assembled (removed in between)
+/// is ended by the packaging, not retried: cancelled, its fetched data dropped at once, no package.
+#[tokio::test]
+async fn packaging_for_a_service_no_longer_registered_ends_the_transfer() {
+    use mydata_server::agencies::{StartFetch, start_fetch};
+    let o = Online::spawn(Backend::Sqlite).await;
+    let p = o.w.people[0].clone();
+    let state = &o.w.app.state;
+    let subject = mydata_core::IdNumber::parse(&p.id).unwrap();
+    let pseudonym = mydata_server::identity::subject_pseudonym(
+        state,
+        &mydata_server::identity::SubjectId::Person(subject),
+    );
+    let method = mydata_core::IdentityMethod::MoicaCert;
+    let t = start_fetch(
+        state,
+        StartFetch {
+            transfer: mydata_store::NewTransfer {
+                id: uuid::Uuid::now_v7().to_string(),
+                kind: mydata_core::transfer::TransferKind::Online,
+                subject: pseudonym.clone(),
+                recipient: Some("removed-meanwhile".into()),
+                purpose: "學雜費減免資格審核".into(),
+                datasets: vec![DATASET.into()],
+            },
+            subject_id: p.id.clone(),
+            method,
+            level: method.level(),
+            answers: None,
+        },
+        &pseudonym,
+    )
+    .await
+    .unwrap();
+    let store = o.w.app.store();
+    crate::helpers::eventually("the transfer ended", || async {
+        o.w.app.transfer(&t.id).await.state == TransferState::Expired
+    })
+    .await;
+    let events = store.audit_for_transfer(&t.id).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "transfer.expired");
+    assert_eq!(last.detail["event"], "cancel");
+    assert!(events.iter().all(|e| e.kind != "package.created"));
+    // Dropped by the packaging itself, before any sweep.
+    crate::helpers::eventually("the fetched data dropped", || async {
+        let records = store.fetch_records(&t.id).await.unwrap();
+        records[0].status == mydata_store::fetch_status::SUCCEEDED
+            && records
+                .iter()
+                .all(|r| r.data_key.is_none() && r.data_object.is_none())
+    })
+    .await;
+    assert!(
+        o.w.app
+            .state
+            .data()
+            .blobs
+            .list("fetched")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

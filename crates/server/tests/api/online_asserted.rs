@@ -280,6 +280,94 @@ async fn a_trusted_verifiers_assertion_leads_to_consent_without_sign_in_postgres
     asserted_end_to_end(Backend::Postgres).await;
 }
 
+/// The asserted person's sealed ID number stays with the pushed request only until it is answered:
+/// the consent seals it into the transfer's own secret (the fetches need nothing else), and a
+/// refusal needs it not at all. The pages after the consent still know who the person is.
+async fn the_sealed_id_number_leaves_the_request_once_answered(backend: Backend) {
+    let o = Asserting::spawn(backend).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    let store = w.app.store();
+    let sealed_in = |params: &str| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(params).unwrap();
+        assert_eq!(
+            v["asserted"]["subject"],
+            o.pseudonym(&p.id),
+            "the person stays known: {v}"
+        );
+        v["asserted"].get("subject_sealed").map(|s| s.to_string())
+    };
+    let request_of = |consent: &str| consent.rsplit('/').next().unwrap().to_owned();
+
+    // Consented: gone in the consent's own write, while the transfer holds its secret.
+    let pending = o
+        .trusted
+        .push(&o.request(&[DATASET], o.trusted.identity_assertion(&p.id, 4).unwrap()))
+        .await
+        .unwrap();
+    let b = w.browser("10.9.0.7");
+    let consent = open_consent(w, &b, &pending).await;
+    let id = request_of(&consent);
+    let row = store.request(&id).await.unwrap().unwrap();
+    assert!(sealed_in(&row.params).is_some(), "needed until the consent");
+    agree(&b, &consent).await;
+    let row = store.request(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, "consented");
+    assert_eq!(sealed_in(&row.params), None, "{}", row.params);
+    // The confirmation still comes, to the asserted person, and the service gets its data.
+    let confirm = until_confirm(&b, &consent).await;
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&confirm)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let back = location(&r);
+    let token = o
+        .trusted
+        .callback(&pending, back.split_once('?').unwrap().1)
+        .await
+        .unwrap();
+    o.trusted
+        .package(&token, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let row = store.request(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, "confirmed");
+    assert_eq!(sealed_in(&row.params), None);
+
+    // Declined: gone with the refusal.
+    let pending = o
+        .trusted
+        .push(&o.request(&[DATASET], o.trusted.identity_assertion(&p.id, 4).unwrap()))
+        .await
+        .unwrap();
+    let b = w.browser("10.9.0.8");
+    let consent = open_consent(w, &b, &pending).await;
+    let page = b.get(&consent).await.text().await.unwrap();
+    let r = b
+        .post(
+            &consent,
+            &[("csrf", &csrf_in(&page)), ("decision", "decline")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let row = store.request(&request_of(&consent)).await.unwrap().unwrap();
+    assert_eq!(row.status, "refused");
+    assert_eq!(sealed_in(&row.params), None, "{}", row.params);
+}
+
+#[tokio::test]
+async fn the_sealed_id_number_leaves_the_request_once_answered_sqlite() {
+    the_sealed_id_number_leaves_the_request_once_answered(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_sealed_id_number_leaves_the_request_once_answered_postgres() {
+    the_sealed_id_number_leaves_the_request_once_answered(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn bad_assertions_are_refused_and_change_nothing() {
     let o = Asserting::spawn(Backend::Sqlite).await;

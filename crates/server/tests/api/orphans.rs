@@ -114,3 +114,54 @@ async fn unreferenced_blobs_go_after_the_grace_referenced_ones_with_their_transf
         );
     }
 }
+
+/// A write cut short by a crash leaves its staging file (`<key>#<digits>`), which the object
+/// store's listings skip: the sweep deletes those past the grace period, and leaves a fresh one
+/// (a write in progress) to its own.
+#[tokio::test]
+async fn staging_files_left_by_a_crash_go_after_the_grace() {
+    let app = DataApp::spawn(Backend::Sqlite, 1.0, |s| {
+        s.jobs.sweep_interval_secs = 3600;
+    })
+    .await;
+    let objects = app.dir.path().join("objects");
+    let now = app.clock.now();
+    let grace = i64::try_from(ORPHAN_GRACE.as_millis()).unwrap();
+    let old = Timestamp::from_millis(now.millis() - grace - 1000);
+    let stale = [
+        "packages/22222222-2222-4222-8222-222222222222.0a1b#12345",
+        "fetched/22222222-2222-4222-8222-222222222222.household#987654321",
+        "fetched/22222222-2222-4222-8222-222222222222/household#42",
+    ];
+    let fresh = "packages/33333333-3333-4333-8333-333333333333.0a1b#777";
+    for key in stale.iter().chain([&fresh]) {
+        let path = objects.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, [7u8; 64]).unwrap();
+        set_written(&app, key, if *key == fresh { now } else { old });
+    }
+    // Unseen by the listings.
+    assert!(
+        app.state
+            .data()
+            .blobs
+            .list("packages")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let r = sweep_orphaned_blobs(&app.state).await.unwrap();
+    assert_eq!(r.deleted_staging, 3, "{r:?}");
+    for key in stale {
+        assert!(!objects.join(key).exists(), "{key} left behind");
+    }
+    assert!(
+        objects.join(fresh).exists(),
+        "a write in progress is left alone"
+    );
+    // Past its grace, the fresh one goes too.
+    app.clock.advance(ORPHAN_GRACE);
+    let r = sweep_orphaned_blobs(&app.state).await.unwrap();
+    assert_eq!(r.deleted_staging, 1, "{r:?}");
+    assert!(!objects.join(fresh).exists());
+}
