@@ -1851,7 +1851,14 @@ async fn removing_a_service_ends_its_fetching_transfer_and_its_data_goes() {
     let (consent, page) = open_consent(&w, &b, &pending).await;
     b.post(
         &consent,
-        &[("csrf", &csrf_in(&page)), ("decision", "agree")],
+        &[
+            ("csrf", &csrf_in(&page)),
+            ("decision", "agree"),
+            (
+                "platform_terms",
+                mydata_server::oauth::flow::PLATFORM_TERMS_VERSION,
+            ),
+        ],
     )
     .await;
     let id = w.newest_transfer_of(&p).await;
