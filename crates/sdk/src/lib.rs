@@ -340,7 +340,7 @@ impl AuthorizationRequest {
 
 /// A pushed request waiting for the person: keep `state` and `code_verifier` in the service's
 /// session until the callback.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Pending {
     pub authorize_url: String,
     pub state: String,
@@ -349,7 +349,7 @@ pub struct Pending {
 }
 
 /// The access token for one transfer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Token {
     pub access_token: String,
     /// `DPoP` (bound to the service's DPoP key: sent with a proof) or `Bearer`.
@@ -358,6 +358,31 @@ pub struct Token {
     pub transfer_id: String,
     pub datasets: Vec<String>,
     pub expires_in: u64,
+}
+
+// By hand: the PKCE verifier redeems the code, so it stays out of logs.
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("authorize_url", &self.authorize_url)
+            .field("state", &self.state)
+            .field("code_verifier", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+// By hand: the access token fetches the package, so it stays out of logs.
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("transfer_id", &self.transfer_id)
+            .field("datasets", &self.datasets)
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 fn bearer() -> String {
@@ -1109,6 +1134,26 @@ mod tests {
             datasets: vec![],
             expires_in: 60,
         }
+    }
+
+    #[test]
+    fn debug_output_leaves_out_the_token_and_the_code_verifier() {
+        let token = Token {
+            access_token: "secret-access-token".into(),
+            ..token()
+        };
+        let shown = format!("{token:?} {token:#?}");
+        assert!(!shown.contains("secret-access-token"), "{shown}");
+        assert!(shown.contains("t1"), "{shown}");
+        let pending = Pending {
+            authorize_url: "https://p/oauth/authorize".into(),
+            state: "st".into(),
+            code_verifier: "secret-code-verifier".into(),
+            expires_in: 60,
+        };
+        let shown = format!("{pending:?} {pending:#?}");
+        assert!(!shown.contains("secret-code-verifier"), "{shown}");
+        assert!(shown.contains("oauth/authorize"), "{shown}");
     }
 
     #[tokio::test]
