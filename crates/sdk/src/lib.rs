@@ -78,6 +78,15 @@ pub enum Error {
     NotReady,
     #[error("the package envelope does not open: {0}")]
     Envelope(String),
+    /// The platform had begun handing the package over (200) but its body could not be read to
+    /// the end: the connection broke, or nothing came for [`ServiceConfig::idle_timeout`]. The
+    /// platform hands a package over once, so it cannot be fetched again (410 from now on).
+    #[error("the package download broke off and it cannot be fetched again: {0}")]
+    PackageLost(String),
+    /// The platform did not answer within the time allowed: [`ServiceConfig::timeout`] for a
+    /// call, [`ServiceConfig::idle_timeout`] between two pieces of a body.
+    #[error("the platform's {what} did not come within {} ms", after.as_millis())]
+    TimedOut { what: &'static str, after: Duration },
     /// An answer longer than the SDK reads (for an envelope, [`ServiceConfig::max_package_bytes`]):
     /// refused without reading it all.
     #[error("the platform's {what} is longer than {limit} bytes")]
@@ -227,7 +236,18 @@ pub struct ServiceConfig {
     /// The largest package envelope read ([`DEFAULT_MAX_PACKAGE_BYTES`] unless set). A larger one
     /// is refused ([`Error::TooLarge`]) and, as the platform hands a package over once, lost.
     pub max_package_bytes: usize,
+    /// The whole of each call but the package body: metadata, JWKS, PAR, token, and each poll
+    /// up to the start of the platform's answer ([`DEFAULT_TIMEOUT`] unless set).
+    pub timeout: Duration,
+    /// The longest wait for the next piece of the package envelope once its download began, and
+    /// of a refusal's body while polling ([`DEFAULT_TIMEOUT`] unless set). The envelope's download
+    /// has no total limit: it is handed over once, so a large one on a slow link must not be cut
+    /// while it still moves.
+    pub idle_timeout: Duration,
 }
+
+/// The default [`ServiceConfig::timeout`] and [`ServiceConfig::idle_timeout`], 30 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `builder`'s client following no redirect, or why not (with reqwest's reasons: its own message
 /// is "builder error"). A redirect would take the request, with its client assertion or token, to
@@ -265,7 +285,9 @@ impl std::fmt::Debug for ServiceConfig {
 
 impl ServiceConfig {
     /// The platform at `issuer` with an HTTP client that follows no redirect (an answer is the
-    /// platform's own) and gives up after 30 s; fails only if that client cannot be built.
+    /// platform's own); each call gives up after [`ServiceConfig::timeout`] and the package
+    /// download when it stalls for [`ServiceConfig::idle_timeout`]. Fails only if that client
+    /// cannot be built.
     pub fn new(
         issuer: &str,
         client_id: &str,
@@ -278,9 +300,13 @@ impl ServiceConfig {
             redirect_uri: redirect_uri.to_owned(),
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
-            http: http_client(reqwest::Client::builder().timeout(Duration::from_secs(30)))?,
+            // No total timeout on the client: it would cut the package download too. Each call
+            // sets its own (`timeout`), the envelope's body is bounded by `idle_timeout`.
+            http: http_client(reqwest::Client::builder())?,
             dpop: true,
             max_package_bytes: DEFAULT_MAX_PACKAGE_BYTES,
+            timeout: DEFAULT_TIMEOUT,
+            idle_timeout: DEFAULT_TIMEOUT,
         })
     }
 
@@ -295,10 +321,11 @@ impl ServiceConfig {
         self
     }
 
-    /// The HTTP client built from `builder` instead of the default one (a load test's pool or
-    /// timeout, a proxy), still following no redirect: the SDK sets that policy on `builder`.
-    /// `builder` brings its own timeout (the default client's is 30 s). Fails only if the
-    /// client cannot be built.
+    /// The HTTP client built from `builder` instead of the default one (a load test's pool, a
+    /// proxy), still following no redirect: the SDK sets that policy on `builder`. The SDK's own
+    /// limits ([`ServiceConfig::timeout`], [`ServiceConfig::idle_timeout`]) still apply; do not
+    /// set a total `timeout` on `builder`, as it would also cut the package download (a
+    /// `connect_timeout` or `read_timeout` is fine). Fails only if the client cannot be built.
     pub fn with_http(mut self, builder: reqwest::ClientBuilder) -> Result<Self, Error> {
         self.http = http_client(builder)?;
         Ok(self)
@@ -413,14 +440,14 @@ fn random_b64(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-/// The refusal in `res`, read at `now` (the configured clock, for a `Retry-After` date). An OAuth
-/// error or problem document says what it says; any other body (a proxy's page, plain text) gives
-/// the status's reason and the start of the body.
-async fn refused(res: reqwest::Response, now: std::time::SystemTime) -> Error {
+/// The refusal in `res`, read at `config`'s clock (for a `Retry-After` date). An OAuth error or
+/// problem document says what it says; any other body (a proxy's page, plain text) gives the
+/// status's reason and the start of the body.
+async fn refused(res: reqwest::Response, config: &ServiceConfig) -> Error {
     let status = res.status();
-    let retry_after = retry_after(res.headers(), now);
+    let retry_after = retry_after(res.headers(), wall_clock(&*config.clock));
     // Only its start matters: a longer body is cut, not refused.
-    let bytes = read_up_to(res, MAX_BODY_BYTES)
+    let bytes = read_up_to(res, MAX_BODY_BYTES, config.idle_timeout, "error body")
         .await
         .map(|(start, _)| start)
         .unwrap_or_default();
@@ -457,28 +484,37 @@ fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>, what: &str) -> Result<T, 
 }
 
 /// `res`'s body if it holds at most `limit` bytes; refused as soon as it is known to be longer
-/// (by its Content-Length or while reading), so an endless body costs no more than `limit`.
+/// (by its Content-Length or while reading), so an endless body costs no more than `limit`. Given
+/// up when nothing comes for `idle`.
 async fn read_body(
     res: reqwest::Response,
     limit: usize,
+    idle: Duration,
     what: &'static str,
 ) -> Result<Vec<u8>, Error> {
-    match read_up_to(res, limit).await? {
+    match read_up_to(res, limit, idle, what).await? {
         (body, true) => Ok(body),
         (_, false) => Err(Error::TooLarge { what, limit }),
     }
 }
 
-/// Up to `limit` bytes of `res`'s body, and whether that is all of it.
+/// Up to `limit` bytes of `res`'s body, and whether that is all of it; given up when nothing
+/// comes for `idle`.
 async fn read_up_to(
     mut res: reqwest::Response,
     limit: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    idle: Duration,
+    what: &'static str,
+) -> Result<(Vec<u8>, bool), Error> {
     if res.content_length().is_some_and(|n| n > limit as u64) {
         return Ok((Vec::new(), false));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = res.chunk().await? {
+    loop {
+        let next = tokio::time::timeout(idle, res.chunk())
+            .await
+            .map_err(|_| Error::TimedOut { what, after: idle })??;
+        let Some(chunk) = next else { break };
         let room = limit - body.len();
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);
@@ -513,12 +549,12 @@ impl Service {
     /// Reads the platform's metadata and keys; checks the metadata names the configured issuer.
     pub async fn discover(config: ServiceConfig) -> Result<Self, Error> {
         let url = format!("{}/.well-known/oauth-authorization-server", config.issuer);
-        let res = config.http.get(&url).send().await?;
+        let res = config.http.get(&url).timeout(config.timeout).send().await?;
         if !res.status().is_success() {
-            return Err(refused(res, wall_clock(&*config.clock)).await);
+            return Err(refused(res, &config).await);
         }
         let metadata: Metadata = json(
-            read_body(res, MAX_BODY_BYTES, "metadata").await?,
+            read_body(res, MAX_BODY_BYTES, config.idle_timeout, "metadata").await?,
             "metadata",
         )?;
         if metadata.issuer != config.issuer {
@@ -527,11 +563,19 @@ impl Service {
                 metadata.issuer, config.issuer
             )));
         }
-        let res = config.http.get(&metadata.jwks_uri).send().await?;
+        let res = config
+            .http
+            .get(&metadata.jwks_uri)
+            .timeout(config.timeout)
+            .send()
+            .await?;
         if !res.status().is_success() {
-            return Err(refused(res, wall_clock(&*config.clock)).await);
+            return Err(refused(res, &config).await);
         }
-        let jwks: serde_json::Value = json(read_body(res, MAX_BODY_BYTES, "JWKS").await?, "JWKS")?;
+        let jwks: serde_json::Value = json(
+            read_body(res, MAX_BODY_BYTES, config.idle_timeout, "JWKS").await?,
+            "JWKS",
+        )?;
         let keys = jwks
             .get("keys")
             .and_then(|k| k.as_array())
@@ -688,18 +732,25 @@ impl Service {
             .config
             .http
             .post(&self.metadata.pushed_authorization_request_endpoint)
+            .timeout(self.config.timeout)
             .form(&form)
             .send()
             .await?;
         if res.status().as_u16() != 201 {
-            return Err(refused(res, wall_clock(&*self.config.clock)).await);
+            return Err(refused(res, &self.config).await);
         }
         #[derive(Deserialize)]
         struct ParResponse {
             request_uri: String,
             expires_in: u64,
         }
-        let body = read_body(res, MAX_BODY_BYTES, "PAR response").await?;
+        let body = read_body(
+            res,
+            MAX_BODY_BYTES,
+            self.config.idle_timeout,
+            "PAR response",
+        )
+        .await?;
         let p: ParResponse = json(body, "PAR response")?;
         let mut url = url::Url::parse(&self.metadata.authorization_endpoint)
             .map_err(|e| Error::Invalid(format!("authorization_endpoint: {e}")))?;
@@ -759,7 +810,11 @@ impl Service {
                 self.client_assertion(&self.metadata.issuer)?,
             ),
         ];
-        let mut req = self.config.http.post(&self.metadata.token_endpoint);
+        let mut req = self
+            .config
+            .http
+            .post(&self.metadata.token_endpoint)
+            .timeout(self.config.timeout);
         if self.config.dpop {
             req = req.header(
                 "DPoP",
@@ -768,9 +823,15 @@ impl Service {
         }
         let res = req.form(&form).send().await?;
         if !res.status().is_success() {
-            return Err(refused(res, wall_clock(&*self.config.clock)).await);
+            return Err(refused(res, &self.config).await);
         }
-        let body = read_body(res, MAX_BODY_BYTES, "token response").await?;
+        let body = read_body(
+            res,
+            MAX_BODY_BYTES,
+            self.config.idle_timeout,
+            "token response",
+        )
+        .await?;
         let body: serde_json::Value = json(body, "token response")?;
         let s = |v: &serde_json::Value, k: &str| {
             v.get(k)
@@ -828,6 +889,11 @@ impl Service {
     /// in all. When the platform asks for a wait past `max_wait`, or longer than 300 s (more than
     /// it ever asks), it stops at once: [`Error::NotReady`] for 202, the platform's
     /// [`Error::Refused`] otherwise. `Duration::MAX` means no limit of the caller's.
+    ///
+    /// The envelope's download is bounded only by [`ServiceConfig::idle_timeout`] between two
+    /// pieces and by [`ServiceConfig::max_package_bytes`]; if it breaks off after the platform
+    /// answered 200, the result is [`Error::PackageLost`]: the platform has marked the package
+    /// taken, and it cannot be fetched again.
     pub async fn package(&self, token: &Token, max_wait: Duration) -> Result<Vec<u8>, Error> {
         let envelope = self.fetch_envelope(token, max_wait).await?;
         self.open(token, &envelope)
@@ -845,16 +911,28 @@ impl Service {
         // Bounded: every round either returns or waits at least one second.
         for _ in 0..10_000 {
             // Each request only within what is left of max_wait (a platform that does not answer
-            // would otherwise hold the caller for the client's own timeout).
+            // would otherwise hold the caller for the whole call timeout), and its answer's start
+            // within the call timeout; no total timeout on the request, which would cover the body.
             let sent = self.resource_get(token, &url)?.send();
-            let res = tokio::time::timeout_at(deadline, sent)
+            let timeout = self.config.timeout;
+            let res = tokio::time::timeout(timeout, tokio::time::timeout_at(deadline, sent))
                 .await
+                .map_err(|_| Error::TimedOut {
+                    what: "package answer",
+                    after: timeout,
+                })?
                 .map_err(|_| Error::NotReady)??;
             match res.status().as_u16() {
                 200 => {
-                    // Not cut at the deadline: the platform hands the package over only once.
+                    // Not cut at the deadline nor by a total timeout, only when it stalls: the
+                    // platform hands the package over once.
                     let limit = self.config.max_package_bytes;
-                    let bytes = read_body(res, limit, "package envelope").await?;
+                    let idle = self.config.idle_timeout;
+                    let bytes = match read_body(res, limit, idle, "package envelope").await {
+                        Ok(bytes) => bytes,
+                        Err(e @ Error::TooLarge { .. }) => return Err(e),
+                        Err(e) => return Err(Error::PackageLost(e.to_string())),
+                    };
                     return serde_json::from_slice(&bytes)
                         .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
                 }
@@ -869,13 +947,13 @@ impl Service {
                         return Err(if status == 202 {
                             Error::NotReady
                         } else {
-                            refused(res, wall_clock(&*self.config.clock)).await
+                            refused(res, &self.config).await
                         });
                     };
                     tokio::time::sleep_until(next).await;
                 }
                 410 => return Err(Error::Gone),
-                _ => return Err(refused(res, wall_clock(&*self.config.clock)).await),
+                _ => return Err(refused(res, &self.config).await),
             }
         }
         Err(Error::NotReady)
@@ -1685,6 +1763,107 @@ mod tests {
             .await
             .unwrap_err();
         too_large(&err, 4096);
+    }
+
+    /// `pieces` sent `gap` apart (the first at once), then, if `stall`, nothing ever again.
+    fn dripped(pieces: Vec<Vec<u8>>, gap: Duration, stall: bool) -> axum::body::Body {
+        use futures::StreamExt as _;
+        let sent =
+            futures::stream::iter(pieces.into_iter().enumerate()).then(move |(i, p)| async move {
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(p))
+            });
+        let after = futures::stream::pending().take(usize::from(stall));
+        axum::body::Body::from_stream(sent.chain(after))
+    }
+
+    /// The test service at `base` with short limits: 300 ms a call, 400 ms between two pieces.
+    fn impatient(base: &str) -> ServiceConfig {
+        ServiceConfig {
+            timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(400),
+            ..config_at(base).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_package_download_is_not_cut_while_it_moves_and_is_lost_when_it_stalls() {
+        let envelope = serde_json::to_vec(&serde_json::json!({
+            "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
+            "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c".repeat(6000),
+        }))
+        .unwrap();
+        let pieces: Vec<Vec<u8>> = envelope.chunks(1000).map(<[u8]>::to_vec).collect();
+        assert!(pieces.len() >= 6);
+        let (slow, stalled) = (pieces.clone(), pieces);
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/transfers/t1/package",
+                axum::routing::get(move || {
+                    let p = slow.clone();
+                    async move { dripped(p, Duration::from_millis(150), false) }
+                }),
+            )
+            .route(
+                "/api/v1/transfers/t2/package",
+                axum::routing::get(move || {
+                    let p = stalled[..2].to_vec();
+                    async move { dripped(p, Duration::from_millis(150), true) }
+                }),
+            );
+        let service = Service::discover(impatient(&stand_in(app).await))
+            .await
+            .unwrap();
+        // Each piece within 400 ms, the whole past 300 ms (the call timeout): downloaded.
+        let started = std::time::Instant::now();
+        let got = quickly(service.fetch_envelope(&token(), Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(got.ct.len(), 6000);
+        assert!(
+            started.elapsed() > Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+        // A body that stops coming: lost, said so, once the idle timeout is past.
+        let t2 = Token {
+            transfer_id: "t2".into(),
+            ..token()
+        };
+        let err = quickly(service.fetch_envelope(&t2, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PackageLost(_)), "{err:?}");
+        assert!(err.to_string().contains("cannot be fetched again"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn other_calls_keep_a_total_timeout() {
+        // Metadata that keeps coming, a piece every 100 ms: cut at the call's 300 ms.
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(|| async {
+                dripped(vec![b" ".to_vec(); 1000], Duration::from_millis(100), false)
+            }),
+        );
+        let err = quickly(Service::discover(impatient(&raw(app).await)))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, Error::Http(e) if e.is_timeout()), "{err:?}");
+        // A poll whose answer does not start within the call timeout, well before max_wait.
+        let app = axum::Router::new().route(
+            "/api/v1/transfers/t1/package",
+            axum::routing::get(std::future::pending::<&'static str>),
+        );
+        let service = Service::discover(impatient(&stand_in(app).await))
+            .await
+            .unwrap();
+        let err = quickly(service.fetch_envelope(&token(), Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::TimedOut { .. }), "{err:?}");
     }
 
     #[tokio::test]
