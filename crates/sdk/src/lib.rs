@@ -39,7 +39,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mydata_core::{Clock, SystemClock, Timestamp};
 use mydata_package::Es256Signer;
-use mydata_package::e2e::{Envelope, HpkeKeyPair};
+use mydata_package::e2e::HpkeKeyPair;
 use p256::ecdsa::SigningKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use mydata_package::e2e::Envelope;
 pub use mydata_package::{PackageReport, TrustStore};
 
 /// Everything that can go wrong on the service's side.
@@ -78,6 +79,17 @@ pub enum Error {
     NotReady,
     #[error("the package envelope does not open: {0}")]
     Envelope(String),
+    /// The package was handed over but did not open (or did not read as an envelope): `envelope`
+    /// holds it as the platform sent it. The platform hands a package over once, so keep it; once
+    /// the cause is fixed (say the service's previous key restored), read it back with
+    /// `serde_json::from_slice` and [`Service::open`] it.
+    #[error(
+        "the package was retrieved but does not open ({reason}); keep its envelope: it cannot be fetched again"
+    )]
+    Unopened {
+        envelope: EnvelopeBytes,
+        reason: String,
+    },
     /// The platform had begun handing the package over (200) but its body could not be read to
     /// the end: the connection broke, or nothing came for [`ServiceConfig::idle_timeout`]. The
     /// platform hands a package over once, so it cannot be fetched again (410 from now on).
@@ -93,6 +105,26 @@ pub enum Error {
     TooLarge { what: &'static str, limit: usize },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// An envelope's JSON as [`Error::Unopened`] hands it back (its `Debug` shows only its length).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvelopeBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for EnvelopeBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EnvelopeBytes({} bytes)", self.0.len())
+    }
+}
+
+impl EnvelopeBytes {
+    /// The envelope: `reason`'s failure with the bytes kept.
+    fn unopened(bytes: Vec<u8>, reason: impl std::fmt::Display) -> Error {
+        Error::Unopened {
+            envelope: Self(bytes),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 fn retry_note(retry_after: &Option<Duration>) -> String {
@@ -428,8 +460,9 @@ impl Token {
 pub struct Service {
     config: ServiceConfig,
     metadata: Metadata,
-    /// The platform's X25519 key (login_hint, package sender).
-    platform_kem: [u8; 32],
+    /// The platform's X25519 keys (the first for login_hint; the one an envelope's `sender_kid`
+    /// names to open it), read again when an envelope names a key not among them.
+    platform_kem: Arc<std::sync::RwLock<Vec<[u8; 32]>>>,
     /// The platform's ES256 receipt key.
     platform_sig: p256::ecdsa::VerifyingKey,
 }
@@ -563,38 +596,38 @@ impl Service {
                 metadata.issuer, config.issuer
             )));
         }
-        let res = config
-            .http
-            .get(&metadata.jwks_uri)
-            .timeout(config.timeout)
-            .send()
-            .await?;
-        if !res.status().is_success() {
-            return Err(refused(res, &config).await);
-        }
-        let jwks: serde_json::Value = json(
-            read_body(res, MAX_BODY_BYTES, config.idle_timeout, "JWKS").await?,
-            "JWKS",
-        )?;
-        let keys = jwks
-            .get("keys")
-            .and_then(|k| k.as_array())
-            .cloned()
-            .unwrap_or_default();
-        let platform_kem = keys
-            .iter()
-            .find_map(|k| mydata_package::e2e::x25519_from_jwk(k).ok())
-            .ok_or_else(|| Error::Invalid("the platform publishes no X25519 key".into()))?;
-        let platform_sig = keys
-            .iter()
-            .find_map(ec_key)
-            .ok_or_else(|| Error::Invalid("the platform publishes no ES256 key".into()))?;
+        let (platform_kem, platform_sig) = platform_keys(&config, &metadata.jwks_uri).await?;
         Ok(Self {
             config,
             metadata,
-            platform_kem,
+            platform_kem: Arc::new(std::sync::RwLock::new(platform_kem)),
             platform_sig,
         })
+    }
+
+    /// Reads the platform's X25519 keys again (after it replaced its key).
+    pub async fn refresh_platform_keys(&self) -> Result<(), Error> {
+        let (kem, _) = platform_keys(&self.config, &self.metadata.jwks_uri).await?;
+        *self
+            .platform_kem
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = kem;
+        Ok(())
+    }
+
+    /// The platform's X25519 key whose thumbprint is `kid`, else its first (for login_hint).
+    fn platform_kem(&self, kid: Option<&str>) -> Option<[u8; 32]> {
+        let keys = self
+            .platform_kem
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match kid {
+            Some(kid) => keys
+                .iter()
+                .find(|k| mydata_package::e2e::okp_thumbprint(k) == kid)
+                .copied(),
+            None => keys.first().copied(),
+        }
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -692,7 +725,10 @@ impl Service {
 
     /// Encrypts an ID number to the platform for `login_hint`.
     pub fn login_hint(&self, id_number: &str) -> Result<String, Error> {
-        mydata_package::e2e::seal_login_hint(&self.platform_kem, &self.config.client_id, id_number)
+        let kem = self
+            .platform_kem(None)
+            .ok_or_else(|| Error::Invalid("the platform publishes no X25519 key".into()))?;
+        mydata_package::e2e::seal_login_hint(&kem, &self.config.client_id, id_number)
             .map_err(|e| Error::Invalid(e.to_string()))
     }
 
@@ -894,9 +930,29 @@ impl Service {
     /// pieces and by [`ServiceConfig::max_package_bytes`]; if it breaks off after the platform
     /// answered 200, the result is [`Error::PackageLost`]: the platform has marked the package
     /// taken, and it cannot be fetched again.
+    ///
+    /// An envelope sealed with a platform key other than the one read at discovery (the platform
+    /// replaced its key) makes it read the platform's keys again and open it with the one named.
+    /// If the package still does not open, the error is [`Error::Unopened`] carrying the envelope:
+    /// keep it, as it cannot be fetched again.
     pub async fn package(&self, token: &Token, max_wait: Duration) -> Result<Vec<u8>, Error> {
         let envelope = self.fetch_envelope(token, max_wait).await?;
-        self.open(token, &envelope)
+        let kept = |reason: &dyn std::fmt::Display| match serde_json::to_vec(&envelope) {
+            Ok(bytes) => EnvelopeBytes::unopened(bytes, reason),
+            Err(e) => Error::Envelope(format!("{reason} (and it cannot be kept: {e})")),
+        };
+        if self.platform_kem(Some(&envelope.sender_kid)).is_none()
+            && let Err(e) = self.refresh_platform_keys().await
+        {
+            return Err(kept(&format!(
+                "sealed with platform key {}, and the platform's keys cannot be read: {e}",
+                envelope.sender_kid
+            )));
+        }
+        self.open(token, &envelope).map_err(|e| match e {
+            Error::Envelope(reason) => kept(&reason),
+            other => other,
+        })
     }
 
     /// The raw envelope (for services that store it before opening); polls as
@@ -933,8 +989,13 @@ impl Service {
                         Err(e @ Error::TooLarge { .. }) => return Err(e),
                         Err(e) => return Err(Error::PackageLost(e.to_string())),
                     };
-                    return serde_json::from_slice(&bytes)
-                        .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
+                    return match serde_json::from_slice(&bytes) {
+                        Ok(envelope) => Ok(envelope),
+                        Err(e) => Err(EnvelopeBytes::unopened(
+                            bytes,
+                            format!("not an envelope: {e}"),
+                        )),
+                    };
                 }
                 status @ (202 | 429 | 503) => {
                     let wait = retry_after(res.headers(), wall_clock(&*self.config.clock))
@@ -960,11 +1021,16 @@ impl Service {
     }
 
     /// Opens an envelope for `token`'s transfer with the service's key, checking the platform
-    /// sealed it (a re-encrypted or misdirected envelope is refused).
+    /// sealed it (a re-encrypted or misdirected envelope is refused) with the key its `sender_kid`
+    /// names, among those read from the platform (else the first of them).
     pub fn open(&self, token: &Token, envelope: &Envelope) -> Result<Vec<u8>, Error> {
+        let sender = self
+            .platform_kem(Some(&envelope.sender_kid))
+            .or_else(|| self.platform_kem(None))
+            .ok_or_else(|| Error::Envelope("the platform publishes no X25519 key".into()))?;
         mydata_package::e2e::open_package(
             &self.config.keys.encryption,
-            &self.platform_kem,
+            &sender,
             &token.transfer_id,
             &self.config.client_id,
             envelope,
@@ -972,6 +1038,40 @@ impl Service {
         .map(|z| z.to_vec())
         .map_err(|e| Error::Envelope(e.to_string()))
     }
+}
+
+/// The platform's X25519 keys (at least one) and ES256 receipt key, from its JWKS at `uri`.
+async fn platform_keys(
+    config: &ServiceConfig,
+    uri: &str,
+) -> Result<(Vec<[u8; 32]>, p256::ecdsa::VerifyingKey), Error> {
+    let res = config.http.get(uri).timeout(config.timeout).send().await?;
+    if !res.status().is_success() {
+        return Err(refused(res, config).await);
+    }
+    let jwks: serde_json::Value = json(
+        read_body(res, MAX_BODY_BYTES, config.idle_timeout, "JWKS").await?,
+        "JWKS",
+    )?;
+    let keys = jwks
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let kem: Vec<[u8; 32]> = keys
+        .iter()
+        .filter_map(|k| mydata_package::e2e::x25519_from_jwk(k).ok())
+        .collect();
+    if kem.is_empty() {
+        return Err(Error::Invalid(
+            "the platform publishes no X25519 key".into(),
+        ));
+    }
+    let sig = keys
+        .iter()
+        .find_map(ec_key)
+        .ok_or_else(|| Error::Invalid("the platform publishes no ES256 key".into()))?;
+    Ok((kem, sig))
 }
 
 /// `clock`'s time, to read HTTP-dates against.
@@ -1864,6 +1964,86 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::TimedOut { .. }), "{err:?}");
+    }
+
+    /// A platform whose JWKS holds the X25519 key `current` says (with a fixed ES256 key), and
+    /// whose package endpoint serves `envelope`; counts the JWKS reads.
+    async fn rotating(
+        current: Arc<std::sync::Mutex<[u8; 32]>>,
+        envelope: Arc<std::sync::Mutex<Option<Envelope>>>,
+    ) -> (String, Arc<AtomicUsize>) {
+        use axum::routing::get;
+        let reads = Arc::new(AtomicUsize::new(0));
+        let seen = reads.clone();
+        let sig = ec_public_jwk(&<SigningKey as p256::elliptic_curve::Generate>::generate());
+        let app = axum::Router::new()
+            .route(
+                "/jwks",
+                get(move || async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let kem = mydata_package::e2e::public_jwk(&current.lock().unwrap());
+                    axum::Json(serde_json::json!({ "keys": [kem, sig] }))
+                }),
+            )
+            .route(
+                "/api/v1/transfers/t1/package",
+                get(move || async move { axum::Json(envelope.lock().unwrap().clone()) }),
+            );
+        (serve(app).await, reads)
+    }
+
+    #[tokio::test]
+    async fn a_package_sealed_after_the_platform_replaced_its_key_opens_or_is_kept() {
+        let old = HpkeKeyPair::generate();
+        let new = HpkeKeyPair::generate();
+        let current = Arc::new(std::sync::Mutex::new(old.public_bytes()));
+        let served = Arc::new(std::sync::Mutex::new(None));
+        let (base, reads) = rotating(current.clone(), served.clone()).await;
+        let service = discover_at(&base).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        let to = service.config.keys.encryption.public_bytes();
+        let seal = |by: &HpkeKeyPair, zip: &[u8]| {
+            mydata_package::e2e::seal_package(by, &to, "t1", "svc", zip).unwrap()
+        };
+
+        // The platform replaces its key; the next package is sealed with the new one.
+        *current.lock().unwrap() = new.public_bytes();
+        *served.lock().unwrap() = Some(seal(&new, b"zip one"));
+        let zip = service
+            .package(&token(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(zip, b"zip one");
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "the keys read again");
+        *served.lock().unwrap() = Some(seal(&new, b"zip two"));
+        let zip = service
+            .package(&token(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(zip, b"zip two");
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "and kept");
+        // login_hint goes to the new key now.
+        let hint = service.login_hint("A123456789").unwrap();
+        let opened = mydata_package::e2e::open_login_hint(&new, "svc", &hint).unwrap();
+        assert_eq!(opened.as_str(), "A123456789");
+
+        // Sealed with a key the platform no longer publishes: not opened, but handed back.
+        let lost = seal(&old, b"zip three");
+        *served.lock().unwrap() = Some(lost.clone());
+        let err = service
+            .package(&token(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        let Error::Unopened { envelope, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(err.to_string().contains("keep its envelope"), "{err}");
+        let kept: Envelope = serde_json::from_slice(&envelope.0).unwrap();
+        assert_eq!(kept, lost);
+        // Once its sender is known again, the kept envelope opens.
+        *current.lock().unwrap() = old.public_bytes();
+        service.refresh_platform_keys().await.unwrap();
+        assert_eq!(service.open(&token(), &kept).unwrap(), b"zip three");
     }
 
     #[tokio::test]
