@@ -39,16 +39,16 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mydata_core::{Clock, SystemClock, Timestamp};
 use mydata_package::Es256Signer;
-use mydata_package::e2e::HpkeKeyPair;
-use p256::ecdsa::SigningKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use mydata_package::e2e::Envelope;
+pub use mydata_package::e2e::{Envelope, HpkeKeyPair};
 pub use mydata_package::{PackageReport, TrustStore};
+/// The P-256 keys [`Keys::new`] and [`Keys::with_dpop_key`] take, and the platform's receipt key.
+pub use p256::ecdsa::{SigningKey, VerifyingKey};
 
 /// Everything that can go wrong on the service's side.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +139,9 @@ fn retry_note(retry_after: &Option<Duration>) -> String {
 pub struct Keys {
     signing: SigningKey,
     encryption: HpkeKeyPair,
+    /// Encryption keys replaced by `encryption`, newest first: envelopes sealed to them before
+    /// the platform saw the new key still open ([`Keys::with_previous_encryption_key`]).
+    previous: Vec<HpkeKeyPair>,
     dpop: SigningKey,
     /// Both P-256 keys prepared for signing, with their fixed headers: made on first use.
     prepared: std::sync::OnceLock<Prepared>,
@@ -173,9 +176,10 @@ impl Prepared {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let previous: Vec<String> = self.previous.iter().map(HpkeKeyPair::kid).collect();
         write!(
             f,
-            "Keys(sig {}, enc {}, dpop {})",
+            "Keys(sig {}, enc {}, previous enc {previous:?}, dpop {})",
             self.signing_kid(),
             self.encryption.kid(),
             self.dpop_jkt()
@@ -196,9 +200,77 @@ impl Keys {
         Self {
             signing,
             encryption,
+            previous: Vec::new(),
             dpop: <SigningKey as p256::elliptic_curve::Generate>::generate(),
             prepared: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Also opens envelopes sealed to `key`, an encryption key this one replaced (chosen by the
+    /// envelope's `kid`). Keep it for at least 8 hours after the platform has the new key (see
+    /// `docs/ONLINE-SERVICES.md`, key rotation). Added after those already kept.
+    pub fn with_previous_encryption_key(mut self, key: HpkeKeyPair) -> Self {
+        self.previous.push(key);
+        self
+    }
+
+    /// Replaces the encryption key with `key` (say `HpkeKeyPair::generate()`), keeping the one
+    /// replaced as the newest previous key ([`Keys::with_previous_encryption_key`]).
+    pub fn with_encryption_key(mut self, key: HpkeKeyPair) -> Self {
+        let old = std::mem::replace(&mut self.encryption, key);
+        self.previous.insert(0, old);
+        self
+    }
+
+    /// The encryption key whose thumbprint is `kid` (the envelope's), else the current one.
+    fn encryption_for(&self, kid: &str) -> &HpkeKeyPair {
+        std::iter::once(&self.encryption)
+            .chain(&self.previous)
+            .find(|k| k.kid() == kid)
+            .unwrap_or(&self.encryption)
+    }
+
+    /// All the private keys, to save and [`Keys::from_pem`] later: PKCS#8 PEM blocks (`PRIVATE
+    /// KEY`) in this order: the signing key (EC P-256), the DPoP key (EC P-256), the encryption
+    /// key (X25519, RFC 8410), then the previous encryption keys. Keep it as secret as the keys.
+    pub fn to_pem(&self) -> Result<zeroize::Zeroizing<String>, Error> {
+        use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+        let bad = |e: p256::pkcs8::Error| Error::Invalid(format!("a key cannot be encoded: {e}"));
+        let mut out = zeroize::Zeroizing::new(String::new());
+        for key in [&self.signing, &self.dpop] {
+            out.push_str(&key.to_pkcs8_pem(LineEnding::LF).map_err(bad)?);
+        }
+        for key in std::iter::once(&self.encryption).chain(&self.previous) {
+            out.push_str(&x25519_to_pem(key).map_err(bad)?);
+        }
+        Ok(out)
+    }
+
+    /// The keys [`Keys::to_pem`] wrote: two EC P-256 keys (signing, DPoP), then one or more
+    /// X25519 keys (the current encryption key, then previous ones). Text around the blocks is
+    /// ignored.
+    pub fn from_pem(pem: &str) -> Result<Self, Error> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        let blocks = pem_blocks(pem)?;
+        let [signing, dpop, encryption, previous @ ..] = blocks.as_slice() else {
+            return Err(Error::Invalid(format!(
+                "keys: {} PEM blocks; a signing, a DPoP and an encryption key are needed",
+                blocks.len()
+            )));
+        };
+        let ec = |block: &str, what: &str| {
+            SigningKey::from_pkcs8_pem(block).map_err(|e| {
+                Error::Invalid(format!(
+                    "keys: the {what} key is not a P-256 PKCS#8 key: {e}"
+                ))
+            })
+        };
+        let (signing, dpop) = (ec(signing, "signing")?, ec(dpop, "DPoP")?);
+        let mut keys = Self::new(signing, x25519_from_pem(encryption)?).with_dpop_key(dpop);
+        for block in previous {
+            keys = keys.with_previous_encryption_key(x25519_from_pem(block)?);
+        }
+        Ok(keys)
     }
 
     /// Uses `key` as the DPoP key (say one shared by the service's processes).
@@ -236,6 +308,62 @@ impl Keys {
         }
         serde_json::json!({ "keys": [sig, self.encryption.public_jwk()] })
     }
+}
+
+/// The id-X25519 algorithm (RFC 8410 §3).
+const X25519_OID: p256::pkcs8::ObjectIdentifier =
+    p256::pkcs8::ObjectIdentifier::new_unwrap("1.3.101.110");
+
+/// `key` as a PKCS#8 PEM block (RFC 8410 §7: the private key is a CurvePrivateKey, an OCTET
+/// STRING of its 32 bytes, inside the PKCS#8 OCTET STRING).
+fn x25519_to_pem(key: &HpkeKeyPair) -> Result<zeroize::Zeroizing<String>, p256::pkcs8::Error> {
+    use p256::pkcs8::der::{Encode as _, asn1::OctetStringRef};
+    use p256::pkcs8::{
+        AlgorithmIdentifierRef, EncodePrivateKey as _, LineEnding, PrivateKeyInfoRef,
+    };
+    let secret = key.secret_bytes();
+    let inner = zeroize::Zeroizing::new(OctetStringRef::new(&secret)?.to_der()?);
+    let algorithm = AlgorithmIdentifierRef {
+        oid: X25519_OID,
+        parameters: None,
+    };
+    PrivateKeyInfoRef::new(algorithm, OctetStringRef::new(&inner)?).to_pkcs8_pem(LineEnding::LF)
+}
+
+/// The X25519 key in a PKCS#8 PEM block ([`x25519_to_pem`]).
+fn x25519_from_pem(block: &str) -> Result<HpkeKeyPair, Error> {
+    use p256::pkcs8::der::{Decode as _, asn1::OctetStringRef};
+    let bad = |why: String| Error::Invalid(format!("keys: the encryption key {why}"));
+    let (label, der) = p256::pkcs8::der::pem::decode_vec(block.as_bytes())
+        .map_err(|e| bad(format!("is not PEM: {e}")))?;
+    let der = zeroize::Zeroizing::new(der);
+    if label != "PRIVATE KEY" {
+        return Err(bad(format!("is a {label}, not a PRIVATE KEY")));
+    }
+    let info = p256::pkcs8::PrivateKeyInfoRef::try_from(der.as_slice())
+        .map_err(|e| bad(format!("is not PKCS#8: {e}")))?;
+    if info.algorithm.oid != X25519_OID || info.algorithm.parameters.is_some() {
+        return Err(bad(format!("is {}, not X25519", info.algorithm.oid)));
+    }
+    let secret = <&OctetStringRef>::from_der(info.private_key.as_bytes())
+        .map_err(|e| bad(format!("is not a CurvePrivateKey: {e}")))?;
+    HpkeKeyPair::from_secret(secret.as_bytes()).map_err(|e| bad(e.to_string()))
+}
+
+/// The PEM blocks of `text`, each from its `-----BEGIN` to its `-----END …-----` line.
+fn pem_blocks(text: &str) -> Result<Vec<&str>, Error> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let from = &rest[start..];
+        let end = from
+            .find("-----END ")
+            .and_then(|e| Some(e + 9 + from[e + 9..].find("-----")? + 5))
+            .ok_or_else(|| Error::Invalid("keys: a PEM block has no END line".into()))?;
+        blocks.push(&from[..end]);
+        rest = &from[end..];
+    }
+    Ok(blocks)
 }
 
 /// The public JWK of a P-256 key (`kty`, `crv`, `x`, `y`).
@@ -1020,16 +1148,17 @@ impl Service {
         Err(Error::NotReady)
     }
 
-    /// Opens an envelope for `token`'s transfer with the service's key, checking the platform
-    /// sealed it (a re-encrypted or misdirected envelope is refused) with the key its `sender_kid`
-    /// names, among those read from the platform (else the first of them).
+    /// Opens an envelope for `token`'s transfer with the service's key its `kid` names (the
+    /// current one or one it replaced), checking the platform sealed it (a re-encrypted or
+    /// misdirected envelope is refused) with the key its `sender_kid` names, among those read
+    /// from the platform (else the first of them).
     pub fn open(&self, token: &Token, envelope: &Envelope) -> Result<Vec<u8>, Error> {
         let sender = self
             .platform_kem(Some(&envelope.sender_kid))
             .or_else(|| self.platform_kem(None))
             .ok_or_else(|| Error::Envelope("the platform publishes no X25519 key".into()))?;
         mydata_package::e2e::open_package(
-            &self.config.keys.encryption,
+            self.config.keys.encryption_for(&envelope.kid),
             &sender,
             &token.transfer_id,
             &self.config.client_id,
@@ -2044,6 +2173,73 @@ mod tests {
         *current.lock().unwrap() = old.public_bytes();
         service.refresh_platform_keys().await.unwrap();
         assert_eq!(service.open(&token(), &kept).unwrap(), b"zip three");
+    }
+
+    #[tokio::test]
+    async fn keys_saved_and_loaded_are_the_same_keys_and_open_what_was_sealed_to_them() {
+        use p256::ecdsa::signature::Verifier as _;
+        let platform = HpkeKeyPair::generate();
+        let current = Arc::new(std::sync::Mutex::new(platform.public_bytes()));
+        let served = Arc::new(std::sync::Mutex::new(None));
+        let (base, _) = rotating(current, served.clone()).await;
+
+        // A service replaced its encryption key, keeping the old one, and saved them all.
+        let (old, new) = (HpkeKeyPair::generate(), HpkeKeyPair::generate());
+        let old_public = old.public_bytes();
+        let signing = <SigningKey as p256::elliptic_curve::Generate>::generate();
+        let saved = Keys::new(signing.clone(), old).with_encryption_key(new);
+        let pem = saved.to_pem().unwrap();
+        assert_eq!(pem.matches("-----BEGIN PRIVATE KEY-----").count(), 4);
+        let loaded = Keys::from_pem(&format!("saved keys\n{}\n", pem.as_str())).unwrap();
+        assert_eq!(loaded.public_jwks(), saved.public_jwks());
+        assert_eq!(loaded.dpop_jkt(), saved.dpop_jkt());
+        assert_eq!(format!("{loaded:?}"), format!("{saved:?}"));
+        assert_eq!(loaded.to_pem().unwrap(), pem);
+
+        // What the loaded keys sign verifies with the key registered before.
+        let jwt = loaded
+            .prepared()
+            .unwrap()
+            .signing
+            .sign("e30", br#"{"iss":"svc"}"#);
+        let (input, sig) = jwt.rsplit_once('.').unwrap();
+        let sig =
+            p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+        signing
+            .verifying_key()
+            .verify(input.as_bytes(), &sig)
+            .unwrap();
+
+        // Envelopes sealed to the new key and to the old one both open.
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", loaded).unwrap();
+        let service = Service::discover(config).await.unwrap();
+        let now = service.config.keys.encryption.public_bytes();
+        assert_ne!(now, old_public, "the new key is the one registered");
+        for (to, zip) in [(now, b"to the new key"), (old_public, b"to the old key")] {
+            let env = mydata_package::e2e::seal_package(&platform, &to, "t1", "svc", zip).unwrap();
+            *served.lock().unwrap() = Some(env);
+            let got = service
+                .package(&token(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(got, zip);
+        }
+
+        // Not keys: refused, naming what is wrong.
+        for (text, says) in [
+            ("", "0 PEM blocks"),
+            (&pem[..pem.find("-----END").unwrap()], "no END line"),
+        ] {
+            let err = Keys::from_pem(text).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let blocks = pem_blocks(&pem).unwrap();
+        let swapped = format!("{}{}{}", blocks[0], blocks[2], blocks[1]);
+        let err = Keys::from_pem(&swapped).unwrap_err();
+        assert!(err.to_string().contains("DPoP key"), "{err}");
+        let swapped = format!("{}{}{}", blocks[0], blocks[1], blocks[0]);
+        let err = Keys::from_pem(&swapped).unwrap_err();
+        assert!(err.to_string().contains("not X25519"), "{err}");
     }
 
     #[tokio::test]
