@@ -22,8 +22,8 @@
 //!    agency key from it, digest file intact, each file intact).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), mydata_sdk::Error> {
-//! use mydata_sdk::{Service, ServiceConfig, Keys, AuthorizationRequest};
+//! # async fn demo(roots_pem: &[u8], crl_der: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! use mydata_sdk::{AuthorizationRequest, Clock as _, Keys, Service, ServiceConfig, SystemClock, TrustStore};
 //! let keys = Keys::generate();
 //! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys)?;
 //! let service = Service::discover(config).await?;
@@ -31,13 +31,26 @@
 //! // redirect the browser to pending.authorize_url ... then, on the callback:
 //! # let query = "";
 //! let token = service.callback(&pending, query).await?;
+//! // The checks' trust root (government CA roots and CRLs) first: the package is handed over once.
+//! let mut trust = TrustStore::new();
+//! trust.add_roots_pem(roots_pem)?;
+//! trust.add_crl_der(crl_der)?;
 //! let zip = service.package(&token, std::time::Duration::from_secs(600)).await?;
-//! # let _ = zip; Ok(()) }
+//! let report = mydata_sdk::verify(
+//!     &zip,
+//!     &token.transfer_id,
+//!     &trust,
+//!     service.platform_signing_key(),
+//!     SystemClock.now(),
+//! )?;
+//! // Only now is the data in `zip` (see `report.datasets`) the agencies' own.
+//! # let _ = report; Ok(()) }
 //! ```
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mydata_core::{Clock, SystemClock, Timestamp};
+/// The clock [`ServiceConfig::with_clock`] takes and the time [`verify`] checks at.
+pub use mydata_core::{Clock, SystemClock, Timestamp};
 use mydata_package::Es256Signer;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
