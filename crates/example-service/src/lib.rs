@@ -16,7 +16,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use mydata_core::Clock;
-use mydata_sdk::{AuthorizationRequest, Keys, Pending, Service, ServiceConfig, TrustStore};
+use mydata_sdk::{AuthorizationRequest, Keys, Pending, Service, ServiceConfig, Token, TrustStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,13 +31,21 @@ pub const NAME: &str = "全國高級中等學校學雜費減免（示範服務�
 /// The terms it registers: numbered clauses, one per line, as terms usually are.
 pub const TERMS: &str = "一、本示範服務僅將您的低收入戶／中低收入戶資料用於學雜費減免資格審核。\n二、審核後即刪除，不作其他用途。\n1. This demo uses your low-income household record only to check tuition-reduction eligibility.\n2. It deletes the record afterwards and uses it for nothing else.";
 const MAX_PENDING: usize = 1000;
+/// How long a request for the agencies' CA root or CRL may take.
+const TRUST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one page load waits for the package.
+const PACKAGE_WAIT: Duration = Duration::from_secs(120);
 
 struct Inner {
     service: tokio::sync::OnceCell<Service>,
     config: ServiceConfig,
     agencies: String,
+    /// Fetches the agencies' CA root and CRL: no redirect, a timeout.
+    http: reqwest::Client,
     clock: Arc<dyn Clock>,
     pending: Mutex<HashMap<String, Pending>>,
+    /// Tokens whose package was not ready yet, by browser session: `/result` asks again.
+    waiting: Mutex<HashMap<String, Token>>,
 }
 
 /// Binds the example service on a loopback port; returns its base URL and a task that serves it.
@@ -62,17 +70,25 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let config = ServiceConfig::new(platform, CLIENT_ID, &format!("{base}/callback"), keys)?
         .with_clock(clock.clone());
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(TRUST_TIMEOUT)
+        .build()
+        .context("cannot build the example service's HTTP client")?;
     let inner = Arc::new(Inner {
         service: tokio::sync::OnceCell::new(),
         config,
         agencies: agencies.to_owned(),
+        http,
         clock,
         pending: Mutex::new(HashMap::new()),
+        waiting: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
         .route("/", get(home))
         .route("/start", post(start))
         .route("/callback", get(callback))
+        .route("/result", get(result))
         .with_state(inner);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -143,6 +159,9 @@ async fn start(State(inner): State<Arc<Inner>>) -> Response {
     }
 }
 
+/// A link to ask again for a kept token's package.
+const AGAIN: &str = "<p><a id=\"again\" href=\"/result\">稍後再查詢 / Check again</a></p>";
+
 fn uuid_like() -> String {
     // A v4 UUID is 122 random bits from the OS generator.
     uuid::Uuid::new_v4().simple().to_string()
@@ -157,20 +176,16 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .find_map(|c| c.trim().strip_prefix("sp_session=").map(str::to_owned))
 }
 
-async fn trust(agencies: &str) -> anyhow::Result<TrustStore> {
-    let http = reqwest::Client::new();
-    let root = http
-        .get(format!("{agencies}/ca/root.pem"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let crl = http
-        .get(format!("{agencies}/ca/crl.pem"))
-        .send()
-        .await?
-        .text()
-        .await?;
+/// The agencies' CA root and CRL. Fetched before the package is taken: the platform hands it over
+/// once, so it must not be taken when it cannot be checked.
+async fn trust(http: &reqwest::Client, agencies: &str) -> anyhow::Result<TrustStore> {
+    let fetch = |path: &'static str| async move {
+        let res = http.get(format!("{agencies}{path}")).send().await?;
+        anyhow::ensure!(res.status().is_success(), "{path}: {}", res.status());
+        anyhow::Ok(res.text().await?)
+    };
+    let root = fetch("/ca/root.pem").await?;
+    let crl = fetch("/ca/crl.pem").await?;
     let mut t = TrustStore::new();
     t.add_roots_pem(root.as_bytes())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -224,13 +239,12 @@ async fn callback(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let Some(pending) = cookie(&headers).and_then(|sid| inner.pending.lock().ok()?.remove(&sid))
-    else {
-        return page(
-            "找不到申請",
-            "<p>請回到首頁重新開始。</p><p><a href=\"/\">首頁</a></p>",
-        )
-        .into_response();
+    let sid = cookie(&headers);
+    let pending = sid
+        .as_ref()
+        .and_then(|sid| inner.pending.lock().ok()?.remove(sid));
+    let (Some(sid), Some(pending)) = (sid, pending) else {
+        return not_found().into_response();
     };
     let service = match inner.service().await {
         Ok(s) => s,
@@ -243,9 +257,83 @@ async fn callback(
         Ok(t) => t,
         Err(e) => return refused_page(&e).into_response(),
     };
+    deliver(&inner, service, sid, token).await
+}
+
+fn not_found() -> Html<String> {
+    page(
+        "找不到申請",
+        "<p>請回到首頁重新開始。</p><p><a href=\"/\">首頁</a></p>",
+    )
+}
+
+/// `GET /result`: asks again for the package of a token kept when it was not ready.
+async fn result(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    let sid = cookie(&headers);
+    let token = sid
+        .as_ref()
+        .and_then(|sid| inner.waiting.lock().ok()?.remove(sid));
+    let (Some(sid), Some(token)) = (sid, token) else {
+        return not_found().into_response();
+    };
+    let service = match inner.service().await {
+        Ok(s) => s,
+        Err(e) => {
+            keep(&inner, sid, token);
+            return page("無法連線 MyData", &esc(&e)).into_response();
+        }
+    };
+    deliver(&inner, service, sid, token).await
+}
+
+/// Keeps `token` for the session `sid` so that `/result` can ask again.
+fn keep(inner: &Inner, sid: String, token: Token) {
+    if let Ok(mut map) = inner.waiting.lock() {
+        if map.len() >= MAX_PENDING {
+            map.clear();
+        }
+        map.insert(sid, token);
+    }
+}
+
+/// Retrieves, checks and shows `token`'s package. The checks' trust root is fetched first; while
+/// the package is not ready (or the trust root cannot be had) the token is kept for `/result`.
+async fn deliver(inner: &Inner, service: &Service, sid: String, token: Token) -> Response {
+    let trust = match trust(&inner.http, &inner.agencies).await {
+        Ok(t) => t,
+        Err(e) => {
+            keep(inner, sid, token);
+            return page(
+                "暫時無法驗證資料 / Cannot check data yet",
+                &format!(
+                    "<p id=\"outcome\" data-error=\"trust\">無法取得機關憑證，尚未取用您的資料：{}</p>{AGAIN}",
+                    esc(&format!("{e:#}"))
+                ),
+            )
+            .into_response();
+        }
+    };
+    let zip = match service.package(&token, PACKAGE_WAIT).await {
+        Ok(zip) => zip,
+        Err(mydata_sdk::Error::NotReady) => {
+            keep(inner, sid, token);
+            return page(
+                "資料尚未備妥 / Not ready yet",
+                &format!(
+                    "<p id=\"outcome\" data-error=\"not_ready\">機關仍在提供資料。</p>{AGAIN}"
+                ),
+            )
+            .into_response();
+        }
+        Err(e) => {
+            return page(
+                "資料無法使用",
+                &format!("<p id=\"outcome\">{}</p>", esc(&e.to_string())),
+            )
+            .into_response();
+        }
+    };
     let result = async {
-        let zip = service.package(&token, Duration::from_secs(120)).await?;
-        let trust = trust(&inner.agencies).await?;
         let now = inner.clock.now();
         mydata_sdk::verify(
             &zip,
@@ -300,5 +388,188 @@ async fn callback(
             &format!("<p id=\"outcome\">{}</p>", esc(&e.to_string())),
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use axum::http::StatusCode;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// What a stand-in platform saw: the `state` of the pushed request, and the `Authorization`
+    /// of each package request.
+    #[derive(Default)]
+    struct Seen {
+        state: Mutex<Option<String>>,
+        polls: Mutex<Vec<String>>,
+    }
+
+    async fn listen(app: impl FnOnce(String) -> Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = app(base.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    /// A platform that issues token `at-1` for transfer `t1`, whose package is never ready (202,
+    /// Retry-After longer than a page waits).
+    async fn platform(seen: Arc<Seen>) -> String {
+        let kem = mydata_sdk::HpkeKeyPair::generate().public_jwk();
+        let sig = Keys::generate().public_jwks()["keys"][0].clone();
+        listen(move |b| {
+            let (par, poll) = (seen.clone(), seen);
+            Router::new()
+                .route(
+                    "/.well-known/oauth-authorization-server",
+                    get(move || async move {
+                        axum::Json(serde_json::json!({
+                            "issuer": b, "authorization_endpoint": format!("{b}/oauth/authorize"),
+                            "pushed_authorization_request_endpoint": format!("{b}/oauth/par"),
+                            "token_endpoint": format!("{b}/oauth/token"),
+                            "jwks_uri": format!("{b}/jwks"),
+                        }))
+                    }),
+                )
+                .route(
+                    "/jwks",
+                    get(move || async move { axum::Json(serde_json::json!({ "keys": [kem, sig] })) }),
+                )
+                .route(
+                    "/oauth/par",
+                    post(move |form: axum::Form<HashMap<String, String>>| async move {
+                        *par.state.lock().unwrap() = form.get("state").cloned();
+                        let body = serde_json::json!({ "request_uri": "urn:r", "expires_in": 60 });
+                        (StatusCode::CREATED, axum::Json(body))
+                    }),
+                )
+                .route(
+                    "/oauth/token",
+                    post(|| async {
+                        axum::Json(serde_json::json!({
+                            "access_token": "at-1", "token_type": "DPoP", "expires_in": 60,
+                            "authorization_details": [{ "type": "mydata_transfer",
+                                "transfer_id": "t1", "datasets": [DATASET] }],
+                        }))
+                    }),
+                )
+                .route(
+                    "/api/v1/transfers/t1/package",
+                    get(move |h: HeaderMap| async move {
+                        let auth = h.get(header::AUTHORIZATION).unwrap().to_str().unwrap();
+                        poll.polls.lock().unwrap().push(auth.to_owned());
+                        (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "600")], "")
+                    }),
+                )
+        })
+        .await
+    }
+
+    /// Agencies whose CA root and CRL are real, or (if `moved`) redirect elsewhere; counts the
+    /// requests that reach "elsewhere".
+    async fn agencies(moved: bool, elsewhere: Arc<AtomicUsize>) -> String {
+        let now = mydata_core::SystemClock.now();
+        let ago = mydata_core::Timestamp::from_millis(now.millis() - 86_400_000);
+        let later = now.plus(Duration::from_secs(86_400));
+        let ca = mydata_package::SimulatedCa::new("Test Root CA", ago, later).unwrap();
+        let root = ca.root_pem();
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(ca.crl(&[], ago, later).unwrap().der());
+        let crl = format!("-----BEGIN X509 CRL-----\n{b64}\n-----END X509 CRL-----\n");
+        listen(move |b| {
+            let counted = get(move || async move {
+                elsewhere.fetch_add(1, Ordering::SeqCst);
+                "moved"
+            });
+            let router = Router::new().route("/elsewhere", counted);
+            if moved {
+                let to = format!("{b}/elsewhere");
+                router.route(
+                    "/ca/root.pem",
+                    get(move || async move { Redirect::temporary(&to) }),
+                )
+            } else {
+                router
+                    .route("/ca/root.pem", get(move || async move { root }))
+                    .route("/ca/crl.pem", get(move || async move { crl }))
+            }
+        })
+        .await
+    }
+
+    /// The example service for `platform` and `agencies`, and a browser (its own cookie).
+    struct Browser {
+        base: String,
+        http: reqwest::Client,
+        cookie: String,
+    }
+
+    impl Browser {
+        async fn get(&self, path: &str) -> String {
+            let res = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .header(header::COOKIE, &self.cookie)
+                .send()
+                .await
+                .unwrap();
+            res.text().await.unwrap()
+        }
+    }
+
+    /// Starts the service and a transfer: the pushed request's state, and a browser back from
+    /// the platform at `/callback` with the code.
+    async fn started(platform: &str, agencies: &str, seen: &Seen) -> (Browser, String) {
+        let (listener, base) = bind().await.unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(mydata_core::SystemClock);
+        serve(listener, &base, platform, agencies, Keys::generate(), clock).unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let res = http.post(format!("{base}/start")).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        let cookie = res.headers()[header::SET_COOKIE].to_str().unwrap();
+        let cookie = cookie.split(';').next().unwrap().to_owned();
+        let state = seen.state.lock().unwrap().clone().unwrap();
+        let callback = format!("/callback?code=c&state={state}&iss={platform}");
+        (Browser { base, http, cookie }, callback)
+    }
+
+    #[tokio::test]
+    async fn the_package_is_not_taken_when_the_trust_root_cannot_be_had() {
+        let seen = Arc::new(Seen::default());
+        let platform = platform(seen.clone()).await;
+        let elsewhere = Arc::new(AtomicUsize::new(0));
+        let agencies = agencies(true, elsewhere.clone()).await;
+        let (browser, callback) = started(&platform, &agencies, &seen).await;
+        let page = browser.get(&callback).await;
+        assert!(page.contains("data-error=\"trust\""), "{page}");
+        assert!(
+            seen.polls.lock().unwrap().is_empty(),
+            "the package was not asked for"
+        );
+        assert_eq!(elsewhere.load(Ordering::SeqCst), 0, "no redirect followed");
+    }
+
+    #[tokio::test]
+    async fn a_token_whose_package_is_not_ready_is_kept_to_ask_again() {
+        let seen = Arc::new(Seen::default());
+        let platform = platform(seen.clone()).await;
+        let agencies = agencies(false, Arc::new(AtomicUsize::new(0))).await;
+        let (browser, callback) = started(&platform, &agencies, &seen).await;
+        let page = browser.get(&callback).await;
+        assert!(page.contains("data-error=\"not_ready\""), "{page}");
+        assert!(page.contains("href=\"/result\""), "{page}");
+        let page = browser.get("/result").await;
+        assert!(page.contains("data-error=\"not_ready\""), "{page}");
+        let polls = seen.polls.lock().unwrap().clone();
+        assert_eq!(
+            polls,
+            ["DPoP at-1", "DPoP at-1"],
+            "the same token, asked again"
+        );
     }
 }

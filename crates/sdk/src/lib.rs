@@ -22,8 +22,8 @@
 //!    agency key from it, digest file intact, each file intact).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), mydata_sdk::Error> {
-//! use mydata_sdk::{Service, ServiceConfig, Keys, AuthorizationRequest};
+//! # async fn demo(roots_pem: &[u8], crl_der: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! use mydata_sdk::{AuthorizationRequest, Clock as _, Keys, Service, ServiceConfig, SystemClock, TrustStore};
 //! let keys = Keys::generate();
 //! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys)?;
 //! let service = Service::discover(config).await?;
@@ -31,23 +31,37 @@
 //! // redirect the browser to pending.authorize_url ... then, on the callback:
 //! # let query = "";
 //! let token = service.callback(&pending, query).await?;
+//! // The checks' trust root (government CA roots and CRLs) first: the package is handed over once.
+//! let mut trust = TrustStore::new();
+//! trust.add_roots_pem(roots_pem)?;
+//! trust.add_crl_der(crl_der)?;
 //! let zip = service.package(&token, std::time::Duration::from_secs(600)).await?;
-//! # let _ = zip; Ok(()) }
+//! let report = mydata_sdk::verify(
+//!     &zip,
+//!     &token.transfer_id,
+//!     &trust,
+//!     service.platform_signing_key(),
+//!     SystemClock.now(),
+//! )?;
+//! // Only now is the data in `zip` (see `report.datasets`) the agencies' own.
+//! # let _ = report; Ok(()) }
 //! ```
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mydata_core::{Clock, SystemClock, Timestamp};
+/// The clock [`ServiceConfig::with_clock`] takes and the time [`verify`] checks at.
+pub use mydata_core::{Clock, SystemClock, Timestamp};
 use mydata_package::Es256Signer;
-use mydata_package::e2e::{Envelope, HpkeKeyPair};
-use p256::ecdsa::SigningKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use mydata_package::e2e::{Envelope, HpkeKeyPair};
 pub use mydata_package::{PackageReport, TrustStore};
+/// The P-256 keys [`Keys::new`] and [`Keys::with_dpop_key`] take, and the platform's receipt key.
+pub use p256::ecdsa::{SigningKey, VerifyingKey};
 
 /// Everything that can go wrong on the service's side.
 #[derive(Debug, thiserror::Error)]
@@ -78,12 +92,52 @@ pub enum Error {
     NotReady,
     #[error("the package envelope does not open: {0}")]
     Envelope(String),
+    /// The package was handed over but did not open (or did not read as an envelope): `envelope`
+    /// holds it as the platform sent it. The platform hands a package over once, so keep it; once
+    /// the cause is fixed (say the service's previous key restored), read it back with
+    /// `serde_json::from_slice` and [`Service::open`] it.
+    #[error(
+        "the package was retrieved but does not open ({reason}); keep its envelope: it cannot be fetched again"
+    )]
+    Unopened {
+        envelope: EnvelopeBytes,
+        reason: String,
+    },
+    /// The platform had begun handing the package over (200) but its body could not be read to
+    /// the end: the connection broke, or nothing came for [`ServiceConfig::idle_timeout`]. The
+    /// platform hands a package over once, so it cannot be fetched again (410 from now on).
+    #[error("the package download broke off and it cannot be fetched again: {0}")]
+    PackageLost(String),
+    /// The platform did not answer within the time allowed: [`ServiceConfig::timeout`] for a
+    /// call, [`ServiceConfig::idle_timeout`] between two pieces of a body.
+    #[error("the platform's {what} did not come within {} ms", after.as_millis())]
+    TimedOut { what: &'static str, after: Duration },
     /// An answer longer than the SDK reads (for an envelope, [`ServiceConfig::max_package_bytes`]):
     /// refused without reading it all.
     #[error("the platform's {what} is longer than {limit} bytes")]
     TooLarge { what: &'static str, limit: usize },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// An envelope's JSON as [`Error::Unopened`] hands it back (its `Debug` shows only its length).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvelopeBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for EnvelopeBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EnvelopeBytes({} bytes)", self.0.len())
+    }
+}
+
+impl EnvelopeBytes {
+    /// The envelope: `reason`'s failure with the bytes kept.
+    fn unopened(bytes: Vec<u8>, reason: impl std::fmt::Display) -> Error {
+        Error::Unopened {
+            envelope: Self(bytes),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 fn retry_note(retry_after: &Option<Duration>) -> String {
@@ -98,6 +152,9 @@ fn retry_note(retry_after: &Option<Duration>) -> String {
 pub struct Keys {
     signing: SigningKey,
     encryption: HpkeKeyPair,
+    /// Encryption keys replaced by `encryption`, newest first: envelopes sealed to them before
+    /// the platform saw the new key still open ([`Keys::with_previous_encryption_key`]).
+    previous: Vec<HpkeKeyPair>,
     dpop: SigningKey,
     /// Both P-256 keys prepared for signing, with their fixed headers: made on first use.
     prepared: std::sync::OnceLock<Prepared>,
@@ -132,9 +189,10 @@ impl Prepared {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let previous: Vec<String> = self.previous.iter().map(HpkeKeyPair::kid).collect();
         write!(
             f,
-            "Keys(sig {}, enc {}, dpop {})",
+            "Keys(sig {}, enc {}, previous enc {previous:?}, dpop {})",
             self.signing_kid(),
             self.encryption.kid(),
             self.dpop_jkt()
@@ -155,9 +213,77 @@ impl Keys {
         Self {
             signing,
             encryption,
+            previous: Vec::new(),
             dpop: <SigningKey as p256::elliptic_curve::Generate>::generate(),
             prepared: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Also opens envelopes sealed to `key`, an encryption key this one replaced (chosen by the
+    /// envelope's `kid`). Keep it for at least 8 hours after the platform has the new key (see
+    /// `docs/ONLINE-SERVICES.md`, key rotation). Added after those already kept.
+    pub fn with_previous_encryption_key(mut self, key: HpkeKeyPair) -> Self {
+        self.previous.push(key);
+        self
+    }
+
+    /// Replaces the encryption key with `key` (say `HpkeKeyPair::generate()`), keeping the one
+    /// replaced as the newest previous key ([`Keys::with_previous_encryption_key`]).
+    pub fn with_encryption_key(mut self, key: HpkeKeyPair) -> Self {
+        let old = std::mem::replace(&mut self.encryption, key);
+        self.previous.insert(0, old);
+        self
+    }
+
+    /// The encryption key whose thumbprint is `kid` (the envelope's), else the current one.
+    fn encryption_for(&self, kid: &str) -> &HpkeKeyPair {
+        std::iter::once(&self.encryption)
+            .chain(&self.previous)
+            .find(|k| k.kid() == kid)
+            .unwrap_or(&self.encryption)
+    }
+
+    /// All the private keys, to save and [`Keys::from_pem`] later: PKCS#8 PEM blocks (`PRIVATE
+    /// KEY`) in this order: the signing key (EC P-256), the DPoP key (EC P-256), the encryption
+    /// key (X25519, RFC 8410), then the previous encryption keys. Keep it as secret as the keys.
+    pub fn to_pem(&self) -> Result<zeroize::Zeroizing<String>, Error> {
+        use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+        let bad = |e: p256::pkcs8::Error| Error::Invalid(format!("a key cannot be encoded: {e}"));
+        let mut out = zeroize::Zeroizing::new(String::new());
+        for key in [&self.signing, &self.dpop] {
+            out.push_str(&key.to_pkcs8_pem(LineEnding::LF).map_err(bad)?);
+        }
+        for key in std::iter::once(&self.encryption).chain(&self.previous) {
+            out.push_str(&x25519_to_pem(key).map_err(bad)?);
+        }
+        Ok(out)
+    }
+
+    /// The keys [`Keys::to_pem`] wrote: two EC P-256 keys (signing, DPoP), then one or more
+    /// X25519 keys (the current encryption key, then previous ones). Text around the blocks is
+    /// ignored.
+    pub fn from_pem(pem: &str) -> Result<Self, Error> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        let blocks = pem_blocks(pem)?;
+        let [signing, dpop, encryption, previous @ ..] = blocks.as_slice() else {
+            return Err(Error::Invalid(format!(
+                "keys: {} PEM blocks; a signing, a DPoP and an encryption key are needed",
+                blocks.len()
+            )));
+        };
+        let ec = |block: &str, what: &str| {
+            SigningKey::from_pkcs8_pem(block).map_err(|e| {
+                Error::Invalid(format!(
+                    "keys: the {what} key is not a P-256 PKCS#8 key: {e}"
+                ))
+            })
+        };
+        let (signing, dpop) = (ec(signing, "signing")?, ec(dpop, "DPoP")?);
+        let mut keys = Self::new(signing, x25519_from_pem(encryption)?).with_dpop_key(dpop);
+        for block in previous {
+            keys = keys.with_previous_encryption_key(x25519_from_pem(block)?);
+        }
+        Ok(keys)
     }
 
     /// Uses `key` as the DPoP key (say one shared by the service's processes).
@@ -197,6 +323,62 @@ impl Keys {
     }
 }
 
+/// The id-X25519 algorithm (RFC 8410 §3).
+const X25519_OID: p256::pkcs8::ObjectIdentifier =
+    p256::pkcs8::ObjectIdentifier::new_unwrap("1.3.101.110");
+
+/// `key` as a PKCS#8 PEM block (RFC 8410 §7: the private key is a CurvePrivateKey, an OCTET
+/// STRING of its 32 bytes, inside the PKCS#8 OCTET STRING).
+fn x25519_to_pem(key: &HpkeKeyPair) -> Result<zeroize::Zeroizing<String>, p256::pkcs8::Error> {
+    use p256::pkcs8::der::{Encode as _, asn1::OctetStringRef};
+    use p256::pkcs8::{
+        AlgorithmIdentifierRef, EncodePrivateKey as _, LineEnding, PrivateKeyInfoRef,
+    };
+    let secret = key.secret_bytes();
+    let inner = zeroize::Zeroizing::new(OctetStringRef::new(&secret)?.to_der()?);
+    let algorithm = AlgorithmIdentifierRef {
+        oid: X25519_OID,
+        parameters: None,
+    };
+    PrivateKeyInfoRef::new(algorithm, OctetStringRef::new(&inner)?).to_pkcs8_pem(LineEnding::LF)
+}
+
+/// The X25519 key in a PKCS#8 PEM block ([`x25519_to_pem`]).
+fn x25519_from_pem(block: &str) -> Result<HpkeKeyPair, Error> {
+    use p256::pkcs8::der::{Decode as _, asn1::OctetStringRef};
+    let bad = |why: String| Error::Invalid(format!("keys: the encryption key {why}"));
+    let (label, der) = p256::pkcs8::der::pem::decode_vec(block.as_bytes())
+        .map_err(|e| bad(format!("is not PEM: {e}")))?;
+    let der = zeroize::Zeroizing::new(der);
+    if label != "PRIVATE KEY" {
+        return Err(bad(format!("is a {label}, not a PRIVATE KEY")));
+    }
+    let info = p256::pkcs8::PrivateKeyInfoRef::try_from(der.as_slice())
+        .map_err(|e| bad(format!("is not PKCS#8: {e}")))?;
+    if info.algorithm.oid != X25519_OID || info.algorithm.parameters.is_some() {
+        return Err(bad(format!("is {}, not X25519", info.algorithm.oid)));
+    }
+    let secret = <&OctetStringRef>::from_der(info.private_key.as_bytes())
+        .map_err(|e| bad(format!("is not a CurvePrivateKey: {e}")))?;
+    HpkeKeyPair::from_secret(secret.as_bytes()).map_err(|e| bad(e.to_string()))
+}
+
+/// The PEM blocks of `text`, each from its `-----BEGIN` to its `-----END …-----` line.
+fn pem_blocks(text: &str) -> Result<Vec<&str>, Error> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let from = &rest[start..];
+        let end = from
+            .find("-----END ")
+            .and_then(|e| Some(e + 9 + from[e + 9..].find("-----")? + 5))
+            .ok_or_else(|| Error::Invalid("keys: a PEM block has no END line".into()))?;
+        blocks.push(&from[..end]);
+        rest = &from[end..];
+    }
+    Ok(blocks)
+}
+
 /// The public JWK of a P-256 key (`kty`, `crv`, `x`, `y`).
 fn ec_public_jwk(key: &SigningKey) -> serde_json::Value {
     let point = key.verifying_key().to_sec1_point(false);
@@ -227,7 +409,18 @@ pub struct ServiceConfig {
     /// The largest package envelope read ([`DEFAULT_MAX_PACKAGE_BYTES`] unless set). A larger one
     /// is refused ([`Error::TooLarge`]) and, as the platform hands a package over once, lost.
     pub max_package_bytes: usize,
+    /// The whole of each call but the package body: metadata, JWKS, PAR, token, and each poll
+    /// up to the start of the platform's answer ([`DEFAULT_TIMEOUT`] unless set).
+    pub timeout: Duration,
+    /// The longest wait for the next piece of the package envelope once its download began, and
+    /// of a refusal's body while polling ([`DEFAULT_TIMEOUT`] unless set). The envelope's download
+    /// has no total limit: it is handed over once, so a large one on a slow link must not be cut
+    /// while it still moves.
+    pub idle_timeout: Duration,
 }
+
+/// The default [`ServiceConfig::timeout`] and [`ServiceConfig::idle_timeout`], 30 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `builder`'s client following no redirect, or why not (with reqwest's reasons: its own message
 /// is "builder error"). A redirect would take the request, with its client assertion or token, to
@@ -265,7 +458,9 @@ impl std::fmt::Debug for ServiceConfig {
 
 impl ServiceConfig {
     /// The platform at `issuer` with an HTTP client that follows no redirect (an answer is the
-    /// platform's own) and gives up after 30 s; fails only if that client cannot be built.
+    /// platform's own); each call gives up after [`ServiceConfig::timeout`] and the package
+    /// download when it stalls for [`ServiceConfig::idle_timeout`]. Fails only if that client
+    /// cannot be built.
     pub fn new(
         issuer: &str,
         client_id: &str,
@@ -278,9 +473,13 @@ impl ServiceConfig {
             redirect_uri: redirect_uri.to_owned(),
             keys: Arc::new(keys),
             clock: Arc::new(SystemClock),
-            http: http_client(reqwest::Client::builder().timeout(Duration::from_secs(30)))?,
+            // No total timeout on the client: it would cut the package download too. Each call
+            // sets its own (`timeout`), the envelope's body is bounded by `idle_timeout`.
+            http: http_client(reqwest::Client::builder())?,
             dpop: true,
             max_package_bytes: DEFAULT_MAX_PACKAGE_BYTES,
+            timeout: DEFAULT_TIMEOUT,
+            idle_timeout: DEFAULT_TIMEOUT,
         })
     }
 
@@ -295,10 +494,11 @@ impl ServiceConfig {
         self
     }
 
-    /// The HTTP client built from `builder` instead of the default one (a load test's pool or
-    /// timeout, a proxy), still following no redirect: the SDK sets that policy on `builder`.
-    /// `builder` brings its own timeout (the default client's is 30 s). Fails only if the
-    /// client cannot be built.
+    /// The HTTP client built from `builder` instead of the default one (a load test's pool, a
+    /// proxy), still following no redirect: the SDK sets that policy on `builder`. The SDK's own
+    /// limits ([`ServiceConfig::timeout`], [`ServiceConfig::idle_timeout`]) still apply; do not
+    /// set a total `timeout` on `builder`, as it would also cut the package download (a
+    /// `connect_timeout` or `read_timeout` is fine). Fails only if the client cannot be built.
     pub fn with_http(mut self, builder: reqwest::ClientBuilder) -> Result<Self, Error> {
         self.http = http_client(builder)?;
         Ok(self)
@@ -340,7 +540,7 @@ impl AuthorizationRequest {
 
 /// A pushed request waiting for the person: keep `state` and `code_verifier` in the service's
 /// session until the callback.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Pending {
     pub authorize_url: String,
     pub state: String,
@@ -349,7 +549,7 @@ pub struct Pending {
 }
 
 /// The access token for one transfer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Token {
     pub access_token: String,
     /// `DPoP` (bound to the service's DPoP key: sent with a proof) or `Bearer`.
@@ -358,6 +558,31 @@ pub struct Token {
     pub transfer_id: String,
     pub datasets: Vec<String>,
     pub expires_in: u64,
+}
+
+// By hand: the PKCE verifier redeems the code, so it stays out of logs.
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("authorize_url", &self.authorize_url)
+            .field("state", &self.state)
+            .field("code_verifier", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+// By hand: the access token fetches the package, so it stays out of logs.
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("transfer_id", &self.transfer_id)
+            .field("datasets", &self.datasets)
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 fn bearer() -> String {
@@ -376,8 +601,9 @@ impl Token {
 pub struct Service {
     config: ServiceConfig,
     metadata: Metadata,
-    /// The platform's X25519 key (login_hint, package sender).
-    platform_kem: [u8; 32],
+    /// The platform's X25519 keys (the first for login_hint; the one an envelope's `sender_kid`
+    /// names to open it), read again when an envelope names a key not among them.
+    platform_kem: Arc<std::sync::RwLock<Vec<[u8; 32]>>>,
     /// The platform's ES256 receipt key.
     platform_sig: p256::ecdsa::VerifyingKey,
 }
@@ -388,14 +614,14 @@ fn random_b64(n: usize) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-/// The refusal in `res`, read at `now` (the configured clock, for a `Retry-After` date). An OAuth
-/// error or problem document says what it says; any other body (a proxy's page, plain text) gives
-/// the status's reason and the start of the body.
-async fn refused(res: reqwest::Response, now: std::time::SystemTime) -> Error {
+/// The refusal in `res`, read at `config`'s clock (for a `Retry-After` date). An OAuth error or
+/// problem document says what it says; any other body (a proxy's page, plain text) gives the
+/// status's reason and the start of the body.
+async fn refused(res: reqwest::Response, config: &ServiceConfig) -> Error {
     let status = res.status();
-    let retry_after = retry_after(res.headers(), now);
+    let retry_after = retry_after(res.headers(), wall_clock(&*config.clock));
     // Only its start matters: a longer body is cut, not refused.
-    let bytes = read_up_to(res, MAX_BODY_BYTES)
+    let bytes = read_up_to(res, MAX_BODY_BYTES, config.idle_timeout, "error body")
         .await
         .map(|(start, _)| start)
         .unwrap_or_default();
@@ -432,28 +658,37 @@ fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>, what: &str) -> Result<T, 
 }
 
 /// `res`'s body if it holds at most `limit` bytes; refused as soon as it is known to be longer
-/// (by its Content-Length or while reading), so an endless body costs no more than `limit`.
+/// (by its Content-Length or while reading), so an endless body costs no more than `limit`. Given
+/// up when nothing comes for `idle`.
 async fn read_body(
     res: reqwest::Response,
     limit: usize,
+    idle: Duration,
     what: &'static str,
 ) -> Result<Vec<u8>, Error> {
-    match read_up_to(res, limit).await? {
+    match read_up_to(res, limit, idle, what).await? {
         (body, true) => Ok(body),
         (_, false) => Err(Error::TooLarge { what, limit }),
     }
 }
 
-/// Up to `limit` bytes of `res`'s body, and whether that is all of it.
+/// Up to `limit` bytes of `res`'s body, and whether that is all of it; given up when nothing
+/// comes for `idle`.
 async fn read_up_to(
     mut res: reqwest::Response,
     limit: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    idle: Duration,
+    what: &'static str,
+) -> Result<(Vec<u8>, bool), Error> {
     if res.content_length().is_some_and(|n| n > limit as u64) {
         return Ok((Vec::new(), false));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = res.chunk().await? {
+    loop {
+        let next = tokio::time::timeout(idle, res.chunk())
+            .await
+            .map_err(|_| Error::TimedOut { what, after: idle })??;
+        let Some(chunk) = next else { break };
         let room = limit - body.len();
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);
@@ -488,12 +723,12 @@ impl Service {
     /// Reads the platform's metadata and keys; checks the metadata names the configured issuer.
     pub async fn discover(config: ServiceConfig) -> Result<Self, Error> {
         let url = format!("{}/.well-known/oauth-authorization-server", config.issuer);
-        let res = config.http.get(&url).send().await?;
+        let res = config.http.get(&url).timeout(config.timeout).send().await?;
         if !res.status().is_success() {
-            return Err(refused(res, wall_clock(&*config.clock)).await);
+            return Err(refused(res, &config).await);
         }
         let metadata: Metadata = json(
-            read_body(res, MAX_BODY_BYTES, "metadata").await?,
+            read_body(res, MAX_BODY_BYTES, config.idle_timeout, "metadata").await?,
             "metadata",
         )?;
         if metadata.issuer != config.issuer {
@@ -502,30 +737,38 @@ impl Service {
                 metadata.issuer, config.issuer
             )));
         }
-        let res = config.http.get(&metadata.jwks_uri).send().await?;
-        if !res.status().is_success() {
-            return Err(refused(res, wall_clock(&*config.clock)).await);
-        }
-        let jwks: serde_json::Value = json(read_body(res, MAX_BODY_BYTES, "JWKS").await?, "JWKS")?;
-        let keys = jwks
-            .get("keys")
-            .and_then(|k| k.as_array())
-            .cloned()
-            .unwrap_or_default();
-        let platform_kem = keys
-            .iter()
-            .find_map(|k| mydata_package::e2e::x25519_from_jwk(k).ok())
-            .ok_or_else(|| Error::Invalid("the platform publishes no X25519 key".into()))?;
-        let platform_sig = keys
-            .iter()
-            .find_map(ec_key)
-            .ok_or_else(|| Error::Invalid("the platform publishes no ES256 key".into()))?;
+        let (platform_kem, platform_sig) = platform_keys(&config, &metadata.jwks_uri).await?;
         Ok(Self {
             config,
             metadata,
-            platform_kem,
+            platform_kem: Arc::new(std::sync::RwLock::new(platform_kem)),
             platform_sig,
         })
+    }
+
+    /// Reads the platform's X25519 keys again (after it replaced its key).
+    pub async fn refresh_platform_keys(&self) -> Result<(), Error> {
+        let (kem, _) = platform_keys(&self.config, &self.metadata.jwks_uri).await?;
+        *self
+            .platform_kem
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = kem;
+        Ok(())
+    }
+
+    /// The platform's X25519 key whose thumbprint is `kid`, else its first (for login_hint).
+    fn platform_kem(&self, kid: Option<&str>) -> Option<[u8; 32]> {
+        let keys = self
+            .platform_kem
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match kid {
+            Some(kid) => keys
+                .iter()
+                .find(|k| mydata_package::e2e::okp_thumbprint(k) == kid)
+                .copied(),
+            None => keys.first().copied(),
+        }
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -623,7 +866,10 @@ impl Service {
 
     /// Encrypts an ID number to the platform for `login_hint`.
     pub fn login_hint(&self, id_number: &str) -> Result<String, Error> {
-        mydata_package::e2e::seal_login_hint(&self.platform_kem, &self.config.client_id, id_number)
+        let kem = self
+            .platform_kem(None)
+            .ok_or_else(|| Error::Invalid("the platform publishes no X25519 key".into()))?;
+        mydata_package::e2e::seal_login_hint(&kem, &self.config.client_id, id_number)
             .map_err(|e| Error::Invalid(e.to_string()))
     }
 
@@ -663,18 +909,25 @@ impl Service {
             .config
             .http
             .post(&self.metadata.pushed_authorization_request_endpoint)
+            .timeout(self.config.timeout)
             .form(&form)
             .send()
             .await?;
         if res.status().as_u16() != 201 {
-            return Err(refused(res, wall_clock(&*self.config.clock)).await);
+            return Err(refused(res, &self.config).await);
         }
         #[derive(Deserialize)]
         struct ParResponse {
             request_uri: String,
             expires_in: u64,
         }
-        let body = read_body(res, MAX_BODY_BYTES, "PAR response").await?;
+        let body = read_body(
+            res,
+            MAX_BODY_BYTES,
+            self.config.idle_timeout,
+            "PAR response",
+        )
+        .await?;
         let p: ParResponse = json(body, "PAR response")?;
         let mut url = url::Url::parse(&self.metadata.authorization_endpoint)
             .map_err(|e| Error::Invalid(format!("authorization_endpoint: {e}")))?;
@@ -734,7 +987,11 @@ impl Service {
                 self.client_assertion(&self.metadata.issuer)?,
             ),
         ];
-        let mut req = self.config.http.post(&self.metadata.token_endpoint);
+        let mut req = self
+            .config
+            .http
+            .post(&self.metadata.token_endpoint)
+            .timeout(self.config.timeout);
         if self.config.dpop {
             req = req.header(
                 "DPoP",
@@ -743,9 +1000,15 @@ impl Service {
         }
         let res = req.form(&form).send().await?;
         if !res.status().is_success() {
-            return Err(refused(res, wall_clock(&*self.config.clock)).await);
+            return Err(refused(res, &self.config).await);
         }
-        let body = read_body(res, MAX_BODY_BYTES, "token response").await?;
+        let body = read_body(
+            res,
+            MAX_BODY_BYTES,
+            self.config.idle_timeout,
+            "token response",
+        )
+        .await?;
         let body: serde_json::Value = json(body, "token response")?;
         let s = |v: &serde_json::Value, k: &str| {
             v.get(k)
@@ -803,9 +1066,34 @@ impl Service {
     /// in all. When the platform asks for a wait past `max_wait`, or longer than 300 s (more than
     /// it ever asks), it stops at once: [`Error::NotReady`] for 202, the platform's
     /// [`Error::Refused`] otherwise. `Duration::MAX` means no limit of the caller's.
+    ///
+    /// The envelope's download is bounded only by [`ServiceConfig::idle_timeout`] between two
+    /// pieces and by [`ServiceConfig::max_package_bytes`]; if it breaks off after the platform
+    /// answered 200, the result is [`Error::PackageLost`]: the platform has marked the package
+    /// taken, and it cannot be fetched again.
+    ///
+    /// An envelope sealed with a platform key other than the one read at discovery (the platform
+    /// replaced its key) makes it read the platform's keys again and open it with the one named.
+    /// If the package still does not open, the error is [`Error::Unopened`] carrying the envelope:
+    /// keep it, as it cannot be fetched again.
     pub async fn package(&self, token: &Token, max_wait: Duration) -> Result<Vec<u8>, Error> {
         let envelope = self.fetch_envelope(token, max_wait).await?;
-        self.open(token, &envelope)
+        let kept = |reason: &dyn std::fmt::Display| match serde_json::to_vec(&envelope) {
+            Ok(bytes) => EnvelopeBytes::unopened(bytes, reason),
+            Err(e) => Error::Envelope(format!("{reason} (and it cannot be kept: {e})")),
+        };
+        if self.platform_kem(Some(&envelope.sender_kid)).is_none()
+            && let Err(e) = self.refresh_platform_keys().await
+        {
+            return Err(kept(&format!(
+                "sealed with platform key {}, and the platform's keys cannot be read: {e}",
+                envelope.sender_kid
+            )));
+        }
+        self.open(token, &envelope).map_err(|e| match e {
+            Error::Envelope(reason) => kept(&reason),
+            other => other,
+        })
     }
 
     /// The raw envelope (for services that store it before opening); polls as
@@ -820,18 +1108,35 @@ impl Service {
         // Bounded: every round either returns or waits at least one second.
         for _ in 0..10_000 {
             // Each request only within what is left of max_wait (a platform that does not answer
-            // would otherwise hold the caller for the client's own timeout).
+            // would otherwise hold the caller for the whole call timeout), and its answer's start
+            // within the call timeout; no total timeout on the request, which would cover the body.
             let sent = self.resource_get(token, &url)?.send();
-            let res = tokio::time::timeout_at(deadline, sent)
+            let timeout = self.config.timeout;
+            let res = tokio::time::timeout(timeout, tokio::time::timeout_at(deadline, sent))
                 .await
+                .map_err(|_| Error::TimedOut {
+                    what: "package answer",
+                    after: timeout,
+                })?
                 .map_err(|_| Error::NotReady)??;
             match res.status().as_u16() {
                 200 => {
-                    // Not cut at the deadline: the platform hands the package over only once.
+                    // Not cut at the deadline nor by a total timeout, only when it stalls: the
+                    // platform hands the package over once.
                     let limit = self.config.max_package_bytes;
-                    let bytes = read_body(res, limit, "package envelope").await?;
-                    return serde_json::from_slice(&bytes)
-                        .map_err(|e| Error::Envelope(format!("not an envelope: {e}")));
+                    let idle = self.config.idle_timeout;
+                    let bytes = match read_body(res, limit, idle, "package envelope").await {
+                        Ok(bytes) => bytes,
+                        Err(e @ Error::TooLarge { .. }) => return Err(e),
+                        Err(e) => return Err(Error::PackageLost(e.to_string())),
+                    };
+                    return match serde_json::from_slice(&bytes) {
+                        Ok(envelope) => Ok(envelope),
+                        Err(e) => Err(EnvelopeBytes::unopened(
+                            bytes,
+                            format!("not an envelope: {e}"),
+                        )),
+                    };
                 }
                 status @ (202 | 429 | 503) => {
                     let wait = retry_after(res.headers(), wall_clock(&*self.config.clock))
@@ -844,24 +1149,30 @@ impl Service {
                         return Err(if status == 202 {
                             Error::NotReady
                         } else {
-                            refused(res, wall_clock(&*self.config.clock)).await
+                            refused(res, &self.config).await
                         });
                     };
                     tokio::time::sleep_until(next).await;
                 }
                 410 => return Err(Error::Gone),
-                _ => return Err(refused(res, wall_clock(&*self.config.clock)).await),
+                _ => return Err(refused(res, &self.config).await),
             }
         }
         Err(Error::NotReady)
     }
 
-    /// Opens an envelope for `token`'s transfer with the service's key, checking the platform
-    /// sealed it (a re-encrypted or misdirected envelope is refused).
+    /// Opens an envelope for `token`'s transfer with the service's key its `kid` names (the
+    /// current one or one it replaced), checking the platform sealed it (a re-encrypted or
+    /// misdirected envelope is refused) with the key its `sender_kid` names, among those read
+    /// from the platform (else the first of them).
     pub fn open(&self, token: &Token, envelope: &Envelope) -> Result<Vec<u8>, Error> {
+        let sender = self
+            .platform_kem(Some(&envelope.sender_kid))
+            .or_else(|| self.platform_kem(None))
+            .ok_or_else(|| Error::Envelope("the platform publishes no X25519 key".into()))?;
         mydata_package::e2e::open_package(
-            &self.config.keys.encryption,
-            &self.platform_kem,
+            self.config.keys.encryption_for(&envelope.kid),
+            &sender,
             &token.transfer_id,
             &self.config.client_id,
             envelope,
@@ -869,6 +1180,40 @@ impl Service {
         .map(|z| z.to_vec())
         .map_err(|e| Error::Envelope(e.to_string()))
     }
+}
+
+/// The platform's X25519 keys (at least one) and ES256 receipt key, from its JWKS at `uri`.
+async fn platform_keys(
+    config: &ServiceConfig,
+    uri: &str,
+) -> Result<(Vec<[u8; 32]>, p256::ecdsa::VerifyingKey), Error> {
+    let res = config.http.get(uri).timeout(config.timeout).send().await?;
+    if !res.status().is_success() {
+        return Err(refused(res, config).await);
+    }
+    let jwks: serde_json::Value = json(
+        read_body(res, MAX_BODY_BYTES, config.idle_timeout, "JWKS").await?,
+        "JWKS",
+    )?;
+    let keys = jwks
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let kem: Vec<[u8; 32]> = keys
+        .iter()
+        .filter_map(|k| mydata_package::e2e::x25519_from_jwk(k).ok())
+        .collect();
+    if kem.is_empty() {
+        return Err(Error::Invalid(
+            "the platform publishes no X25519 key".into(),
+        ));
+    }
+    let sig = keys
+        .iter()
+        .find_map(ec_key)
+        .ok_or_else(|| Error::Invalid("the platform publishes no ES256 key".into()))?;
+    Ok((kem, sig))
 }
 
 /// `clock`'s time, to read HTTP-dates against.
@@ -1109,6 +1454,26 @@ mod tests {
             datasets: vec![],
             expires_in: 60,
         }
+    }
+
+    #[test]
+    fn debug_output_leaves_out_the_token_and_the_code_verifier() {
+        let token = Token {
+            access_token: "secret-access-token".into(),
+            ..token()
+        };
+        let shown = format!("{token:?} {token:#?}");
+        assert!(!shown.contains("secret-access-token"), "{shown}");
+        assert!(shown.contains("t1"), "{shown}");
+        let pending = Pending {
+            authorize_url: "https://p/oauth/authorize".into(),
+            state: "st".into(),
+            code_verifier: "secret-code-verifier".into(),
+            expires_in: 60,
+        };
+        let shown = format!("{pending:?} {pending:#?}");
+        assert!(!shown.contains("secret-code-verifier"), "{shown}");
+        assert!(shown.contains("oauth/authorize"), "{shown}");
     }
 
     #[tokio::test]
@@ -1640,6 +2005,254 @@ mod tests {
             .await
             .unwrap_err();
         too_large(&err, 4096);
+    }
+
+    /// `pieces` sent `gap` apart (the first at once), then, if `stall`, nothing ever again.
+    fn dripped(pieces: Vec<Vec<u8>>, gap: Duration, stall: bool) -> axum::body::Body {
+        use futures::StreamExt as _;
+        let sent =
+            futures::stream::iter(pieces.into_iter().enumerate()).then(move |(i, p)| async move {
+                if i > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(p))
+            });
+        let after = futures::stream::pending().take(usize::from(stall));
+        axum::body::Body::from_stream(sent.chain(after))
+    }
+
+    /// The test service at `base` with short limits: 300 ms a call, 400 ms between two pieces.
+    fn impatient(base: &str) -> ServiceConfig {
+        ServiceConfig {
+            timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(400),
+            ..config_at(base).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_package_download_is_not_cut_while_it_moves_and_is_lost_when_it_stalls() {
+        let envelope = serde_json::to_vec(&serde_json::json!({
+            "typ": "mydata-package+hpke", "suite": "s", "kid": "k", "sender_kid": "p",
+            "transfer_id": "t1", "client_id": "svc", "enc": "e", "ct": "c".repeat(6000),
+        }))
+        .unwrap();
+        let pieces: Vec<Vec<u8>> = envelope.chunks(1000).map(<[u8]>::to_vec).collect();
+        assert!(pieces.len() >= 6);
+        let (slow, stalled) = (pieces.clone(), pieces);
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/transfers/t1/package",
+                axum::routing::get(move || {
+                    let p = slow.clone();
+                    async move { dripped(p, Duration::from_millis(150), false) }
+                }),
+            )
+            .route(
+                "/api/v1/transfers/t2/package",
+                axum::routing::get(move || {
+                    let p = stalled[..2].to_vec();
+                    async move { dripped(p, Duration::from_millis(150), true) }
+                }),
+            );
+        let service = Service::discover(impatient(&stand_in(app).await))
+            .await
+            .unwrap();
+        // Each piece within 400 ms, the whole past 300 ms (the call timeout): downloaded.
+        let started = std::time::Instant::now();
+        let got = quickly(service.fetch_envelope(&token(), Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert_eq!(got.ct.len(), 6000);
+        assert!(
+            started.elapsed() > Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+        // A body that stops coming: lost, said so, once the idle timeout is past.
+        let t2 = Token {
+            transfer_id: "t2".into(),
+            ..token()
+        };
+        let err = quickly(service.fetch_envelope(&t2, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PackageLost(_)), "{err:?}");
+        assert!(err.to_string().contains("cannot be fetched again"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn other_calls_keep_a_total_timeout() {
+        // Metadata that keeps coming, a piece every 100 ms: cut at the call's 300 ms.
+        let app = axum::Router::new().route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(|| async {
+                dripped(vec![b" ".to_vec(); 1000], Duration::from_millis(100), false)
+            }),
+        );
+        let err = quickly(Service::discover(impatient(&raw(app).await)))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, Error::Http(e) if e.is_timeout()), "{err:?}");
+        // A poll whose answer does not start within the call timeout, well before max_wait.
+        let app = axum::Router::new().route(
+            "/api/v1/transfers/t1/package",
+            axum::routing::get(std::future::pending::<&'static str>),
+        );
+        let service = Service::discover(impatient(&stand_in(app).await))
+            .await
+            .unwrap();
+        let err = quickly(service.fetch_envelope(&token(), Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::TimedOut { .. }), "{err:?}");
+    }
+
+    /// A platform whose JWKS holds the X25519 key `current` says (with a fixed ES256 key), and
+    /// whose package endpoint serves `envelope`; counts the JWKS reads.
+    async fn rotating(
+        current: Arc<std::sync::Mutex<[u8; 32]>>,
+        envelope: Arc<std::sync::Mutex<Option<Envelope>>>,
+    ) -> (String, Arc<AtomicUsize>) {
+        use axum::routing::get;
+        let reads = Arc::new(AtomicUsize::new(0));
+        let seen = reads.clone();
+        let sig = ec_public_jwk(&<SigningKey as p256::elliptic_curve::Generate>::generate());
+        let app = axum::Router::new()
+            .route(
+                "/jwks",
+                get(move || async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let kem = mydata_package::e2e::public_jwk(&current.lock().unwrap());
+                    axum::Json(serde_json::json!({ "keys": [kem, sig] }))
+                }),
+            )
+            .route(
+                "/api/v1/transfers/t1/package",
+                get(move || async move { axum::Json(envelope.lock().unwrap().clone()) }),
+            );
+        (serve(app).await, reads)
+    }
+
+    #[tokio::test]
+    async fn a_package_sealed_after_the_platform_replaced_its_key_opens_or_is_kept() {
+        let old = HpkeKeyPair::generate();
+        let new = HpkeKeyPair::generate();
+        let current = Arc::new(std::sync::Mutex::new(old.public_bytes()));
+        let served = Arc::new(std::sync::Mutex::new(None));
+        let (base, reads) = rotating(current.clone(), served.clone()).await;
+        let service = discover_at(&base).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        let to = service.config.keys.encryption.public_bytes();
+        let seal = |by: &HpkeKeyPair, zip: &[u8]| {
+            mydata_package::e2e::seal_package(by, &to, "t1", "svc", zip).unwrap()
+        };
+
+        // The platform replaces its key; the next package is sealed with the new one.
+        *current.lock().unwrap() = new.public_bytes();
+        *served.lock().unwrap() = Some(seal(&new, b"zip one"));
+        let zip = service
+            .package(&token(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(zip, b"zip one");
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "the keys read again");
+        *served.lock().unwrap() = Some(seal(&new, b"zip two"));
+        let zip = service
+            .package(&token(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(zip, b"zip two");
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "and kept");
+        // login_hint goes to the new key now.
+        let hint = service.login_hint("A123456789").unwrap();
+        let opened = mydata_package::e2e::open_login_hint(&new, "svc", &hint).unwrap();
+        assert_eq!(opened.as_str(), "A123456789");
+
+        // Sealed with a key the platform no longer publishes: not opened, but handed back.
+        let lost = seal(&old, b"zip three");
+        *served.lock().unwrap() = Some(lost.clone());
+        let err = service
+            .package(&token(), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        let Error::Unopened { envelope, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(err.to_string().contains("keep its envelope"), "{err}");
+        let kept: Envelope = serde_json::from_slice(&envelope.0).unwrap();
+        assert_eq!(kept, lost);
+        // Once its sender is known again, the kept envelope opens.
+        *current.lock().unwrap() = old.public_bytes();
+        service.refresh_platform_keys().await.unwrap();
+        assert_eq!(service.open(&token(), &kept).unwrap(), b"zip three");
+    }
+
+    #[tokio::test]
+    async fn keys_saved_and_loaded_are_the_same_keys_and_open_what_was_sealed_to_them() {
+        use p256::ecdsa::signature::Verifier as _;
+        let platform = HpkeKeyPair::generate();
+        let current = Arc::new(std::sync::Mutex::new(platform.public_bytes()));
+        let served = Arc::new(std::sync::Mutex::new(None));
+        let (base, _) = rotating(current, served.clone()).await;
+
+        // A service replaced its encryption key, keeping the old one, and saved them all.
+        let (old, new) = (HpkeKeyPair::generate(), HpkeKeyPair::generate());
+        let old_public = old.public_bytes();
+        let signing = <SigningKey as p256::elliptic_curve::Generate>::generate();
+        let saved = Keys::new(signing.clone(), old).with_encryption_key(new);
+        let pem = saved.to_pem().unwrap();
+        assert_eq!(pem.matches("-----BEGIN PRIVATE KEY-----").count(), 4);
+        let loaded = Keys::from_pem(&format!("saved keys\n{}\n", pem.as_str())).unwrap();
+        assert_eq!(loaded.public_jwks(), saved.public_jwks());
+        assert_eq!(loaded.dpop_jkt(), saved.dpop_jkt());
+        assert_eq!(format!("{loaded:?}"), format!("{saved:?}"));
+        assert_eq!(loaded.to_pem().unwrap(), pem);
+
+        // What the loaded keys sign verifies with the key registered before.
+        let jwt = loaded
+            .prepared()
+            .unwrap()
+            .signing
+            .sign("e30", br#"{"iss":"svc"}"#);
+        let (input, sig) = jwt.rsplit_once('.').unwrap();
+        let sig =
+            p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+        signing
+            .verifying_key()
+            .verify(input.as_bytes(), &sig)
+            .unwrap();
+
+        // Envelopes sealed to the new key and to the old one both open.
+        let config = ServiceConfig::new(&base, "svc", "https://svc/cb", loaded).unwrap();
+        let service = Service::discover(config).await.unwrap();
+        let now = service.config.keys.encryption.public_bytes();
+        assert_ne!(now, old_public, "the new key is the one registered");
+        for (to, zip) in [(now, b"to the new key"), (old_public, b"to the old key")] {
+            let env = mydata_package::e2e::seal_package(&platform, &to, "t1", "svc", zip).unwrap();
+            *served.lock().unwrap() = Some(env);
+            let got = service
+                .package(&token(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert_eq!(got, zip);
+        }
+
+        // Not keys: refused, naming what is wrong.
+        for (text, says) in [
+            ("", "0 PEM blocks"),
+            (&pem[..pem.find("-----END").unwrap()], "no END line"),
+        ] {
+            let err = Keys::from_pem(text).unwrap_err();
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let blocks = pem_blocks(&pem).unwrap();
+        let swapped = format!("{}{}{}", blocks[0], blocks[2], blocks[1]);
+        let err = Keys::from_pem(&swapped).unwrap_err();
+        assert!(err.to_string().contains("DPoP key"), "{err}");
+        let swapped = format!("{}{}{}", blocks[0], blocks[1], blocks[0]);
+        let err = Keys::from_pem(&swapped).unwrap_err();
+        assert!(err.to_string().contains("not X25519"), "{err}");
     }
 
     #[tokio::test]

@@ -42,8 +42,8 @@ pub struct Registration {
     /// Whether the platform accepts this service's signed identity assertions.
     #[serde(default)]
     pub trusted_verifier: bool,
-    /// RFC 9449 §5.2: every token request must carry a DPoP proof. Always so in `production`
-    /// (FAPI 2.0 sender-constrained tokens), whatever this says.
+    /// RFC 9449 §5.2: every token request must carry a DPoP proof. Always so in `trial` and
+    /// `production` (real data; FAPI 2.0 sender-constrained tokens), whatever this says.
     #[serde(default)]
     pub dpop_bound_access_tokens: bool,
 }
@@ -493,6 +493,33 @@ mod cache_tests {
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
         }
+    }
+
+    /// The published API and the guide name the environments `requires_dpop` holds to a proof.
+    #[test]
+    fn the_docs_say_who_must_send_dpop_proofs() {
+        for env in ["test", "trial", "production"] {
+            let r = ClientRow {
+                environment: env.into(),
+                ..row("sp", "A")
+            };
+            assert_eq!(requires_dpop(&r), env != "test", "{env}");
+        }
+        let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let api = flat(include_str!("../../../../docs/service-api.yaml"));
+        assert!(
+            api.contains("required of trial and production services and of those registered with `dpop_bound_access_tokens`"),
+            "service-api.yaml, info"
+        );
+        assert!(
+            api.contains("Always required of `trial` and `production` services"),
+            "service-api.yaml, dpop_bound_access_tokens"
+        );
+        let guide = flat(include_str!("../../../../docs/ONLINE-SERVICES.md"));
+        assert!(
+            guide.contains("of **every `trial` and `production` service**"),
+            "ONLINE-SERVICES.md"
+        );
     }
 
     #[test]
