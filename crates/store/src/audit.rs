@@ -115,7 +115,19 @@ pub(crate) use bind_audit;
 impl Store {
     /// Appends one event and returns its sequence number.
     pub async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64> {
-        Ok(on_pool!(self, pool => insert_audit!(pool, e))?)
+        // A write step (see `step`): on SQLite it joins the writer's group commit.
+        const SQLITE: &str = "BEGIN IMMEDIATE;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq;
+COMMIT";
+        let rows: Vec<(i64,)> =
+            crate::step::write_step!(self, SQLITE, INSERT_AUDIT, |q| bind_audit!(q, e));
+        rows.into_iter()
+            .next()
+            .map(|(seq,)| seq)
+            .ok_or_else(|| StoreError::NotFound {
+                what: "appended audit event",
+                id: e.kind.clone(),
+            })
     }
 
     /// Appends many events in one transaction (multi-row inserts); returns how many were appended.

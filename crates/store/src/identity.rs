@@ -62,6 +62,13 @@ pub struct ContactRow {
     pub verified_at: i64,
 }
 
+crate::step::step_row!(ContactRow {
+    subject,
+    channel,
+    address,
+    verified_at,
+});
+
 /// A one-time code as stored (hashed).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct CodeRow {
@@ -265,9 +272,13 @@ impl Store {
     }
 
     pub async fn contacts(&self, pseudonym: &str) -> Result<Vec<ContactRow>> {
-        Ok(on_read_pool!(self, pool => sqlx::query_as(
-            "SELECT subject, channel, address, verified_at FROM contacts WHERE subject = $1 ORDER BY channel")
-            .bind(pseudonym).fetch_all(pool).await?))
+        // In the calling thread on SQLite (see `step`): every transfer's notice asks.
+        let rows: Vec<ContactRow> = crate::step::read_rows!(
+            self,
+            "SELECT subject, channel, address, verified_at FROM contacts WHERE subject = $1 ORDER BY channel",
+            |q| q.bind(pseudonym)
+        );
+        Ok(rows)
     }
 
     /// Stores a new code for the session, replacing any earlier code of that session.
@@ -398,10 +409,19 @@ impl Store {
     }
 
     pub async fn add_outbox(&self, m: &OutboxRow) -> Result<()> {
-        on_pool!(self, pool => sqlx::query(
-            "INSERT INTO outbox (id, at, channel, recipient, title, body) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(&m.id).bind(m.at).bind(&m.channel).bind(&m.recipient).bind(&m.title).bind(&m.body)
-            .execute(pool).await.map(|_| ())?);
+        // Write steps (see `step`): on SQLite they join the writer's group commit, as the
+        // notice of every transfer passes here.
+        const INSERT: &str = "INSERT INTO outbox (id, at, channel, recipient, title, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+        const SQLITE: &str = "BEGIN IMMEDIATE;
+INSERT INTO outbox (id, at, channel, recipient, title, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id;
+COMMIT";
+        let _: Vec<(String,)> = crate::step::write_step!(self, SQLITE, INSERT, |q| q
+            .bind(&m.id)
+            .bind(m.at)
+            .bind(&m.channel)
+            .bind(&m.recipient)
+            .bind(&m.title)
+            .bind(&m.body));
         Ok(())
     }
 
@@ -415,8 +435,11 @@ impl Store {
     /// Empties a job's payload once it has done its work (a message job carries an address and a
     /// code, which must not outlive the sending).
     pub async fn clear_job_payload(&self, id: &str) -> Result<()> {
-        on_pool!(self, pool => sqlx::query("UPDATE jobs SET payload = '{}' WHERE id = $1")
-            .bind(id).execute(pool).await.map(|_| ())?);
+        const UPDATE: &str = "UPDATE jobs SET payload = '{}' WHERE id = $1 RETURNING id";
+        const SQLITE: &str = "BEGIN IMMEDIATE;
+UPDATE jobs SET payload = '{}' WHERE id = $1 RETURNING id;
+COMMIT";
+        let _: Vec<(String,)> = crate::step::write_step!(self, SQLITE, UPDATE, |q| q.bind(id));
         Ok(())
     }
 }

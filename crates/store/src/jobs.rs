@@ -158,8 +158,14 @@ crate::step::step_row!(JobRow {
     last_error,
 });
 
-pub(crate) const INSERT_JOB: &str = "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-                   VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING";
+/// The text of [`INSERT_JOB`], for statements built around it at compile time.
+macro_rules! insert_job_sql {
+    () => {
+        "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+                   VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $7) ON CONFLICT (dedup_key) DO NOTHING"
+    };
+}
+pub(crate) const INSERT_JOB: &str = insert_job_sql!();
 
 /// Runs [`INSERT_JOB`] for a `&NewJob` on an executor (a pool or an open transaction); evaluates
 /// to the rows affected (0 when a job with the same `dedup_key` exists).
@@ -227,8 +233,24 @@ static DONE_THEN_CLAIM_POSTGRES: LazyLock<String> = LazyLock::new(|| {
 impl Store {
     /// Adds a job. Returns false when a job with the same `dedup_key` already exists.
     pub async fn enqueue_job(&self, job: &NewJob, now: Timestamp) -> Result<bool> {
-        let res = on_pool!(self, pool => insert_job!(pool, job, now)?);
-        Ok(res == 1)
+        // A write step (see `step`): on SQLite it joins the writer's group commit instead of
+        // holding the writer for a commit of its own (a notice per transfer did, at 25 % of the
+        // throughput).
+        const SQLITE: &str = concat!(
+            "BEGIN IMMEDIATE;\n",
+            insert_job_sql!(),
+            " RETURNING id;\nCOMMIT"
+        );
+        const POSTGRES: &str = concat!(insert_job_sql!(), " RETURNING id");
+        let rows: Vec<(String,)> = crate::step::write_step!(self, SQLITE, POSTGRES, |q| q
+            .bind(&job.id)
+            .bind(&job.queue)
+            .bind(job.payload.to_string())
+            .bind(i64::from(job.max_attempts.max(1)))
+            .bind(job.run_at.millis())
+            .bind(&job.dedup_key)
+            .bind(now.millis()));
+        Ok(rows.len() == 1)
     }
 
     /// Claims the next due job of `queue` for `worker` until `now + lease`, or returns None.
