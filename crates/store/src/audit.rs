@@ -74,7 +74,13 @@ impl TryFrom<AuditRow> for AuditEvent {
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit at six per row.
 pub(crate) const BATCH_ROWS: usize = 1000;
 
-pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq";
+/// The text of [`INSERT_AUDIT`], for statements built around it at compile time.
+macro_rules! insert_audit_sql {
+    () => {
+        "INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq"
+    };
+}
+pub(crate) const INSERT_AUDIT: &str = insert_audit_sql!();
 const SELECT_AUDIT: &str =
     "SELECT seq, at, kind, subject, transfer_id, actor, detail FROM audit_events";
 
@@ -116,11 +122,8 @@ impl Store {
     /// Appends one event and returns its sequence number.
     pub async fn append_audit(&self, e: &NewAuditEvent) -> Result<i64> {
         // A write step (see `step`): on SQLite it joins the writer's group commit.
-        const SQLITE: &str = "BEGIN IMMEDIATE;
-INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq;
-COMMIT";
         let rows: Vec<(i64,)> =
-            crate::step::write_step!(self, SQLITE, INSERT_AUDIT, |q| bind_audit!(q, e));
+            crate::step::write_one!(self, insert_audit_sql!(), |q| bind_audit!(q, e));
         rows.into_iter()
             .next()
             .map(|(seq,)| seq)

@@ -411,17 +411,17 @@ impl Store {
     pub async fn add_outbox(&self, m: &OutboxRow) -> Result<()> {
         // Write steps (see `step`): on SQLite they join the writer's group commit, as the
         // notice of every transfer passes here.
-        const INSERT: &str = "INSERT INTO outbox (id, at, channel, recipient, title, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
-        const SQLITE: &str = "BEGIN IMMEDIATE;
-INSERT INTO outbox (id, at, channel, recipient, title, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id;
-COMMIT";
-        let _: Vec<(String,)> = crate::step::write_step!(self, SQLITE, INSERT, |q| q
-            .bind(&m.id)
-            .bind(m.at)
-            .bind(&m.channel)
-            .bind(&m.recipient)
-            .bind(&m.title)
-            .bind(&m.body));
+        let _: Vec<(String,)> = crate::step::write_one!(
+            self,
+            "INSERT INTO outbox (id, at, channel, recipient, title, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            |q| q
+                .bind(&m.id)
+                .bind(m.at)
+                .bind(&m.channel)
+                .bind(&m.recipient)
+                .bind(&m.title)
+                .bind(&m.body)
+        );
         Ok(())
     }
 
@@ -435,11 +435,11 @@ COMMIT";
     /// Empties a job's payload once it has done its work (a message job carries an address and a
     /// code, which must not outlive the sending).
     pub async fn clear_job_payload(&self, id: &str) -> Result<()> {
-        const UPDATE: &str = "UPDATE jobs SET payload = '{}' WHERE id = $1 RETURNING id";
-        const SQLITE: &str = "BEGIN IMMEDIATE;
-UPDATE jobs SET payload = '{}' WHERE id = $1 RETURNING id;
-COMMIT";
-        let _: Vec<(String,)> = crate::step::write_step!(self, SQLITE, UPDATE, |q| q.bind(id));
+        let _: Vec<(String,)> = crate::step::write_one!(
+            self,
+            "UPDATE jobs SET payload = '{}' WHERE id = $1 RETURNING id",
+            |q| q.bind(id)
+        );
         Ok(())
     }
 }

@@ -169,18 +169,25 @@ pub(crate) const INSERT_JOB: &str = insert_job_sql!();
 
 /// Runs [`INSERT_JOB`] for a `&NewJob` on an executor (a pool or an open transaction); evaluates
 /// to the rows affected (0 when a job with the same `dedup_key` exists).
-macro_rules! insert_job {
-    ($exec:expr, $job:expr, $now:expr) => {{
+/// Binds a `&NewJob`'s values for [`INSERT_JOB`] to `$q` (a query or a write step's binder).
+macro_rules! bind_job {
+    ($q:expr, $job:expr, $now:expr) => {{
         let job: &$crate::NewJob = $job;
         let now: mydata_core::Timestamp = $now;
-        sqlx::query($crate::jobs::INSERT_JOB)
-            .bind(&job.id)
+        $q.bind(&job.id)
             .bind(&job.queue)
             .bind(job.payload.to_string())
             .bind(i64::from(job.max_attempts.max(1)))
             .bind(job.run_at.millis())
             .bind(&job.dedup_key)
             .bind(now.millis())
+    }};
+}
+pub(crate) use bind_job;
+
+macro_rules! insert_job {
+    ($exec:expr, $job:expr, $now:expr) => {{
+        $crate::jobs::bind_job!(sqlx::query($crate::jobs::INSERT_JOB), $job, $now)
             .execute($exec)
             .await
             .map(|r| r.rows_affected())
@@ -236,20 +243,11 @@ impl Store {
         // A write step (see `step`): on SQLite it joins the writer's group commit instead of
         // holding the writer for a commit of its own (a notice per transfer did, at 25 % of the
         // throughput).
-        const SQLITE: &str = concat!(
-            "BEGIN IMMEDIATE;\n",
-            insert_job_sql!(),
-            " RETURNING id;\nCOMMIT"
+        let rows: Vec<(String,)> = crate::step::write_one!(
+            self,
+            concat!(insert_job_sql!(), " RETURNING id"),
+            |q| bind_job!(q, job, now)
         );
-        const POSTGRES: &str = concat!(insert_job_sql!(), " RETURNING id");
-        let rows: Vec<(String,)> = crate::step::write_step!(self, SQLITE, POSTGRES, |q| q
-            .bind(&job.id)
-            .bind(&job.queue)
-            .bind(job.payload.to_string())
-            .bind(i64::from(job.max_attempts.max(1)))
-            .bind(job.run_at.millis())
-            .bind(&job.dedup_key)
-            .bind(now.millis()));
         Ok(rows.len() == 1)
     }
 

@@ -471,6 +471,21 @@ macro_rules! write_step {
 }
 pub(crate) use write_step;
 
+/// A write step of one statement, `$sql` (a literal, or a macro that expands to one, ending in
+/// `RETURNING ...`): the same text on both backends, between `BEGIN IMMEDIATE` and `COMMIT` on
+/// SQLite.
+macro_rules! write_one {
+    ($store:expr, $sql:expr, |$q:ident| $bind:expr) => {
+        $crate::step::write_step!(
+            $store,
+            concat!("BEGIN IMMEDIATE;\n", $sql, ";\nCOMMIT"),
+            $sql,
+            |$q| $bind
+        )
+    };
+}
+pub(crate) use write_one;
+
 /// Runs one read, `$sql` with the parameters `$bind` adds to `$q`, on SQLite in the calling thread
 /// (see `readers`) or on the PostgreSQL pool; evaluates to every row, decoded as the type the
 /// caller names.
