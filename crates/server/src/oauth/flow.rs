@@ -641,7 +641,7 @@ async fn sign_in_first(
 
 /// The sign-in page, offering the ways `datasets` accept, then back to this request.
 fn to_login(uri: &axum::http::Uri, datasets: &[String]) -> Response {
-    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    let enc = crate::routes::login::urlencode;
     let next = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut href = format!("/login?next={}", enc(next));
     if !datasets.is_empty() {
@@ -692,7 +692,7 @@ pub struct ConsentPage {
 
 /// The authorize URL of request `id` (local path), where a new sign-in opens it again.
 fn authorize_path(client_id: &str, id: &str) -> String {
-    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    let enc = crate::routes::login::urlencode;
     format!(
         "/oauth/authorize?client_id={}&request_uri={}",
         enc(client_id),
@@ -1241,6 +1241,13 @@ pub async fn consent_submit(
     }
 }
 
+/// The answer to the service when the person chose not to send the data (at the confirmation,
+/// or the same answer repeated).
+const NOT_SENT: [(&str, &str); 2] = [
+    ("error", "access_denied"),
+    ("error_description", "the person chose not to send the data"),
+];
+
 /// The same answer again from the request's own session (a double tap, or the back button):
 /// browsers show the last response, so the first one's redirect never reached the service. A
 /// repeated "send" gets a fresh code in place of the unspent one; a repeated "do not send" the
@@ -1274,14 +1281,7 @@ async fn repeated_answer(
                 Err(e) => Some(Err(e.into())),
             }
         }
-        ("refused", Some("dont_send")) => Some(Ok(back_to_service(
-            p,
-            &iss,
-            &[
-                ("error", "access_denied"),
-                ("error_description", "the person chose not to send the data"),
-            ],
-        ))),
+        ("refused", Some("dont_send")) => Some(Ok(back_to_service(p, &iss, &NOT_SENT))),
         _ => None,
     }
 }
@@ -1411,14 +1411,7 @@ pub async fn confirm_submit(
                 .advance_request(&id, "consented", "refused", None, Some(&event), now)
                 .await
                 .map_err(|e| PageError(e.into(), lang))?;
-            Ok(back_to_service(
-                &p,
-                &iss,
-                &[
-                    ("error", "access_denied"),
-                    ("error_description", "the person chose not to send the data"),
-                ],
-            ))
+            Ok(back_to_service(&p, &iss, &NOT_SENT))
         }
         _ => Err(PageError(
             AppError::InvalidBody("decision must be send or dont_send".into()),
