@@ -31,6 +31,8 @@ struct Inner {
     settled: crate::settled::Settled,
     /// Fetch jobs of this process waiting for a busy agency's call slot, by agency.
     slot_freed: crate::settled::Settled,
+    /// The SMTP transport and its open connections.
+    mailer: crate::identity::messages::Mailer,
 }
 
 impl AppState {
@@ -60,6 +62,7 @@ impl AppState {
                 clients: Default::default(),
                 settled: Default::default(),
                 slot_freed: Default::default(),
+                mailer: Default::default(),
             }),
         }
     }
@@ -108,6 +111,10 @@ impl AppState {
     /// Service registrations this process read recently.
     pub fn client_cache(&self) -> &crate::oauth::clients::ClientCache {
         &self.inner.clients
+    }
+    /// The SMTP transport, kept with its connections between messages.
+    pub fn mailer(&self) -> &crate::identity::messages::Mailer {
+        &self.inner.mailer
     }
     /// The cache of services' JWK sets fetched from their `jwks_uri`.
     pub fn jwks_cache(&self) -> &crate::oauth::assertion::JwksCache {

@@ -95,6 +95,33 @@ pub struct OutboxRow {
     pub body: String,
 }
 
+/// A message job's done state with its payload emptied, under the lease of `$2` (see
+/// [`Store::record_message_sent`]).
+macro_rules! message_done_sql {
+    () => {
+        "UPDATE jobs SET state = 'done', payload = '{}', lease_owner = NULL, lease_until = NULL, updated_at = $3
+         WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING id"
+    };
+}
+const MESSAGE_SENT_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
+INSERT INTO outbox (id, at, channel, recipient, title, body) SELECT $4, $5, $6, $7, $8, $9 WHERE $4 IS NOT NULL
+    ON CONFLICT (id) DO NOTHING;
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $10, $11, $12, $13, $14, $15 WHERE $11 IS NOT NULL;
+",
+    message_done_sql!(),
+    ";\nCOMMIT"
+);
+const MESSAGE_SENT_POSTGRES: &str = concat!(
+    "WITH o AS (INSERT INTO outbox (id, at, channel, recipient, title, body)
+    SELECT $4::text, $5::bigint, $6::text, $7::text, $8::text, $9::text WHERE $4::text IS NOT NULL
+    ON CONFLICT (id) DO NOTHING),
+a AS (INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail)
+    SELECT $10::bigint, $11::text, $12::text, $13::text, $14::text, $15::text WHERE $11::text IS NOT NULL)
+",
+    message_done_sql!()
+);
+
 /// What a challenge lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChallengeUse {
@@ -408,23 +435,6 @@ impl Store {
         })
     }
 
-    pub async fn add_outbox(&self, m: &OutboxRow) -> Result<()> {
-        // Write steps (see `step`): on SQLite they join the writer's group commit, as the
-        // notice of every transfer passes here.
-        let _: Vec<(String,)> = crate::step::write_one!(
-            self,
-            "INSERT INTO outbox (id, at, channel, recipient, title, body) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            |q| q
-                .bind(&m.id)
-                .bind(m.at)
-                .bind(&m.channel)
-                .bind(&m.recipient)
-                .bind(&m.title)
-                .bind(&m.body)
-        );
-        Ok(())
-    }
-
     /// The newest messages first.
     pub async fn outbox(&self, limit: u32) -> Result<Vec<OutboxRow>> {
         Ok(on_pool!(self, pool => sqlx::query_as(
@@ -432,14 +442,37 @@ impl Store {
             .bind(i64::from(limit)).fetch_all(pool).await?))
     }
 
-    /// Empties a job's payload once it has done its work (a message job carries an address and a
-    /// code, which must not outlive the sending).
-    pub async fn clear_job_payload(&self, id: &str) -> Result<()> {
-        let _: Vec<(String,)> = crate::step::write_one!(
-            self,
-            "UPDATE jobs SET payload = '{}' WHERE id = $1 RETURNING id",
-            |q| q.bind(id)
-        );
-        Ok(())
+    /// Records a delivered message in one write step: the demo's outbox row (when `outbox` is
+    /// given, the delivery itself), the notice's audit event (when `audit` is given), and the
+    /// message job `job` done with its payload emptied while `worker` still holds its lease.
+    /// Four commits' worth of writes before (one per transfer's notice). Returns false when the
+    /// lease was lost: the rows are written all the same, the job is left to its new owner. The
+    /// outbox row is keyed by the job: a second run of the job adds none.
+    pub async fn record_message_sent(
+        &self,
+        job: &str,
+        worker: &str,
+        outbox: Option<&OutboxRow>,
+        audit: Option<&crate::NewAuditEvent>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let rows: Vec<(String,)> =
+            crate::step::write_step!(self, MESSAGE_SENT_SQLITE, MESSAGE_SENT_POSTGRES, |q| q
+                .bind(job)
+                .bind(worker)
+                .bind(now.millis())
+                .bind(outbox.map(|m| &m.id))
+                .bind(outbox.map(|m| m.at))
+                .bind(outbox.map(|m| &m.channel))
+                .bind(outbox.map(|m| &m.recipient))
+                .bind(outbox.map(|m| &m.title))
+                .bind(outbox.map(|m| &m.body))
+                .bind(audit.map(|e| e.at.millis()))
+                .bind(audit.map(|e| &e.kind))
+                .bind(audit.and_then(|e| e.subject.as_ref()))
+                .bind(audit.and_then(|e| e.transfer_id.as_ref()))
+                .bind(audit.map(|e| &e.actor))
+                .bind(audit.map(|e| e.detail.to_string())));
+        Ok(rows.len() == 1)
     }
 }

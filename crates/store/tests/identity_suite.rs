@@ -26,7 +26,7 @@ on_both_backends!(
     codes_are_single_use_with_bounded_attempts,
     challenges_are_single_use_per_session_and_expire,
     subjects_passwords_and_contacts,
-    outbox_lists_newest_first_and_job_payloads_can_be_emptied,
+    a_sent_message_is_recorded_with_its_job_done_and_emptied,
     sweep_removes_ended_sessions_and_stale_state,
 );
 
@@ -209,18 +209,56 @@ async fn subjects_passwords_and_contacts(s: &Store) {
     assert_eq!(contacts[0].address, "c@d.example");
 }
 
-async fn outbox_lists_newest_first_and_job_payloads_can_be_emptied(s: &Store) {
+async fn a_sent_message_is_recorded_with_its_job_done_and_emptied(s: &Store) {
+    let worker = "w1";
     for (i, id) in ["m1", "m2"].iter().enumerate() {
-        s.add_outbox(&OutboxRow {
+        let job = mydata_store::NewJob {
+            id: (*id).into(),
+            queue: "messages".into(),
+            payload: serde_json::json!({"to": "a@b.example"}),
+            run_at: T0,
+            max_attempts: 3,
+            dedup_key: None,
+        };
+        s.enqueue_job(&job, T0).await.unwrap();
+        let claimed = s
+            .claim_job("messages", worker, MIN, T0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(claimed.id, *id);
+        let row = OutboxRow {
             id: (*id).into(),
             at: T0.millis() + i64::try_from(i).unwrap(),
             channel: "email".into(),
             recipient: "a@b.example".into(),
             title: "t".into(),
             body: "b".into(),
-        })
-        .await
-        .unwrap();
+        };
+        // The second is a notice about a transfer: its audit event goes with it.
+        let audit = (i == 1).then(|| mydata_store::NewAuditEvent {
+            at: T0,
+            kind: "notice.sent".into(),
+            subject: Some("p-a".into()),
+            transfer_id: Some("t-1".into()),
+            actor: "platform".into(),
+            detail: serde_json::json!({"event": "ready", "channel": "email"}),
+        });
+        let held = s
+            .record_message_sent(id, worker, Some(&row), audit.as_ref(), T0)
+            .await
+            .unwrap();
+        assert!(held);
+        // Run again by a worker whose lease is gone: no second outbox row, the job untouched.
+        let held = s
+            .record_message_sent(id, "w2", Some(&row), None, T0)
+            .await
+            .unwrap();
+        assert!(!held);
+        let job = s.job(id).await.unwrap().unwrap();
+        assert_eq!(job.state, mydata_store::JobState::Done);
+        assert_eq!(job.payload, serde_json::json!({}));
+        assert_eq!(job.lease_owner, None);
     }
     let ids: Vec<String> = s
         .outbox(10)
@@ -230,18 +268,32 @@ async fn outbox_lists_newest_first_and_job_payloads_can_be_emptied(s: &Store) {
         .map(|m| m.id)
         .collect();
     assert_eq!(ids, ["m2", "m1"]);
+    let events = s.audit_for_transfer("t-1").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "notice.sent");
+    assert_eq!(events[0].subject.as_deref(), Some("p-a"));
+    // Without an outbox row (a real mail server took it), only the job is recorded.
     let job = mydata_store::NewJob {
-        id: "j".into(),
+        id: "m3".into(),
         queue: "messages".into(),
-        payload: serde_json::json!({"to": "a@b.example"}),
+        payload: serde_json::json!({"to": "c@d.example"}),
         run_at: T0,
         max_attempts: 3,
         dedup_key: None,
     };
     s.enqueue_job(&job, T0).await.unwrap();
-    s.clear_job_payload("j").await.unwrap();
+    s.claim_job("messages", worker, MIN, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.record_message_sent("m3", worker, None, None, T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.outbox(10).await.unwrap().len(), 2);
     assert_eq!(
-        s.job("j").await.unwrap().unwrap().payload,
+        s.job("m3").await.unwrap().unwrap().payload,
         serde_json::json!({})
     );
 }

@@ -12,6 +12,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mydata_store::{Job, NewJob, OutboxRow};
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The job queue of outgoing messages.
@@ -173,79 +174,103 @@ impl JobHandler for MessageSender {
                 Ok(m) => m,
                 Err(e) => return JobOutcome::Failed(format!("unreadable message job: {e}")),
             };
-            match deliver(&state, &job.id, &msg).await {
-                Ok(()) => {
-                    if let Err(e) = state.store().clear_job_payload(&job.id).await {
-                        tracing::warn!(job = %job.id, error = %e, "could not empty a sent message job");
+            let now = state.clock().now();
+            // With the demo's outbox, its row is the delivery and is written with the record.
+            let outbox = state.settings().messages.dev_outbox.then(|| OutboxRow {
+                id: job.id.clone(),
+                at: now.millis(),
+                channel: msg.channel.code().into(),
+                recipient: msg.to.clone(),
+                title: msg.title.clone(),
+                body: msg.body.clone(),
+            });
+            if outbox.is_none()
+                && let Err(e) = send(&state, &msg).await
+            {
+                tracing::warn!(job = %job.id, channel = msg.channel.code(), attempt = job.attempts, error = %e, "message not sent");
+                return retry(&state, job.attempts, e);
+            }
+            let audit = msg.audit.as_ref().map(|a| mydata_store::NewAuditEvent {
+                at: now,
+                kind: "notice.sent".into(),
+                subject: Some(a.subject.clone()),
+                transfer_id: Some(a.transfer_id.clone()),
+                actor: "platform".into(),
+                detail: serde_json::json!({ "event": a.event, "channel": msg.channel.code() }),
+            });
+            let worker = job.lease_owner.as_deref().unwrap_or_default();
+            match state
+                .store()
+                .record_message_sent(&job.id, worker, outbox.as_ref(), audit.as_ref(), now)
+                .await
+            {
+                Ok(held) => {
+                    if !held {
+                        tracing::warn!(job = %job.id, "message job lease lost during its run");
                     }
                     tracing::info!(job = %job.id, channel = msg.channel.code(), "message sent");
-                    if let Some(a) = &msg.audit {
-                        let event = mydata_store::NewAuditEvent {
-                            at: state.clock().now(),
-                            kind: "notice.sent".into(),
-                            subject: Some(a.subject.clone()),
-                            transfer_id: Some(a.transfer_id.clone()),
-                            actor: "platform".into(),
-                            detail: serde_json::json!({ "event": a.event, "channel": msg.channel.code() }),
-                        };
-                        // Logged after delivery: a retry after a failed append would send twice.
-                        if let Err(e) = state.store().append_audit(&event).await {
-                            tracing::error!(job = %job.id, error = %e, "a sent notice was not logged");
-                        }
-                    }
-                    JobOutcome::Done
+                    JobOutcome::Recorded
                 }
+                // Nothing was delivered: the outbox row went with the failed write.
+                Err(e) if outbox.is_some() => retry(&state, job.attempts, e.to_string()),
+                // Sent, but not recorded: not retried, which would send it twice; the job is
+                // marked done on its own and its payload goes with finished jobs' retention.
                 Err(e) => {
-                    tracing::warn!(job = %job.id, channel = msg.channel.code(), attempt = job.attempts, error = %e, "message not sent");
-                    // 30 s, 1, 2, 4 … minutes, at most 30: a code is worth little after that.
-                    let wait = Duration::from_secs(30)
-                        .saturating_mul(1u32 << job.attempts.saturating_sub(1).min(6))
-                        .min(Duration::from_secs(1800));
-                    JobOutcome::RetryAt {
-                        at: state.clock().now().plus(wait),
-                        error: e,
-                    }
+                    tracing::error!(job = %job.id, error = %e, "a sent message was not recorded");
+                    JobOutcome::Done
                 }
             }
         })
     }
 }
 
-async fn deliver(state: &AppState, id: &str, m: &OutgoingMessage) -> Result<(), String> {
-    let settings = &state.settings().messages;
-    if settings.dev_outbox {
-        return state
-            .store()
-            .add_outbox(&OutboxRow {
-                id: id.to_owned(),
-                at: state.clock().now().millis(),
-                channel: m.channel.code().into(),
-                recipient: m.to.clone(),
-                title: m.title.clone(),
-                body: m.body.clone(),
-            })
-            .await
-            .map_err(|e| e.to_string());
+/// The next attempt after failed attempt number `attempt`: 30 s, 1, 2, 4 … minutes, at most 30
+/// (a code is worth little after that).
+fn retry(state: &AppState, attempt: u32, error: String) -> JobOutcome {
+    let wait = Duration::from_secs(30)
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(6))
+        .min(Duration::from_secs(1800));
+    JobOutcome::RetryAt {
+        at: state.clock().now().plus(wait),
+        error,
     }
+}
+
+async fn send(state: &AppState, m: &OutgoingMessage) -> Result<(), String> {
+    let settings = &state.settings().messages;
     match m.channel {
-        Channel::Email => send_email(&settings.smtp, m).await,
+        Channel::Email => send_email(state, &settings.smtp, m).await,
         Channel::Sms => send_sms(state, &settings.sms, m).await,
     }
 }
 
-async fn send_email(s: &SmtpSettings, m: &OutgoingMessage) -> Result<(), String> {
-    if s.host.is_empty() {
-        return Err("no SMTP server configured (messages.smtp.host)".into());
+/// The process's SMTP transport, made at the first email and kept: its pool keeps connections to
+/// the mail server open between messages (a notice per transfer would otherwise pay a TCP and
+/// TLS handshake and a login each).
+#[derive(Default)]
+pub struct Mailer {
+    transport: OnceLock<Result<AsyncSmtpTransport<Tokio1Executor>, String>>,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("ready", &self.transport.get().is_some())
+            .finish()
     }
-    let from: Mailbox = s.from.parse().map_err(|e| format!("sender: {e}"))?;
-    let to: Mailbox = m.to.parse().map_err(|e| format!("recipient: {e}"))?;
-    let email = Message::builder()
-        .from(from)
-        .to(to)
-        .subject(&m.title)
-        .header(ContentType::TEXT_PLAIN)
-        .body(m.body.clone())
-        .map_err(|e| e.to_string())?;
+}
+
+impl Mailer {
+    /// The transport for `s`; the settings are the process's and do not change while it runs.
+    fn transport(&self, s: &SmtpSettings) -> Result<&AsyncSmtpTransport<Tokio1Executor>, String> {
+        self.transport
+            .get_or_init(|| build_transport(s))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+fn build_transport(s: &SmtpSettings) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let builder = match s.security {
         SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host),
         SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host),
@@ -258,8 +283,25 @@ async fn send_email(s: &SmtpSettings, m: &OutgoingMessage) -> Result<(), String>
     if !s.username.is_empty() {
         builder = builder.credentials(Credentials::new(s.username.clone(), s.password.clone()));
     }
-    builder
-        .build()
+    Ok(builder.build())
+}
+
+async fn send_email(state: &AppState, s: &SmtpSettings, m: &OutgoingMessage) -> Result<(), String> {
+    if s.host.is_empty() {
+        return Err("no SMTP server configured (messages.smtp.host)".into());
+    }
+    let from: Mailbox = s.from.parse().map_err(|e| format!("sender: {e}"))?;
+    let to: Mailbox = m.to.parse().map_err(|e| format!("recipient: {e}"))?;
+    let email = Message::builder()
+        .from(from)
+        .to(to)
+        .subject(&m.title)
+        .header(ContentType::TEXT_PLAIN)
+        .body(m.body.clone())
+        .map_err(|e| e.to_string())?;
+    state
+        .mailer()
+        .transport(s)?
         .send(email)
         .await
         .map(|_| ())

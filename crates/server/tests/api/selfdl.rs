@@ -703,6 +703,27 @@ async fn the_notice_is_retried_until_the_mail_server_takes_it() {
     );
 }
 
+/// A notice per transfer goes out over the connection the last one used: the platform keeps its
+/// connections to the mail server open instead of a TCP (and TLS) handshake and a login for each.
+#[tokio::test]
+async fn notices_reuse_the_connection_to_the_mail_server() {
+    let mut w = FlowWorld::spawn(Backend::Sqlite, 1.0).await;
+    let p = w.people[0].clone();
+    let b = w.signed_in(&p, "10.5.0.2").await;
+    let d = crate::fetch::instant(&w.agencies().sim);
+    for _ in 0..3 {
+        let (csrf, token) = consent_form(&b, &[&d.id]).await;
+        let id = transfer_of(&location(&submit(&b, &csrf, &token, &[&d.id]).await));
+        w.app.until_state(&id, TransferState::Ready).await;
+        let body = mail_body(&w.next_mail(BOUND).await);
+        assert!(body.contains(&id), "{body}");
+    }
+    assert_eq!(
+        w.smtp_connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
 /// The next message the SMS gateway took (bounded wait).
 async fn next_sms(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,

@@ -59,6 +59,8 @@ pub struct FlowWorld {
     pub app: DataApp,
     /// Messages the platform sent by email, whole (headers and body).
     pub mail: mpsc::UnboundedReceiver<String>,
+    /// How many connections the platform opened to the SMTP receiver.
+    pub smtp_connections: Arc<std::sync::atomic::AtomicUsize>,
     pub pki: Arc<IdentityPki>,
     /// Natural persons with an ID card and a household, all of different households.
     pub people: Vec<Person>,
@@ -129,7 +131,7 @@ impl FlowWorld {
             write_crl(ca, &crls[i].0, &[]);
         }
         let crl_paths: Vec<PathBuf> = crls.iter().map(|c| c.0.clone()).collect();
-        let (smtp_port, mail) = smtp_server().await;
+        let (smtp_port, mail, smtp_connections) = smtp_server_counted().await;
         let hash_key = files.path().join("identity-hash.key");
         let app = DataApp::spawn(backend, time_scale, |s| {
             s.identity.registry_url = s.agencies.base_url.clone();
@@ -158,6 +160,7 @@ impl FlowWorld {
         Self {
             app,
             mail,
+            smtp_connections,
             pki: Arc::new(pki),
             people,
             crls,
@@ -548,11 +551,24 @@ impl Browser {
 
 /// A minimal SMTP server on loopback: accepts every message and hands over its data.
 pub async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
+    let (port, rx, _) = smtp_server_counted().await;
+    (port, rx)
+}
+
+/// [`smtp_server`], also counting the connections it accepted.
+pub async fn smtp_server_counted() -> (
+    u16,
+    mpsc::UnboundedReceiver<String>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let tx = tx.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
@@ -592,7 +608,7 @@ pub async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<String>) {
             });
         }
     });
-    (port, rx)
+    (port, rx, connections)
 }
 
 /// A loopback SMS gateway (the platform's pluggable HTTP gateway: `POST {"to", "text"}`): hands
