@@ -202,8 +202,27 @@ pub async fn notify(
     event: &NoticeEvent,
 ) -> Result<usize, StoreError> {
     let now = state.clock().now();
-    let notice = build(state, t, event, now);
     let mut queued = 0;
+    for job in jobs(state, t, event, now).await? {
+        if crate::background::enqueue(state, &job, now).await? {
+            queued += 1;
+        }
+    }
+    tracing::info!(transfer = %t.id, event = event.code(), queued, "notice queued");
+    Ok(queued)
+}
+
+/// The `messages` jobs of the notice of `event` for transfer `t` at `now`, one per verified
+/// contact of its subject, for a caller that enqueues them with a write of its own (a retrieval
+/// and its notice in one commit). Each carries the dedup key that makes a second one a no-op.
+pub async fn jobs(
+    state: &AppState,
+    t: &Transfer,
+    event: &NoticeEvent,
+    now: Timestamp,
+) -> Result<Vec<NewJob>, StoreError> {
+    let notice = build(state, t, event, now);
+    let mut jobs = Vec::new();
     for contact in state.store().contacts(&t.subject).await? {
         let (channel, body) = match contact.channel.as_str() {
             "email" => (Channel::Email, notice.email.clone()),
@@ -234,10 +253,7 @@ pub async fn notify(
                 channel.code()
             )),
         };
-        if crate::background::enqueue(state, &job, now).await? {
-            queued += 1;
-        }
+        jobs.push(job);
     }
-    tracing::info!(transfer = %t.id, event = event.code(), queued, "notice queued");
-    Ok(queued)
+    Ok(jobs)
 }

@@ -323,18 +323,26 @@ SELECT sealed_key FROM u"
 /// that won, the transfer moved from version `$13` to state `$12` (released, then purged: two
 /// versions, two events `$14`/`$15` and `$16`/`$17`, subject `$18`, actor `$19`). Returns
 /// `(2, NULL)` for the `jti` recorded, `(0, key)` for the key taken, `(1, NULL)` per transfer event.
-/// On PostgreSQL the three events are one INSERT, so that they are numbered in this order.
+/// On PostgreSQL the three events are one INSERT, so that they are numbered in this order. If the
+/// key was taken, the jobs of `$20` (a JSON array from [`jobs_json`]) are enqueued; on SQLite the
+/// key is cleared last, so that a package taken at `$1` whose key is still there is the one this
+/// step took.
 const RETRIEVE_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
 INSERT INTO oauth_jtis (client_id, jti, expires_at) SELECT $9, $10, $11 WHERE $10 IS NOT NULL
     ON CONFLICT (expires_at, client_id, jti) DO NOTHING RETURNING 2, NULL;
 UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT NULL AND taken_at IS NULL AND expires_at > $1
     AND (changes() = 1 OR $10 IS NULL) RETURNING 0, sealed_key;
-UPDATE packages SET sealed_key = NULL, body = NULL, deleted_at = $1 WHERE transfer_id = $2 AND changes() = 1;
 ", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 WHERE changes() = 1;
 UPDATE transfers SET state = $12, updated_at = $1, version = version + 2 WHERE id = $2 AND version = $13 AND changes() = 1;
 ", insert_audit_columns!(), " SELECT $1, $14, $18, $2, $19, $15 WHERE changes() = 1
     UNION ALL SELECT $1, $16, $18, $2, $19, $17 WHERE changes() = 1 RETURNING 1, NULL;
+INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
+           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $1, $1
+    FROM json_each($20) WHERE EXISTS (SELECT 1 FROM packages WHERE transfer_id = $2 AND taken_at = $1 AND sealed_key IS NOT NULL)
+    ON CONFLICT (dedup_key) DO NOTHING;
+UPDATE packages SET sealed_key = NULL, body = NULL, deleted_at = $1 WHERE transfer_id = $2 AND taken_at = $1 AND sealed_key IS NOT NULL;
 COMMIT"
 );
 const RETRIEVE_POSTGRES: &str = concat!(
@@ -349,7 +357,11 @@ t AS (UPDATE transfers SET state = $12, updated_at = $1, version = version + 2
     WHERE id = $2 AND version = $13 AND EXISTS (SELECT 1 FROM u) RETURNING id),
 a AS (", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 FROM u
     UNION ALL SELECT $1, $14, $18, t.id, $19, $15 FROM t
-    UNION ALL SELECT $1, $16, $18, t.id, $19, $17 FROM t)
+    UNION ALL SELECT $1, $16, $18, t.id, $19, $17 FROM t),
+n AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', $1, $1
+    FROM u, jsonb_array_elements($20::jsonb) AS x
+    ON CONFLICT (dedup_key) DO NOTHING)
 SELECT k, NULL::text FROM j UNION ALL SELECT 0::bigint, sealed_key FROM u UNION ALL SELECT 1::bigint, NULL::text FROM t"
 );
 
@@ -1293,13 +1305,15 @@ impl Store {
 
     /// A service retrieves its package, in one step: records the DPoP proof's `jti` (if any), then
     /// takes the key as [`Store::take_package_key`] does, then moves `read` (a ready transfer, as
-    /// read for this request) to released and purged. The transfer is left as it is when it
+    /// read for this request) to released and purged; if the key was taken, `notices` (jobs, the
+    /// person's notice of the retrieval) are enqueued, each unless its dedup key exists. The transfer is left as it is when it
     /// changed since `read`: the caller then moves it from a fresh read.
     pub async fn retrieve_package(
         &self,
         read: &Transfer,
         audit: &NewAuditEvent,
         proof: Option<Jti<'_>>,
+        notices: &[NewJob],
         actor: &str,
         now: Timestamp,
     ) -> Result<Retrieval> {
@@ -1321,7 +1335,8 @@ impl Store {
             .bind(&purged_kind)
             .bind(purged_detail.to_string())
             .bind(&read.subject)
-            .bind(actor));
+            .bind(actor)
+            .bind(jobs_json(notices)));
         if proof.is_some() && !rows.iter().any(|r| r.0 == 2) {
             return Ok(Retrieval::ProofReplay);
         }

@@ -2013,6 +2013,17 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
         })
     };
     let taken = ev("service.retrieval", "r1");
+    // The person's notice, queued with the retrieval that takes the key and never otherwise.
+    let notice = |job: &str, transfer: &str| {
+        vec![mydata_store::NewJob {
+            id: job.into(),
+            queue: "messages".into(),
+            payload: serde_json::json!({ "to": "a@b.example" }),
+            run_at: T0,
+            max_attempts: 3,
+            dedup_key: Some(format!("notice:{transfer}:service:email")),
+        }]
+    };
     let kinds = |id: &'static str| async move {
         s.audit_for_transfer(id)
             .await
@@ -2025,19 +2036,34 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
 
     // A replayed proof: nothing changed.
     assert_eq!(
-        s.retrieve_package(&ready[0], &taken, proof("dpop:old"), "service:sp", T0)
-            .await
-            .unwrap(),
+        s.retrieve_package(
+            &ready[0],
+            &taken,
+            proof("dpop:old"),
+            &notice("n0", "r1"),
+            "service:sp",
+            T0
+        )
+        .await
+        .unwrap(),
         Retrieval::ProofReplay
     );
     assert_eq!(s.package("r1").await.unwrap().unwrap().taken_at, None);
     assert_eq!(kinds("r1").await, before);
+    assert_eq!(s.job("n0").await.unwrap(), None);
 
     // A fresh proof: the key, the transfer released then purged (two versions, two events).
     assert_eq!(
-        s.retrieve_package(&ready[0], &taken, proof("dpop:new"), "service:sp", T0)
-            .await
-            .unwrap(),
+        s.retrieve_package(
+            &ready[0],
+            &taken,
+            proof("dpop:new"),
+            &notice("n1", "r1"),
+            "service:sp",
+            T0
+        )
+        .await
+        .unwrap(),
         Retrieval::Taken {
             key: "wrapped-key".into(),
             closed: true
@@ -2059,19 +2085,40 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
     );
     let r1 = s.package("r1").await.unwrap().unwrap();
     assert!(r1.sealed_key.is_none() && r1.body.is_none());
+    let queued = s.job("n1").await.unwrap().unwrap();
+    assert_eq!(
+        (queued.queue.as_str(), queued.state),
+        ("messages", JobState::Queued)
+    );
     // Once only, with or without a proof.
     assert_eq!(
-        s.retrieve_package(&ready[0], &taken, proof("dpop:3"), "service:sp", T0)
-            .await
-            .unwrap(),
+        s.retrieve_package(
+            &ready[0],
+            &taken,
+            proof("dpop:3"),
+            &notice("n2", "r1-2"),
+            "service:sp",
+            T0
+        )
+        .await
+        .unwrap(),
         Retrieval::Gone
     );
     assert_eq!(
-        s.retrieve_package(&ready[0], &taken, None, "service:sp", T0)
-            .await
-            .unwrap(),
+        s.retrieve_package(
+            &ready[0],
+            &taken,
+            None,
+            &notice("n3", "r1-3"),
+            "service:sp",
+            T0
+        )
+        .await
+        .unwrap(),
         Retrieval::Gone
     );
+    assert_eq!(s.job("n2").await.unwrap(), None);
+    assert_eq!(s.job("n3").await.unwrap(), None);
 
     // A transfer changed since it was read: the key is taken, the transfer left for the caller.
     let stale = ready[1].clone();
@@ -2083,6 +2130,7 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
             &stale,
             &ev("service.retrieval", "r2"),
             None,
+            &notice("n4", "r2"),
             "service:sp",
             T0
         )
@@ -2097,6 +2145,7 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
         s.transfer("r2").await.unwrap().unwrap().state,
         TransferState::Delivered
     );
+    assert!(s.job("n4").await.unwrap().is_some());
 }
 
 async fn packaging_ends_in_one_step_and_only_once(s: &Store) {

@@ -214,26 +214,36 @@ pub async fn package(
         TransferState::Ready => {}
         _ => return Err(AppError::PackageGone(id).into_response()),
     }
-    let res = take_sealed(&state, &t, package, &row.client_id, proof.as_ref()).await?;
-    // The person hears of each use (資料取用通知): the package is spent, the notice is queued.
+    // The person hears of each use (資料取用通知): the notice is queued by the write that spends
+    // the package, so a package taken always has its notice and one taken by no one has none.
     let sent = crate::notices::NoticeEvent::SentToService {
         service: client.name.clone(),
     };
-    if let Err(e) = crate::notices::notify(&state, &t, &sent).await {
-        tracing::warn!(transfer = %t.id, error = %e, "the notice of a retrieval was not queued");
-    }
-    Ok(res)
+    let notices = crate::notices::jobs(&state, &t, &sent, now)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(transfer = %t.id, error = %e, "the notice of a retrieval was not queued");
+            Vec::new()
+        });
+    take_sealed(
+        &state,
+        &t,
+        package,
+        (&row.client_id, proof.as_ref()),
+        &notices,
+    )
+    .await
 }
 
 /// Hands the envelope out once: the guarded update that spends the package (with the DPoP proof's
-/// `jti`, if any) decides the winner, and releases and purges the transfer in the same write; the
-/// blob is deleted.
+/// `jti`, if any) decides the winner, and releases and purges the transfer and queues the
+/// `notices` in the same write; the blob is deleted.
 async fn take_sealed(
     state: &AppState,
     t: &Transfer,
     package: Option<mydata_store::PackageRecord>,
-    client_id: &str,
-    proof: Option<&dpop::Proof>,
+    (client_id, proof): (&str, Option<&dpop::Proof>),
+    notices: &[mydata_store::NewJob],
 ) -> Result<Response, Response> {
     let store = state.store();
     let now = state.clock().now();
@@ -263,13 +273,19 @@ async fn take_sealed(
             t,
             &audit,
             proof_jti.as_ref().map(|j| j.for_client(client_id)),
+            notices,
             &actor,
             now,
         )
         .await
         .map_err(|e| internal(e.into()))?
     {
-        Retrieval::Taken { closed, .. } => closed,
+        Retrieval::Taken { closed, .. } => {
+            if !notices.is_empty() {
+                state.job_wake().wake(crate::identity::messages::QUEUE);
+            }
+            closed
+        }
         Retrieval::Gone => return Err(gone()),
         Retrieval::ProofReplay => {
             return Err(OAuthError::from(dpop::ProofError::Replay).at_resource());
