@@ -16,8 +16,14 @@ use mydata_store::{NewJob, StoreError, Transfer, fetch_status};
 pub enum NoticeEvent {
     /// The datasets were fetched into the person's temporary space (self-download).
     Ready,
-    /// A counter clerk retrieved the data; the text names the counter (office and counter).
-    CounterRetrieved { counter: String },
+    /// A counter clerk opened the data; the text names the office and the counter. `access`
+    /// tells one opening from another (the verification password's ID): each is noticed.
+    CounterRetrieved {
+        office_zh: String,
+        office_en: String,
+        counter: String,
+        access: String,
+    },
     /// The data was sent to an online service; the text names the service.
     SentToService { service: String },
 }
@@ -28,6 +34,14 @@ impl NoticeEvent {
             NoticeEvent::Ready => "ready",
             NoticeEvent::CounterRetrieved { .. } => "counter",
             NoticeEvent::SentToService { .. } => "service",
+        }
+    }
+
+    /// What makes a second notice of the same event for the same transfer a repeat.
+    fn dedup(&self) -> String {
+        match self {
+            NoticeEvent::CounterRetrieved { access, .. } => format!("counter:{access}"),
+            other => other.code().to_owned(),
         }
     }
 }
@@ -147,11 +161,19 @@ pub fn build(state: &AppState, t: &Transfer, event: &NoticeEvent, at: Timestamp)
                 }
             ),
         ),
-        NoticeEvent::CounterRetrieved { counter } => (
+        NoticeEvent::CounterRetrieved {
+            office_zh,
+            office_en,
+            counter,
+            ..
+        } => (
             "【MyData 個人化資料自主運用】臨櫃已取用您的資料（系統信件）",
-            format!("{counter}已於 {when} 取用您的{}。", zh_list(&fetched)),
             format!(
-                "{counter} retrieved {} at {when} (Taiwan time).",
+                "您的{}已於 {when} 由「{office_zh}」{counter}核驗取用。若不是您本人在該櫃檯申辦，請立即與該機關聯絡。",
+                zh_list(&fetched)
+            ),
+            format!(
+                "{} was opened at {office_en}, {counter} at {when} (Taiwan time). If you were not at that counter yourself, contact the office at once.",
                 en_list(&fetched)
             ),
         ),
@@ -177,8 +199,10 @@ pub fn build(state: &AppState, t: &Transfer, event: &NoticeEvent, at: Timestamp)
             "【MyData】您申請的 {} 項資料已於 {when} 下載完成，申請編號 {short_id}。使用紀錄：{records}",
             fetched.len()
         ),
-        NoticeEvent::CounterRetrieved { counter } => format!(
-            "【MyData】{counter}已於 {when} 取用您的 {} 項資料，申請編號 {short_id}。使用紀錄：{records}",
+        NoticeEvent::CounterRetrieved {
+            office_zh, counter, ..
+        } => format!(
+            "【MyData】「{office_zh}」{counter}已於 {when} 取用您的 {} 項資料，申請編號 {short_id}；非本人請洽該機關。使用紀錄：{records}",
             fetched.len()
         ),
         NoticeEvent::SentToService { service } => format!(
@@ -249,7 +273,7 @@ pub async fn jobs(
             dedup_key: Some(format!(
                 "notice:{}:{}:{}",
                 t.id,
-                event.code(),
+                event.dedup(),
                 channel.code()
             )),
         };

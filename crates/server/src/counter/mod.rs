@@ -647,45 +647,32 @@ pub async fn verify(
         serde_json::json!({ "office": desk.office.id, "counter": desk.counter_id, "result": "accepted" }),
     )
     .await?;
-    notify_access(state, desk, t).await?;
+    notify_access(state, desk, t, &pw.id).await?;
     Ok(Ok(t.id.clone()))
 }
 
 /// Tells the person, on every contact they registered, which office and counter opened their data
-/// and when: if it was not them at that counter, they learn it at once.
-async fn notify_access(state: &AppState, desk: &Desk, t: &Transfer) -> Result<(), AppError> {
-    let store = state.store();
-    let counter_name = store
+/// and when: if it was not them at that counter, they learn it at once. One notice per opening
+/// (`access`, the verification password), logged as `notice.sent` once delivered.
+async fn notify_access(
+    state: &AppState,
+    desk: &Desk,
+    t: &Transfer,
+    access: &str,
+) -> Result<(), AppError> {
+    let counter = state
+        .store()
         .counter(&desk.counter_id)
         .await?
         .map(|c| c.name)
         .unwrap_or_else(|| desk.counter_id.clone());
-    let when = crate::routes::counter::taipei(state.clock().now());
-    for c in store.contacts(&t.subject).await? {
-        let channel = match c.channel.as_str() {
-            "sms" => Channel::Sms,
-            "email" => Channel::Email,
-            _ => continue,
-        };
-        let body = format!(
-            "您的 MyData 資料已於 {when} 由「{office}」{counter_name}核驗取用（申請編號 {id}）。若不是您本人在該櫃檯申辦，請立即與該機關聯絡；使用紀錄可在 MyData 平臺查詢。\n\n\
-             Your MyData data was opened at {office_en}, {counter_name} at {when} (Taiwan time; request {id}). If you were not at that counter yourself, contact the office at once; the platform's usage records show every use.",
-            office = desk.office.name_zh,
-            office_en = desk.office.name_en,
-            id = t.id,
-        );
-        messages::enqueue(
-            state,
-            &OutgoingMessage {
-                channel,
-                to: c.address,
-                title: "MyData 資料取用通知 / data access notice".into(),
-                body,
-                audit: None,
-            },
-        )
-        .await?;
-    }
+    let event = crate::notices::NoticeEvent::CounterRetrieved {
+        office_zh: desk.office.name_zh.clone(),
+        office_en: desk.office.name_en.clone(),
+        counter,
+        access: access.to_owned(),
+    };
+    crate::notices::notify(state, t, &event).await?;
     Ok(())
 }
 

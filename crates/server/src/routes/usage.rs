@@ -171,6 +171,18 @@ pub fn event_label(kind: &str, lang: Lang) -> String {
     }
 }
 
+/// A `notice.sent` event: the notice of this use went out, by email or SMS (never the address).
+fn notice_label(detail: &serde_json::Value, lang: Lang) -> &'static str {
+    match detail["channel"].as_str() {
+        Some("sms") => lang.pick("已寄送簡訊通知給您", "A notice was sent to you by SMS"),
+        Some("email") => lang.pick(
+            "已寄送電子郵件通知給您",
+            "A notice was sent to you by email",
+        ),
+        _ => lang.pick("已寄送通知給您", "A notice was sent to you"),
+    }
+}
+
 fn purpose_text(state: &AppState, t: &Transfer, lang: Lang) -> String {
     match (t.kind, t.purpose.as_str()) {
         (_, crate::routes::download::PURPOSE) => lang
@@ -239,6 +251,7 @@ pub async fn records_for(
                 None if cancel => lang
                     .pick("已取消，資料已刪除", "Cancelled; data deleted")
                     .into(),
+                None if e.kind == "notice.sent" => notice_label(&e.detail, lang).into(),
                 None => event_label(&e.kind, lang),
             };
             events.push(EventRecord {

@@ -5,7 +5,7 @@
 //! decoded with zbarimg (apt package zbar-tools).
 
 use crate::fetch::{DataApp, person};
-use crate::helpers::Backend;
+use crate::helpers::{Backend, eventually_within};
 use mydata_core::transfer::TransferState;
 use mydata_core::{Clock, IdNumber, limits};
 use mydata_server::counter::clerk::{self, Role};
@@ -1349,6 +1349,21 @@ async fn signed_in_person_applies_and_the_clerk_verifies_by_email(backend: Backe
         }
     }
     assert!(told, "an access notice");
+    // Logged once delivered, so the person's records show the notice went out.
+    eventually_within(
+        "the access notice logged",
+        Duration::from_secs(20),
+        || async {
+            w.app
+                .store()
+                .audit_for_transfer(&id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.kind == "notice.sent" && e.detail["event"] == "counter")
+        },
+    )
+    .await;
     let kinds: Vec<String> = w
         .app
         .store()

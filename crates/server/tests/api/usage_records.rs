@@ -70,13 +70,14 @@ async fn records_csv_neutralises_formulas_in_free_text() {
 }
 
 /// Online service and receipt events of one transfer of `alice`'s, all with known words.
-const SERVICE_EVENTS: [&str; 6] = [
+const SERVICE_EVENTS: [&str; 7] = [
     "service.consent",
     "service.release",
     "service.refused",
     "service.retrieval",
     "receipt.consent",
     "receipt.deletion",
+    "notice.sent",
 ];
 
 /// A world whose first person has one online transfer with every event of [`SERVICE_EVENTS`].
@@ -110,7 +111,12 @@ async fn online_transfer_with_events() -> (FlowWorld, Person) {
                 subject: Some(pseudonym.clone()),
                 transfer_id: Some(id.clone()),
                 actor: "service:svc".into(),
-                detail: serde_json::json!({}),
+                // The notice's event names the channel it went by, never the address.
+                detail: if kind == "notice.sent" {
+                    serde_json::json!({ "event": "service", "channel": "email" })
+                } else {
+                    serde_json::json!({})
+                },
             })
             .await
             .unwrap();
@@ -157,8 +163,10 @@ async fn online_service_and_receipt_events_are_named_in_words() {
     // The page says who did what in each language.
     let zh = b.get("/records?lang=zh-TW").await.text().await.unwrap();
     assert!(zh.contains("線上服務已取得資料"), "{zh}");
+    assert!(zh.contains("已寄送電子郵件通知給您"), "{zh}");
     let en = b.get("/records?lang=en").await.text().await.unwrap();
     assert!(en.contains("The online service retrieved the data"), "{en}");
+    assert!(en.contains("A notice was sent to you by email"), "{en}");
 }
 
 #[tokio::test]
