@@ -209,18 +209,24 @@ async fn subjects_passwords_and_contacts(s: &Store) {
     assert_eq!(contacts[0].address, "c@d.example");
 }
 
+/// A `messages` job to `to`, due at `T0`.
+fn message_job(id: &str, to: &str) -> mydata_store::NewJob {
+    mydata_store::NewJob {
+        id: id.into(),
+        queue: "messages".into(),
+        payload: serde_json::json!({ "to": to }),
+        run_at: T0,
+        max_attempts: 3,
+        dedup_key: None,
+    }
+}
+
 async fn a_sent_message_is_recorded_with_its_job_done_and_emptied(s: &Store) {
     let worker = "w1";
     for (i, id) in ["m1", "m2"].iter().enumerate() {
-        let job = mydata_store::NewJob {
-            id: (*id).into(),
-            queue: "messages".into(),
-            payload: serde_json::json!({"to": "a@b.example"}),
-            run_at: T0,
-            max_attempts: 3,
-            dedup_key: None,
-        };
-        s.enqueue_job(&job, T0).await.unwrap();
+        s.enqueue_job(&message_job(id, "a@b.example"), T0)
+            .await
+            .unwrap();
         let claimed = s
             .claim_job("messages", worker, MIN, T0)
             .await
@@ -273,15 +279,9 @@ async fn a_sent_message_is_recorded_with_its_job_done_and_emptied(s: &Store) {
     assert_eq!(events[0].kind, "notice.sent");
     assert_eq!(events[0].subject.as_deref(), Some("p-a"));
     // Without an outbox row (a real mail server took it), only the job is recorded.
-    let job = mydata_store::NewJob {
-        id: "m3".into(),
-        queue: "messages".into(),
-        payload: serde_json::json!({"to": "c@d.example"}),
-        run_at: T0,
-        max_attempts: 3,
-        dedup_key: None,
-    };
-    s.enqueue_job(&job, T0).await.unwrap();
+    s.enqueue_job(&message_job("m3", "c@d.example"), T0)
+        .await
+        .unwrap();
     s.claim_job("messages", worker, MIN, T0)
         .await
         .unwrap()
