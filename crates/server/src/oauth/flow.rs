@@ -641,13 +641,8 @@ async fn sign_in_first(
 
 /// The sign-in page, offering the ways `datasets` accept, then back to this request.
 fn to_login(uri: &axum::http::Uri, datasets: &[String]) -> Response {
-    let enc = crate::routes::login::urlencode;
     let next = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut href = format!("/login?next={}", enc(next));
-    if !datasets.is_empty() {
-        href.push_str(&format!("&datasets={}", enc(&datasets.join(","))));
-    }
-    Redirect::to(&href).into_response()
+    Redirect::to(&crate::routes::login::login_href(next, datasets)).into_response()
 }
 
 /// A dataset line of the consent pages.

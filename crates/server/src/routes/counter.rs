@@ -377,10 +377,6 @@ pub async fn service(
     .await
 }
 
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
 /// `POST /counter/services/{id}`: consent given; sign in if needed, then start the transfer.
 pub async fn consent(
     State(state): State<AppState>,
@@ -435,12 +431,12 @@ pub async fn consent(
             let back = format!(
                 "/counter/services/{}?office={}&agreed=1",
                 svc.id,
-                urlencode(&office.id)
+                super::login::urlencode(&office.id)
             );
             let to = format!(
                 "/login?datasets={}&next={}",
-                urlencode(&svc.datasets.join(",")),
-                urlencode(&back)
+                super::login::urlencode(&svc.datasets.join(",")),
+                super::login::urlencode(&back)
             );
             return Ok(Redirect::to(&to).into_response());
         };
@@ -517,7 +513,7 @@ async fn own_transfer(
 ) -> Result<Result<Transfer, Response>, AppError> {
     let s = session::load(state, headers).await?;
     let Some(v) = s.as_ref().and_then(Session::verified) else {
-        let to = format!("/login?next={}", urlencode(uri.path()));
+        let to = format!("/login?next={}", super::login::urlencode(uri.path()));
         return Ok(Err(Redirect::to(&to).into_response()));
     };
     let t = crate::download::owned_transfer_of(state, &v, id, TransferKind::Counter).await?;

@@ -55,16 +55,8 @@ fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
 fn to_login(next: &str, basket: &[String]) -> Response {
-    let mut href = format!("/login?next={}", urlencode(next));
-    if !basket.is_empty() {
-        href.push_str(&format!("&datasets={}", urlencode(&basket.join(","))));
-    }
-    no_store(Redirect::to(&href).into_response())
+    no_store(Redirect::to(&super::login::login_href(next, basket)).into_response())
 }
 
 /// An agency's expected time to answer, in words.
@@ -795,7 +787,10 @@ fn dataset_status(
     let expected = t
         .created_at
         .plus(Duration::from_secs(u64::from(minutes) * 60));
-    let retry = Some(format!("/download/terms?d={}", urlencode(&d.dataset_id)));
+    let retry = Some(format!(
+        "/download/terms?d={}",
+        super::login::urlencode(&d.dataset_id)
+    ));
     let code = d.error_code.clone().unwrap_or_default();
     let (tone, label, detail, retry_href) = match d.status.as_str() {
         fetch_status::SUCCEEDED => (

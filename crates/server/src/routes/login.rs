@@ -342,6 +342,16 @@ pub(crate) fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// The sign-in page's address that comes back to `next` afterwards, carrying the datasets the
+/// person had chosen (so the page can ask for the level they need).
+pub(crate) fn login_href(next: &str, datasets: &[String]) -> String {
+    let mut href = format!("/login?next={}", urlencode(next));
+    if !datasets.is_empty() {
+        href.push_str(&format!("&datasets={}", urlencode(&datasets.join(","))));
+    }
+    href
+}
+
 // ---------------------------------------------------------------------------------------------
 // A method's form
 
