@@ -105,6 +105,26 @@ impl Lang {
     }
 }
 
+/// The language tag of a text a service or agency wrote in one language only (its name, purpose,
+/// terms), for a `lang` attribute where it shows on a page in the other: Chinese if it has any
+/// Han character or CJK punctuation, else English. Screen readers read it with the right voice.
+pub fn text_lang(text: &str) -> &'static str {
+    let cjk = |c: char| {
+        matches!(c as u32,
+            0x3000..=0x303F     // CJK punctuation (，。「」)
+            | 0x3400..=0x4DBF   // Han, extension A
+            | 0x4E00..=0x9FFF   // Han
+            | 0xF900..=0xFAFF   // Han compatibility
+            | 0xFF00..=0xFFEF   // full-width forms
+            | 0x20000..=0x2FFFF)
+    };
+    if text.chars().any(cjk) {
+        Lang::ZhTw.tag()
+    } else {
+        Lang::En.tag()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +149,14 @@ mod tests {
             Lang::ZhTw
         );
         assert_eq!(Lang::from_request(&req("/?lang=klingon", None)), Lang::ZhTw);
+    }
+
+    #[test]
+    fn a_text_is_chinese_if_it_has_han_characters_or_cjk_punctuation() {
+        assert_eq!(super::text_lang("學雜費減免資格審核"), "zh-TW");
+        assert_eq!(super::text_lang("MyData 平臺"), "zh-TW");
+        assert_eq!(super::text_lang("「OK」"), "zh-TW");
+        assert_eq!(super::text_lang("Tuition reduction, 2026"), "en");
+        assert_eq!(super::text_lang(""), "en");
     }
 }

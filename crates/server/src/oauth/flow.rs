@@ -683,6 +683,12 @@ pub struct ConsentPage {
     /// The platform terms' version the consent's checkbox agrees to.
     pub terms_version: &'static str,
     pub error: Option<&'static str>,
+    /// The languages the service wrote its name, the purpose and its terms in (see
+    /// [`crate::i18n::text_lang`]): one language each, shown on pages in either.
+    pub service_lang: &'static str,
+    pub purpose_lang: &'static str,
+    pub registered_purpose_lang: &'static str,
+    pub terms_lang: &'static str,
 }
 
 /// The authorize URL of request `id` (local path), where a new sign-in opens it again.
@@ -1059,6 +1065,10 @@ fn render_consent(
         next: authorize_path(&c.client_id, id),
         terms_version: PLATFORM_TERMS_VERSION,
         error,
+        service_lang: crate::i18n::text_lang(&c.name),
+        purpose_lang: crate::i18n::text_lang(&p.purpose),
+        registered_purpose_lang: crate::i18n::text_lang(&c.purpose),
+        terms_lang: crate::i18n::text_lang(&c.terms),
     };
     let mut res = render(&page)
         .map_err(|e| PageError(e, lang))?

@@ -1204,6 +1204,32 @@ async fn the_same_person_signing_in_again_finds_the_request_waiting() {
 /// The consent question names who is signed in (masked) and takes the platform's terms with the
 /// agreement: untick them and nothing starts. "Not you?" signs out and lets the next person who
 /// signs in on the device open the request as their own.
+/// A service writes its name, purpose and terms in one language; the consent page marks each with
+/// that language, so a screen reader on a page in the other reads it with the right voice.
+#[tokio::test]
+async fn the_services_own_texts_carry_their_language() {
+    let o = Online::spawn(Backend::Sqlite).await;
+    let w = &o.w;
+    let b = w.signed_in(&w.people[0], "10.8.2.1").await;
+    let pending = o
+        .service
+        .push(&AuthorizationRequest::new(
+            &[DATASET],
+            "Tuition reduction eligibility",
+        ))
+        .await
+        .unwrap();
+    let (_, page) = open_consent(w, &b, &pending).await;
+    assert!(page.contains("<html lang=\"zh-TW\">"), "{page}");
+    assert!(
+        page.contains("data-field=\"service\" lang=\"zh-TW\"")
+            && page.contains("<span lang=\"en\">Tuition reduction eligibility</span>")
+            && page.contains("<small lang=\"zh-TW\">學雜費減免資格審核</small>")
+            && page.contains("data-field=\"terms\" lang=\"zh-TW\""),
+        "{page}"
+    );
+}
+
 #[tokio::test]
 async fn consent_shows_whose_data_and_takes_the_platform_terms() {
     let o = Online::spawn(Backend::Sqlite).await;
