@@ -1201,9 +1201,6 @@ async fn the_same_person_signing_in_again_finds_the_request_waiting() {
     assert!(location(&r).contains("code="), "{}", location(&r));
 }
 
-/// The consent question names who is signed in (masked) and takes the platform's terms with the
-/// agreement: untick them and nothing starts. "Not you?" signs out and lets the next person who
-/// signs in on the device open the request as their own.
 /// A service writes its name, purpose and terms in one language; the consent page marks each with
 /// that language, so a screen reader on a page in the other reads it with the right voice.
 #[tokio::test]
@@ -1230,6 +1227,9 @@ async fn the_services_own_texts_carry_their_language() {
     );
 }
 
+/// The consent question names who is signed in (masked) and takes the platform's terms with the
+/// agreement: untick them and nothing starts. "Not you?" signs out and lets the next person who
+/// signs in on the device open the request as their own.
 #[tokio::test]
 async fn consent_shows_whose_data_and_takes_the_platform_terms() {
     let o = Online::spawn(Backend::Sqlite).await;
