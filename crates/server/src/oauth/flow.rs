@@ -883,7 +883,10 @@ async fn consent_session(
     // The person is the one the service asserted (for this request only), else the signed-in one.
     let asserted = found.as_ref().and_then(|(_, p, _)| p.asserted_person());
     let signed_in = s.verified();
-    let by_sign_in = asserted.is_none() && signed_in.is_some();
+    // Signed in on the platform: the person's own sign-in, or, where a service asserted the
+    // person, their proof that they are that person (checked below).
+    let by_sign_in = signed_in.is_some();
+    let asserted_subject = asserted.as_ref().map(|a| a.subject.clone());
     let v = match (asserted, &signed_in) {
         (Some(a), Some(si)) if si.subject != a.subject => {
             return Err(stop(lang, Halt::OtherPerson));
@@ -896,7 +899,7 @@ async fn consent_session(
     if r.session_hash.as_deref() != Some(s.id_hash()) {
         // The same person signed in again (their session ended while an agency took its hour):
         // the request follows them. Known only for a sign-in, and by the transfer the request
-        // started or the person the service named; never for an asserted person.
+        // started, the person the service named or the person it asserted.
         let owner = match (by_sign_in, r.status.as_str()) {
             (true, "consented") => match r.transfer_id.as_deref() {
                 Some(tid) => state
@@ -907,7 +910,7 @@ async fn consent_session(
                     .map(|t| t.subject),
                 None => None,
             },
-            (true, "opened") => p.hint_subject.clone(),
+            (true, "opened") => p.hint_subject.clone().or(asserted_subject),
             _ => None,
         };
         let moved = match (owner, r.session_hash.as_deref()) {
@@ -939,13 +942,13 @@ pub async fn consent_page(
     let (s, v, r, p, c) = match consent_session(&state, &headers, None, lang, &id).await {
         Ok(found) => found,
         // Signed out meanwhile (say, the session's idle limit while an agency took its time):
-        // sign in again and come back here. Not where a service asserted the person: signing
-        // in is not how that request is answered.
+        // sign in again and come back here. A person a service asserted proves by signing in
+        // that they are that person (the assertion still stands for the request).
         Err(PageError(AppError::NotSignedIn, _))
             if load_request(&state, &id)
                 .await
                 .map_err(|e| PageError(e, lang))?
-                .is_some_and(|(_, p, _)| p.asserted_person().is_none()) =>
+                .is_some() =>
         {
             return Ok(to_login(&uri, &[]));
         }

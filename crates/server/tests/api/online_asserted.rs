@@ -270,6 +270,66 @@ async fn asserted_end_to_end(backend: Backend) {
     assert_eq!(subject["level"], 3);
 }
 
+/// A person a service asserted waits for a 60-minute agency and their anonymous session ends
+/// meanwhile (a phone put away): they sign in on the platform as themselves and find the request
+/// waiting; someone else signing in is not given it.
+#[tokio::test]
+async fn an_asserted_person_whose_session_ended_signs_in_to_finish() {
+    let o = Asserting::spawn(Backend::Sqlite).await;
+    let w = &o.w;
+    let p = w.people[0].clone();
+    let assertion = o.trusted.identity_assertion(&p.id, 3).unwrap();
+    let pending = o
+        .trusted
+        .push(&o.request(&[SLOW], assertion))
+        .await
+        .unwrap();
+    let b = w.browser("10.9.0.5");
+    let consent = open_consent(w, &b, &pending).await;
+    agree(&b, &consent).await;
+    let tid = w.newest_transfer_of(&p).await;
+    w.app
+        .until_dataset(&tid, SLOW, "not ready", |d| {
+            d.status == mydata_store::fetch_status::NOT_READY
+        })
+        .await;
+    let idle = w.app.state.settings().identity.session_idle_minutes;
+    w.app.clock.advance(Duration::from_secs(60 * (idle + 1)));
+    let r = b.get(&consent).await;
+    assert_eq!(r.status(), 303, "to sign in");
+    assert!(
+        location(&r).starts_with("/login?next=%2Foauth%2Fconsent%2F"),
+        "{}",
+        location(&r)
+    );
+    // Someone else signed in is refused the request.
+    let stranger = w.signed_in(&w.people[1], "10.9.0.6").await;
+    assert_eq!(stranger.get(&consent).await.status(), 400);
+    // The person, signed in as themselves: the request's page, and the answer works.
+    w.known(&p).await;
+    let r = b.certificate(&w.card(&p), "/").await;
+    assert_eq!(r.status(), 303);
+    let mut page = String::new();
+    for _ in 0..24 {
+        page = b.get(&consent).await.text().await.unwrap();
+        if !page.contains("data-step=\"wait\"") {
+            break;
+        }
+        w.five_minutes_later(&tid).await;
+    }
+    assert!(page.contains("data-step=\"confirm\""), "{page}");
+    let r = b
+        .post(
+            &format!("{consent}/confirm"),
+            &[("csrf", &csrf_in(&page)), ("decision", "send")],
+        )
+        .await;
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    assert!(location(&r).contains("code="), "{}", location(&r));
+    // Still the asserted person's transfer.
+    assert_eq!(w.app.transfer(&tid).await.subject, o.pseudonym(&p.id));
+}
+
 #[tokio::test]
 async fn a_trusted_verifiers_assertion_leads_to_consent_without_sign_in_sqlite() {
     asserted_end_to_end(Backend::Sqlite).await;
@@ -574,6 +634,11 @@ async fn bad_assertions_are_refused_and_change_nothing() {
     let consent = open_consent(w, &b, &pending).await;
     // Another browser cannot take over the opened request.
     let thief = w.browser("10.9.0.6");
+    let r = thief.get(&consent).await;
+    // Without a session: sent to sign in, which only the asserted person gets past.
+    assert_eq!(r.status(), 303);
+    assert!(location(&r).starts_with("/login?next="), "{}", location(&r));
+    let thief = w.signed_in(&other, "10.9.0.7").await;
     let r = thief.get(&consent).await;
     assert!(r.status().is_client_error(), "{}", r.status());
     let r = thief
