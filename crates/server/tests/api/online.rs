@@ -1163,21 +1163,7 @@ async fn the_same_person_signing_in_again_finds_the_request_waiting() {
             d.status == mydata_store::fetch_status::SUCCEEDED
         })
         .await;
-    w.app
-        .until_dataset(&tid, SLOW, "not ready", |d| {
-            d.status == mydata_store::fetch_status::NOT_READY
-        })
-        .await;
-    // Past the session's idle limit.
-    let idle = w.app.state.settings().identity.session_idle_minutes;
-    w.app.clock.advance(Duration::from_secs(60 * (idle + 1)));
-    let r = b.get(&consent).await;
-    assert_eq!(r.status(), 303, "to sign in again");
-    assert!(
-        location(&r).starts_with("/login?next=%2Foauth%2Fconsent%2F"),
-        "{}",
-        location(&r)
-    );
+    w.session_ends_while_waiting(&b, &consent, &tid, SLOW).await;
     // Someone else, in another browser, is not given the request.
     let other = w.people[1].clone();
     let stranger = w.signed_in(&other, "10.8.0.9").await;
@@ -1740,17 +1726,7 @@ async fn a_person_waiting_for_a_60_minute_dataset_can_still_send_once_it_is_read
             d.status == mydata_store::fetch_status::NOT_READY
         })
         .await;
-    // Five minutes at a time, the page looking after each as its script does (which keeps the
-    // session alive); bounded at two hours.
-    let mut page = String::new();
-    for _ in 0..24 {
-        w.five_minutes_later(&id).await;
-        page = b.get(&consent).await.text().await.unwrap();
-        if !page.contains("data-step=\"wait\"") {
-            break;
-        }
-    }
-    assert!(page.contains("data-step=\"confirm\""), "{page}");
+    let page = w.confirmation_in_time(&b, &consent, &id).await;
     let r = b
         .post(
             &format!("{consent}/confirm"),

@@ -288,20 +288,7 @@ async fn an_asserted_person_whose_session_ended_signs_in_to_finish() {
     let consent = open_consent(w, &b, &pending).await;
     agree(&b, &consent).await;
     let tid = w.newest_transfer_of(&p).await;
-    w.app
-        .until_dataset(&tid, SLOW, "not ready", |d| {
-            d.status == mydata_store::fetch_status::NOT_READY
-        })
-        .await;
-    let idle = w.app.state.settings().identity.session_idle_minutes;
-    w.app.clock.advance(Duration::from_secs(60 * (idle + 1)));
-    let r = b.get(&consent).await;
-    assert_eq!(r.status(), 303, "to sign in");
-    assert!(
-        location(&r).starts_with("/login?next=%2Foauth%2Fconsent%2F"),
-        "{}",
-        location(&r)
-    );
+    w.session_ends_while_waiting(&b, &consent, &tid, SLOW).await;
     // Someone else signed in is refused the request.
     let stranger = w.signed_in(&w.people[1], "10.9.0.6").await;
     assert_eq!(stranger.get(&consent).await.status(), 400);
@@ -309,15 +296,7 @@ async fn an_asserted_person_whose_session_ended_signs_in_to_finish() {
     w.known(&p).await;
     let r = b.certificate(&w.card(&p), "/").await;
     assert_eq!(r.status(), 303);
-    let mut page = String::new();
-    for _ in 0..24 {
-        page = b.get(&consent).await.text().await.unwrap();
-        if !page.contains("data-step=\"wait\"") {
-            break;
-        }
-        w.five_minutes_later(&tid).await;
-    }
-    assert!(page.contains("data-step=\"confirm\""), "{page}");
+    let page = w.confirmation_in_time(&b, &consent, &tid).await;
     let r = b
         .post(
             &format!("{consent}/confirm"),

@@ -82,6 +82,47 @@ impl FlowWorld {
             .clone()
     }
 
+    /// Waits until the agency of `dataset` has said "not ready yet" for transfer `tid`, then moves
+    /// the clock past the session's idle limit: the browser's session ends while it waits. The
+    /// consent page at `consent` then sends the browser `b` to sign in again.
+    pub async fn session_ends_while_waiting(
+        &self,
+        b: &Browser,
+        consent: &str,
+        tid: &str,
+        dataset: &str,
+    ) {
+        self.app
+            .until_dataset(tid, dataset, "not ready", |d| {
+                d.status == mydata_store::fetch_status::NOT_READY
+            })
+            .await;
+        let idle = self.app.state.settings().identity.session_idle_minutes;
+        self.app
+            .clock
+            .advance(std::time::Duration::from_secs(60 * (idle + 1)));
+        let r = b.get(consent).await;
+        assert_eq!(r.status(), 303, "to sign in again");
+        let to = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(to.starts_with("/login?next=%2Foauth%2Fconsent%2F"), "{to}");
+    }
+
+    /// The consent page at `consent` once transfer `tid`'s data is ready, looked at every five
+    /// minutes of the clock as its script does (which keeps the session alive); bounded at two
+    /// hours.
+    pub async fn confirmation_in_time(&self, b: &Browser, consent: &str, tid: &str) -> String {
+        let mut page = String::new();
+        for _ in 0..24 {
+            page = b.get(consent).await.text().await.unwrap();
+            if !page.contains("data-step=\"wait\"") {
+                break;
+            }
+            self.five_minutes_later(tid).await;
+        }
+        assert!(page.contains("data-step=\"confirm\""), "{page}");
+        page
+    }
+
     /// Five minutes pass on the platform's clock (a slow agency's retry interval); returns the
     /// transfer's state once it has left `fetching`, or after a second of real time for the
     /// workers to act.
