@@ -7,6 +7,7 @@ use crate::dataset::{
 use crate::ecdsa::{KeyPair, PublicKey};
 use crate::jws::{self, Compact};
 use crate::pki::TrustStore;
+use crate::platform_keys::PlatformKeys;
 use mydata_core::Timestamp;
 use p256::ecdsa::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -91,7 +92,7 @@ impl PlatformSigner {
 }
 
 /// The required members of a P-256 public key's JWK, in RFC 7638's order.
-fn ec_jwk(key: &VerifyingKey) -> serde_json::Value {
+pub(crate) fn ec_jwk(key: &VerifyingKey) -> serde_json::Value {
     let point = key.to_sec1_point(false);
     let x = point.x().map(|x| jws::b64url(x)).unwrap_or_default();
     let y = point.y().map(|y| jws::b64url(y)).unwrap_or_default();
@@ -316,6 +317,9 @@ pub enum ReceiptError {
     Malformed(String),
     #[error("receipt.jws signature does not verify with the platform key")]
     SignatureInvalid,
+    /// The receipt names a signing key (`kid`) that is not among the platform keys given.
+    #[error("receipt.jws is signed by platform key {kid}, which is not among the keys given")]
+    UnknownKey { kid: String },
     #[error("receipt package_digest does not match the archive contents")]
     DigestMismatch,
     #[error("receipt lists datasets {receipt:?} but the archive holds {archive:?}")]
@@ -558,6 +562,63 @@ pub fn verify_package_with_limits(
     now: Timestamp,
     limits: &ReadLimits,
 ) -> PackageReport {
+    verify_with(bytes, trust, platform_key.map(ReceiptKey::One), now, limits)
+}
+
+/// As [`verify_package`], checking the receipt with the key of `keys` its `kid` names: a `kid`
+/// not among them fails the signature check with [`ReceiptError::UnknownKey`]. A receipt naming
+/// no key passes if any of them signed it.
+pub fn verify_package_with_keys(
+    bytes: &[u8],
+    trust: &TrustStore,
+    keys: &PlatformKeys,
+    now: Timestamp,
+) -> PackageReport {
+    let limits = ReadLimits::default();
+    verify_with(bytes, trust, Some(ReceiptKey::ByKid(keys)), now, &limits)
+}
+
+/// What the receipt's signature is checked against.
+#[derive(Clone, Copy)]
+enum ReceiptKey<'a> {
+    /// This key, whatever the receipt's `kid`.
+    One(&'a VerifyingKey),
+    /// The key its `kid` names.
+    ByKid(&'a PlatformKeys),
+}
+
+impl ReceiptKey<'_> {
+    fn check(self, jws: &Compact<'_>) -> Result<(), ReceiptError> {
+        // A key AWS-LC cannot load counts as a failed check (fail closed); p256 keys always load.
+        let verifies = |key: &VerifyingKey| PublicKey::new(key).is_ok_and(|k| jws.verify(&k));
+        let verified = match self {
+            Self::One(key) => verifies(key),
+            Self::ByKid(keys) => match jws.header.get("kid") {
+                None => keys.iter().any(|(_, key)| verifies(key)),
+                Some(serde_json::Value::String(kid)) => match keys.get(kid) {
+                    Some(key) => verifies(key),
+                    None => return Err(ReceiptError::UnknownKey { kid: kid.clone() }),
+                },
+                Some(_) => {
+                    return Err(ReceiptError::Malformed("its kid is not a string".into()));
+                }
+            },
+        };
+        if verified {
+            Ok(())
+        } else {
+            Err(ReceiptError::SignatureInvalid)
+        }
+    }
+}
+
+fn verify_with(
+    bytes: &[u8],
+    trust: &TrustStore,
+    platform_key: Option<ReceiptKey<'_>>,
+    now: Timestamp,
+    limits: &ReadLimits,
+) -> PackageReport {
     let mut report = PackageReport {
         archive: Verdict::NotRun,
         receipt_signature: Verdict::NotRun,
@@ -589,12 +650,9 @@ pub fn verify_package_with_limits(
         }
     };
     if let Some(key) = platform_key {
-        // A key AWS-LC cannot load counts as a failed check (fail closed); p256 keys always load.
-        let verified = PublicKey::new(key).is_ok_and(|k| jws.verify(&k));
-        report.receipt_signature = if verified {
-            Verdict::Passed
-        } else {
-            Verdict::Failed(ReceiptError::SignatureInvalid)
+        report.receipt_signature = match key.check(&jws) {
+            Ok(()) => Verdict::Passed,
+            Err(e) => Verdict::Failed(e),
         };
     }
     match serde_json::from_slice::<Receipt>(&jws.payload) {

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use mydata_package::{
-    AgencySigner, ArchiveError, CertError, DatasetError, PackageReport, ReadLimits, ReceiptError,
-    Verdict, verify_package, verify_package_with_limits,
+    AgencySigner, ArchiveError, CertError, DatasetError, PackageReport, PlatformKeys, ReadLimits,
+    ReceiptError, Verdict, verify_package, verify_package_with_keys, verify_package_with_limits,
 };
 use p256::ecdsa::SigningKey;
 
@@ -602,6 +602,51 @@ fn receipt_signed_by_another_key_is_refused() {
     );
     assert!(r.receipt_contents.is_passed());
     assert!(!r.is_ok());
+}
+
+/// With a key set, the receipt's `kid` picks the key: a package receipted before the platform
+/// replaced its key verifies with the previous key, and a `kid` the set lacks says which it is.
+#[test]
+fn receipt_is_checked_with_the_key_its_kid_names() {
+    let fx = fixture();
+    let generate = || <SigningKey as p256::elliptic_curve::Generate>::generate();
+    let (previous, current, stranger) = (generate(), generate(), generate());
+    let mut keys = PlatformKeys::from(*current.verifying_key());
+    keys.insert_by_thumbprint(*previous.verifying_key());
+    let receipted_by = |key: &SigningKey| {
+        let signer = mydata_package::PlatformSigner::with_thumbprint_kid(key.clone()).unwrap();
+        let mut b = mydata_package::PackageBuilder::new("t-1", "p", "purpose");
+        b.add_dataset(
+            fx.agency
+                .sign_dataset("t-1", "household", NOW, household_files())
+                .unwrap(),
+        )
+        .unwrap();
+        b.build(&signer, NOW).unwrap()
+    };
+    for key in [&previous, &current] {
+        let r = verify_package_with_keys(&receipted_by(key), &fx.trust, &keys, NOW);
+        assert!(r.is_ok(), "{r:#?}");
+    }
+    let r = verify_package_with_keys(&receipted_by(&stranger), &fx.trust, &keys, NOW);
+    let kid = mydata_package::jwk_thumbprint(stranger.verifying_key());
+    assert_eq!(
+        r.receipt_signature,
+        Verdict::Failed(ReceiptError::UnknownKey { kid })
+    );
+    assert!(!r.is_ok());
+
+    // A key set naming the stranger's key under another key's kid: the signature does not hold.
+    let mut lying = PlatformKeys::new();
+    lying.insert(
+        mydata_package::jwk_thumbprint(stranger.verifying_key()),
+        *current.verifying_key(),
+    );
+    let r = verify_package_with_keys(&receipted_by(&stranger), &fx.trust, &lying, NOW);
+    assert_eq!(
+        r.receipt_signature,
+        Verdict::Failed(ReceiptError::SignatureInvalid)
+    );
 }
 
 #[test]
