@@ -469,7 +469,7 @@ async fn transfer(
             &zip,
             &token.transfer_id,
             trust,
-            s.service.platform_signing_key(),
+            &s.service.platform_signing_keys(),
             now,
         )
         .map_err(|e| fail("verify", e))?;

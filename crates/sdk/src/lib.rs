@@ -17,13 +17,16 @@
 //! 4. [`Service::package`] polls `GET /api/v1/transfers/{id}/package` (`Authorization: DPoP`, a
 //!    fresh proof each time), honouring `Retry-After`, and opens the HPKE envelope with the
 //!    service's key (checking the platform sealed it).
-//! 5. [`verify`] runs the platform's checks on the package: archive, receipt signature and
+//! 5. [`verify`] runs the platform's checks on the package: archive, receipt signature (with the
+//!    platform key the receipt's `kid` names, among [`Service::platform_signing_keys`]) and
 //!    contents, then for each dataset the four ordered checks of the seeds (certificate valid,
-//!    agency key from it, digest file intact, each file intact).
+//!    agency key from it, digest file intact, each file intact). A receipt signed with a key the
+//!    service has not read (the platform replaced its key since) is
+//!    [`VerifyError::UnknownPlatformKey`]: [`Service::refresh_platform_keys`], then verify again.
 //!
 //! ```no_run
 //! # async fn demo(roots_pem: &[u8], crl_der: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
-//! use mydata_sdk::{AuthorizationRequest, Clock as _, Keys, Service, ServiceConfig, SystemClock, TrustStore};
+//! use mydata_sdk::{AuthorizationRequest, Clock as _, Keys, PlatformKeys, Service, ServiceConfig, SystemClock, TrustStore, VerifyError};
 //! let keys = Keys::generate();
 //! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys)?;
 //! let service = Service::discover(config).await?;
@@ -36,13 +39,15 @@
 //! trust.add_roots_pem(roots_pem)?;
 //! trust.add_crl_der(crl_der)?;
 //! let zip = service.package(&token, std::time::Duration::from_secs(600)).await?;
-//! let report = mydata_sdk::verify(
-//!     &zip,
-//!     &token.transfer_id,
-//!     &trust,
-//!     service.platform_signing_key(),
-//!     SystemClock.now(),
-//! )?;
+//! let verify = |keys: &PlatformKeys| mydata_sdk::verify(&zip, &token.transfer_id, &trust, keys, SystemClock.now());
+//! let report = match verify(&service.platform_signing_keys()) {
+//!     // Receipted with a key the platform published after discovery: read its keys again.
+//!     Err(VerifyError::UnknownPlatformKey { .. }) => {
+//!         service.refresh_platform_keys().await?;
+//!         verify(&service.platform_signing_keys())?
+//!     }
+//!     other => other?,
+//! };
 //! // Only now is the data in `zip` (see `report.datasets`) the agencies' own.
 //! # let _ = report; Ok(()) }
 //! ```
@@ -58,9 +63,11 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The platform's receipt keys by `kid`, as [`Service::platform_signing_keys`] reads them.
+pub use mydata_package::PlatformKeys;
 pub use mydata_package::e2e::{Envelope, HpkeKeyPair};
 pub use mydata_package::{PackageReport, TrustStore};
-/// The P-256 keys [`Keys::new`] and [`Keys::with_dpop_key`] take, and the platform's receipt key.
+/// The P-256 keys [`Keys::new`] and [`Keys::with_dpop_key`] take, and the platform's receipt keys.
 pub use p256::ecdsa::{SigningKey, VerifyingKey};
 
 /// Everything that can go wrong on the service's side.
@@ -604,8 +611,9 @@ pub struct Service {
     /// The platform's X25519 keys (the first for login_hint; the one an envelope's `sender_kid`
     /// names to open it), read again when an envelope names a key not among them.
     platform_kem: Arc<std::sync::RwLock<Vec<[u8; 32]>>>,
-    /// The platform's ES256 receipt key.
-    platform_sig: p256::ecdsa::VerifyingKey,
+    /// The platform's ES256 receipt keys by `kid` (the current one and those it replaced that it
+    /// still publishes), read again by [`Service::refresh_platform_keys`].
+    platform_sig: Arc<std::sync::RwLock<PlatformKeys>>,
 }
 
 fn random_b64(n: usize) -> String {
@@ -742,17 +750,23 @@ impl Service {
             config,
             metadata,
             platform_kem: Arc::new(std::sync::RwLock::new(platform_kem)),
-            platform_sig,
+            platform_sig: Arc::new(std::sync::RwLock::new(platform_sig)),
         })
     }
 
-    /// Reads the platform's X25519 keys again (after it replaced its key).
+    /// Reads the platform's keys again (after it replaced one): its X25519 keys and its receipt
+    /// keys. The keys read replace those held, so a key the platform withdrew is no longer
+    /// trusted.
     pub async fn refresh_platform_keys(&self) -> Result<(), Error> {
-        let (kem, _) = platform_keys(&self.config, &self.metadata.jwks_uri).await?;
+        let (kem, sig) = platform_keys(&self.config, &self.metadata.jwks_uri).await?;
         *self
             .platform_kem
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = kem;
+        *self
+            .platform_sig
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = sig;
         Ok(())
     }
 
@@ -775,9 +789,13 @@ impl Service {
         &self.metadata
     }
 
-    /// The platform's receipt-signing key, for [`verify`].
-    pub fn platform_signing_key(&self) -> &p256::ecdsa::VerifyingKey {
-        &self.platform_sig
+    /// The platform's receipt-signing keys by `kid`, as last read, for [`verify`]: the key it
+    /// signs with now, then those it replaced and still publishes.
+    pub fn platform_signing_keys(&self) -> PlatformKeys {
+        self.platform_sig
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A fresh `private_key_jwt` assertion for `aud` (RFC 7523): iss = sub = client_id, 60 s.
@@ -1182,11 +1200,12 @@ impl Service {
     }
 }
 
-/// The platform's X25519 keys (at least one) and ES256 receipt key, from its JWKS at `uri`.
+/// The platform's X25519 keys and ES256 receipt keys (at least one of each), from its JWKS at
+/// `uri`.
 async fn platform_keys(
     config: &ServiceConfig,
     uri: &str,
-) -> Result<(Vec<[u8; 32]>, p256::ecdsa::VerifyingKey), Error> {
+) -> Result<(Vec<[u8; 32]>, PlatformKeys), Error> {
     let res = config.http.get(uri).timeout(config.timeout).send().await?;
     if !res.status().is_success() {
         return Err(refused(res, config).await);
@@ -1209,11 +1228,28 @@ async fn platform_keys(
             "the platform publishes no X25519 key".into(),
         ));
     }
-    let sig = keys
-        .iter()
-        .find_map(ec_key)
-        .ok_or_else(|| Error::Invalid("the platform publishes no ES256 key".into()))?;
+    let mut sig = PlatformKeys::new();
+    for (kid, key) in keys.iter().filter_map(receipt_key) {
+        match kid {
+            Some(kid) => sig.insert(kid, key),
+            None => sig.insert_by_thumbprint(key),
+        };
+    }
+    if sig.is_empty() {
+        return Err(Error::Invalid("the platform publishes no ES256 key".into()));
+    }
     Ok((kem, sig))
+}
+
+/// An ES256 signing key of the platform's JWKS with its `kid` (if it names one); keys declared for
+/// encryption or another algorithm are passed over.
+fn receipt_key(k: &serde_json::Value) -> Option<(Option<String>, p256::ecdsa::VerifyingKey)> {
+    let declared = |name: &str, want: &str| k.get(name).is_none_or(|v| v.as_str() == Some(want));
+    if !declared("use", "sig") || !declared("alg", "ES256") {
+        return None;
+    }
+    let kid = k.get("kid").and_then(|v| v.as_str()).map(str::to_owned);
+    Some((kid, ec_key(k)?))
 }
 
 /// `clock`'s time, to read HTTP-dates against.
@@ -1294,6 +1330,14 @@ pub enum VerifyError {
     /// Every check passed, but the receipt is for another transfer (a package swapped in).
     #[error("the package is for transfer {found}, not {expected}")]
     WrongTransfer { expected: String, found: String },
+    /// The receipt is signed with a platform key (`kid`) not among the keys given: the platform
+    /// replaced its key after they were read. Call [`Service::refresh_platform_keys`], then verify
+    /// again with [`Service::platform_signing_keys`]; a key still unknown then is not the
+    /// platform's.
+    #[error(
+        "the receipt is signed by platform key {kid}, which this service has not read: call Service::refresh_platform_keys, then verify again"
+    )]
+    UnknownPlatformKey { kid: String },
     /// A check failed; the report has every verdict.
     #[error("the package did not verify: {}", first_failure(.0))]
     Failed(Box<PackageReport>),
@@ -1333,17 +1377,23 @@ fn first_failure(report: &PackageReport) -> String {
     "a check did not run".into()
 }
 
-/// Verifies an opened package: the archive, the platform receipt (signature and contents, and that
-/// it is for `transfer_id`), then the four ordered checks on every dataset. `trust` holds the
-/// government CA roots and CRLs.
+/// Verifies an opened package: the archive, the platform receipt (signature, with the key of
+/// `platform_keys` its `kid` names, and contents, and that it is for `transfer_id`), then the four
+/// ordered checks on every dataset. `trust` holds the government CA roots and CRLs;
+/// `platform_keys` is [`Service::platform_signing_keys`] (or one key: `PlatformKeys::from(key)`).
 pub fn verify(
     zip: &[u8],
     transfer_id: &str,
     trust: &TrustStore,
-    platform_key: &p256::ecdsa::VerifyingKey,
+    platform_keys: &PlatformKeys,
     now: Timestamp,
 ) -> Result<PackageReport, VerifyError> {
-    let report = mydata_package::verify_package(zip, trust, Some(platform_key), now);
+    let report = mydata_package::verify_package_with_keys(zip, trust, platform_keys, now);
+    if let mydata_package::Verdict::Failed(mydata_package::ReceiptError::UnknownKey { kid }) =
+        &report.receipt_signature
+    {
+        return Err(VerifyError::UnknownPlatformKey { kid: kid.clone() });
+    }
     let found = report.receipt.as_ref().map(|r| r.transfer_id.clone());
     match found {
         Some(found) if report.is_ok() && found != transfer_id => Err(VerifyError::WrongTransfer {
@@ -2186,6 +2236,53 @@ mod tests {
         *current.lock().unwrap() = old.public_bytes();
         service.refresh_platform_keys().await.unwrap();
         assert_eq!(service.open(&token(), &kept).unwrap(), b"zip three");
+    }
+
+    /// The platform replaced its receipt key and still publishes the one it replaced: a refresh
+    /// reads both, by kid; a key it withdraws is dropped at the next refresh. Keys declared for
+    /// encryption or another algorithm are no receipt keys.
+    #[tokio::test]
+    async fn a_refresh_reads_the_receipt_keys_again_by_kid() {
+        use axum::routing::get;
+        let generate =
+            || *<SigningKey as p256::elliptic_curve::Generate>::generate().verifying_key();
+        let (old, new, other) = (generate(), generate(), generate());
+        let published = Arc::new(std::sync::Mutex::new(PlatformKeys::from(old)));
+        let shown = published.clone();
+        let kem = HpkeKeyPair::generate().public_jwk();
+        let app = axum::Router::new().route(
+            "/jwks",
+            get(move || async move {
+                let mut keys = shown.lock().unwrap().public_jwks();
+                let mut not_for_receipts = PlatformKeys::from(other).public_jwks();
+                not_for_receipts[0]["use"] = "enc".into();
+                keys.push(not_for_receipts[0].clone());
+                not_for_receipts[0]["use"] = "sig".into();
+                not_for_receipts[0]["alg"] = "ES384".into();
+                keys.push(not_for_receipts[0].clone());
+                keys.push(kem);
+                axum::Json(serde_json::json!({ "keys": keys }))
+            }),
+        );
+        let service = discover_at(&serve(app).await).await.unwrap();
+        assert_eq!(service.platform_signing_keys(), PlatformKeys::from(old));
+
+        let mut rotated = PlatformKeys::from(new);
+        rotated.insert_by_thumbprint(old);
+        *published.lock().unwrap() = rotated.clone();
+        assert_eq!(
+            service.platform_signing_keys(),
+            PlatformKeys::from(old),
+            "kept until refreshed"
+        );
+        service.refresh_platform_keys().await.unwrap();
+        let keys = service.platform_signing_keys();
+        assert_eq!(keys, rotated);
+        assert_eq!(keys.current().map(|(_, k)| *k), Some(new));
+
+        *published.lock().unwrap() = PlatformKeys::from(new);
+        service.refresh_platform_keys().await.unwrap();
+        assert_eq!(service.platform_signing_keys(), PlatformKeys::from(new));
     }
 
     #[tokio::test]

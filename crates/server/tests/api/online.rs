@@ -201,7 +201,7 @@ async fn end_to_end(backend: Backend) {
         &zip,
         &token.transfer_id,
         &w.app.trust(),
-        o.service.platform_signing_key(),
+        &o.service.platform_signing_keys(),
         w.app.clock.now(),
     )
     .unwrap_or_else(|r| panic!("package verifies: {r:?}"));
@@ -833,7 +833,7 @@ async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
             &zip,
             &token.transfer_id,
             &w.app.trust(),
-            o.service.platform_signing_key(),
+            &o.service.platform_signing_keys(),
             w.app.clock.now()
         )
         .is_err(),
@@ -1681,7 +1681,7 @@ async fn send_when_ready_gives_the_service_202_retry_after_then_the_package_once
         &zip,
         &token.transfer_id,
         &w.app.trust(),
-        service.platform_signing_key(),
+        &service.platform_signing_keys(),
         w.app.clock.now(),
     )
     .unwrap_or_else(|r| panic!("package verifies: {r:?}"));

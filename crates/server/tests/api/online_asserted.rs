@@ -208,7 +208,7 @@ async fn asserted_end_to_end(backend: Backend) {
         &zip,
         &token.transfer_id,
         &w.app.trust(),
-        o.trusted.platform_signing_key(),
+        &o.trusted.platform_signing_keys(),
         w.app.clock.now(),
     )
     .unwrap_or_else(|r| panic!("package verifies: {r:?}"));

@@ -254,7 +254,7 @@ async fn end_to_end(backend: Backend) {
         &zip,
         &token.transfer_id,
         &w.app.trust(),
-        service.platform_signing_key(),
+        &service.platform_signing_keys(),
         w.app.clock.now(),
     )
     .unwrap_or_else(|r| panic!("package verifies: {r:?}"));
