@@ -113,7 +113,8 @@ struct AuditVerifyArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// The platform's public key (PEM) to check tree head signatures with. Without it, the public
-    /// half of the configured platform signing key is used.
+    /// half of the configured platform signing key is used, and the keys it replaced
+    /// (`keys.previous_platform_signing_keys`) for heads signed before.
     #[arg(long, value_name = "PEM")]
     platform_key: Option<PathBuf>,
 }
@@ -475,12 +476,14 @@ async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
 
 async fn audit_verify(args: AuditVerifyArgs) -> anyhow::Result<()> {
     use p256::pkcs8::DecodePublicKey;
-    let key = match &args.platform_key {
+    let keys: Vec<p256::ecdsa::VerifyingKey> = match &args.platform_key {
         Some(path) => {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            p256::ecdsa::VerifyingKey::from_public_key_pem(&pem)
-                .with_context(|| format!("{}: not a P-256 public key", path.display()))?
+            vec![
+                p256::ecdsa::VerifyingKey::from_public_key_pem(&pem)
+                    .with_context(|| format!("{}: not a P-256 public key", path.display()))?,
+            ]
         }
         None => {
             let settings = args.config.settings(None)?;
@@ -490,7 +493,8 @@ async fn audit_verify(args: AuditVerifyArgs) -> anyhow::Result<()> {
                 "no platform key at {}; give --platform-key PUB.pem",
                 path.display()
             );
-            *mydata_server::keys::load_or_create_platform_signer(&settings)?.verifying_key()
+            let ring = mydata_server::keys::load_platform_keys(&settings)?;
+            ring.published.iter().map(|(_, key)| *key).collect()
         }
     };
     let (store, _) = open_store(&args.config).await?;
@@ -505,7 +509,11 @@ async fn audit_verify(args: AuditVerifyArgs) -> anyhow::Result<()> {
     store.close().await;
     let mut problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
     for head in &heads {
-        if let Err(e) = mydata_server::keys::verify_tree_head(head, &key) {
+        // Signed by any of the keys: heads from before a key rotation carry the previous key's.
+        let check = |key| mydata_server::keys::verify_tree_head(head, key);
+        if !keys.iter().any(|key| check(key).is_ok()) {
+            let e = keys.first().map(check).and_then(Result::err);
+            let e = e.unwrap_or_else(|| "no key to check with".into());
             problems.push(format!("tree head at size {}: {e}", head.tree_size));
         }
     }

@@ -226,6 +226,11 @@ pub struct KeySettings {
     /// means `<data_dir>/keys/platform-signing.pem`, created on first start. Processes that share a
     /// database must share this key.
     pub platform_signing_key: String,
+    /// Public keys the platform signed with before `platform_signing_key` replaced them, still
+    /// published so that what they signed (receipts, tree heads) verifies: files of PEM public
+    /// keys or JWK sets as the platform published them. Private keys are refused.
+    #[serde(default)]
+    pub previous_platform_signing_keys: Vec<PathBuf>,
     /// File of the 32-byte secret that hashes client addresses (lockout counters) and one-time
     /// codes (HMAC-SHA256). Empty means `<data_dir>/keys/identity-hash.key`, created on first
     /// start. Processes that share a database must share it.
@@ -313,6 +318,7 @@ impl Default for Settings {
             jobs: crate::background::JobSettings::default(),
             keys: KeySettings {
                 platform_signing_key: String::new(),
+                previous_platform_signing_keys: Vec::new(),
                 identity_hash_key: String::new(),
                 data_key: String::new(),
                 pseudonym_key: String::new(),

@@ -10,7 +10,7 @@ use crate::error::AppError;
 use crate::identity::session::Verified;
 use crate::state::AppState;
 use mydata_core::transfer::TransferKind;
-use mydata_package::{ReadLimits, SignedDataset, read_package, verify_package};
+use mydata_package::{ReadLimits, SignedDataset, read_package, verify_package_with_keys};
 use mydata_store::{NewAuditEvent, Transfer};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -163,7 +163,8 @@ pub async fn preview(state: &AppState, zip: &[u8]) -> Result<Preview, AppError> 
         .get(now)
         .await
         .map_err(|e| AppError::Internal(anyhow::anyhow!("trust store: {e}")))?;
-    let report = verify_package(zip, &trust, Some(state.platform().verifying_key()), now);
+    // By the receipt's kid: a package receipted just before a key rotation still verifies.
+    let report = verify_package_with_keys(zip, &trust, state.platform_keys(), now);
     let raw = read_package(zip, &ReadLimits::default())
         .map_err(|e| AppError::Internal(anyhow::anyhow!("stored package unreadable: {e}")))?;
     let by_id: BTreeMap<&str, &mydata_package::DatasetReport> = report

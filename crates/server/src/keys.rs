@@ -1,14 +1,70 @@
 //! The platform's signing key: read from its PEM file, or created there on first start (mode 0600).
 //! It signs consent and deletion receipts and the audit log's tree heads; its public half is
-//! published as a JWK set so anyone can check those signatures offline.
+//! published as a JWK set so anyone can check those signatures offline, beside the public keys it
+//! replaced (`keys.previous_platform_signing_keys`), so what they signed still verifies.
 
 use crate::config::Settings;
 use anyhow::Context;
-use mydata_package::{PlatformSigner, verify_platform_jws};
+use mydata_package::{PlatformKeys, PlatformSigner, verify_platform_jws};
 use mydata_store::TreeHead;
 use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use std::path::Path;
+
+/// The platform's signing key and the public keys it publishes: its own first, then those it
+/// replaced.
+#[derive(Debug)]
+pub struct PlatformKeyring {
+    pub signer: PlatformSigner,
+    pub published: PlatformKeys,
+}
+
+/// Loads (or creates) the signing key and reads `keys.previous_platform_signing_keys`.
+pub fn load_platform_keys(settings: &Settings) -> anyhow::Result<PlatformKeyring> {
+    let signer = load_or_create_platform_signer(settings)?;
+    let mut published = PlatformKeys::new();
+    published.insert(signer.kid(), *signer.verifying_key());
+    for path in &settings.keys.previous_platform_signing_keys {
+        let keys = read_public_keys(path).with_context(|| {
+            format!(
+                "config key `keys.previous_platform_signing_keys`: {}",
+                path.display()
+            )
+        })?;
+        for key in keys {
+            let kid = mydata_package::jwk_thumbprint(&key);
+            if published.insert_by_thumbprint(key) {
+                tracing::info!(kid, "previous platform signing key published");
+            } else {
+                // Harmless (the current key, or a key given twice), but likely a mistake.
+                tracing::warn!(kid, path = %path.display(), "previous platform signing key listed twice, or it is the current key");
+            }
+        }
+    }
+    Ok(PlatformKeyring { signer, published })
+}
+
+/// The P-256 public keys of a PEM public key or JWK (set) file; private keys are refused: only
+/// the current key signs, so a replaced private key has no business on the server.
+fn read_public_keys(path: &Path) -> anyhow::Result<Vec<VerifyingKey>> {
+    const HINT: &str = "give only its public half (`openssl pkey -in OLD.pem -pubout -out OLD.pub.pem`, or the JWK set the platform published)";
+    let text = std::fs::read_to_string(path).context("cannot read the file")?;
+    if text.contains("PRIVATE KEY-----") {
+        anyhow::bail!("holds a private key; {HINT}");
+    }
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+        let jwks = json.get("keys").and_then(|k| k.as_array());
+        let private = jwks
+            .map_or(std::slice::from_ref(&json), Vec::as_slice)
+            .iter()
+            .any(|jwk| jwk.get("d").is_some());
+        if private {
+            anyhow::bail!("holds a private JWK (member `d`); {HINT}");
+        }
+    }
+    let keys = crate::receipts::read_platform_keys(text.as_bytes()).map_err(anyhow::Error::msg)?;
+    Ok(keys.into_iter().map(|k| k.key).collect())
+}
 
 /// Loads the platform signing key, creating it when the file does not exist yet.
 pub fn load_or_create_platform_signer(settings: &Settings) -> anyhow::Result<PlatformSigner> {

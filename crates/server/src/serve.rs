@@ -74,7 +74,7 @@ impl Server {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         listener.set_nonblocking(true)?;
         let catalog = load_catalog(settings.catalog_dir().as_deref())?;
-        let platform = crate::keys::load_or_create_platform_signer(&settings)?;
+        let platform = crate::keys::load_platform_keys(&settings)?;
         let identity = crate::identity::Identity::load(&settings)?;
         let data = crate::agencies::DataPath::from_settings(&settings)?;
         let handlers = platform_handlers(&settings);
@@ -94,7 +94,7 @@ impl Server {
             .context("cannot bring the database schema up to date")?;
         let mut keys = identity.key_checks().to_vec();
         keys.push(("data_key", data.vault.check_value().to_owned()));
-        keys.push(("platform_signing_key", platform.kid().to_owned()));
+        keys.push(("platform_signing_key", platform.signer.kid().to_owned()));
         crate::keys::check_shared(&store, clock.now(), &keys).await?;
         crate::oauth::clients::load_configured(&store, &catalog, &settings.oauth, clock.now())
             .await?;

@@ -18,7 +18,7 @@ struct Inner {
     store: Store,
     clock: Arc<dyn Clock>,
     settings: Settings,
-    platform: mydata_package::PlatformSigner,
+    platform: crate::keys::PlatformKeyring,
     data: crate::agencies::DataPath,
     identity: crate::identity::Identity,
     /// Services' JWK sets fetched from their `jwks_uri` (public keys; per process by design).
@@ -41,7 +41,7 @@ impl AppState {
         store: Store,
         clock: Arc<dyn Clock>,
         settings: Settings,
-        platform: mydata_package::PlatformSigner,
+        platform: crate::keys::PlatformKeyring,
         data: crate::agencies::DataPath,
         identity: crate::identity::Identity,
     ) -> Self {
@@ -74,7 +74,11 @@ impl AppState {
 
     /// The platform's signing key (receipts, tree heads).
     pub fn platform(&self) -> &mydata_package::PlatformSigner {
-        &self.inner.platform
+        &self.inner.platform.signer
+    }
+    /// The public keys the platform publishes: its signing key's, then those it replaced.
+    pub fn platform_keys(&self) -> &mydata_package::PlatformKeys {
+        &self.inner.platform.published
     }
     /// Identity services: pseudonyms, identity methods, the agency client.
     pub fn identity(&self) -> &crate::identity::Identity {

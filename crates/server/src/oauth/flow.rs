@@ -116,10 +116,10 @@ pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Resp
 /// `GET /oauth/jwks.json`: the platform's keys for services: the ES256 key that signs package
 /// receipts, and the X25519 key that `login_hint`s are encrypted to and that seals packages.
 pub async fn jwks(State(state): State<AppState>) -> Response {
-    let keys = vec![
-        state.platform().public_jwk(),
-        state.data().vault.platform_kem().public_jwk(),
-    ];
+    // The signing keys first, the current one leading: SDKs from before key rotation take the
+    // first EC key as the receipt key.
+    let mut keys = state.platform_keys().public_jwks();
+    keys.push(state.data().vault.platform_kem().public_jwk());
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],
         axum::Json(serde_json::json!({ "keys": keys })),

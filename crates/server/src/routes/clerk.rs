@@ -769,12 +769,8 @@ pub async fn data(
             .get(now)
             .await
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
-        let report = mydata_package::verify_package(
-            &zip,
-            &trust,
-            Some(state.platform().verifying_key()),
-            now,
-        );
+        let report =
+            mydata_package::verify_package_with_keys(&zip, &trust, state.platform_keys(), now);
         let raw = mydata_package::read_package(&zip, &mydata_package::ReadLimits::default())
             .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
         let datasets: Vec<DatasetView> = raw

@@ -34,10 +34,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     }
 }
 
-/// `GET /.well-known/mydata/jwks.json`: the platform's public signing keys, to check receipts and
-/// audit tree heads offline.
+/// `GET /.well-known/mydata/jwks.json`: the platform's public signing keys (the current one, then
+/// those it replaced), to check receipts and audit tree heads offline.
 pub async fn jwks(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "keys": [state.platform().public_jwk()] }))
+    Json(serde_json::json!({ "keys": state.platform_keys().public_jwks() }))
 }
 
 /// `GET /api/v1/audit/tree-head`: the latest signed tree head of the audit log.

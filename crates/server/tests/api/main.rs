@@ -15,6 +15,7 @@ mod health;
 mod helpers;
 mod home;
 mod identity;
+mod key_rotation;
 mod online;
 mod online_asserted;
 mod online_browser;
