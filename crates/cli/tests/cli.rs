@@ -600,6 +600,40 @@ async fn audit_verify_passes_on_an_intact_log_and_names_a_tampered_entry() {
     let o = mydata(&["audit", "verify", "--data-dir", &data_dir]);
     assert!(stderr_line(&o).contains("--platform-key"));
 
+    // The platform replaced its key: heads signed before verify once the old public key is
+    // listed as a previous key, and not without it.
+    use p256::pkcs8::EncodePrivateKey;
+    let replacement = <p256::ecdsa::SigningKey as p256::elliptic_curve::Generate>::generate();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::write(
+        dir.path().join("keys/platform-signing.pem"),
+        replacement.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let o = mydata(&["audit", "verify", "--data-dir", &data_dir]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("signature does not verify"));
+    let config = dir.path().join("rotated.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keys]\nprevious_platform_signing_keys = [{:?}]\n",
+            pub_pem.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let rotated = [
+        "audit",
+        "verify",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        &data_dir,
+    ];
+    let o = mydata(&rotated);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}");
+
     let seq = store.audit_leaves().await.unwrap()[2].event.seq;
     store
         .execute_raw(&format!(
