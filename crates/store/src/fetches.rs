@@ -254,28 +254,66 @@ fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The start of a one-step insert of the jobs in a JSON array from [`jobs_json`] (parameter
+/// `$array`), queued at the time parameter `$now`, on SQLite: the caller adds its `WHERE` and
+/// `ON CONFLICT (dedup_key) DO NOTHING`.
+macro_rules! insert_jobs_sqlite {
+    ($array:literal, $now:literal) => {
+        concat!(
+            "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
+           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), ",
+            $now,
+            ", ",
+            $now,
+            "
+    FROM json_each(",
+            $array,
+            ")"
+        )
+    };
+}
+
+/// [`insert_jobs_sqlite`] on PostgreSQL, up to its select list: the caller adds the `FROM` that
+/// names the array's elements `x`, and the `ON CONFLICT`.
+macro_rules! insert_jobs_postgres {
+    ($now:literal) => {
+        concat!(
+            "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
+    SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', ",
+            $now,
+            ", ",
+            $now
+        )
+    };
+}
+
 /// Consent as one step (see `step`): the compare-and-set moves the transfer to `fetching`; only if it
 /// matched are the sealed identity, the audit event (its `seq` returned) and the jobs (`$6`, a JSON
 /// array from [`jobs_json`]) written. On SQLite each insert is conditioned on the one before it
 /// having written one row, which chains back to the compare-and-set; the jobs come last because
 /// their count varies.
-const BEGIN_FETCHING_SQLITE: &str = "BEGIN IMMEDIATE;
+const BEGIN_FETCHING_SQLITE: &str = concat!(
+    "BEGIN IMMEDIATE;
 UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4;
 INSERT INTO transfer_secrets (transfer_id, sealed, created_at) SELECT $3, $5, $2 WHERE changes() = 1;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $7, $8, $3, $9, $10 WHERE changes() = 1 RETURNING seq;
-INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
-           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $2, $2
-    FROM json_each($6) WHERE changes() = 1
+",
+    insert_jobs_sqlite!("$6", "$2"),
+    " WHERE changes() = 1
     ON CONFLICT (dedup_key) DO NOTHING;
-COMMIT";
-const BEGIN_FETCHING_POSTGRES: &str = "WITH u AS (UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4 RETURNING id),
+COMMIT"
+);
+const BEGIN_FETCHING_POSTGRES: &str = concat!(
+    "WITH u AS (UPDATE transfers SET state = $1, updated_at = $2, version = version + 1 WHERE id = $3 AND version = $4 RETURNING id),
 s AS (INSERT INTO transfer_secrets (transfer_id, sealed, created_at) SELECT u.id, $5, $2 FROM u),
-j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', $2, $2
+j AS (",
+    insert_jobs_postgres!("$2"),
+    "
     FROM u, jsonb_array_elements($6::jsonb) AS x
     ON CONFLICT (dedup_key) DO NOTHING)
-INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $7, $8, u.id, $9, $10 FROM u RETURNING seq";
+INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) SELECT $2, $7, $8, u.id, $9, $10 FROM u RETURNING seq"
+);
 
 /// The start of an audit insert in the steps below; the six values follow in this order.
 macro_rules! insert_audit_columns {
@@ -337,10 +375,9 @@ UPDATE packages SET taken_at = $1 WHERE transfer_id = $2 AND sealed_key IS NOT N
 UPDATE transfers SET state = $12, updated_at = $1, version = version + 2 WHERE id = $2 AND version = $13 AND changes() = 1;
 ", insert_audit_columns!(), " SELECT $1, $14, $18, $2, $19, $15 WHERE changes() = 1
     UNION ALL SELECT $1, $16, $18, $2, $19, $17 WHERE changes() = 1 RETURNING 1, NULL;
-INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
-           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $1, $1
-    FROM json_each($20) WHERE EXISTS (SELECT 1 FROM packages WHERE transfer_id = $2 AND taken_at = $1 AND sealed_key IS NOT NULL)
+",
+    insert_jobs_sqlite!("$20", "$1"),
+    " WHERE EXISTS (SELECT 1 FROM packages WHERE transfer_id = $2 AND taken_at = $1 AND sealed_key IS NOT NULL)
     ON CONFLICT (dedup_key) DO NOTHING;
 UPDATE packages SET sealed_key = NULL, body = NULL, deleted_at = $1 WHERE transfer_id = $2 AND taken_at = $1 AND sealed_key IS NOT NULL;
 COMMIT"
@@ -358,8 +395,9 @@ t AS (UPDATE transfers SET state = $12, updated_at = $1, version = version + 2
 a AS (", insert_audit_columns!(), " SELECT $3, $4, $5, $6, $7, $8 FROM u
     UNION ALL SELECT $1, $14, $18, t.id, $19, $15 FROM t
     UNION ALL SELECT $1, $16, $18, t.id, $19, $17 FROM t),
-n AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', $1, $1
+n AS (",
+    insert_jobs_postgres!("$1"),
+    "
     FROM u, jsonb_array_elements($20::jsonb) AS x
     ON CONFLICT (dedup_key) DO NOTHING)
 SELECT k, NULL::text FROM j UNION ALL SELECT 0::bigint, sealed_key FROM u UNION ALL SELECT 1::bigint, NULL::text FROM t"
@@ -385,10 +423,9 @@ UPDATE transfer_datasets SET status = $1, error_code = $2, error_message = $3, d
 SELECT 0, (SELECT COUNT(*) FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
     settled_sql!(),
     ") WHERE changes() = 1;
-INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
-           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), $7, $7
-    FROM json_each($10)
+",
+    insert_jobs_sqlite!("$10", "$7"),
+    "
     WHERE changes() = 1 AND NOT EXISTS (SELECT 1 FROM transfer_datasets WHERE transfer_id = $8 AND status NOT IN ",
     settled_sql!(),
     ")
@@ -1306,8 +1343,9 @@ impl Store {
     /// A service retrieves its package, in one step: records the DPoP proof's `jti` (if any), then
     /// takes the key as [`Store::take_package_key`] does, then moves `read` (a ready transfer, as
     /// read for this request) to released and purged; if the key was taken, `notices` (jobs, the
-    /// person's notice of the retrieval) are enqueued, each unless its dedup key exists. The transfer is left as it is when it
-    /// changed since `read`: the caller then moves it from a fresh read.
+    /// person's notice of the retrieval) are enqueued, each unless its dedup key exists. The
+    /// transfer is left as it is when it changed since `read`: the caller then moves it from a
+    /// fresh read.
     pub async fn retrieve_package(
         &self,
         read: &Transfer,
