@@ -7,8 +7,9 @@ use crate::counter::clerk::{self, ClerkProblem, ClerkSession, Role};
 use crate::counter::{self, Desk, Refusal, Refused};
 use crate::error::AppError;
 use crate::i18n::Lang;
+use crate::notices::taipei_time;
 use crate::pages::Chrome;
-use crate::routes::counter::{page, taipei};
+use crate::routes::counter::page;
 use crate::routes::form::{ClerkPost, CsrfField, Posted, lang_of, on_page};
 use crate::routes::path::Path;
 use crate::state::AppState;
@@ -296,12 +297,12 @@ async fn desk_page(
                 match lang {
                     Lang::ZhTw => format!(
                         "本櫃檯因 15 分鐘內輸入錯誤 5 次，暫停使用至 {}，剩餘 {}。",
-                        taipei(until),
+                        taipei_time(until),
                         minutes_seconds(left, lang)
                     ),
                     Lang::En => format!(
                         "This counter had 5 wrong entries within 15 minutes and is locked until {} ({} left).",
-                        taipei(until),
+                        taipei_time(until),
                         minutes_seconds(left, lang)
                     ),
                 },
@@ -484,11 +485,11 @@ fn password_page(
         sent: match lang {
             Lang::ZhTw => format!(
                 "平臺已將 8 位數驗證密碼寄到民眾登錄的手機或電子郵件，有效至 {}（2 分鐘）。請民眾告訴您後輸入。",
-                taipei(until)
+                taipei_time(until)
             ),
             Lang::En => format!(
                 "The platform sent an 8-digit verification password to the person's registered phone or email, valid until {} (2 minutes). Type it when they tell you.",
-                taipei(until)
+                taipei_time(until)
             ),
         },
         error: error.map(|r| (r.refusal.code(), r.refusal.message(lang))),
@@ -816,7 +817,7 @@ pub async fn data(
             who: format!(
                 "{} · {}",
                 lang.pick(&s.office.name_zh, &s.office.name_en),
-                taipei(now)
+                taipei_time(now)
             ),
             evidence: crate::routes::clerk::evidence_text(lang),
             all_ok,
@@ -1016,12 +1017,12 @@ pub async fn supervisor(State(state): State<AppState>, uri: Uri, headers: Header
                     Some(u) => match lang {
                         Lang::ZhTw => format!(
                             "暫停使用至 {}（剩餘 {}）",
-                            taipei(u),
+                            taipei_time(u),
                             minutes_seconds(now.until(u), lang)
                         ),
                         Lang::En => format!(
                             "locked until {} ({} left)",
-                            taipei(u),
+                            taipei_time(u),
                             minutes_seconds(now.until(u), lang)
                         ),
                     },

@@ -6,6 +6,7 @@ use crate::counter::{self, barcode};
 use crate::error::{AppError, render};
 use crate::i18n::Lang;
 use crate::identity::session::{self, Session};
+use crate::notices::taipei_time;
 use crate::pages::Chrome;
 pub(crate) use crate::routes::form::lang_of;
 use crate::routes::form::{CsrfField, PostedForm, on_page};
@@ -17,7 +18,6 @@ use axum::extract::{Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
-use mydata_core::Timestamp;
 use mydata_core::catalog::{Service, ServiceMode};
 use mydata_core::transfer::{TransferKind, TransferState};
 use mydata_store::{CounterTransferRow, OfficeRow, Transfer};
@@ -38,17 +38,6 @@ pub(crate) fn page<T: Template>(
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
-}
-
-/// A time as people in Taiwan read it (UTC+8, no daylight saving).
-pub(crate) fn taipei(t: Timestamp) -> String {
-    let secs = t.millis().div_euclid(1000) + 8 * 3600;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let date = time::Date::from_julian_day(i32::try_from(days + 2_440_588).unwrap_or(2_440_588))
-        .map(|d| format!("{}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()))
-        .unwrap_or_default();
-    format!("{date} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
 }
 
 fn counter_services(state: &AppState) -> impl Iterator<Item = &Service> {
@@ -135,8 +124,8 @@ async fn open_applications(
             .map(|s| lang.pick(&s.name_zh, &s.name_en).to_owned())
             .unwrap_or_default();
         let text = match lang {
-            Lang::ZhTw => format!("{service}（資料保存至 {}）", taipei(t.expires_at)),
-            Lang::En => format!("{service} (data kept until {})", taipei(t.expires_at)),
+            Lang::ZhTw => format!("{service}（資料保存至 {}）", taipei_time(t.expires_at)),
+            Lang::En => format!("{service} (data kept until {})", taipei_time(t.expires_at)),
         };
         out.push((format!("/counter/transfers/{}", t.id), text));
     }
@@ -567,8 +556,8 @@ pub async fn transfer(
                         serial: s.as_str().to_owned(),
                         grouped: s.grouped(),
                         valid_until: match lang {
-                            Lang::ZhTw => format!("此條碼有效至 {}（20 分鐘）。", taipei(*until)),
-                            Lang::En => format!("This barcode works until {} (20 minutes).", taipei(*until)),
+                            Lang::ZhTw => format!("此條碼有效至 {}（20 分鐘）。", taipei_time(*until)),
+                            Lang::En => format!("This barcode works until {} (20 minutes).", taipei_time(*until)),
                         },
                         refresh_note: lang.pick(
                             "時間到時此頁會自動換成新條碼，舊條碼隨即失效。",
@@ -625,11 +614,11 @@ pub async fn transfer(
             data_limit: match lang {
                 Lang::ZhTw => format!(
                     "資料最多保存 8 小時，至 {} 自動刪除。",
-                    taipei(t.expires_at)
+                    taipei_time(t.expires_at)
                 ),
                 Lang::En => format!(
                     "The data is kept at most 8 hours and deleted at {} (Taiwan time).",
-                    taipei(t.expires_at)
+                    taipei_time(t.expires_at)
                 ),
             },
             refresh_secs,
