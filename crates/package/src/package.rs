@@ -83,16 +83,21 @@ impl PlatformSigner {
 
     /// The public key as a JWK (RFC 7517) for a published key set.
     pub fn public_jwk(&self) -> serde_json::Value {
-        let mut jwk = ec_jwk(self.verifying_key());
-        jwk["kid"] = serde_json::Value::String(self.kid.clone());
-        jwk["use"] = "sig".into();
-        jwk["alg"] = "ES256".into();
-        jwk
+        signing_jwk(&self.kid, self.verifying_key())
     }
 }
 
+/// A platform signing key as published: its JWK with `kid`, `use` sig and `alg` ES256.
+pub(crate) fn signing_jwk(kid: &str, key: &VerifyingKey) -> serde_json::Value {
+    let mut jwk = ec_jwk(key);
+    jwk["kid"] = kid.into();
+    jwk["use"] = "sig".into();
+    jwk["alg"] = "ES256".into();
+    jwk
+}
+
 /// The required members of a P-256 public key's JWK, in RFC 7638's order.
-pub(crate) fn ec_jwk(key: &VerifyingKey) -> serde_json::Value {
+fn ec_jwk(key: &VerifyingKey) -> serde_json::Value {
     let point = key.to_sec1_point(false);
     let x = point.x().map(|x| jws::b64url(x)).unwrap_or_default();
     let y = point.y().map(|y| jws::b64url(y)).unwrap_or_default();

@@ -1,7 +1,7 @@
 //! The platform's public signing keys by key ID: each receipt names the key that signed it (`kid`),
 //! so receipts signed before the platform replaced its key still verify against the previous one.
 
-use crate::package::{ec_jwk, jwk_thumbprint};
+use crate::package::{jwk_thumbprint, signing_jwk};
 use p256::ecdsa::VerifyingKey;
 
 /// The platform's public signing keys by key ID, the current one first (as published in its JWK
@@ -59,13 +59,7 @@ impl PlatformKeys {
     /// Each key as a public JWK (`use` sig, `alg` ES256, its `kid`), in order, for a key set.
     pub fn public_jwks(&self) -> Vec<serde_json::Value> {
         self.iter()
-            .map(|(kid, key)| {
-                let mut jwk = ec_jwk(key);
-                jwk["kid"] = kid.into();
-                jwk["use"] = "sig".into();
-                jwk["alg"] = "ES256".into();
-                jwk
-            })
+            .map(|(kid, key)| signing_jwk(kid, key))
             .collect()
     }
 }

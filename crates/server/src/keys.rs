@@ -33,7 +33,7 @@ pub fn load_platform_keys(settings: &Settings) -> anyhow::Result<PlatformKeyring
         })?;
         for key in keys {
             let kid = mydata_package::jwk_thumbprint(&key);
-            if published.insert_by_thumbprint(key) {
+            if published.insert(kid.clone(), key) {
                 tracing::info!(kid, "previous platform signing key published");
             } else {
                 // Harmless (the current key, or a key given twice), but likely a mistake.
