@@ -179,14 +179,8 @@ fn documented_script_fails_on_an_extra_file_and_an_edited_receipt() {
         "x",
     )
     .unwrap();
-    let mut b = mydata_package::PackageBuilder::new("t-1", "p", "purpose");
-    b.add_dataset(
-        fx.agency
-            .sign_dataset("t-1", "household", NOW, household_files())
-            .unwrap(),
-    )
-    .unwrap();
-    let out = run_script(&fx, &b.build(&other_platform, NOW).unwrap(), &[]);
+    let zip = receipted_by(&other_platform, &fx.agency, &["household"]);
+    let out = run_script(&fx, &zip, &[]);
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
     assert!(

@@ -587,14 +587,7 @@ fn receipt_signed_by_another_key_is_refused() {
         "platform-2026",
     )
     .unwrap();
-    let mut b = mydata_package::PackageBuilder::new("t-1", "p", "purpose");
-    b.add_dataset(
-        fx.agency
-            .sign_dataset("t-1", "household", NOW, household_files())
-            .unwrap(),
-    )
-    .unwrap();
-    let zip = b.build(&other, NOW).unwrap();
+    let zip = receipted_by(&other, &fx.agency, &["household"]);
     let r = verify(&fx, &zip);
     assert_eq!(
         r.receipt_signature,
@@ -613,22 +606,15 @@ fn receipt_is_checked_with_the_key_its_kid_names() {
     let (previous, current, stranger) = (generate(), generate(), generate());
     let mut keys = PlatformKeys::from(*current.verifying_key());
     keys.insert_by_thumbprint(*previous.verifying_key());
-    let receipted_by = |key: &SigningKey| {
+    let package_by = |key: &SigningKey| {
         let signer = mydata_package::PlatformSigner::with_thumbprint_kid(key.clone()).unwrap();
-        let mut b = mydata_package::PackageBuilder::new("t-1", "p", "purpose");
-        b.add_dataset(
-            fx.agency
-                .sign_dataset("t-1", "household", NOW, household_files())
-                .unwrap(),
-        )
-        .unwrap();
-        b.build(&signer, NOW).unwrap()
+        receipted_by(&signer, &fx.agency, &["household"])
     };
     for key in [&previous, &current] {
-        let r = verify_package_with_keys(&receipted_by(key), &fx.trust, &keys, NOW);
+        let r = verify_package_with_keys(&package_by(key), &fx.trust, &keys, NOW);
         assert!(r.is_ok(), "{r:#?}");
     }
-    let r = verify_package_with_keys(&receipted_by(&stranger), &fx.trust, &keys, NOW);
+    let r = verify_package_with_keys(&package_by(&stranger), &fx.trust, &keys, NOW);
     let kid = mydata_package::jwk_thumbprint(stranger.verifying_key());
     assert_eq!(
         r.receipt_signature,
@@ -642,7 +628,7 @@ fn receipt_is_checked_with_the_key_its_kid_names() {
         mydata_package::jwk_thumbprint(stranger.verifying_key()),
         *current.verifying_key(),
     );
-    let r = verify_package_with_keys(&receipted_by(&stranger), &fx.trust, &lying, NOW);
+    let r = verify_package_with_keys(&package_by(&stranger), &fx.trust, &lying, NOW);
     assert_eq!(
         r.receipt_signature,
         Verdict::Failed(ReceiptError::SignatureInvalid)

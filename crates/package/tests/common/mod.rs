@@ -86,6 +86,11 @@ pub fn household_files() -> Vec<DataFile> {
 
 /// A package with datasets `ids`, all signed by `agency`, for transfer "t-1".
 pub fn build_with(fx: &Fixture, agency: &AgencySigner, ids: &[&str]) -> Vec<u8> {
+    receipted_by(&fx.platform, agency, ids)
+}
+
+/// [`build_with`], its receipt signed by `platform` instead of the fixture's platform key.
+pub fn receipted_by(platform: &PlatformSigner, agency: &AgencySigner, ids: &[&str]) -> Vec<u8> {
     let mut b = PackageBuilder::new("t-1", "pseudo-7f3a", "loan application");
     for id in ids {
         let ds = agency
@@ -93,7 +98,7 @@ pub fn build_with(fx: &Fixture, agency: &AgencySigner, ids: &[&str]) -> Vec<u8> 
             .unwrap();
         b.add_dataset(ds).unwrap();
     }
-    b.build(&fx.platform, NOW).unwrap()
+    b.build(platform, NOW).unwrap()
 }
 
 pub fn build(fx: &Fixture) -> Vec<u8> {
