@@ -24,7 +24,7 @@ use mydata_core::transfer::{TransferEvent, TransferState};
 use mydata_core::{AssuranceLevel, BusinessId, IdNumber, IdentityMethod, Timestamp};
 use mydata_store::{
     Admission, AgencyLimits, FetchAttempt, FetchProgress, FetchSettlement, Job, NewAuditEvent,
-    NewJob, NewTransfer, RequestAnswer, SettleAlso, StartJobs, StoreError, Transfer, fetch_status,
+    NewJob, NewTransfer, RequestAnswer, SettleAlso, StoreError, Transfer, fetch_status,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -256,21 +256,10 @@ pub async fn start_fetch(
     // As many fetches as this process has room for run right here, leased to it by the same
     // write; the rest go to the workers.
     let starter = state.starter();
-    let permits = starter.take(jobs.len());
-    let until = now.plus(crate::background::lease_of(state));
-    let start = StartJobs {
-        jobs: &jobs,
-        leased: permits.count(),
-        to: Some((starter.worker(), until)),
-    };
+    let (start, permits) = starter.lease(state, &jobs);
     let (t, answered) = store
         .start_transfer(&req.transfer, &sealed, start, answers.as_ref(), actor, now)
         .await?;
-    let leased: Vec<_> = jobs
-        .iter()
-        .take(permits.count())
-        .map(|j| crate::background::leased(j, starter.worker(), until))
-        .collect();
     let twice = answers.is_some() && !answered;
     if twice {
         // Answered twice at once: the other answer stands, this transfer is cancelled (before its
@@ -279,10 +268,8 @@ pub async fn start_fetch(
             .apply_transfer_event(&t.id, TransferEvent::Cancel, actor, now)
             .await;
     }
-    for _ in leased.len()..jobs.len() {
-        state.job_wake().wake(FETCH_QUEUE);
-    }
-    starter.run(state, Arc::new(FetchHandler), leased, permits);
+    // A new transfer's jobs are all new.
+    starter.run_enqueued(state, Arc::new(FetchHandler), start, permits, |_| true);
     if twice {
         return Err(StartError::AlreadyAnswered);
     }
@@ -497,7 +484,7 @@ impl Ctx<'_> {
         match done.all_settled {
             Some(true) if done.next_leased => {
                 if let Some((_, worker)) = self.job {
-                    let job = crate::background::leased(&package, worker, now.plus(lease));
+                    let job = crate::background::leased_job(&package, worker, now.plus(lease));
                     let handler = crate::packages::PackageHandler;
                     crate::background::run_leased(self.state, &handler, job, worker).await;
                 }

@@ -110,10 +110,11 @@ pub struct Starter {
     worker: String,
 }
 
-/// Leases of jobs a [`Starter`] will run: one permit each.
+/// Leases of jobs a [`Starter`] will run: one permit each, and the end of their lease.
 #[derive(Debug)]
 pub struct StartPermits {
     permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    until: mydata_core::Timestamp,
 }
 
 impl StartPermits {
@@ -148,8 +149,9 @@ impl Starter {
         self.permits.as_ref().map_or(0, |s| s.available_permits())
     }
 
-    /// Permits for up to `wanted` jobs, as many as are free now (none when jobs are off).
-    pub fn take(&self, wanted: usize) -> StartPermits {
+    /// Permits for up to `wanted` jobs, as many as are free now (none when jobs are off), leased
+    /// until a lease from now.
+    fn take(&self, state: &AppState, wanted: usize) -> StartPermits {
         let mut permits = Vec::new();
         if let Some(sem) = &self.permits {
             while permits.len() < wanted {
@@ -159,7 +161,52 @@ impl Starter {
                 }
             }
         }
-        StartPermits { permits }
+        StartPermits {
+            permits,
+            until: state.clock().now().plus(lease_of(state)),
+        }
+    }
+
+    /// Leases the first of `jobs` to this process, as many as it has room for: the
+    /// [`StartJobs`](mydata_store::StartJobs) for the write that enqueues them, and the permits to
+    /// run them with once it has ([`Starter::run_enqueued`]).
+    pub fn lease<'a>(
+        &'a self,
+        state: &AppState,
+        jobs: &'a [NewJob],
+    ) -> (mydata_store::StartJobs<'a>, StartPermits) {
+        let permits = self.take(state, jobs.len());
+        let start = mydata_store::StartJobs {
+            jobs,
+            leased: permits.count(),
+            to: Some((self.worker.as_str(), permits.until)),
+        };
+        (start, permits)
+    }
+
+    /// After the write of `start` (from [`Starter::lease`]): runs its leased jobs here and wakes a
+    /// worker of `handler`'s queue for each of the others, of those `enqueued` says the write
+    /// enqueued (a job already there by its dedup key is neither run nor woken for).
+    pub fn run_enqueued(
+        &self,
+        state: &AppState,
+        handler: Arc<dyn JobHandler>,
+        start: mydata_store::StartJobs<'_>,
+        permits: StartPermits,
+        enqueued: impl Fn(&NewJob) -> bool,
+    ) {
+        let mut leased = Vec::new();
+        for (i, job) in start.jobs.iter().enumerate() {
+            if !enqueued(job) {
+                continue;
+            }
+            if i < start.leased {
+                leased.push(leased_job(job, &self.worker, permits.until));
+            } else {
+                state.job_wake().wake(handler.queue());
+            }
+        }
+        self.run(state, handler, leased, permits);
     }
 
     /// Stops starting runs (later starts queue their jobs for the workers) and waits for the runs
@@ -177,7 +224,7 @@ impl Starter {
 
     /// Runs `jobs` (leased to [`Starter::worker`] by the write that enqueued them), one task each,
     /// each holding one of `permits` until it ends.
-    pub fn run(
+    fn run(
         &self,
         state: &AppState,
         handler: Arc<dyn JobHandler>,
@@ -470,7 +517,7 @@ pub(crate) fn lease_of(state: &AppState) -> Duration {
 }
 
 /// `job` as just enqueued leased to `worker` until `until` (see [`run_leased`]).
-pub(crate) fn leased(job: &NewJob, worker: &str, until: mydata_core::Timestamp) -> Job {
+pub(crate) fn leased_job(job: &NewJob, worker: &str, until: mydata_core::Timestamp) -> Job {
     Job {
         id: job.id.clone(),
         queue: job.queue.clone(),

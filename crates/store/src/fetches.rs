@@ -254,15 +254,19 @@ fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The start of a one-step insert of the jobs in a JSON array from [`jobs_json`] (parameter
-/// `$array`), queued at the time parameter `$now`, on SQLite: the caller adds its `WHERE` and
-/// `ON CONFLICT (dedup_key) DO NOTHING`.
+/// The start of a one-step insert of the jobs in a JSON array from [`jobs_json`] or
+/// [`leased_jobs_json`] (parameter `$array`), at the time parameter `$now`, on SQLite: a job with a
+/// `lease_owner` goes in `running` at its first attempt, the others `queued`. The caller adds its
+/// `WHERE` and `ON CONFLICT (dedup_key) DO NOTHING`.
 macro_rules! insert_jobs_sqlite {
     ($array:literal, $now:literal) => {
         concat!(
-            "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'), 'queued', 0,
-           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'), ",
+            "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, lease_owner, lease_until, created_at, updated_at)
+    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'),
+           CASE WHEN json_extract(value, '$.lease_owner') IS NULL THEN 'queued' ELSE 'running' END,
+           CASE WHEN json_extract(value, '$.lease_owner') IS NULL THEN 0 ELSE 1 END,
+           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'),
+           json_extract(value, '$.lease_owner'), json_extract(value, '$.lease_until'), ",
             $now,
             ", ",
             $now,
@@ -273,20 +277,26 @@ macro_rules! insert_jobs_sqlite {
         )
     };
 }
+pub(crate) use insert_jobs_sqlite;
 
 /// [`insert_jobs_sqlite`] on PostgreSQL, up to its select list: the caller adds the `FROM` that
 /// names the array's elements `x`, and the `ON CONFLICT`.
 macro_rules! insert_jobs_postgres {
     ($now:literal) => {
         concat!(
-            "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, created_at, updated_at)
-    SELECT x->>'id', x->>'queue', x->>'payload', 'queued', 0, (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key', ",
+            "INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, lease_owner, lease_until, created_at, updated_at)
+    SELECT x->>'id', x->>'queue', x->>'payload',
+           CASE WHEN x->>'lease_owner' IS NULL THEN 'queued' ELSE 'running' END,
+           CASE WHEN x->>'lease_owner' IS NULL THEN 0 ELSE 1 END,
+           (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key',
+           x->>'lease_owner', (x->>'lease_until')::bigint, ",
             $now,
             ", ",
             $now
         )
     };
 }
+pub(crate) use insert_jobs_postgres;
 
 /// Consent as one step (see `step`): the compare-and-set moves the transfer to `fetching`; only if it
 /// matched are the sealed identity, the audit event (its `seq` returned) and the jobs (`$6`, a JSON
@@ -362,9 +372,9 @@ SELECT sealed_key FROM u"
 /// versions, two events `$14`/`$15` and `$16`/`$17`, subject `$18`, actor `$19`). Returns
 /// `(2, NULL)` for the `jti` recorded, `(0, key)` for the key taken, `(1, NULL)` per transfer event.
 /// On PostgreSQL the three events are one INSERT, so that they are numbered in this order. If the
-/// key was taken, the jobs of `$20` (a JSON array from [`jobs_json`]) are enqueued; on SQLite the
-/// key is cleared last, so that a package taken at `$1` whose key is still there is the one this
-/// step took.
+/// key was taken, the jobs of `$20` (a JSON array from [`leased_jobs_json`]) are enqueued,
+/// returning `(4, job ID)` each; on SQLite the key is cleared last, so that a package taken at `$1`
+/// whose key is still there is the one this step took.
 const RETRIEVE_SQLITE: &str = concat!(
     "BEGIN IMMEDIATE;
 INSERT INTO oauth_jtis (client_id, jti, expires_at) SELECT $9, $10, $11 WHERE $10 IS NOT NULL
@@ -378,7 +388,7 @@ UPDATE transfers SET state = $12, updated_at = $1, version = version + 2 WHERE i
 ",
     insert_jobs_sqlite!("$20", "$1"),
     " WHERE EXISTS (SELECT 1 FROM packages WHERE transfer_id = $2 AND taken_at = $1 AND sealed_key IS NOT NULL)
-    ON CONFLICT (dedup_key) DO NOTHING;
+    ON CONFLICT (dedup_key) DO NOTHING RETURNING 4, id;
 UPDATE packages SET sealed_key = NULL, body = NULL, deleted_at = $1 WHERE transfer_id = $2 AND taken_at = $1 AND sealed_key IS NOT NULL;
 COMMIT"
 );
@@ -399,8 +409,9 @@ n AS (",
     insert_jobs_postgres!("$1"),
     "
     FROM u, jsonb_array_elements($20::jsonb) AS x
-    ON CONFLICT (dedup_key) DO NOTHING)
-SELECT k, NULL::text FROM j UNION ALL SELECT 0::bigint, sealed_key FROM u UNION ALL SELECT 1::bigint, NULL::text FROM t"
+    ON CONFLICT (dedup_key) DO NOTHING RETURNING id)
+SELECT k, NULL::text FROM j UNION ALL SELECT 0::bigint, sealed_key FROM u UNION ALL SELECT 1::bigint, NULL::text FROM t
+UNION ALL SELECT 4::bigint, id FROM n"
 );
 
 /// A settlement as one step, SQLite only (see `settle_fetch_then`): the dataset settled once; only
@@ -685,8 +696,14 @@ impl Packaged {
 /// What a service's retrieval found (see [`Store::retrieve_package`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retrieval {
-    /// The key, now cleared; `closed` when the transfer was released and purged with it.
-    Taken { key: String, closed: bool },
+    /// The key, now cleared; `closed` when the transfer was released and purged with it;
+    /// `enqueued`, the IDs of the jobs this step enqueued (one already there by its dedup key is
+    /// not).
+    Taken {
+        key: String,
+        closed: bool,
+        enqueued: Vec<String>,
+    },
     /// The package is gone, taken already or past its expiry.
     Gone,
     /// The DPoP proof's `jti` was used before: nothing changed.
@@ -1343,7 +1360,8 @@ impl Store {
     /// A service retrieves its package, in one step: records the DPoP proof's `jti` (if any), then
     /// takes the key as [`Store::take_package_key`] does, then moves `read` (a ready transfer, as
     /// read for this request) to released and purged; if the key was taken, `notices` (jobs, the
-    /// person's notice of the retrieval) are enqueued, each unless its dedup key exists. The
+    /// person's notice of the retrieval, the first of them possibly leased to the caller, which
+    /// then runs them without a claim) are enqueued, each unless its dedup key exists. The
     /// transfer is left as it is when it changed since `read`: the caller then moves it from a
     /// fresh read.
     pub async fn retrieve_package(
@@ -1351,7 +1369,7 @@ impl Store {
         read: &Transfer,
         audit: &NewAuditEvent,
         proof: Option<Jti<'_>>,
-        notices: &[NewJob],
+        notices: crate::StartJobs<'_>,
         actor: &str,
         now: Timestamp,
     ) -> Result<Retrieval> {
@@ -1374,7 +1392,7 @@ impl Store {
             .bind(purged_detail.to_string())
             .bind(&read.subject)
             .bind(actor)
-            .bind(jobs_json(notices)));
+            .bind(leased_jobs_json(notices.jobs, notices.leased, notices.to)));
         if proof.is_some() && !rows.iter().any(|r| r.0 == 2) {
             return Ok(Retrieval::ProofReplay);
         }
@@ -1384,6 +1402,11 @@ impl Store {
         Ok(Retrieval::Taken {
             key,
             closed: rows.iter().any(|r| r.0 == 1),
+            enqueued: rows
+                .iter()
+                .filter(|r| r.0 == 4)
+                .filter_map(|r| r.1.clone())
+                .collect(),
         })
     }
 

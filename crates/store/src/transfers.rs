@@ -311,13 +311,9 @@ INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, update
     SELECT $1, value, key, 'pending', $7 FROM json_each($9) WHERE true;
 INSERT INTO audit_events (at, kind, subject, transfer_id, actor, detail) VALUES ($7, $10, $3, $1, $11, $12), ($7, $13, $3, $1, $11, $14);
 INSERT INTO transfer_secrets (transfer_id, sealed, created_at) VALUES ($1, $15, $7);
-INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, lease_owner, lease_until, created_at, updated_at)
-    SELECT json_extract(value, '$.id'), json_extract(value, '$.queue'), json_extract(value, '$.payload'),
-           CASE WHEN json_extract(value, '$.lease_owner') IS NULL THEN 'queued' ELSE 'running' END,
-           CASE WHEN json_extract(value, '$.lease_owner') IS NULL THEN 0 ELSE 1 END,
-           json_extract(value, '$.max_attempts'), json_extract(value, '$.run_at'), json_extract(value, '$.dedup_key'),
-           json_extract(value, '$.lease_owner'), json_extract(value, '$.lease_until'), $7, $7
-    FROM json_each($16) WHERE true
+",
+    crate::fetches::insert_jobs_sqlite!("$16", "$7"),
+    " WHERE true
     ON CONFLICT (dedup_key) DO NOTHING;
 UPDATE oauth_requests SET status = 'consented', transfer_id = $1, updated_at = $7, expires_at = MAX(expires_at, $23),
     params = ",
@@ -333,12 +329,9 @@ const START_POSTGRES: &str = concat!(
 d AS (INSERT INTO transfer_datasets (transfer_id, dataset_id, position, status, updated_at)
     SELECT t.id, x.value, x.n - 1, 'pending', $7 FROM t, jsonb_array_elements_text($9::jsonb) WITH ORDINALITY AS x(value, n)),
 s AS (INSERT INTO transfer_secrets (transfer_id, sealed, created_at) SELECT t.id, $15, $7 FROM t),
-j AS (INSERT INTO jobs (id, queue, payload, state, attempts, max_attempts, run_at, dedup_key, lease_owner, lease_until, created_at, updated_at)
-    SELECT x->>'id', x->>'queue', x->>'payload',
-           CASE WHEN x->>'lease_owner' IS NULL THEN 'queued' ELSE 'running' END,
-           CASE WHEN x->>'lease_owner' IS NULL THEN 0 ELSE 1 END,
-           (x->>'max_attempts')::bigint, (x->>'run_at')::bigint, x->>'dedup_key',
-           x->>'lease_owner', (x->>'lease_until')::bigint, $7, $7
+j AS (",
+    crate::fetches::insert_jobs_postgres!("$7"),
+    "
     FROM t, jsonb_array_elements($16::jsonb) AS x
     ON CONFLICT (dedup_key) DO NOTHING),
 r AS (UPDATE oauth_requests SET status = 'consented', transfer_id = t.id, updated_at = $7,

@@ -2040,7 +2040,7 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
             &ready[0],
             &taken,
             proof("dpop:old"),
-            &notice("n0", "r1"),
+            StartJobs::queued(&notice("n0", "r1")),
             "service:sp",
             T0
         )
@@ -2058,7 +2058,11 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
             &ready[0],
             &taken,
             proof("dpop:new"),
-            &notice("n1", "r1"),
+            StartJobs {
+                jobs: &notice("n1", "r1"),
+                leased: 1,
+                to: Some(("w1", T0.plus(Duration::from_secs(60)))),
+            },
             "service:sp",
             T0
         )
@@ -2066,7 +2070,8 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
         .unwrap(),
         Retrieval::Taken {
             key: "wrapped-key".into(),
-            closed: true
+            closed: true,
+            enqueued: vec!["n1".into()],
         }
     );
     let t = s.transfer("r1").await.unwrap().unwrap();
@@ -2085,10 +2090,16 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
     );
     let r1 = s.package("r1").await.unwrap().unwrap();
     assert!(r1.sealed_key.is_none() && r1.body.is_none());
-    let queued = s.job("n1").await.unwrap().unwrap();
+    // Leased by the same write to the caller, which runs it without a claim.
+    let leased = s.job("n1").await.unwrap().unwrap();
     assert_eq!(
-        (queued.queue.as_str(), queued.state),
-        ("messages", JobState::Queued)
+        (
+            leased.queue.as_str(),
+            leased.state,
+            leased.attempts,
+            leased.lease_owner.as_deref()
+        ),
+        ("messages", JobState::Running, 1, Some("w1"))
     );
     // Once only, with or without a proof.
     assert_eq!(
@@ -2096,7 +2107,7 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
             &ready[0],
             &taken,
             proof("dpop:3"),
-            &notice("n2", "r1-2"),
+            StartJobs::queued(&notice("n2", "r1-2")),
             "service:sp",
             T0
         )
@@ -2109,7 +2120,7 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
             &ready[0],
             &taken,
             None,
-            &notice("n3", "r1-3"),
+            StartJobs::queued(&notice("n3", "r1-3")),
             "service:sp",
             T0
         )
@@ -2130,7 +2141,7 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
             &stale,
             &ev("service.retrieval", "r2"),
             None,
-            &notice("n4", "r2"),
+            StartJobs::queued(&[notice("n4", "r2"), notice("n5", "r1")].concat()),
             "service:sp",
             T0
         )
@@ -2138,14 +2149,19 @@ async fn a_retrieval_takes_the_key_and_closes_the_transfer_once(s: &Store) {
         .unwrap(),
         Retrieval::Taken {
             key: "wrapped-key".into(),
-            closed: false
+            closed: false,
+            enqueued: vec!["n4".into()],
         }
     );
     assert_eq!(
         s.transfer("r2").await.unwrap().unwrap().state,
         TransferState::Delivered
     );
-    assert!(s.job("n4").await.unwrap().is_some());
+    assert_eq!(
+        s.job("n4").await.unwrap().map(|j| j.state),
+        Some(JobState::Queued)
+    );
+    assert_eq!(s.job("n5").await.unwrap(), None);
 }
 
 async fn packaging_ends_in_one_step_and_only_once(s: &Store) {

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mydata_core::transfer::{TransferEvent, TransferKind, TransferState};
 use mydata_store::{Retrieval, Transfer};
+use std::sync::Arc;
 
 /// What `packages.sealed_key` holds for an end-to-end sealed package: there is no platform key;
 /// the marker only keeps the single-use and purge rules (which act on that column) the same.
@@ -268,22 +269,32 @@ async fn take_sealed(
     );
     let actor = format!("service:{client_id}");
     let proof_jti = proof.map(dpop::Proof::unspent);
+    // The notices run right here, leased to this process by the retrieval's write, as far as it
+    // has room (no claim, no worker hand-off); the rest go to the workers.
+    let starter = state.starter();
+    let (start, permits) = starter.lease(state, notices);
     let closed = match store
         .retrieve_package(
             t,
             &audit,
             proof_jti.as_ref().map(|j| j.for_client(client_id)),
-            notices,
+            start,
             &actor,
             now,
         )
         .await
         .map_err(|e| internal(e.into()))?
     {
-        Retrieval::Taken { closed, .. } => {
-            if !notices.is_empty() {
-                state.job_wake().wake(crate::identity::messages::QUEUE);
-            }
+        Retrieval::Taken {
+            closed, enqueued, ..
+        } => {
+            starter.run_enqueued(
+                state,
+                Arc::new(crate::identity::messages::MessageSender),
+                start,
+                permits,
+                |j| enqueued.contains(&j.id),
+            );
             closed
         }
         Retrieval::Gone => return Err(gone()),
