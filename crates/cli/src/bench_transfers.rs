@@ -465,14 +465,10 @@ async fn transfer(
     phases[5] = lap(&mut mark);
     if let Some(trust) = &s.trust {
         let now = mydata_core::Clock::now(&mydata_core::SystemClock);
-        mydata_sdk::verify(
-            &zip,
-            &token.transfer_id,
-            trust,
-            &s.service.platform_signing_keys(),
-            now,
-        )
-        .map_err(|e| fail("verify", e))?;
+        s.service
+            .verify_package(&zip, &token.transfer_id, trust, now)
+            .await
+            .map_err(|e| fail("verify", e))?;
         phases[6] = lap(&mut mark);
     }
     Ok(())

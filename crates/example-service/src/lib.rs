@@ -334,18 +334,10 @@ async fn deliver(inner: &Inner, service: &Service, sid: String, token: Token) ->
         }
     };
     let result = async {
-        let now = inner.clock.now();
-        let verify = |keys: &mydata_sdk::PlatformKeys| {
-            mydata_sdk::verify(&zip, &token.transfer_id, &trust, keys, now)
-        };
-        match verify(&service.platform_signing_keys()) {
-            // Receipted with a key the platform took up after this service read its keys.
-            Err(mydata_sdk::VerifyError::UnknownPlatformKey { .. }) => {
-                service.refresh_platform_keys().await?;
-                verify(&service.platform_signing_keys())?
-            }
-            other => other?,
-        };
+        // Reads the platform's keys again if it took up a key after this service read them.
+        service
+            .verify_package(&zip, &token.transfer_id, &trust, inner.clock.now())
+            .await?;
         let raw = mydata_package::read_package(&zip, &Default::default())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut found = Vec::new();

@@ -20,13 +20,14 @@
 //! 5. [`verify`] runs the platform's checks on the package: archive, receipt signature (with the
 //!    platform key the receipt's `kid` names, among [`Service::platform_signing_keys`]) and
 //!    contents, then for each dataset the four ordered checks of the seeds (certificate valid,
-//!    agency key from it, digest file intact, each file intact). A receipt signed with a key the
-//!    service has not read (the platform replaced its key since) is
-//!    [`VerifyError::UnknownPlatformKey`]: [`Service::refresh_platform_keys`], then verify again.
+//!    agency key from it, digest file intact, each file intact). [`Service::verify_package`] runs
+//!    it with the keys the service holds and, for a receipt signed with a key it has not read
+//!    (the platform replaced its key since), reads the platform's keys again once; [`verify`]
+//!    alone leaves that to the caller ([`VerifyError::UnknownPlatformKey`]).
 //!
 //! ```no_run
 //! # async fn demo(roots_pem: &[u8], crl_der: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
-//! use mydata_sdk::{AuthorizationRequest, Clock as _, Keys, PlatformKeys, Service, ServiceConfig, SystemClock, TrustStore, VerifyError};
+//! use mydata_sdk::{AuthorizationRequest, Clock as _, Keys, Service, ServiceConfig, SystemClock, TrustStore};
 //! let keys = Keys::generate();
 //! let config = ServiceConfig::new("https://mydata.example", "my-service", "https://sp.example/callback", keys)?;
 //! let service = Service::discover(config).await?;
@@ -39,15 +40,8 @@
 //! trust.add_roots_pem(roots_pem)?;
 //! trust.add_crl_der(crl_der)?;
 //! let zip = service.package(&token, std::time::Duration::from_secs(600)).await?;
-//! let verify = |keys: &PlatformKeys| mydata_sdk::verify(&zip, &token.transfer_id, &trust, keys, SystemClock.now());
-//! let report = match verify(&service.platform_signing_keys()) {
-//!     // Receipted with a key the platform published after discovery: read its keys again.
-//!     Err(VerifyError::UnknownPlatformKey { .. }) => {
-//!         service.refresh_platform_keys().await?;
-//!         verify(&service.platform_signing_keys())?
-//!     }
-//!     other => other?,
-//! };
+//! // With the platform's keys, read again if the platform replaced its key since discovery.
+//! let report = service.verify_package(&zip, &token.transfer_id, &trust, SystemClock.now()).await?;
 //! // Only now is the data in `zip` (see `report.datasets`) the agencies' own.
 //! # let _ = report; Ok(()) }
 //! ```
@@ -789,6 +783,36 @@ impl Service {
         &self.metadata
     }
 
+    /// [`verify`] with the platform's receipt keys this service holds. A receipt signed with a
+    /// key it has not read (the platform replaced its key since discovery) makes it read the
+    /// platform's keys again, once, and verify with them; a key still unknown then is
+    /// [`VerifyError::NotPlatformKey`], keys that cannot be read
+    /// [`VerifyError::PlatformKeysUnavailable`].
+    pub async fn verify_package(
+        &self,
+        zip: &[u8],
+        transfer_id: &str,
+        trust: &TrustStore,
+        now: Timestamp,
+    ) -> Result<PackageReport, VerifyError> {
+        let first = verify(zip, transfer_id, trust, &self.platform_signing_keys(), now);
+        let Err(VerifyError::UnknownPlatformKey { kid }) = first else {
+            return first;
+        };
+        if let Err(e) = self.refresh_platform_keys().await {
+            return Err(VerifyError::PlatformKeysUnavailable {
+                kid,
+                reason: e.to_string(),
+            });
+        }
+        match verify(zip, transfer_id, trust, &self.platform_signing_keys(), now) {
+            Err(VerifyError::UnknownPlatformKey { kid }) => {
+                Err(VerifyError::NotPlatformKey { kid })
+            }
+            other => other,
+        }
+    }
+
     /// The platform's receipt-signing keys by `kid`, as last read, for [`verify`]: the key it
     /// signs with now, then those it replaced and still publishes.
     pub fn platform_signing_keys(&self) -> PlatformKeys {
@@ -1332,12 +1356,24 @@ pub enum VerifyError {
     WrongTransfer { expected: String, found: String },
     /// The receipt is signed with a platform key (`kid`) not among the keys given: the platform
     /// replaced its key after they were read. Call [`Service::refresh_platform_keys`], then verify
-    /// again with [`Service::platform_signing_keys`]; a key still unknown then is not the
-    /// platform's.
+    /// again with [`Service::platform_signing_keys`] ([`Service::verify_package`] does both); a key
+    /// still unknown then is not the platform's.
     #[error(
         "the receipt is signed by platform key {kid}, which this service has not read: call Service::refresh_platform_keys, then verify again"
     )]
     UnknownPlatformKey { kid: String },
+    /// [`Service::verify_package`] read the platform's keys again and the receipt's key (`kid`)
+    /// is still not among them: the platform did not sign this receipt.
+    #[error(
+        "the receipt is signed by key {kid}, which the platform does not publish: the package is not the platform's"
+    )]
+    NotPlatformKey { kid: String },
+    /// [`Service::verify_package`] needed the platform's keys again for the receipt's key (`kid`)
+    /// and could not read them; nothing was decided about the package: try again later.
+    #[error(
+        "the receipt is signed by platform key {kid}, and the platform's keys cannot be read now ({reason}): verify again later"
+    )]
+    PlatformKeysUnavailable { kid: String, reason: String },
     /// A check failed; the report has every verdict.
     #[error("the package did not verify: {}", first_failure(.0))]
     Failed(Box<PackageReport>),
@@ -2283,6 +2319,104 @@ mod tests {
         *published.lock().unwrap() = PlatformKeys::from(new);
         service.refresh_platform_keys().await.unwrap();
         assert_eq!(service.platform_signing_keys(), PlatformKeys::from(new));
+    }
+
+    /// `verify_package` reads the platform's keys again only for a receipt key it has not read:
+    /// a rotation since discovery verifies without the caller's help, a key the platform does not
+    /// publish is not the platform's, and keys that cannot be read decide nothing.
+    #[tokio::test]
+    async fn verify_package_reads_the_keys_again_for_a_key_it_has_not_read() {
+        use axum::response::IntoResponse as _;
+        use axum::routing::get;
+        let now = SystemClock.now();
+        let day = Duration::from_secs(86_400);
+        let yesterday = Timestamp::from_millis(now.millis() - 86_400_000);
+        let ca = mydata_package::SimulatedCa::new("Root", yesterday, now.plus(day)).unwrap();
+        let (agency, _) = ca
+            .issue_agency("mohw-social-work", yesterday, now.plus(day))
+            .unwrap();
+        let mut trust = TrustStore::new();
+        trust.add_roots_pem(ca.root_pem().as_bytes()).unwrap();
+        let crl = ca.crl(&[], yesterday, now.plus(day)).unwrap();
+        trust.add_crl_der(crl.der()).unwrap();
+        let receipted_by = |key: &SigningKey| {
+            let signer = mydata_package::PlatformSigner::with_thumbprint_kid(key.clone()).unwrap();
+            let mut b = mydata_package::PackageBuilder::new("tr-1", "pseudo-1", "purpose");
+            let file = mydata_package::DataFile {
+                name: "data.json".into(),
+                media_type: "application/json".into(),
+                bytes: b"{}".to_vec(),
+            };
+            let signed = agency
+                .sign_dataset("tr-1", "low-income-household", now, vec![file])
+                .unwrap();
+            b.add_dataset(signed).unwrap();
+            b.build(&signer, now).unwrap()
+        };
+        let generate = <SigningKey as p256::elliptic_curve::Generate>::generate;
+        let (old, new, newer, stranger) = (generate(), generate(), generate(), generate());
+
+        // The platform's key set (None: its key endpoint is down), and how often it was read.
+        let published = Arc::new(std::sync::Mutex::new(Some(PlatformKeys::from(
+            *old.verifying_key(),
+        ))));
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (shown, counted) = (published.clone(), reads.clone());
+        let kem = HpkeKeyPair::generate().public_jwk();
+        let app = axum::Router::new().route(
+            "/jwks",
+            get(move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Some(keys) = shown.lock().unwrap().clone() else {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                };
+                let mut keys = keys.public_jwks();
+                keys.push(kem);
+                axum::Json(serde_json::json!({ "keys": keys })).into_response()
+            }),
+        );
+        let service = discover_at(&serve(app).await).await.unwrap();
+        let read_at_discovery = reads.load(Ordering::SeqCst);
+        let check = |zip: Vec<u8>| {
+            let (service, trust) = (&service, &trust);
+            async move { service.verify_package(&zip, "tr-1", trust, now).await }
+        };
+
+        // A key it holds: no reading.
+        check(receipted_by(&old)).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), read_at_discovery);
+
+        // The platform replaced its key: read again once, and verified.
+        let mut rotated = PlatformKeys::from(*new.verifying_key());
+        rotated.insert_by_thumbprint(*old.verifying_key());
+        *published.lock().unwrap() = Some(rotated);
+        let report = check(receipted_by(&new)).await.unwrap();
+        assert!(report.receipt_signature.is_passed());
+        assert_eq!(reads.load(Ordering::SeqCst), read_at_discovery + 1);
+        check(receipted_by(&old)).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), read_at_discovery + 1);
+
+        // A key the platform does not publish, even after reading again.
+        let err = check(receipted_by(&stranger)).await.unwrap_err();
+        let kid = mydata_package::jwk_thumbprint(stranger.verifying_key());
+        assert!(
+            matches!(&err, VerifyError::NotPlatformKey { kid: k } if *k == kid),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not the platform's"), "{err}");
+
+        // Rotated again while its key endpoint is down: nothing is decided, and it says so.
+        *published.lock().unwrap() = None;
+        let err = check(receipted_by(&newer)).await.unwrap_err();
+        let kid = mydata_package::jwk_thumbprint(newer.verifying_key());
+        assert!(
+            matches!(&err, VerifyError::PlatformKeysUnavailable { kid: k, .. } if *k == kid),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("verify again later"), "{err}");
+        // The keys held are kept.
+        assert!(service.platform_signing_keys().get(&kid).is_none());
+        check(receipted_by(&new)).await.unwrap();
     }
 
     #[tokio::test]

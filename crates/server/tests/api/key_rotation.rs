@@ -165,6 +165,12 @@ async fn receipts_signed_before_the_platform_replaced_its_key_verify_after_a_ref
         other => panic!("{other:?}"),
     }
     assert!(err.to_string().contains("refresh_platform_keys"), "{err}");
+    // The SDK's own check reads the platform's keys again for it.
+    let report = service
+        .verify_package(&receipted_after, "tr-1", &trust, now)
+        .await
+        .unwrap();
+    assert!(report.receipt_signature.is_passed());
 
     // (b) After a refresh, receipts by either key verify.
     service.refresh_platform_keys().await.unwrap();
@@ -185,6 +191,10 @@ async fn receipts_signed_before_the_platform_replaced_its_key_verify_after_a_ref
     );
     match verify(&forged, &keys).unwrap_err() {
         VerifyError::UnknownPlatformKey { kid } => assert_eq!(kid, thumbprint(&stranger)),
+        other => panic!("{other:?}"),
+    }
+    match service.verify_package(&forged, "tr-1", &trust, now).await {
+        Err(VerifyError::NotPlatformKey { kid }) => assert_eq!(kid, thumbprint(&stranger)),
         other => panic!("{other:?}"),
     }
     after.stop().await.unwrap();
