@@ -4,9 +4,11 @@
 use anyhow::Context;
 use base64::Engine;
 use clap::Args;
-use mydata_package::{DatasetError, DatasetReport, TrustStore, Verdict, verify_package};
+use mydata_package::{
+    DatasetError, DatasetReport, PlatformKeys, TrustStore, Verdict, verify_package,
+    verify_package_with_keys,
+};
 use p256::ecdsa::VerifyingKey;
-use p256::pkcs8::DecodePublicKey;
 use std::fmt::Display;
 use std::path::PathBuf;
 
@@ -28,9 +30,11 @@ pub struct VerifyArgs {
     /// Accept certificates whose CA published no CRL given here (revocation left unchecked).
     #[arg(long)]
     allow_missing_crl: bool,
-    /// The platform's public key (PEM) to check the receipt signature; without it that check is
-    /// reported as not run.
-    #[arg(long, value_name = "PEM")]
+    /// The platform's public keys to check the receipt signature with: its JWK set (saved from
+    /// /.well-known/mydata/jwks.json; the key the receipt's `kid` names is used, so receipts by a
+    /// key the platform replaced still verify) or one PEM public key (used whatever the `kid`).
+    /// Without it that check is reported as not run.
+    #[arg(long, value_name = "JWKS_OR_PEM")]
     platform_key: Option<PathBuf>,
 }
 
@@ -51,15 +55,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}: not a usable CRL", path.display()))?;
     }
     trust.allow_missing_crl(args.allow_missing_crl);
-    let platform_key = match &args.platform_key {
-        Some(path) => {
-            let text = String::from_utf8(read(path)?)
-                .with_context(|| format!("{}: not PEM text", path.display()))?;
-            Some(
-                VerifyingKey::from_public_key_pem(&text)
-                    .with_context(|| format!("{}: not a P-256 public key", path.display()))?,
-            )
-        }
+    let platform_keys = match &args.platform_key {
+        Some(path) => Some(
+            ReceiptKeys::read(&read(path)?)
+                .with_context(|| format!("{}: not a usable platform key", path.display()))?,
+        ),
         None => None,
     };
     let len = std::fs::metadata(&args.file)
@@ -73,7 +73,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     );
     let bytes = read(&args.file)?;
     let now = mydata_core::Clock::now(&mydata_core::SystemClock);
-    let report = verify_package(&bytes, &trust, platform_key.as_ref(), now);
+    let report = match &platform_keys {
+        Some(ReceiptKeys::ByKid(keys)) => verify_package_with_keys(&bytes, &trust, keys, now),
+        Some(ReceiptKeys::One(key)) => verify_package(&bytes, &trust, Some(key), now),
+        None => verify_package(&bytes, &trust, None, now),
+    };
 
     println!("package {}", args.file.display());
     line("archive readable and well-formed", &report.archive);
@@ -103,6 +107,36 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     } else {
         println!("verdict: INVALID");
         anyhow::bail!("{}: {}", args.file.display(), first_failure(&report))
+    }
+}
+
+/// What the receipt signature is checked with.
+enum ReceiptKeys {
+    /// A JWK set: the key the receipt's `kid` names (a key without a `kid` by its thumbprint, as
+    /// the platform names its keys).
+    ByKid(PlatformKeys),
+    /// One PEM key, whatever the receipt's `kid` (a key file names none).
+    One(VerifyingKey),
+}
+
+impl ReceiptKeys {
+    fn read(bytes: &[u8]) -> anyhow::Result<Self> {
+        let keys =
+            mydata_server::receipts::read_platform_keys(bytes).map_err(anyhow::Error::msg)?;
+        if let [only] = keys.as_slice()
+            && only.kid.is_none()
+            && std::str::from_utf8(bytes).is_ok_and(|t| t.trim_start().starts_with("-----BEGIN"))
+        {
+            return Ok(Self::One(only.key));
+        }
+        let mut by_kid = PlatformKeys::new();
+        for k in keys {
+            match k.kid {
+                Some(kid) => by_kid.insert(kid, k.key),
+                None => by_kid.insert_by_thumbprint(k.key),
+            };
+        }
+        Ok(Self::ByKid(by_kid))
     }
 }
 

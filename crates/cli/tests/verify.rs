@@ -16,6 +16,29 @@ const DAY: Duration = Duration::from_secs(86_400);
 struct Fixture {
     dir: tempfile::TempDir,
     package: Vec<u8>,
+    agency: mydata_package::AgencySigner,
+    now: Timestamp,
+}
+
+impl Fixture {
+    /// The fixture's two datasets, receipted by `platform`.
+    fn package_by(&self, platform: &PlatformSigner) -> Vec<u8> {
+        let mut b = PackageBuilder::new("tr-1", "pseudo-1", "self download");
+        for id in ["low-income-household", "disability-status"] {
+            let files = vec![DataFile {
+                name: "data.json".into(),
+                media_type: "application/json".into(),
+                bytes: br#"{"status":"listed"}"#.to_vec(),
+            }];
+            b.add_dataset(
+                self.agency
+                    .sign_dataset("tr-1", id, self.now, files)
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+        b.build(platform, self.now).unwrap()
+    }
 }
 
 fn ago(now: Timestamp, d: Duration) -> Timestamp {
@@ -38,27 +61,24 @@ fn fixture() -> Fixture {
     let crl = ca.crl(&[], ago(now, DAY), now.plus(DAY * 7)).unwrap();
     let key = <SigningKey as p256::elliptic_curve::Generate>::generate();
     let platform = PlatformSigner::new(key.clone(), "platform-test").unwrap();
-    let mut b = PackageBuilder::new("tr-1", "pseudo-1", "self download");
-    for id in ["low-income-household", "disability-status"] {
-        let files = vec![DataFile {
-            name: "data.json".into(),
-            media_type: "application/json".into(),
-            bytes: br#"{"status":"listed"}"#.to_vec(),
-        }];
-        b.add_dataset(agency.sign_dataset("tr-1", id, now, files).unwrap())
-            .unwrap();
-    }
-    let package = b.build(&platform, now).unwrap();
-    std::fs::write(dir.path().join("root.pem"), ca.root_pem()).unwrap();
-    std::fs::write(dir.path().join("crl.pem"), crl.pem()).unwrap();
+    let mut fx = Fixture {
+        dir,
+        package: Vec::new(),
+        agency,
+        now,
+    };
+    fx.package = fx.package_by(&platform);
+    let dir = fx.dir.path();
+    std::fs::write(dir.join("root.pem"), ca.root_pem()).unwrap();
+    std::fs::write(dir.join("crl.pem"), crl.pem()).unwrap();
     let pubkey = key
         .verifying_key()
         .to_public_key_pem(LineEnding::LF)
         .unwrap();
-    std::fs::write(dir.path().join("platform.pem"), pubkey).unwrap();
+    std::fs::write(dir.join("platform.pem"), pubkey).unwrap();
     let other = <SigningKey as p256::elliptic_curve::Generate>::generate();
     std::fs::write(
-        dir.path().join("other.pem"),
+        dir.join("other.pem"),
         other
             .verifying_key()
             .to_public_key_pem(LineEnding::LF)
@@ -66,8 +86,8 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     let stranger = SimulatedCa::new("Somebody Else CA", ago(now, DAY), now.plus(DAY)).unwrap();
-    std::fs::write(dir.path().join("stranger.pem"), stranger.root_pem()).unwrap();
-    Fixture { dir, package }
+    std::fs::write(dir.join("stranger.pem"), stranger.root_pem()).unwrap();
+    fx
 }
 
 fn verify(dir: &Path, package: &[u8], extra: &[&str]) -> Output {
@@ -219,6 +239,73 @@ fn a_receipt_from_another_key_is_refused() {
         ],
     );
     assert!(one_line_error(&o).contains("receipt"));
+}
+
+/// The platform replaced its key: with its saved JWK set (the new key, then the one it replaced,
+/// named by thumbprint, beside its X25519 key), a receipt by either verifies by its `kid`; a set
+/// without the receipt's key says which key is missing, and a key listed under another key's
+/// `kid` does not pass for it.
+#[test]
+fn a_saved_jwk_set_checks_the_receipt_with_the_key_its_kid_names() {
+    let fx = fixture();
+    let generate = <SigningKey as p256::elliptic_curve::Generate>::generate;
+    let (old, new) = (generate(), generate());
+    let signer = |k: &SigningKey| PlatformSigner::with_thumbprint_kid(k.clone()).unwrap();
+    let (by_old, by_new) = (fx.package_by(&signer(&old)), fx.package_by(&signer(&new)));
+    let mut published = mydata_package::PlatformKeys::from(*new.verifying_key());
+    published.insert_by_thumbprint(*old.verifying_key());
+    let mut keys = published.public_jwks();
+    keys.push(serde_json::json!({ "kty": "OKP", "crv": "X25519", "x": "AAAA", "use": "enc" }));
+    let write = |name: &str, keys: &[serde_json::Value]| {
+        let set = serde_json::json!({ "keys": keys }).to_string();
+        std::fs::write(fx.dir.path().join(name), set).unwrap();
+    };
+    write("jwks.json", &keys);
+    let with = |file: &'static str| {
+        [
+            "--trust",
+            "{dir}/root.pem",
+            "--crl",
+            "{dir}/crl.pem",
+            "--platform-key",
+            file,
+        ]
+    };
+    for zip in [&by_old, &by_new] {
+        let o = verify(fx.dir.path(), zip, &with("{dir}/jwks.json"));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(stdout(&o).ends_with("verdict: VALID\n"));
+    }
+
+    // Saved before the rotation: the new key is not in it.
+    write("before.jwks.json", &published.public_jwks()[1..]);
+    let e = one_line_error(&verify(
+        fx.dir.path(),
+        &by_new,
+        &with("{dir}/before.jwks.json"),
+    ));
+    let kid = mydata_package::jwk_thumbprint(new.verifying_key());
+    assert!(e.contains("receipt") && e.contains(&kid), "{e}");
+
+    // The old key listed under the new key's kid.
+    let mut lying = published.public_jwks()[1].clone();
+    lying["kid"] = kid.clone().into();
+    write("lying.jwks.json", &[lying]);
+    let e = one_line_error(&verify(
+        fx.dir.path(),
+        &by_new,
+        &with("{dir}/lying.jwks.json"),
+    ));
+    assert!(e.contains("receipt"), "{e}");
+
+    // Not a key at all.
+    write("empty.jwks.json", &[]);
+    let e = one_line_error(&verify(
+        fx.dir.path(),
+        &by_new,
+        &with("{dir}/empty.jwks.json"),
+    ));
+    assert!(e.contains("not a usable platform key"), "{e}");
 }
 
 #[test]
