@@ -113,8 +113,8 @@ struct AuditVerifyArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// The platform's public key (PEM) to check tree head signatures with. Without it, the public
-    /// half of the configured platform signing key is used, and the keys it replaced
-    /// (`keys.previous_platform_signing_keys`) for heads signed before.
+    /// half of the configured platform signing key is used, with the keys announced to replace it
+    /// and those it replaced (`keys.next_platform_signing_keys`, `keys.previous_platform_signing_keys`).
     #[arg(long, value_name = "PEM")]
     platform_key: Option<PathBuf>,
 }

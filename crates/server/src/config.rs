@@ -231,6 +231,11 @@ pub struct KeySettings {
     /// keys or JWK sets as the platform published them. Private keys are refused.
     #[serde(default)]
     pub previous_platform_signing_keys: Vec<PathBuf>,
+    /// Public keys that will replace `platform_signing_key`, published before the switch so that
+    /// during a rolling switch every process's key set holds both the old and the new key (files
+    /// as for `previous_platform_signing_keys`). Private keys are refused.
+    #[serde(default)]
+    pub next_platform_signing_keys: Vec<PathBuf>,
     /// File of the 32-byte secret that hashes client addresses (lockout counters) and one-time
     /// codes (HMAC-SHA256). Empty means `<data_dir>/keys/identity-hash.key`, created on first
     /// start. Processes that share a database must share it.
@@ -319,6 +324,7 @@ impl Default for Settings {
             keys: KeySettings {
                 platform_signing_key: String::new(),
                 previous_platform_signing_keys: Vec::new(),
+                next_platform_signing_keys: Vec::new(),
                 identity_hash_key: String::new(),
                 data_key: String::new(),
                 pseudonym_key: String::new(),

@@ -1,7 +1,9 @@
 //! The platform's signing key: read from its PEM file, or created there on first start (mode 0600).
 //! It signs consent and deletion receipts and the audit log's tree heads; its public half is
-//! published as a JWK set so anyone can check those signatures offline, beside the public keys it
-//! replaced (`keys.previous_platform_signing_keys`), so what they signed still verifies.
+//! published as a JWK set so anyone can check those signatures offline, beside the public keys that
+//! will replace it (`keys.next_platform_signing_keys`) and those it replaced
+//! (`keys.previous_platform_signing_keys`), so that what either signed verifies while processes
+//! switch one by one and after.
 
 use crate::config::Settings;
 use anyhow::Context;
@@ -11,37 +13,87 @@ use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use std::path::Path;
 
-/// The platform's signing key and the public keys it publishes: its own first, then those it
-/// replaced.
+/// The platform's signing key and the public keys it publishes: its own first, then those that
+/// will replace it, then those it replaced.
 #[derive(Debug)]
 pub struct PlatformKeyring {
     pub signer: PlatformSigner,
     pub published: PlatformKeys,
+    /// Kids of `keys.next_platform_signing_keys`.
+    pub next: Vec<String>,
+    /// Kids of `keys.previous_platform_signing_keys`.
+    pub previous: Vec<String>,
 }
 
-/// Loads (or creates) the signing key and reads `keys.previous_platform_signing_keys`.
+/// Loads (or creates) the signing key and reads `keys.next_platform_signing_keys` and
+/// `keys.previous_platform_signing_keys`.
 pub fn load_platform_keys(settings: &Settings) -> anyhow::Result<PlatformKeyring> {
     let signer = load_or_create_platform_signer(settings)?;
     let mut published = PlatformKeys::new();
     published.insert(signer.kid(), *signer.verifying_key());
-    for path in &settings.keys.previous_platform_signing_keys {
-        let keys = read_public_keys(path).with_context(|| {
-            format!(
-                "config key `keys.previous_platform_signing_keys`: {}",
-                path.display()
-            )
-        })?;
-        for key in keys {
-            let kid = mydata_package::jwk_thumbprint(&key);
-            if published.insert(kid.clone(), key) {
-                tracing::info!(kid, "previous platform signing key published");
-            } else {
-                // Harmless (the current key, or a key given twice), but likely a mistake.
-                tracing::warn!(kid, path = %path.display(), "previous platform signing key listed twice, or it is the current key");
+    let mut listed = |setting: &str, paths: &[std::path::PathBuf]| -> anyhow::Result<Vec<String>> {
+        let mut kids = Vec::new();
+        for path in paths {
+            let keys = read_public_keys(path)
+                .with_context(|| format!("config key `keys.{setting}`: {}", path.display()))?;
+            for key in keys {
+                let kid = mydata_package::jwk_thumbprint(&key);
+                if published.insert(kid.clone(), key) {
+                    tracing::info!(kid, setting, "platform signing key published");
+                    kids.push(kid);
+                } else {
+                    // Harmless (the current key, or a key given twice), but likely a mistake.
+                    tracing::warn!(kid, setting, path = %path.display(), "platform signing key listed twice, or it is the current key");
+                }
             }
         }
+        Ok(kids)
+    };
+    let next = listed(
+        "next_platform_signing_keys",
+        &settings.keys.next_platform_signing_keys,
+    )?;
+    let previous = listed(
+        "previous_platform_signing_keys",
+        &settings.keys.previous_platform_signing_keys,
+    )?;
+    Ok(PlatformKeyring {
+        signer,
+        published,
+        next,
+        previous,
+    })
+}
+
+/// Refuses to sign with a key other than the one the processes sharing the database sign with,
+/// but lets the platform switch keys one process at a time: a process may start with the recorded
+/// key; with an older key while it lists the recorded one as its next key (it has not been
+/// switched yet); or with a newer key while it lists the recorded one as a previous key, and then
+/// records its own (the switch). Anything else is a mistake (a key file not copied, a typo).
+pub async fn check_signing_key(
+    store: &mydata_store::Store,
+    now: mydata_core::Timestamp,
+    ring: &PlatformKeyring,
+) -> anyhow::Result<()> {
+    const NAME: &str = "platform_signing_key";
+    let mine = ring.signer.kid();
+    // Bounded: a second round only after another process switched at the same moment.
+    for _ in 0..3 {
+        let recorded = store.key_check(NAME, mine, now).await?;
+        if recorded == mine || ring.next.contains(&recorded) {
+            return Ok(());
+        }
+        if !ring.previous.contains(&recorded) {
+            anyhow::bail!(
+                "keys.platform_signing_key is not the key the platform signs with (kid {recorded} recorded, {mine} here), nor listed in keys.next_platform_signing_keys or keys.previous_platform_signing_keys: every process sharing a database must use the same key; to replace it, see docs/CONFIGURATION.md"
+            );
+        }
+        if store.replace_key_check(NAME, &recorded, mine).await? {
+            tracing::info!(from = %recorded, to = mine, "the platform now signs with a new key");
+            return Ok(());
+        }
     }
-    Ok(PlatformKeyring { signer, published })
+    anyhow::bail!("the recorded platform signing key kept changing while this process started")
 }
 
 /// The P-256 public keys of a PEM public key or JWK (set) file; private keys are refused: only

@@ -94,8 +94,8 @@ impl Server {
             .context("cannot bring the database schema up to date")?;
         let mut keys = identity.key_checks().to_vec();
         keys.push(("data_key", data.vault.check_value().to_owned()));
-        keys.push(("platform_signing_key", platform.signer.kid().to_owned()));
         crate::keys::check_shared(&store, clock.now(), &keys).await?;
+        crate::keys::check_signing_key(&store, clock.now(), &platform).await?;
         crate::oauth::clients::load_configured(&store, &catalog, &settings.oauth, clock.now())
             .await?;
         tracing::info!(

@@ -24,4 +24,19 @@ impl Store {
         .await?);
         Ok(stored)
     }
+
+    /// Replaces the recorded check value of `name` by `to` if it is still `from` (a key replaced on
+    /// purpose); false when it was not `from` any more.
+    pub async fn replace_key_check(&self, name: &str, from: &str, to: &str) -> Result<bool> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE key_checks SET check_value = $3 WHERE name = $1 AND check_value = $2",
+        )
+        .bind(name)
+        .bind(from)
+        .bind(to)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
 }

@@ -2870,4 +2870,25 @@ async fn a_key_check_keeps_the_first_value(s: &Store) {
         s.key_check("identity_hash_key", "cc", T0).await.unwrap(),
         "cc"
     );
+    // Replaced on purpose, only from the value recorded, and only that key's.
+    assert!(
+        !s.replace_key_check("pseudonym_key", "bb", "dd")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.replace_key_check("pseudonym_key", "aa", "dd")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.replace_key_check("pseudonym_key", "aa", "ee")
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.key_check("pseudonym_key", "aa", T0).await.unwrap(), "dd");
+    assert_eq!(
+        s.key_check("identity_hash_key", "zz", T0).await.unwrap(),
+        "cc"
+    );
 }

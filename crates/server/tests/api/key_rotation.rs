@@ -270,3 +270,85 @@ async fn previous_keys_are_public_keys_and_anything_else_stops_start_up() {
         );
     }
 }
+
+/// Switching keys one process at a time, on one database: a process still on the old key that
+/// lists the new one as next, and one on the new key that lists the old one as previous, both
+/// start, and the first of the latter records the switch; a process with a key it cannot account
+/// for does not start, before or after.
+#[tokio::test]
+async fn processes_switch_to_a_new_key_one_at_a_time_and_an_unaccounted_key_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new, stranger) = (generate(), generate(), generate());
+    let file = |name: &str, text: String| write(dir.path(), name, &text);
+    let (old_file, new_file) = (
+        file("old.pem", private_pem(&old)),
+        file("new.pem", private_pem(&new)),
+    );
+    let stranger_file = file("stranger.pem", private_pem(&stranger));
+    let (old_pub, new_pub) = (
+        file("old.pub.pem", public_pem(&old)),
+        file("new.pub.pem", public_pem(&new)),
+    );
+    let bind = |key: &Path, next: &[&PathBuf], previous: &[&PathBuf]| {
+        let mut s = mydata_server::Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        s.database.url = format!("sqlite://{}/shared.db", dir.path().display());
+        s.keys.platform_signing_key = key.display().to_string();
+        s.keys.next_platform_signing_keys = next.iter().map(|p| p.to_path_buf()).collect();
+        s.keys.previous_platform_signing_keys = previous.iter().map(|p| p.to_path_buf()).collect();
+        mydata_server::Server::bind(s, Arc::new(mydata_core::SystemClock))
+    };
+    let kids = |server: &mydata_server::Server| -> Vec<String> {
+        let keys = server.state().platform_keys();
+        keys.iter().map(|(k, _)| k.to_owned()).collect()
+    };
+    let refused = |err: anyhow::Error, here: &SigningKey| {
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("keys.platform_signing_key")
+                && err.contains(&thumbprint(here))
+                && err.contains("docs/CONFIGURATION.md"),
+            "{err}"
+        );
+        err
+    };
+
+    // The first process records its key; another key, unannounced, is refused.
+    let first = bind(&old_file, &[], &[]).await.unwrap();
+    let err = refused(bind(&new_file, &[], &[]).await.unwrap_err(), &new);
+    assert!(
+        err.contains(&thumbprint(&old)),
+        "names the recorded key: {err}"
+    );
+
+    // Step 1: every process publishes the next key beside its own, still signing with the old.
+    let announcing = bind(&old_file, &[&new_pub], &[]).await.unwrap();
+    assert_eq!(kids(&announcing), [thumbprint(&old), thumbprint(&new)]);
+
+    // Step 2: the first process on the new key switches the record; the rest follow one by one,
+    // and one not yet switched still starts (it signs with a key every process publishes).
+    let switched = bind(&new_file, &[], &[&old_pub]).await.unwrap();
+    assert_eq!(kids(&switched), [thumbprint(&new), thumbprint(&old)]);
+    let lagging = bind(&old_file, &[&new_pub], &[]).await.unwrap();
+    assert_eq!(lagging.state().platform().kid(), thumbprint(&old));
+    let second = bind(&new_file, &[], &[&old_pub]).await.unwrap();
+
+    // Now the old key alone is a mistake, and so is a key that names the old key as previous
+    // but is not the new one.
+    let err = refused(bind(&old_file, &[], &[]).await.unwrap_err(), &old);
+    assert!(
+        err.contains(&thumbprint(&new)),
+        "names the recorded key: {err}"
+    );
+    refused(
+        bind(&stranger_file, &[], &[&old_pub]).await.unwrap_err(),
+        &stranger,
+    );
+    // Once the old key's receipts need no longer verify, it is dropped from the list.
+    let done = bind(&new_file, &[], &[]).await.unwrap();
+    assert_eq!(kids(&done), [thumbprint(&new)]);
+    drop((first, announcing, switched, lagging, second, done));
+}
