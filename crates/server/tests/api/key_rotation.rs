@@ -53,6 +53,26 @@ async fn platform(listen: SocketAddr, key: &Path, previous: Vec<PathBuf>) -> Tes
     .await
 }
 
+/// A server on a loopback port with its data and its SQLite database in `dir` (the same database
+/// for every server of `dir`), signing with `key`, publishing `next` and `previous` beside it.
+async fn bind_in(
+    dir: &Path,
+    key: PathBuf,
+    next: Vec<PathBuf>,
+    previous: Vec<PathBuf>,
+) -> anyhow::Result<mydata_server::Server> {
+    let mut s = mydata_server::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    s.database.url = format!("sqlite://{}/shared.db", dir.display());
+    s.keys.platform_signing_key = key.display().to_string();
+    s.keys.next_platform_signing_keys = next;
+    s.keys.previous_platform_signing_keys = previous;
+    mydata_server::Server::bind(s, Arc::new(mydata_core::SystemClock)).await
+}
+
 /// An agency of a simulated CA, and the trust store a service checks its datasets with.
 fn agency(now: Timestamp) -> (AgencySigner, TrustStore) {
     let ago = Timestamp::from_millis(now.millis() - DAY.as_millis() as i64);
@@ -218,17 +238,8 @@ async fn previous_keys_are_public_keys_and_anything_else_stops_start_up() {
     let older_pem = write(dir.path(), "older.pub.pem", &public_pem(&older));
     // The current key's public half, as an operator might list it by mistake.
     let current_pem = write(dir.path(), "current.pub.pem", &public_pem(&current));
-    let bind = |previous: Vec<PathBuf>| {
-        let mut s = mydata_server::Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        s.database.url = format!("sqlite://{}/x.db", dir.path().display());
-        s.keys.platform_signing_key = current_file.display().to_string();
-        s.keys.previous_platform_signing_keys = previous;
-        mydata_server::Server::bind(s, Arc::new(mydata_core::SystemClock))
-    };
+    let bind =
+        |previous: Vec<PathBuf>| bind_in(dir.path(), current_file.clone(), Vec::new(), previous);
 
     // The current key listed again is published once.
     let server = bind(vec![saved, older_pem.clone(), current_pem])
@@ -290,16 +301,8 @@ async fn processes_switch_to_a_new_key_one_at_a_time_and_an_unaccounted_key_stop
         file("new.pub.pem", public_pem(&new)),
     );
     let bind = |key: &Path, next: &[&PathBuf], previous: &[&PathBuf]| {
-        let mut s = mydata_server::Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        s.database.url = format!("sqlite://{}/shared.db", dir.path().display());
-        s.keys.platform_signing_key = key.display().to_string();
-        s.keys.next_platform_signing_keys = next.iter().map(|p| p.to_path_buf()).collect();
-        s.keys.previous_platform_signing_keys = previous.iter().map(|p| p.to_path_buf()).collect();
-        mydata_server::Server::bind(s, Arc::new(mydata_core::SystemClock))
+        let paths = |l: &[&PathBuf]| l.iter().map(|p| p.to_path_buf()).collect();
+        bind_in(dir.path(), key.to_path_buf(), paths(next), paths(previous))
     };
     let kids = |server: &mydata_server::Server| -> Vec<String> {
         let keys = server.state().platform_keys();
