@@ -246,6 +246,15 @@ pub struct KeySettings {
     /// share a database must share this key.
     #[serde(default)]
     pub data_key: String,
+    /// Files of data keys that will replace `data_key` (64 hex digits each, as `data_key`): they
+    /// open what processes already switched to them sealed, while this one still seals with
+    /// `data_key`, so processes can switch one at a time.
+    #[serde(default)]
+    pub next_data_keys: Vec<PathBuf>,
+    /// Files of data keys that `data_key` replaced: they still open what was sealed with them
+    /// (packages and fetches of the last 8 hours); nothing new is sealed with them.
+    #[serde(default)]
+    pub previous_data_keys: Vec<PathBuf>,
     /// File of the 256-bit key of subject pseudonyms (the only name the platform files a person
     /// under). Empty means `<data_dir>/keys/pseudonym.key`, created on first start. Processes that
     /// share a database must share it, and it must never be lost or changed.
@@ -327,6 +336,8 @@ impl Default for Settings {
                 next_platform_signing_keys: Vec::new(),
                 identity_hash_key: String::new(),
                 data_key: String::new(),
+                next_data_keys: Vec::new(),
+                previous_data_keys: Vec::new(),
                 pseudonym_key: String::new(),
             },
             identity: crate::identity::IdentitySettings::default(),

@@ -65,35 +65,87 @@ pub fn load_platform_keys(settings: &Settings) -> anyhow::Result<PlatformKeyring
     })
 }
 
-/// Refuses to sign with a key other than the one the processes sharing the database sign with,
-/// but lets the platform switch keys one process at a time: a process may start with the recorded
-/// key; with an older key while it lists the recorded one as its next key (it has not been
-/// switched yet); or with a newer key while it lists the recorded one as a previous key, and then
-/// records its own (the switch). Anything else is a mistake (a key file not copied, a typo).
-pub async fn check_signing_key(
+/// A key that the processes sharing a database must hold alike but may switch one at a time: its
+/// name in `key_checks` and in the settings (`keys.NAME`, with `keys.next_*` and `keys.previous_*`
+/// lists), and the check values of this process's key and of those it lists.
+#[derive(Debug, Clone, Copy)]
+pub struct Switchable<'a> {
+    pub name: &'static str,
+    pub setting: &'static str,
+    pub next_setting: &'static str,
+    pub previous_setting: &'static str,
+    pub mine: &'a str,
+    pub next: &'a [String],
+    pub previous: &'a [String],
+}
+
+impl<'a> Switchable<'a> {
+    /// The platform signing key (check value: its kid).
+    pub fn signing_key(ring: &'a PlatformKeyring) -> Self {
+        Self {
+            name: "platform_signing_key",
+            setting: "keys.platform_signing_key",
+            next_setting: "keys.next_platform_signing_keys",
+            previous_setting: "keys.previous_platform_signing_keys",
+            mine: ring.signer.kid(),
+            next: &ring.next,
+            previous: &ring.previous,
+        }
+    }
+
+    /// The data key.
+    pub fn data_key(vault: &'a crate::vault::Vault) -> Self {
+        Self {
+            name: "data_key",
+            setting: "keys.data_key",
+            next_setting: "keys.next_data_keys",
+            previous_setting: "keys.previous_data_keys",
+            mine: vault.check_value(),
+            next: vault.next_checks(),
+            previous: vault.previous_checks(),
+        }
+    }
+}
+
+/// Refuses to go on with a key other than the one the processes sharing the database use, but lets
+/// them switch keys one process at a time: a process may start with the recorded key; with an
+/// older key while it lists the recorded one as next (it has not been switched yet); or with a
+/// newer key while it lists the recorded one as previous, and then records its own (the switch).
+/// Anything else is a mistake (a key file not copied, a typo). The first process records its key.
+pub async fn check_switchable(
     store: &mydata_store::Store,
     now: mydata_core::Timestamp,
-    ring: &PlatformKeyring,
+    key: Switchable<'_>,
 ) -> anyhow::Result<()> {
-    const NAME: &str = "platform_signing_key";
-    let mine = ring.signer.kid();
+    let short = |v: &str| v.get(..12).unwrap_or(v).to_owned();
     // Bounded: a second round only after another process switched at the same moment.
     for _ in 0..3 {
-        let recorded = store.key_check(NAME, mine, now).await?;
-        if recorded == mine || ring.next.contains(&recorded) {
+        let recorded = store.key_check(key.name, key.mine, now).await?;
+        if recorded == key.mine || key.next.contains(&recorded) {
             return Ok(());
         }
-        if !ring.previous.contains(&recorded) {
+        if !key.previous.contains(&recorded) {
             anyhow::bail!(
-                "keys.platform_signing_key is not the key the platform signs with (kid {recorded} recorded, {mine} here), nor listed in keys.next_platform_signing_keys or keys.previous_platform_signing_keys: every process sharing a database must use the same key; to replace it, see docs/CONFIGURATION.md"
+                "{} is not the key the platform uses (check value {}… recorded, {}… here), nor listed in {} or {}: every process sharing a database must use the same key file; to replace it, see docs/CONFIGURATION.md",
+                key.setting,
+                short(&recorded),
+                short(key.mine),
+                key.next_setting,
+                key.previous_setting
             );
         }
-        if store.replace_key_check(NAME, &recorded, mine).await? {
-            tracing::info!(from = %recorded, to = mine, "the platform now signs with a new key");
+        if store
+            .replace_key_check(key.name, &recorded, key.mine)
+            .await?
+        {
+            tracing::info!(key = key.name, from = %short(&recorded), to = %short(key.mine), "the platform switched to a new key");
             return Ok(());
         }
     }
-    anyhow::bail!("the recorded platform signing key kept changing while this process started")
+    anyhow::bail!(
+        "the recorded {} kept changing while this process started",
+        key.setting
+    )
 }
 
 /// The P-256 public keys of a PEM public key or JWK (set) file; private keys are refused: only

@@ -92,10 +92,24 @@ impl Server {
             .migrate()
             .await
             .context("cannot bring the database schema up to date")?;
-        let mut keys = identity.key_checks().to_vec();
-        keys.push(("data_key", data.vault.check_value().to_owned()));
+        let keys = identity.key_checks();
         crate::keys::check_shared(&store, clock.now(), &keys).await?;
-        crate::keys::check_signing_key(&store, clock.now(), &platform).await?;
+        for key in [
+            crate::keys::Switchable::data_key(&data.vault),
+            crate::keys::Switchable::signing_key(&platform),
+        ] {
+            crate::keys::check_switchable(&store, clock.now(), key).await?;
+        }
+        if !data.vault.previous_checks().is_empty() {
+            // After a switch of data keys: what outlives transfers moves to the new key.
+            let n = crate::counter::clerk::reseal_totp_secrets(&store, &data.vault)
+                .await
+                .context("cannot seal the clerks' TOTP secrets with the new data key")?;
+            tracing::info!(
+                clerks = n,
+                "clerk TOTP secrets sealed with the current data key"
+            );
+        }
         crate::oauth::clients::load_configured(&store, &catalog, &settings.oauth, clock.now())
             .await?;
         tracing::info!(

@@ -32,8 +32,22 @@ pub enum VaultError {
     Seal,
 }
 
-/// The data key. `Debug` never shows it.
+/// The data key, and the keys that open but never seal: those announced to replace it
+/// (`keys.next_data_keys`) and those it replaced (`keys.previous_data_keys`), so that processes
+/// switch keys one at a time and what was sealed before a switch still opens. `Debug` never shows
+/// them.
 pub struct Vault {
+    current: DataKey,
+    /// The next keys, then the previous ones.
+    others: Vec<DataKey>,
+    /// Check values of the next keys.
+    next: Vec<String>,
+    /// Check values of the previous keys.
+    previous: Vec<String>,
+}
+
+/// One data key and what is derived from it.
+struct DataKey {
     cipher: Aes256Gcm,
     /// The platform's HPKE key (derived, so every process sharing the data key has it): opens
     /// `login_hint`s and authenticates packages sealed to online services.
@@ -43,14 +57,8 @@ pub struct Vault {
     check: String,
 }
 
-impl std::fmt::Debug for Vault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Vault(<redacted>)")
-    }
-}
-
-impl Vault {
-    pub fn from_key(key: &[u8; 32]) -> Self {
+impl DataKey {
+    fn new(key: &[u8; 32]) -> Self {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
             .unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default()));
         mac.update(b"mydata platform hpke key v1");
@@ -63,6 +71,57 @@ impl Vault {
             kem,
             check: hex::encode(mac.finalize().into_bytes()),
         }
+    }
+
+    fn open(&self, context: &str, nonce: &[u8], ct: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let payload = Payload {
+            msg: ct,
+            aad: context.as_bytes(),
+        };
+        self.cipher
+            .decrypt(Nonce::from_slice(nonce), payload)
+            .ok()
+            .map(Zeroizing::new)
+    }
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vault(<redacted>)")
+    }
+}
+
+impl Vault {
+    pub fn from_key(key: &[u8; 32]) -> Self {
+        Self {
+            current: DataKey::new(key),
+            others: Vec::new(),
+            next: Vec::new(),
+            previous: Vec::new(),
+        }
+    }
+
+    /// Adds keys that open what they sealed but seal nothing: `next` (to replace the current key)
+    /// and `previous` (replaced by it). A key given twice, or the current key again, is skipped.
+    pub fn with_other_keys(mut self, next: &[[u8; 32]], previous: &[[u8; 32]]) -> Self {
+        for (keys, is_next) in [(next, true), (previous, false)] {
+            for key in keys {
+                let k = DataKey::new(key);
+                let known =
+                    k.check == self.current.check || self.others.iter().any(|o| o.check == k.check);
+                if known {
+                    tracing::warn!("a data key is listed twice, or it is the current key");
+                    continue;
+                }
+                if is_next {
+                    self.next.push(k.check.clone());
+                } else {
+                    self.previous.push(k.check.clone());
+                }
+                self.others.push(k);
+            }
+        }
+        self
     }
 
     /// Loads the key file, creating it when it does not exist yet.
@@ -81,7 +140,20 @@ impl Vault {
                 read_key(&path)?
             }
         };
-        Ok(Self::from_key(&key))
+        let read_all = |setting: &str, paths: &[std::path::PathBuf]| {
+            paths
+                .iter()
+                .map(|p| read_key(p).with_context(|| format!("config key `keys.{setting}`")))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let next = read_all("next_data_keys", &settings.keys.next_data_keys)?;
+        let previous = read_all("previous_data_keys", &settings.keys.previous_data_keys)?;
+        let plain = |keys: &[Zeroizing<[u8; 32]>]| keys.iter().map(|k| **k).collect::<Vec<_>>();
+        let (next, previous) = (
+            Zeroizing::new(plain(&next)),
+            Zeroizing::new(plain(&previous)),
+        );
+        Ok(Self::from_key(&key).with_other_keys(&next, &previous))
     }
 
     /// Encrypts `plain` for `context`; the result is base64 text for a database column.
@@ -89,6 +161,7 @@ impl Vault {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let ct = self
+            .current
             .cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
@@ -104,33 +177,60 @@ impl Vault {
         Ok(STANDARD.encode(out))
     }
 
-    /// Opens a value made by [`Vault::seal`] for the same `context`.
+    /// Opens a value made by [`Vault::seal`] for the same `context`, with the current key or, for
+    /// a value sealed before or during a switch of keys, one of the others.
     pub fn open(&self, context: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let raw = STANDARD.decode(sealed).map_err(|_| VaultError::Encoding)?;
         if raw.len() < NONCE_LEN {
             return Err(VaultError::Open);
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
-        self.cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: context.as_bytes(),
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| VaultError::Open)
+        // The current key first: the others only for what it did not seal (AES-GCM tells).
+        std::iter::once(&self.current)
+            .chain(&self.others)
+            .find_map(|k| k.open(context, nonce, ct))
+            .ok_or(VaultError::Open)
     }
 
-    /// The data key's check value (see `crate::keys::check_shared`).
+    /// A value sealed with another key than the current one, sealed again with the current key
+    /// (the same plaintext, a fresh nonce); `None` when the current key sealed it already.
+    pub fn reseal(&self, context: &str, sealed: &str) -> Result<Option<String>, VaultError> {
+        let raw = STANDARD.decode(sealed).map_err(|_| VaultError::Encoding)?;
+        if raw.len() >= NONCE_LEN {
+            let (nonce, ct) = raw.split_at(NONCE_LEN);
+            if self.current.open(context, nonce, ct).is_some() {
+                return Ok(None);
+            }
+        }
+        let plain = self.open(context, sealed)?;
+        self.seal(context, &plain).map(Some)
+    }
+
+    /// The current data key's check value (see `crate::keys::check_switchable`).
     pub fn check_value(&self) -> &str {
-        &self.check
+        &self.current.check
     }
 
-    /// The platform's HPKE (X25519) key pair.
+    /// Check values of the keys announced to replace the current one.
+    pub fn next_checks(&self) -> &[String] {
+        &self.next
+    }
+
+    /// Check values of the keys the current one replaced.
+    pub fn previous_checks(&self) -> &[String] {
+        &self.previous
+    }
+
+    /// The platform's HPKE (X25519) key pair, from the current data key: it seals packages.
     pub fn platform_kem(&self) -> &mydata_package::e2e::HpkeKeyPair {
-        &self.kem
+        &self.current.kem
+    }
+
+    /// Every HPKE key pair, the current one first: all are published, so that envelopes sealed
+    /// before or during a switch still open at the service, and each opens `login_hint`s
+    /// encrypted to it.
+    pub fn platform_kems(&self) -> impl Iterator<Item = &mydata_package::e2e::HpkeKeyPair> {
+        std::iter::once(&self.current.kem).chain(self.others.iter().map(|k| &k.kem))
     }
 }
 
@@ -176,6 +276,36 @@ mod tests {
         assert!(!check.contains(&hex::encode([7u8; 32])));
         assert!(v.open("secret:t1", "not base64!").is_err());
         assert_ne!(v.seal("c", b"x").unwrap(), v.seal("c", b"x").unwrap());
+    }
+
+    #[test]
+    fn other_keys_open_but_never_seal_and_come_after_the_current_one() {
+        let (old, new, next) = ([1; 32], [2; 32], [3; 32]);
+        let v = Vault::from_key(&new).with_other_keys(&[next, new], &[old, old]);
+        // The current key and repeats are skipped; the others keep their roles.
+        assert_eq!(v.next_checks(), [Vault::from_key(&next).check_value()]);
+        assert_eq!(v.previous_checks(), [Vault::from_key(&old).check_value()]);
+        let kems: Vec<_> = v.platform_kems().map(|k| k.public_bytes()).collect();
+        let kem_of = |k: &[u8; 32]| Vault::from_key(k).platform_kem().public_bytes();
+        assert_eq!(kems, [kem_of(&new), kem_of(&next), kem_of(&old)]);
+        assert_eq!(v.platform_kem().public_bytes(), kem_of(&new));
+        for key in [&old, &new, &next] {
+            let sealed = Vault::from_key(key).seal("c:t1", b"A123456789").unwrap();
+            assert_eq!(v.open("c:t1", &sealed).unwrap().as_slice(), b"A123456789");
+            assert!(
+                v.open("c:t2", &sealed).is_err(),
+                "still bound to its context"
+            );
+        }
+        let sealed = v.seal("c:t1", b"x").unwrap();
+        assert!(Vault::from_key(&new).open("c:t1", &sealed).is_ok());
+        assert!(Vault::from_key(&old).open("c:t1", &sealed).is_err());
+        assert!(
+            Vault::from_key(&[9; 32])
+                .with_other_keys(&[], &[old])
+                .open("c:t1", &sealed)
+                .is_err()
+        );
     }
 
     #[test]

@@ -210,6 +210,21 @@ impl Store {
         Ok(on_pool!(self, pool => sqlx::query_as(&sql).bind(subject).fetch_optional(pool).await?))
     }
 
+    /// Every clerk's ID and sealed TOTP secret (for re-sealing them under a new data key).
+    pub async fn clerk_totp_secrets(&self) -> Result<Vec<(String, String)>> {
+        Ok(on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, totp_sealed FROM clerks ORDER BY id").fetch_all(pool).await?))
+    }
+
+    /// Replaces a clerk's sealed TOTP secret `from` by `to` (the same secret sealed again); false
+    /// when it was not `from` any more.
+    pub async fn replace_clerk_totp(&self, clerk_id: &str, from: &str, to: &str) -> Result<bool> {
+        let n = on_pool!(self, pool => sqlx::query(
+            "UPDATE clerks SET totp_sealed = $3 WHERE id = $1 AND totp_sealed = $2")
+            .bind(clerk_id).bind(from).bind(to).execute(pool).await?.rows_affected());
+        Ok(n == 1)
+    }
+
     /// Accepts a TOTP time step for the clerk once: false when that step (or a later one) was
     /// already used, so a code seen over a shoulder cannot be replayed.
     pub async fn accept_totp_step(&self, clerk_id: &str, step: i64) -> Result<bool> {

@@ -119,7 +119,9 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
     // The signing keys first, the current one leading: SDKs from before key rotation take the
     // first EC key as the receipt key.
     let mut keys = state.platform_keys().public_jwks();
-    keys.push(state.data().vault.platform_kem().public_jwk());
+    // The X25519 key that seals now first (SDKs encrypt login_hints to the first), then those of
+    // the data keys announced to replace it or replaced by it.
+    keys.extend(state.data().vault.platform_kems().map(|k| k.public_jwk()));
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],
         axum::Json(serde_json::json!({ "keys": keys })),
@@ -262,14 +264,16 @@ pub async fn par(
     let hint_subject = match one(&form, "login_hint") {
         None => None,
         Some(h) => {
-            let id = mydata_package::e2e::open_login_hint(
-                state.data().vault.platform_kem(),
-                &client.client_id,
-                h,
-            )
-            .map_err(|_| {
-                invalid("login_hint does not open with the platform key for this service")
-            })?;
+            // Encrypted to any X25519 key the platform publishes (a service may have read its
+            // keys before a switch); a hint names none, and one that is not for a key fails fast.
+            let id = state
+                .data()
+                .vault
+                .platform_kems()
+                .find_map(|k| mydata_package::e2e::open_login_hint(k, &client.client_id, h).ok())
+                .ok_or_else(|| {
+                    invalid("login_hint does not open with the platform key for this service")
+                })?;
             let id = mydata_core::IdNumber::parse(id.trim())
                 .map(|n| n.as_str().to_owned())
                 .or_else(|_| {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 const SERVICE: &str = "chiayi-senior-concession-card";
 const MIN: Duration = Duration::from_secs(60);
-const CLERK_PASSWORD: &str = "counter-clerk-pass-1";
+pub(crate) const CLERK_PASSWORD: &str = "counter-clerk-pass-1";
 
 /// One counter world: the platform with simulated agencies, an office with two counters, a clerk
 /// and a supervisor, another office's clerk, and a signed-in person with a verified email.

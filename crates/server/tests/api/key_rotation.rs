@@ -54,12 +54,10 @@ async fn platform(listen: SocketAddr, key: &Path, previous: Vec<PathBuf>) -> Tes
 }
 
 /// A server on a loopback port with its data and its SQLite database in `dir` (the same database
-/// for every server of `dir`), signing with `key`, publishing `next` and `previous` beside it.
+/// for every server of `dir`), with the key settings `keys` makes.
 async fn bind_in(
     dir: &Path,
-    key: PathBuf,
-    next: Vec<PathBuf>,
-    previous: Vec<PathBuf>,
+    keys: impl FnOnce(&mut mydata_server::config::KeySettings),
 ) -> anyhow::Result<mydata_server::Server> {
     let mut s = mydata_server::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -67,10 +65,24 @@ async fn bind_in(
         ..Default::default()
     };
     s.database.url = format!("sqlite://{}/shared.db", dir.display());
-    s.keys.platform_signing_key = key.display().to_string();
-    s.keys.next_platform_signing_keys = next;
-    s.keys.previous_platform_signing_keys = previous;
+    keys(&mut s.keys);
     mydata_server::Server::bind(s, Arc::new(mydata_core::SystemClock)).await
+}
+
+/// [`bind_in`] signing with `key`, publishing `next` and `previous` beside it.
+async fn bind_signing(
+    dir: &Path,
+    key: &Path,
+    next: &[&PathBuf],
+    previous: &[&PathBuf],
+) -> anyhow::Result<mydata_server::Server> {
+    let paths = |l: &[&PathBuf]| l.iter().map(|p| p.to_path_buf()).collect();
+    bind_in(dir, |k| {
+        k.platform_signing_key = key.display().to_string();
+        k.next_platform_signing_keys = paths(next);
+        k.previous_platform_signing_keys = paths(previous);
+    })
+    .await
 }
 
 /// An agency of a simulated CA, and the trust store a service checks its datasets with.
@@ -238,8 +250,13 @@ async fn previous_keys_are_public_keys_and_anything_else_stops_start_up() {
     let older_pem = write(dir.path(), "older.pub.pem", &public_pem(&older));
     // The current key's public half, as an operator might list it by mistake.
     let current_pem = write(dir.path(), "current.pub.pem", &public_pem(&current));
-    let bind =
-        |previous: Vec<PathBuf>| bind_in(dir.path(), current_file.clone(), Vec::new(), previous);
+    let bind = |previous: Vec<PathBuf>| {
+        let (dir, current) = (dir.path(), &current_file);
+        async move {
+            let previous: Vec<&PathBuf> = previous.iter().collect();
+            bind_signing(dir, current, &[], &previous).await
+        }
+    };
 
     // The current key listed again is published once.
     let server = bind(vec![saved, older_pem.clone(), current_pem])
@@ -300,58 +317,130 @@ async fn processes_switch_to_a_new_key_one_at_a_time_and_an_unaccounted_key_stop
         file("old.pub.pem", public_pem(&old)),
         file("new.pub.pem", public_pem(&new)),
     );
-    let bind = |key: &Path, next: &[&PathBuf], previous: &[&PathBuf]| {
-        let paths = |l: &[&PathBuf]| l.iter().map(|p| p.to_path_buf()).collect();
-        bind_in(dir.path(), key.to_path_buf(), paths(next), paths(previous))
-    };
+    let d = dir.path();
     let kids = |server: &mydata_server::Server| -> Vec<String> {
         let keys = server.state().platform_keys();
         keys.iter().map(|(k, _)| k.to_owned()).collect()
     };
-    let refused = |err: anyhow::Error, here: &SigningKey| {
+    // Refused, naming the key recorded and this process's.
+    let refused = |err: anyhow::Error, recorded: &SigningKey, here: &SigningKey| {
         let err = format!("{err:#}");
         assert!(
             err.contains("keys.platform_signing_key")
-                && err.contains(&thumbprint(here))
+                && err.contains(&thumbprint(recorded)[..12])
+                && err.contains(&thumbprint(here)[..12])
                 && err.contains("docs/CONFIGURATION.md"),
             "{err}"
         );
-        err
     };
 
     // The first process records its key; another key, unannounced, is refused.
-    let first = bind(&old_file, &[], &[]).await.unwrap();
-    let err = refused(bind(&new_file, &[], &[]).await.unwrap_err(), &new);
-    assert!(
-        err.contains(&thumbprint(&old)),
-        "names the recorded key: {err}"
-    );
+    let first = bind_signing(d, &old_file, &[], &[]).await.unwrap();
+    let err = bind_signing(d, &new_file, &[], &[]).await.unwrap_err();
+    refused(err, &old, &new);
 
     // Step 1: every process publishes the next key beside its own, still signing with the old.
-    let announcing = bind(&old_file, &[&new_pub], &[]).await.unwrap();
+    let announcing = bind_signing(d, &old_file, &[&new_pub], &[]).await.unwrap();
     assert_eq!(kids(&announcing), [thumbprint(&old), thumbprint(&new)]);
 
     // Step 2: the first process on the new key switches the record; the rest follow one by one,
     // and one not yet switched still starts (it signs with a key every process publishes).
-    let switched = bind(&new_file, &[], &[&old_pub]).await.unwrap();
+    let switched = bind_signing(d, &new_file, &[], &[&old_pub]).await.unwrap();
     assert_eq!(kids(&switched), [thumbprint(&new), thumbprint(&old)]);
-    let lagging = bind(&old_file, &[&new_pub], &[]).await.unwrap();
+    let lagging = bind_signing(d, &old_file, &[&new_pub], &[]).await.unwrap();
     assert_eq!(lagging.state().platform().kid(), thumbprint(&old));
-    let second = bind(&new_file, &[], &[&old_pub]).await.unwrap();
+    let second = bind_signing(d, &new_file, &[], &[&old_pub]).await.unwrap();
 
     // Now the old key alone is a mistake, and so is a key that names the old key as previous
     // but is not the new one.
-    let err = refused(bind(&old_file, &[], &[]).await.unwrap_err(), &old);
-    assert!(
-        err.contains(&thumbprint(&new)),
-        "names the recorded key: {err}"
-    );
-    refused(
-        bind(&stranger_file, &[], &[&old_pub]).await.unwrap_err(),
-        &stranger,
-    );
+    let err = bind_signing(d, &old_file, &[], &[]).await.unwrap_err();
+    refused(err, &new, &old);
+    let err = bind_signing(d, &stranger_file, &[], &[&old_pub])
+        .await
+        .unwrap_err();
+    refused(err, &new, &stranger);
     // Once the old key's receipts need no longer verify, it is dropped from the list.
-    let done = bind(&new_file, &[], &[]).await.unwrap();
+    let done = bind_signing(d, &new_file, &[], &[]).await.unwrap();
     assert_eq!(kids(&done), [thumbprint(&new)]);
     drop((first, announcing, switched, lagging, second, done));
+}
+
+/// The data key switches one process at a time like the signing key: announced as next, then
+/// current with the old one as previous (the first such process records the switch); a data key
+/// the processes cannot account for stops start-up.
+#[tokio::test]
+async fn processes_switch_to_a_new_data_key_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str, byte: u8| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{}\n", hex::encode([byte; 32]))).unwrap();
+        path
+    };
+    let (old, new, stranger) = (key("old.key", 1), key("new.key", 2), key("stranger.key", 3));
+    let bind = |current: &PathBuf, next: &[&PathBuf], previous: &[&PathBuf]| {
+        let current = current.display().to_string();
+        let paths = |l: &[&PathBuf]| l.iter().map(|p| p.to_path_buf()).collect::<Vec<_>>();
+        let (next, previous) = (paths(next), paths(previous));
+        bind_in(dir.path(), move |k| {
+            k.data_key = current;
+            k.next_data_keys = next;
+            k.previous_data_keys = previous;
+        })
+    };
+    let check = |byte: u8| {
+        let v = mydata_server::vault::Vault::from_key(&[byte; 32]);
+        v.check_value()[..12].to_owned()
+    };
+    let refused = |err: anyhow::Error, recorded: u8, here: u8| {
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("keys.data_key")
+                && err.contains("keys.next_data_keys")
+                && err.contains(&check(recorded))
+                && err.contains(&check(here)),
+            "{err}"
+        );
+    };
+
+    let first = bind(&old, &[], &[]).await.unwrap();
+    // Clerk accounts outlive any transfer; their TOTP secrets are sealed with the data key.
+    let clerks = crate::counter::register_desks(first.state()).await;
+    refused(bind(&new, &[], &[]).await.unwrap_err(), 1, 2);
+    let announcing = bind(&old, &[&new], &[]).await.unwrap();
+    // What a process already switched seals, one not yet switched opens.
+    let sealed = mydata_server::vault::Vault::from_key(&[2; 32])
+        .seal("secret:t1", b"A123456789")
+        .unwrap();
+    let opened = announcing.state().data().vault.open("secret:t1", &sealed);
+    assert_eq!(opened.unwrap().as_slice(), b"A123456789");
+    let switched = bind(&new, &[], &[&old]).await.unwrap();
+    let lagging = bind(&old, &[&new], &[]).await.unwrap();
+    refused(bind(&old, &[], &[]).await.unwrap_err(), 2, 1);
+    refused(bind(&stranger, &[], &[&old]).await.unwrap_err(), 2, 3);
+    let done = bind(&new, &[], &[]).await.unwrap();
+    // The switch sealed them again with the new key: with the old one gone, clerks still sign in.
+    let (user, secret) = &clerks[0];
+    let code =
+        mydata_server::counter::clerk::totp_code(secret, done.state().clock().now()).unwrap();
+    let signed_in = mydata_server::counter::clerk::check_sign_in(
+        done.state(),
+        user,
+        crate::counter::CLERK_PASSWORD,
+        &code,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        signed_in.map(|c| c.username).ok().as_deref(),
+        Some(user.as_str())
+    );
+    // A key file that cannot be read names its setting.
+    let missing = dir.path().join("missing.key");
+    let err = bind(&new, &[], &[&missing]).await.unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("keys.previous_data_keys") && err.contains("missing.key"),
+        "{err}"
+    );
+    drop((first, announcing, switched, lagging, done));
 }

@@ -43,11 +43,20 @@ struct Online {
 
 impl Online {
     async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// [`Online::spawn`] with settings of the test's own.
+    async fn spawn_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut mydata_server::Settings),
+    ) -> Self {
         let keys = Keys::generate();
         let reg = registration(CLIENT, &keys, &[DATASET, "household-register-personal"]);
         let w = FlowWorld::spawn_with(backend, 1.0, |s| {
             s.oauth.clients = vec![reg];
             s.oauth.admin_token = ADMIN.into();
+            tweak(s);
         })
         .await;
         let service = sdk(&w, CLIENT, keys).await;
@@ -452,61 +461,135 @@ pub(crate) fn refused_with(e: mydata_sdk::Error, code: &str) {
     }
 }
 
+/// The fields of a pushed authorization request by [`CLIENT`] for [`DATASET`], with a fixed PKCE
+/// S256 challenge and `client_assertion`.
+pub(crate) fn par_fields(client_assertion: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("response_type", "code".to_owned()),
+        ("client_id", CLIENT.to_owned()),
+        ("redirect_uri", REDIRECT.to_owned()),
+        (
+            "code_challenge",
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned(),
+        ),
+        ("code_challenge_method", "S256".to_owned()),
+        (
+            "authorization_details",
+            serde_json::json!([{ "type": "mydata_transfer", "datasets": [DATASET] }]).to_string(),
+        ),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
+        ),
+        ("client_assertion", client_assertion),
+    ]
+}
+
+/// A pushed authorization request by `o`'s service for [`DATASET`], as a form post of its own:
+/// `extra` replaces a parameter (an empty value removes it; `+name` sends it a second time).
+/// Returns the status and the JSON body.
+async fn par_form(o: &Online, extra: Vec<(&'static str, String)>) -> (u16, serde_json::Value) {
+    let mut form = par_fields(o.service.client_assertion(&o.w.app.base).unwrap());
+    for (k, v) in extra {
+        // `+name` sends the parameter a second time.
+        if let Some(again) = k.strip_prefix('+') {
+            form.push((again, v));
+            continue;
+        }
+        form.retain(|(name, _)| *name != k);
+        if !v.is_empty() {
+            form.push((k, v));
+        }
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth/par", o.w.app.base))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    (
+        r.status().as_u16(),
+        r.json::<serde_json::Value>().await.unwrap(),
+    )
+}
+
+/// The platform replaced its data key, listing the old one in `keys.previous_data_keys`: its
+/// X25519 keys are both published, the new one first (it seals packages and SDKs encrypt
+/// `login_hint`s to it), and a `login_hint` encrypted to either opens; one to a key the platform
+/// does not hold is refused. What the old key sealed still opens; what is sealed now is sealed
+/// with the new key.
+#[tokio::test]
+async fn after_a_data_key_switch_both_keys_open_and_the_new_one_seals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new, stranger) = ([3u8; 32], [4u8; 32], [5u8; 32]);
+    let key_file = |name: &str, key: &[u8; 32]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("{}\n", hex::encode(key))).unwrap();
+        path
+    };
+    let (old_file, new_file) = (key_file("old.key", &old), key_file("new.key", &new));
+    let o = Online::spawn_with(Backend::Sqlite, |s| {
+        s.keys.data_key = new_file.display().to_string();
+        s.keys.previous_data_keys = vec![old_file];
+    })
+    .await;
+    let w = &o.w;
+    let vault = |k: &[u8; 32]| mydata_server::vault::Vault::from_key(k);
+
+    let jwks: serde_json::Value = reqwest::get(format!("{}/oauth/jwks.json", w.app.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let x25519: Vec<&serde_json::Value> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["crv"] == "X25519")
+        .collect();
+    assert_eq!(
+        x25519,
+        [
+            &vault(&new).platform_kem().public_jwk(),
+            &vault(&old).platform_kem().public_jwk()
+        ],
+        "{jwks}"
+    );
+
+    let hint_to = |key: &[u8; 32]| {
+        let kem = vault(key);
+        let public = kem.platform_kem().public_bytes();
+        mydata_package::e2e::seal_login_hint(&public, CLIENT, &w.people[0].id).unwrap()
+    };
+    for key in [&new, &old] {
+        let (s, body) = par_form(&o, vec![("login_hint", hint_to(key))]).await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let (s, body) = par_form(&o, vec![("login_hint", hint_to(&stranger))]).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_request")));
+
+    let platform = &w.app.state.data().vault;
+    let sealed_before = vault(&old).seal("secret:t1", b"A123456789").unwrap();
+    assert_eq!(
+        platform
+            .open("secret:t1", &sealed_before)
+            .unwrap()
+            .as_slice(),
+        b"A123456789"
+    );
+    let sealed_now = platform.seal("secret:t2", b"B223456789").unwrap();
+    assert!(vault(&new).open("secret:t2", &sealed_now).is_ok());
+    assert!(vault(&old).open("secret:t2", &sealed_now).is_err());
+}
+
 #[tokio::test]
 async fn bad_inputs_are_refused_with_the_standard_error_and_change_nothing() {
     let o = Online::spawn(Backend::Sqlite).await;
     let w = &o.w;
     let p = w.people[0].clone();
     let b = w.signed_in(&p, "10.8.0.2").await;
-    let par = |extra: Vec<(&'static str, String)>| {
-        let mut form = vec![
-            ("response_type", "code".to_owned()),
-            ("client_id", CLIENT.to_owned()),
-            ("redirect_uri", REDIRECT.to_owned()),
-            (
-                "code_challenge",
-                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned(),
-            ),
-            ("code_challenge_method", "S256".to_owned()),
-            (
-                "authorization_details",
-                serde_json::json!([{ "type": "mydata_transfer", "datasets": [DATASET] }])
-                    .to_string(),
-            ),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned(),
-            ),
-            (
-                "client_assertion",
-                o.service.client_assertion(&w.app.base).unwrap(),
-            ),
-        ];
-        for (k, v) in extra {
-            // `+name` sends the parameter a second time.
-            if let Some(again) = k.strip_prefix('+') {
-                form.push((again, v));
-                continue;
-            }
-            form.retain(|(name, _)| *name != k);
-            if !v.is_empty() {
-                form.push((k, v));
-            }
-        }
-        let url = format!("{}/oauth/par", w.app.base);
-        async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .form(&form)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap(),
-            )
-        }
-    };
+    let par = |extra: Vec<(&'static str, String)>| par_form(&o, extra);
     let (s, ok) = par(vec![]).await;
     assert_eq!(s, 201, "{ok}");
     for (extra, status, error) in [

@@ -293,21 +293,8 @@ async fn bad_proofs_are_refused_with_invalid_dpop_proof_and_change_nothing() {
 
     // PAR: a malformed dpop_jkt, and a proof by another key than the dpop_jkt named.
     let par = |dpop_jkt: String, proof: Option<String>| {
-        let details = json!([{ "type": "mydata_transfer", "datasets": [DATASET] }]).to_string();
-        let form = vec![
-            ("response_type", "code".to_owned()),
-            ("client_id", CLIENT.to_owned()),
-            ("redirect_uri", REDIRECT.to_owned()),
-            (
-                "code_challenge",
-                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned(),
-            ),
-            ("code_challenge_method", "S256".to_owned()),
-            ("authorization_details", details),
-            ("client_assertion_type", JWT_BEARER.to_owned()),
-            ("client_assertion", service.client_assertion(&base).unwrap()),
-            ("dpop_jkt", dpop_jkt),
-        ];
+        let mut form = crate::online::par_fields(service.client_assertion(&base).unwrap());
+        form.push(("dpop_jkt", dpop_jkt));
         let mut req = reqwest::Client::new().post(&par_url).form(&form);
         if let Some(p) = proof {
             req = req.header("DPoP", p);
