@@ -2,10 +2,11 @@
 
 use anyhow::Context;
 use clap::Args;
+use mydata_package::PlatformKeys;
 use mydata_provider_sim::server::{DEFAULT_SEED, Simulator, SimulatorConfig, router};
 use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::elliptic_curve::Generate;
-use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, LineEnding};
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,11 +23,13 @@ pub struct ProviderSimArgs {
     /// Speed-up of dataset preparation: 60 makes a 60-minute dataset ready in one minute.
     #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
     time_scale: f64,
-    /// PEM file with the platform's P-256 key (public key, or PKCS#8 private key) whose tokens the
-    /// agencies accept. Without it a fresh key pair is generated and its private key written to
+    /// The platform's keys whose tokens the agencies accept: a PEM file (P-256 public key, or
+    /// PKCS#8 private key) or the platform's JWK set (saved from /.well-known/mydata/jwks.json; a
+    /// token is checked with the key its `kid` names). Repeat it while the platform replaces its
+    /// key. Without it a fresh key pair is generated and its private key written to
     /// DATA_DIR/provider-sim-platform-key.pem (mode 0600) for a local platform to use.
-    #[arg(long, value_name = "PEM")]
-    platform_key: Option<PathBuf>,
+    #[arg(long, value_name = "PEM_OR_JWKS")]
+    platform_key: Vec<PathBuf>,
     /// Folder for the generated platform key [default: ./mydata-data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -56,18 +59,26 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let (platform_key, generated) = match &args.platform_key {
-        Some(path) => (read_key(path)?, None),
-        None => {
-            let dir = args
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("mydata-data"));
-            let (key, path) = generate_key(&dir)?;
-            (key, Some(path))
+    let (platform_keys, generated) = if args.platform_key.is_empty() {
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("mydata-data"));
+        let (key, path) = generate_key(&dir)?;
+        (PlatformKeys::from(key), Some(path))
+    } else {
+        let mut keys = PlatformKeys::new();
+        for path in &args.platform_key {
+            for (kid, key) in read_keys(path)? {
+                match kid {
+                    Some(kid) => keys.insert(kid, key),
+                    None => keys.insert_by_thumbprint(key),
+                };
+            }
         }
+        (keys, None)
     };
-    let mut config = SimulatorConfig::new(platform_key);
+    let mut config = SimulatorConfig::with_platform_keys(platform_keys);
     config.seed = args.seed;
     config.time_scale = args.time_scale;
     config.admin_token = args.admin_token;
@@ -89,19 +100,21 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_key(path: &Path) -> anyhow::Result<VerifyingKey> {
+/// The keys of a PEM file (a public key, or a private key's public half) or a JWK set, each with
+/// the `kid` the set gives it.
+fn read_keys(path: &Path) -> anyhow::Result<Vec<(Option<String>, VerifyingKey)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read platform key {}", path.display()))?;
-    if let Ok(k) = VerifyingKey::from_public_key_pem(&text) {
-        return Ok(k);
+    if let Ok(k) = SigningKey::from_pkcs8_pem(&text) {
+        return Ok(vec![(None, *k.verifying_key())]);
     }
-    let k = SigningKey::from_pkcs8_pem(&text).map_err(|_| {
+    let keys = mydata_server::receipts::read_platform_keys(text.as_bytes()).map_err(|e| {
         anyhow::anyhow!(
-            "{} is neither a P-256 public key nor a PKCS#8 P-256 private key (PEM)",
+            "{} is neither a P-256 public or PKCS#8 private key (PEM) nor a JWK set: {e}",
             path.display()
         )
     })?;
-    Ok(*k.verifying_key())
+    Ok(keys.into_iter().map(|k| (k.kid, k.key)).collect())
 }
 
 fn generate_key(dir: &Path) -> anyhow::Result<(VerifyingKey, PathBuf)> {
@@ -152,8 +165,9 @@ pub async fn start_in_process(
     time_scale: f64,
     render_pdf: bool,
 ) -> anyhow::Result<InProcess> {
-    let platform = mydata_server::keys::load_or_create_platform_signer(settings)?;
-    let mut config = SimulatorConfig::new(*platform.verifying_key());
+    // Every key the platform publishes, as an agency reading its JWK set would.
+    let platform = mydata_server::keys::load_platform_keys(settings)?;
+    let mut config = SimulatorConfig::with_platform_keys(platform.published);
     config.time_scale = time_scale;
     config.render_pdf = render_pdf;
     let sim = Simulator::new(config, Arc::new(mydata_core::SystemClock))?;

@@ -654,13 +654,25 @@ async fn audit_verify_passes_on_an_intact_log_and_names_a_tampered_entry() {
     assert!(stderr_line(&o).contains("audit log verification failed"));
 }
 
-#[tokio::test]
-async fn provider_sim_serves_signed_datasets_to_the_generated_platform_key() {
-    use mydata_provider_sim::token::{self, Assurance, Claims};
-    use p256::pkcs8::DecodePrivateKey;
-    use tokio::io::AsyncBufReadExt;
+/// The next line `mydata provider-sim` printed, within 30 s.
+async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+    tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("nothing printed in time")
+        .unwrap()
+        .unwrap()
+}
 
-    let dir = tempfile::tempdir().unwrap();
+/// `mydata provider-sim` on a loopback port with `args`: the child, its further output lines and
+/// the URL it printed first.
+async fn provider_sim(
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    String,
+) {
+    use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(BIN)
         .args([
             "provider-sim",
@@ -668,25 +680,101 @@ async fn provider_sim_serves_signed_datasets_to_the_generated_platform_key() {
             "127.0.0.1:0",
             "--time-scale",
             "60",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
         ])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let next = async |lines: &mut tokio::io::Lines<_>| {
-        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("nothing printed in time")
-            .unwrap()
-            .unwrap()
-    };
-    let url: String = next(&mut lines).await;
+    let url = next_line(&mut lines).await;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let key_line: String = next(&mut lines).await;
+    (child, lines, url)
+}
+
+/// A request token for `moi-household`'s household register, with `jti`.
+fn sim_claims(jti: &str) -> mydata_provider_sim::token::Claims {
+    use mydata_provider_sim::token::{self, Assurance, Claims};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    Claims {
+        iss: token::ISSUER.into(),
+        aud: "moi-household".into(),
+        iat: now,
+        exp: now + 60,
+        jti: jti.into(),
+        transfer_id: Some("t1".into()),
+        dataset_id: Some("household-register-personal".into()),
+        subject: Some("A123456789".into()),
+        assurance: Some(Assurance {
+            method: "moica_cert".into(),
+            level: 1,
+        }),
+    }
+}
+
+/// While the platform replaces its key, the simulated agencies take every key they are given
+/// (a PEM key and the platform's JWK set), a token checked with the key its `kid` names; a key
+/// they were not given is refused, and a file that holds no key stops them with one line.
+#[tokio::test]
+async fn provider_sim_accepts_tokens_by_every_platform_key_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let generate = <p256::ecdsa::SigningKey as p256::elliptic_curve::Generate>::generate;
+    let (old, new, stranger) = (generate(), generate(), generate());
+    let old_pem = dir.path().join("old.pub.pem");
+    let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(
+        old.verifying_key(),
+        p256::pkcs8::LineEnding::LF,
+    )
+    .unwrap();
+    std::fs::write(&old_pem, pem).unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let set = mydata_package::PlatformKeys::from(*new.verifying_key()).public_jwks();
+    std::fs::write(&jwks, serde_json::json!({ "keys": set }).to_string()).unwrap();
+    let (child, _lines, url) = provider_sim(&[
+        "--platform-key",
+        old_pem.to_str().unwrap(),
+        "--platform-key",
+        jwks.to_str().unwrap(),
+    ])
+    .await;
+    let ask = |key: &p256::ecdsa::SigningKey, jti: &str| {
+        let signer = mydata_package::PlatformSigner::with_thumbprint_kid(key.clone()).unwrap();
+        let token = signer.sign(&serde_json::to_vec(&sim_claims(jti)).unwrap());
+        reqwest::Client::new()
+            .post(format!("{url}/agencies/moi-household/v1/requests"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(ask(&old, "by-old").await.unwrap().status(), 200);
+    assert_eq!(ask(&new, "by-new").await.unwrap().status(), 200);
+    assert_eq!(ask(&stranger, "by-stranger").await.unwrap().status(), 401);
+    drop(child);
+
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "the key is in the safe").unwrap();
+    let o = mydata(&[
+        "provider-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--platform-key",
+        notes.to_str().unwrap(),
+    ]);
+    assert!(stderr_line(&o).contains("notes.txt"), "{}", stderr_line(&o));
+}
+
+#[tokio::test]
+async fn provider_sim_serves_signed_datasets_to_the_generated_platform_key() {
+    use mydata_provider_sim::token;
+    use p256::pkcs8::DecodePrivateKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut lines, url) =
+        provider_sim(&["--data-dir", dir.path().to_str().unwrap()]).await;
+    let key_line: String = next_line(&mut lines).await;
     let key_path = dir.path().join("provider-sim-platform-key.pem");
     assert!(key_line.contains(key_path.to_str().unwrap()), "{key_line}");
     #[cfg(unix)]
@@ -702,27 +790,9 @@ async fn provider_sim_serves_signed_datasets_to_the_generated_platform_key() {
 
     let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&key_path).unwrap())
         .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = Claims {
-        iss: token::ISSUER.into(),
-        aud: "moi-household".into(),
-        iat: now,
-        exp: now + 60,
-        jti: "cli-test-1".into(),
-        transfer_id: Some("t1".into()),
-        dataset_id: Some("household-register-personal".into()),
-        subject: Some("A123456789".into()),
-        assurance: Some(Assurance {
-            method: "moica_cert".into(),
-            level: 1,
-        }),
-    };
     let res = reqwest::Client::new()
         .post(format!("{url}/agencies/moi-household/v1/requests"))
-        .bearer_auth(token::sign(&key, &claims).unwrap())
+        .bearer_auth(token::sign(&key, &sim_claims("cli-test-1")).unwrap())
         .send()
         .await
         .unwrap();

@@ -110,8 +110,9 @@ pub struct SimulatorConfig {
     pub reference_date: Date,
     /// 60.0 makes a 60-minute dataset ready after one minute. Must be finite and > 0.
     pub time_scale: f64,
-    /// The platform's key: request tokens must be signed by it.
-    pub platform_key: VerifyingKey,
+    /// The platform's keys (its JWK set): request tokens must be signed by the one their `kid`
+    /// names, or by any of them when the `kid` is not among them.
+    pub platform_keys: mydata_package::PlatformKeys,
     /// Bearer token of `/admin/*`; `None` disables the admin API.
     pub admin_token: Option<String>,
     /// Initial faults by agency ID.
@@ -128,11 +129,17 @@ pub struct SimulatorConfig {
 impl SimulatorConfig {
     /// Defaults: [`DEFAULT_SEED`], [`DEFAULT_REFERENCE_DATE`], time scale 1, no admin, no faults.
     pub fn new(platform_key: VerifyingKey) -> Self {
+        Self::with_platform_keys(mydata_package::PlatformKeys::from(platform_key))
+    }
+
+    /// [`SimulatorConfig::new`] accepting tokens by any of the platform's `keys` (while the
+    /// platform replaces its key, both are in its set).
+    pub fn with_platform_keys(platform_keys: mydata_package::PlatformKeys) -> Self {
         Self {
             seed: DEFAULT_SEED,
             reference_date: DEFAULT_REFERENCE_DATE,
             time_scale: 1.0,
-            platform_key,
+            platform_keys,
             admin_token: None,
             faults: HashMap::new(),
             pdf_font: None,
@@ -200,7 +207,7 @@ pub struct Simulator {
     render_pdf: bool,
     ca: SimulatedCa,
     agencies: HashMap<String, AgencyKeys>,
-    platform_key: VerifyingKey,
+    platform_keys: mydata_package::PlatformKeys,
     clock: Arc<dyn Clock>,
     time_scale: f64,
     admin_token: Option<String>,
@@ -262,7 +269,7 @@ impl Simulator {
             render_pdf: config.render_pdf,
             ca,
             agencies,
-            platform_key: config.platform_key,
+            platform_keys: config.platform_keys,
             clock,
             time_scale: config.time_scale,
             admin_token: config.admin_token,
@@ -362,7 +369,7 @@ impl Simulator {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::MissingToken)?;
         let now = self.clock.now();
-        let claims = token::verify(token.trim(), &self.platform_key, agency_id, now)?;
+        let claims = token::verify(token.trim(), &self.platform_keys, agency_id, now)?;
         let now_s = now.millis().div_euclid(1000);
         let mut mem = lock(&self.memory);
         if mem.seen_jti.len() > 4096 {

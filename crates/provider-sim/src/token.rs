@@ -66,7 +66,7 @@ impl std::fmt::Debug for Claims {
 pub enum TokenError {
     #[error("the token is not a compact ES256 JWS: {0}")]
     Malformed(String),
-    #[error("the token signature does not verify with the platform key")]
+    #[error("the token signature does not verify with the platform's keys")]
     BadSignature,
     #[error("the token issuer is not `{ISSUER}`")]
     WrongIssuer,
@@ -94,7 +94,7 @@ pub fn sign(key: &SigningKey, claims: &Claims) -> Result<String, serde_json::Err
 /// since it needs memory of earlier tokens.
 pub fn verify(
     token: &str,
-    key: &VerifyingKey,
+    keys: &mydata_package::PlatformKeys,
     audience: &str,
     now: Timestamp,
 ) -> Result<Claims, TokenError> {
@@ -123,8 +123,19 @@ pub fn verify(
     }
     let input = &token[..h.len() + 1 + p.len()];
     // Checked by AWS-LC (several times faster than the pure-Rust arithmetic; one call each).
-    let verified = mydata_package::P256PublicKey::new(key)
-        .is_ok_and(|k| k.verify_fixed(input.as_bytes(), &sig));
+    let verifies = |key: &VerifyingKey| {
+        mydata_package::P256PublicKey::new(key)
+            .is_ok_and(|k| k.verify_fixed(input.as_bytes(), &sig))
+    };
+    // The key the header's `kid` names; a `kid` not in the set (or none) is tried against each.
+    let named = header
+        .get("kid")
+        .and_then(|k| k.as_str())
+        .and_then(|kid| keys.get(kid));
+    let verified = match named {
+        Some(key) => verifies(key),
+        None => keys.iter().any(|(_, key)| verifies(key)),
+    };
     if !verified {
         return Err(TokenError::BadSignature);
     }
@@ -151,6 +162,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mydata_package::PlatformKeys;
     use p256::elliptic_curve::Generate;
 
     fn claims(now_s: i64) -> Claims {
@@ -173,10 +185,15 @@ mod tests {
         let other = SigningKey::try_generate().unwrap();
         let now = Timestamp::from_millis(1_800_000_000_000);
         let t = sign(&key, &claims(1_800_000_000)).unwrap();
-        let vk = key.verifying_key();
+        let vk = &PlatformKeys::from(*key.verifying_key());
         assert!(verify(&t, vk, "moi-household", now).is_ok());
         assert_eq!(
-            verify(&t, other.verifying_key(), "moi-household", now),
+            verify(
+                &t,
+                &PlatformKeys::from(*other.verifying_key()),
+                "moi-household",
+                now
+            ),
             Err(TokenError::BadSignature)
         );
         assert_eq!(
@@ -197,5 +214,48 @@ mod tests {
         );
         assert!(format!("{long:?}").contains("***"));
         assert!(!format!("{long:?}").contains("A123456789"));
+    }
+
+    /// While the platform replaces its key, its processes sign with either: a token is checked
+    /// with the key its `kid` names, one naming a key not in the set with each key, and a key the
+    /// set does not hold is refused.
+    #[test]
+    fn the_key_the_kid_names_checks_the_token() {
+        let (old, new) = (
+            SigningKey::try_generate().unwrap(),
+            SigningKey::try_generate().unwrap(),
+        );
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let payload = serde_json::to_vec(&claims(1_800_000_000)).unwrap();
+        let by = |key: &SigningKey| {
+            mydata_package::PlatformSigner::with_thumbprint_kid(key.clone())
+                .unwrap()
+                .sign(&payload)
+        };
+        let mut both = PlatformKeys::from(*new.verifying_key());
+        both.insert_by_thumbprint(*old.verifying_key());
+        for token in [by(&old), by(&new)] {
+            assert!(verify(&token, &both, "moi-household", now).is_ok());
+        }
+        let only_new = PlatformKeys::from(*new.verifying_key());
+        assert_eq!(
+            verify(&by(&old), &only_new, "moi-household", now),
+            Err(TokenError::BadSignature)
+        );
+        // A kid naming the new key on a token the old key signed: checked with the new key only.
+        let mut lying = PlatformKeys::new();
+        lying.insert(
+            mydata_package::jwk_thumbprint(old.verifying_key()),
+            *new.verifying_key(),
+        );
+        lying.insert("spare", *old.verifying_key());
+        assert_eq!(
+            verify(&by(&old), &lying, "moi-household", now),
+            Err(TokenError::BadSignature)
+        );
+        // A kid the set does not name: any key of the set may have signed it.
+        let mut renamed = PlatformKeys::new();
+        renamed.insert("platform-2026", *old.verifying_key());
+        assert!(verify(&by(&old), &renamed, "moi-household", now).is_ok());
     }
 }
