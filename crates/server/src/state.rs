@@ -76,9 +76,14 @@ impl AppState {
     pub fn platform(&self) -> &mydata_package::PlatformSigner {
         &self.inner.platform.signer
     }
-    /// The public keys the platform publishes: its signing key's, then those it replaced.
+    /// The public keys the platform publishes: its signing key's, then those announced to replace
+    /// it, then those it replaced.
     pub fn platform_keys(&self) -> &mydata_package::PlatformKeys {
         &self.inner.platform.published
+    }
+    /// The signing key with the kids of the keys listed as next and previous.
+    pub fn platform_keyring(&self) -> &crate::keys::PlatformKeyring {
+        &self.inner.platform
     }
     /// Identity services: pseudonyms, identity methods, the agency client.
     pub fn identity(&self) -> &crate::identity::Identity {

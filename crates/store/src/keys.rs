@@ -39,4 +39,13 @@ impl Store {
         .rows_affected());
         Ok(done == 1)
     }
+
+    /// Every key check recorded: `(name, check value)`, by name.
+    pub async fn recorded_key_checks(&self) -> Result<Vec<(String, String)>> {
+        Ok(on_pool!(self, pool => sqlx::query_as(
+            "SELECT name, check_value FROM key_checks ORDER BY name",
+        )
+        .fetch_all(pool)
+        .await?))
+    }
 }

@@ -2891,4 +2891,11 @@ async fn a_key_check_keeps_the_first_value(s: &Store) {
         s.key_check("identity_hash_key", "zz", T0).await.unwrap(),
         "cc"
     );
+    assert_eq!(
+        s.recorded_key_checks().await.unwrap(),
+        [
+            ("identity_hash_key".to_owned(), "cc".to_owned()),
+            ("pseudonym_key".to_owned(), "dd".to_owned())
+        ]
+    );
 }

@@ -33,7 +33,10 @@ pub async fn metrics(
     }
     let now = state.clock().now();
     let snap = state.store().ops_snapshot(&QUEUES, now).await?;
-    let mut res = render(&snap, now, env!("CARGO_PKG_VERSION")).into_response();
+    let mut text = render(&snap, now, env!("CARGO_PKG_VERSION"));
+    let recorded = state.store().recorded_key_checks().await?;
+    render_keys(&mut text, &process_keys(&state), &recorded);
+    let mut res = text.into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -151,6 +154,71 @@ fn render(snap: &mydata_store::OpsSnapshot, now: mydata_core::Timestamp, version
         );
     }
     out
+}
+
+/// This process's keys that every process must hold alike: `(key, role, check)`, role `current`,
+/// `next` or `previous` (see `crate::keys::Switchable`).
+fn process_keys(state: &AppState) -> Vec<(&'static str, &'static str, String)> {
+    let mut keys = Vec::new();
+    let ring = state.platform_keyring();
+    let vault = &state.data().vault;
+    for key in [
+        crate::keys::Switchable::data_key(vault),
+        crate::keys::Switchable::signing_key(ring),
+    ] {
+        keys.push((key.name, "current", shown_check(key.name, key.mine)));
+        for (role, list) in [("next", key.next), ("previous", key.previous)] {
+            keys.extend(
+                list.iter()
+                    .map(|c| (key.name, role, shown_check(key.name, c))),
+            );
+        }
+    }
+    keys
+}
+
+/// A check value as the metrics show it: a signing key's kid whole (it is public), the first 12
+/// characters of any other (enough to tell keys apart).
+fn shown_check(key: &str, check: &str) -> String {
+    if key == "platform_signing_key" {
+        check.to_owned()
+    } else {
+        check.get(..12).unwrap_or(check).to_owned()
+    }
+}
+
+/// The key families: this process's keys, and what the database records, so that an operator
+/// switching keys one process at a time sees each process move and which key the others expect.
+fn render_keys(out: &mut String, mine: &[(&str, &str, String)], recorded: &[(String, String)]) {
+    family(
+        out,
+        "mydata_key_info",
+        "gauge",
+        "This process's keys that every process must hold alike (always 1): role current, next or previous; check is the signing key's kid or the start of the key's check value.",
+    );
+    for (key, role, check) in mine {
+        line(
+            out,
+            "mydata_key_info",
+            &[("key", key), ("role", role), ("check", check)],
+            1.0,
+        );
+    }
+    family(
+        out,
+        "mydata_key_recorded",
+        "gauge",
+        "The key the database records for each (always 1): a process starts with it, or lists it as next or previous.",
+    );
+    for (key, check) in recorded {
+        let check = shown_check(key, check);
+        line(
+            out,
+            "mydata_key_recorded",
+            &[("key", key), ("check", &check)],
+            1.0,
+        );
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -66,9 +66,13 @@ const METRICS_TOKEN: &str = "metrics-token-0123456789";
 /// waits in the queue shows as a live transfer and as queue lag that grows with the clock. No
 /// token, or another, is refused; without `ops.metrics_token` there is no `/metrics`.
 async fn metrics_show_the_queues_and_live_transfers(backend: Backend) {
+    let keys = tempfile::tempdir().unwrap();
+    let previous_key = keys.path().join("previous-data.key");
+    std::fs::write(&previous_key, hex::encode([6u8; 32])).unwrap();
     let app = TestApp::spawn_with(backend, |s| {
         s.jobs.enabled = false;
         s.ops.metrics_token = METRICS_TOKEN.into();
+        s.keys.previous_data_keys = vec![previous_key];
     })
     .await;
     let scrape = |token: &str| {
@@ -100,7 +104,7 @@ async fn metrics_show_the_queues_and_live_transfers(backend: Backend) {
             &mydata_store::NewTransfer {
                 id: "t-metrics".into(),
                 kind: mydata_core::transfer::TransferKind::SelfDownload,
-                subject: "pseudonym".into(),
+                subject: "subject-p1".into(),
                 recipient: None,
                 purpose: "self".into(),
                 datasets: vec!["low-income-household".into()],
@@ -108,7 +112,7 @@ async fn metrics_show_the_queues_and_live_transfers(backend: Backend) {
             "sealed",
             mydata_store::StartJobs::queued(std::slice::from_ref(&job)),
             None,
-            "pseudonym",
+            "subject-p1",
             now,
         )
         .await
@@ -137,8 +141,28 @@ async fn metrics_show_the_queues_and_live_transfers(backend: Backend) {
     }
     // Nothing of the person's: no subject, no transfer ID.
     assert!(
-        !text.contains("pseudonym") && !text.contains("t-metrics"),
+        !text.contains("subject-p1") && !text.contains("t-metrics"),
         "{text}"
+    );
+    // This process's keys (the data key listed as previous too) and the database's record.
+    let kid = app.state.platform().kid();
+    let data = &app.state.data().vault.check_value()[..12];
+    let previous = mydata_server::vault::Vault::from_key(&[6; 32]);
+    let previous = &previous.check_value()[..12];
+    for sample in [
+        format!(
+            "mydata_key_info{{key=\"platform_signing_key\",role=\"current\",check=\"{kid}\"}} 1\n"
+        ),
+        format!("mydata_key_info{{key=\"data_key\",role=\"current\",check=\"{data}\"}} 1\n"),
+        format!("mydata_key_info{{key=\"data_key\",role=\"previous\",check=\"{previous}\"}} 1\n"),
+        format!("mydata_key_recorded{{key=\"platform_signing_key\",check=\"{kid}\"}} 1\n"),
+        format!("mydata_key_recorded{{key=\"data_key\",check=\"{data}\"}} 1\n"),
+    ] {
+        assert!(text.contains(&sample), "{sample} in:\n{text}");
+    }
+    assert!(
+        !text.contains(app.state.data().vault.check_value()),
+        "check values shown whole"
     );
 }
 
