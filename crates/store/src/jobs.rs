@@ -201,17 +201,30 @@ const JOB_COLUMNS: &str = "id, queue, payload, state, attempts, max_attempts, ru
 const DUE: &str = "queue = $4 AND ((state = 'queued' AND run_at <= $3) OR (state = 'running' AND lease_until < $3))";
 
 /// The claim of the next due job of queue `$4` for worker `$1` until `$2`, at `$3`, other than
-/// those `also` excludes. PostgreSQL skips rows another claim holds locked; the outer condition is
-/// repeated so that it is checked again after waiting on a row lock.
+/// those `also` excludes: a job whose lease ran out (its worker died) first, so that queued work
+/// never starves it, then the queued ones by time. The outer condition is repeated so that it is
+/// checked again after waiting on a row lock; PostgreSQL skips rows another claim holds locked.
+///
+/// Each kind is looked up on its own, by a plain index scan: on PostgreSQL every change of a job's
+/// state leaves a dead entry in `jobs_due` until vacuum, and a plain scan marks those it meets so
+/// later claims pass them by, where the bitmap scan that one `OR` of both conditions gets visits
+/// them all again (1.3 ms a claim after 5,000 jobs, against 0.1 ms).
 fn claim_sql(postgres: bool, also: &str) -> String {
     let lock = if postgres {
         " FOR UPDATE SKIP LOCKED"
     } else {
         ""
     };
+    let pick = |cond: &str| {
+        format!(
+            "(SELECT id FROM jobs WHERE queue = $4 AND {cond}{also} ORDER BY run_at, id LIMIT 1{lock})"
+        )
+    };
     format!(
         "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3
-    WHERE id = (SELECT id FROM jobs WHERE {DUE}{also} ORDER BY run_at, id LIMIT 1{lock}) AND {DUE} RETURNING {JOB_COLUMNS}"
+    WHERE id = COALESCE({}, {}) AND {DUE} RETURNING {JOB_COLUMNS}",
+        pick("state = 'running' AND lease_until < $3"),
+        pick("state = 'queued' AND run_at <= $3"),
     )
 }
 

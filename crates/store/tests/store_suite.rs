@@ -649,6 +649,25 @@ async fn jobs_are_claimed_once_and_leases_expire(s: &Store) {
             .id,
         "later"
     );
+    s.complete_job("later", "w1", t).await.unwrap();
+    // A job whose worker died is taken over before queued work, even work due earlier: a steady
+    // stream of queued jobs must not starve it.
+    s.enqueue_job(&job("orphan", t), t).await.unwrap();
+    let claimed = s.claim_job("fetch", "w3", lease, t).await.unwrap().unwrap();
+    assert_eq!(claimed.id, "orphan");
+    let earlier = Timestamp::from_millis(t.millis() - 60_000);
+    s.enqueue_job(&job("queued-earlier", earlier), t)
+        .await
+        .unwrap();
+    let after = t.plus(Duration::from_secs(31));
+    let order: Vec<String> = [
+        s.claim_job("fetch", "w4", lease, after).await.unwrap(),
+        s.claim_job("fetch", "w4", lease, after).await.unwrap(),
+    ]
+    .into_iter()
+    .map(|j| j.unwrap().id)
+    .collect();
+    assert_eq!(order, ["orphan", "queued-earlier"]);
 }
 
 async fn failed_jobs_retry_until_max_attempts(s: &Store) {
