@@ -424,6 +424,17 @@ pub async fn check_sign_in(
         }
         return Ok(Err(SignInRefusal::Wrong));
     }
+    // Sealed with a data key the platform is replacing (a clerk enrolled by a process not yet
+    // switched): sealed again with the current one, so the old key can go.
+    if let Ok(Some(again)) = state
+        .data()
+        .vault
+        .reseal(&totp_context(&clerk.id), &clerk.totp_sealed)
+    {
+        store
+            .replace_clerk_totp(&clerk.id, &clerk.totp_sealed, &again)
+            .await?;
+    }
     Ok(Ok(clerk))
 }
 

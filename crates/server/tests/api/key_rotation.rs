@@ -417,23 +417,42 @@ async fn processes_switch_to_a_new_data_key_one_at_a_time() {
     let lagging = bind(&old, &[&new], &[]).await.unwrap();
     refused(bind(&old, &[], &[]).await.unwrap_err(), 2, 1);
     refused(bind(&stranger, &[], &[&old]).await.unwrap_err(), 2, 3);
-    let done = bind(&new, &[], &[]).await.unwrap();
-    // The switch sealed them again with the new key: with the old one gone, clerks still sign in.
-    let (user, secret) = &clerks[0];
-    let code =
-        mydata_server::counter::clerk::totp_code(secret, done.state().clock().now()).unwrap();
-    let signed_in = mydata_server::counter::clerk::check_sign_in(
-        done.state(),
-        user,
+    // A clerk enrolled by the process not yet switched: sealed with the old key, and sealed again
+    // with the new one when they first sign in on a switched process.
+    use mydata_server::counter::clerk;
+    let late = clerk::register_clerk(
+        lagging.state(),
+        "chiayi-social",
+        "late",
+        "",
+        clerk::Role::Clerk,
         crate::counter::CLERK_PASSWORD,
-        &code,
+        None,
     )
     .await
     .unwrap();
-    assert_eq!(
-        signed_in.map(|c| c.username).ok().as_deref(),
-        Some(user.as_str())
-    );
+    let sign_in = |state: &mydata_server::state::AppState, user: &str, secret: &str, ago: u64| {
+        let at = state.clock().now();
+        let at = mydata_core::Timestamp::from_millis(at.millis() - (ago * 1000) as i64);
+        let code = clerk::totp_code(secret, at).unwrap();
+        let (state, user) = (state.clone(), user.to_owned());
+        async move {
+            let signed = clerk::check_sign_in(&state, &user, crate::counter::CLERK_PASSWORD, &code);
+            signed.await.unwrap().map(|c| c.username).ok()
+        }
+    };
+    let late_secret = late.totp_secret.clone();
+    let on_switched = sign_in(switched.state(), "late", &late_secret, 30).await;
+    assert_eq!(on_switched.as_deref(), Some("late"));
+    let done = bind(&new, &[], &[]).await.unwrap();
+    // The switch sealed them again with the new key: with the old one gone, clerks still sign in.
+    for (user, secret, ago) in [
+        (clerks[0].0.as_str(), clerks[0].1.as_str(), 0),
+        ("late", late_secret.as_str(), 0),
+    ] {
+        let signed_in = sign_in(done.state(), user, secret, ago).await;
+        assert_eq!(signed_in.as_deref(), Some(user), "{user}");
+    }
     // A key file that cannot be read names its setting.
     let missing = dir.path().join("missing.key");
     let err = bind(&new, &[], &[&missing]).await.unwrap_err();
