@@ -103,23 +103,27 @@ impl Vault {
 
     /// Adds keys that open what they sealed but seal nothing: `next` (to replace the current key)
     /// and `previous` (replaced by it). A key given twice, or the current key again, is skipped.
-    pub fn with_other_keys(mut self, next: &[[u8; 32]], previous: &[[u8; 32]]) -> Self {
-        for (keys, is_next) in [(next, true), (previous, false)] {
-            for key in keys {
-                let k = DataKey::new(key);
-                let known =
-                    k.check == self.current.check || self.others.iter().any(|o| o.check == k.check);
-                if known {
-                    tracing::warn!("a data key is listed twice, or it is the current key");
-                    continue;
-                }
-                if is_next {
-                    self.next.push(k.check.clone());
-                } else {
-                    self.previous.push(k.check.clone());
-                }
-                self.others.push(k);
+    pub fn with_other_keys<'k>(
+        mut self,
+        next: impl IntoIterator<Item = &'k [u8; 32]>,
+        previous: impl IntoIterator<Item = &'k [u8; 32]>,
+    ) -> Self {
+        let next = next.into_iter().map(|k| (k, true));
+        let previous = previous.into_iter().map(|k| (k, false));
+        for (key, is_next) in next.chain(previous) {
+            let k = DataKey::new(key);
+            let known =
+                k.check == self.current.check || self.others.iter().any(|o| o.check == k.check);
+            if known {
+                tracing::warn!("a data key is listed twice, or it is the current key");
+                continue;
             }
+            if is_next {
+                self.next.push(k.check.clone());
+            } else {
+                self.previous.push(k.check.clone());
+            }
+            self.others.push(k);
         }
         self
     }
@@ -148,12 +152,8 @@ impl Vault {
         };
         let next = read_all("next_data_keys", &settings.keys.next_data_keys)?;
         let previous = read_all("previous_data_keys", &settings.keys.previous_data_keys)?;
-        let plain = |keys: &[Zeroizing<[u8; 32]>]| keys.iter().map(|k| **k).collect::<Vec<_>>();
-        let (next, previous) = (
-            Zeroizing::new(plain(&next)),
-            Zeroizing::new(plain(&previous)),
-        );
-        Ok(Self::from_key(&key).with_other_keys(&next, &previous))
+        Ok(Self::from_key(&key)
+            .with_other_keys(next.iter().map(|k| &**k), previous.iter().map(|k| &**k)))
     }
 
     /// Encrypts `plain` for `context`; the result is base64 text for a database column.
@@ -180,6 +180,24 @@ impl Vault {
     /// Opens a value made by [`Vault::seal`] for the same `context`, with the current key or, for
     /// a value sealed before or during a switch of keys, one of the others.
     pub fn open(&self, context: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        self.open_telling(context, sealed).map(|(plain, _)| plain)
+    }
+
+    /// A value sealed with another key than the current one, sealed again with the current key
+    /// (the same plaintext, a fresh nonce); `None` when the current key sealed it already.
+    pub fn reseal(&self, context: &str, sealed: &str) -> Result<Option<String>, VaultError> {
+        match self.open_telling(context, sealed)? {
+            (_, true) => Ok(None),
+            (plain, false) => self.seal(context, &plain).map(Some),
+        }
+    }
+
+    /// [`Vault::open`], and whether the current key opened it.
+    fn open_telling(
+        &self,
+        context: &str,
+        sealed: &str,
+    ) -> Result<(Zeroizing<Vec<u8>>, bool), VaultError> {
         let raw = STANDARD.decode(sealed).map_err(|_| VaultError::Encoding)?;
         if raw.len() < NONCE_LEN {
             return Err(VaultError::Open);
@@ -188,22 +206,9 @@ impl Vault {
         // The current key first: the others only for what it did not seal (AES-GCM tells).
         std::iter::once(&self.current)
             .chain(&self.others)
-            .find_map(|k| k.open(context, nonce, ct))
+            .enumerate()
+            .find_map(|(i, k)| Some((k.open(context, nonce, ct)?, i == 0)))
             .ok_or(VaultError::Open)
-    }
-
-    /// A value sealed with another key than the current one, sealed again with the current key
-    /// (the same plaintext, a fresh nonce); `None` when the current key sealed it already.
-    pub fn reseal(&self, context: &str, sealed: &str) -> Result<Option<String>, VaultError> {
-        let raw = STANDARD.decode(sealed).map_err(|_| VaultError::Encoding)?;
-        if raw.len() >= NONCE_LEN {
-            let (nonce, ct) = raw.split_at(NONCE_LEN);
-            if self.current.open(context, nonce, ct).is_some() {
-                return Ok(None);
-            }
-        }
-        let plain = self.open(context, sealed)?;
-        self.seal(context, &plain).map(Some)
     }
 
     /// The current data key's check value (see `crate::keys::check_switchable`).
