@@ -66,14 +66,11 @@ pub fn load_platform_keys(settings: &Settings) -> anyhow::Result<PlatformKeyring
 }
 
 /// A key that the processes sharing a database must hold alike but may switch one at a time: its
-/// name in `key_checks` and in the settings (`keys.NAME`, with `keys.next_*` and `keys.previous_*`
-/// lists), and the check values of this process's key and of those it lists.
+/// name in `key_checks` and in the settings (`keys.NAME`, listed in `keys.next_NAMEs` and
+/// `keys.previous_NAMEs`), and the check values of this process's key and of those it lists.
 #[derive(Debug, Clone, Copy)]
 pub struct Switchable<'a> {
     pub name: &'static str,
-    pub setting: &'static str,
-    pub next_setting: &'static str,
-    pub previous_setting: &'static str,
     pub mine: &'a str,
     pub next: &'a [String],
     pub previous: &'a [String],
@@ -84,9 +81,6 @@ impl<'a> Switchable<'a> {
     pub fn signing_key(ring: &'a PlatformKeyring) -> Self {
         Self {
             name: "platform_signing_key",
-            setting: "keys.platform_signing_key",
-            next_setting: "keys.next_platform_signing_keys",
-            previous_setting: "keys.previous_platform_signing_keys",
             mine: ring.signer.kid(),
             next: &ring.next,
             previous: &ring.previous,
@@ -97,9 +91,6 @@ impl<'a> Switchable<'a> {
     pub fn data_key(vault: &'a crate::vault::Vault) -> Self {
         Self {
             name: "data_key",
-            setting: "keys.data_key",
-            next_setting: "keys.next_data_keys",
-            previous_setting: "keys.previous_data_keys",
             mine: vault.check_value(),
             next: vault.next_checks(),
             previous: vault.previous_checks(),
@@ -117,7 +108,7 @@ pub async fn check_switchable(
     now: mydata_core::Timestamp,
     key: Switchable<'_>,
 ) -> anyhow::Result<()> {
-    let short = |v: &str| v.get(..12).unwrap_or(v).to_owned();
+    let name = key.name;
     // Bounded: a second round only after another process switched at the same moment.
     for _ in 0..3 {
         let recorded = store.key_check(key.name, key.mine, now).await?;
@@ -126,26 +117,25 @@ pub async fn check_switchable(
         }
         if !key.previous.contains(&recorded) {
             anyhow::bail!(
-                "{} is not the key the platform uses (check value {}… recorded, {}… here), nor listed in {} or {}: every process sharing a database must use the same key file; to replace it, see docs/CONFIGURATION.md",
-                key.setting,
-                short(&recorded),
-                short(key.mine),
-                key.next_setting,
-                key.previous_setting
+                "keys.{name} is not the key the platform uses (check value {}… recorded, {}… here), nor listed in keys.next_{name}s or keys.previous_{name}s: every process sharing a database must use the same key file; to replace it, see docs/CONFIGURATION.md",
+                short_check(&recorded),
+                short_check(key.mine),
             );
         }
         if store
             .replace_key_check(key.name, &recorded, key.mine)
             .await?
         {
-            tracing::info!(key = key.name, from = %short(&recorded), to = %short(key.mine), "the platform switched to a new key");
+            tracing::info!(key = key.name, from = %short_check(&recorded), to = %short_check(key.mine), "the platform switched to a new key");
             return Ok(());
         }
     }
-    anyhow::bail!(
-        "the recorded {} kept changing while this process started",
-        key.setting
-    )
+    anyhow::bail!("the recorded keys.{name} kept changing while this process started")
+}
+
+/// The start of a key's check value, enough to tell keys apart in messages and metrics.
+pub fn short_check(check: &str) -> &str {
+    check.get(..12).unwrap_or(check)
 }
 
 /// The P-256 public keys of a PEM public key or JWK (set) file; private keys are refused: only

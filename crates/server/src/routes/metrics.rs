@@ -177,13 +177,13 @@ fn process_keys(state: &AppState) -> Vec<(&'static str, &'static str, String)> {
     keys
 }
 
-/// A check value as the metrics show it: a signing key's kid whole (it is public), the first 12
-/// characters of any other (enough to tell keys apart).
+/// A check value as the metrics show it: a signing key's kid whole (it is public), the start of
+/// any other.
 fn shown_check(key: &str, check: &str) -> String {
     if key == "platform_signing_key" {
         check.to_owned()
     } else {
-        check.get(..12).unwrap_or(check).to_owned()
+        crate::keys::short_check(check).to_owned()
     }
 }
 
