@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use mydata_package::PlatformKeys;
 use mydata_provider_sim::server::{DEFAULT_SEED, Simulator, SimulatorConfig, router};
+use mydata_server::receipts::PlatformKey;
 use p256::ecdsa::{SigningKey, VerifyingKey};
 use p256::elliptic_curve::Generate;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
@@ -67,16 +68,11 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
         let (key, path) = generate_key(&dir)?;
         (PlatformKeys::from(key), Some(path))
     } else {
-        let mut keys = PlatformKeys::new();
+        let mut keys = Vec::new();
         for path in &args.platform_key {
-            for (kid, key) in read_keys(path)? {
-                match kid {
-                    Some(kid) => keys.insert(kid, key),
-                    None => keys.insert_by_thumbprint(key),
-                };
-            }
+            keys.extend(read_keys(path)?);
         }
-        (keys, None)
+        (mydata_server::receipts::key_set(keys), None)
     };
     let mut config = SimulatorConfig::with_platform_keys(platform_keys);
     config.seed = args.seed;
@@ -102,11 +98,12 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
 
 /// The keys of a PEM file (a public key, or a private key's public half) or a JWK set, each with
 /// the `kid` the set gives it.
-fn read_keys(path: &Path) -> anyhow::Result<Vec<(Option<String>, VerifyingKey)>> {
+fn read_keys(path: &Path) -> anyhow::Result<Vec<PlatformKey>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read platform key {}", path.display()))?;
     if let Ok(k) = SigningKey::from_pkcs8_pem(&text) {
-        return Ok(vec![(None, *k.verifying_key())]);
+        let key = *k.verifying_key();
+        return Ok(vec![PlatformKey { kid: None, key }]);
     }
     let keys = mydata_server::receipts::read_platform_keys(text.as_bytes()).map_err(|e| {
         anyhow::anyhow!(
@@ -114,7 +111,7 @@ fn read_keys(path: &Path) -> anyhow::Result<Vec<(Option<String>, VerifyingKey)>>
             path.display()
         )
     })?;
-    Ok(keys.into_iter().map(|k| (k.kid, k.key)).collect())
+    Ok(keys)
 }
 
 fn generate_key(dir: &Path) -> anyhow::Result<(VerifyingKey, PathBuf)> {

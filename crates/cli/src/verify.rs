@@ -129,14 +129,7 @@ impl ReceiptKeys {
         {
             return Ok(Self::One(only.key));
         }
-        let mut by_kid = PlatformKeys::new();
-        for k in keys {
-            match k.kid {
-                Some(kid) => by_kid.insert(kid, k.key),
-                None => by_kid.insert_by_thumbprint(k.key),
-            };
-        }
-        Ok(Self::ByKid(by_kid))
+        Ok(Self::ByKid(mydata_server::receipts::key_set(keys)))
     }
 }
 

@@ -529,6 +529,19 @@ pub struct PlatformKey {
     pub key: VerifyingKey,
 }
 
+/// `keys` by kid, a key without one under its RFC 7638 thumbprint (as the platform names its
+/// keys), for checks that pick the key a signature's `kid` names.
+pub fn key_set(keys: impl IntoIterator<Item = PlatformKey>) -> mydata_package::PlatformKeys {
+    let mut set = mydata_package::PlatformKeys::new();
+    for k in keys {
+        match k.kid {
+            Some(kid) => set.insert(kid, k.key),
+            None => set.insert_by_thumbprint(k.key),
+        };
+    }
+    set
+}
+
 /// Reads the platform's public key(s) from a JWK set (as served at
 /// `/.well-known/mydata/jwks.json`), a single JWK, or a PEM public key.
 pub fn read_platform_keys(bytes: &[u8]) -> Result<Vec<PlatformKey>, String> {
