@@ -119,29 +119,26 @@ pub(crate) async fn consent_and_confirm(w: &FlowWorld, b: &Browser, pending: &Pe
         .await;
     assert_eq!(r.status(), 303);
     let confirm_page = until_confirm(b, &consent).await;
-    let r = b
-        .post(
-            &format!("{consent}/confirm"),
-            &[("csrf", &csrf_in(&confirm_page)), ("decision", "send")],
-        )
-        .await;
-    assert_eq!(r.status(), 303);
-    let back = location(&r);
-    assert!(back.starts_with(REDIRECT), "{back}");
+    let back = send(b, &consent, &confirm_page).await;
     back.split_once('?').unwrap().1.to_owned()
 }
 
 /// "Send" on the confirmation (or the wait page's early answer): the redirect back to the service.
 async fn send(b: &Browser, consent: &str, page: &str) -> String {
+    send_to(b, consent, page, REDIRECT).await
+}
+
+/// [`send`] for a service whose redirect URI is `redirect`.
+pub(crate) async fn send_to(b: &Browser, consent: &str, page: &str, redirect: &str) -> String {
     let r = b
         .post(
             &format!("{consent}/confirm"),
             &[("csrf", &csrf_in(page)), ("decision", "send")],
         )
         .await;
-    assert_eq!(r.status(), 303);
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
     let back = location(&r);
-    assert!(back.starts_with(REDIRECT), "{back}");
+    assert!(back.starts_with(redirect), "{back}");
     back
 }
 
@@ -1260,14 +1257,8 @@ async fn the_same_person_signing_in_again_finds_the_request_waiting() {
         page.contains("data-step=\"wait\"") || page.contains("data-step=\"confirm\""),
         "{page}"
     );
-    let r = b
-        .post(
-            &format!("{consent}/confirm"),
-            &[("csrf", &csrf_in(&page)), ("decision", "send")],
-        )
-        .await;
-    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
-    assert!(location(&r).contains("code="), "{}", location(&r));
+    let back = send(&b, &consent, &page).await;
+    assert!(back.contains("code="), "{back}");
 }
 
 /// A service writes its name, purpose and terms in one language; the consent page marks each with
@@ -1810,14 +1801,8 @@ async fn a_person_waiting_for_a_60_minute_dataset_can_still_send_once_it_is_read
         })
         .await;
     let page = w.confirmation_in_time(&b, &consent, &id).await;
-    let r = b
-        .post(
-            &format!("{consent}/confirm"),
-            &[("csrf", &csrf_in(&page)), ("decision", "send")],
-        )
-        .await;
-    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
-    assert!(location(&r).contains("code="), "{}", location(&r));
+    let back = send(&b, &consent, &page).await;
+    assert!(back.contains("code="), "{back}");
 }
 
 /// A consent that loses the race to answer the request (two "agree" posts at once: both passed

@@ -4,6 +4,7 @@
 //! standard error and nothing changed; and the cache of JWK sets fetched from a `jwks_uri`.
 
 use crate::helpers::Backend;
+use crate::online::send_to;
 use crate::world::{Browser, FlowWorld, csrf_in};
 use mydata_core::Clock;
 use mydata_core::transfer::TransferState;
@@ -75,6 +76,13 @@ impl Asserting {
         let mut req = AuthorizationRequest::new(datasets, PURPOSE);
         req.identity_assertion = Some(assertion);
         req
+    }
+
+    /// A pushed request of the trusted verifier for `datasets`, asserting `id` at `level`.
+    async fn push_asserted(&self, id: &str, level: u8, datasets: &[&str]) -> Pending {
+        let assertion = self.trusted.identity_assertion(id, level).unwrap();
+        let req = self.request(datasets, assertion);
+        self.trusted.push(&req).await.unwrap()
     }
 
     fn pseudonym(&self, id: &str) -> String {
@@ -167,12 +175,7 @@ async fn asserted_end_to_end(backend: Backend) {
     let o = Asserting::spawn(backend).await;
     let w = &o.w;
     let p = w.people[0].clone();
-    let assertion = o.trusted.identity_assertion(&p.id, 4).unwrap();
-    let pending = o
-        .trusted
-        .push(&o.request(&[DATASET], assertion))
-        .await
-        .unwrap();
+    let pending = o.push_asserted(&p.id, 4, &[DATASET]).await;
 
     // A browser with no platform session goes straight to consent, and stays signed out.
     let b = w.browser("10.9.0.1");
@@ -180,15 +183,7 @@ async fn asserted_end_to_end(backend: Backend) {
     assert_ne!(b.session().await["signed_in"], true);
     agree(&b, &consent).await;
     let confirm = until_confirm(&b, &consent).await;
-    let r = b
-        .post(
-            &format!("{consent}/confirm"),
-            &[("csrf", &csrf_in(&confirm)), ("decision", "send")],
-        )
-        .await;
-    assert_eq!(r.status(), 303);
-    let back = location(&r);
-    assert!(back.starts_with(REDIRECT), "{back}");
+    let back = send_to(&b, &consent, &confirm, REDIRECT).await;
     let token = o
         .trusted
         .callback(&pending, back.split_once('?').unwrap().1)
@@ -233,12 +228,7 @@ async fn asserted_end_to_end(backend: Backend) {
 
     // The agencies are asked with the asserted method and level (a 60-minute dataset keeps the
     // sealed request subject while it waits).
-    let assertion = o.trusted.identity_assertion(&p.id, 3).unwrap();
-    let pending = o
-        .trusted
-        .push(&o.request(&[SLOW], assertion))
-        .await
-        .unwrap();
+    let pending = o.push_asserted(&p.id, 3, &[SLOW]).await;
     let b2 = w.browser("10.9.0.2");
     let consent = open_consent(w, &b2, &pending).await;
     agree(&b2, &consent).await;
@@ -278,12 +268,7 @@ async fn an_asserted_person_whose_session_ended_signs_in_to_finish() {
     let o = Asserting::spawn(Backend::Sqlite).await;
     let w = &o.w;
     let p = w.people[0].clone();
-    let assertion = o.trusted.identity_assertion(&p.id, 3).unwrap();
-    let pending = o
-        .trusted
-        .push(&o.request(&[SLOW], assertion))
-        .await
-        .unwrap();
+    let pending = o.push_asserted(&p.id, 3, &[SLOW]).await;
     let b = w.browser("10.9.0.5");
     let consent = open_consent(w, &b, &pending).await;
     agree(&b, &consent).await;
@@ -297,14 +282,8 @@ async fn an_asserted_person_whose_session_ended_signs_in_to_finish() {
     let r = b.certificate(&w.card(&p), "/").await;
     assert_eq!(r.status(), 303);
     let page = w.confirmation_in_time(&b, &consent, &tid).await;
-    let r = b
-        .post(
-            &format!("{consent}/confirm"),
-            &[("csrf", &csrf_in(&page)), ("decision", "send")],
-        )
-        .await;
-    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
-    assert!(location(&r).contains("code="), "{}", location(&r));
+    let back = send_to(&b, &consent, &page, REDIRECT).await;
+    assert!(back.contains("code="), "{back}");
     // Still the asserted person's transfer.
     assert_eq!(w.app.transfer(&tid).await.subject, o.pseudonym(&p.id));
 }
@@ -339,11 +318,7 @@ async fn the_sealed_id_number_leaves_the_request_once_answered(backend: Backend)
     let request_of = |consent: &str| consent.rsplit('/').next().unwrap().to_owned();
 
     // Consented: gone in the consent's own write, while the transfer holds its secret.
-    let pending = o
-        .trusted
-        .push(&o.request(&[DATASET], o.trusted.identity_assertion(&p.id, 4).unwrap()))
-        .await
-        .unwrap();
+    let pending = o.push_asserted(&p.id, 4, &[DATASET]).await;
     let b = w.browser("10.9.0.7");
     let consent = open_consent(w, &b, &pending).await;
     let id = request_of(&consent);
@@ -355,14 +330,7 @@ async fn the_sealed_id_number_leaves_the_request_once_answered(backend: Backend)
     assert_eq!(sealed_in(&row.params), None, "{}", row.params);
     // The confirmation still comes, to the asserted person, and the service gets its data.
     let confirm = until_confirm(&b, &consent).await;
-    let r = b
-        .post(
-            &format!("{consent}/confirm"),
-            &[("csrf", &csrf_in(&confirm)), ("decision", "send")],
-        )
-        .await;
-    assert_eq!(r.status(), 303);
-    let back = location(&r);
+    let back = send_to(&b, &consent, &confirm, REDIRECT).await;
     let token = o
         .trusted
         .callback(&pending, back.split_once('?').unwrap().1)
@@ -377,11 +345,7 @@ async fn the_sealed_id_number_leaves_the_request_once_answered(backend: Backend)
     assert_eq!(sealed_in(&row.params), None);
 
     // Declined: gone with the refusal.
-    let pending = o
-        .trusted
-        .push(&o.request(&[DATASET], o.trusted.identity_assertion(&p.id, 4).unwrap()))
-        .await
-        .unwrap();
+    let pending = o.push_asserted(&p.id, 4, &[DATASET]).await;
     let b = w.browser("10.9.0.8");
     let consent = open_consent(w, &b, &pending).await;
     let page = b.get(&consent).await.text().await.unwrap();
