@@ -23,8 +23,32 @@ use std::collections::HashMap;
 pub(crate) struct SyncConn {
     conn: rusqlite::Connection,
     /// Each step text split into its statements, once (prepared statements are cached per
-    /// statement, and a text of several cannot be prepared as one).
-    split: HashMap<String, Vec<String>>,
+    /// statement, and a text of several cannot be prepared as one). Step texts are ours, so a fast
+    /// unkeyed hash will do: SipHash over every step's whole text cost more than the lookup saves.
+    split: HashMap<String, Vec<StepStatement>, foldhash::fast::FixedState>,
+}
+
+/// One statement of a step text, with the names of the columns it returns, read once: a row
+/// decoded by field name then finds each column in this list, instead of asking SQLite for every
+/// column's name again for every field (rusqlite's `Row::get` by name).
+struct StepStatement {
+    sql: String,
+    columns: Vec<String>,
+}
+
+/// The names of a statement's result columns, for [`StepRow`] to find its fields in a row.
+pub(crate) struct Columns<'a>(&'a [String]);
+
+impl Columns<'_> {
+    /// The index of column `name` (as SQLite names it: the column or its `AS` alias).
+    pub(crate) fn index(&self, name: &str) -> rusqlite::Result<usize> {
+        self.0
+            .iter()
+            .position(|c| c == name)
+            // SQLite's own lookup ignores ASCII case; so does this, for the rare miss.
+            .or_else(|| self.0.iter().position(|c| c.eq_ignore_ascii_case(name)))
+            .ok_or_else(|| rusqlite::Error::InvalidColumnName(name.to_owned()))
+    }
 }
 
 impl std::fmt::Debug for SyncConn {
@@ -62,7 +86,7 @@ impl SyncConn {
         conn.set_prepared_statement_cache_capacity(128);
         Ok(Self {
             conn,
-            split: HashMap::new(),
+            split: HashMap::default(),
         })
     }
 
@@ -87,17 +111,29 @@ impl SyncConn {
 
     fn run_as<O: StepRow>(&mut self, step: &Binder<'_>, grouped: bool) -> Result<Vec<O>> {
         if !self.split.contains_key(step.sql) {
-            self.split
-                .insert(step.sql.to_owned(), split_statements(step.sql));
+            let statements = split_statements(step.sql)
+                .into_iter()
+                .map(|sql| StepStatement {
+                    sql,
+                    columns: Vec::new(),
+                })
+                .collect();
+            self.split.insert(step.sql.to_owned(), statements);
         }
-        let statements = self.split.get(step.sql).map(Vec::as_slice).unwrap_or(&[]);
+        let statements = self
+            .split
+            .get_mut(step.sql)
+            .map(Vec::as_mut_slice)
+            .unwrap_or_default();
         let started = std::time::Instant::now();
         let mut out = Vec::new();
-        for sql in statements {
+        for statement in statements.iter_mut() {
+            let sql = statement.sql.as_str();
             if grouped && (sql == "BEGIN IMMEDIATE" || sql == "COMMIT") {
                 continue;
             }
             let mut stmt = self.conn.prepare_cached(sql)?;
+
             for i in 1..=stmt.parameter_count() {
                 let n = stmt
                     .parameter_name(i)
@@ -110,14 +146,30 @@ impl SyncConn {
                 stmt.raw_bind_parameter(i, v)?;
             }
             let mut rows = stmt.raw_query();
+            let mut first = true;
             while let Some(row) = rows.next()? {
-                out.push(O::from_step_row(row)?);
+                // Read once per statement, at its first row (a statement SQLite prepared anew
+                // after a schema change has its new columns only once it runs); again if it now
+                // returns other columns (a `SELECT *` over a table a migration changed).
+                if first && statement.columns.len() != row.as_ref().column_count() {
+                    statement.columns = row
+                        .as_ref()
+                        .column_names()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect();
+                }
+                first = false;
+                out.push(O::from_step_row(row, &Columns(&statement.columns))?);
             }
         }
         // As sqlx logs its statements: every one at debug, slow ones as warnings (the SQL names
         // no person: values are bound, never written into the text).
         let elapsed = started.elapsed();
-        let first = statements.iter().find(|s| !s.starts_with("BEGIN"));
+        let first = statements
+            .iter()
+            .map(|s| s.sql.as_str())
+            .find(|s| !s.starts_with("BEGIN"));
         let first = first.map_or("", |s| s.get(..s.len().min(80)).unwrap_or(s));
         if elapsed >= SLOW_STEP {
             tracing::warn!(
@@ -270,13 +322,14 @@ impl<'a> Binder<'a> {
 
 /// A row a step returns, decoded from [`SyncConn`]'s rows (sqlx's `FromRow` on the other path).
 pub(crate) trait StepRow: Sized {
-    fn from_step_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+    /// Decodes `row`, whose columns are named in `columns`.
+    fn from_step_row(row: &rusqlite::Row<'_>, columns: &Columns<'_>) -> rusqlite::Result<Self>;
 }
 
 macro_rules! step_row_tuple {
     ($($t:ident $i:tt),+) => {
         impl<$($t: rusqlite::types::FromSql),+> StepRow for ($($t,)+) {
-            fn from_step_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+            fn from_step_row(row: &rusqlite::Row<'_>, _: &Columns<'_>) -> rusqlite::Result<Self> {
                 Ok(($(row.get::<_, $t>($i)?,)+))
             }
         }
@@ -291,10 +344,13 @@ step_row_tuple!(A 0, B 1, C 2);
 macro_rules! step_row {
     ($t:ty { $($f:ident),* $(,)? } $(flatten { $($g:ident),* $(,)? })?) => {
         impl $crate::step::StepRow for $t {
-            fn from_step_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+            fn from_step_row(
+                row: &rusqlite::Row<'_>,
+                columns: &$crate::step::Columns<'_>,
+            ) -> rusqlite::Result<Self> {
                 Ok(Self {
-                    $($f: row.get(stringify!($f))?,)*
-                    $($($g: $crate::step::StepRow::from_step_row(row)?,)*)?
+                    $($f: row.get(columns.index(stringify!($f))?)?,)*
+                    $($($g: $crate::step::StepRow::from_step_row(row, columns)?,)*)?
                 })
             }
         }
@@ -752,5 +808,75 @@ mod tests {
             .await
             .unwrap();
         assert!(wal() <= limit, "{} bytes", wal());
+    }
+
+    /// A row struct as the store's rows are: decoded by field name, in any column order.
+    #[derive(Debug, PartialEq)]
+    struct Named {
+        b: String,
+        a: i64,
+    }
+    super::step_row!(Named { b, a });
+
+    #[derive(Debug, PartialEq)]
+    struct Outer {
+        c: Option<i64>,
+        inner: Named,
+    }
+    super::step_row!(Outer { c } flatten { inner });
+
+    #[test]
+    fn rows_decode_by_column_name_in_any_order_also_after_the_columns_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.db");
+        rusqlite::Connection::open(&file)
+            .unwrap()
+            .execute_batch("CREATE TABLE n (a INTEGER, b TEXT); INSERT INTO n VALUES (1, 'one')")
+            .unwrap();
+        let mut conn = super::SyncConn::open(&file).unwrap();
+        const ALL: &str = "SELECT * FROM n";
+        // Columns in another order than the fields, under aliases, twice (the names are kept).
+        for _ in 0..2 {
+            let rows: Vec<Named> = conn
+                .run(&Binder::new(
+                    "SELECT b, a FROM n; SELECT 2 AS a, 'two' AS b",
+                ))
+                .unwrap();
+            assert_eq!(
+                rows,
+                [
+                    Named {
+                        b: "one".into(),
+                        a: 1
+                    },
+                    Named {
+                        b: "two".into(),
+                        a: 2
+                    }
+                ]
+            );
+        }
+        let wrong = conn.run::<Named>(&Binder::new("SELECT a FROM n"));
+        assert!(wrong.unwrap_err().to_string().contains('b'));
+        assert!(
+            conn.run::<Outer>(&Binder::new(ALL)).is_err(),
+            "no column c yet"
+        );
+        // A migration adds a column: the same text now returns it, and it is found by its name.
+        conn.run::<(i64,)>(&Binder::new(
+            "ALTER TABLE n ADD COLUMN c INTEGER; UPDATE n SET c = 5",
+        ))
+        .unwrap();
+        let rows: Vec<Outer> = conn.run(&Binder::new(ALL)).unwrap();
+        assert_eq!(
+            rows,
+            [Outer {
+                c: Some(5),
+                inner: Named {
+                    b: "one".into(),
+                    a: 1
+                }
+            }]
+        );
     }
 }
