@@ -31,6 +31,12 @@ pub struct ProviderSimArgs {
     /// DATA_DIR/provider-sim-platform-key.pem (mode 0600) for a local platform to use.
     #[arg(long, value_name = "PEM_OR_JWKS")]
     platform_key: Vec<PathBuf>,
+    /// The platform's published JWK set (https://PLATFORM/.well-known/mydata/jwks.json), read on
+    /// the first request and again when a token names a key not in it (the platform replaced its
+    /// key), as an agency integrating the platform does; its keys are accepted besides any
+    /// --platform-key. With it, no key is generated.
+    #[arg(long, value_name = "URL")]
+    platform_jwks: Option<String>,
     /// Folder for the generated platform key [default: ./mydata-data]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -60,7 +66,8 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let (platform_keys, generated) = if args.platform_key.is_empty() {
+    let (platform_keys, generated) = if args.platform_key.is_empty() && args.platform_jwks.is_none()
+    {
         let dir = args
             .data_dir
             .clone()
@@ -75,6 +82,7 @@ pub async fn run(args: ProviderSimArgs) -> anyhow::Result<()> {
         (mydata_server::receipts::key_set(keys), None)
     };
     let mut config = SimulatorConfig::with_platform_keys(platform_keys);
+    config.platform_jwks_url = args.platform_jwks;
     config.seed = args.seed;
     config.time_scale = args.time_scale;
     config.admin_token = args.admin_token;

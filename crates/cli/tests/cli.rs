@@ -766,6 +766,64 @@ async fn provider_sim_accepts_tokens_by_every_platform_key_it_is_given() {
     assert!(stderr_line(&o).contains("notes.txt"), "{}", stderr_line(&o));
 }
 
+/// `mydata provider-sim --platform-jwks URL` reads the platform's keys from its published JWK set
+/// (no key generated) and accepts tokens by them; a URL that is not http(s) stops it with one line.
+#[tokio::test]
+async fn provider_sim_reads_the_platforms_keys_from_its_jwk_set_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = <p256::ecdsa::SigningKey as p256::elliptic_curve::Generate>::generate();
+    let set = mydata_package::PlatformKeys::from(*key.verifying_key()).public_jwks();
+    let jwks = serde_json::json!({ "keys": set });
+    let app = axum::Router::new().route(
+        "/.well-known/mydata/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!(
+        "http://{}/.well-known/mydata/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (child, _lines, url) = provider_sim(&[
+        "--platform-jwks",
+        &jwks_url,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    let signer = mydata_package::PlatformSigner::with_thumbprint_kid(key).unwrap();
+    let token = signer.sign(&serde_json::to_vec(&sim_claims("by-published")).unwrap());
+    let res = reqwest::Client::new()
+        .post(format!("{url}/agencies/moi-household/v1/requests"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        !dir.path().join("provider-sim-platform-key.pem").exists(),
+        "no key generated"
+    );
+    drop(child);
+
+    let o = mydata(&[
+        "provider-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--platform-jwks",
+        "ftp://platform.example/jwks.json",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr_line(&o).contains("not an http(s) URL"),
+        "{}",
+        stderr_line(&o)
+    );
+}
+
 #[tokio::test]
 async fn provider_sim_serves_signed_datasets_to_the_generated_platform_key() {
     use mydata_provider_sim::token;

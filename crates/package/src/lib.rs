@@ -32,5 +32,5 @@ pub use package::{
     verify_package_with_keys, verify_package_with_limits, verify_platform_jws,
 };
 pub use pki::{CertError, Crl, IssuedCert, PkiError, SimulatedCa, TrustStore, TrustStoreError};
-pub use platform_keys::PlatformKeys;
+pub use platform_keys::{PlatformKeys, ec_public_key};
 pub use seal::{PackageKey, SealError, open, seal};

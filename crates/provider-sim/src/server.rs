@@ -113,6 +113,11 @@ pub struct SimulatorConfig {
     /// The platform's keys (its JWK set): request tokens must be signed by the one their `kid`
     /// names, or by any of them when the `kid` is not among them.
     pub platform_keys: mydata_package::PlatformKeys,
+    /// The platform's published JWK set (`.../.well-known/mydata/jwks.json`), read on the first
+    /// token and again when a token names a key not held (the platform replaced its key; after a
+    /// read that did not find it, not again for [`JWKS_REREAD`]); its keys are accepted besides
+    /// `platform_keys`.
+    pub platform_jwks_url: Option<String>,
     /// Bearer token of `/admin/*`; `None` disables the admin API.
     pub admin_token: Option<String>,
     /// Initial faults by agency ID.
@@ -140,6 +145,7 @@ impl SimulatorConfig {
             reference_date: DEFAULT_REFERENCE_DATE,
             time_scale: 1.0,
             platform_keys,
+            platform_jwks_url: None,
             admin_token: None,
             faults: HashMap::new(),
             pdf_font: None,
@@ -165,6 +171,8 @@ pub enum SimError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     PdfFont(#[from] FontError),
+    #[error("the platform's JWK set URL: {0}")]
+    PlatformJwks(String),
 }
 
 /// One agency's signing material: the valid signer and one whose certificate has expired.
@@ -223,6 +231,67 @@ impl SeenTokens {
     }
 }
 
+/// Least time after a read of the platform's JWK set that did not bring the key sought (or
+/// failed) before the next read.
+pub const JWKS_REREAD: Duration = Duration::from_secs(30);
+/// Largest JWK set read: a platform publishes a handful of keys.
+const MAX_JWKS_BYTES: usize = 64 * 1024;
+
+/// The platform's published JWK set, read as an agency reads it: no redirects, a timeout, a size
+/// limit.
+struct JwksSource {
+    url: String,
+    http: reqwest::Client,
+    /// When a read last failed or did not bring the key sought, by the simulator's clock.
+    last_miss: tokio::sync::Mutex<Option<Timestamp>>,
+}
+
+impl JwksSource {
+    fn new(url: String) -> Result<Self, SimError> {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(SimError::PlatformJwks(format!(
+                "{url} is not an http(s) URL"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| SimError::PlatformJwks(e.to_string()))?;
+        Ok(Self {
+            url,
+            http,
+            last_miss: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    async fn read(&self) -> Result<mydata_package::PlatformKeys, String> {
+        let mut res = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !res.status().is_success() {
+            return Err(format!("HTTP {}", res.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!("the key set is larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let jwks: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+        let keys = mydata_package::PlatformKeys::from_jwk_set(&jwks);
+        if keys.is_empty() {
+            return Err("the key set holds no ES256 signing key".into());
+        }
+        Ok(keys)
+    }
+}
+
 /// Every simulated agency, their keys, and the in-memory state of requests.
 pub struct Simulator {
     catalog: Catalog,
@@ -234,7 +303,10 @@ pub struct Simulator {
     render_pdf: bool,
     ca: SimulatedCa,
     agencies: HashMap<String, AgencyKeys>,
-    platform_keys: mydata_package::PlatformKeys,
+    /// The keys given, with those last read from the platform's JWK set (replaced whole).
+    platform_keys: std::sync::RwLock<Arc<mydata_package::PlatformKeys>>,
+    given_keys: mydata_package::PlatformKeys,
+    jwks: Option<JwksSource>,
     clock: Arc<dyn Clock>,
     time_scale: f64,
     admin_token: Option<String>,
@@ -296,7 +368,9 @@ impl Simulator {
             render_pdf: config.render_pdf,
             ca,
             agencies,
-            platform_keys: config.platform_keys,
+            platform_keys: std::sync::RwLock::new(Arc::new(config.platform_keys.clone())),
+            given_keys: config.platform_keys,
+            jwks: config.platform_jwks_url.map(JwksSource::new).transpose()?,
             clock,
             time_scale: config.time_scale,
             admin_token: config.admin_token,
@@ -389,14 +463,19 @@ impl Simulator {
     }
 
     /// Verify the bearer token for `agency_id` and consume its `jti`.
-    fn authenticate(&self, headers: &HeaderMap, agency_id: &str) -> Result<Claims, ApiError> {
+    async fn authenticate(&self, headers: &HeaderMap, agency_id: &str) -> Result<Claims, ApiError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(ApiError::MissingToken)?;
         let now = self.clock.now();
-        let claims = token::verify(token.trim(), &self.platform_keys, agency_id, now)?;
+        let claims = match token::verify(token.trim(), &self.platform_keys(), agency_id, now) {
+            Err(TokenError::UnknownKey(kid)) if self.reread_platform_keys(&kid).await => {
+                token::verify(token.trim(), &self.platform_keys(), agency_id, now)?
+            }
+            other => other?,
+        };
         let now_s = now.millis().div_euclid(1000);
         if !lock(&self.memory)
             .seen_jti
@@ -405,6 +484,55 @@ impl Simulator {
             return Err(ApiError::Replayed);
         }
         Ok(claims)
+    }
+
+    /// The platform keys held now.
+    fn platform_keys(&self) -> Arc<mydata_package::PlatformKeys> {
+        self.platform_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the platform's JWK set again for a token signed by `kid`, a key not held; true if the
+    /// keys held now include it. After a read that did not bring the key sought (or failed), not
+    /// again for [`JWKS_REREAD`], so tokens naming made-up keys cannot make the agency fetch on
+    /// every request; requests that wait meanwhile use what the one read brought.
+    async fn reread_platform_keys(&self, kid: &str) -> bool {
+        let Some(source) = &self.jwks else {
+            return false;
+        };
+        let mut last_miss = source.last_miss.lock().await;
+        if self.platform_keys().get(kid).is_some() {
+            return true;
+        }
+        let now = self.clock.now();
+        let reread_ms = i64::try_from(JWKS_REREAD.as_millis()).unwrap_or(i64::MAX);
+        if last_miss.is_some_and(|at: Timestamp| now.millis() - at.millis() < reread_ms) {
+            return false;
+        }
+        let found = match source.read().await {
+            Ok(read) => {
+                let mut keys = read;
+                for (given_kid, key) in self.given_keys.iter() {
+                    keys.insert(given_kid, *key);
+                }
+                let found = keys.get(kid).is_some();
+                *self
+                    .platform_keys
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+                found
+            }
+            Err(e) => {
+                tracing::warn!(url = %source.url, error = %e, "cannot read the platform's keys");
+                false
+            }
+        };
+        if !found {
+            *last_miss = Some(now);
+        }
+        found
     }
 
     /// Sign the dataset's content for `subject` and shape the HTTP answer, faults included.
@@ -737,7 +865,7 @@ async fn create_request(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let faults = sim.gate(&agency_id).await?;
-    let claims = sim.authenticate(&headers, &agency_id)?;
+    let claims = sim.authenticate(&headers, &agency_id).await?;
     let transfer_id = claims
         .transfer_id
         .ok_or(ApiError::MissingClaim("transfer_id"))?;
@@ -839,7 +967,7 @@ async fn poll_request(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let faults = sim.gate(&agency_id).await?;
-    let claims = sim.authenticate(&headers, &agency_id)?;
+    let claims = sim.authenticate(&headers, &agency_id).await?;
     let not_found = || ApiError::RequestNotFound(request_id.clone());
     let (dataset_id, transfer_id, subject, ready_at) = {
         let mem = lock(&sim.memory);

@@ -68,6 +68,10 @@ pub enum TokenError {
     Malformed(String),
     #[error("the token signature does not verify with the platform's keys")]
     BadSignature,
+    /// Signed by a key whose `kid` is not among the platform keys held, and by none of them:
+    /// the platform may have replaced its key since they were read.
+    #[error("the token is signed by platform key {0}, which this agency does not hold")]
+    UnknownKey(String),
     #[error("the token issuer is not `{ISSUER}`")]
     WrongIssuer,
     #[error("the token is not addressed to this agency")]
@@ -128,16 +132,16 @@ pub fn verify(
             .is_ok_and(|k| k.verify_fixed(input.as_bytes(), &sig))
     };
     // The key the header's `kid` names; a `kid` not in the set (or none) is tried against each.
-    let named = header
-        .get("kid")
-        .and_then(|k| k.as_str())
-        .and_then(|kid| keys.get(kid));
-    let verified = match named {
+    let kid = header.get("kid").and_then(|k| k.as_str());
+    let verified = match kid.and_then(|kid| keys.get(kid)) {
         Some(key) => verifies(key),
         None => keys.iter().any(|(_, key)| verifies(key)),
     };
     if !verified {
-        return Err(TokenError::BadSignature);
+        return Err(match kid {
+            Some(kid) if keys.get(kid).is_none() => TokenError::UnknownKey(kid.to_owned()),
+            _ => TokenError::BadSignature,
+        });
     }
     let claims: Claims =
         serde_json::from_slice(&decode(p)?).map_err(|e| TokenError::Malformed(e.to_string()))?;
@@ -240,7 +244,9 @@ mod tests {
         let only_new = PlatformKeys::from(*new.verifying_key());
         assert_eq!(
             verify(&by(&old), &only_new, "moi-household", now),
-            Err(TokenError::BadSignature)
+            Err(TokenError::UnknownKey(mydata_package::jwk_thumbprint(
+                old.verifying_key()
+            )))
         );
         // A kid naming the new key on a token the old key signed: checked with the new key only.
         let mut lying = PlatformKeys::new();

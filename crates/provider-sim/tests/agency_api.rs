@@ -37,12 +37,21 @@ impl App {
     }
 
     async fn spawn_seeded(time_scale: f64, seed: u64) -> Self {
+        Self::spawn_with(|config| {
+            config.time_scale = time_scale;
+            config.seed = seed;
+        })
+        .await
+    }
+
+    /// A simulator whose config `tweak` changes from the default (a fresh platform key, an
+    /// admin token).
+    async fn spawn_with(tweak: impl FnOnce(&mut SimulatorConfig)) -> Self {
         let clock = ManualClock::new(Timestamp::from_millis(1_780_000_000_000));
         let key = SigningKey::try_generate().unwrap();
         let mut config = SimulatorConfig::new(*key.verifying_key());
-        config.time_scale = time_scale;
-        config.seed = seed;
         config.admin_token = Some(ADMIN.into());
+        tweak(&mut config);
         let sim = Arc::new(Simulator::new(config, Arc::new(clock.clone())).unwrap());
         let app = router(sim.clone()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -854,4 +863,165 @@ async fn faults_for_an_unknown_agency_or_out_of_range_are_refused() {
         .insert("no-such-agency".into(), FaultConfig::default());
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(0)));
     assert!(Simulator::new(config, clock).is_err());
+}
+
+/// A stand-in for the platform's `/.well-known/mydata/jwks.json`: serves the set `keys` holds (or
+/// a 503 when it holds `null`) and counts the reads.
+struct PlatformJwks {
+    url: String,
+    keys: Arc<std::sync::Mutex<Value>>,
+    reads: Arc<AtomicU64>,
+}
+
+impl PlatformJwks {
+    async fn serve() -> Self {
+        let keys = Arc::new(std::sync::Mutex::new(Value::Null));
+        let reads = Arc::new(AtomicU64::new(0));
+        let (k, r) = (keys.clone(), reads.clone());
+        let app = axum::Router::new().route(
+            "/.well-known/mydata/jwks.json",
+            axum::routing::get(move || {
+                let (k, r) = (k.clone(), r.clone());
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let set = k.lock().unwrap().clone();
+                    if set.is_null() {
+                        return Err(StatusCode::SERVICE_UNAVAILABLE);
+                    }
+                    Ok(axum::Json(set))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url: format!("http://{addr}/.well-known/mydata/jwks.json"),
+            keys,
+            reads,
+        }
+    }
+
+    /// Publishes `keys` (the current one first), as the platform's JWK set with its X25519 key.
+    fn publish(&self, keys: &[&SigningKey]) {
+        let mut set = mydata_package::PlatformKeys::new();
+        for k in keys {
+            set.insert_by_thumbprint(*k.verifying_key());
+        }
+        let mut listed = set.public_jwks();
+        listed.push(
+            serde_json::json!({"kty": "OKP", "crv": "X25519", "use": "enc",
+            "x": "9GXjPGGvmRq9F6Ng5dQQ_s31mfhxrcNZxRGONrmuN7c"}),
+        );
+        *self.keys.lock().unwrap() = serde_json::json!({ "keys": listed });
+    }
+
+    fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+}
+
+/// An agency reads the platform's keys from its published JWK set, and again when a token names a
+/// key it does not hold (the platform replaced its key); after a read that did not bring the key,
+/// not again for JWKS_REREAD: a token naming a made-up key is refused without a read each time,
+/// and a set it could not read leaves the keys it holds.
+#[tokio::test]
+async fn agencies_read_the_platforms_keys_from_its_jwk_set_again_when_it_replaces_its_key() {
+    use mydata_provider_sim::server::JWKS_REREAD;
+    let platform = PlatformJwks::serve().await;
+    let [first, second, third, forged] =
+        std::array::from_fn(|_| SigningKey::try_generate().unwrap());
+    platform.publish(&[&first]);
+    let url = platform.url.clone();
+    let app = App::spawn_with(|config| config.platform_jwks_url = Some(url)).await;
+    let ds = app.instant();
+    let person = app.person_id();
+    let send = |key: &SigningKey| {
+        let claims = app.claims(&ds, &person, IdentityMethod::MoicaCert);
+        let token = mydata_package::PlatformSigner::with_thumbprint_kid(key.clone())
+            .unwrap()
+            .sign(&serde_json::to_vec(&claims).unwrap());
+        app.client
+            .post(format!("{}/agencies/{}/v1/requests", app.base, ds.agency))
+            .bearer_auth(token)
+            .send()
+    };
+    // The key given at start needs no read; the published one is read on first use, once.
+    assert_eq!(
+        app.post(
+            &ds.agency,
+            &app.claims(&ds, &person, IdentityMethod::MoicaCert)
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    assert_eq!(platform.reads(), 0);
+    for _ in 0..2 {
+        assert_eq!(send(&first).await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(platform.reads(), 1);
+    // The platform switches to a new key, still publishing the one it replaced.
+    platform.publish(&[&second, &first]);
+    assert_eq!(send(&second).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(send(&first).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(platform.reads(), 2);
+    // A key the platform never published: refused, and not read for again within JWKS_REREAD.
+    for _ in 0..3 {
+        let res = send(&forged).await.unwrap();
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNAUTHORIZED, "invalid_token".into())
+        );
+    }
+    assert_eq!(
+        platform.reads(),
+        3,
+        "read again within JWKS_REREAD of a miss"
+    );
+    app.clock.advance(JWKS_REREAD);
+    let res = send(&forged).await.unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::UNAUTHORIZED, "invalid_token".into())
+    );
+    assert_eq!(platform.reads(), 4);
+    // The set cannot be read: the keys held still work, a new one waits for the next read.
+    *platform.keys.lock().unwrap() = Value::Null;
+    app.clock.advance(JWKS_REREAD);
+    assert_eq!(
+        send(&third).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(platform.reads(), 5);
+    assert_eq!(send(&second).await.unwrap().status(), StatusCode::OK);
+    platform.publish(&[&third, &second]);
+    assert_eq!(
+        send(&third).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "too soon"
+    );
+    app.clock.advance(JWKS_REREAD);
+    assert_eq!(send(&third).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(platform.reads(), 6);
+    // The key given at start is still accepted beside the published ones.
+    assert_eq!(
+        app.post(
+            &ds.agency,
+            &app.claims(&ds, &person, IdentityMethod::MoicaCert)
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn a_jwk_set_url_must_be_http() {
+    let key = SigningKey::try_generate().unwrap();
+    let mut config = SimulatorConfig::new(*key.verifying_key());
+    config.platform_jwks_url = Some("file:///etc/passwd".into());
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(0)));
+    let err = Simulator::new(config, clock).unwrap_err();
+    assert!(err.to_string().contains("not an http(s) URL"), "{err}");
 }

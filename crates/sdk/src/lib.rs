@@ -1252,28 +1252,11 @@ async fn platform_keys(
             "the platform publishes no X25519 key".into(),
         ));
     }
-    let mut sig = PlatformKeys::new();
-    for (kid, key) in keys.iter().filter_map(receipt_key) {
-        match kid {
-            Some(kid) => sig.insert(kid, key),
-            None => sig.insert_by_thumbprint(key),
-        };
-    }
+    let sig = PlatformKeys::from_jwk_set(&jwks);
     if sig.is_empty() {
         return Err(Error::Invalid("the platform publishes no ES256 key".into()));
     }
     Ok((kem, sig))
-}
-
-/// An ES256 signing key of the platform's JWKS with its `kid` (if it names one); keys declared for
-/// encryption or another algorithm are passed over.
-fn receipt_key(k: &serde_json::Value) -> Option<(Option<String>, p256::ecdsa::VerifyingKey)> {
-    let declared = |name: &str, want: &str| k.get(name).is_none_or(|v| v.as_str() == Some(want));
-    if !declared("use", "sig") || !declared("alg", "ES256") {
-        return None;
-    }
-    let kid = k.get("kid").and_then(|v| v.as_str()).map(str::to_owned);
-    Some((kid, ec_key(k)?))
 }
 
 /// `clock`'s time, to read HTTP-dates against.
@@ -1330,22 +1313,6 @@ fn check_transfer_id(id: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
-}
-
-fn ec_key(k: &serde_json::Value) -> Option<p256::ecdsa::VerifyingKey> {
-    if k.get("kty")?.as_str()? != "EC" || k.get("crv")?.as_str()? != "P-256" {
-        return None;
-    }
-    let x = URL_SAFE_NO_PAD.decode(k.get("x")?.as_str()?).ok()?;
-    let y = URL_SAFE_NO_PAD.decode(k.get("y")?.as_str()?).ok()?;
-    if x.len() != 32 || y.len() != 32 {
-        return None;
-    }
-    let mut sec1 = Vec::with_capacity(65);
-    sec1.push(4);
-    sec1.extend_from_slice(&x);
-    sec1.extend_from_slice(&y);
-    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).ok()
 }
 
 /// Why [`verify`] did not accept a package.

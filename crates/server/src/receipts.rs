@@ -567,19 +567,7 @@ pub fn read_platform_keys(bytes: &[u8]) -> Result<Vec<PlatformKey>, String> {
 }
 
 fn jwk_key(jwk: &serde_json::Value) -> Result<PlatformKey, String> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    if jwk["kty"] != "EC" || jwk["crv"] != "P-256" {
-        return Err("not an EC P-256 key".into());
-    }
-    let coord = |name: &str| -> Result<Vec<u8>, String> {
-        let s = jwk[name].as_str().ok_or(format!("no `{name}`"))?;
-        b64.decode(s).map_err(|e| format!("`{name}`: {e}"))
-    };
-    let mut sec1 = vec![4u8];
-    sec1.extend(coord("x")?);
-    sec1.extend(coord("y")?);
-    let key = VerifyingKey::from_sec1_bytes(&sec1).map_err(|e| e.to_string())?;
+    let key = mydata_package::ec_public_key(jwk).ok_or("not an EC P-256 public key")?;
     Ok(PlatformKey {
         kid: jwk["kid"].as_str().map(str::to_owned),
         key,

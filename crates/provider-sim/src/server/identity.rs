@@ -47,7 +47,7 @@ pub(super) async fn check(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     sim.gate(&agency_id).await?;
-    sim.authenticate(&headers, &agency_id)?;
+    sim.authenticate(&headers, &agency_id).await?;
     let req: CheckRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     let id = IdNumber::parse(&req.id_number)
