@@ -946,16 +946,12 @@ async fn agencies_read_the_platforms_keys_from_its_jwk_set_again_when_it_replace
             .bearer_auth(token)
             .send()
     };
+    let by_given_key = || async {
+        let claims = app.claims(&ds, &person, IdentityMethod::MoicaCert);
+        app.post(&ds.agency, &claims).await
+    };
     // The key given at start needs no read; the published one is read on first use, once.
-    assert_eq!(
-        app.post(
-            &ds.agency,
-            &app.claims(&ds, &person, IdentityMethod::MoicaCert)
-        )
-        .await
-        .status(),
-        StatusCode::OK
-    );
+    assert_eq!(by_given_key().await.status(), StatusCode::OK);
     assert_eq!(platform.reads(), 0);
     for _ in 0..2 {
         assert_eq!(send(&first).await.unwrap().status(), StatusCode::OK);
@@ -1005,15 +1001,7 @@ async fn agencies_read_the_platforms_keys_from_its_jwk_set_again_when_it_replace
     assert_eq!(send(&third).await.unwrap().status(), StatusCode::OK);
     assert_eq!(platform.reads(), 6);
     // The key given at start is still accepted beside the published ones.
-    assert_eq!(
-        app.post(
-            &ds.agency,
-            &app.claims(&ds, &person, IdentityMethod::MoicaCert)
-        )
-        .await
-        .status(),
-        StatusCode::OK
-    );
+    assert_eq!(by_given_key().await.status(), StatusCode::OK);
 }
 
 #[test]
