@@ -666,10 +666,14 @@ pub struct SweepReport {
     pub transfers_expired: usize,
     pub packages_destroyed: usize,
     pub sessions_removed: u64,
+    /// Clerks' TOTP secrets a replaced data key sealed, sealed again with the current one.
+    pub clerk_secrets_resealed: usize,
 }
 
-/// Ends transfers past their 8 hours and destroys their packages, and removes ended OAuth
-/// requests, sessions and clerk sessions. Bounded; safe in several processes at once.
+/// Ends transfers past their 8 hours and destroys their packages, removes ended OAuth
+/// requests, sessions and clerk sessions, and (while the data key is being replaced) seals with
+/// the current data key the clerks' TOTP secrets a replaced key sealed. Bounded; safe in several
+/// processes at once.
 pub async fn sweep(state: &AppState) -> Result<SweepReport, StoreError> {
     let mut report = SweepReport::default();
     for _ in 0..SWEEP_ROUNDS {
@@ -685,6 +689,15 @@ pub async fn sweep(state: &AppState) -> Result<SweepReport, StoreError> {
     state.store().sweep_oauth(now).await?;
     report.sessions_removed = crate::identity::session::sweep(state).await?;
     state.store().sweep_clerk_sessions(now).await?;
+    let vault = &state.data().vault;
+    if !vault.previous_checks().is_empty() {
+        // During a switch of data keys, processes not yet switched still enrol clerks with the
+        // old key: moved here too, so the old key can go without a clerk signing in first.
+        report.clerk_secrets_resealed =
+            crate::counter::clerk::reseal_totp_secrets(state.store(), vault)
+                .await?
+                .resealed;
+    }
     Ok(report)
 }
 
@@ -760,6 +773,12 @@ impl JobHandler for ExpiryHandler {
                             transfers = r.transfers_expired,
                             packages = r.packages_destroyed,
                             "expired transfers ended"
+                        );
+                    }
+                    if r.clerk_secrets_resealed > 0 {
+                        tracing::info!(
+                            clerks = r.clerk_secrets_resealed,
+                            "clerk TOTP secrets sealed with the current data key"
                         );
                     }
                     JobOutcome::Done

@@ -100,14 +100,21 @@ impl Server {
         ] {
             crate::keys::check_switchable(&store, clock.now(), key).await?;
         }
-        if !data.vault.previous_checks().is_empty() {
-            // After a switch of data keys: what outlives transfers moves to the new key.
-            let n = crate::counter::clerk::reseal_totp_secrets(&store, &data.vault)
-                .await
-                .context("cannot seal the clerks' TOTP secrets with the new data key")?;
+        // After a switch of data keys what outlives transfers moves to the new key; without a
+        // previous key listed this only finds secrets no key opens (an old key dropped too early).
+        let clerks = crate::counter::clerk::reseal_totp_secrets(&store, &data.vault)
+            .await
+            .context("cannot seal the clerks' TOTP secrets with the current data key")?;
+        if clerks.resealed > 0 {
             tracing::info!(
-                clerks = n,
+                clerks = clerks.resealed,
                 "clerk TOTP secrets sealed with the current data key"
+            );
+        }
+        if clerks.unreadable > 0 {
+            tracing::warn!(
+                clerks = clerks.unreadable,
+                "clerk TOTP secrets open with none of the data keys listed: list the key that sealed them in keys.previous_data_keys, or enrol those clerks again"
             );
         }
         crate::oauth::clients::load_configured(&store, &catalog, &settings.oauth, clock.now())

@@ -85,6 +85,14 @@ impl DataKey {
     }
 }
 
+/// Which of a vault's keys opened a value (see [`Vault::reseal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opener {
+    Current,
+    Next,
+    Previous,
+}
+
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Vault(<redacted>)")
@@ -183,32 +191,41 @@ impl Vault {
         self.open_telling(context, sealed).map(|(plain, _)| plain)
     }
 
-    /// A value sealed with another key than the current one, sealed again with the current key
-    /// (the same plaintext, a fresh nonce); `None` when the current key sealed it already.
+    /// A value sealed with a key the current one replaced (`previous`), sealed again with the
+    /// current key (the same plaintext, a fresh nonce); `None` for a value the current key sealed,
+    /// and for one a `next` key sealed: in a process not yet switched, sealing back with the old
+    /// key what a switched process sealed with the new one would lock it out once the old key goes.
     pub fn reseal(&self, context: &str, sealed: &str) -> Result<Option<String>, VaultError> {
         match self.open_telling(context, sealed)? {
-            (_, true) => Ok(None),
-            (plain, false) => self.seal(context, &plain).map(Some),
+            (plain, Opener::Previous) => self.seal(context, &plain).map(Some),
+            (_, Opener::Current | Opener::Next) => Ok(None),
         }
     }
 
-    /// [`Vault::open`], and whether the current key opened it.
+    /// [`Vault::open`], and which of the keys opened it.
     fn open_telling(
         &self,
         context: &str,
         sealed: &str,
-    ) -> Result<(Zeroizing<Vec<u8>>, bool), VaultError> {
+    ) -> Result<(Zeroizing<Vec<u8>>, Opener), VaultError> {
         let raw = STANDARD.decode(sealed).map_err(|_| VaultError::Encoding)?;
         if raw.len() < NONCE_LEN {
             return Err(VaultError::Open);
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
         // The current key first: the others only for what it did not seal (AES-GCM tells).
-        std::iter::once(&self.current)
+        let (plain, key) = std::iter::once(&self.current)
             .chain(&self.others)
-            .enumerate()
-            .find_map(|(i, k)| Some((k.open(context, nonce, ct)?, i == 0)))
-            .ok_or(VaultError::Open)
+            .find_map(|k| Some((k.open(context, nonce, ct)?, k)))
+            .ok_or(VaultError::Open)?;
+        let opener = if std::ptr::eq(key, &self.current) {
+            Opener::Current
+        } else if self.next.contains(&key.check) {
+            Opener::Next
+        } else {
+            Opener::Previous
+        };
+        Ok((plain, opener))
     }
 
     /// The current data key's check value (see `crate::keys::check_switchable`).
@@ -311,6 +328,23 @@ mod tests {
                 .open("c:t1", &sealed)
                 .is_err()
         );
+    }
+
+    /// Only what a replaced key sealed is sealed again: a process not yet switched (the new key
+    /// listed as next) leaves what the new key sealed as it is.
+    #[test]
+    fn reseal_moves_what_a_previous_key_sealed_and_nothing_else() {
+        let (old, new) = ([1; 32], [2; 32]);
+        let by = |key: &[u8; 32]| Vault::from_key(key).seal("c:t1", b"secret").unwrap();
+        let switched = Vault::from_key(&new).with_other_keys(&[], &[old]);
+        let again = switched.reseal("c:t1", &by(&old)).unwrap().unwrap();
+        assert!(Vault::from_key(&new).open("c:t1", &again).is_ok());
+        assert!(Vault::from_key(&old).open("c:t1", &again).is_err());
+        assert_eq!(switched.reseal("c:t1", &by(&new)).unwrap(), None);
+        let lagging = Vault::from_key(&old).with_other_keys(&[new], &[]);
+        assert_eq!(lagging.reseal("c:t1", &by(&new)).unwrap(), None);
+        assert_eq!(lagging.reseal("c:t1", &by(&old)).unwrap(), None);
+        assert!(lagging.reseal("c:t2", &by(&old)).is_err(), "wrong context");
     }
 
     #[test]

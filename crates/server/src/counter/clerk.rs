@@ -178,29 +178,39 @@ fn totp_context(clerk_id: &str) -> String {
     format!("mydata:v1:clerk-totp:{clerk_id}")
 }
 
+/// What [`reseal_totp_secrets`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Sealed again with the current data key.
+    pub resealed: usize,
+    /// Opened by no data key listed: those clerks must enrol again.
+    pub unreadable: usize,
+}
+
 /// Seals every clerk's TOTP secret that a replaced data key sealed again with the current one:
 /// clerk accounts outlive any transfer, so after a switch of data keys their secrets would
-/// otherwise open only as long as the old key stays listed. Returns how many were sealed again;
-/// a secret no key opens is left as it is, logged (that clerk needs a new enrolment).
+/// otherwise open only as long as the old key stays listed. A secret no key opens is left as it
+/// is, counted and logged (that clerk needs a new enrolment).
 pub async fn reseal_totp_secrets(
     store: &mydata_store::Store,
     vault: &crate::vault::Vault,
-) -> Result<usize, mydata_store::StoreError> {
-    let mut resealed = 0;
+) -> Result<Resealed, mydata_store::StoreError> {
+    let mut done = Resealed::default();
     for (id, sealed) in store.clerk_totp_secrets().await? {
         match vault.reseal(&totp_context(&id), &sealed) {
             Ok(None) => {}
             Ok(Some(again)) => {
                 if store.replace_clerk_totp(&id, &sealed, &again).await? {
-                    resealed += 1;
+                    done.resealed += 1;
                 }
             }
             Err(e) => {
+                done.unreadable += 1;
                 tracing::warn!(clerk = %id, error = %e, "a clerk's TOTP secret opens with no data key listed: enrol the clerk again");
             }
         }
     }
-    Ok(resealed)
+    Ok(done)
 }
 
 fn totp(secret: Vec<u8>) -> Result<TOTP, AdminError> {

@@ -417,20 +417,22 @@ async fn processes_switch_to_a_new_data_key_one_at_a_time() {
     let lagging = bind(&old, &[&new], &[]).await.unwrap();
     refused(bind(&old, &[], &[]).await.unwrap_err(), 2, 1);
     refused(bind(&stranger, &[], &[&old]).await.unwrap_err(), 2, 3);
-    // A clerk enrolled by the process not yet switched: sealed with the old key, and sealed again
-    // with the new one when they first sign in on a switched process.
+    // Clerks enrolled by the process not yet switched: sealed with the old key, and sealed again
+    // with the new one when they first sign in on a switched process, or by its next sweep.
     use mydata_server::counter::clerk;
-    let late = clerk::register_clerk(
-        lagging.state(),
-        "chiayi-social",
-        "late",
-        "",
-        clerk::Role::Clerk,
-        crate::counter::CLERK_PASSWORD,
-        None,
-    )
-    .await
-    .unwrap();
+    let enrol = |username: &'static str| {
+        clerk::register_clerk(
+            lagging.state(),
+            "chiayi-social",
+            username,
+            "",
+            clerk::Role::Clerk,
+            crate::counter::CLERK_PASSWORD,
+            None,
+        )
+    };
+    let late = enrol("late").await.unwrap();
+    let quiet = enrol("quiet").await.unwrap();
     let sign_in = |state: &mydata_server::state::AppState, user: &str, secret: &str, ago: u64| {
         let at = state.clock().now();
         let at = mydata_core::Timestamp::from_millis(at.millis() - (ago * 1000) as i64);
@@ -444,11 +446,24 @@ async fn processes_switch_to_a_new_data_key_one_at_a_time() {
     let late_secret = late.totp_secret.clone();
     let on_switched = sign_in(switched.state(), "late", &late_secret, 30).await;
     assert_eq!(on_switched.as_deref(), Some("late"));
+    let swept = mydata_server::background::sweep(switched.state())
+        .await
+        .unwrap();
+    assert_eq!(swept.clerk_secrets_resealed, 1, "quiet's");
+    // A clerk the switch sealed with the new key signs in on the process not yet switched, which
+    // must not seal it back with the old key.
+    let on_lagging = sign_in(lagging.state(), &clerks[0].0, &clerks[0].1, 30).await;
+    assert_eq!(on_lagging.as_deref(), Some(clerks[0].0.as_str()));
+    let lagging_sweep = mydata_server::background::sweep(lagging.state())
+        .await
+        .unwrap();
+    assert_eq!(lagging_sweep.clerk_secrets_resealed, 0);
     let done = bind(&new, &[], &[]).await.unwrap();
     // The switch sealed them again with the new key: with the old one gone, clerks still sign in.
     for (user, secret, ago) in [
         (clerks[0].0.as_str(), clerks[0].1.as_str(), 0),
         ("late", late_secret.as_str(), 0),
+        ("quiet", quiet.totp_secret.as_str(), 0),
     ] {
         let signed_in = sign_in(done.state(), user, secret, ago).await;
         assert_eq!(signed_in.as_deref(), Some(user), "{user}");
