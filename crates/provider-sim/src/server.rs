@@ -512,8 +512,7 @@ impl Simulator {
             return false;
         }
         let found = match source.read().await {
-            Ok(read) => {
-                let mut keys = read;
+            Ok(mut keys) => {
                 for (given_kid, key) in self.given_keys.iter() {
                     keys.insert(given_kid, *key);
                 }

@@ -133,7 +133,6 @@ impl SyncConn {
                 continue;
             }
             let mut stmt = self.conn.prepare_cached(sql)?;
-
             for i in 1..=stmt.parameter_count() {
                 let n = stmt
                     .parameter_name(i)
