@@ -33,6 +33,15 @@ impl PlatformKeys {
         self.insert(jwk_thumbprint(&key), key)
     }
 
+    /// Adds `key` under `kid`, or under its thumbprint when it names none (as the platform names
+    /// its keys); false when that name is taken already.
+    pub fn insert_named(&mut self, kid: Option<&str>, key: VerifyingKey) -> bool {
+        match kid {
+            Some(kid) => self.insert(kid, key),
+            None => self.insert_by_thumbprint(key),
+        }
+    }
+
     /// The key named `kid`.
     pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
         self.keys.iter().find(|(k, _)| k == kid).map(|(_, key)| key)
@@ -71,10 +80,7 @@ impl PlatformKeys {
             let Some(key) = ec_public_key(jwk) else {
                 continue;
             };
-            match jwk.get("kid").and_then(|k| k.as_str()) {
-                Some(kid) => keys.insert(kid, key),
-                None => keys.insert_by_thumbprint(key),
-            };
+            keys.insert_named(jwk.get("kid").and_then(|k| k.as_str()), key);
         }
         keys
     }

@@ -534,10 +534,7 @@ pub struct PlatformKey {
 pub fn key_set(keys: impl IntoIterator<Item = PlatformKey>) -> mydata_package::PlatformKeys {
     let mut set = mydata_package::PlatformKeys::new();
     for k in keys {
-        match k.kid {
-            Some(kid) => set.insert(kid, k.key),
-            None => set.insert_by_thumbprint(k.key),
-        };
+        set.insert_named(k.kid.as_deref(), k.key);
     }
     set
 }
